@@ -1,0 +1,34 @@
+# Two commands matter on a fresh machine: `make demo` and `make test`. Everything else is a building block.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+AZURITE := node_modules/.bin/azurite-table
+
+.PHONY: test lint typecheck unit deps clean
+
+deps: $(VENV)/.installed $(AZURITE)
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(AZURITE): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+# Azurite is started (free loopback ports, in-memory) and stopped by tests/conftest.py for the whole pytest session.
+unit: deps
+	$(PY) -m pytest
+
+test: deps lint typecheck unit
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

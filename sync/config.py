@@ -1,0 +1,205 @@
+"""App settings, read from the environment (Functions app settings / local.settings.json ``Values``).
+
+``SETTINGS`` lists every setting the product reads, with its default and what it accepts; ``docs/configuration.md``
+documents the same list (a test keeps them equal). ``load_settings()`` validates everything at once and raises
+``ConfigError`` naming each bad setting, never echoing a secret's value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+
+from pydantic import ValidationError
+
+from sync.policy import (
+    CircuitBreaker,
+    ConflictPolicy,
+    DeletePolicy,
+    Direction,
+    FieldMap,
+    FieldRule,
+    Policy,
+)
+
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+class ConfigError(ValueError):
+    """One or more app settings are missing or invalid; the message lists each with the fix."""
+
+
+class GraphCredential(StrEnum):
+    MANAGED_IDENTITY = "managed_identity"  # user-assigned identity as a federated credential of the Entra app
+    CERTIFICATE = "certificate"
+    SECRET = "secret"
+
+
+class SalesforceAuth(StrEnum):
+    JWT_BEARER = "jwt_bearer"
+    CLIENT_CREDENTIALS = "client_credentials"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None  # None: required (when the feature that needs it is used)
+    allowed: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # Storage (Functions host storage; the app keeps links, checkpoints, jobs and audit there too)
+    Setting("AzureWebJobsStorage", None, "connection string (local: UseDevelopmentStorage=true or Azurite's)"),
+    Setting("AzureWebJobsStorage__tableServiceUri", None, "https://<account>.table.core.windows.net (identity)"),
+    Setting("AzureWebJobsStorage__queueServiceUri", None, "https://<account>.queue.core.windows.net (identity)"),
+    Setting("AzureWebJobsStorage__clientId", None, "client id of the user-assigned managed identity"),
+    Setting("SYNC_TABLE_PREFIX", "sync", "letters/digits, table names become <prefix>links, <prefix>audit, ..."),
+    # Microsoft Graph
+    Setting("GRAPH_TENANT_ID", None, "Entra tenant id (GUID)"),
+    Setting("GRAPH_CLIENT_ID", None, "application (client) id of the Entra app"),
+    Setting("GRAPH_CREDENTIAL", "managed_identity", "managed_identity | certificate | secret"),
+    Setting("GRAPH_CLIENT_SECRET", None, "client secret (Key Vault reference); only with GRAPH_CREDENTIAL=secret",
+            secret=True),
+    Setting("GRAPH_CERTIFICATE", None, "PEM certificate + key (Key Vault reference); only with certificate",
+            secret=True),
+    Setting("GRAPH_MANAGED_IDENTITY_CLIENT_ID", None, "client id of the managed identity used as federated credential"),
+    Setting("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0", "Graph v1.0 base URL (emulator: http://127.0.0.1:N/v1.0)"),
+    Setting("SYNC_FOLDER_NAME", "Salesforce_Sync", "display name of the contact folder created in each mailbox"),
+    Setting("SYNC_MAILBOXES", "", "comma-separated mailbox UPNs in scope (or use SYNC_MAILBOX_GROUP_ID)"),
+    Setting("SYNC_MAILBOX_GROUP_ID", None, "Entra group object id whose members are the mailboxes in scope"),
+    Setting("WEBHOOK_BASE_URL", None, "public https base of this app, e.g. https://<app>.azurewebsites.net"),
+    # Salesforce
+    Setting("SF_LOGIN_URL", "https://login.salesforce.com", "OAuth host (https://test.salesforce.com for sandboxes)"),
+    Setting("SF_AUTH_FLOW", "jwt_bearer", "jwt_bearer | client_credentials"),
+    Setting("SF_CLIENT_ID", None, "consumer key of the connected app / external client app"),
+    Setting("SF_CLIENT_SECRET", None, "consumer secret; only with client_credentials", secret=True),
+    Setting("SF_USERNAME", None, "integration user's username; only with jwt_bearer"),
+    Setting("SF_PRIVATE_KEY", None, "PEM private key for the JWT assertion (Key Vault reference)", secret=True),
+    Setting("SF_API_VERSION", "67.0", "REST API version, e.g. 67.0"),
+    Setting("SF_PUBSUB_ENDPOINT", "api.pubsub.salesforce.com:7443", "host:port of the Pub/Sub API"),
+    Setting("SF_CLIENT_NAME", "m365-contact-sync", "value of Sforce-Call-Options client=..., marks our own writes"),
+    Setting("SF_OUTLOOK_ID_FIELD", "", "optional Contact text field (e.g. Outlook_Id__c) holding the Outlook id"),
+    Setting("SF_SOQL_FILTER", "", "optional extra SOQL condition on Contact, e.g. RecordType.Name = 'Customer'"),
+    Setting("EVENTS_HMAC_SECRET", None, "shared secret of the signed /api/salesforce/events relay", secret=True),
+    # Policy
+    Setting("SYNC_DIRECTION", "both", "both | to_salesforce | to_m365"),
+    Setting("SYNC_MAILBOX_DIRECTIONS", "{}", 'JSON object mailbox -> direction, e.g. {"a@x.com": "to_m365"}'),
+    Setting("SYNC_FIELD_MAP", "", "JSON list of {key, salesforce, direction, graph}; empty: standard fields"),
+    Setting("CONFLICT_POLICY", "salesforce_wins", "salesforce_wins | m365_wins | newest_wins"),
+    Setting("DELETE_POLICY_SALESFORCE", "propagate", "when deleted in Salesforce: propagate | unlink | recreate"),
+    Setting("DELETE_POLICY_M365", "unlink", "when deleted in Outlook: propagate | unlink | recreate"),
+    Setting("BREAKER_MIN_COUNT", "10", "integer >= 1: fewer destructive actions never trip the breaker"),
+    Setting("BREAKER_MAX_SHARE", "0.25", "0 < share <= 1 of a mailbox's linked contacts"),
+    Setting("BREAKER_MAX_COUNT", "200", "integer >= 1: this many destructive actions always trip"),
+    # Schedules (6-field NCRONTAB, UTC)
+    Setting("RECONCILE_SCHEDULE", "0 */30 * * * *", "NCRONTAB"),
+    Setting("SUBSCRIPTION_SCHEDULE", "0 0 */6 * * *", "NCRONTAB"),
+    Setting("CDC_PULL_SCHEDULE", "*/30 * * * * *", "NCRONTAB"),
+)
+SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS)
+_DEFAULTS: Mapping[str, str | None] = {s.name: s.default for s in SETTINGS}
+KEY_VAULT_PREFIX = "@Microsoft.KeyVault("
+
+
+def _raw(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return _DEFAULTS.get(name)
+    return value.strip()
+
+
+def _enum(env: Mapping[str, str], name: str, enum: type[_E], errors: list[str]) -> _E | None:
+    raw = _raw(env, name)
+    try:
+        return enum(raw)
+    except ValueError:
+        errors.append(f"{name}={raw!r}: expected one of {', '.join(e.value for e in enum)}")
+        return None
+
+
+def _number(env: Mapping[str, str], name: str, kind: type[int] | type[float], errors: list[str]) -> float | None:
+    raw = _raw(env, name)
+    try:
+        return kind(raw or "")
+    except ValueError:
+        errors.append(f"{name}={raw!r}: expected a number")
+        return None
+
+
+def load_policy(env: Mapping[str, str] | None = None) -> Policy:
+    """Build the planner's Policy from settings; every problem is reported at once."""
+    env = os.environ if env is None else env
+    errors: list[str] = []
+    for s in SETTINGS:
+        value = env.get(s.name, "")
+        if value.startswith(KEY_VAULT_PREFIX):
+            errors.append(f"{s.name}: the Key Vault reference did not resolve (check the identity's access)")
+    conflict = _enum(env, "CONFLICT_POLICY", ConflictPolicy, errors)
+    on_sf = _enum(env, "DELETE_POLICY_SALESFORCE", DeletePolicy, errors)
+    on_m365 = _enum(env, "DELETE_POLICY_M365", DeletePolicy, errors)
+    direction = _enum(env, "SYNC_DIRECTION", Direction, errors)
+    if direction is Direction.NONE:
+        errors.append("SYNC_DIRECTION='none': use both, to_salesforce or to_m365")
+
+    mailbox_directions: dict[str, Direction] = {}
+    raw_md = _raw(env, "SYNC_MAILBOX_DIRECTIONS") or "{}"
+    try:
+        parsed = json.loads(raw_md)
+        if not isinstance(parsed, dict):
+            raise ValueError("not an object")
+        for mailbox, d in parsed.items():
+            mailbox_directions[str(mailbox).casefold()] = Direction(d)
+    except ValueError as exc:
+        errors.append(f"SYNC_MAILBOX_DIRECTIONS: expected a JSON object of mailbox -> direction ({exc})")
+
+    field_map = FieldMap()
+    raw_fm = _raw(env, "SYNC_FIELD_MAP")
+    if raw_fm:
+        try:
+            rules = json.loads(raw_fm)
+            if not isinstance(rules, list):
+                raise ValueError("not a list")
+            field_map = FieldMap(rules=tuple(FieldRule.model_validate(r) for r in rules))
+        except (ValueError, ValidationError) as exc:
+            errors.append(f"SYNC_FIELD_MAP: {exc}".splitlines()[0])
+
+    breaker: CircuitBreaker | None = None
+    min_count = _number(env, "BREAKER_MIN_COUNT", int, errors)
+    max_share = _number(env, "BREAKER_MAX_SHARE", float, errors)
+    max_count = _number(env, "BREAKER_MAX_COUNT", int, errors)
+    if None not in (min_count, max_share, max_count):
+        try:
+            breaker = CircuitBreaker(min_count=min_count, max_share=max_share, max_count=max_count)
+        except ValidationError as exc:
+            errors.append(
+                "BREAKER_*: " + "; ".join(f"{e['loc'][0]} {e['msg']}" for e in exc.errors())
+            )
+
+    if errors or conflict is None or on_sf is None or on_m365 is None or direction is None or breaker is None:
+        raise ConfigError("invalid app settings:\n  - " + "\n  - ".join(errors))
+    return Policy(
+        field_map=field_map,
+        conflict=conflict,
+        on_salesforce_delete=on_sf,
+        on_m365_delete=on_m365,
+        direction=direction,
+        mailbox_directions=mailbox_directions,
+        breaker=breaker,
+    )
+
+
+def mailboxes_in_scope(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The explicit mailbox list (lower-cased, de-duplicated, in order)."""
+    env = os.environ if env is None else env
+    out: list[str] = []
+    for part in (_raw(env, "SYNC_MAILBOXES") or "").split(","):
+        mailbox = part.strip().casefold()
+        if mailbox and mailbox not in out:
+            out.append(mailbox)
+    return tuple(out)

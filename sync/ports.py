@@ -1,0 +1,197 @@
+"""Ports: the small interfaces the core drives, and the vocabulary they share.
+
+Vocabulary
+    side        ``Side.M365`` (a mailbox's sync folder in Outlook) or ``Side.SALESFORCE`` (Contact records).
+    mailbox     the user principal name (or object id) of a rep's mailbox; also the Table Storage partition of links.
+    id          a side's own id: Graph *immutable* id, or the 18-character Salesforce id.
+    version     a side's concurrency stamp: Graph ``changeKey`` (sent back as ``If-Match``), Salesforce
+                ``SystemModstamp`` (compared just before a write, Contact has no ETag; salesforce.md §2.7).
+    owner       the mailbox a record belongs to: for Outlook the mailbox it lives in; for Salesforce the mailbox of the
+                owning user, or None when that user is not a synced mailbox.
+    marker      the other side's id stamped on a record (Graph extended property / optional Salesforce field), so links
+                can be rebuilt if the link table is lost.
+    base        the field values both sides agreed on at the last sync (the three-way merge's common ancestor).
+    fingerprint sha256 of a side's synced field values (``sync.model.fingerprint``); equal to the link's means
+                "unchanged since we last synced", which is how the echoes of our own writes die.
+    etag        the link row's storage concurrency token; a save with a stale one raises ``PreconditionFailed``.
+
+Every port raises only ``sync.errors`` types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sync.model import Contact
+from sync.policy import Side
+
+
+class SideRecord(BaseModel):
+    """One contact as read from one side, right now."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    side: Side
+    id: str
+    contact: Contact
+    version: str | None = None
+    owner: str | None = None
+    modified_at: datetime | None = None
+    marker: str | None = None
+
+
+class ContactSide(Protocol):
+    """A place contacts live: one Outlook folder per mailbox, or the Salesforce org.
+
+    ``get`` returns None when the item does not exist *for that mailbox* (deleted, or moved out of the sync folder).
+    Salesforce ignores ``mailbox`` on reads (a record is found wherever it is owned; ``owner`` says where).
+    ``find`` returns match candidates for match-before-create: same email (any address), or same
+    first + last name + company. Outlook searches the mailbox's folder; Salesforce searches the org.
+    Writes return the record as stored after the write (new version). ``update`` sends only ``fields``
+    (field keys); ``if_match`` is the version read before the decision, a mismatch raises PreconditionFailed.
+    ``marker`` on create/update stamps the other side's id (None on update: leave it as it is).
+    """
+
+    side: Side
+
+    def get(self, mailbox: str, item_id: str) -> SideRecord | None: ...
+
+    def find(self, mailbox: str, contact: Contact) -> list[SideRecord]: ...
+
+    def create(self, mailbox: str, contact: Contact, *, marker: str | None = None) -> SideRecord: ...
+
+    def update(
+        self,
+        mailbox: str,
+        item_id: str,
+        contact: Contact,
+        *,
+        fields: frozenset[str],
+        if_match: str | None,
+        marker: str | None = None,
+    ) -> SideRecord: ...
+
+    def delete(self, mailbox: str, item_id: str, *, if_match: str | None) -> None: ...
+
+    def stream(self, mailbox: str) -> Iterator[SideRecord]: ...
+
+
+class LinkState(StrEnum):
+    LINKED = "linked"  # both ids, kept in sync
+    DETACHED = "detached"  # one copy was deleted and the delete policy said 'unlink': never bring it back
+
+
+class Link(BaseModel):
+    """What we last agreed about one person in one mailbox. Stored as two rows (``m365|id``, ``sf|id``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mailbox: str
+    m365_id: str | None = None
+    sf_id: str | None = None
+    state: LinkState = LinkState.LINKED
+    base: Mapping[str, str | None] = Field(default_factory=dict)
+    m365_fp: str | None = None
+    sf_fp: str | None = None
+    m365_version: str | None = None
+    sf_version: str | None = None
+    synced_at: datetime
+    reason: str = ""
+    etag: str | None = None
+
+    def id_on(self, side: Side) -> str | None:
+        return self.m365_id if side is Side.M365 else self.sf_id
+
+    def fp_on(self, side: Side) -> str | None:
+        return self.m365_fp if side is Side.M365 else self.sf_fp
+
+
+class LinkStore(Protocol):
+    """Links per mailbox. ``save`` writes all rows of a link in one transaction.
+
+    ``save(link, previous=None)`` creates (AlreadyExists if any row exists); with ``previous`` it replaces the rows
+    read as ``previous`` under its etag (PreconditionFailed if someone wrote since) and removes rows of ids the new
+    link no longer has. ``delete`` is guarded the same way. ``mailboxes_of`` answers which mailboxes hold a link to a
+    Salesforce id (an index, refreshed after each save; a stale answer only costs a lookup that finds nothing).
+    """
+
+    def get(self, mailbox: str, side: Side, item_id: str) -> Link | None: ...
+
+    def save(self, link: Link, *, previous: Link | None) -> Link: ...
+
+    def delete(self, link: Link) -> None: ...
+
+    def list(self, mailbox: str) -> Iterator[Link]: ...
+
+    def mailboxes_of(self, sf_id: str) -> set[str]: ...
+
+
+class CheckpointStore(Protocol):
+    """Opaque resume points: Graph deltaLinks, the Pub/Sub replay id, watermarks. ``scope`` is usually a mailbox."""
+
+    def get(self, scope: str, name: str) -> str | None: ...
+
+    def put(self, scope: str, name: str, value: str) -> None: ...
+
+
+AuditOutcome = Literal["applied", "planned", "failed", "review", "refused"]
+
+
+class AuditEntry(BaseModel):
+    """One decision about one contact: what was done, why, to which fields. Ids and field names only, no values."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    at: datetime
+    mailbox: str
+    m365_id: str | None = None
+    sf_id: str | None = None
+    action: str
+    reason: str
+    fields: tuple[str, ...] = ()
+    winner: Side | None = None
+    rule: str | None = None
+    outcome: AuditOutcome = "applied"
+    error: str | None = None
+
+
+class AuditLog(Protocol):
+    def write(self, entries: Sequence[AuditEntry]) -> None: ...
+
+    def recent(self, mailbox: str, limit: int = 50) -> list[AuditEntry]: ...
+
+
+class ContactChange(BaseModel):
+    """A hint that one contact may have changed. Never trusted for content: the worker re-reads both sides."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["contact"] = "contact"
+    source: Side
+    item_id: str
+    mailbox: str | None = None  # required for Outlook hints; Salesforce hints find the mailbox from the owner
+
+
+class ReconcileMailbox(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["reconcile"] = "reconcile"
+    mailbox: str
+    job_id: str | None = None
+    mode: Literal["delta", "full"] = "full"
+    dry_run: bool = False
+    force: bool = False
+
+
+WorkItem = ContactChange | ReconcileMailbox
+
+
+class WorkQueue(Protocol):
+    """Where hints go. ``delay`` (seconds) hides a message until then (retry later)."""
+
+    def send(self, item: WorkItem, *, delay: float = 0.0) -> None: ...
