@@ -26,7 +26,6 @@ from sync.policy import (
     Policy,
 )
 
-
 _E = TypeVar("_E", bound=StrEnum)
 
 
@@ -117,7 +116,7 @@ def _raw(env: Mapping[str, str], name: str) -> str | None:
 def _enum(env: Mapping[str, str], name: str, enum: type[_E], errors: list[str]) -> _E | None:
     raw = _raw(env, name)
     try:
-        return enum(raw)
+        return enum(raw or "")
     except ValueError:
         errors.append(f"{name}={raw!r}: expected one of {', '.join(e.value for e in enum)}")
         return None

@@ -239,3 +239,15 @@ def fingerprint(contact: Contact, fields: Iterable[str]) -> str:
     payload = {f: compare_key(f, contact.get(f)) for f in sorted(set(fields))}
     blob = json.dumps(payload, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def field_digest(field: str, value: str | None) -> str:
+    """A short digest of one field's compared value: what a link remembers instead of the value (no PII at rest)."""
+    key = compare_key(field, value)
+    if key is None:
+        return ""
+    return hashlib.sha256(f"{field}\x00{key}".encode()).hexdigest()[:20]
+
+
+def field_digests(contact: Contact, fields: Iterable[str]) -> dict[str, str]:
+    return {f: field_digest(f, contact.get(f)) for f in fields}

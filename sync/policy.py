@@ -104,6 +104,25 @@ STANDARD_SALESFORCE_FIELDS: Mapping[str, str | None] = {
     "notes": "Description",
 }
 
+# Salesforce Contact field lengths (salesforce.md §1.1; the adapter replaces them with the org's describe()).
+DEFAULT_SALESFORCE_LENGTHS: Mapping[str, int] = {
+    "FirstName": 40,
+    "LastName": 80,
+    "Email": 80,
+    "Phone": 40,
+    "MobilePhone": 40,
+    "HomePhone": 40,
+    "Title": 128,
+    "Department": 80,
+    "MailingStreet": 255,
+    "MailingCity": 40,
+    "MailingState": 80,
+    "MailingPostalCode": 20,
+    "MailingCountry": 80,
+    "Description": 32000,
+    "Account.Name": 255,
+}
+
 # Graph properties a custom field may be mapped to (single-valued strings of the contact resource, graph.md §1.1).
 GRAPH_CUSTOM_TARGETS: frozenset[str] = frozenset({
     "nickName", "middleName", "title", "generation", "initials", "officeLocation", "profession", "assistantName",
@@ -201,6 +220,8 @@ class Policy(BaseModel):
     direction: Direction = Direction.BOTH
     mailbox_directions: Mapping[str, Direction] = Field(default_factory=dict)
     breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
+    # Salesforce field lengths by API name; the adapter may replace them with the org's describe().
+    salesforce_lengths: Mapping[str, int] = Field(default_factory=lambda: dict(DEFAULT_SALESFORCE_LENGTHS))
 
     def direction_for(self, mailbox: str) -> Direction:
         return self.mailbox_directions.get(mailbox.casefold(), self.direction)

@@ -10,7 +10,8 @@ Vocabulary
                 owning user, or None when that user is not a synced mailbox.
     marker      the other side's id stamped on a record (Graph extended property / optional Salesforce field), so links
                 can be rebuilt if the link table is lost.
-    base        the field values both sides agreed on at the last sync (the three-way merge's common ancestor).
+    base        per side, digests of the synced field values as they were right after the last sync: the three-way
+                merge's common ancestor. Kept per side because a side may hold less than we sent (a field length).
     fingerprint sha256 of a side's synced field values (``sync.model.fingerprint``); equal to the link's means
                 "unchanged since we last synced", which is how the echoes of our own writes die.
     etag        the link row's storage concurrency token; a save with a stale one raises ``PreconditionFailed``.
@@ -95,7 +96,10 @@ class Link(BaseModel):
     m365_id: str | None = None
     sf_id: str | None = None
     state: LinkState = LinkState.LINKED
-    base: Mapping[str, str | None] = Field(default_factory=dict)
+    # Per side, the digest of each synced field as that side held it right after the last sync (the merge base).
+    # Digests, not values: enough to tell "changed since", and no personal data at rest in the link table.
+    m365_base: Mapping[str, str] = Field(default_factory=dict)
+    sf_base: Mapping[str, str] = Field(default_factory=dict)
     m365_fp: str | None = None
     sf_fp: str | None = None
     m365_version: str | None = None
@@ -109,6 +113,9 @@ class Link(BaseModel):
 
     def fp_on(self, side: Side) -> str | None:
         return self.m365_fp if side is Side.M365 else self.sf_fp
+
+    def base_on(self, side: Side) -> Mapping[str, str]:
+        return self.m365_base if side is Side.M365 else self.sf_base
 
 
 class LinkStore(Protocol):

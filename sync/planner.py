@@ -1,0 +1,543 @@
+"""The planner: pure decision rules for one person in one mailbox. No I/O.
+
+Public API:
+    plan(situation, policy) -> Plan      decide what to do; every action carries a human-readable reason
+    Situation, Candidate                 the input: link, the current record on each side, match candidates
+    Plan and the actions                 Create, Update, Delete, Adopt, Conflict, Review, Skip, Handoff, Nothing
+    check_breaker(mailbox, plans, total, breaker, force)   the circuit breaker over a mailbox's plans
+
+The algorithm is the status-table sync of vdirsyncer ("How OfflineIMAP works"), per field instead of per item:
+the link remembers, per side, a digest of every synced field as it was after the last sync (the base). A field that
+differs from its base changed on that side; changed on one side flows to the other, changed on both to different
+values is a conflict settled by the conflict policy and written to the audit. Echoes of our own writes match the base
+and die here. Without a link we match before we create (marker, then email, then name + company); ambiguity goes
+to review, never to a guess. Deletes follow the delete policy of the side they happened on. See docs/sync-rules.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from sync.errors import CircuitBreakerTripped
+from sync.mapping import fit_salesforce
+from sync.model import Contact, compare_key, field_digest, fingerprint
+from sync.policy import CircuitBreaker, ConflictPolicy, DeletePolicy, Direction, FieldRule, Policy, Side
+from sync.ports import Link, LinkState, SideRecord
+
+# ---------------------------------------------------------------------------------------------- input
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A possible match on the other side. ``linked``: already linked to another contact in this mailbox."""
+
+    record: SideRecord
+    linked: bool = False
+
+
+@dataclass(frozen=True)
+class Situation:
+    """Everything the planner looks at for one person in one mailbox."""
+
+    mailbox: str
+    link: Link | None
+    m365: SideRecord | None
+    sf: SideRecord | None
+    candidates: tuple[Candidate, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class Create:
+    side: Side
+    contact: Contact
+    fields: frozenset[str]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Update:
+    side: Side
+    item_id: str
+    contact: Contact  # the target's contact with the new values
+    fields: frozenset[str]  # only these are written
+    if_match: str | None
+    reason: str
+    clears: tuple[str, ...] = ()  # fields that had a value and will be emptied (counted by the breaker)
+    marker: str | None = None  # stamp the other side's id
+
+
+@dataclass(frozen=True)
+class Delete:
+    side: Side
+    item_id: str
+    if_match: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """Link two existing contacts (match before create)."""
+
+    m365_id: str
+    sf_id: str
+    via: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A field changed on both sides (or against its direction); ``winner``'s value is kept."""
+
+    field: str
+    winner: Side
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Review:
+    """Nothing is written; a person should decide (e.g. ambiguous match)."""
+
+    reason: str
+    candidate_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Skip:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """The Salesforce owner is another synced mailbox: that mailbox should take the contact."""
+
+    sf_id: str
+    to_mailbox: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Nothing:
+    reason: str
+
+
+Action = Create | Update | Delete | Adopt | Conflict | Review | Skip | Handoff | Nothing
+Write = Create | Update | Delete
+
+
+class LinkAfter(StrEnum):
+    KEEP = "keep"  # the link (or its absence) stays as it is: no table write
+    SAVE = "save"  # write the link with fresh bases and fingerprints
+    REMOVE = "remove"  # delete the link
+
+
+@dataclass(frozen=True)
+class Plan:
+    mailbox: str
+    actions: tuple[Action, ...]
+    link_after: LinkAfter
+    reason: str
+    state: LinkState = LinkState.LINKED
+    # Ids the saved link will carry; None with a Create on that side means "the created id".
+    m365_id: str | None = None
+    sf_id: str | None = None
+    synced_fields: tuple[str, ...] = field(default=())
+
+    @property
+    def writes(self) -> tuple[Write, ...]:
+        return tuple(a for a in self.actions if isinstance(a, Create | Update | Delete))
+
+    @property
+    def destructive(self) -> int:
+        """Deletes plus updates that empty a field that had a value: what the circuit breaker counts."""
+        return sum(1 for a in self.actions if isinstance(a, Delete) or (isinstance(a, Update) and a.clears))
+
+    @property
+    def conflicts(self) -> tuple[Conflict, ...]:
+        return tuple(a for a in self.actions if isinstance(a, Conflict))
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _value_on(side: Side, rule: FieldRule, value: str | None, policy: Policy) -> str | None:
+    """What ``side`` would hold if written ``value`` (Salesforce cuts to its field length)."""
+    if side is Side.SALESFORCE:
+        return fit_salesforce(rule.key, value, policy.field_map, policy.salesforce_lengths)
+    return value
+
+
+def _same(key: str, a: str | None, b: str | None) -> bool:
+    return compare_key(key, a) == compare_key(key, b)
+
+
+def _record(side: Side, m: SideRecord | None, f: SideRecord | None) -> SideRecord | None:
+    """The record of ``side`` (None when that side has none)."""
+    return m if side is Side.M365 else f
+
+
+def _policy_winner(policy: Policy, m: SideRecord, f: SideRecord) -> tuple[Side, str]:
+    if policy.conflict is ConflictPolicy.M365_WINS:
+        return Side.M365, ConflictPolicy.M365_WINS.value
+    if policy.conflict is ConflictPolicy.NEWEST_WINS:
+        if m.modified_at and f.modified_at and m.modified_at > f.modified_at:
+            return Side.M365, ConflictPolicy.NEWEST_WINS.value
+        return Side.SALESFORCE, ConflictPolicy.NEWEST_WINS.value
+    return Side.SALESFORCE, ConflictPolicy.SALESFORCE_WINS.value
+
+
+def synced_rules(policy: Policy, mailbox: str) -> tuple[tuple[FieldRule, Direction], ...]:
+    """Each synced field with its effective direction (field direction met with the mailbox's)."""
+    mailbox_dir = policy.direction_for(mailbox)
+    return tuple((r, r.direction.meet(mailbox_dir)) for r in policy.field_map.synced(mailbox_dir))
+
+
+@dataclass
+class _Merge:
+    """Accumulates the per-field outcome of a merge: new values per target side, conflicts, reasons."""
+
+    values: dict[Side, dict[str, str | None]] = field(default_factory=lambda: {Side.M365: {}, Side.SALESFORCE: {}})
+    clears: dict[Side, list[str]] = field(default_factory=lambda: {Side.M365: [], Side.SALESFORCE: []})
+    conflicts: list[Conflict] = field(default_factory=list)
+    changed_on: dict[Side, list[str]] = field(default_factory=lambda: {Side.M365: [], Side.SALESFORCE: []})
+
+    def push(self, rule: FieldRule, source: Side, m: SideRecord, f: SideRecord, policy: Policy) -> None:
+        target = source.other
+        src, dst = (m, f) if source is Side.M365 else (f, m)
+        wanted = _value_on(target, rule, src.contact.get(rule.key), policy)
+        current = dst.contact.get(rule.key)
+        if _same(rule.key, wanted, current):
+            return
+        self.values[target][rule.key] = wanted
+        if wanted is None and current is not None:
+            self.clears[target].append(rule.key)
+
+
+def _merge(
+    policy: Policy,
+    mailbox: str,
+    m: SideRecord,
+    f: SideRecord,
+    link: Link | None,
+) -> _Merge:
+    """Field-level three-way merge against the link's per-side bases; without a link (adopt), align the pair."""
+    out = _Merge()
+    for rule, direction in synced_rules(policy, mailbox):
+        key = rule.key
+        mv, fv = m.contact.get(key), f.contact.get(key)
+        if link is not None and key in link.m365_base and key in link.sf_base:
+            m_changed = field_digest(key, mv) != link.m365_base[key]
+            f_changed = field_digest(key, fv) != link.sf_base[key]
+        else:
+            # No base for this field (first link, or a field newly added to the map): both count as changed
+            # unless they already agree or one is empty (then the value fills the empty side).
+            if _same(key, _value_on(Side.SALESFORCE, rule, mv, policy), fv) or _same(key, mv, fv):
+                continue
+            m_changed, f_changed = mv is not None, fv is not None
+        if not m_changed and not f_changed:
+            continue
+        if m_changed:
+            out.changed_on[Side.M365].append(key)
+        if f_changed:
+            out.changed_on[Side.SALESFORCE].append(key)
+        if m_changed and f_changed:
+            if _same(key, _value_on(Side.SALESFORCE, rule, mv, policy), fv) or _same(key, mv, fv):
+                continue  # the same edit on both sides
+            source, rule_name = _policy_winner(policy, m, f)
+            reason = (
+                f"'{key}' changed in both Outlook and Salesforce since the last sync; "
+                f"{source.label} wins by conflict policy {rule_name}"
+            )
+            if not direction.allows(source.other):
+                source, rule_name = source.other, "direction"
+                reason = f"'{key}' changed on both sides; field flows only to {source.other.label}, {source.label} wins"
+            out.conflicts.append(Conflict(key, source, rule_name, reason))
+        else:
+            source = Side.M365 if m_changed else Side.SALESFORCE
+            if not direction.allows(source.other):
+                # One-way field: the edit on the receiving side is reverted to the master's value (and audited).
+                out.conflicts.append(
+                    Conflict(
+                        key, source.other, "direction",
+                        f"'{key}' was edited in {source.label} but flows only {source.other.label} -> "
+                        f"{source.label}; the edit is reverted",
+                    )
+                )
+                source = source.other
+        out.push(rule, source, m, f, policy)
+    return out
+
+
+def _updates(out: _Merge, m: SideRecord, f: SideRecord, reason_for: dict[Side, str],
+             markers: dict[Side, str | None]) -> list[Action]:
+    actions: list[Action] = []
+    for side in (Side.SALESFORCE, Side.M365):
+        rec = m if side is Side.M365 else f
+        values = out.values[side]
+        marker = markers.get(side)
+        if not values and marker is None:
+            continue
+        actions.append(
+            Update(
+                side=side,
+                item_id=rec.id,
+                contact=rec.contact.with_values(values),
+                fields=frozenset(values),
+                if_match=rec.version,
+                reason=reason_for[side] if values else f"stamp the link marker on the {side.label} contact",
+                clears=tuple(out.clears[side]),
+                marker=marker,
+            )
+        )
+    return actions
+
+
+def _fields_list(keys: Sequence[str]) -> str:
+    return ", ".join(keys) if keys else "no synced field"
+
+
+# ---------------------------------------------------------------------------------------------- the rules
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    s: Situation
+    policy: Policy
+    synced: tuple[str, ...]
+
+    def done(
+        self,
+        actions: Sequence[Action],
+        after: LinkAfter,
+        reason: str,
+        *,
+        state: LinkState = LinkState.LINKED,
+        m365_id: str | None = None,
+        sf_id: str | None = None,
+    ) -> Plan:
+        return Plan(self.s.mailbox, tuple(actions), after, reason, state=state, m365_id=m365_id, sf_id=sf_id,
+                    synced_fields=self.synced)
+
+
+def plan(s: Situation, policy: Policy) -> Plan:
+    """Decide what to do about one person in one mailbox. Pure: same input, same plan."""
+    link, m, f = s.link, s.m365, s.sf
+    synced = tuple(r.key for r, _ in synced_rules(policy, s.mailbox))
+    ctx = _Ctx(s, policy, synced)
+    done = ctx.done
+
+    # Salesforce says another user owns it (or nobody we sync): it leaves this mailbox.
+    if f is not None and f.owner != s.mailbox:
+        return _leave_mailbox(ctx)
+
+    if link is None:
+        if m is not None and f is not None:
+            # both given without a link: the engine found them pointing at each other (markers)
+            return _adopt(ctx, m, f, "link marker")
+        if m is not None:
+            # new in the Outlook folder: match in Salesforce, else create there
+            return _match_or_create(ctx, m)
+        if f is not None:
+            # new in Salesforce for this owner: match in the folder, else create there
+            return _match_or_create(ctx, f)
+        # on neither side: a stale hint
+        return done([Nothing("not found on either side and never linked: nothing to do")], LinkAfter.KEEP,
+                    "nothing to do")
+
+    if link.state is LinkState.DETACHED:
+        kept = Side.M365 if link.m365_id else Side.SALESFORCE
+        if _record(kept, m, f) is None:
+            # the copy we kept is gone as well: forget the tombstone
+            return done([Nothing(f"the kept {kept.label} copy is gone too")], LinkAfter.REMOVE,
+                        "detached link removed: both copies gone")
+        # deleted on one side earlier with policy 'unlink': never bring it back
+        reason = (f"deleted in {kept.other.label} earlier and unlinked by the delete policy; "
+                  f"not bringing it back")
+        return done([Nothing(reason)], LinkAfter.KEEP, reason)
+
+    if m is None and f is None:
+        # deleted on both sides
+        return done([Nothing("deleted on both sides")], LinkAfter.REMOVE, "deleted on both sides: link removed")
+    if m is None and f is not None:
+        return _deleted(ctx, Side.M365, f)
+    if f is None and m is not None:
+        return _deleted(ctx, Side.SALESFORCE, m)
+    if m is None or f is None:  # unreachable: the cases above cover it; keeps the type checker informed
+        raise ValueError("planner: inconsistent situation")
+
+    # linked, both present
+    if fingerprint(m.contact, synced) == link.m365_fp and fingerprint(f.contact, synced) == link.sf_fp:
+        # unchanged on both sides since the last sync (this is where echoes of our own writes end)
+        reason = "unchanged on both sides since the last sync"
+        return done([Nothing(reason)], LinkAfter.KEEP, reason, m365_id=m.id, sf_id=f.id)
+    out = _merge(policy, s.mailbox, m, f, link)
+    reasons = {
+        Side.SALESFORCE: f"changed in Outlook: {_fields_list(out.changed_on[Side.M365])}",
+        Side.M365: f"changed in Salesforce: {_fields_list(out.changed_on[Side.SALESFORCE])}",
+    }
+    for c in out.conflicts:
+        if c.rule == "direction":
+            reasons[c.winner.other] = c.reason
+    actions: list[Action] = [*out.conflicts, *_updates(out, m, f, reasons, {})]
+    if not any(isinstance(a, Update) for a in actions):
+        # changed, but the other side already holds the same values (or only unsynced properties changed)
+        actions.append(Nothing("the other side already agrees; refreshing the link"))
+    summary = "; ".join(a.reason for a in actions if isinstance(a, Update | Nothing)) or "merged"
+    return done(actions, LinkAfter.SAVE, summary, m365_id=m.id, sf_id=f.id)
+
+
+def _leave_mailbox(ctx: _Ctx) -> Plan:
+    s, policy, done = ctx.s, ctx.policy, ctx.done
+    f = s.sf
+    if f is None:
+        raise ValueError("planner: owner change without a Salesforce record")
+    new_owner = f.owner
+    where = f"to mailbox {new_owner}" if new_owner else "to a user who is not a synced mailbox"
+    handoff: list[Action] = (
+        [Handoff(f.id, new_owner, f"Salesforce owner changed {where}")] if new_owner else []
+    )
+    link, m = s.link, s.m365
+    if link is None:
+        return done([Nothing("owned in Salesforce by another mailbox; not this mailbox's contact")],
+                    LinkAfter.KEEP, "not this mailbox's contact")
+    if link.state is LinkState.DETACHED or m is None:
+        return done([*handoff, Nothing(f"Salesforce owner changed {where}; link removed")], LinkAfter.REMOVE,
+                    f"owner changed {where}")
+    actions: list[Action] = []
+    if link.m365_id and link.sf_id:
+        # push Outlook edits not yet in Salesforce before the contact leaves this folder (never lose an edit)
+        out = _merge(policy, s.mailbox, m, f, link)
+        out.values[Side.M365].clear()
+        out.clears[Side.M365].clear()
+        actions += _updates(out, m, f, {Side.SALESFORCE: "Outlook edits saved before the owner change",
+                                        Side.M365: ""}, {})
+    if policy.direction_for(s.mailbox).allows(Side.M365):
+        actions.append(Delete(Side.M365, m.id, m.version,
+                              f"Salesforce owner changed {where}: removed from this mailbox's sync folder"))
+    else:
+        actions.append(Nothing("mailbox direction keeps Outlook untouched: the folder copy stays, unlinked"))
+    return done([*actions, *handoff], LinkAfter.REMOVE, f"owner changed {where}")
+
+
+def _deleted(ctx: _Ctx, gone: Side, survivor: SideRecord) -> Plan:
+    s, policy, done = ctx.s, ctx.policy, ctx.done
+    link = s.link
+    if link is None:
+        raise ValueError("planner: a delete needs a link")
+    keep = gone.other
+    direction = policy.direction_for(s.mailbox)
+    chosen = policy.delete_policy(gone)
+    note = ""
+    synced = ctx.synced
+    edited = fingerprint(survivor.contact, synced) != link.fp_on(keep) and any(
+        field_digest(k, survivor.contact.get(k)) != link.base_on(keep).get(k) for k in synced
+    )
+    if chosen is DeletePolicy.PROPAGATE and edited:
+        chosen, note = DeletePolicy.UNLINK, f"; not deleting because it was edited in {keep.label} since the last sync"
+    if chosen is DeletePolicy.PROPAGATE and not direction.allows(keep):
+        chosen, note = DeletePolicy.UNLINK, f"; mailbox direction does not allow writing to {keep.label}"
+    if chosen is DeletePolicy.RECREATE and (not direction.allows(gone) or survivor.contact.missing_required()):
+        chosen, note = DeletePolicy.UNLINK, f"; cannot recreate in {gone.label} (direction or required fields)"
+
+    m365_id = survivor.id if keep is Side.M365 else None
+    sf_id = survivor.id if keep is Side.SALESFORCE else None
+    if chosen is DeletePolicy.PROPAGATE:
+        bin_name = "Deleted Items" if keep is Side.M365 else "the Recycle Bin"
+        reason = f"deleted in {gone.label}; delete policy propagate: moved to {bin_name} in {keep.label}"
+        return done([Delete(keep, survivor.id, survivor.version, reason)], LinkAfter.REMOVE, reason)
+    if chosen is DeletePolicy.RECREATE:
+        fields = frozenset(r.key for r, d in synced_rules(policy, s.mailbox) if d.allows(gone))
+        reason = f"deleted in {gone.label}; delete policy recreate: created again from {keep.label}"
+        contact = Contact().with_values(survivor.contact.values(fields))
+        return done([Create(gone, contact, fields, reason)], LinkAfter.SAVE, reason, m365_id=m365_id, sf_id=sf_id)
+    reason = f"deleted in {gone.label}; delete policy unlink: {keep.label} copy kept and never re-created{note}"
+    return done([Nothing(reason)], LinkAfter.SAVE, reason, state=LinkState.DETACHED, m365_id=m365_id,
+                sf_id=sf_id)
+
+
+def _eligible(c: Candidate, mailbox: str) -> bool:
+    return not c.linked and (c.record.side is Side.M365 or c.record.owner == mailbox)
+
+
+def _match_or_create(ctx: _Ctx, r: SideRecord) -> Plan:
+    s, policy, done = ctx.s, ctx.policy, ctx.done
+    other = r.side.other
+    cands = [c for c in s.candidates if c.record.side is other]
+
+    # 1. the link marker: one side carries the other's id (rebuilds links after a lost table)
+    by_marker = [c for c in cands if (r.marker and c.record.id == r.marker) or c.record.marker == r.id]
+    free = [c for c in by_marker if _eligible(c, s.mailbox)]
+    if len(free) == 1:
+        return _adopt(ctx, r, free[0].record, "link marker")
+
+    # 2. same email, then 3. same first + last name + company
+    emails = r.contact.email_keys()
+    hits = [c for c in cands if emails & c.record.contact.email_keys()] if emails else []
+    via = "email"
+    if not hits:
+        key = r.contact.name_company_key()
+        hits = [c for c in cands if key is not None and c.record.contact.name_company_key() == key]
+        via = "name and company"
+    if hits:
+        free = [c for c in hits if _eligible(c, s.mailbox)]
+        ids = tuple(c.record.id for c in hits)
+        if len(free) == 1:
+            return _adopt(ctx, r, free[0].record, via)
+        if len(free) > 1:
+            reason = f"ambiguous: {len(free)} {other.label} contacts match by {via}; a person must choose"
+        else:
+            reason = (f"matches {other.label} contact(s) by {via} that are already synced or owned by another "
+                      f"user; not creating a duplicate")
+        return done([Review(reason, ids)], LinkAfter.KEEP, reason)
+
+    # 4. nothing matches: create on the other side, if allowed and complete
+    direction = policy.direction_for(s.mailbox)
+    if not direction.allows(other):
+        reason = f"mailbox direction is {direction.value}: not creating in {other.label}"
+        return done([Skip(reason)], LinkAfter.KEEP, reason)
+    missing = r.contact.missing_required()
+    if missing:
+        reason = f"not created in {other.label}: missing {' and '.join(missing)}"
+        return done([Skip(reason)], LinkAfter.KEEP, reason)
+    fields = frozenset(rule.key for rule, d in synced_rules(policy, s.mailbox) if d.allows(other))
+    contact = Contact().with_values(r.contact.values(fields))
+    source = "new in the Outlook sync folder" if r.side is Side.M365 else "new in Salesforce for this owner"
+    reason = f"{source}, no match by marker, email or name and company: created in {other.label}"
+    m365_id, sf_id = (r.id, None) if r.side is Side.M365 else (None, r.id)
+    return done([Create(other, contact, fields, reason)], LinkAfter.SAVE, reason, m365_id=m365_id, sf_id=sf_id)
+
+
+def _adopt(ctx: _Ctx, a: SideRecord, b: SideRecord, via: str) -> Plan:
+    s, policy, done = ctx.s, ctx.policy, ctx.done
+    m, f = (a, b) if a.side is Side.M365 else (b, a)
+    out = _merge(policy, s.mailbox, m, f, None)
+    markers: dict[Side, str | None] = {
+        Side.M365: f.id if m.marker != f.id else None,
+        Side.SALESFORCE: m.id if f.marker != m.id else None,
+    }
+    reasons = {
+        Side.SALESFORCE: f"linked by {via}; filled from Outlook: {_fields_list(list(out.values[Side.SALESFORCE]))}",
+        Side.M365: f"linked by {via}; filled from Salesforce: {_fields_list(list(out.values[Side.M365]))}",
+    }
+    reason = f"matched an existing {b.side.label} contact by {via}: linked instead of creating a duplicate"
+    actions: list[Action] = [Adopt(m.id, f.id, via, reason), *out.conflicts, *_updates(out, m, f, reasons, markers)]
+    return done(actions, LinkAfter.SAVE, reason, m365_id=m.id, sf_id=f.id)
+
+
+# ---------------------------------------------------------------------------------------------- circuit breaker
+
+
+def check_breaker(
+    mailbox: str, plans: Sequence[Plan], total: int, breaker: CircuitBreaker, *, force: bool = False
+) -> None:
+    """Raise CircuitBreakerTripped if the mailbox's plans delete or empty too much (unless ``force``)."""
+    destructive = sum(p.destructive for p in plans)
+    if force or not breaker.trips(destructive, total):
+        return
+    report = tuple(p.reason for p in plans if p.destructive)[:20]
+    raise CircuitBreakerTripped(mailbox, destructive=destructive, total=total, report=report)
