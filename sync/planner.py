@@ -3,7 +3,8 @@
 Public API:
     plan(situation, policy) -> Plan      decide what to do; every action carries a human-readable reason
     Situation, Candidate                 the input: link, the current record on each side, match candidates
-    Plan and the actions                 Create, Update, Delete, Adopt, Conflict, Review, Skip, Handoff, Nothing
+    Plan and the actions                 Create, Update, Delete, Adopt, Conflict, Review, Skip, Handoff, Unlink,
+                                         Nothing
     check_breaker(mailbox, plans, total, breaker, force)   the circuit breaker over a mailbox's plans
 
 The algorithm is the status-table sync of vdirsyncer ("How OfflineIMAP works"), per field instead of per item:
@@ -122,11 +123,19 @@ class Handoff:
 
 
 @dataclass(frozen=True)
+class Unlink:
+    """Forget the pairing but keep ``keep``'s copy; the link stays as a tombstone so nothing comes back."""
+
+    keep: Side
+    reason: str
+
+
+@dataclass(frozen=True)
 class Nothing:
     reason: str
 
 
-Action = Create | Update | Delete | Adopt | Conflict | Review | Skip | Handoff | Nothing
+Action = Create | Update | Delete | Adopt | Conflict | Review | Skip | Handoff | Unlink | Nothing
 Write = Create | Update | Delete
 
 
@@ -456,7 +465,7 @@ def _deleted(ctx: _Ctx, gone: Side, survivor: SideRecord) -> Plan:
         contact = Contact().with_values(survivor.contact.values(fields))
         return done([Create(gone, contact, fields, reason)], LinkAfter.SAVE, reason, m365_id=m365_id, sf_id=sf_id)
     reason = f"deleted in {gone.label}; delete policy unlink: {keep.label} copy kept and never re-created{note}"
-    return done([Nothing(reason)], LinkAfter.SAVE, reason, state=LinkState.DETACHED, m365_id=m365_id,
+    return done([Unlink(keep, reason)], LinkAfter.SAVE, reason, state=LinkState.DETACHED, m365_id=m365_id,
                 sf_id=sf_id)
 
 

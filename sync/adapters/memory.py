@@ -1,0 +1,362 @@
+"""In-memory adapters: both contact sides, links, checkpoints, audit and queue.
+
+For unit and property tests (and the offline demo's bookkeeping). They keep the same promises as the real adapters:
+``MemoryLinkStore`` passes the same contract suite as the Azure Tables store (tests/contract), ``MemorySide``
+behaves like an Outlook folder (per mailbox) or a Salesforce org (org-wide, owned records, field lengths).
+Fakes record their effects (``side.writes``, ``queue.sent``) and can be told to fail (``side.fail_next``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sync.errors import AlreadyExists, NotFound, PreconditionFailed, SyncError
+from sync.mapping import fit_salesforce
+from sync.model import Contact
+from sync.policy import DEFAULT_SALESFORCE_LENGTHS, FieldMap, Side
+from sync.ports import AuditEntry, ContactChange, Link, LinkState, SideRecord, WorkItem
+
+_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class LogicalClock:
+    """Deterministic time for tests: every tick is one second later."""
+
+    def __init__(self) -> None:
+        self._ticks = itertools.count(1)
+
+    def __call__(self) -> datetime:
+        return _EPOCH + timedelta(seconds=next(self._ticks))
+
+
+@dataclass
+class _Stored:
+    contact: Contact
+    version: int
+    owner: str | None
+    modified_at: datetime
+    marker: str | None
+
+
+@dataclass(frozen=True)
+class WriteRecord:
+    op: str  # create | update | delete
+    mailbox: str
+    item_id: str
+    fields: frozenset[str] = frozenset()
+
+
+class MemorySide:
+    """One side of the sync in memory.
+
+    Outlook (``Side.M365``): one folder per mailbox; ``get`` finds a record only in that mailbox's folder.
+    Salesforce: one org; ``get`` ignores the mailbox, ``owner`` is the owning mailbox (None: not a synced user),
+    ``stream(mailbox)`` lists the records that mailbox owns, ``find`` searches the whole org, values are cut to the
+    Contact field lengths as Salesforce would.
+    ``fail_next`` holds errors raised by the next calls (one each); ``on_call`` is called before each operation.
+    """
+
+    def __init__(
+        self,
+        side: Side,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        field_map: FieldMap | None = None,
+        lengths: Mapping[str, int] = DEFAULT_SALESFORCE_LENGTHS,
+    ) -> None:
+        self.side = side
+        self._clock = clock or LogicalClock()
+        self._field_map = field_map or FieldMap()
+        self._lengths = lengths
+        self._items: dict[str, _Stored] = {}
+        self.deleted: dict[str, _Stored] = {}  # Deleted Items / Recycle Bin
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.fail_next: list[SyncError] = []
+        self.on_call: Callable[[str], None] | None = None
+        self.writes: list[WriteRecord] = []
+        self.calls: dict[str, int] = {}
+
+    # --- helpers ---------------------------------------------------------------------------------------------
+    def _enter(self, op: str) -> None:
+        self.calls[op] = self.calls.get(op, 0) + 1
+        if self.on_call is not None:
+            self.on_call(op)
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+
+    def _fit(self, contact: Contact) -> Contact:
+        if self.side is not Side.SALESFORCE:
+            return contact
+        cut = {
+            k: fit_salesforce(k, contact.get(k), self._field_map, self._lengths)
+            for k in self._field_map.salesforce_fields()
+        }
+        return contact.with_values(cut)
+
+    def _record(self, item_id: str, s: _Stored) -> SideRecord:
+        return SideRecord(
+            side=self.side, id=item_id, contact=s.contact, version=str(s.version), owner=s.owner,
+            modified_at=s.modified_at, marker=s.marker,
+        )
+
+    def _visible(self, mailbox: str, s: _Stored) -> bool:
+        return self.side is Side.SALESFORCE or s.owner == mailbox
+
+    def _new_id(self) -> str:
+        n = next(self._ids)
+        return f"003{n:015d}" if self.side is Side.SALESFORCE else f"AAMk-{n:06d}="
+
+    # --- ContactSide ------------------------------------------------------------------------------------------
+    def get(self, mailbox: str, item_id: str) -> SideRecord | None:
+        self._enter("get")
+        with self._lock:
+            s = self._items.get(item_id)
+            return self._record(item_id, s) if s is not None and self._visible(mailbox, s) else None
+
+    def find(self, mailbox: str, contact: Contact) -> list[SideRecord]:
+        self._enter("find")
+        emails = contact.email_keys()
+        key = contact.name_company_key()
+        with self._lock:
+            return [
+                self._record(i, s)
+                for i, s in sorted(self._items.items())
+                if self._visible(mailbox, s)
+                and ((emails and emails & s.contact.email_keys()) or (key and s.contact.name_company_key() == key))
+            ]
+
+    def create(self, mailbox: str, contact: Contact, *, marker: str | None = None) -> SideRecord:
+        self._enter("create")
+        with self._lock:
+            item_id = self._new_id()
+            self._items[item_id] = _Stored(self._fit(contact), 1, mailbox, self._clock(), marker)
+            self.writes.append(WriteRecord("create", mailbox, item_id))
+            return self._record(item_id, self._items[item_id])
+
+    def update(
+        self,
+        mailbox: str,
+        item_id: str,
+        contact: Contact,
+        *,
+        fields: frozenset[str],
+        if_match: str | None,
+        marker: str | None = None,
+    ) -> SideRecord:
+        self._enter("update")
+        with self._lock:
+            s = self._items.get(item_id)
+            if s is None or not self._visible(mailbox, s):
+                raise NotFound("contact not found", side=self.side.value, item_id=item_id)
+            if if_match is not None and if_match != str(s.version):
+                raise PreconditionFailed("changed since it was read", side=self.side.value, item_id=item_id)
+            new = self._fit(s.contact.with_values(contact.values(fields)))
+            s.contact, s.version, s.modified_at = new, s.version + 1, self._clock()
+            if marker is not None:
+                s.marker = marker
+            self.writes.append(WriteRecord("update", mailbox, item_id, fields))
+            return self._record(item_id, s)
+
+    def delete(self, mailbox: str, item_id: str, *, if_match: str | None) -> None:
+        self._enter("delete")
+        with self._lock:
+            s = self._items.get(item_id)
+            if s is None or not self._visible(mailbox, s):
+                raise NotFound("contact not found", side=self.side.value, item_id=item_id)
+            if if_match is not None and if_match != str(s.version):
+                raise PreconditionFailed("changed since it was read", side=self.side.value, item_id=item_id)
+            self.deleted[item_id] = self._items.pop(item_id)
+            self.writes.append(WriteRecord("delete", mailbox, item_id))
+
+    def stream(self, mailbox: str) -> Iterator[SideRecord]:
+        self._enter("stream")
+        with self._lock:
+            records = [self._record(i, s) for i, s in sorted(self._items.items()) if s.owner == mailbox]
+        yield from records
+
+    # --- acting as a user (tests, demo): no faults, no write records -------------------------------------------
+    def user_create(self, mailbox: str | None, contact: Contact, *, marker: str | None = None) -> str:
+        with self._lock:
+            item_id = self._new_id()
+            self._items[item_id] = _Stored(self._fit(contact), 1, mailbox, self._clock(), marker)
+            return item_id
+
+    def user_edit(self, item_id: str, values: Mapping[str, str | None]) -> None:
+        with self._lock:
+            s = self._items[item_id]
+            s.contact, s.version, s.modified_at = self._fit(s.contact.with_values(values)), s.version + 1, self._clock()
+
+    def user_delete(self, item_id: str) -> None:
+        with self._lock:
+            self.deleted[item_id] = self._items.pop(item_id)
+
+    def user_set_owner(self, item_id: str, owner: str | None) -> None:
+        with self._lock:
+            s = self._items[item_id]
+            s.owner, s.version, s.modified_at = owner, s.version + 1, self._clock()
+
+    def user_undelete(self, item_id: str) -> None:
+        with self._lock:
+            s = self.deleted.pop(item_id)
+            s.version += 1
+            self._items[item_id] = s
+
+    def snapshot(self) -> dict[str, SideRecord]:
+        """Every live record by id (tests read the final state through this)."""
+        with self._lock:
+            return {i: self._record(i, s) for i, s in self._items.items()}
+
+
+# ---------------------------------------------------------------------------------------------- links
+
+
+def _row_keys(link: Link) -> list[str]:
+    keys = []
+    if link.m365_id:
+        keys.append(f"m365|{link.m365_id}")
+    if link.sf_id:
+        keys.append(f"sf|{link.sf_id}")
+    return keys
+
+
+def _primary_key(link: Link) -> str:
+    return f"sf|{link.sf_id}" if link.sf_id else f"m365|{link.m365_id}"
+
+
+class MemoryLinkStore:
+    """Links in a dict, with the Table store's semantics: rows per id, one etag per write, guarded replace."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str], tuple[Link, int]] = {}
+        self._versions = itertools.count(1)
+        self._lock = threading.Lock()
+        self.fail_next: list[SyncError] = []
+
+    def _enter(self) -> None:
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+
+    def get(self, mailbox: str, side: Side, item_id: str) -> Link | None:
+        prefix = "m365" if side is Side.M365 else "sf"
+        with self._lock:
+            row = self._rows.get((mailbox, f"{prefix}|{item_id}"))
+        if row is None:
+            return None
+        link, version = row
+        return link.model_copy(update={"etag": f"{prefix}|{item_id}\n{version}"})
+
+    def save(self, link: Link, *, previous: Link | None) -> Link:
+        self._enter()
+        if not (link.m365_id or link.sf_id):
+            raise ValueError("a link needs at least one id")
+        with self._lock:
+            old_keys: list[str] = []
+            if previous is not None:
+                if previous.etag is None:
+                    raise ValueError("previous link has no etag: read it from the store first")
+                row_key, _, expected = previous.etag.partition("\n")
+                current = self._rows.get((previous.mailbox, row_key))
+                if current is None or str(current[1]) != expected:
+                    raise PreconditionFailed("link changed since it was read", item_id=row_key)
+                old_keys = _row_keys(previous)
+            new_keys = _row_keys(link)
+            for key in new_keys:
+                if key not in old_keys and (link.mailbox, key) in self._rows:
+                    raise AlreadyExists("another link holds this id", item_id=key)
+            for key in old_keys:
+                if key not in new_keys:
+                    self._rows.pop((previous.mailbox if previous else link.mailbox, key), None)
+            version = next(self._versions)
+            stored = link.model_copy(update={"etag": None})
+            for key in new_keys:
+                self._rows[(link.mailbox, key)] = (stored, version)
+        primary = _primary_key(link)
+        return link.model_copy(update={"etag": f"{primary}\n{version}"})
+
+    def delete(self, link: Link) -> None:
+        self._enter()
+        if link.etag is None:
+            raise ValueError("link has no etag: read it from the store first")
+        row_key, _, version = link.etag.partition("\n")
+        with self._lock:
+            current = self._rows.get((link.mailbox, row_key))
+            if current is None:
+                raise NotFound("link not found", item_id=row_key)
+            if str(current[1]) != version:
+                raise PreconditionFailed("link changed since it was read", item_id=row_key)
+            for key in _row_keys(link):
+                self._rows.pop((link.mailbox, key), None)
+
+    def list(self, mailbox: str) -> Iterator[Link]:
+        with self._lock:
+            rows = [(k, v) for k, v in self._rows.items() if k[0] == mailbox]
+        for (_, key), (link, version) in sorted(rows):
+            if key == _primary_key(link):
+                yield link.model_copy(update={"etag": f"{key}\n{version}"})
+
+    def mailboxes_of(self, sf_id: str) -> set[str]:
+        with self._lock:
+            return {mb for (mb, key) in self._rows if key == f"sf|{sf_id}"}
+
+    def all_links(self) -> builtins.list[Link]:
+        mailboxes = sorted({mb for mb, _ in self._rows})
+        return [link for mb in mailboxes for link in self.list(mb)]
+
+
+# ---------------------------------------------------------------------------------------------- the rest
+
+
+class MemoryCheckpoints:
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, str], str] = {}
+
+    def get(self, scope: str, name: str) -> str | None:
+        return self._values.get((scope, name))
+
+    def put(self, scope: str, name: str, value: str) -> None:
+        self._values[(scope, name)] = value
+
+
+class MemoryAudit:
+    def __init__(self) -> None:
+        self.entries: list[AuditEntry] = []
+
+    def write(self, entries: Sequence[AuditEntry]) -> None:
+        self.entries.extend(entries)
+
+    def recent(self, mailbox: str, limit: int = 50) -> list[AuditEntry]:
+        return [e for e in reversed(self.entries) if e.mailbox == mailbox][:limit]
+
+
+@dataclass
+class MemoryQueue:
+    sent: list[tuple[WorkItem, float]] = field(default_factory=list)
+
+    def send(self, item: WorkItem, *, delay: float = 0.0) -> None:
+        self.sent.append((item, delay))
+
+    def drain(self) -> list[WorkItem]:
+        items = [i for i, _ in self.sent]
+        self.sent.clear()
+        return items
+
+    def contact_changes(self) -> list[ContactChange]:
+        return [i for i, _ in self.sent if isinstance(i, ContactChange)]
+
+
+__all__ = [
+    "LinkState",
+    "LogicalClock",
+    "MemoryAudit",
+    "MemoryCheckpoints",
+    "MemoryLinkStore",
+    "MemoryQueue",
+    "MemorySide",
+    "WriteRecord",
+]

@@ -1,0 +1,288 @@
+"""The engine: read both sides and the link, plan, execute, commit the link, audit.
+
+Public API:
+    Engine(m365, salesforce, links, audit, queue, policy, mailboxes)
+    Engine.sync_contact(change) -> list[Outcome]        one hint, every mailbox it concerns
+    Engine.situation(...) / Engine.execute(situation, plan)   used by reconcile for whole mailboxes
+
+Level-triggered (DESIGN.md): a hint only names a contact; the engine reads the *current* state of both sides and the
+link, so duplicated, late, reordered and lost hints are harmless. A plan's writes run in order; if one fails the link
+is left exactly as it was (the next attempt re-reads and decides again) and the typed error goes up to the caller.
+The link is committed last, under the etag it was read with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sync.errors import NotFound, PreconditionFailed, SyncError
+from sync.model import field_digests, fingerprint
+from sync.planner import (
+    Adopt,
+    Candidate,
+    Conflict,
+    Create,
+    Delete,
+    Handoff,
+    LinkAfter,
+    Nothing,
+    Plan,
+    Review,
+    Situation,
+    Skip,
+    Update,
+    plan,
+)
+from sync.policy import Policy, Side
+from sync.ports import (
+    AuditEntry,
+    AuditLog,
+    AuditOutcome,
+    ContactChange,
+    ContactSide,
+    Link,
+    LinkState,
+    LinkStore,
+    SideRecord,
+    WorkQueue,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one person in one mailbox."""
+
+    mailbox: str
+    plan: Plan
+    applied: bool
+    link: Link | None = None
+    records: dict[Side, SideRecord | None] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(
+        self,
+        m365: ContactSide,
+        salesforce: ContactSide,
+        links: LinkStore,
+        audit: AuditLog,
+        queue: WorkQueue,
+        policy: Policy,
+        mailboxes: Collection[str],
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.sides: dict[Side, ContactSide] = {Side.M365: m365, Side.SALESFORCE: salesforce}
+        self.links = links
+        self.audit = audit
+        self.queue = queue
+        self.policy = policy
+        self.mailboxes = frozenset(mb.casefold() for mb in mailboxes)
+        self.clock = clock
+
+    # ------------------------------------------------------------------------------------------ reading
+    def _candidates(self, mailbox: str, record: SideRecord) -> tuple[Candidate, ...]:
+        """Possible matches on the other side for an unlinked record (marker first, then the side's search)."""
+        other = self.sides[record.side.other]
+        found: dict[str, SideRecord] = {}
+        if record.marker:
+            marked = other.get(mailbox, record.marker)
+            if marked is not None:
+                found[marked.id] = marked
+        for rec in other.find(mailbox, record.contact):
+            found.setdefault(rec.id, rec)
+        out = []
+        for rec in found.values():
+            existing = self.links.get(mailbox, rec.side, rec.id)
+            out.append(Candidate(rec, linked=existing is not None and existing.state is LinkState.LINKED))
+        return tuple(out)
+
+    def situations_for(self, change: ContactChange) -> list[Situation]:
+        """Read the current state of both sides and the link(s) for one hint."""
+        m365, sf = self.sides[Side.M365], self.sides[Side.SALESFORCE]
+        if change.source is Side.M365:
+            if not change.mailbox:
+                raise ValueError("an Outlook change needs its mailbox")
+            mailbox = change.mailbox.casefold()
+            if mailbox not in self.mailboxes:
+                logger.info("change for mailbox out of scope ignored: item %s", change.item_id)
+                return []
+            link = self.links.get(mailbox, Side.M365, change.item_id)
+            m = m365.get(mailbox, change.item_id)
+            f = sf.get(mailbox, link.sf_id) if link is not None and link.sf_id else None
+            if link is None and m is None:
+                return []
+            return [self.situation(mailbox, link, m, f)]
+        f = sf.get("", change.item_id)
+        mailboxes = set(self.links.mailboxes_of(change.item_id))
+        if f is not None and f.owner in self.mailboxes:
+            mailboxes.add(f.owner)
+        out = []
+        for mailbox in sorted(mailboxes):
+            link = self.links.get(mailbox, Side.SALESFORCE, change.item_id)
+            m = m365.get(mailbox, link.m365_id) if link is not None and link.m365_id else None
+            out.append(self.situation(mailbox, link, m, f))
+        return out
+
+    def situation(
+        self, mailbox: str, link: Link | None, m: SideRecord | None, f: SideRecord | None
+    ) -> Situation:
+        if f is not None and f.owner is not None and f.owner not in self.mailboxes:
+            f = f.model_copy(update={"owner": None})  # owned by a user we do not sync
+        candidates: tuple[Candidate, ...] = ()
+        if link is None:
+            present = m if m is not None else f
+            if present is not None and (present.side is Side.M365 or present.owner == mailbox):
+                candidates = self._candidates(mailbox, present)
+        return Situation(mailbox, link, m, f, candidates)
+
+    # ------------------------------------------------------------------------------------------ the entry point
+    def sync_contact(self, change: ContactChange) -> list[Outcome]:
+        """Bring one person in sync in every mailbox the hint concerns. Raises typed errors (retry or poison)."""
+        outcomes = []
+        for situation in self.situations_for(change):
+            p = plan(situation, self.policy)
+            outcomes.append(self.execute(situation, p))
+        return outcomes
+
+    # ------------------------------------------------------------------------------------------ executing
+    def execute(self, s: Situation, p: Plan) -> Outcome:
+        records: dict[Side, SideRecord | None] = {Side.M365: s.m365, Side.SALESFORCE: s.sf}
+        if p.link_after is LinkAfter.KEEP and not p.writes:
+            if any(isinstance(a, Review | Skip) for a in p.actions):
+                self._audit(s, p, records, "review" if any(isinstance(a, Review) for a in p.actions) else "applied")
+            return Outcome(s.mailbox, p, True, s.link, records)
+        try:
+            for action in p.actions:
+                self._apply(s.mailbox, action, records)
+            link = self._commit(s, p, records)
+        except SyncError as exc:
+            self._audit(s, p, records, "failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        self._audit(s, p, records, "applied")
+        return Outcome(s.mailbox, p, True, link, records)
+
+    def _apply(self, mailbox: str, action: object, records: dict[Side, SideRecord | None]) -> None:
+        if isinstance(action, Create):
+            other = records[action.side.other]
+            created = self.sides[action.side].create(mailbox, action.contact, marker=other.id if other else None)
+            records[action.side] = created
+            if other is not None:
+                records[other.side] = self._stamp(mailbox, other, created.id)
+        elif isinstance(action, Update):
+            records[action.side] = self.sides[action.side].update(
+                mailbox, action.item_id, action.contact, fields=action.fields, if_match=action.if_match,
+                marker=action.marker,
+            )
+        elif isinstance(action, Delete):
+            with contextlib.suppress(NotFound):  # already gone: the goal is reached
+                self.sides[action.side].delete(mailbox, action.item_id, if_match=action.if_match)
+            records[action.side] = None
+        elif isinstance(action, Handoff):
+            self.queue.send(ContactChange(source=Side.SALESFORCE, item_id=action.sf_id))
+
+    def _stamp(self, mailbox: str, record: SideRecord, other_id: str) -> SideRecord:
+        """Stamp the link marker on the source record after a create; best effort (the marker is for recovery)."""
+        if record.marker == other_id:
+            return record
+        try:
+            return self.sides[record.side].update(
+                mailbox, record.id, record.contact, fields=frozenset(), if_match=record.version, marker=other_id
+            )
+        except (PreconditionFailed, NotFound) as exc:
+            logger.warning("marker not stamped on %s %s: %s", record.side.value, record.id, type(exc).__name__)
+            return record
+
+    def _commit(self, s: Situation, p: Plan, records: dict[Side, SideRecord | None]) -> Link | None:
+        if p.link_after is LinkAfter.KEEP:
+            return s.link
+        if p.link_after is LinkAfter.REMOVE:
+            if s.link is not None:
+                with contextlib.suppress(NotFound):
+                    self.links.delete(s.link)
+            return None
+        m, f = records[Side.M365], records[Side.SALESFORCE]
+        fields = p.synced_fields
+        detached = p.state is LinkState.DETACHED
+        keep_m = m is not None and (not detached or p.m365_id is not None)
+        keep_f = f is not None and (not detached or p.sf_id is not None)
+        link = Link(
+            mailbox=s.mailbox,
+            m365_id=m.id if keep_m and m else None,
+            sf_id=f.id if keep_f and f else None,
+            state=p.state,
+            m365_base=field_digests(m.contact, fields) if keep_m and m else {},
+            sf_base=field_digests(f.contact, fields) if keep_f and f else {},
+            m365_fp=fingerprint(m.contact, fields) if keep_m and m else None,
+            sf_fp=fingerprint(f.contact, fields) if keep_f and f else None,
+            m365_version=m.version if keep_m and m else None,
+            sf_version=f.version if keep_f and f else None,
+            synced_at=self.clock(),
+            reason=p.reason[:500],
+        )
+        previous = s.link
+        if previous is None:
+            previous = self._tombstone_for(s.mailbox, link)
+        return self.links.save(link, previous=previous)
+
+    def _tombstone_for(self, mailbox: str, link: Link) -> Link | None:
+        """A detached link holding one of the new link's ids is replaced (a user re-added a deleted contact)."""
+        for side in (Side.M365, Side.SALESFORCE):
+            item_id = link.id_on(side)
+            if item_id:
+                existing = self.links.get(mailbox, side, item_id)
+                if existing is not None and existing.state is LinkState.DETACHED:
+                    return existing
+        return None
+
+    # ------------------------------------------------------------------------------------------ audit
+    def _audit(
+        self,
+        s: Situation,
+        p: Plan,
+        records: dict[Side, SideRecord | None],
+        outcome: AuditOutcome,
+        *,
+        error: str | None = None,
+    ) -> None:
+        m, f = records[Side.M365], records[Side.SALESFORCE]
+        m_id = (m.id if m else None) or p.m365_id or (s.link.m365_id if s.link else None)
+        f_id = (f.id if f else None) or p.sf_id or (s.link.sf_id if s.link else None)
+        now = self.clock()
+        entries = []
+        for a in p.actions:
+            if isinstance(a, Nothing):
+                continue
+            kind, winner, rule = type(a).__name__.lower(), None, None
+            fields: tuple[str, ...] = ()
+            if isinstance(a, Create | Update | Delete):
+                kind = f"{kind}:{a.side.value}"
+            if isinstance(a, Create | Update):
+                fields = tuple(sorted(a.fields))
+            if isinstance(a, Conflict):
+                fields, winner, rule = (a.field,), a.winner, a.rule
+            if isinstance(a, Adopt):
+                rule = a.via
+            entries.append(
+                AuditEntry(
+                    at=now, mailbox=s.mailbox, m365_id=m_id, sf_id=f_id, action=kind, reason=a.reason,
+                    fields=fields, winner=winner, rule=rule,
+                    outcome="review" if isinstance(a, Review) else outcome, error=error,
+                )
+            )
+        if not entries:
+            entries.append(
+                AuditEntry(at=now, mailbox=s.mailbox, m365_id=m_id, sf_id=f_id, action=p.link_after.value,
+                           reason=p.reason, outcome=outcome, error=error)
+            )
+        self.audit.write(entries)
