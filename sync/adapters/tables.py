@@ -1,0 +1,315 @@
+"""Azure Table Storage adapters: links, checkpoints and audit (azure-data-tables 12.7.0).
+
+Public API:
+    TableStorage(service, prefix="sync")     tables ``<prefix>links``, ``<prefix>checkpoints``, ``<prefix>audit``
+    TableLinkStore, TableCheckpoints, TableAudit
+    escape_key(text)                          make any id safe as a PartitionKey / RowKey
+
+Links (azure.md §4): PartitionKey = mailbox; two rows per link, ``m365|<id>`` and ``sf|<id>``, both carrying the
+whole link, written in ONE entity-group transaction (same partition, <= 100 operations). Every write of a link
+touches all its rows, so a condition on any one row's ETag (``MatchConditions.IfNotModified``) detects any concurrent
+write: the link's ``etag`` is "<row key>\\n<ETag>" of the row it was read through. A stale ETag is 412 ->
+PreconditionFailed; a row that already exists on create is 409 -> AlreadyExists.
+An index partition (``~sf``) maps a Salesforce id to the mailboxes holding it (row ``<sf id>|<mailbox>``); it is
+written after the link and may be stale, which only costs a lookup that finds nothing.
+Key characters forbidden by Table Storage (``/ \\ # ?``, control characters) are percent-encoded, as is ``%``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
+
+from sync.errors import (
+    AlreadyExists,
+    AuthFailed,
+    BadData,
+    NotFound,
+    PreconditionFailed,
+    SyncError,
+    Throttled,
+    Transient,
+)
+from sync.policy import Side
+from sync.ports import AuditEntry, Link
+
+_T = TypeVar("_T")
+MAX_TRANSACTION = 100  # entity group transaction limit (azure.md §4.2); the SDK does not check it
+INDEX_PARTITION = "~sf"
+_FORBIDDEN = set("/\\#?%") | {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
+
+
+def escape_key(text: str) -> str:
+    """Percent-encode the characters Table Storage forbids in keys (and '%' itself), so the mapping is reversible."""
+    return "".join(f"%{ord(ch):02X}" if ch in _FORBIDDEN else ch for ch in text)
+
+
+def _map_error(exc: Exception, item_id: str | None = None) -> SyncError:
+    """The one place Table Storage failures become typed errors."""
+    status = getattr(exc, "status_code", None)
+    message = getattr(exc, "message", None) or type(exc).__name__
+    first_line = str(message).splitlines()[0][:200]
+    if isinstance(exc, ResourceModifiedError) or status == 412:
+        return PreconditionFailed(f"table row changed since it was read: {first_line}", side="tables", item_id=item_id)
+    if isinstance(exc, ResourceExistsError) or status == 409:
+        return AlreadyExists(f"table row exists: {first_line}", side="tables", item_id=item_id)
+    if isinstance(exc, ResourceNotFoundError) or status == 404:
+        return NotFound(f"table row not found: {first_line}", side="tables", item_id=item_id)
+    if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
+        return AuthFailed(f"table storage refused the credentials: {first_line}", side="tables")
+    if status in (429, 503):
+        return Throttled(f"table storage is busy: {first_line}", side="tables")
+    if isinstance(exc, ServiceRequestError | ServiceResponseError) or (status is not None and status >= 500):
+        return Transient(f"table storage failed: {first_line}", side="tables")
+    if status is not None and 400 <= status < 500:
+        return BadData(f"table storage refused the request: {first_line}", side="tables", item_id=item_id)
+    return Transient(f"table storage error: {first_line}", side="tables")
+
+
+def _call(fn: Callable[[], _T], item_id: str | None = None) -> _T:
+    try:
+        return fn()
+    except (AzureError, TableTransactionError) as exc:
+        raise _map_error(exc, item_id) from exc
+
+
+def _chunks(items: Sequence[_T], size: int = MAX_TRANSACTION) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# ---------------------------------------------------------------------------------------------- links
+
+
+def _row_keys(link: Link) -> list[str]:
+    keys = []
+    if link.m365_id:
+        keys.append(f"m365|{link.m365_id}")
+    if link.sf_id:
+        keys.append(f"sf|{link.sf_id}")
+    return keys
+
+
+def _primary(link: Link) -> str:
+    return f"sf|{link.sf_id}" if link.sf_id else f"m365|{link.m365_id}"
+
+
+class TableLinkStore:
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def _entity(self, link: Link, row_key: str) -> dict[str, Any]:
+        return {
+            "PartitionKey": escape_key(link.mailbox),
+            "RowKey": escape_key(row_key),
+            "Link": link.model_dump_json(exclude={"etag"}),
+            "State": link.state.value,
+            "Primary": row_key == _primary(link),
+            "SyncedAt": link.synced_at,
+        }
+
+    @staticmethod
+    def _from_entity(entity: Any, row_key: str) -> Link:
+        link = Link.model_validate_json(entity["Link"])
+        return link.model_copy(update={"etag": f"{row_key}\n{entity.metadata['etag']}"})
+
+    def get(self, mailbox: str, side: Side, item_id: str) -> Link | None:
+        row_key = f"{'m365' if side is Side.M365 else 'sf'}|{item_id}"
+        try:
+            entity = self._table.get_entity(escape_key(mailbox), escape_key(row_key))
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise _map_error(exc, item_id) from exc
+        return self._from_entity(entity, row_key)
+
+    def save(self, link: Link, *, previous: Link | None) -> Link:
+        new_keys = _row_keys(link)
+        if not new_keys:
+            raise ValueError("a link needs at least one id")
+        ops: list[Any] = []
+        guard_key: str | None = None
+        if previous is not None:
+            if previous.etag is None:
+                raise ValueError("previous link has no etag: read it from the store first")
+            if previous.mailbox != link.mailbox:
+                raise ValueError("a link cannot move between mailboxes")
+            guard_key, _, guard_etag = previous.etag.partition("\n")
+            old_keys = _row_keys(previous)
+            for key in old_keys:
+                guarded = {"etag": guard_etag, "match_condition": MatchConditions.IfNotModified}
+                if key not in new_keys:
+                    row = {"PartitionKey": escape_key(link.mailbox), "RowKey": escape_key(key)}
+                    ops.append(("delete", row, guarded if key == guard_key else {}))
+                elif key == guard_key:
+                    ops.append(("update", self._entity(link, key), {"mode": UpdateMode.REPLACE, **guarded}))
+                else:
+                    ops.append(("upsert", self._entity(link, key), {"mode": UpdateMode.REPLACE}))
+            ops += [("create", self._entity(link, k)) for k in new_keys if k not in old_keys]
+        else:
+            ops = [("create", self._entity(link, k)) for k in new_keys]
+        result = _call(lambda: self._table.submit_transaction(ops), _primary(link))
+        primary = escape_key(_primary(link))
+        # results come back in operation order, each write with its new ETag
+        etag = next((r.get("etag") for op, r in zip(ops, result, strict=True) if op[1]["RowKey"] == primary), None)
+        if etag is None:
+            raise PreconditionFailed("the link row returned no ETag", item_id=_primary(link))
+        saved = link.model_copy(update={"etag": f"{_primary(link)}\n{etag}"})
+        self._index(link, previous)
+        return saved
+
+    def _index(self, link: Link, previous: Link | None) -> None:
+        if previous is not None and previous.sf_id and previous.sf_id != link.sf_id:
+            self._unindex(previous.sf_id, previous.mailbox)
+        if link.sf_id:
+            row = {"PartitionKey": INDEX_PARTITION, "RowKey": escape_key(f"{link.sf_id}|{link.mailbox}"),
+                   "Mailbox": link.mailbox}
+            _call(lambda: self._table.upsert_entity(row, mode=UpdateMode.REPLACE), link.sf_id)
+
+    def _unindex(self, sf_id: str, mailbox: str) -> None:
+        try:
+            self._table.delete_entity(INDEX_PARTITION, escape_key(f"{sf_id}|{mailbox}"))
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise _map_error(exc, sf_id) from exc
+
+    def delete(self, link: Link) -> None:
+        if link.etag is None:
+            raise ValueError("link has no etag: read it from the store first")
+        guard_key, _, guard_etag = link.etag.partition("\n")
+        ops: list[Any] = []
+        for key in _row_keys(link):
+            row = {"PartitionKey": escape_key(link.mailbox), "RowKey": escape_key(key)}
+            kw = {"etag": guard_etag, "match_condition": MatchConditions.IfNotModified} if key == guard_key else {}
+            ops.append(("delete", row, kw))
+        _call(lambda: self._table.submit_transaction(ops), guard_key)
+        if link.sf_id:
+            self._unindex(link.sf_id, link.mailbox)
+
+    def list(self, mailbox: str) -> Iterator[Link]:
+        pages = self._table.query_entities(
+            "PartitionKey eq @pk and Primary eq true", parameters={"pk": escape_key(mailbox)}, results_per_page=1000
+        )
+        try:
+            for entity in pages:
+                link = Link.model_validate_json(entity["Link"])
+                yield link.model_copy(update={"etag": f"{_primary(link)}\n{entity.metadata['etag']}"})
+        except AzureError as exc:
+            raise _map_error(exc, mailbox) from exc
+
+    def mailboxes_of(self, sf_id: str) -> set[str]:
+        prefix = escape_key(f"{sf_id}|")
+        rows = self._table.query_entities(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+            parameters={"pk": INDEX_PARTITION, "lo": prefix, "hi": prefix[:-1] + "}"},
+            select=["Mailbox"],
+        )
+        return _call(lambda: {str(r["Mailbox"]) for r in rows}, sf_id)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints, audit
+
+
+class TableCheckpoints:
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def get(self, scope: str, name: str) -> str | None:
+        try:
+            entity = self._table.get_entity(escape_key(scope), escape_key(name))
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise _map_error(exc, name) from exc
+        return str(entity["Value"])
+
+    def put(self, scope: str, name: str, value: str) -> None:
+        row = {"PartitionKey": escape_key(scope), "RowKey": escape_key(name), "Value": value}
+        _call(lambda: self._table.upsert_entity(row, mode=UpdateMode.REPLACE), name)
+
+
+class TableAudit:
+    """Audit rows per mailbox, newest first (RowKey = inverted milliseconds + a random suffix)."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    @staticmethod
+    def _row_key(at: datetime) -> str:
+        ms = int(at.timestamp() * 1000)
+        return f"{10**13 - ms:013d}-{uuid.uuid4().hex[:12]}"
+
+    def write(self, entries: Sequence[AuditEntry]) -> None:
+        by_mailbox: dict[str, list[Any]] = {}
+        for e in entries:
+            row = {
+                "PartitionKey": escape_key(e.mailbox),
+                "RowKey": self._row_key(e.at),
+                "Entry": e.model_dump_json(),
+                "Action": e.action,
+                "Outcome": e.outcome,
+            }
+            by_mailbox.setdefault(e.mailbox, []).append(("upsert", row, {"mode": UpdateMode.REPLACE}))
+        for mailbox, ops in by_mailbox.items():
+            for chunk in _chunks(ops):
+                _call(lambda chunk=chunk: self._table.submit_transaction(list(chunk)), mailbox)  # type: ignore[misc]
+
+    def recent(self, mailbox: str, limit: int = 50) -> list[AuditEntry]:
+        pages = self._table.query_entities(
+            "PartitionKey eq @pk", parameters={"pk": escape_key(mailbox)}, results_per_page=min(limit, 1000)
+        )
+        out: list[AuditEntry] = []
+        try:
+            for entity in pages:
+                out.append(AuditEntry.model_validate_json(entity["Entry"]))
+                if len(out) >= limit:
+                    break
+        except AzureError as exc:
+            raise _map_error(exc, mailbox) from exc
+        return out
+
+
+class TableStorage:
+    """The three tables of the sync state, created on first use."""
+
+    def __init__(self, service: TableServiceClient, prefix: str = "sync") -> None:
+        if not prefix.isalnum() or not prefix[:1].isalpha():
+            raise ValueError("SYNC_TABLE_PREFIX must start with a letter and contain only letters and digits")
+        self._service = service
+        self._prefix = prefix
+
+    def _table(self, name: str) -> TableClient:
+        full = f"{self._prefix}{name}"
+        try:
+            self._service.create_table_if_not_exists(full)
+        except AzureError as exc:
+            raise _map_error(exc, full) from exc
+        return self._service.get_table_client(full)
+
+    def links(self) -> TableLinkStore:
+        return TableLinkStore(self._table("links"))
+
+    def checkpoints(self) -> TableCheckpoints:
+        return TableCheckpoints(self._table("checkpoints"))
+
+    def audit(self) -> TableAudit:
+        return TableAudit(self._table("audit"))
+
+    @classmethod
+    def from_connection_string(cls, conn: str, prefix: str = "sync") -> TableStorage:
+        return cls(TableServiceClient.from_connection_string(conn), prefix)

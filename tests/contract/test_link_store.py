@@ -1,0 +1,141 @@
+"""The LinkStore contract: the same tests against the in-memory store and the Azure Tables store on Azurite.
+
+An in-memory fake is only allowed because it passes exactly these tests (STYLE.md habit 11).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from sync.adapters.memory import MemoryLinkStore
+from sync.adapters.tables import TableStorage
+from sync.errors import AlreadyExists, NotFound, PreconditionFailed
+from sync.policy import Side
+from sync.ports import Link, LinkState, LinkStore
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+MAILBOX = "rep@contoso.com"
+
+
+@pytest.fixture(params=["memory", "azurite"])
+def store(request: pytest.FixtureRequest) -> Iterator[LinkStore]:
+    if request.param == "memory":
+        yield MemoryLinkStore()
+        return
+    conn = request.getfixturevalue("azurite_connection_string")
+    prefix = "t" + uuid.uuid4().hex[:12]  # a fresh set of tables per test
+    yield TableStorage.from_connection_string(conn, prefix).links()
+
+
+def new_link(m365_id: str | None = "AAMkAD/x+y==", sf_id: str | None = "003A000000000001AA", **kw: object) -> Link:
+    return Link(mailbox=MAILBOX, m365_id=m365_id, sf_id=sf_id, synced_at=T0, m365_base={"email": "d1"},
+                sf_base={"email": "d1"}, m365_fp="f1", sf_fp="f1", **kw)  # type: ignore[arg-type]
+
+
+def test_create_then_read_through_either_id(store: LinkStore) -> None:
+    saved = store.save(new_link(), previous=None)
+    assert saved.etag
+    by_m365 = store.get(MAILBOX, Side.M365, "AAMkAD/x+y==")
+    by_sf = store.get(MAILBOX, Side.SALESFORCE, "003A000000000001AA")
+    assert by_m365 is not None and by_sf is not None
+    assert by_m365.model_dump(exclude={"etag"}) == by_sf.model_dump(exclude={"etag"}) == new_link().model_dump(
+        exclude={"etag"})
+    assert store.get("other@contoso.com", Side.M365, "AAMkAD/x+y==") is None
+
+
+def test_create_twice_is_already_exists(store: LinkStore) -> None:
+    store.save(new_link(), previous=None)
+    with pytest.raises(AlreadyExists):
+        store.save(new_link(m365_id="other-id"), previous=None)  # same Salesforce id in the same mailbox
+
+
+def test_replace_with_current_etag_succeeds_and_changes_etag(store: LinkStore) -> None:
+    store.save(new_link(), previous=None)
+    current = store.get(MAILBOX, Side.M365, "AAMkAD/x+y==")
+    assert current is not None
+    updated = store.save(current.model_copy(update={"m365_fp": "f2"}), previous=current)
+    assert updated.etag != current.etag
+    again = store.get(MAILBOX, Side.SALESFORCE, "003A000000000001AA")
+    assert again is not None and again.m365_fp == "f2"
+
+
+@pytest.mark.parametrize("read_via", [Side.M365, Side.SALESFORCE])
+def test_lost_update_is_refused_whichever_row_was_read(store: LinkStore, read_via: Side) -> None:
+    store.save(new_link(), previous=None)
+    ids = {Side.M365: "AAMkAD/x+y==", Side.SALESFORCE: "003A000000000001AA"}
+    first = store.get(MAILBOX, Side.M365, ids[Side.M365])
+    second = store.get(MAILBOX, read_via, ids[read_via])
+    assert first is not None and second is not None
+    store.save(first.model_copy(update={"m365_fp": "writer-1"}), previous=first)
+    with pytest.raises(PreconditionFailed):
+        store.save(second.model_copy(update={"m365_fp": "writer-2"}), previous=second)
+    final = store.get(MAILBOX, Side.SALESFORCE, ids[Side.SALESFORCE])
+    assert final is not None and final.m365_fp == "writer-1"
+
+
+def test_detaching_removes_the_dropped_row(store: LinkStore) -> None:
+    store.save(new_link(), previous=None)
+    current = store.get(MAILBOX, Side.SALESFORCE, "003A000000000001AA")
+    assert current is not None
+    tomb = current.model_copy(update={"m365_id": None, "state": LinkState.DETACHED, "m365_base": {}})
+    store.save(tomb, previous=current)
+    assert store.get(MAILBOX, Side.M365, "AAMkAD/x+y==") is None
+    kept = store.get(MAILBOX, Side.SALESFORCE, "003A000000000001AA")
+    assert kept is not None and kept.state is LinkState.DETACHED and kept.m365_id is None
+
+
+def test_changing_an_id_moves_its_row(store: LinkStore) -> None:
+    store.save(new_link(), previous=None)
+    current = store.get(MAILBOX, Side.M365, "AAMkAD/x+y==")
+    assert current is not None
+    store.save(current.model_copy(update={"sf_id": "003A000000000002AA"}), previous=current)
+    assert store.get(MAILBOX, Side.SALESFORCE, "003A000000000001AA") is None
+    moved = store.get(MAILBOX, Side.SALESFORCE, "003A000000000002AA")
+    assert moved is not None and moved.m365_id == "AAMkAD/x+y=="
+    assert store.mailboxes_of("003A000000000002AA") == {MAILBOX}
+
+
+def test_delete_is_guarded_and_removes_both_rows(store: LinkStore) -> None:
+    store.save(new_link(), previous=None)
+    stale = store.get(MAILBOX, Side.M365, "AAMkAD/x+y==")
+    assert stale is not None
+    store.save(stale.model_copy(update={"sf_fp": "new"}), previous=stale)
+    with pytest.raises(PreconditionFailed):
+        store.delete(stale)
+    fresh = store.get(MAILBOX, Side.M365, "AAMkAD/x+y==")
+    assert fresh is not None
+    store.delete(fresh)
+    assert store.get(MAILBOX, Side.M365, "AAMkAD/x+y==") is None
+    assert store.get(MAILBOX, Side.SALESFORCE, "003A000000000001AA") is None
+    with pytest.raises(NotFound):
+        store.delete(fresh)
+    assert store.mailboxes_of("003A000000000001AA") == set()
+
+
+def test_list_yields_each_link_once_per_mailbox(store: LinkStore) -> None:
+    store.save(new_link(), previous=None)
+    store.save(new_link(m365_id="second", sf_id="003A000000000009AA"), previous=None)
+    store.save(new_link(m365_id="only-outlook", sf_id=None, state=LinkState.DETACHED), previous=None)
+    store.save(Link(mailbox="other@contoso.com", m365_id="x", sf_id="003A000000000001AA", synced_at=T0),
+               previous=None)
+    listed = list(store.list(MAILBOX))
+    assert sorted((link.m365_id or "", link.sf_id or "") for link in listed) == [
+        ("AAMkAD/x+y==", "003A000000000001AA"), ("only-outlook", ""), ("second", "003A000000000009AA")]
+    assert all(link.etag for link in listed)
+    # a listed link can be saved with its etag (list gives usable concurrency tokens)
+    first = next(link for link in listed if link.sf_id == "003A000000000009AA")
+    store.save(first.model_copy(update={"reason": "touched"}), previous=first)
+    assert store.mailboxes_of("003A000000000001AA") == {MAILBOX, "other@contoso.com"}
+
+
+@pytest.mark.parametrize("odd", ["a/b\\c#d?e%f", "tab\there", "ünïcode-ÿ", "x" * 300])
+def test_ids_with_characters_table_keys_forbid(store: LinkStore, odd: str) -> None:
+    link = Link(mailbox="odd/mail#box?@x.com", m365_id=odd, sf_id="003" + "B" * 15, synced_at=T0)
+    store.save(link, previous=None)
+    got = store.get("odd/mail#box?@x.com", Side.M365, odd)
+    assert got is not None and got.m365_id == odd
+    assert [lk.m365_id for lk in store.list("odd/mail#box?@x.com")] == [odd]
