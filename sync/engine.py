@@ -107,32 +107,37 @@ class Engine:
             out.append(Candidate(rec, linked=existing is not None and existing.state is LinkState.LINKED))
         return tuple(out)
 
-    def situations_for(self, change: ContactChange) -> list[Situation]:
-        """Read the current state of both sides and the link(s) for one hint."""
-        m365, sf = self.sides[Side.M365], self.sides[Side.SALESFORCE]
+    def mailboxes_for(self, change: ContactChange) -> list[str]:
+        """The mailboxes a hint concerns: the Outlook mailbox, or the Salesforce owner plus every linked mailbox."""
         if change.source is Side.M365:
             if not change.mailbox:
                 raise ValueError("an Outlook change needs its mailbox")
             mailbox = change.mailbox.casefold()
             if mailbox not in self.mailboxes:
-                logger.info("change for mailbox out of scope ignored: item %s", change.item_id)
+                logger.info("change for a mailbox out of scope ignored: item %s", change.item_id)
                 return []
+            return [mailbox]
+        mailboxes = set(self.links.mailboxes_of(change.item_id))
+        f = self.sides[Side.SALESFORCE].get("", change.item_id)
+        if f is not None and f.owner in self.mailboxes:
+            mailboxes.add(f.owner)
+        # the mailbox that loses the contact goes first, so the new owner's copy is made after the old one left
+        return sorted(mailboxes, key=lambda mb: (f is not None and mb == f.owner, mb))
+
+    def read(self, change: ContactChange, mailbox: str) -> Situation | None:
+        """Read the current state of both sides and the link, for one hint in one mailbox."""
+        m365, sf = self.sides[Side.M365], self.sides[Side.SALESFORCE]
+        if change.source is Side.M365:
             link = self.links.get(mailbox, Side.M365, change.item_id)
             m = m365.get(mailbox, change.item_id)
             f = sf.get(mailbox, link.sf_id) if link is not None and link.sf_id else None
             if link is None and m is None:
-                return []
-            return [self.situation(mailbox, link, m, f)]
-        f = sf.get("", change.item_id)
-        mailboxes = set(self.links.mailboxes_of(change.item_id))
-        if f is not None and f.owner in self.mailboxes:
-            mailboxes.add(f.owner)
-        out = []
-        for mailbox in sorted(mailboxes):
-            link = self.links.get(mailbox, Side.SALESFORCE, change.item_id)
-            m = m365.get(mailbox, link.m365_id) if link is not None and link.m365_id else None
-            out.append(self.situation(mailbox, link, m, f))
-        return out
+                return None
+            return self.situation(mailbox, link, m, f)
+        f = sf.get(mailbox, change.item_id)
+        link = self.links.get(mailbox, Side.SALESFORCE, change.item_id)
+        m = m365.get(mailbox, link.m365_id) if link is not None and link.m365_id else None
+        return self.situation(mailbox, link, m, f)
 
     def situation(
         self, mailbox: str, link: Link | None, m: SideRecord | None, f: SideRecord | None
@@ -150,9 +155,10 @@ class Engine:
     def sync_contact(self, change: ContactChange) -> list[Outcome]:
         """Bring one person in sync in every mailbox the hint concerns. Raises typed errors (retry or poison)."""
         outcomes = []
-        for situation in self.situations_for(change):
-            p = plan(situation, self.policy)
-            outcomes.append(self.execute(situation, p))
+        for mailbox in self.mailboxes_for(change):
+            situation = self.read(change, mailbox)  # read just before deciding: an earlier mailbox may have written
+            if situation is not None:
+                outcomes.append(self.execute(situation, plan(situation, self.policy)))
         return outcomes
 
     # ------------------------------------------------------------------------------------------ executing

@@ -16,10 +16,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sync.engine import Engine
-from sync.errors import SyncError
-from sync.planner import Adopt, Candidate, Plan, Situation, check_breaker, plan
+from sync.errors import PreconditionFailed, SyncError
+from sync.planner import Adopt, Candidate, Create, LinkAfter, Plan, Review, Situation, check_breaker, plan
 from sync.policy import Side
-from sync.ports import LinkState, SideRecord
+from sync.ports import ContactChange, LinkState, SideRecord
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +78,14 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
     # unlinked records: Outlook first (they may adopt a Salesforce record), then Salesforce ones left over
     consumed_f: set[str] = set()
     consumed_m: set[str] = set()
+    creating: list[SideRecord] = []  # unlinked records this pass will copy to the other side
     plans: list[tuple[Situation, Plan]] = [(s, plan(s, engine.policy)) for s in situations]
     for rec in (r for i, r in m_recs.items() if i not in linked_m):
         local = [Candidate(c, linked=c.id in linked_f) for c in f_recs.values() if _matches(rec, c)]
         remote = [Candidate(c, linked=engine.links.get(mailbox, Side.SALESFORCE, c.id) is not None)
                   for c in sf.find(mailbox, rec.contact) if c.id not in f_recs]
         s = Situation(mailbox, None, rec, None, tuple(local + remote))
-        p = plan(s, engine.policy)
+        p = _unless_twin(plan(s, engine.policy), rec, creating)
         consumed_f.update(a.sf_id for a in p.actions if isinstance(a, Adopt))
         consumed_m.add(rec.id)
         plans.append((s, p))
@@ -92,7 +93,7 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
         cands = tuple(Candidate(c, linked=c.id in linked_m or c.id in consumed_m)
                       for c in m_recs.values() if _matches(rec, c))
         s = Situation(mailbox, None, None, rec, cands)
-        plans.append((s, plan(s, engine.policy)))
+        plans.append((s, _unless_twin(plan(s, engine.policy), rec, creating)))
 
     report.visited = len(plans)
     for _, p in plans:
@@ -102,14 +103,41 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
         return report
     for s, p in plans:
         try:
-            engine.execute(s, p)
-            report.applied.update(_kinds(p))
+            try:
+                engine.execute(s, p)
+                report.applied.update(_kinds(p))
+            except PreconditionFailed:
+                # something changed since this pass read it (often an earlier item of this pass): decide again
+                for outcome in engine.sync_contact(_hint_for(s)):
+                    report.applied.update(_kinds(outcome.plan))
         except SyncError as exc:
             ids = " ".join(x for x in (p.m365_id, p.sf_id) if x)
             report.errors.append(f"{type(exc).__name__} {ids}: {exc}")
             logger.warning("reconcile %s: %s on %s", mailbox, type(exc).__name__, ids)
     logger.info("%s", report.summary())
     return report
+
+
+def _unless_twin(p: Plan, rec: SideRecord, creating: list[SideRecord]) -> Plan:
+    """Two unlinked records on one side that look like the same person must not both be copied: the first is,
+    the next goes to review (a user's own duplicate stays theirs; we do not double it)."""
+    if not any(isinstance(a, Create) for a in p.actions):
+        return p
+    twin = next((c for c in creating if _matches(rec, c)), None)
+    if twin is None:
+        creating.append(rec)
+        return p
+    reason = (f"another {rec.side.label} contact ({twin.id}) matching it by email or name and company is being "
+              f"copied in this pass; not creating a duplicate")
+    return Plan(p.mailbox, (Review(reason, (twin.id,)),), LinkAfter.KEEP, reason, synced_fields=p.synced_fields)
+
+
+def _hint_for(s: Situation) -> ContactChange:
+    if s.m365 is not None or (s.link is not None and s.link.m365_id):
+        item_id = s.m365.id if s.m365 is not None else (s.link.m365_id if s.link else None) or ""
+        return ContactChange(source=Side.M365, item_id=item_id, mailbox=s.mailbox)
+    item_id = s.sf.id if s.sf is not None else (s.link.sf_id if s.link else None) or ""
+    return ContactChange(source=Side.SALESFORCE, item_id=item_id)
 
 
 def _matches(a: SideRecord, b: SideRecord) -> bool:

@@ -49,6 +49,7 @@ class WriteRecord:
     mailbox: str
     item_id: str
     fields: frozenset[str] = frozenset()
+    marker: str | None = None
 
 
 class MemorySide:
@@ -136,7 +137,7 @@ class MemorySide:
         with self._lock:
             item_id = self._new_id()
             self._items[item_id] = _Stored(self._fit(contact), 1, mailbox, self._clock(), marker)
-            self.writes.append(WriteRecord("create", mailbox, item_id))
+            self.writes.append(WriteRecord("create", mailbox, item_id, marker=marker))
             return self._record(item_id, self._items[item_id])
 
     def update(
