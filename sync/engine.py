@@ -37,7 +37,7 @@ from sync.planner import (
     Update,
     plan,
 )
-from sync.policy import Policy, Side
+from sync.policy import DeletePolicy, Policy, Side
 from sync.ports import (
     AuditEntry,
     AuditLog,
@@ -145,11 +145,22 @@ class Engine:
         if f is not None and f.owner is not None and f.owner not in self.mailboxes:
             f = f.model_copy(update={"owner": None})  # owned by a user we do not sync
         candidates: tuple[Candidate, ...] = ()
-        if link is None:
-            present = m if m is not None else f
-            if present is not None and (present.side is Side.M365 or present.owner == mailbox):
-                candidates = self._candidates(mailbox, present)
+        present = m if m is not None else f
+        if (
+            present is not None
+            and (m is None or f is None)
+            and self._may_create(link, present)
+            and (present.side is Side.M365 or present.owner == mailbox)
+        ):
+            candidates = self._candidates(mailbox, present)
         return Situation(mailbox, link, m, f, candidates)
+
+    def _may_create(self, link: Link | None, present: SideRecord) -> bool:
+        """Whether the plan may create a copy of ``present`` (then it needs match candidates first)."""
+        if link is None:
+            return True
+        gone = present.side.other
+        return link.state is LinkState.LINKED and self.policy.delete_policy(gone) is DeletePolicy.RECREATE
 
     # ------------------------------------------------------------------------------------------ the entry point
     def sync_contact(self, change: ContactChange) -> list[Outcome]:
@@ -194,6 +205,8 @@ class Engine:
             with contextlib.suppress(NotFound):  # already gone: the goal is reached
                 self.sides[action.side].delete(mailbox, action.item_id, if_match=action.if_match)
             records[action.side] = None
+        elif isinstance(action, Adopt):
+            records[Side.M365], records[Side.SALESFORCE] = action.m365, action.sf
         elif isinstance(action, Handoff):
             self.queue.send(ContactChange(source=Side.SALESFORCE, item_id=action.sf_id))
 
@@ -236,20 +249,19 @@ class Engine:
             synced_at=self.clock(),
             reason=p.reason[:500],
         )
-        previous = s.link
-        if previous is None:
-            previous = self._tombstone_for(s.mailbox, link)
-        return self.links.save(link, previous=previous)
+        return self.links.save(link, previous=s.link, absorb=self._tombstones_for(s.link, link))
 
-    def _tombstone_for(self, mailbox: str, link: Link) -> Link | None:
-        """A detached link holding one of the new link's ids is replaced (a user re-added a deleted contact)."""
+    def _tombstones_for(self, previous: Link | None, link: Link) -> list[Link]:
+        """Detached links holding one of the new link's ids are replaced in the same transaction (a deleted contact's
+        survivor was matched again)."""
+        out: list[Link] = []
         for side in (Side.M365, Side.SALESFORCE):
             item_id = link.id_on(side)
-            if item_id:
-                existing = self.links.get(mailbox, side, item_id)
+            if item_id and (previous is None or previous.id_on(side) != item_id):
+                existing = self.links.get(link.mailbox, side, item_id)
                 if existing is not None and existing.state is LinkState.DETACHED:
-                    return existing
-        return None
+                    out.append(existing)
+        return out
 
     # ------------------------------------------------------------------------------------------ audit
     def _audit(

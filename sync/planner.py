@@ -84,10 +84,18 @@ class Delete:
 class Adopt:
     """Link two existing contacts (match before create)."""
 
-    m365_id: str
-    sf_id: str
+    m365: SideRecord
+    sf: SideRecord
     via: str
     reason: str
+
+    @property
+    def m365_id(self) -> str:
+        return self.m365.id
+
+    @property
+    def sf_id(self) -> str:
+        return self.sf.id
 
 
 @dataclass(frozen=True)
@@ -460,10 +468,8 @@ def _deleted(ctx: _Ctx, gone: Side, survivor: SideRecord) -> Plan:
         reason = f"deleted in {gone.label}; delete policy propagate: moved to {bin_name} in {keep.label}"
         return done([Delete(keep, survivor.id, survivor.version, reason)], LinkAfter.REMOVE, reason)
     if chosen is DeletePolicy.RECREATE:
-        fields = frozenset(r.key for r, d in synced_rules(policy, s.mailbox) if d.allows(gone))
-        reason = f"deleted in {gone.label}; delete policy recreate: created again from {keep.label}"
-        contact = Contact().with_values(survivor.contact.values(fields))
-        return done([Create(gone, contact, fields, reason)], LinkAfter.SAVE, reason, m365_id=m365_id, sf_id=sf_id)
+        # re-creating is creating: match first, so a copy that exists already is linked, not doubled
+        return _match_or_create(ctx, survivor, f"deleted in {gone.label}; delete policy recreate")
     reason = f"deleted in {gone.label}; delete policy unlink: {keep.label} copy kept and never re-created{note}"
     return done([Unlink(keep, reason)], LinkAfter.SAVE, reason, state=LinkState.DETACHED, m365_id=m365_id,
                 sf_id=sf_id)
@@ -473,7 +479,7 @@ def _eligible(c: Candidate, mailbox: str) -> bool:
     return not c.linked and (c.record.side is Side.M365 or c.record.owner == mailbox)
 
 
-def _match_or_create(ctx: _Ctx, r: SideRecord) -> Plan:
+def _match_or_create(ctx: _Ctx, r: SideRecord, why: str | None = None) -> Plan:
     s, policy, done = ctx.s, ctx.policy, ctx.done
     other = r.side.other
     cands = [c for c in s.candidates if c.record.side is other]
@@ -515,7 +521,7 @@ def _match_or_create(ctx: _Ctx, r: SideRecord) -> Plan:
         return done([Skip(reason)], LinkAfter.KEEP, reason)
     fields = frozenset(rule.key for rule, d in synced_rules(policy, s.mailbox) if d.allows(other))
     contact = Contact().with_values(r.contact.values(fields))
-    source = "new in the Outlook sync folder" if r.side is Side.M365 else "new in Salesforce for this owner"
+    source = why or ("new in the Outlook sync folder" if r.side is Side.M365 else "new in Salesforce for this owner")
     reason = f"{source}, no match by marker, email or name and company: created in {other.label}"
     m365_id, sf_id = (r.id, None) if r.side is Side.M365 else (None, r.id)
     return done([Create(other, contact, fields, reason)], LinkAfter.SAVE, reason, m365_id=m365_id, sf_id=sf_id)
@@ -534,7 +540,7 @@ def _adopt(ctx: _Ctx, a: SideRecord, b: SideRecord, via: str) -> Plan:
         Side.M365: f"linked by {via}; filled from Salesforce: {_fields_list(list(out.values[Side.M365]))}",
     }
     reason = f"matched an existing {b.side.label} contact by {via}: linked instead of creating a duplicate"
-    actions: list[Action] = [Adopt(m.id, f.id, via, reason), *out.conflicts, *_updates(out, m, f, reasons, markers)]
+    actions: list[Action] = [Adopt(m, f, via, reason), *out.conflicts, *_updates(out, m, f, reasons, markers)]
     return done(actions, LinkAfter.SAVE, reason, m365_id=m.id, sf_id=f.id)
 
 

@@ -28,6 +28,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sync.errors import SyncError
 from sync.model import Contact
 from sync.policy import Side
 
@@ -46,6 +47,42 @@ class SideRecord(BaseModel):
     marker: str | None = None
 
 
+class CreateRequest(BaseModel):
+    """One item of a bulk create."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    contact: Contact
+    marker: str | None = None
+
+
+class UpdateRequest(BaseModel):
+    """One item of a bulk update (same meaning as ``ContactSide.update``'s arguments)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    item_id: str
+    contact: Contact
+    fields: frozenset[str]
+    if_match: str | None = None
+    marker: str | None = None
+
+
+class ChangePage(BaseModel):
+    """One page of a change feed. ``checkpoint`` is set on the last page only: store it to resume from there.
+
+    ``full`` says the feed started over (no checkpoint, or the old one expired, e.g. Graph's 410
+    syncStateNotFound): the pages then list *everything*, and a record not listed no longer belongs to the mailbox.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    records: tuple[SideRecord, ...] = ()
+    removed: tuple[str, ...] = ()  # ids deleted or moved out of the mailbox since the checkpoint
+    checkpoint: str | None = None
+    full: bool = False
+
+
 class ContactSide(Protocol):
     """A place contacts live: one Outlook folder per mailbox, or the Salesforce org.
 
@@ -56,6 +93,10 @@ class ContactSide(Protocol):
     Writes return the record as stored after the write (new version). ``update`` sends only ``fields``
     (field keys); ``if_match`` is the version read before the decision, a mismatch raises PreconditionFailed.
     ``marker`` on create/update stamps the other side's id (None on update: leave it as it is).
+    ``create_many`` / ``update_many`` write in bulk (Graph ``$batch``, Salesforce sObject Collections) and return one
+    result per item, in order: the stored record, or the typed error of that item (the call itself raises only
+    when nothing could be attempted). ``changes`` streams what changed in a mailbox since a checkpoint
+    (Graph delta; Salesforce SystemModstamp watermark + Recycle Bin).
     """
 
     side: Side
@@ -80,6 +121,12 @@ class ContactSide(Protocol):
     def delete(self, mailbox: str, item_id: str, *, if_match: str | None) -> None: ...
 
     def stream(self, mailbox: str) -> Iterator[SideRecord]: ...
+
+    def create_many(self, mailbox: str, items: Sequence[CreateRequest]) -> list[SideRecord | SyncError]: ...
+
+    def update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]: ...
+
+    def changes(self, mailbox: str, checkpoint: str | None) -> Iterator[ChangePage]: ...
 
 
 class LinkState(StrEnum):
@@ -123,13 +170,15 @@ class LinkStore(Protocol):
 
     ``save(link, previous=None)`` creates (AlreadyExists if any row exists); with ``previous`` it replaces the rows
     read as ``previous`` under its etag (PreconditionFailed if someone wrote since) and removes rows of ids the new
-    link no longer has. ``delete`` is guarded the same way. ``mailboxes_of`` answers which mailboxes hold a link to a
-    Salesforce id (an index, refreshed after each save; a stale answer only costs a lookup that finds nothing).
+    link no longer has. ``absorb`` lists other links (read with their etags) whose rows the same transaction removes
+    (a tombstone giving way to a new link). ``delete`` is guarded the same way. ``mailboxes_of`` answers which
+    mailboxes hold a link to a Salesforce id (an index, refreshed after each save; a stale answer only costs a lookup
+    that finds nothing).
     """
 
     def get(self, mailbox: str, side: Side, item_id: str) -> Link | None: ...
 
-    def save(self, link: Link, *, previous: Link | None) -> Link: ...
+    def save(self, link: Link, *, previous: Link | None, absorb: Sequence[Link] = ()) -> Link: ...
 
     def delete(self, link: Link) -> None: ...
 

@@ -72,14 +72,22 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
             linked_m.add(link.m365_id)
         if link.sf_id:
             linked_f.add(link.sf_id)
-        situations.append(engine.situation(mailbox, link, m, f) if f is not None and f.owner != mailbox
-                          else Situation(mailbox, link, m, f))
+        if (f is not None and f.owner != mailbox) or (m is None) != (f is None):
+            situations.append(engine.situation(mailbox, link, m, f))  # owner change, or a delete to decide on
+        else:
+            situations.append(Situation(mailbox, link, m, f))
 
     # unlinked records: Outlook first (they may adopt a Salesforce record), then Salesforce ones left over
     consumed_f: set[str] = set()
     consumed_m: set[str] = set()
     creating: list[SideRecord] = []  # unlinked records this pass will copy to the other side
-    plans: list[tuple[Situation, Plan]] = [(s, plan(s, engine.policy)) for s in situations]
+    plans: list[tuple[Situation, Plan]] = []
+    for s in situations:
+        p = plan(s, engine.policy)
+        survivor = s.m365 if s.m365 is not None else s.sf
+        if survivor is not None and any(isinstance(a, Create) for a in p.actions):
+            creating.append(survivor)  # a re-create: an unlinked twin of it must not be copied too
+        plans.append((s, p))
     for rec in (r for i, r in m_recs.items() if i not in linked_m):
         local = [Candidate(c, linked=c.id in linked_f) for c in f_recs.values() if _matches(rec, c)]
         remote = [Candidate(c, linked=engine.links.get(mailbox, Side.SALESFORCE, c.id) is not None)

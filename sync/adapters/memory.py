@@ -19,7 +19,17 @@ from sync.errors import AlreadyExists, NotFound, PreconditionFailed, SyncError
 from sync.mapping import fit_salesforce
 from sync.model import Contact
 from sync.policy import DEFAULT_SALESFORCE_LENGTHS, FieldMap, Side
-from sync.ports import AuditEntry, ContactChange, Link, LinkState, SideRecord, WorkItem
+from sync.ports import (
+    AuditEntry,
+    ChangePage,
+    ContactChange,
+    CreateRequest,
+    Link,
+    LinkState,
+    SideRecord,
+    UpdateRequest,
+    WorkItem,
+)
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -82,6 +92,9 @@ class MemorySide:
         self.on_call: Callable[[str], None] | None = None
         self.writes: list[WriteRecord] = []
         self.calls: dict[str, int] = {}
+        # (sequence, id, owner before, owner after; None after = deleted): what change feeds read
+        self._log: list[tuple[int, str, str | None, str | None]] = []
+        self.page_size = 50
 
     # --- helpers ---------------------------------------------------------------------------------------------
     def _enter(self, op: str) -> None:
@@ -108,6 +121,9 @@ class MemorySide:
 
     def _visible(self, mailbox: str, s: _Stored) -> bool:
         return self.side is Side.SALESFORCE or s.owner == mailbox
+
+    def _logged(self, item_id: str, before: str | None, after: str | None) -> None:
+        self._log.append((len(self._log) + 1, item_id, before, after))
 
     def _new_id(self) -> str:
         n = next(self._ids)
@@ -137,6 +153,7 @@ class MemorySide:
         with self._lock:
             item_id = self._new_id()
             self._items[item_id] = _Stored(self._fit(contact), 1, mailbox, self._clock(), marker)
+            self._logged(item_id, None, mailbox)
             self.writes.append(WriteRecord("create", mailbox, item_id, marker=marker))
             return self._record(item_id, self._items[item_id])
 
@@ -161,6 +178,7 @@ class MemorySide:
             s.contact, s.version, s.modified_at = new, s.version + 1, self._clock()
             if marker is not None:
                 s.marker = marker
+            self._logged(item_id, s.owner, s.owner)
             self.writes.append(WriteRecord("update", mailbox, item_id, fields))
             return self._record(item_id, s)
 
@@ -173,6 +191,7 @@ class MemorySide:
             if if_match is not None and if_match != str(s.version):
                 raise PreconditionFailed("changed since it was read", side=self.side.value, item_id=item_id)
             self.deleted[item_id] = self._items.pop(item_id)
+            self._logged(item_id, s.owner, None)
             self.writes.append(WriteRecord("delete", mailbox, item_id))
 
     def stream(self, mailbox: str) -> Iterator[SideRecord]:
@@ -181,25 +200,74 @@ class MemorySide:
             records = [self._record(i, s) for i, s in sorted(self._items.items()) if s.owner == mailbox]
         yield from records
 
+    def create_many(self, mailbox: str, items: Sequence[CreateRequest]) -> list[SideRecord | SyncError]:
+        out: list[SideRecord | SyncError] = []
+        for item in items:
+            try:
+                out.append(self.create(mailbox, item.contact, marker=item.marker))
+            except SyncError as exc:
+                out.append(exc)
+        return out
+
+    def update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]:
+        out: list[SideRecord | SyncError] = []
+        for item in items:
+            try:
+                out.append(self.update(mailbox, item.item_id, item.contact, fields=item.fields,
+                                       if_match=item.if_match, marker=item.marker))
+            except SyncError as exc:
+                out.append(exc)
+        return out
+
+    def changes(self, mailbox: str, checkpoint: str | None) -> Iterator[ChangePage]:
+        """Pages of what changed for ``mailbox`` since ``checkpoint`` (a position in the change log)."""
+        self._enter("changes")
+        with self._lock:
+            head = len(self._log)
+            if checkpoint is None or not checkpoint.isdigit() or int(checkpoint) > head:
+                records = [self._record(i, s) for i, s in sorted(self._items.items()) if s.owner == mailbox]
+                removed: list[str] = []
+                full = True
+            else:
+                touched: dict[str, bool] = {}  # id -> ever in this mailbox during the window
+                for _, item_id, before, after in self._log[int(checkpoint):]:
+                    touched[item_id] = touched.get(item_id, False) or mailbox in (before, after)
+                records, removed, full = [], [], False
+                for item_id, concerned in touched.items():
+                    s = self._items.get(item_id)
+                    if s is not None and s.owner == mailbox:
+                        records.append(self._record(item_id, s))
+                    elif concerned:
+                        removed.append(item_id)
+        pages = [records[i:i + self.page_size] for i in range(0, len(records), self.page_size)] or [[]]
+        for n, page in enumerate(pages):
+            last = n == len(pages) - 1
+            yield ChangePage(records=tuple(page), removed=tuple(removed) if last else (),
+                             checkpoint=str(head) if last else None, full=full)
+
     # --- acting as a user (tests, demo): no faults, no write records -------------------------------------------
     def user_create(self, mailbox: str | None, contact: Contact, *, marker: str | None = None) -> str:
         with self._lock:
             item_id = self._new_id()
             self._items[item_id] = _Stored(self._fit(contact), 1, mailbox, self._clock(), marker)
+            self._logged(item_id, None, mailbox)
             return item_id
 
     def user_edit(self, item_id: str, values: Mapping[str, str | None]) -> None:
         with self._lock:
             s = self._items[item_id]
             s.contact, s.version, s.modified_at = self._fit(s.contact.with_values(values)), s.version + 1, self._clock()
+            self._logged(item_id, s.owner, s.owner)
 
     def user_delete(self, item_id: str) -> None:
         with self._lock:
             self.deleted[item_id] = self._items.pop(item_id)
+            self._logged(item_id, self.deleted[item_id].owner, None)
 
     def user_set_owner(self, item_id: str, owner: str | None) -> None:
         with self._lock:
             s = self._items[item_id]
+            self._logged(item_id, s.owner, owner)
             s.owner, s.version, s.modified_at = owner, s.version + 1, self._clock()
 
     def user_undelete(self, item_id: str) -> None:
@@ -207,6 +275,7 @@ class MemorySide:
             s = self.deleted.pop(item_id)
             s.version += 1
             self._items[item_id] = s
+            self._logged(item_id, None, s.owner)
 
     def snapshot(self) -> dict[str, SideRecord]:
         """Every live record by id (tests read the final state through this)."""
@@ -252,27 +321,33 @@ class MemoryLinkStore:
         link, version = row
         return link.model_copy(update={"etag": f"{prefix}|{item_id}\n{version}"})
 
-    def save(self, link: Link, *, previous: Link | None) -> Link:
+    def _check(self, link: Link) -> None:
+        if link.etag is None:
+            raise ValueError("link has no etag: read it from the store first")
+        row_key, _, expected = link.etag.partition("\n")
+        current = self._rows.get((link.mailbox, row_key))
+        if current is None or str(current[1]) != expected:
+            raise PreconditionFailed("link changed since it was read", item_id=row_key)
+
+    def save(self, link: Link, *, previous: Link | None, absorb: Sequence[Link] = ()) -> Link:
         self._enter()
         if not (link.m365_id or link.sf_id):
             raise ValueError("a link needs at least one id")
         with self._lock:
             old_keys: list[str] = []
+            for other in absorb:
+                self._check(other)
+                old_keys += _row_keys(other)
             if previous is not None:
-                if previous.etag is None:
-                    raise ValueError("previous link has no etag: read it from the store first")
-                row_key, _, expected = previous.etag.partition("\n")
-                current = self._rows.get((previous.mailbox, row_key))
-                if current is None or str(current[1]) != expected:
-                    raise PreconditionFailed("link changed since it was read", item_id=row_key)
-                old_keys = _row_keys(previous)
+                self._check(previous)
+                old_keys += _row_keys(previous)
             new_keys = _row_keys(link)
             for key in new_keys:
                 if key not in old_keys and (link.mailbox, key) in self._rows:
                     raise AlreadyExists("another link holds this id", item_id=key)
             for key in old_keys:
                 if key not in new_keys:
-                    self._rows.pop((previous.mailbox if previous else link.mailbox, key), None)
+                    self._rows.pop((link.mailbox, key), None)
             version = next(self._versions)
             stored = link.model_copy(update={"etag": None})
             for key in new_keys:

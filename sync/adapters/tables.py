@@ -137,21 +137,21 @@ class TableLinkStore:
             raise _map_error(exc, item_id) from exc
         return self._from_entity(entity, row_key)
 
-    def save(self, link: Link, *, previous: Link | None) -> Link:
+    def save(self, link: Link, *, previous: Link | None, absorb: Sequence[Link] = ()) -> Link:
         new_keys = _row_keys(link)
         if not new_keys:
             raise ValueError("a link needs at least one id")
         ops: list[Any] = []
-        guard_key: str | None = None
-        if previous is not None:
-            if previous.etag is None:
-                raise ValueError("previous link has no etag: read it from the store first")
-            if previous.mailbox != link.mailbox:
+        old_keys: list[str] = []
+        for old in ([previous] if previous is not None else []) + list(absorb):
+            if old.etag is None:
+                raise ValueError("a replaced link has no etag: read it from the store first")
+            if old.mailbox != link.mailbox:
                 raise ValueError("a link cannot move between mailboxes")
-            guard_key, _, guard_etag = previous.etag.partition("\n")
-            old_keys = _row_keys(previous)
-            for key in old_keys:
-                guarded = {"etag": guard_etag, "match_condition": MatchConditions.IfNotModified}
+            guard_key, _, guard_etag = old.etag.partition("\n")
+            guarded = {"etag": guard_etag, "match_condition": MatchConditions.IfNotModified}
+            for key in _row_keys(old):
+                old_keys.append(key)
                 if key not in new_keys:
                     row = {"PartitionKey": escape_key(link.mailbox), "RowKey": escape_key(key)}
                     ops.append(("delete", row, guarded if key == guard_key else {}))
@@ -159,9 +159,7 @@ class TableLinkStore:
                     ops.append(("update", self._entity(link, key), {"mode": UpdateMode.REPLACE, **guarded}))
                 else:
                     ops.append(("upsert", self._entity(link, key), {"mode": UpdateMode.REPLACE}))
-            ops += [("create", self._entity(link, k)) for k in new_keys if k not in old_keys]
-        else:
-            ops = [("create", self._entity(link, k)) for k in new_keys]
+        ops += [("create", self._entity(link, k)) for k in new_keys if k not in old_keys]
         result = _call(lambda: self._table.submit_transaction(ops), _primary(link))
         primary = escape_key(_primary(link))
         # results come back in operation order, each write with its new ETag
@@ -169,12 +167,16 @@ class TableLinkStore:
         if etag is None:
             raise PreconditionFailed("the link row returned no ETag", item_id=_primary(link))
         saved = link.model_copy(update={"etag": f"{_primary(link)}\n{etag}"})
-        self._index(link, previous)
+        for old in ([previous] if previous is not None else []) + list(absorb):
+            self._index_removed(old, link)
+        self._index(link)
         return saved
 
-    def _index(self, link: Link, previous: Link | None) -> None:
-        if previous is not None and previous.sf_id and previous.sf_id != link.sf_id:
-            self._unindex(previous.sf_id, previous.mailbox)
+    def _index_removed(self, old: Link, link: Link) -> None:
+        if old.sf_id and old.sf_id != link.sf_id:
+            self._unindex(old.sf_id, old.mailbox)
+
+    def _index(self, link: Link) -> None:
         if link.sf_id:
             row = {"PartitionKey": INDEX_PARTITION, "RowKey": escape_key(f"{link.sf_id}|{link.mailbox}"),
                    "Mailbox": link.mailbox}

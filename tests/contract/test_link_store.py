@@ -139,3 +139,19 @@ def test_ids_with_characters_table_keys_forbid(store: LinkStore, odd: str) -> No
     got = store.get("odd/mail#box?@x.com", Side.M365, odd)
     assert got is not None and got.m365_id == odd
     assert [lk.m365_id for lk in store.list("odd/mail#box?@x.com")] == [odd]
+
+
+def test_save_can_absorb_a_tombstone_in_the_same_transaction(store: LinkStore) -> None:
+    tomb = store.save(new_link(m365_id=None, state=LinkState.DETACHED), previous=None)  # Salesforce copy kept
+    store.save(new_link(m365_id="first", sf_id="003A000000000007AA"), previous=None)
+    live = store.get(MAILBOX, Side.M365, "first")
+    assert live is not None
+    # the live link now points at the tombstone's Salesforce contact: both old rows give way in one write
+    store.save(live.model_copy(update={"sf_id": "003A000000000001AA"}), previous=live, absorb=[tomb])
+    got = store.get(MAILBOX, Side.SALESFORCE, "003A000000000001AA")
+    assert got is not None and got.state is LinkState.LINKED and got.m365_id == "first"
+    assert store.get(MAILBOX, Side.SALESFORCE, "003A000000000007AA") is None
+    with pytest.raises(PreconditionFailed):  # the absorbed tombstone's etag is checked too
+        fresh = store.get(MAILBOX, Side.M365, "first")
+        assert fresh is not None
+        store.save(new_link(m365_id="x", sf_id="003A000000000008AA"), previous=None, absorb=[tomb])
