@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 AZURITE := node_modules/.bin/azurite-table
 
-.PHONY: test lint typecheck unit deps clean
+.PHONY: test lint typecheck unit deps clean proto
 
 deps: $(VENV)/.installed $(AZURITE)
 
@@ -28,7 +28,16 @@ typecheck: $(VENV)/.installed
 unit: deps
 	$(PY) -m pytest
 
-test: deps lint typecheck unit
+test: deps lint typecheck infra-check unit
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-infra node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# Regenerate the Salesforce Pub/Sub API gRPC stubs from sync/adapters/pubsub_api/pubsub_api.proto (committed).
+proto: $(VENV)/.installed
+	PYTHON=$(PY) bash scripts/gen_pubsub_stubs.sh
+
+# Offline Bicep checks (pycep-parser + checkov) with their own venv .venv-infra; see infra/check.py.
+.PHONY: infra-check
+infra-check:
+	$(PYTHON) infra/check.py

@@ -1,0 +1,225 @@
+"""Fault injection knobs and request counters of the Graph emulator.
+
+Throttling shapes follow ../shared/reference/graph.md §5 (429 body, integer Retry-After, 4 concurrent requests and
+10,000 requests per 10 minutes per app + mailbox) and §7.4 (the SDK retries 429/503/504, POST included).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+ANY = None  # mailbox/endpoint wildcard
+
+
+@dataclass
+class FaultRule:
+    """Answer the next ``remaining`` matching requests with ``status`` (before or after executing them)."""
+
+    status: int
+    remaining: int
+    mailbox: str | None = ANY
+    endpoint: str | None = ANY
+    retry_after: int | None = None
+    code: str = "TooManyRequests"
+    message: str = "Please retry again later."
+    after_execute: bool = False  # True: the request IS executed, then the error is returned (ambiguous write)
+
+    def matches(self, mailbox: str | None, endpoint: str, after: bool) -> bool:
+        return (
+            self.remaining > 0
+            and self.after_execute == after
+            and (self.mailbox is ANY or self.mailbox == mailbox)
+            and (self.endpoint is ANY or self.endpoint == endpoint)
+        )
+
+
+@dataclass
+class Faults:
+    """Mutable knobs; every attribute may be changed while the emulator runs (``reset()`` restores defaults)."""
+
+    # §5: "4 concurrent requests" per app + mailbox → 429 ApplicationThrottled "MailboxConcurrency". 0 disables.
+    mailbox_concurrency: int = 4
+    concurrency_retry_after: int = 1
+    # §5: "10,000 API requests in a 10-minute period" per app + mailbox. 0 disables.
+    mailbox_rate_limit: int = 10_000
+    mailbox_rate_window_s: float = 600.0
+    # Slow responses: seconds added before handling; per mailbox overrides the global value.
+    delay_s: float = 0.0
+    mailbox_delay_s: dict[str, float] = field(default_factory=dict)
+    # Delta: number of extra empty pages (with a nextLink) to serve before real items (§3.2 "even if … empty").
+    delta_empty_pages: int = 0
+    # Webhooks: probabilities in [0, 1] per notification POST, and a hold-back reorder window.
+    notification_drop_rate: float = 0.0
+    notification_duplicate_rate: float = 0.0
+    notification_reorder: bool = False  # deliver queued batches newest first
+    notification_delay_s: float = 0.0
+    # $batch: answer items in reverse order (§5 "Responses may come out of order").
+    batch_reverse_responses: bool = True
+    rules: list[FaultRule] = field(default_factory=list)
+    seed: int = 0
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rng.seed(self.seed)
+
+    def reset(self) -> None:
+        fresh = Faults()
+        with self._lock:
+            for name in fresh.__dataclass_fields__:
+                if name not in ("_lock", "rng"):
+                    setattr(self, name, getattr(fresh, name))
+            self.rng.seed(self.seed)
+
+    def throttle(
+        self, count: int = 1, retry_after: int | None = 1, mailbox: str | None = ANY, endpoint: str | None = ANY
+    ) -> FaultRule:
+        """Next ``count`` matching requests get 429 TooManyRequests with an integer Retry-After (§5)."""
+        return self.add(FaultRule(429, count, mailbox, endpoint, retry_after))
+
+    def fail(
+        self,
+        status: int = 503,
+        count: int = 1,
+        mailbox: str | None = ANY,
+        endpoint: str | None = ANY,
+        retry_after: int | None = None,
+        after_execute: bool = False,
+    ) -> FaultRule:
+        """Next ``count`` matching requests get ``status`` (503/504 by default: transient, retried by the SDK)."""
+        code = {503: "ServiceNotAvailable", 504: "GatewayTimeout"}.get(status, "InternalServerError")
+        msg = "The service is temporarily unavailable." if status >= 500 else "Injected fault."
+        return self.add(FaultRule(status, count, mailbox, endpoint, retry_after, code, msg, after_execute))
+
+    def add(self, rule: FaultRule) -> FaultRule:
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def take_rule(self, mailbox: str | None, endpoint: str, after: bool) -> FaultRule | None:
+        with self._lock:
+            for rule in self.rules:
+                if rule.matches(mailbox, endpoint, after):
+                    rule.remaining -= 1
+                    return rule
+        return None
+
+    def take_empty_page(self) -> bool:
+        with self._lock:
+            if self.delta_empty_pages > 0:
+                self.delta_empty_pages -= 1
+                return True
+        return False
+
+    def chance(self, p: float) -> bool:
+        with self._lock:
+            return p > 0 and self.rng.random() < p
+
+    def delay_for(self, mailbox: str | None) -> float:
+        return self.mailbox_delay_s.get(mailbox, self.delay_s) if mailbox else self.delay_s
+
+    def snapshot(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("_lock", "rng", "rules")} | {
+            "rules": [r.__dict__ for r in self.rules if r.remaining > 0]
+        }
+
+
+class MailboxGate:
+    """In-flight and sliding-window request accounting per mailbox (§5)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: Counter[str] = Counter()
+        self._peak: Counter[str] = Counter()
+        self._recent: dict[str, deque[float]] = {}
+
+    def enter(self, mailbox: str, limit: int) -> bool:
+        with self._lock:
+            if limit and self._in_flight[mailbox] >= limit:
+                return False
+            self._in_flight[mailbox] += 1
+            self._peak[mailbox] = max(self._peak[mailbox], self._in_flight[mailbox])
+            return True
+
+    def leave(self, mailbox: str) -> None:
+        with self._lock:
+            self._in_flight[mailbox] -= 1
+
+    def over_rate(self, mailbox: str, limit: int, window_s: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            q = self._recent.setdefault(mailbox, deque())
+            while q and q[0] <= now - window_s:
+                q.popleft()
+            if limit and len(q) >= limit:
+                return True
+            q.append(now)
+            return False
+
+    def in_flight(self, mailbox: str) -> int:
+        with self._lock:
+            return self._in_flight[mailbox]
+
+    def peak(self, mailbox: str) -> int:
+        """Highest number of requests ever admitted at once for this mailbox."""
+        with self._lock:
+            return self._peak[mailbox]
+
+
+class Counters:
+    """Requests seen, per (mailbox, endpoint) and per (mailbox, endpoint, status). Mailbox "-" = no mailbox.
+
+    Endpoint names: users.list user.get contactFolders.list contactFolders.create contactFolder.get
+    contactFolder.update contactFolder.delete contactFolder.permanentDelete childFolders.list childFolders.create
+    contacts.list contacts.create contact.get contact.update contact.delete contact.permanentDelete contacts.delta
+    subscriptions.list subscriptions.create subscription.get subscription.update subscription.delete
+    subscription.reauthorize $batch. Items inside a $batch are counted under their own endpoint too.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.statuses: Counter[tuple[str, str, int]] = Counter()
+
+    def record(self, mailbox: str, endpoint: str) -> None:
+        with self._lock:
+            self.requests[(mailbox, endpoint)] += 1
+
+    def record_status(self, mailbox: str, endpoint: str, status: int) -> None:
+        with self._lock:
+            self.statuses[(mailbox, endpoint, status)] += 1
+
+    def count(self, mailbox: str | None = None, endpoint: str | None = None, status: int | None = None) -> int:
+        """Sum of requests matching the given filters (None = any)."""
+        with self._lock:
+            if status is None:
+                return sum(
+                    n
+                    for (m, e), n in self.requests.items()
+                    if (mailbox is None or m == mailbox) and (endpoint is None or e == endpoint)
+                )
+            return sum(
+                n
+                for (m, e, s), n in self.statuses.items()
+                if (mailbox is None or m == mailbox) and (endpoint is None or e == endpoint) and s == status
+            )
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.statuses.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": [{"mailbox": m, "endpoint": e, "count": n} for (m, e), n in sorted(self.requests.items())],
+                "statuses": [
+                    {"mailbox": m, "endpoint": e, "status": s, "count": n}
+                    for (m, e, s), n in sorted(self.statuses.items())
+                ],
+            }

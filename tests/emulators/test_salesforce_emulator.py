@@ -1,0 +1,479 @@
+"""The Salesforce emulator driven by the real clients: simple-salesforce 1.12.10 (direct mode over TLS with the
+emulator's CA), plain requests for OAuth, and the generated Pub/Sub gRPC stubs. Expectations cite
+../shared/reference/salesforce.md sections."""
+
+from __future__ import annotations
+
+import io
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import fastavro
+import grpc
+import jwt
+import pytest
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import (
+    SalesforceExpiredSession,
+    SalesforceGeneralError,
+    SalesforceMalformedRequest,
+    SalesforceRefusedRequest,
+    SalesforceResourceNotFound,
+)
+
+from emulators.salesforce import SalesforceEmulator, decode_bitmap
+from sync.adapters.pubsub_api import pubsub_api_pb2 as pb2
+from sync.adapters.pubsub_api import pubsub_api_pb2_grpc as pb2_grpc
+
+TOPIC = "/data/ContactChangeEvent"
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+def _rsa() -> tuple[bytes, str]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public
+
+
+KEY, PUBLIC = _rsa()
+OTHER_KEY, _ = _rsa()
+
+
+@pytest.fixture
+def emu() -> Iterator[SalesforceEmulator]:
+    e = SalesforceEmulator(keepalive_seconds=0.5, idle_timeout_seconds=5).start()
+    e.register_jwt_client("cid-jwt", PUBLIC)
+    e.register_client_credentials("cid-cc", "s3cret")
+    yield e
+    e.stop()
+
+
+@pytest.fixture
+def http(emu: SalesforceEmulator) -> requests.Session:
+    return emu.requests_session()
+
+
+@pytest.fixture
+def sf(emu: SalesforceEmulator, http: requests.Session) -> Salesforce:
+    token = http.post(emu.token_url, data={"grant_type": "client_credentials", "client_id": "cid-cc",
+                                           "client_secret": "s3cret"}).json()["access_token"]
+    return Salesforce(instance_url=emu.instance_url, session_id=token, version="67.0", session=http)
+
+
+def _assertion(emu: SalesforceEmulator, *, key: bytes = KEY, aud: str = "https://login.salesforce.com",
+               exp_in: int = 180, iss: str = "cid-jwt", sub: str = "integration@example.com") -> str:
+    return jwt.encode({"iss": iss, "sub": sub, "aud": aud, "exp": int(time.time()) + exp_in}, key, algorithm="RS256")
+
+
+# -- OAuth (salesforce.md §3.1, §3.2) ------------------------------------------------------------------------
+
+def test_jwt_bearer_grant_returns_token_whose_id_url_carries_org_and_user(emu, http):
+    r = http.post(emu.token_url, data={"grant_type": JWT_GRANT, "assertion": _assertion(emu)})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["token_type"] == "Bearer" and body["instance_url"] == emu.instance_url
+    assert body["id"].endswith(f"/id/{emu.org_id}/{emu.integration_user_id}")
+    assert emu.org_id.startswith("00D") and len(emu.org_id) == 18
+    sf = Salesforce(instance_url=body["instance_url"], session_id=body["access_token"], version="67.0",
+                    session=http)
+    assert sf.query("SELECT Id FROM Contact")["totalSize"] == 0
+
+
+@pytest.mark.parametrize(("kwargs", "error", "description"), [
+    ({"key": OTHER_KEY}, "invalid_grant", "invalid assertion"),
+    ({"aud": "https://example.com"}, "invalid_grant", "audience is invalid"),
+    ({"exp_in": -60}, "invalid_grant", "expired authorization code"),
+    ({"iss": "unknown-app"}, "invalid_client_id", "client identifier invalid"),
+    ({"sub": "nobody@example.com"}, "invalid_grant", "user hasn't approved this consumer"),
+])
+def test_jwt_bearer_errors_use_the_oauth_error_shape(emu, http, kwargs, error, description):
+    r = http.post(emu.token_url, data={"grant_type": JWT_GRANT, "assertion": _assertion(emu, **kwargs)})
+    assert r.status_code == 400
+    assert r.json() == {"error": error, "error_description": description}
+
+
+def test_client_credentials_with_basic_auth_and_wrong_secret(emu, http):
+    ok = http.post(emu.token_url, data={"grant_type": "client_credentials"}, auth=("cid-cc", "s3cret"))
+    assert ok.status_code == 200 and ok.json()["id"].endswith(emu.integration_user_id)
+    bad = http.post(emu.token_url, data={"grant_type": "client_credentials"}, auth=("cid-cc", "nope"))
+    assert (bad.status_code, bad.json()["error"]) == (400, "invalid_client")
+
+
+def test_rest_requires_an_issued_token(emu, http):
+    raw = http.get(f"{emu.instance_url}/services/data/v67.0/query/", params={"q": "SELECT Id FROM Contact"})
+    assert raw.status_code == 401
+    assert raw.json() == [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
+    sf = Salesforce(instance_url=emu.instance_url, session_id="00Dforged!token", version="67.0", session=http)
+    with pytest.raises(SalesforceExpiredSession):
+        sf.query("SELECT Id FROM Contact")
+    emu.revoke_tokens()
+    token_sf = Salesforce(instance_url=emu.instance_url, session_id=emu.issue_token(), version="67.0", session=http)
+    token_sf.query("SELECT Id FROM Contact")  # a fresh token works
+
+
+# -- query (salesforce.md §2.2) ------------------------------------------------------------------------------
+
+def test_query_pages_with_next_records_url_and_batch_size_header(emu, sf):
+    emu.bulk_create_contacts([{"LastName": f"L{i:04d}"} for i in range(450)])
+    sf.session.headers["Sforce-Query-Options"] = "batchSize=50"  # clamped to the 200 minimum
+    first = sf.query("SELECT Id, LastName FROM Contact ORDER BY LastName")
+    assert (first["totalSize"], first["done"], len(first["records"])) == (450, False, 200)
+    assert first["nextRecordsUrl"].startswith("/services/data/v67.0/query/")
+    assert first["nextRecordsUrl"].endswith("-200")
+    everything = sf.query_all("SELECT Id, LastName FROM Contact ORDER BY LastName")
+    names = [r["LastName"] for r in everything["records"]]
+    assert names == sorted(names) and len(names) == 450
+    assert emu.counters["rest.query_more"] == 2
+    del sf.session.headers["Sforce-Query-Options"]
+    assert sf.query("SELECT Id FROM Contact")["done"] is True  # default batch 2,000
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.query_more("01gBOGUS-200")
+    assert e.value.content[0]["errorCode"] == "INVALID_QUERY_LOCATOR"
+
+
+def test_where_order_limit_owner_and_account_relationship(emu, sf):
+    rep = emu.add_user("rep@example.com", "rep@example.com", last_name="Rep", federation_id="rep@corp")
+    acme = emu.add_account("Acme")
+    a = emu.create_contact({"LastName": "Alpha", "Email": "a@x.com", "AccountId": acme}, as_user=rep)
+    b = emu.create_contact({"LastName": "Beta", "Email": "b@x.com", "OwnerId": rep})
+    c = emu.create_contact({"LastName": "Gamma", "Email": "c@x.com"})
+    mark = sf.query(f"SELECT SystemModstamp FROM Contact WHERE Id = '{a}'")["records"][0]["SystemModstamp"]
+    assert mark.endswith("+0000") and len(mark) == 28  # 2026-03-01T12:34:56.000+0000 (§1.1)
+    owned = sf.query(f"SELECT Id, Owner.Email, Owner.FederationIdentifier FROM Contact WHERE OwnerId = '{rep}' "
+                     "ORDER BY LastName DESC")
+    assert [r["Id"] for r in owned["records"]] == [b, a]
+    assert owned["records"][0]["Owner"]["FederationIdentifier"] == "rep@corp"
+    q = sf.query("SELECT Id, Account.Name FROM Contact WHERE (LastName IN ('Alpha', 'Gamma') OR Email = 'B@X.COM') "
+                 "AND LastName != 'Gamma' ORDER BY LastName LIMIT 1")
+    assert [r["Id"] for r in q["records"]] == [a] and q["records"][0]["Account"]["Name"] == "Acme"
+    assert sf.query(f"SELECT Id, Account.Name FROM Contact WHERE Id = '{c}'")["records"][0]["Account"] is None
+    assert sf.query("SELECT Id FROM Account WHERE Name = 'acme'")["records"][0]["Id"] == acme
+    later = sf.query("SELECT Id FROM Contact WHERE SystemModstamp > 2000-01-01T00:00:00Z")
+    assert later["totalSize"] == 3
+    assert sf.query("SELECT Id FROM Contact WHERE SystemModstamp > 2999-01-01T00:00:00Z")["totalSize"] == 0
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.query("SELECT Id FROM Contact WHERE SystemModstamp > '2026-01-01T00:00:00Z'")
+    assert e.value.content[0]["errorCode"] == "INVALID_FIELD"
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.query("SELECT Nope FROM Contact")
+    assert e.value.content[0]["errorCode"] == "INVALID_FIELD"
+    users = sf.query("SELECT Id, Email, FederationIdentifier FROM User WHERE IsActive = true")
+    assert {u["Email"] for u in users["records"]} == {"integration@example.com", "rep@example.com"}
+
+
+def test_query_all_shows_recycle_bin_rows(emu, sf):
+    cid = sf.Contact.create({"LastName": "Gone"})["id"]
+    assert sf.Contact.delete(cid) == 204
+    assert sf.query("SELECT Id FROM Contact")["totalSize"] == 0
+    rows = sf.query_all("SELECT Id, IsDeleted FROM Contact", include_deleted=True)["records"]
+    assert [(r["Id"], r["IsDeleted"]) for r in rows] == [(cid, True)]
+    with pytest.raises(SalesforceResourceNotFound) as e:
+        sf.Contact.get(cid)
+    assert e.value.content[0]["errorCode"] == "ENTITY_IS_DELETED"
+    with pytest.raises(SalesforceResourceNotFound):
+        sf.Contact.delete(cid)
+    emu.undelete_contact(cid)
+    assert sf.query("SELECT Id FROM Contact")["totalSize"] == 1
+
+
+# -- CRUD, validation, duplicates (salesforce.md §1.1, §1.3, §2.4) -------------------------------------------
+
+def test_crud_with_custom_outlook_id_field_and_upsert(emu, sf):
+    created = sf.Contact.create({"LastName": "Lovelace", "FirstName": "Ada", "Outlook_Id__c": "AAMk-1"})
+    cid = created["id"]
+    assert cid.startswith("003") and len(cid) == 18 and created["success"] is True
+    got = sf.Contact.get(cid)
+    assert (got["Name"], got["Outlook_Id__c"], got["OwnerId"]) == ("Ada Lovelace", "AAMk-1", emu.integration_user_id)
+    assert sf.Contact.update(cid, {"Title": "Countess", "FirstName": None}) == 204
+    got = sf.Contact.get(cid)
+    assert (got["Title"], got["FirstName"], got["Name"]) == ("Countess", None, "Lovelace")
+    assert got["LastModifiedDate"] >= got["CreatedDate"]
+    assert sf.Contact.get_by_custom_id("Outlook_Id__c", "AAMk-1")["Id"] == cid
+    assert sf.Contact.upsert("Outlook_Id__c/AAMk-1", {"Department": "Math"}) == 200
+    assert sf.Contact.upsert("Outlook_Id__c/AAMk-2", {"LastName": "Babbage"}) == 201
+    assert sf.query("SELECT Id FROM Contact WHERE Outlook_Id__c = 'AAMk-2'")["totalSize"] == 1
+    assert sf.Contact.delete(cid) == 204
+    assert sf.Contact.describe()["fields"][0]["name"] == "Id"
+
+
+def test_field_too_long_and_required_field_missing(sf):
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.Contact.create({"LastName": "X", "FirstName": "f" * 41})
+    assert (e.value.status, e.value.content[0]["errorCode"], e.value.content[0]["fields"]) == \
+        (400, "STRING_TOO_LONG", ["FirstName"])
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.Contact.create({"FirstName": "NoLast"})
+    assert e.value.content[0] == {"message": "Required fields are missing: [LastName]",
+                                  "errorCode": "REQUIRED_FIELD_MISSING", "fields": ["LastName"]}
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.Contact.create({"LastName": "X", "Bogus__c": "1"})
+    assert e.value.content[0]["errorCode"] == "INVALID_FIELD"
+    assert sf.query("SELECT Id FROM Contact")["totalSize"] == 0
+
+
+def test_duplicate_rule_on_email_and_allow_save_header(emu, sf):
+    first = sf.Contact.create({"LastName": "One", "Email": "same@example.com"})["id"]
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.Contact.create({"LastName": "Two", "Email": "SAME@example.com"})
+    err = e.value.content[0]
+    assert err["errorCode"] == "DUPLICATES_DETECTED"
+    assert err["duplicateResult"]["matchResults"][0]["matchRecords"][0]["record"]["Id"] == first
+    sf.session.headers["Sforce-Duplicate-Rule-Header"] = "allowSave=true"
+    assert sf.Contact.create({"LastName": "Two", "Email": "SAME@example.com"})["success"] is True
+    assert sf.query("SELECT Id FROM Contact WHERE Email = 'same@example.com'")["totalSize"] == 2
+
+
+# -- sObject Collections (salesforce.md §2.5) ----------------------------------------------------------------
+
+def test_collections_all_or_none_false_and_true(emu, sf):
+    recs = [{"attributes": {"type": "Contact"}, "LastName": "Ok"},
+            {"attributes": {"type": "Contact"}, "FirstName": "NoLast"}]
+    res = sf.restful("composite/sobjects", method="POST", json={"allOrNone": False, "records": recs})
+    assert res[0]["success"] is True and res[0]["id"].startswith("003")
+    assert res[1]["success"] is False and res[1]["errors"][0]["statusCode"] == "REQUIRED_FIELD_MISSING"
+    events_before = len(emu.events())
+    res = sf.restful("composite/sobjects", method="POST", json={"allOrNone": True, "records": recs})
+    assert [r["errors"][0]["statusCode"] for r in res] == ["ALL_OR_NONE_OPERATION_ROLLED_BACK",
+                                                           "REQUIRED_FIELD_MISSING"]
+    assert sf.query("SELECT Id FROM Contact")["totalSize"] == 1 and len(emu.events()) == events_before
+    ok_id = sf.query("SELECT Id FROM Contact")["records"][0]["Id"]
+    upd = sf.restful("composite/sobjects", method="PATCH", json={"records": [
+        {"attributes": {"type": "Contact"}, "Id": ok_id, "Title": "T"},
+        {"attributes": {"type": "Contact"}, "Id": ok_id, "Title": "x" * 129}]})
+    assert upd[0]["success"] and upd[1]["errors"][0]["statusCode"] == "STRING_TOO_LONG"
+    got = sf.restful("composite/sobjects/Contact", method="POST", json={"ids": [ok_id], "fields": ["Title"]})
+    assert got[0]["Title"] == "T"
+    too_many = [{"attributes": {"type": "Contact"}, "LastName": "x"}] * 201
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.restful("composite/sobjects", method="POST", json={"records": too_many})
+    assert e.value.content[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
+    deleted = sf.restful("composite/sobjects", method="DELETE", params={"ids": f"{ok_id},003Hs00000009999AAA"})
+    assert deleted[0]["success"] is True and deleted[1]["success"] is False
+
+
+# -- limits, headers, faults (salesforce.md §2.8) ------------------------------------------------------------
+
+def test_limit_header_limits_resource_and_request_limit_exceeded(emu, sf, http):
+    r = http.get(f"{emu.instance_url}/services/data/v67.0/limits/",
+                 headers={"Authorization": f"Bearer {sf.session_id}"})
+    assert r.headers["Sforce-Limit-Info"] == "api-usage=1/15000"
+    assert r.json()["DailyApiRequests"] == {"Max": 15000, "Remaining": 14999}
+    assert "Sforce-Limit-Info" not in http.get(f"{emu.instance_url}/services/data/").headers
+    emu.set_api_usage(used=100, maximum=100)
+    with pytest.raises(SalesforceRefusedRequest) as e:
+        sf.query("SELECT Id FROM Contact")
+    assert e.value.status == 403 and e.value.content[0]["errorCode"] == "REQUEST_LIMIT_EXCEEDED"
+
+
+def test_injected_5xx_then_recovers(emu, sf):
+    emu.faults.fail_next(status=503, path_contains="/query")
+    with pytest.raises(SalesforceGeneralError) as e:
+        sf.query("SELECT Id FROM Contact")
+    assert e.value.status == 503
+    assert sf.query("SELECT Id FROM Contact")["totalSize"] == 0
+    assert emu.counters["rest.fault.503"] == 1
+    emu.faults.invalid_session_next = 1
+    with pytest.raises(SalesforceExpiredSession):
+        sf.query("SELECT Id FROM Contact")
+
+
+# -- Pub/Sub API (salesforce.md §4, §5.1, Appendix A) --------------------------------------------------------
+
+class Subscription:
+    """Runs Subscribe in a thread; ``more(n)`` sends a FetchRequest; ``next()`` returns the next FetchResponse."""
+
+    def __init__(self, emu: SalesforceEmulator, token: str, first: pb2.FetchRequest) -> None:
+        self.channel = grpc.insecure_channel(emu.grpc_target)
+        self.stub = pb2_grpc.PubSubStub(self.channel)
+        self.requests: queue.Queue[pb2.FetchRequest | None] = queue.Queue()
+        self.responses: queue.Queue[Any] = queue.Queue()
+        self.requests.put(first)
+        self.call = self.stub.Subscribe(iter(self.requests.get, None), metadata=emu.grpc_metadata(token))
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        try:
+            for resp in self.call:
+                self.responses.put(resp)
+        except grpc.RpcError as e:
+            self.responses.put(e)
+
+    def more(self, n: int) -> None:
+        self.requests.put(pb2.FetchRequest(num_requested=n))
+
+    def next(self, timeout: float = 5.0) -> Any:
+        return self.responses.get(timeout=timeout)
+
+    def events(self, n: int, timeout: float = 5.0) -> list[pb2.ConsumerEvent]:
+        out: list[pb2.ConsumerEvent] = []
+        while len(out) < n:
+            resp = self.next(timeout)
+            if isinstance(resp, grpc.RpcError):
+                raise resp
+            out.extend(resp.events)
+        return out
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.channel.close()
+
+
+@pytest.fixture
+def pubsub(emu: SalesforceEmulator) -> Iterator[Any]:
+    token = emu.issue_token()
+    subs: list[Subscription] = []
+    channel = grpc.insecure_channel(emu.grpc_target)
+    stub = pb2_grpc.PubSubStub(channel)
+    md = emu.grpc_metadata(token)
+    topic = stub.GetTopic(pb2.TopicRequest(topic_name=TOPIC), metadata=md)
+    info = stub.GetSchema(pb2.SchemaRequest(schema_id=topic.schema_id), metadata=md)
+    schema = json.loads(info.schema_json)
+    parsed = fastavro.parse_schema(json.loads(info.schema_json))
+
+    class Helper:
+        def subscribe(self, preset: int = pb2.ReplayPreset.EARLIEST, n: int = 100, replay_id: bytes = b"") -> Any:
+            sub = Subscription(emu, token, pb2.FetchRequest(topic_name=TOPIC, replay_preset=preset,
+                                                            replay_id=replay_id, num_requested=n))
+            subs.append(sub)
+            return sub
+
+        def decode(self, ev: pb2.ConsumerEvent) -> dict[str, Any]:
+            assert ev.event.schema_id == topic.schema_id
+            return fastavro.schemaless_reader(io.BytesIO(ev.event.payload), parsed)
+
+        def fields(self, bitmaps: list[str]) -> list[str]:
+            return decode_bitmap(schema, bitmaps)
+
+    helper = Helper()
+    helper.stub, helper.md, helper.schema = stub, md, schema  # type: ignore[attr-defined]
+    yield helper
+    for s in subs:
+        s.close()
+    channel.close()
+
+
+def test_rest_update_arrives_as_change_event_with_bitmaps_and_change_origin(emu, sf, pubsub):
+    sf.session.headers["Sforce-Call-Options"] = "client=m365-sync"
+    cid = sf.Contact.create({"LastName": "Lovelace", "FirstName": "Ada", "Email": "ada@example.com",
+                             "Phone": "+1 555 0100"})["id"]
+    sf.Contact.update(cid, {"FirstName": "Augusta", "Email": "augusta@example.com"})
+    sf.Contact.update(cid, {"Phone": None})
+    sub = pubsub.subscribe()
+    create, update, nulling = (pubsub.decode(e) for e in sub.events(3))
+    h = create["ChangeEventHeader"]
+    assert (h["changeType"], h["recordIds"], h["entityName"], h["changedFields"]) == \
+        ("CREATE", [cid], "Contact", [])
+    assert h["changeOrigin"] == "com/salesforce/api/rest/67.0;client=m365-sync"  # §2.9
+    assert h["commitUser"] == emu.integration_user_id and h["sequenceNumber"] == 1
+    assert create["Name"]["LastName"] == "Lovelace" and create["Phone"] == "+1 555 0100"
+    u = update["ChangeEventHeader"]
+    assert u["changeType"] == "UPDATE" and u["commitTimestamp"] >= h["commitTimestamp"]
+    assert u["commitNumber"] > h["commitNumber"] and u["transactionKey"] != h["transactionKey"]
+    # The salesforce.md §4.4 worked example: ['0xC', '1-0x2'] -> Email, LastModifiedDate, Name.FirstName
+    assert u["changedFields"] == ["0xC", "1-0x2"]
+    assert pubsub.fields(u["changedFields"]) == ["Email", "LastModifiedDate", "Name.FirstName"]
+    assert update["Email"] == "augusta@example.com" and update["Name"]["FirstName"] == "Augusta"
+    assert update["Phone"] is None and update["Name"]["LastName"] is None  # unchanged -> null (§4.3)
+    n = nulling["ChangeEventHeader"]
+    assert pubsub.fields(n["nulledFields"]) == ["Phone"]
+    assert set(pubsub.fields(n["changedFields"])) == {"Phone", "LastModifiedDate"}
+
+
+def test_flow_control_num_requested(emu, pubsub):
+    sub = pubsub.subscribe(n=2)
+    emu.bulk_create_contacts([{"LastName": f"C{i}"} for i in range(5)])
+    first = sub.next()
+    assert len(first.events) == 2 and first.pending_num_requested == 0
+    with pytest.raises(queue.Empty):
+        sub.next(timeout=0.7)  # nothing requested: nothing delivered, no keepalive
+    sub.more(10)
+    rest = sub.events(3)
+    assert len(rest) == 3
+    tx = {pubsub.decode(e)["ChangeEventHeader"]["transactionKey"] for e in [*first.events, *rest]}
+    assert len(tx) == 1  # one import transaction
+    seqs = [pubsub.decode(e)["ChangeEventHeader"]["sequenceNumber"] for e in [*first.events, *rest]]
+    assert seqs == [1, 2, 3, 4, 5]
+
+
+def test_replay_custom_earliest_latest_and_expired_replay_id(emu, pubsub):
+    ids = emu.bulk_create_contacts([{"LastName": f"R{i}"} for i in range(4)])
+    all_events = pubsub.subscribe(pb2.ReplayPreset.EARLIEST).events(4)
+    got = [pubsub.decode(e)["ChangeEventHeader"]["recordIds"][0] for e in all_events]
+    assert got == ids
+    resumed = pubsub.subscribe(pb2.ReplayPreset.CUSTOM, replay_id=all_events[1].replay_id).events(2)
+    assert [pubsub.decode(e)["ChangeEventHeader"]["recordIds"][0] for e in resumed] == ids[2:]
+    latest = pubsub.subscribe(pb2.ReplayPreset.LATEST)
+    keepalive = latest.next()  # nothing new: an empty keepalive with the latest replay id
+    assert not keepalive.events and keepalive.latest_replay_id == all_events[-1].replay_id
+    new_id = emu.create_contact({"LastName": "New"})
+    new_events = [e for e in latest.events(1)]
+    assert pubsub.decode(new_events[0])["ChangeEventHeader"]["recordIds"] == [new_id]
+    emu.advance_time(73 * 3600)  # beyond the 72-hour retention (§4.5); the 2-hour session expired too
+    expired = Subscription(emu, emu.issue_token(), pb2.FetchRequest(
+        topic_name=TOPIC, replay_preset=pb2.ReplayPreset.CUSTOM, replay_id=all_events[0].replay_id, num_requested=1))
+    err = expired.next()
+    expired.close()
+    assert isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(err.trailing_metadata())["error-code"].endswith("replayid.validation.failed")
+
+
+def test_gap_overflow_drop_and_duplicate_knobs(emu, sf, pubsub):
+    cid = emu.create_contact({"LastName": "Gap"})
+    emu.publish_gap("GAP_UPDATE", [cid])
+    emu.faults.gap_next_events = 1
+    sf.Contact.update(cid, {"Title": "x"})
+    emu.faults.overflow_threshold = 2
+    emu.bulk_create_contacts([{"LastName": f"O{i}"} for i in range(3)])
+    emu.faults.overflow_threshold = 100_000
+    emu.faults.drop_next_events = 1
+    sf.Contact.update(cid, {"Title": "dropped"})
+    emu.faults.duplicate_next_events = 1
+    sf.Contact.update(cid, {"Title": "twice"})
+    evs = [pubsub.decode(e)["ChangeEventHeader"] for e in pubsub.subscribe().events(8)]
+    types = [h["changeType"] for h in evs]
+    assert types == ["CREATE", "GAP_UPDATE", "GAP_UPDATE", "CREATE", "CREATE", "GAP_OVERFLOW", "UPDATE", "UPDATE"]
+    assert evs[1]["recordIds"] == [cid] and evs[1]["changedFields"] == []
+    assert evs[5]["recordIds"] == [] and evs[5]["transactionKey"] == evs[3]["transactionKey"]
+    assert evs[5]["sequenceNumber"] == 3
+    assert evs[6] == evs[7]  # duplicated delivery of the same change
+
+
+def test_admin_owner_change_and_collection_delete_events(emu, sf, http, pubsub):
+    rep = emu.add_user("rep2@example.com", "rep2@example.com", last_name="Two")
+    a, b = (emu.create_contact({"LastName": n}) for n in ("A", "B"))
+    r = http.post(f"{emu.instance_url}/_admin/contacts/{a}/owner", json={"ownerId": rep, "asUser": rep})
+    assert r.status_code == 204
+    sf.restful("composite/sobjects", method="DELETE", params={"ids": f"{a},{b}"})
+    evs = [pubsub.decode(e) for e in pubsub.subscribe().events(4)]
+    owner = evs[2]
+    h = owner["ChangeEventHeader"]
+    assert h["changeType"] == "UPDATE" and h["commitUser"] == rep and "SfdcInternalAPI" in h["changeOrigin"]
+    assert set(pubsub.fields(h["changedFields"])) == {"OwnerId", "LastModifiedDate", "LastModifiedById"}
+    assert owner["OwnerId"] == rep
+    d = evs[3]["ChangeEventHeader"]  # same change on 2 records in one transaction -> one event (§4.2)
+    assert d["changeType"] == "DELETE" and sorted(d["recordIds"]) == sorted([a, b])
+    assert sf.query(f"SELECT OwnerId FROM Contact WHERE Id = '{a}'")["totalSize"] == 0
+
+
+def test_pubsub_rejects_bad_token_and_unknown_topic(emu, pubsub):
+    bad = (("accesstoken", "nope"), ("instanceurl", emu.instance_url), ("tenantid", emu.org_id))
+    with pytest.raises(grpc.RpcError) as e:
+        pubsub.stub.GetTopic(pb2.TopicRequest(topic_name=TOPIC), metadata=bad)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as e:
+        pubsub.stub.GetTopic(pb2.TopicRequest(topic_name="/data/Nope"), metadata=pubsub.md)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    emu.faults.fail_grpc_next()
+    err = pubsub.subscribe().next()
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert dict(err.trailing_metadata())["error-code"] == "sfdc.platform.eventbus.grpc.service.unavailable"
