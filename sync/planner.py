@@ -469,7 +469,14 @@ def _deleted(ctx: _Ctx, gone: Side, survivor: SideRecord) -> Plan:
         return done([Delete(keep, survivor.id, survivor.version, reason)], LinkAfter.REMOVE, reason)
     if chosen is DeletePolicy.RECREATE:
         # re-creating is creating: match first, so a copy that exists already is linked, not doubled
-        return _match_or_create(ctx, survivor, f"deleted in {gone.label}; delete policy recreate")
+        recreated = _match_or_create(ctx, survivor, f"deleted in {gone.label}; delete policy recreate")
+        if recreated.link_after is not LinkAfter.KEEP:
+            return recreated
+        # matching ended in review or skip: keep the survivor, unlinked, and say why
+        reason = f"deleted in {gone.label}; delete policy recreate could not re-create: {recreated.reason}"
+        review = [a for a in recreated.actions if isinstance(a, Review)]
+        return done([*review, Unlink(keep, reason)], LinkAfter.SAVE, reason, state=LinkState.DETACHED,
+                    m365_id=m365_id, sf_id=sf_id)
     reason = f"deleted in {gone.label}; delete policy unlink: {keep.label} copy kept and never re-created{note}"
     return done([Unlink(keep, reason)], LinkAfter.SAVE, reason, state=LinkState.DETACHED, m365_id=m365_id,
                 sf_id=sf_id)

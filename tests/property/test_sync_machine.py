@@ -8,7 +8,7 @@ quiescent full pass (reconcile of every mailbox until nothing is left to do) the
   - no edit lost: every user edit survives on its record unless a conflict rule overrode it (and the audit says so),
   - no deleted contact resurrected against the delete policy,
   - links are consistent with both sides.
-CI runs the ``ci`` Hypothesis profile: at least 2,000 steps in total.
+CI runs at least 2,000 steps per policy variant (counted, asserted).
 """
 
 from __future__ import annotations
@@ -16,9 +16,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from sync.adapters.memory import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
 from sync.engine import Engine
@@ -38,8 +46,10 @@ PEOPLE = [
 ]
 EDIT_FIELDS = ("first_name", "job_title", "city", "mobile_phone", "notes", "department")
 VALUES = st.sampled_from([None, "Alpha", "beta  gamma", "Ünïcödé", "+47 900 00 000", "x" * 60])
-STEPS = 60 if os.environ.get("CI") else 25
-EXAMPLES = 40 if os.environ.get("CI") else 10
+STEPS = 60 if os.environ.get("CI") else 30
+EXAMPLES = 200 if os.environ.get("CI") else 30
+MIN_STEPS = 2000 if os.environ.get("CI") else 200  # per machine (the issue asks >= 2,000 in CI)
+STEPS_RUN: dict[str, int] = {}
 
 
 @dataclass
@@ -254,6 +264,8 @@ class SyncMachine(RuleBasedStateMachine):
         """The latest user edit of a field of a linked pair is what both now hold, unless a conflict overrode it.
         An unlinked record keeps its own latest edit."""
         conflicts = self._conflict_fields()
+        # an edit made before its record was first linked may be filled by the match (audited as 'adopt')
+        adopted = {i for e in self.audit.entries[self.audit_mark:] if e.action == "adopt" for i in (e.m365_id, e.sf_id)}
         m_now, f_now = self.m365.snapshot(), self.sf.snapshot()
         partner: dict[str, tuple[str, str]] = {}
         for link in self.links.all_links():
@@ -273,6 +285,7 @@ class SyncMachine(RuleBasedStateMachine):
             if compare_key(field, record.contact.get(field)) == compare_key(field, expected):
                 continue
             overridden = any(f == field and (m in (m_id, f_id) or s in (m_id, f_id)) for m, s, f in conflicts)
+            overridden = overridden or edit.item_id in adopted
             assert overridden, f"edit of {field} on {edit.side.value} {edit.item_id} was lost without a conflict"
 
     def _check_not_resurrected(self) -> None:
@@ -308,6 +321,7 @@ class SyncMachine(RuleBasedStateMachine):
 
     @invariant()
     def hints_are_bounded(self) -> None:
+        STEPS_RUN[type(self).__name__] = STEPS_RUN.get(type(self).__name__, 0) + 1
         assert len(self.hints) < 500
 
 
@@ -322,10 +336,14 @@ class SyncMachineNewest(SyncMachine):
     policy = Policy(conflict=ConflictPolicy.NEWEST_WINS, on_salesforce_delete=DeletePolicy.RECREATE)
 
 
-_settings = settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None)
-TestSync = SyncMachine.TestCase
-TestSync.settings = _settings
-TestSyncPropagate = SyncMachinePropagate.TestCase
-TestSyncPropagate.settings = _settings
-TestSyncNewest = SyncMachineNewest.TestCase
-TestSyncNewest.settings = _settings
+@pytest.mark.slow
+@pytest.mark.parametrize("machine", [SyncMachine, SyncMachinePropagate, SyncMachineNewest],
+                         ids=["defaults", "propagate-m365wins", "newest-recreate"])
+def test_sync_machine(machine: type[SyncMachine]) -> None:
+    STEPS_RUN.pop(machine.__name__, None)
+    run_state_machine_as_test(
+        machine, settings=settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None)
+    )
+    steps = STEPS_RUN.get(machine.__name__, 0)
+    assert steps >= MIN_STEPS, f"only {steps} steps ran; raise max_examples"
+    print(f"{machine.__name__}: {steps} steps")

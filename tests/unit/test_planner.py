@@ -329,6 +329,18 @@ def test_deleted_in_salesforce_with_recreate_creates_it_again() -> None:
     assert create.side is Side.SALESFORCE and p.link_after is LinkAfter.SAVE and p.m365_id == "m1"
 
 
+def test_recreate_matches_before_creating() -> None:
+    m, f = m365(), sf()
+    policy = Policy(on_salesforce_delete=DeletePolicy.RECREATE)
+    existing = Candidate(sf("003A7"))
+    p = plan(Situation(MB, link_for(m, f), m, None, (existing,)), policy)
+    assert only(p, Adopt).sf_id == "003A7" and Create not in kinds(p)
+    taken = Candidate(sf("003A7"), linked=True)
+    p = plan(Situation(MB, link_for(m, f), m, None, (taken,)), policy)
+    assert "not creating a duplicate" in only(p, Review).reason
+    assert only(p, Unlink).keep is Side.M365 and p.state is LinkState.DETACHED  # never left linked to a deleted one
+
+
 def test_delete_does_not_destroy_an_edit_made_on_the_other_side() -> None:
     m, f = m365(), sf()
     p = plan(Situation(MB, link_for(m, f), edited(m, job_title="CTO"), None), POLICY)

@@ -1,0 +1,201 @@
+"""The engine and reconcile over fakes that record their effects (and one run over the Azurite link store)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from sync.adapters.memory import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
+from sync.adapters.tables import TableStorage
+from sync.engine import Engine
+from sync.errors import CircuitBreakerTripped, PreconditionFailed, Throttled, Transient
+from sync.model import Contact
+from sync.policy import CircuitBreaker, Policy, Side
+from sync.ports import ContactChange, LinkState, LinkStore
+from sync.reconcile import reconcile_mailbox
+
+ANN, BOB = "ann@contoso.com", "bob@contoso.com"
+ADA = Contact(first_name="Ada", last_name="Byron", emails=["ada@example.com"], company="Acme")
+
+
+@dataclass
+class World:
+    m365: MemorySide
+    sf: MemorySide
+    links: LinkStore
+    audit: MemoryAudit
+    queue: MemoryQueue
+    engine: Engine
+
+    def hint_sf(self, item_id: str) -> list[object]:
+        return list(self.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=item_id)))
+
+    def hint_m365(self, item_id: str, mailbox: str = ANN) -> list[object]:
+        return list(self.engine.sync_contact(ContactChange(source=Side.M365, item_id=item_id, mailbox=mailbox)))
+
+
+def world(policy: Policy | None = None, links: LinkStore | None = None) -> World:
+    clock = LogicalClock()
+    m365, sf = MemorySide(Side.M365, clock=clock), MemorySide(Side.SALESFORCE, clock=clock)
+    links = links or MemoryLinkStore()
+    audit, queue = MemoryAudit(), MemoryQueue()
+    engine = Engine(m365, sf, links, audit, queue, policy or Policy(), [ANN, BOB], clock=clock)
+    return World(m365, sf, links, audit, queue, engine)
+
+
+def test_new_salesforce_contact_appears_in_the_owners_folder_with_a_marker() -> None:
+    w = world()
+    sf_id = w.sf.user_create(ANN, ADA)
+    w.hint_sf(sf_id)
+    (m,) = w.m365.snapshot().values()
+    assert m.owner == ANN and m.marker == sf_id and m.contact.emails == ("ada@example.com",)
+    assert w.sf.snapshot()[sf_id].marker == m.id  # the source is stamped with the new id too
+    link = w.links.get(ANN, Side.SALESFORCE, sf_id)
+    assert link is not None and link.m365_id == m.id and link.state is LinkState.LINKED
+    assert [e.action for e in w.audit.entries] == ["create:m365"]
+
+
+def test_echo_of_our_own_write_writes_nothing() -> None:
+    w = world()
+    sf_id = w.sf.user_create(ANN, ADA)
+    w.hint_sf(sf_id)
+    m_id = next(iter(w.m365.snapshot()))
+    writes = (len(w.m365.writes), len(w.sf.writes))
+    link = w.links.get(ANN, Side.SALESFORCE, sf_id)
+    for _ in range(3):  # the webhook and CDC echoes of what we just wrote, duplicated
+        w.hint_m365(m_id)
+        w.hint_sf(sf_id)
+    assert (len(w.m365.writes), len(w.sf.writes)) == writes
+    assert w.links.get(ANN, Side.SALESFORCE, sf_id) == link  # not even the link was rewritten
+
+
+def test_out_of_scope_mailbox_and_unknown_contacts_are_ignored() -> None:
+    w = world()
+    assert w.hint_m365("nope", mailbox="stranger@contoso.com") == []
+    assert w.hint_sf("003000000000000999") == []
+    sf_id = w.sf.user_create("stranger@contoso.com", ADA)  # owned by a user who is not a synced mailbox
+    assert w.hint_sf(sf_id) == []
+    assert w.m365.snapshot() == {}
+
+
+@pytest.mark.parametrize("failure", [Throttled("slow", retry_after=2), Transient("503"), PreconditionFailed("race")])
+def test_a_failed_write_leaves_the_link_untouched_and_the_retry_converges(failure: Exception) -> None:
+    w = world()
+    sf_id = w.sf.user_create(ANN, ADA)
+    w.hint_sf(sf_id)
+    w.sf.user_edit(sf_id, {"job_title": "Countess"})
+    before = w.links.get(ANN, Side.SALESFORCE, sf_id)
+    fired: list[str] = []
+
+    def fail_the_write(op: str) -> None:
+        if op == "update" and not fired:
+            fired.append(op)
+            raise failure
+
+    w.m365.on_call = fail_the_write
+    with pytest.raises(type(failure)):
+        w.hint_sf(sf_id)
+    assert w.links.get(ANN, Side.SALESFORCE, sf_id) == before
+    assert w.audit.entries[-1].outcome == "failed" and w.audit.entries[-1].error
+    w.hint_sf(sf_id)  # the queue redelivers
+    assert next(iter(w.m365.snapshot().values())).contact.job_title == "Countess"
+
+
+def test_a_lost_link_write_after_a_create_does_not_duplicate_on_retry() -> None:
+    w = world()
+    m_id = w.m365.user_create(ANN, ADA)
+    assert isinstance(w.links, MemoryLinkStore)
+    w.links.fail_next.append(Transient("table storage 503"))
+    with pytest.raises(Transient):
+        w.hint_m365(m_id)
+    assert len(w.sf.snapshot()) == 1  # the Salesforce contact was created before the link write failed
+    w.hint_m365(m_id)  # retry: the marker / email finds it
+    assert len(w.sf.snapshot()) == 1
+    link = w.links.get(ANN, Side.M365, m_id)
+    assert link is not None and link.sf_id == next(iter(w.sf.snapshot()))
+
+
+def test_owner_change_moves_the_contact_between_folders() -> None:
+    w = world()
+    sf_id = w.sf.user_create(ANN, ADA)
+    w.hint_sf(sf_id)
+    w.sf.user_set_owner(sf_id, BOB)
+    w.hint_sf(sf_id)
+    folders = {r.owner for r in w.m365.snapshot().values()}
+    assert folders == {BOB}
+    assert w.links.get(ANN, Side.SALESFORCE, sf_id) is None
+    assert w.links.get(BOB, Side.SALESFORCE, sf_id) is not None
+    assert len(w.m365.deleted) == 1  # Ann's copy went to Deleted Items, not purged
+
+
+def test_user_re_adding_a_deleted_contact_replaces_the_tombstone() -> None:
+    w = world()
+    m_id = w.m365.user_create(ANN, ADA)
+    w.hint_m365(m_id)
+    w.m365.user_delete(m_id)
+    w.hint_m365(m_id)  # default: Outlook delete unlinks, Salesforce keeps it
+    sf_id = next(iter(w.sf.snapshot()))
+    tomb = w.links.get(ANN, Side.SALESFORCE, sf_id)
+    assert tomb is not None and tomb.state is LinkState.DETACHED
+    again = w.m365.user_create(ANN, ADA)  # the rep puts the person back in the folder
+    w.hint_m365(again)
+    link = w.links.get(ANN, Side.SALESFORCE, sf_id)
+    assert link is not None and link.state is LinkState.LINKED and link.m365_id == again
+    assert len(w.sf.snapshot()) == 1
+
+
+def test_reconcile_dry_run_plans_without_writing_and_then_applies() -> None:
+    w = world()
+    for i in range(3):
+        w.sf.user_create(ANN, Contact(last_name=f"L{i}", emails=[f"l{i}@example.com"]))
+    w.m365.user_create(ANN, Contact(last_name="Out", emails=["out@example.com"]))
+    report = reconcile_mailbox(w.engine, ANN, dry_run=True)
+    assert report.planned["create:m365"] == 3 and report.planned["create:salesforce"] == 1
+    assert w.m365.writes == [] and w.sf.writes == []
+    report = reconcile_mailbox(w.engine, ANN)
+    assert report.applied["create:m365"] == 3 and not report.errors
+    again = reconcile_mailbox(w.engine, ANN)
+    assert set(again.planned) == {"nothing"} and again.linked_before == 4
+    assert "4 visited" in again.summary()
+
+
+def test_reconcile_refuses_a_mass_delete_unless_forced() -> None:
+    w = world(Policy(breaker=CircuitBreaker(min_count=3, max_share=0.5)))
+    ids = [w.sf.user_create(ANN, Contact(last_name=f"L{i}", emails=[f"l{i}@example.com"])) for i in range(4)]
+    reconcile_mailbox(w.engine, ANN)
+    for sf_id in ids:
+        w.sf.user_delete(sf_id)  # someone empties Salesforce
+    with pytest.raises(CircuitBreakerTripped) as err:
+        reconcile_mailbox(w.engine, ANN)
+    assert err.value.destructive == 4 and err.value.total == 4
+    assert len(w.m365.snapshot()) == 4  # nothing was deleted
+    reconcile_mailbox(w.engine, ANN, force=True)
+    assert w.m365.snapshot() == {}
+
+
+def test_reconcile_reviews_twins_instead_of_copying_both() -> None:
+    w = world()
+    w.m365.user_create(ANN, ADA)
+    w.m365.user_create(ANN, ADA)  # the rep has the same person twice
+    report = reconcile_mailbox(w.engine, ANN)
+    assert report.applied["create:salesforce"] == 1 and report.applied["review"] == 1
+    assert len(w.sf.snapshot()) == 1
+
+
+@pytest.mark.azurite
+def test_engine_over_the_azurite_link_store(azurite_connection_string: str) -> None:
+    store = TableStorage.from_connection_string(azurite_connection_string, "e" + uuid.uuid4().hex[:10])
+    w = world(links=store.links())
+    sf_id = w.sf.user_create(ANN, ADA)
+    w.hint_sf(sf_id)
+    w.sf.user_edit(sf_id, {"city": "London"})
+    w.hint_sf(sf_id)
+    m = next(iter(w.m365.snapshot().values()))
+    assert m.contact.city == "London"
+    w.sf.user_set_owner(sf_id, BOB)
+    w.hint_sf(sf_id)
+    assert store.links().mailboxes_of(sf_id) == {BOB}
+    assert {r.owner for r in w.m365.snapshot().values()} == {BOB}
+    assert reconcile_mailbox(w.engine, BOB).planned == {"nothing": 1}
