@@ -72,7 +72,7 @@ def normalise_text(value: object, *, multiline: bool = False) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise TypeError(f"expected text, got {type(value).__name__}")
+        raise ValueError(f"expected text, got {type(value).__name__}")
     text = unicodedata.normalize("NFC", value)
     if multiline:
         lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -152,7 +152,7 @@ class Contact(BaseModel):
         if isinstance(v, str):
             v = [v]
         if not isinstance(v, Iterable):
-            raise TypeError("emails must be a list of strings")
+            raise ValueError("emails must be a list of strings")
         out: list[str] = []
         seen: set[str] = set()
         for item in v:
@@ -169,7 +169,7 @@ class Contact(BaseModel):
         if v is None:
             return {}
         if not isinstance(v, Mapping):
-            raise TypeError("custom must be a mapping of field name to text")
+            raise ValueError("custom must be a mapping of field name to text")
         out: dict[str, str] = {}
         for key, raw in sorted(v.items()):
             text = normalise_text(raw if raw is None or isinstance(raw, str) else str(raw), multiline=True)
