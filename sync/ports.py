@@ -164,6 +164,23 @@ class Link(BaseModel):
     def base_on(self, side: Side) -> Mapping[str, str]:
         return self.m365_base if side is Side.M365 else self.sf_base
 
+    def row_keys(self) -> list[str]:
+        """The storage rows of this link: ``m365|<id>`` and/or ``sf|<id>``."""
+        keys = []
+        if self.m365_id:
+            keys.append(row_key(Side.M365, self.m365_id))
+        if self.sf_id:
+            keys.append(row_key(Side.SALESFORCE, self.sf_id))
+        return keys
+
+    def primary_key(self) -> str:
+        """The row ``list`` yields (each link once): the Salesforce row when there is one."""
+        return row_key(Side.SALESFORCE, self.sf_id) if self.sf_id else row_key(Side.M365, self.m365_id or "")
+
+
+def row_key(side: Side, item_id: str) -> str:
+    return f"{'m365' if side is Side.M365 else 'sf'}|{item_id}"
+
 
 class LinkStore(Protocol):
     """Links per mailbox. ``save`` writes all rows of a link in one transaction.

@@ -29,6 +29,7 @@ from sync.ports import (
     SideRecord,
     UpdateRequest,
     WorkItem,
+    row_key,
 )
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -286,19 +287,6 @@ class MemorySide:
 # ---------------------------------------------------------------------------------------------- links
 
 
-def _row_keys(link: Link) -> list[str]:
-    keys = []
-    if link.m365_id:
-        keys.append(f"m365|{link.m365_id}")
-    if link.sf_id:
-        keys.append(f"sf|{link.sf_id}")
-    return keys
-
-
-def _primary_key(link: Link) -> str:
-    return f"sf|{link.sf_id}" if link.sf_id else f"m365|{link.m365_id}"
-
-
 class MemoryLinkStore:
     """Links in a dict, with the Table store's semantics: rows per id, one etag per write, guarded replace."""
 
@@ -313,13 +301,13 @@ class MemoryLinkStore:
             raise self.fail_next.pop(0)
 
     def get(self, mailbox: str, side: Side, item_id: str) -> Link | None:
-        prefix = "m365" if side is Side.M365 else "sf"
+        key = row_key(side, item_id)
         with self._lock:
-            row = self._rows.get((mailbox, f"{prefix}|{item_id}"))
+            row = self._rows.get((mailbox, key))
         if row is None:
             return None
         link, version = row
-        return link.model_copy(update={"etag": f"{prefix}|{item_id}\n{version}"})
+        return link.model_copy(update={"etag": f"{key}\n{version}"})
 
     def _check(self, link: Link) -> None:
         if link.etag is None:
@@ -337,11 +325,11 @@ class MemoryLinkStore:
             old_keys: list[str] = []
             for other in absorb:
                 self._check(other)
-                old_keys += _row_keys(other)
+                old_keys += other.row_keys()
             if previous is not None:
                 self._check(previous)
-                old_keys += _row_keys(previous)
-            new_keys = _row_keys(link)
+                old_keys += previous.row_keys()
+            new_keys = link.row_keys()
             for key in new_keys:
                 if key not in old_keys and (link.mailbox, key) in self._rows:
                     raise AlreadyExists("another link holds this id", item_id=key)
@@ -352,7 +340,7 @@ class MemoryLinkStore:
             stored = link.model_copy(update={"etag": None})
             for key in new_keys:
                 self._rows[(link.mailbox, key)] = (stored, version)
-        primary = _primary_key(link)
+        primary = link.primary_key()
         return link.model_copy(update={"etag": f"{primary}\n{version}"})
 
     def delete(self, link: Link) -> None:
@@ -366,19 +354,20 @@ class MemoryLinkStore:
                 raise NotFound("link not found", item_id=row_key)
             if str(current[1]) != version:
                 raise PreconditionFailed("link changed since it was read", item_id=row_key)
-            for key in _row_keys(link):
+            for key in link.row_keys():
                 self._rows.pop((link.mailbox, key), None)
 
     def list(self, mailbox: str) -> Iterator[Link]:
         with self._lock:
             rows = [(k, v) for k, v in self._rows.items() if k[0] == mailbox]
         for (_, key), (link, version) in sorted(rows):
-            if key == _primary_key(link):
+            if key == link.primary_key():
                 yield link.model_copy(update={"etag": f"{key}\n{version}"})
 
     def mailboxes_of(self, sf_id: str) -> set[str]:
+        wanted = row_key(Side.SALESFORCE, sf_id)
         with self._lock:
-            return {mb for (mb, key) in self._rows if key == f"sf|{sf_id}"}
+            return {mb for (mb, key) in self._rows if key == wanted}
 
     def all_links(self) -> builtins.list[Link]:
         mailboxes = sorted({mb for mb, _ in self._rows})

@@ -45,7 +45,7 @@ from sync.errors import (
     Transient,
 )
 from sync.policy import Side
-from sync.ports import AuditEntry, Link
+from sync.ports import AuditEntry, Link, row_key
 
 _T = TypeVar("_T")
 MAX_TRANSACTION = 100  # entity group transaction limit (azure.md §4.2); the SDK does not check it
@@ -95,19 +95,6 @@ def _chunks(items: Sequence[_T], size: int = MAX_TRANSACTION) -> Iterator[Sequen
 # ---------------------------------------------------------------------------------------------- links
 
 
-def _row_keys(link: Link) -> list[str]:
-    keys = []
-    if link.m365_id:
-        keys.append(f"m365|{link.m365_id}")
-    if link.sf_id:
-        keys.append(f"sf|{link.sf_id}")
-    return keys
-
-
-def _primary(link: Link) -> str:
-    return f"sf|{link.sf_id}" if link.sf_id else f"m365|{link.m365_id}"
-
-
 class TableLinkStore:
     def __init__(self, table: TableClient) -> None:
         self._table = table
@@ -118,7 +105,7 @@ class TableLinkStore:
             "RowKey": escape_key(row_key),
             "Link": link.model_dump_json(exclude={"etag"}),
             "State": link.state.value,
-            "Primary": row_key == _primary(link),
+            "Primary": row_key == link.primary_key(),
             "SyncedAt": link.synced_at,
         }
 
@@ -128,17 +115,17 @@ class TableLinkStore:
         return link.model_copy(update={"etag": f"{row_key}\n{entity.metadata['etag']}"})
 
     def get(self, mailbox: str, side: Side, item_id: str) -> Link | None:
-        row_key = f"{'m365' if side is Side.M365 else 'sf'}|{item_id}"
+        key = row_key(side, item_id)
         try:
-            entity = self._table.get_entity(escape_key(mailbox), escape_key(row_key))
+            entity = self._table.get_entity(escape_key(mailbox), escape_key(key))
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
             raise _map_error(exc, item_id) from exc
-        return self._from_entity(entity, row_key)
+        return self._from_entity(entity, key)
 
     def save(self, link: Link, *, previous: Link | None, absorb: Sequence[Link] = ()) -> Link:
-        new_keys = _row_keys(link)
+        new_keys = link.row_keys()
         if not new_keys:
             raise ValueError("a link needs at least one id")
         ops: list[Any] = []
@@ -150,7 +137,7 @@ class TableLinkStore:
                 raise ValueError("a link cannot move between mailboxes")
             guard_key, _, guard_etag = old.etag.partition("\n")
             guarded = {"etag": guard_etag, "match_condition": MatchConditions.IfNotModified}
-            for key in _row_keys(old):
+            for key in old.row_keys():
                 old_keys.append(key)
                 if key not in new_keys:
                     row = {"PartitionKey": escape_key(link.mailbox), "RowKey": escape_key(key)}
@@ -160,13 +147,13 @@ class TableLinkStore:
                 else:
                     ops.append(("upsert", self._entity(link, key), {"mode": UpdateMode.REPLACE}))
         ops += [("create", self._entity(link, k)) for k in new_keys if k not in old_keys]
-        result = _call(lambda: self._table.submit_transaction(ops), _primary(link))
-        primary = escape_key(_primary(link))
+        result = _call(lambda: self._table.submit_transaction(ops), link.primary_key())
+        primary = escape_key(link.primary_key())
         # results come back in operation order, each write with its new ETag
         etag = next((r.get("etag") for op, r in zip(ops, result, strict=True) if op[1]["RowKey"] == primary), None)
         if etag is None:
-            raise PreconditionFailed("the link row returned no ETag", item_id=_primary(link))
-        saved = link.model_copy(update={"etag": f"{_primary(link)}\n{etag}"})
+            raise PreconditionFailed("the link row returned no ETag", item_id=link.primary_key())
+        saved = link.model_copy(update={"etag": f"{link.primary_key()}\n{etag}"})
         for old in ([previous] if previous is not None else []) + list(absorb):
             self._index_removed(old, link)
         self._index(link)
@@ -195,7 +182,7 @@ class TableLinkStore:
             raise ValueError("link has no etag: read it from the store first")
         guard_key, _, guard_etag = link.etag.partition("\n")
         ops: list[Any] = []
-        for key in _row_keys(link):
+        for key in link.row_keys():
             row = {"PartitionKey": escape_key(link.mailbox), "RowKey": escape_key(key)}
             kw = {"etag": guard_etag, "match_condition": MatchConditions.IfNotModified} if key == guard_key else {}
             ops.append(("delete", row, kw))
@@ -210,7 +197,7 @@ class TableLinkStore:
         try:
             for entity in pages:
                 link = Link.model_validate_json(entity["Link"])
-                yield link.model_copy(update={"etag": f"{_primary(link)}\n{entity.metadata['etag']}"})
+                yield link.model_copy(update={"etag": f"{link.primary_key()}\n{entity.metadata['etag']}"})
         except AzureError as exc:
             raise _map_error(exc, mailbox) from exc
 
