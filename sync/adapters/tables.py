@@ -99,20 +99,20 @@ class TableLinkStore:
     def __init__(self, table: TableClient) -> None:
         self._table = table
 
-    def _entity(self, link: Link, row_key: str) -> dict[str, Any]:
+    def _entity(self, link: Link, key: str) -> dict[str, Any]:
         return {
             "PartitionKey": escape_key(link.mailbox),
-            "RowKey": escape_key(row_key),
+            "RowKey": escape_key(key),
             "Link": link.model_dump_json(exclude={"etag"}),
             "State": link.state.value,
-            "Primary": row_key == link.primary_key(),
+            "Primary": key == link.primary_key(),
             "SyncedAt": link.synced_at,
         }
 
     @staticmethod
-    def _from_entity(entity: Any, row_key: str) -> Link:
+    def _from_entity(entity: Any, key: str) -> Link:
         link = Link.model_validate_json(entity["Link"])
-        return link.model_copy(update={"etag": f"{row_key}\n{entity.metadata['etag']}"})
+        return link.model_copy(update={"etag": f"{key}\n{entity.metadata['etag']}"})
 
     def get(self, mailbox: str, side: Side, item_id: str) -> Link | None:
         key = row_key(side, item_id)
