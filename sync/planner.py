@@ -222,6 +222,7 @@ class _Merge:
     clears: dict[Side, list[str]] = field(default_factory=lambda: {Side.M365: [], Side.SALESFORCE: []})
     conflicts: list[Conflict] = field(default_factory=list)
     changed_on: dict[Side, list[str]] = field(default_factory=lambda: {Side.M365: [], Side.SALESFORCE: []})
+    cut: dict[Side, list[str]] = field(default_factory=lambda: {Side.M365: [], Side.SALESFORCE: []})
 
     def push(self, rule: FieldRule, source: Side, m: SideRecord, f: SideRecord, policy: Policy) -> None:
         target = source.other
@@ -233,6 +234,8 @@ class _Merge:
         self.values[target][rule.key] = wanted
         if wanted is None and current is not None:
             self.clears[target].append(rule.key)
+        if not _same(rule.key, wanted, src.contact.get(rule.key)):
+            self.cut[target].append(rule.key)  # the target holds less than the source has: say so
 
 
 def _merge(
@@ -306,12 +309,23 @@ def _updates(out: _Merge, m: SideRecord, f: SideRecord, reason_for: dict[Side, s
                 contact=rec.contact.with_values(values),
                 fields=frozenset(values),
                 if_match=rec.version,
-                reason=reason_for[side] if values else f"stamp the link marker on the {side.label} contact",
+                reason=(reason_for[side] + _cut_note(out.cut[side], side)) if values
+                else f"stamp the link marker on the {side.label} contact",
                 clears=tuple(out.clears[side]),
                 marker=marker,
             )
         )
     return actions
+
+
+def _cut_note(keys: Sequence[str], side: Side) -> str:
+    return f" (cut to fit {side.label}'s field length: {', '.join(keys)})" if keys else ""
+
+
+def _cut_fields(policy: Policy, mailbox: str, contact: Contact, target: Side) -> list[str]:
+    """Fields of ``contact`` that ``target`` cannot hold in full."""
+    return [rule.key for rule, _ in synced_rules(policy, mailbox)
+            if not _same(rule.key, _value_on(target, rule, contact.get(rule.key), policy), contact.get(rule.key))]
 
 
 def _fields_list(keys: Sequence[str]) -> str:
@@ -529,7 +543,8 @@ def _match_or_create(ctx: _Ctx, r: SideRecord, why: str | None = None) -> Plan:
     fields = frozenset(rule.key for rule, d in synced_rules(policy, s.mailbox) if d.allows(other))
     contact = Contact().with_values(r.contact.values(fields))
     source = why or ("new in the Outlook sync folder" if r.side is Side.M365 else "new in Salesforce for this owner")
-    reason = f"{source}, no match by marker, email or name and company: created in {other.label}"
+    reason = (f"{source}, no match by marker, email or name and company: created in {other.label}"
+              + _cut_note(_cut_fields(policy, s.mailbox, contact, other), other))
     m365_id, sf_id = (r.id, None) if r.side is Side.M365 else (None, r.id)
     return done([Create(other, contact, fields, reason)], LinkAfter.SAVE, reason, m365_id=m365_id, sf_id=sf_id)
 

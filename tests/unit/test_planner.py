@@ -96,6 +96,11 @@ def test_new_in_outlook_without_match_is_created_in_salesforce() -> None:
     assert "created in Salesforce" in p.reason
 
 
+def test_create_reports_values_cut_to_fit_salesforce() -> None:
+    p = plan(Situation(MB, None, m365(notes="n" * 40_000), None), POLICY)
+    assert "cut to fit Salesforce's field length: notes" in only(p, Create).reason
+
+
 def test_new_in_salesforce_without_match_is_created_in_outlook() -> None:
     p = plan(Situation(MB, None, None, sf()), POLICY)
     assert only(p, Create).side is Side.M365
@@ -282,6 +287,7 @@ def test_value_too_long_for_salesforce_is_cut_and_the_cut_is_not_seen_as_an_edit
     p = plan(Situation(MB, link_for(m, f), edited(m, street=long_street), f), POLICY)
     update = only(p, Update)
     assert update.side is Side.SALESFORCE and len(update.contact.street or "") <= 255
+    assert "cut to fit Salesforce's field length: street" in update.reason  # reported, never silent
     # after the write Salesforce holds the cut value; the link's Salesforce base is that value: no ping-pong
     after_m, after_f = edited(m, street=long_street), edited(f, street=update.contact.street)
     p2 = plan(Situation(MB, link_for(after_m, after_f), after_m, after_f), POLICY)
