@@ -83,6 +83,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None,
               content_type: str = "application/json;charset=UTF-8") -> None:
         raw = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        self._body_bytes()  # drain an unread request body, else it poisons the next request on this connection
         self.send_response(status)
         if raw or status not in (204, 304):
             self.send_header("Content-Type", content_type)
@@ -94,8 +95,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(raw)
 
     def _body_bytes(self) -> bytes:
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
+        # Read once per request (the handler object lives for the whole keep-alive connection).
+        if getattr(self, "_request_body", None) is None:
+            n = int(self.headers.get("Content-Length") or 0)
+            self._request_body = self.rfile.read(n) if n else b""
+        return self._request_body
 
     def _json_body(self) -> Any:
         raw = self._body_bytes()
@@ -107,6 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise SfError(400, "JSON_PARSER_ERROR", f"Unexpected character: {e}") from e
 
     def _dispatch(self, method: str) -> None:
+        self._request_body: bytes | None = None
         parts = urlsplit(self.path)
         path = unquote(parts.path).rstrip("/") or "/"
         params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}

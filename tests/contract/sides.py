@@ -49,6 +49,12 @@ HARNESSES: dict[str, HarnessFactory] = {
     "memory-m365": lambda request: MemoryHarness(Side.M365),
     "memory-salesforce": lambda request: MemoryHarness(Side.SALESFORCE),
 }
+from tests.contract.salesforce_harness import HARNESSES as _SALESFORCE  # noqa: E402
+
+HARNESSES.update(_SALESFORCE)
+from tests.contract.graph_harness import HARNESSES as _GRAPH  # noqa: E402
+
+HARNESSES.update(_GRAPH)
 # Real adapters over their emulators register here (tests/contract/graph_harness.py, salesforce_harness.py),
 # each module exposing ``HARNESSES: dict[str, HarnessFactory]``.
 

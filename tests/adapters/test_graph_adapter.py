@@ -1,0 +1,477 @@
+"""GraphContactSide and GraphSubscriptions beyond the shared contract: error mapping, ambiguous creates, throttling,
+per-mailbox concurrency, delta resync, request counts, subscriptions with a real validation handshake.
+
+Everything runs against the Graph emulator on 127.0.0.1 with small Retry-After values and a small ``max_wait``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from emulators.graph import GraphEmulator
+from emulators.graph.faults import FaultRule
+from sync.adapters.graph import (
+    DEFAULT_FOLDER_NAME,
+    MARKER_PROPERTY_ID,
+    CredentialKind,
+    GraphContactSide,
+    _federated_assertion,
+    _map_error,
+    credential_from_settings,
+    parse_retry_after,
+)
+from sync.adapters.graph_subscriptions import GraphSubscriptions, client_state_digest, client_state_matches
+from sync.errors import (
+    AlreadyExists,
+    AuthFailed,
+    BadData,
+    NotFound,
+    PreconditionFailed,
+    SyncError,
+    Throttled,
+    Transient,
+)
+from sync.model import Contact
+from sync.ports import CreateRequest, SideRecord
+from tests.contract.graph_harness import MAILBOX, OTHER, make_side
+
+
+@pytest.fixture
+def emu() -> Iterator[GraphEmulator]:
+    with GraphEmulator(users=[MAILBOX, OTHER], validation_timeout_s=2.0) as g:
+        yield g
+
+
+@pytest.fixture
+def side(emu: GraphEmulator) -> Iterator[GraphContactSide]:
+    s = make_side(emu)
+    yield s
+    s.close()
+
+
+def folder_contacts(emu: GraphEmulator, mailbox: str = MAILBOX) -> list[dict[str, Any]]:
+    folder = emu.find_folder(mailbox, DEFAULT_FOLDER_NAME)
+    return emu.list_contacts(mailbox, folder) if folder else []
+
+
+def person(i: int) -> Contact:
+    return Contact(first_name=f"P{i}", last_name="Load", emails=[f"p{i}@example.com"])
+
+
+# ---- error mapping ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (404, "ErrorItemNotFound", NotFound),
+        (400, "ErrorInvalidIdMalformed", NotFound),
+        (412, "ErrorIrresolvableConflict", PreconditionFailed),
+        (409, "Conflict", AlreadyExists),
+        (400, "ErrorFolderExists", AlreadyExists),
+        (401, "InvalidAuthenticationToken", AuthFailed),
+        (403, "ErrorAccessDenied", AuthFailed),
+        (429, "TooManyRequests", Throttled),
+        (429, "ApplicationThrottled", Throttled),
+        (503, "ServiceNotAvailable", Throttled),
+        (500, "InternalServerError", Transient),
+        (502, "BadGateway", Transient),
+        (504, "GatewayTimeout", Transient),
+        (410, "SyncStateNotFound", Transient),
+        (424, "FailedDependency", Transient),
+        (400, "RequestBodyRead", BadData),
+        (400, "ErrorInvalidUrlQueryFilter", BadData),
+        (None, "", Transient),
+    ],
+)
+def test_error_mapping_table(status: int | None, code: str, expected: type[SyncError]) -> None:
+    err = _map_error(status, code, retry_after=2.0, item_id="AAMk1")
+    assert type(err) is expected
+    assert "AAMk1" in str(err) or expected is AuthFailed
+    if expected is Throttled:
+        assert isinstance(err, Throttled) and err.retry_after == 2.0
+    if expected is BadData:
+        assert isinstance(err, BadData) and err.code == code
+
+
+def test_transport_exception_is_transient_and_retry_after_parses() -> None:
+    err = _map_error(None, exc=TimeoutError("read timed out"))
+    assert isinstance(err, Transient) and "TimeoutError" in str(err)
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("0.25") == 0.25
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+
+
+# ---- credentials (selection only: nothing talks to Entra) ---------------------------------------------------------
+
+
+def test_credential_selection_and_errors(tmp_path: Any) -> None:
+    from azure.identity import CertificateCredential, ClientAssertionCredential, ClientSecretCredential
+
+    assert isinstance(credential_from_settings("secret", "t", "c", secret="s"), ClientSecretCredential)
+    assert isinstance(
+        credential_from_settings(CredentialKind.MANAGED_IDENTITY, "t", "c", managed_identity_client_id="mi"),
+        ClientAssertionCredential,
+    )
+    pem = _self_signed_pem()
+    assert isinstance(credential_from_settings("certificate", "t", "c", certificate=pem), CertificateCredential)
+    path = tmp_path / "cert.pem"
+    path.write_bytes(pem)
+    assert isinstance(credential_from_settings("certificate", "t", "c", certificate=str(path)), CertificateCredential)
+    with pytest.raises(ValueError, match="unknown Graph credential kind"):
+        credential_from_settings("password", "t", "c")
+    with pytest.raises(ValueError, match="tenant id and a client id"):
+        credential_from_settings("secret", "", "c", secret="s")
+    with pytest.raises(ValueError, match="client secret"):
+        credential_from_settings("secret", "t", "c")
+    with pytest.raises(ValueError, match="needs a certificate"):
+        credential_from_settings("certificate", "t", "c")
+
+
+def test_federated_assertion_asks_for_the_token_exchange_audience() -> None:
+    asked: list[str] = []
+
+    class FakeIdentity:
+        def get_token(self, scope: str) -> Any:
+            asked.append(scope)
+            return type("T", (), {"token": "mi-token"})()
+
+    assert _federated_assertion(FakeIdentity())() == "mi-token"
+    assert asked == ["api://AzureADTokenExchange/.default"]
+
+
+def _self_signed_pem() -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sync-test")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key_pem + cert.public_bytes(serialization.Encoding.PEM)
+
+
+# ---- folder, scope, headers --------------------------------------------------------------------------------------
+
+
+def test_folder_is_created_once_and_found_again(emu: GraphEmulator, side: GraphContactSide) -> None:
+    folder = side.folder_id(MAILBOX)
+    assert emu.find_folder(MAILBOX, DEFAULT_FOLDER_NAME) == folder
+    again = make_side(emu)
+    try:
+        assert again.folder_id(MAILBOX) == folder  # found by $filter, not created twice
+    finally:
+        again.close()
+    assert emu.counters.count(endpoint="contactFolders.create") == 1
+    with pytest.raises(AuthFailed):
+        side.get("mallory@contoso.com", "x")
+
+
+def test_folder_create_race_refilters_on_error_folder_exists(emu: GraphEmulator, side: GraphContactSide) -> None:
+    class RaceRule(FaultRule):
+        def matches(self, mailbox: str | None, endpoint: str, after: bool) -> bool:
+            hit = super().matches(mailbox, endpoint, after)
+            if hit:  # someone else creates the folder between our lookup and our create
+                emu.store.create_folder(emu.store.user(MAILBOX), emu.store.user(MAILBOX).root_folder_id,
+                                        DEFAULT_FOLDER_NAME)
+            return hit
+
+    emu.faults.add(RaceRule(400, 1, endpoint="contactFolders.create", code="ErrorFolderExists",
+                            message="A folder with the specified name already exists."))
+    assert side.folder_id(MAILBOX) == emu.find_folder(MAILBOX, DEFAULT_FOLDER_NAME)
+
+
+def test_update_sends_only_changed_fields_and_clears_with_null(emu: GraphEmulator, side: GraphContactSide) -> None:
+    seen: list[dict[str, Any]] = []
+    original = emu.store.update_contact
+
+    def spy(mb: Any, cid: str, changes: dict[str, Any], *args: Any) -> Any:
+        seen.append(dict(changes))
+        return original(mb, cid, changes, *args)
+
+    emu.store.update_contact = spy  # type: ignore[method-assign]
+    created = side.create(MAILBOX, Contact(last_name="Byron", job_title="Countess", city="London",
+                                           street="1 Lane", emails=["a@example.com"]), marker="003A")
+    side.update(MAILBOX, created.id, created.contact.with_values({"job_title": None}),
+                fields=frozenset({"job_title"}), if_match=created.version)
+    side.update(MAILBOX, created.id, created.contact.with_values({"city": "Paris"}),
+                fields=frozenset({"city"}), if_match=None)
+    assert seen[0] == {"jobTitle": None}
+    assert seen[1] == {"businessAddress": {"street": "1 Lane", "city": "Paris"}}
+    got = side.get(MAILBOX, created.id)
+    assert got is not None and got.marker == "003A" and got.contact.street == "1 Lane"
+    assert got.contact.job_title is None and got.contact.city == "Paris"
+
+
+# ---- ambiguous creates ---------------------------------------------------------------------------------------------
+
+
+def test_ambiguous_create_with_marker_does_not_duplicate(emu: GraphEmulator, side: GraphContactSide) -> None:
+    side.folder_id(MAILBOX)
+    emu.faults.fail(503, count=1, endpoint="contacts.create", after_execute=True)
+    record = side.create(MAILBOX, person(1), marker="003AMBIGUOUS")
+    stored = folder_contacts(emu)
+    assert [c["id"] for c in stored] == [record.id]
+    assert record.marker == "003AMBIGUOUS"
+    assert emu.counters.count(endpoint="contacts.create") == 1  # looked up, not re-sent
+
+
+def test_failed_create_with_marker_is_sent_again_after_checking(emu: GraphEmulator, side: GraphContactSide) -> None:
+    side.folder_id(MAILBOX)
+    emu.faults.fail(503, count=1, endpoint="contacts.create", retry_after=0)  # refused before executing
+    record = side.create(MAILBOX, person(2), marker="003RETRY")
+    assert [c["id"] for c in folder_contacts(emu)] == [record.id]
+    assert emu.counters.count(endpoint="contacts.create") == 2
+
+
+def test_ambiguous_create_without_marker_raises_transient_and_is_not_resent(
+    emu: GraphEmulator, side: GraphContactSide
+) -> None:
+    side.folder_id(MAILBOX)
+    emu.faults.fail(504, count=1, endpoint="contacts.create", after_execute=True)
+    with pytest.raises(Transient):
+        side.create(MAILBOX, person(3))
+    assert len(folder_contacts(emu)) == 1  # the engine's match-before-create will find this one
+    assert [r.id for r in side.find(MAILBOX, person(3))] == [folder_contacts(emu)[0]["id"]]
+
+
+def test_ambiguous_batch_create_does_not_duplicate(emu: GraphEmulator, side: GraphContactSide) -> None:
+    side.folder_id(MAILBOX)
+    emu.faults.fail(503, count=3, endpoint="contacts.create", after_execute=True)
+    results = side.create_many(MAILBOX, [CreateRequest(contact=person(i), marker=f"003B{i:03d}") for i in range(30)])
+    assert all(isinstance(r, SideRecord) for r in results)
+    stored = folder_contacts(emu)
+    assert len(stored) == 30 and len({c["id"] for c in stored}) == 30
+    assert [r.marker for r in results if isinstance(r, SideRecord)] == [f"003B{i:03d}" for i in range(30)]
+
+
+# ---- throttling and concurrency ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RandomThrottle(FaultRule):
+    """429 TooManyRequests with Retry-After for a share of the requests to some endpoints (seeded)."""
+
+    probability: float = 0.3
+    endpoints: tuple[str, ...] = ()
+    rng: random.Random = field(default_factory=lambda: random.Random(20240607))
+
+    def matches(self, mailbox: str | None, endpoint: str, after: bool) -> bool:
+        return not after and endpoint in self.endpoints and self.rng.random() < self.probability
+
+
+def test_throttled_bulk_create_completes_without_duplicates(emu: GraphEmulator) -> None:
+    side = make_side(emu, max_attempts=15, max_wait=2.0)
+    try:
+        side.folder_id(MAILBOX)
+        uid = emu.user_id(MAILBOX)
+        emu.faults.add(RandomThrottle(429, 10**9, retry_after=1, endpoints=("contacts.create", "$batch")))
+        start = time.monotonic()
+        results = side.create_many(MAILBOX, [CreateRequest(contact=person(i), marker=f"003T{i:04d}")
+                                             for i in range(500)])
+        elapsed = time.monotonic() - start
+        stats = dict(side.stats)
+    finally:
+        side.close()
+    assert all(isinstance(r, SideRecord) for r in results)
+    stored = folder_contacts(emu)
+    assert len(stored) == 500
+    assert len({c["emailAddresses"][0]["address"] for c in stored}) == 500  # no duplicates
+    throttled = emu.counters.count(status=429)
+    assert throttled > 100  # about 30 % of the requests were refused
+    assert stats["throttled"] == throttled  # every 429 was seen, and retried...
+    assert stats["waited_ms"] == 1000 * stats["retries"]  # ...after exactly its Retry-After (1 s)
+    assert elapsed >= 1.0
+    assert emu.gate.peak(uid) <= 4
+    print(f"\nthrottled 500: {throttled} x 429, {stats['retries']} retries, {stats['batches']} batches, "
+          f"peak {emu.gate.peak(uid)}, {elapsed:.1f}s")
+
+
+def test_never_more_than_four_requests_in_flight_per_mailbox(emu: GraphEmulator, side: GraphContactSide) -> None:
+    uid = emu.user_id(MAILBOX)
+    created = side.create(MAILBOX, person(1))
+    emu.faults.mailbox_delay_s[uid] = 0.15
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        got = list(pool.map(lambda _: side.get(MAILBOX, created.id), range(10)))
+        pool.submit(side.create_many, MAILBOX, [CreateRequest(contact=person(i)) for i in range(10, 15)]).result()
+    assert all(g is not None and g.id == created.id for g in got)
+    assert emu.gate.peak(uid) == 4  # saturated, never over
+    assert emu.counters.count(mailbox=uid, status=429) == 0  # no MailboxConcurrency refusals
+
+
+def test_a_retry_after_longer_than_max_wait_is_raised_as_throttled(emu: GraphEmulator, side: GraphContactSide) -> None:
+    created = side.create(MAILBOX, person(1))
+    emu.faults.throttle(count=1, retry_after=30, endpoint="contact.get")
+    with pytest.raises(Throttled) as exc:
+        side.get(MAILBOX, created.id)
+    assert exc.value.retry_after == 30
+
+
+def test_thousand_contacts_take_about_fifty_batches(emu: GraphEmulator, side: GraphContactSide) -> None:
+    side.folder_id(MAILBOX)
+    emu.counters.reset()
+    results = side.create_many(MAILBOX, [CreateRequest(contact=person(i)) for i in range(1000)])
+    assert all(isinstance(r, SideRecord) for r in results)
+    batches = emu.counters.count(endpoint="$batch")
+    print(f"\n1,000 creates: {batches} $batch calls, {emu.counters.count(endpoint='contacts.create')} items")
+    assert batches <= 55
+    assert len(folder_contacts(emu)) == 1000
+
+
+# ---- delta ---------------------------------------------------------------------------------------------------------
+
+
+def test_delta_follows_empty_pages_and_resyncs_on_410(emu: GraphEmulator) -> None:
+    side = make_side(emu, page_size=3)
+    try:
+        ids = {side.create(MAILBOX, person(i)).id for i in range(7)}
+        emu.faults.delta_empty_pages = 2
+        pages = list(side.changes(MAILBOX, None))
+        assert all(p.full for p in pages) and pages[-1].checkpoint
+        assert {r.id for p in pages for r in p.records} == ids
+        checkpoint = pages[-1].checkpoint
+        assert checkpoint is not None
+        emu.expire_delta_tokens(MAILBOX)
+        again = list(side.changes(MAILBOX, checkpoint))
+        assert again and all(p.full for p in again)  # started over
+        assert {r.id for p in again for r in p.records} == ids
+        assert emu.counters.count(endpoint="contacts.delta", status=410) == 1
+    finally:
+        side.close()
+
+
+# ---- subscriptions ---------------------------------------------------------------------------------------------------
+
+
+class Receiver:
+    """A webhook endpoint on 127.0.0.1: echoes validationToken as text/plain, records notifications."""
+
+    def __init__(self) -> None:
+        self.validations: list[str] = []
+        self.posts: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - stdlib name
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                token = parse_qs(urlsplit(self.path).query).get("validationToken")
+                if token:
+                    with outer.lock:
+                        outer.validations.append(token[0])
+                    out, status = token[0].encode(), 200
+                else:
+                    with outer.lock:
+                        outer.posts.append(json.loads(body))
+                    out, status = b"", 202
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url, self.lifecycle_url = f"{base}/api/graph/notifications", f"{base}/api/graph/lifecycle"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def items(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [n for post in self.posts for n in post["value"]]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def test_subscription_create_renew_recreate(emu: GraphEmulator, side: GraphContactSide, receiver: Receiver) -> None:
+    subs = GraphSubscriptions(side, notification_url=receiver.url, lifecycle_url=receiver.lifecycle_url)
+    new = subs.create(MAILBOX)
+    record = new.record
+    assert len(receiver.validations) == 2  # notification and lifecycle URLs were both validated
+    assert record.client_state_digest == client_state_digest(new.client_state)
+    assert record.resource == f"users/{emu.user_id(MAILBOX)}/contactFolders/{side.folder_id(MAILBOX)}/contacts"
+    assert record.expires_at > datetime.now(UTC) + timedelta(days=6)
+
+    side.create(MAILBOX, person(1))
+    assert emu.wait_notifications(5)
+    note = receiver.items()[-1]
+    assert note["subscriptionId"] == record.id and note["changeType"] == "created"
+    assert client_state_matches(note["clientState"], record.client_state_digest)
+    assert not client_state_matches("forged", record.client_state_digest)
+
+    # create again for the same resource: Graph says 409, the old one is replaced
+    replaced = subs.create(MAILBOX).record
+    assert [s["id"] for s in emu.list_subscriptions()] == [replaced.id]
+    record = replaced
+
+    # renew those expiring within the window only
+    soon = type(record)(record.id, record.mailbox, record.resource, datetime.now(UTC) + timedelta(hours=2),
+                        record.client_state_digest)
+    assert subs.renew_expiring([soon], within=timedelta(hours=1)) == []
+    (renewed,) = subs.renew_expiring([soon], within=timedelta(days=1))
+    assert not isinstance(renewed, type(new)) and renewed.id == record.id
+    assert renewed.expires_at > datetime.now(UTC) + timedelta(days=6)
+
+    # reauthorizationRequired -> renew (PATCH reauthorizes)
+    emu.send_lifecycle(record.id, "reauthorizationRequired")
+    outcome = subs.on_lifecycle("reauthorizationRequired", record)
+    assert outcome.record is not None and outcome.record.id == record.id and not outcome.resync
+    assert emu.subscriptions[record.id].needs_reauth is False
+
+    # subscriptionRemoved -> re-create and resync
+    emu.send_lifecycle(record.id, "subscriptionRemoved")
+    assert emu.wait_notifications(5)
+    assert receiver.items()[-1]["lifecycleEvent"] == "subscriptionRemoved"
+    outcome = subs.on_lifecycle("subscriptionRemoved", record)
+    assert outcome.resync and outcome.created is not None and outcome.created.record.id != record.id
+    assert [s["id"] for s in emu.list_subscriptions()] == [outcome.created.record.id]
+    assert subs.on_lifecycle("missed", outcome.created.record).resync
+
+    # a subscription Graph forgot (expired) is re-created by renew_expiring
+    gone = outcome.created.record
+    emu.expire_subscription(gone.id)
+    (fresh,) = subs.renew_expiring([gone], within=timedelta(days=8))
+    assert not isinstance(fresh, type(gone)) and fresh.record.id != gone.id
+
+    subs.delete(fresh.record.id)
+    subs.delete(fresh.record.id)  # already gone is fine
+    assert emu.list_subscriptions() == []
+
+
+def test_marker_property_id_is_in_the_string_namespace_with_a_fixed_guid() -> None:
+    assert MARKER_PROPERTY_ID.startswith("String {") and MARKER_PROPERTY_ID.endswith("} Name SalesforceId")

@@ -1,0 +1,245 @@
+"""SalesforceContactSide over the Salesforce emulator: error mapping, version guard, token renewal, bulk writes with
+throttling, paging, owners and accounts. Call counts come from the emulator's counters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from sync.adapters.salesforce import SessionExpired, map_error, soql_quote
+from sync.errors import (
+    AlreadyExists,
+    AuthFailed,
+    BadData,
+    NotFound,
+    PreconditionFailed,
+    SyncError,
+    Throttled,
+    Transient,
+)
+from sync.model import Contact
+from sync.ports import CreateRequest, SideRecord, UpdateRequest
+from tests.contract.salesforce_harness import MAILBOX, OTHER, OUTSIDER, SalesforceHarness
+
+ADA = Contact(first_name="Ada", last_name="Byron", emails=["ada@example.com"], company="Analytical Engines")
+
+
+@pytest.fixture
+def h() -> Iterator[SalesforceHarness]:
+    harness = SalesforceHarness()
+    yield harness
+    harness.close()
+
+
+# -- the one error table ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    ({"status": 403, "code": "REQUEST_LIMIT_EXCEEDED"}, Throttled),
+    ({"status": 503, "code": "SERVER_UNAVAILABLE"}, Throttled),
+    ({"status": 401, "code": "INVALID_SESSION_ID"}, SessionExpired),
+    ({"status": 404, "code": "ENTITY_IS_DELETED"}, NotFound),
+    ({"status": 404, "code": "NOT_FOUND"}, NotFound),
+    ({"code": "ENTITY_IS_DELETED"}, NotFound),  # a collection item (statusCode, no HTTP status)
+    ({"status": 400, "code": "DUPLICATES_DETECTED"}, BadData),
+    ({"status": 400, "code": "STRING_TOO_LONG", "fields": ["Title"]}, BadData),
+    ({"status": 400, "code": "REQUIRED_FIELD_MISSING", "fields": ["LastName"]}, BadData),
+    ({"status": 400, "code": "DUPLICATE_VALUE"}, AlreadyExists),
+    ({"status": 403, "code": "INSUFFICIENT_ACCESS"}, AuthFailed),
+    ({"code": "UNABLE_TO_LOCK_ROW"}, Transient),
+    ({"status": 500, "code": "UNKNOWN_EXCEPTION"}, Transient),
+    ({"status": 400, "code": "invalid_grant", "oauth": True}, AuthFailed),
+    ({"grpc_status": "UNAUTHENTICATED", "code": "sfdc.platform.eventbus.grpc.service.auth.error"}, SessionExpired),
+    ({"grpc_status": "RESOURCE_EXHAUSTED", "code": "sfdc.platform.eventbus.grpc.subscription.limit.exceeded"},
+     Throttled),
+    ({"grpc_status": "UNAVAILABLE", "code": "sfdc.platform.eventbus.grpc.service.unavailable"}, Transient),
+])
+def test_error_table(kwargs: dict[str, object], expected: type[SyncError]) -> None:
+    err = map_error(**kwargs)  # type: ignore[arg-type]
+    assert type(err) is expected
+    if isinstance(err, BadData) and kwargs.get("fields"):
+        assert err.fields == tuple(kwargs["fields"])  # type: ignore[arg-type]
+
+
+def test_soql_quote_escapes_quotes_and_backslashes(h: SalesforceHarness) -> None:
+    assert soql_quote("O'Brien\\x") == "'O\\'Brien\\\\x'"
+    tricky = Contact(first_name="Sinéad", last_name="O'Brien", emails=["o'brien@example.com"], company="A\\B 'Q'")
+    created = h.side.create(MAILBOX, tricky)
+    assert [r.id for r in h.side.find(MAILBOX, tricky)] == [created.id]
+    assert created.contact.company == "A\\B 'Q'"
+
+
+# -- version guard, tokens, retries ------------------------------------------------------------------------
+
+def test_system_modstamp_guard_refuses_before_writing(h: SalesforceHarness) -> None:
+    created = h.side.create(MAILBOX, ADA)
+    h.emu.advance_time(1)
+    h.user_edit(created.id, {"city": "Paris"})
+    updates = h.emu.counters["rest.update"]
+    with pytest.raises(PreconditionFailed):
+        h.side.update(MAILBOX, created.id, ADA.with_values({"city": "Oslo"}), fields=frozenset({"city"}),
+                      if_match=created.version)
+    with pytest.raises(PreconditionFailed):
+        h.side.delete(MAILBOX, created.id, if_match=created.version)
+    assert h.emu.counters["rest.update"] == updates and h.emu.counters["rest.delete"] == 0
+    fresh = h.side.get(MAILBOX, created.id)
+    assert fresh is not None and fresh.contact.city == "Paris"
+    h.emu.advance_time(1)
+    h.side.delete(MAILBOX, created.id, if_match=fresh.version)
+    assert h.side.get(MAILBOX, created.id) is None
+
+
+def test_invalid_session_gets_a_new_token_once_then_auth_failed(h: SalesforceHarness) -> None:
+    created = h.side.create(MAILBOX, ADA)
+    minted = h.tokens.minted
+    h.emu.faults.invalid_session_next = 1
+    assert h.side.get(MAILBOX, created.id) is not None
+    assert h.tokens.minted == minted + 1
+    h.emu.revoke_tokens()  # the session is gone on the server: renewal works too
+    assert h.side.get(MAILBOX, created.id) is not None
+    h.emu.faults.invalid_session_next = 2
+    with pytest.raises(AuthFailed) as info:
+        h.side.get(MAILBOX, created.id)
+    assert type(info.value) is AuthFailed  # renewed once, refused again: needs an admin
+
+
+def test_503_on_a_read_is_retried_and_exhaustion_is_throttled(h: SalesforceHarness) -> None:
+    created = h.side.create(MAILBOX, ADA)
+    h.emu.faults.fail_next(count=2, status=503, path_contains="GET /query")
+    assert h.side.get(MAILBOX, created.id) is not None
+    assert h.side.retries == 2
+    h.emu.faults.fail_next(count=50, status=403, error_code="REQUEST_LIMIT_EXCEEDED", path_contains="GET /query")
+    with pytest.raises(Throttled):
+        h.side.get(MAILBOX, created.id)
+    h.emu.faults.rest_failures.clear()
+
+
+def _people(n: int, prefix: str = "p") -> list[Contact]:
+    return [Contact(first_name=f"P{i}", last_name="Bulk", emails=[f"{prefix}{i}@example.com"]) for i in range(n)]
+
+
+def test_create_many_1000_uses_5_collection_calls(h: SalesforceHarness) -> None:
+    h.side.refresh_users()
+    before = h.emu.counters["rest.composite_sobjects"]
+    results = h.side.create_many(MAILBOX, [CreateRequest(contact=c, marker=f"m{i}") for i, c in
+                                           enumerate(_people(1000))])
+    calls = h.emu.counters["rest.composite_sobjects"] - before
+    print(f"\n1,000 creates: {calls} collection calls")
+    assert calls <= 5
+    assert all(isinstance(r, SideRecord) for r in results) and len(results) == 1000
+    assert [r.marker for r in results if isinstance(r, SideRecord)][:3] == ["m0", "m1", "m2"]
+    assert all(r.owner == MAILBOX for r in results if isinstance(r, SideRecord))
+    assert len(h.emu.contacts()) == 1000
+
+
+def test_create_many_backs_off_on_request_limit_and_creates_no_duplicates(h: SalesforceHarness) -> None:
+    h.emu.faults.fail_next(count=3, status=403, error_code="REQUEST_LIMIT_EXCEEDED",
+                           message="TotalRequests Limit exceeded.", path_contains="composite/sobjects")
+    results = h.side.create_many(MAILBOX, [CreateRequest(contact=c) for c in _people(1000)])
+    assert h.side.retries == 3 and h.emu.counters["rest.403_limit"] == 0  # injected faults, counted separately
+    assert h.emu.counters["rest.fault.403"] == 3
+    assert all(isinstance(r, SideRecord) for r in results)
+    emails = [c["Email"] for c in h.emu.contacts()]
+    assert len(emails) == 1000 and len(set(emails)) == 1000
+
+
+def test_create_many_gives_throttled_per_item_when_backoff_is_exhausted(h: SalesforceHarness) -> None:
+    h.emu.faults.fail_next(count=100, status=403, error_code="REQUEST_LIMIT_EXCEEDED",
+                           path_contains="composite/sobjects")
+    results = h.side.create_many(MAILBOX, [CreateRequest(contact=c) for c in _people(3)])
+    assert all(isinstance(r, Throttled) for r in results)
+    h.emu.faults.rest_failures.clear()
+    assert h.emu.contacts() == []
+
+
+def test_collection_item_errors_are_typed_in_order(h: SalesforceHarness) -> None:
+    long_title = Contact(last_name="Long", emails=["long@example.com"], job_title="x" * 129)
+    no_last = Contact(first_name="Only", emails=["only@example.com"])
+    results = h.side.create_many(MAILBOX, [CreateRequest(contact=c) for c in (ADA, no_last, long_title)])
+    assert isinstance(results[0], SideRecord)
+    assert isinstance(results[1], BadData) and results[1].code == "REQUIRED_FIELD_MISSING"
+    assert isinstance(results[2], SideRecord) and results[2].contact.job_title == "x" * 128  # cut, reported
+    first = results[0]
+    out = h.side.update_many(MAILBOX, [
+        UpdateRequest(item_id=first.id, contact=ADA.with_values({"email": "bad address"}),
+                      fields=frozenset({"email"}), if_match=first.version),
+        UpdateRequest(item_id="003000000000000AAA", contact=ADA, fields=frozenset({"city"})),
+    ])
+    assert isinstance(out[0], BadData) and out[0].code == "INVALID_EMAIL_ADDRESS" and out[0].fields == ("Email",)
+    assert isinstance(out[1], NotFound)
+
+
+def test_streaming_10000_contacts_pages_with_5_query_calls(h: SalesforceHarness) -> None:
+    ann = h.users[MAILBOX]
+    h.emu.bulk_create_contacts([{"LastName": f"L{i}", "Email": f"s{i}@example.com", "OwnerId": ann}
+                                for i in range(10_000)], as_user=ann)
+    h.emu.bulk_create_contacts([{"LastName": "Theirs", "OwnerId": h.users[OTHER]}], as_user=h.users[OTHER])
+    h.side.refresh_users()
+    before = h.emu.counters["rest.query"]
+    ids = {r.id for r in h.side.stream(MAILBOX)}
+    calls = h.emu.counters["rest.query"] - before
+    print(f"\nstreaming 10,000 contacts: {calls} query calls")
+    assert len(ids) == 10_000
+    assert calls == 5  # 2,000 per page (salesforce.md §2.2)
+
+
+# -- owners, accounts, duplicates -----------------------------------------------------------------------------
+
+def test_owner_mapping_by_email_or_federation_id_case_insensitive(h: SalesforceHarness) -> None:
+    ann = h.side.create(MAILBOX, ADA)
+    bob = h.side.create(OTHER, ADA.with_values({"email": "ada2@example.com"}))
+    assert (ann.owner, bob.owner) == (MAILBOX, OTHER)
+    assert h.emu.get_record(bob.id)["OwnerId"] == h.users[OTHER]  # type: ignore[index]
+    h.user_move_out(ann.id)
+    moved = h.side.get(MAILBOX, ann.id)
+    assert moved is not None and moved.owner is None
+    with pytest.raises(BadData):
+        h.side.create(OUTSIDER, ADA)  # not a synced mailbox: no owner to give it to
+    with pytest.raises(BadData):
+        list(h.side.stream("nobody@contoso.com"))
+
+
+def test_accounts_are_resolved_by_name_or_created_never_dropped(h: SalesforceHarness) -> None:
+    existing = h.emu.add_account("Analytical Engines")
+    created = h.side.create(MAILBOX, ADA.with_values({"company": "analytical engines"}))
+    assert h.emu.get_record(created.id)["AccountId"] == existing  # type: ignore[index]
+    assert created.contact.company == "Analytical Engines"  # get reads Account.Name: the truthful company
+    new = h.side.create(MAILBOX, ADA.with_values({"email": "x@example.com", "company": "Brand New Ltd"}))
+    assert new.contact.company == "Brand New Ltd" and len(h.side.created_accounts) == 1
+    cleared = h.side.update(MAILBOX, new.id, new.contact.with_values({"company": None}),
+                            fields=frozenset({"company"}), if_match=new.version)
+    assert cleared.contact.company is None
+
+
+def test_unresolved_account_is_reported_when_creation_is_off(h: SalesforceHarness) -> None:
+    strict = SalesforceHarness(create_missing_accounts=False)
+    try:
+        with pytest.raises(BadData) as info:
+            strict.side.create(MAILBOX, ADA.with_values({"company": "Unknown Co"}))
+        assert info.value.fields == ("company",) and info.value.code == "ACCOUNT_NOT_FOUND"
+        results = strict.side.create_many(MAILBOX, [CreateRequest(contact=ADA.with_values({"company": "Nope"})),
+                                                    CreateRequest(contact=Contact(last_name="Fine"))])
+        assert isinstance(results[0], BadData) and isinstance(results[1], SideRecord)
+        assert strict.side.unresolved_accounts == [None, None]
+        assert strict.emu.contacts()[0]["LastName"] == "Fine"
+    finally:
+        strict.close()
+
+
+def test_duplicate_rule_allow_save_choice(h: SalesforceHarness) -> None:
+    h.side.create(MAILBOX, ADA)
+    assert h.side.create(MAILBOX, ADA).id  # allowSave=true: we matched before creating
+    strict = SalesforceHarness(allow_duplicates=False)
+    try:
+        strict.side.create(MAILBOX, ADA)
+        with pytest.raises(BadData) as info:
+            strict.side.create(MAILBOX, ADA)
+        assert info.value.code == "DUPLICATES_DETECTED"
+    finally:
+        strict.close()
+
+
+def test_calls_carry_the_client_name_as_change_origin(h: SalesforceHarness) -> None:
+    created = h.side.create(MAILBOX, ADA)
+    events = [e for e in h.emu.events() if created.id in e["header"]["recordIds"]]
+    assert events and events[-1]["header"]["changeOrigin"].endswith(";client=m365-sync")
