@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 AZURITE := node_modules/.bin/azurite-table
 
-.PHONY: test lint typecheck unit deps clean proto
+.PHONY: demo test lint typecheck unit deps clean proto
 
 deps: $(VENV)/.installed $(AZURITE)
 
@@ -17,6 +17,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 $(AZURITE): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The product end to end on local emulators: Azurite + Graph and Salesforce emulators, real SDKs, real engine.
+demo: deps
+	$(PY) -m emulators.demo
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

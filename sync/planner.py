@@ -418,7 +418,7 @@ def plan(s: Situation, policy: Policy) -> Plan:
     if not any(isinstance(a, Update) for a in actions):
         # changed, but the other side already holds the same values (or only unsynced properties changed)
         actions.append(Nothing("the other side already agrees; refreshing the link"))
-    summary = "; ".join(a.reason for a in actions if isinstance(a, Update | Nothing)) or "merged"
+    summary = "; ".join(a.reason for a in actions if isinstance(a, Conflict | Update | Nothing)) or "merged"
     return done(actions, LinkAfter.SAVE, summary, m365_id=m.id, sf_id=f.id)
 
 
