@@ -25,7 +25,10 @@ Choices (each one a design decision, see the docstrings for the details):
   (case-insensitive). Cached for ``user_cache_ttl_s``. A record owned by anyone else has ``owner=None``.
   A mailbox with no (or an ambiguous) user raises ``BadData`` when used: never an empty stream.
 - Company: ``Account.Name`` is read with every record. On write the name is resolved to an Account by Name
-  (case-insensitive, oldest first, cached). An unknown name creates the Account (``create_missing_accounts=True``,
+  (case-insensitive, oldest first, cached); failing that, by the contact's email domain (the one Account whose
+  Website is on that domain; never for free-mail domains), so "Contoso" finds "Contoso, Inc." instead of creating a
+  near-duplicate Account (Salesforce then holds that Account's name; the per-side merge base keeps this stable).
+  An unknown name with no domain match creates the Account (``create_missing_accounts=True``,
   default) - so Salesforce holds exactly the company that was asked for; with it off the item fails with
   ``BadData(fields=("company",), code="ACCOUNT_NOT_FOUND")`` and its id is appended to ``unresolved_accounts``.
   The company is never silently dropped. ``company=None`` clears AccountId.
@@ -380,6 +383,30 @@ class _Watermark:
 # ---------------------------------------------------------------------------------------------- the side
 
 
+# Consumer mail domains never identify a company (account resolution by email domain skips them).
+FREE_MAIL_DOMAINS = frozenset({
+    "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "live.com", "msn.com", "yahoo.com", "ymail.com",
+    "icloud.com", "me.com", "mac.com", "aol.com", "gmx.com", "gmx.net", "gmx.de", "web.de", "mail.com",
+    "proton.me", "protonmail.com", "zoho.com", "yandex.com", "yandex.ru", "qq.com", "163.com",
+})
+
+
+def _website_host(website: object) -> str:
+    """'https://www.Contoso.com/about' -> 'contoso.com'."""
+    text = str(website or "").strip().casefold()
+    text = text.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    return text[4:] if text.startswith("www.") else text
+
+
+def _domain_hints(contacts: Iterable[Contact]) -> dict[str, str]:
+    """Company name (casefold) -> the email domain of a contact naming it (first one wins)."""
+    out: dict[str, str] = {}
+    for c in contacts:
+        if c.company and c.emails and "@" in c.emails[0]:
+            out.setdefault(c.company.casefold(), c.emails[0].rsplit("@", 1)[1].casefold())
+    return out
+
+
 class SalesforceContactSide:
     """The Salesforce org as a ``ContactSide`` (see the module docstring for every choice).
 
@@ -439,6 +466,7 @@ class SalesforceContactSide:
         self._owners: dict[str, str] = {}  # user id -> mailbox
         self._users_loaded_at: float | None = None
         self._accounts: dict[str, str] = {}  # Account name (casefold) -> Id
+        self._domains: dict[str, str | None] = {}  # email domain -> Account Id (None: no single match)
         self.unresolved_accounts: list[str | None] = []  # item ids (None: not created yet) whose company failed
         self.created_accounts: list[str] = []
         self.calls: dict[str, int] = {}
@@ -571,8 +599,11 @@ class SalesforceContactSide:
         return self._owners.get(user_id or "")
 
     # --- accounts ---------------------------------------------------------------------------------------------
-    def resolve_accounts(self, names: Iterable[str]) -> dict[str, str | SyncError]:
-        """Account Id by name (case-insensitive), creating missing ones when allowed; errors per name."""
+    def resolve_accounts(
+        self, names: Iterable[str], domains: Mapping[str, str] | None = None
+    ) -> dict[str, str | SyncError]:
+        """Account Id by name (case-insensitive); else, when ``domains`` gives the contact's email domain for that
+        name, the one Account whose Website is on that domain; else a new Account when allowed. Errors per name."""
         wanted = {n.casefold(): n for n in names if n}
         out: dict[str, str | SyncError] = {k: self._accounts[k] for k in wanted if k in self._accounts}
         missing = [wanted[k] for k in wanted if k not in out]
@@ -583,6 +614,10 @@ class SalesforceContactSide:
                 key = str(row.get("Name") or "").casefold()
                 if key in wanted and key not in out:  # oldest wins when names repeat
                     out[key] = self._accounts[key] = str(row["Id"])
+        for key in [k for k in wanted if k not in out and (domains or {}).get(k)]:
+            found = self._account_by_domain((domains or {})[key])
+            if found is not None:
+                out[key] = self._accounts[key] = found
         missing = [wanted[k] for k in wanted if k not in out]
         if missing and not self._create_accounts:
             for name in missing:
@@ -600,6 +635,22 @@ class SalesforceContactSide:
                 else:
                     out[name.casefold()] = _collection_error(res, None)
         return out
+
+    def _account_by_domain(self, domain: str) -> str | None:
+        """The single Account whose Website host is ``domain`` or a parent of it (pat@sales.contoso.com ->
+        www.contoso.com); None when none or several. Free-mail domains never identify a company."""
+        domain = domain.casefold().strip(".")
+        base = ".".join(domain.split(".")[-2:])
+        if "." not in domain or domain in FREE_MAIL_DOMAINS or base in FREE_MAIL_DOMAINS:
+            return None
+        if domain in self._domains:
+            return self._domains[domain]
+        rows = self._query(f"SELECT Id, Website FROM Account WHERE Website LIKE {soql_quote('%' + base + '%')}")
+        hosts = {str(r["Id"]): _website_host(r.get("Website")) for r in rows}
+        hits = [i for i, host in hosts.items() if host and (domain == host or domain.endswith("." + host))]
+        found = hits[0] if len(hits) == 1 else None
+        self._domains[domain] = found
+        return found
 
     # --- reading ----------------------------------------------------------------------------------------------
     def _record(self, row: Mapping[str, Any]) -> SideRecord:
@@ -665,8 +716,9 @@ class SalesforceContactSide:
             if write.account_name is None:
                 values["AccountId"] = None
             else:
-                resolved = (accounts if accounts is not None else self.resolve_accounts([write.account_name])).get(
-                    write.account_name.casefold())
+                if accounts is None:
+                    accounts = self.resolve_accounts([write.account_name], _domain_hints([contact]))
+                resolved = accounts.get(write.account_name.casefold())
                 if not isinstance(resolved, str):
                     self.unresolved_accounts.append(item_id)
                     logger.warning("salesforce %s: company not resolved to an Account", item_id or "(new contact)")
@@ -754,7 +806,8 @@ class SalesforceContactSide:
         """sObject Collections POST, ≤ 200 per call, allOrNone=false; one result per item, in order."""
         owner = self.user_of(mailbox)
         fields = self._all_fields()
-        accounts = self.resolve_accounts(i.contact.company for i in items if i.contact.company)
+        contacts = [i.contact for i in items if i.contact.company]
+        accounts = self.resolve_accounts((c.company or "" for c in contacts), _domain_hints(contacts))
         results: list[SideRecord | SyncError | str] = []
         pending: list[tuple[int, dict[str, Any]]] = []
         for item in items:
@@ -782,8 +835,9 @@ class SalesforceContactSide:
     def update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]:
         """Versions checked with one SOQL per 200 ids, then sObject Collections PATCH (≤ 200, allOrNone=false)."""
         current = self._rows_by_id([i.item_id for i in items])
-        wanted = [i.contact.company for i in items if "company" in i.fields and i.contact.company]
-        accounts = self.resolve_accounts(wanted) if wanted else {}
+        changing = [i.contact for i in items if "company" in i.fields and i.contact.company]
+        accounts = (self.resolve_accounts((c.company or "" for c in changing), _domain_hints(changing))
+                    if changing else {})
         results: list[SideRecord | SyncError | str] = []
         pending: list[tuple[int, dict[str, Any]]] = []
         for item in items:

@@ -211,6 +211,31 @@ def test_accounts_are_resolved_by_name_or_created_never_dropped(h: SalesforceHar
     assert cleared.contact.company is None
 
 
+def _with_website(h: SalesforceHarness, name: str, website: str) -> str:
+    from simple_salesforce import Salesforce
+
+    account = h.emu.add_account(name)
+    admin = Salesforce(instance_url=h.emu.instance_url, session_id=h.emu.issue_token(), version="67.0",
+                       session=h.emu.requests_session())
+    admin.Account.update(account, {"Website": website})
+    return account
+
+
+def test_accounts_are_resolved_by_email_domain_before_a_new_one_is_created(h: SalesforceHarness) -> None:
+    contoso = _with_website(h, "Contoso, Inc.", "https://www.Contoso.com/about")
+    _with_website(h, "Mail Provider", "https://gmail.com")
+    rep = h.side.create(MAILBOX, ADA.with_values({"company": "Contoso", "email": "pat@sales.contoso.com"}))
+    assert h.emu.get_record(rep.id)["AccountId"] == contoso  # type: ignore[index]
+    assert rep.contact.company == "Contoso, Inc." and h.side.created_accounts == []
+    # a free-mail domain never identifies a company: a new Account is made for the name instead
+    private = h.side.create(MAILBOX, ADA.with_values({"company": "Acme Garage", "email": "bob.acme@gmail.com"}))
+    assert private.contact.company == "Acme Garage" and len(h.side.created_accounts) == 1
+    # bulk writes resolve the same way
+    out = h.side.create_many(MAILBOX, [CreateRequest(contact=Contact(last_name="Lee", emails=["lee@contoso.com"],
+                                                                      company="Contoso Ltd"))])
+    assert isinstance(out[0], SideRecord) and out[0].contact.company == "Contoso, Inc."
+
+
 def test_unresolved_account_is_reported_when_creation_is_off(h: SalesforceHarness) -> None:
     strict = SalesforceHarness(create_missing_accounts=False)
     try:
