@@ -231,21 +231,20 @@ class Engine:
                     self.links.delete(s.link)
             return None
         m, f = records[Side.M365], records[Side.SALESFORCE]
+        if p.state is LinkState.DETACHED:  # a tombstone remembers only the copy the plan keeps
+            m, f = (m if p.m365_id else None), (f if p.sf_id else None)
         fields = p.synced_fields
-        detached = p.state is LinkState.DETACHED
-        keep_m = m is not None and (not detached or p.m365_id is not None)
-        keep_f = f is not None and (not detached or p.sf_id is not None)
         link = Link(
             mailbox=s.mailbox,
-            m365_id=m.id if keep_m and m else None,
-            sf_id=f.id if keep_f and f else None,
+            m365_id=m.id if m else None,
+            sf_id=f.id if f else None,
             state=p.state,
-            m365_base=field_digests(m.contact, fields) if keep_m and m else {},
-            sf_base=field_digests(f.contact, fields) if keep_f and f else {},
-            m365_fp=fingerprint(m.contact, fields) if keep_m and m else None,
-            sf_fp=fingerprint(f.contact, fields) if keep_f and f else None,
-            m365_version=m.version if keep_m and m else None,
-            sf_version=f.version if keep_f and f else None,
+            m365_base=field_digests(m.contact, fields) if m else {},
+            sf_base=field_digests(f.contact, fields) if f else {},
+            m365_fp=fingerprint(m.contact, fields) if m else None,
+            sf_fp=fingerprint(f.contact, fields) if f else None,
+            m365_version=m.version if m else None,
+            sf_version=f.version if f else None,
             synced_at=self.clock(),
             reason=p.reason[:500],
         )
