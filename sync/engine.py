@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -44,10 +44,12 @@ from sync.ports import (
     AuditOutcome,
     ContactChange,
     ContactSide,
+    CreateRequest,
     Link,
     LinkState,
     LinkStore,
     SideRecord,
+    UpdateRequest,
     WorkQueue,
 )
 
@@ -189,6 +191,92 @@ class Engine:
         self._audit(s, p, records, "applied")
         return Outcome(s.mailbox, p, True, link, records)
 
+    def execute_many(self, mailbox: str, items: Sequence[tuple[Situation, Plan]]) -> list[Outcome | SyncError]:
+        """``execute`` for many plans of one mailbox, with the writes of plain plans sent in bulk.
+
+        Plain plans (creates, updates, adoptions) have their writes grouped per side: updates first (Salesforce,
+        then Outlook, as ``execute`` orders them), then creates (carrying the other side's id as marker), then the
+        marker stamps on the sources; a plan whose write failed skips its later writes and keeps its link as it
+        was. Plans with deletes or hand-offs run one by one. One result per item, in order: the Outcome, or the
+        typed error that stopped that plan. Audit rows are written together at the end.
+        """
+        results: list[Outcome | SyncError | None] = [None] * len(items)
+        records: dict[int, dict[Side, SideRecord | None]] = {}
+        failed: dict[int, SyncError] = {}
+        entries: list[AuditEntry] = []
+        for i, (s, p) in enumerate(items):
+            plain = all(isinstance(a, Create | Update | Adopt | Conflict | Nothing) for a in p.actions)
+            if p.writes and plain and sum(isinstance(a, Create) for a in p.actions) <= 1:
+                records[i] = {Side.M365: s.m365, Side.SALESFORCE: s.sf}
+                for a in p.actions:
+                    if isinstance(a, Adopt):
+                        records[i] = {Side.M365: a.m365, Side.SALESFORCE: a.sf}
+                continue
+            try:
+                results[i] = self.execute(s, p)
+            except SyncError as exc:
+                results[i] = exc
+
+        for side in (Side.SALESFORCE, Side.M365):  # updates, in execute's order
+            todo = [(i, a) for i in records for a in items[i][1].actions
+                    if isinstance(a, Update) and a.side is side and i not in failed]
+            if todo:
+                done = self.sides[side].update_many(mailbox, [
+                    UpdateRequest(item_id=a.item_id, contact=a.contact, fields=a.fields, if_match=a.if_match,
+                                  marker=a.marker) for _, a in todo])
+                for (i, _), r in zip(todo, done, strict=True):
+                    if isinstance(r, SyncError):
+                        failed[i] = r
+                    else:
+                        records[i][side] = r
+        created: list[tuple[int, Side]] = []
+        for side in (Side.SALESFORCE, Side.M365):  # creates, each carrying the source's id as marker
+            todo_c = [(i, a) for i in records for a in items[i][1].actions
+                      if isinstance(a, Create) and a.side is side and i not in failed]
+            if todo_c:
+                sources = [records[i][side.other] for i, _ in todo_c]
+                done = self.sides[side].create_many(mailbox, [
+                    CreateRequest(contact=a.contact, marker=src.id if src else None)
+                    for (_, a), src in zip(todo_c, sources, strict=True)])
+                for (i, _), r in zip(todo_c, done, strict=True):
+                    if isinstance(r, SyncError):
+                        failed[i] = r
+                    else:
+                        records[i][side] = r
+                        created.append((i, side))
+        for side in (Side.SALESFORCE, Side.M365):  # marker stamps on the sources of creates (best effort)
+            stamps = [(i, src, new.id) for i, made in created if made is side.other
+                      for src, new in [(records[i][side], records[i][made])]
+                      if src is not None and new is not None and src.marker != new.id]
+            if stamps:
+                done = self.sides[side].update_many(mailbox, [
+                    UpdateRequest(item_id=src.id, contact=src.contact, fields=frozenset(), if_match=src.version,
+                                  marker=new_id) for _, src, new_id in stamps])
+                for (i, _, _), r in zip(stamps, done, strict=True):
+                    if isinstance(r, SyncError):
+                        logger.warning("marker not stamped on %s in bulk: %s", side.value, type(r).__name__)
+                    else:
+                        records[i][side] = r
+
+        for i in records:
+            s, p = items[i]
+            if i in failed:
+                why = failed[i]
+                entries += self._audit_entries(s, p, records[i], "failed", error=f"{type(why).__name__}: {why}")
+                results[i] = why
+                continue
+            try:
+                link = self._commit(s, p, records[i])
+            except SyncError as exc:
+                entries += self._audit_entries(s, p, records[i], "failed", error=f"{type(exc).__name__}: {exc}")
+                results[i] = exc
+                continue
+            entries += self._audit_entries(s, p, records[i], "applied")
+            results[i] = Outcome(s.mailbox, p, True, link, records[i])
+        if entries:
+            self.audit.write(entries)
+        return [r if r is not None else SyncError("not executed") for r in results]
+
     def _apply(self, mailbox: str, action: object, records: dict[Side, SideRecord | None]) -> None:
         if isinstance(action, Create):
             other = records[action.side.other]
@@ -272,6 +360,17 @@ class Engine:
         *,
         error: str | None = None,
     ) -> None:
+        self.audit.write(self._audit_entries(s, p, records, outcome, error=error))
+
+    def _audit_entries(
+        self,
+        s: Situation,
+        p: Plan,
+        records: dict[Side, SideRecord | None],
+        outcome: AuditOutcome,
+        *,
+        error: str | None = None,
+    ) -> list[AuditEntry]:
         m, f = records[Side.M365], records[Side.SALESFORCE]
         m_id = (m.id if m else None) or p.m365_id or (s.link.m365_id if s.link else None)
         f_id = (f.id if f else None) or p.sf_id or (s.link.sf_id if s.link else None)
@@ -302,4 +401,4 @@ class Engine:
                 AuditEntry(at=now, mailbox=s.mailbox, m365_id=m_id, sf_id=f_id, action=p.link_after.value,
                            reason=p.reason, outcome=outcome, error=error)
             )
-        self.audit.write(entries)
+        return entries

@@ -5,6 +5,8 @@ Public API:
     reconcile_mailbox(engine, mailbox, *, dry_run=False, force=False) -> ReconcileReport
 
 Like vdirsyncer's sync over its status table: every link and every record on either side is visited once.
+The plans are applied together (``Engine.execute_many``): creates and updates go out in bulk (Graph ``$batch``,
+Salesforce sObject Collections), each plan keeping its own all-or-nothing link commit.
 Unlinked records are matched in memory against the other side's unlinked records of this mailbox; unlinked Outlook
 records also ask Salesforce (org-wide) so a contact owned by another rep is reviewed, never duplicated.
 """
@@ -109,19 +111,22 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
     check_breaker(mailbox, [p for _, p in plans], report.linked_before, engine.policy.breaker, force=force)
     if dry_run:
         return report
-    for s, p in plans:
-        try:
+    for (s, p), result in zip(plans, engine.execute_many(mailbox, plans), strict=True):
+        if isinstance(result, PreconditionFailed):
+            # something changed since this pass read it (often an earlier item of this pass): decide again
             try:
-                engine.execute(s, p)
-                report.applied.update(_kinds(p))
-            except PreconditionFailed:
-                # something changed since this pass read it (often an earlier item of this pass): decide again
                 for outcome in engine.sync_contact(_hint_for(s)):
                     report.applied.update(_kinds(outcome.plan))
-        except SyncError as exc:
+            except SyncError as exc:
+                result = exc
+            else:
+                continue
+        if isinstance(result, SyncError):
             ids = " ".join(x for x in (p.m365_id, p.sf_id) if x)
-            report.errors.append(f"{type(exc).__name__} {ids}: {exc}")
-            logger.warning("reconcile %s: %s on %s", mailbox, type(exc).__name__, ids)
+            report.errors.append(f"{type(result).__name__} {ids}: {result}")
+            logger.warning("reconcile %s: %s on %s", mailbox, type(result).__name__, ids)
+        else:
+            report.applied.update(_kinds(p))
     logger.info("%s", report.summary())
     return report
 

@@ -26,7 +26,10 @@ from sync.ports import (
     CreateRequest,
     Link,
     LinkState,
+    MailboxJob,
+    ReconcileJob,
     SideRecord,
+    StoredSubscription,
     UpdateRequest,
     WorkItem,
     row_key,
@@ -202,6 +205,7 @@ class MemorySide:
         yield from records
 
     def create_many(self, mailbox: str, items: Sequence[CreateRequest]) -> list[SideRecord | SyncError]:
+        self.calls["create_many"] = self.calls.get("create_many", 0) + 1
         out: list[SideRecord | SyncError] = []
         for item in items:
             try:
@@ -211,6 +215,7 @@ class MemorySide:
         return out
 
     def update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]:
+        self.calls["update_many"] = self.calls.get("update_many", 0) + 1
         out: list[SideRecord | SyncError] = []
         for item in items:
             try:
@@ -415,13 +420,58 @@ class MemoryQueue:
         return [i for i, _ in self.sent if isinstance(i, ContactChange)]
 
 
+class MemoryJobs:
+    """Reconcile jobs in memory (same promises as ``TableJobs``)."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, ReconcileJob] = {}
+        self._lock = threading.Lock()
+
+    def create(self, job: ReconcileJob) -> None:
+        with self._lock:
+            if job.id in self._jobs:
+                raise AlreadyExists("job exists", item_id=job.id)
+            self._jobs[job.id] = job
+
+    def get(self, job_id: str) -> ReconcileJob | None:
+        return self._jobs.get(job_id)
+
+    def put_mailbox(self, job_id: str, state: MailboxJob) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise NotFound("no such job", item_id=job_id)
+            self._jobs[job_id] = job.model_copy(update={"mailboxes": {**job.mailboxes, state.mailbox: state}})
+
+
+class MemorySubscriptions:
+    """Graph subscriptions in memory (same promises as ``TableSubscriptions``)."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, StoredSubscription] = {}
+
+    def get(self, subscription_id: str) -> StoredSubscription | None:
+        return self._subs.get(subscription_id)
+
+    def put(self, sub: StoredSubscription) -> None:
+        self._subs[sub.id] = sub
+
+    def delete(self, subscription_id: str) -> None:
+        self._subs.pop(subscription_id, None)
+
+    def list_all(self) -> builtins.list[StoredSubscription]:
+        return sorted(self._subs.values(), key=lambda s: (s.mailbox, s.id))
+
+
 __all__ = [
     "LinkState",
     "LogicalClock",
     "MemoryAudit",
     "MemoryCheckpoints",
+    "MemoryJobs",
     "MemoryLinkStore",
     "MemoryQueue",
     "MemorySide",
+    "MemorySubscriptions",
     "WriteRecord",
 ]

@@ -161,6 +161,29 @@ def test_reconcile_dry_run_plans_without_writing_and_then_applies() -> None:
     assert "4 visited" in again.summary()
 
 
+def test_reconcile_writes_in_bulk_and_a_failed_item_keeps_its_link_unwritten() -> None:
+    w = world()
+    ids = [w.sf.user_create(ANN, Contact(last_name=f"L{i}", emails=[f"l{i}@example.com"])) for i in range(45)]
+    w.m365.user_create(ANN, Contact(last_name="Lee", emails=["lee@example.com"]))
+    calls: list[str] = []
+
+    def fail_one(op: str) -> None:
+        calls.append(op)
+        if op == "create" and calls.count("create") == 7:
+            raise Throttled("busy", retry_after=1)
+
+    w.m365.on_call = fail_one
+    report = reconcile_mailbox(w.engine, ANN)
+    assert w.m365.calls["create_many"] == 1 and w.sf.calls["create_many"] == 1  # one bulk call per side
+    assert w.sf.calls["update_many"] == 1  # the 44 marker stamps on the Salesforce sources, in bulk too
+    assert report.applied["create:m365"] == 44 and len(report.errors) == 1 and "Throttled" in report.errors[0]
+    linked = {link.sf_id for link in w.links.list(ANN)}
+    assert len(linked & set(ids)) == 44  # the failed one has no link; the next pass retries it
+    w.m365.on_call = None
+    again = reconcile_mailbox(w.engine, ANN)
+    assert again.applied["create:m365"] == 1 and not again.errors and len(w.m365.snapshot()) == 46
+
+
 def test_reconcile_refuses_a_mass_delete_unless_forced() -> None:
     w = world(Policy(breaker=CircuitBreaker(min_count=3, max_share=0.5)))
     ids = [w.sf.user_create(ANN, Contact(last_name=f"L{i}", emails=[f"l{i}@example.com"])) for i in range(4)]
