@@ -1,10 +1,14 @@
 """Azure Functions entry point (Python v2 programming model).
 
-Registers blueprints only. Nothing here imports the Graph or Salesforce SDKs or touches the network: clients are built
-lazily by ``sync.bootstrap`` on first use (cold start, azure.md §2). The functions themselves arrive with the function
-app issue; until then the app has no functions.
+Registers the blueprints of ``sync/triggers`` and nothing else. Nothing here imports the Graph, Salesforce or Azure
+storage SDKs or touches the network: clients are built lazily by ``sync.bootstrap`` on first use (cold start,
+azure.md §2; tests/functions checks it in a fresh interpreter).
 """
 
 import azure.functions as func
 
+from sync.triggers import graph, reconcile, salesforce, status, worker
+
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+for _module in (graph, salesforce, worker, reconcile, status):
+    app.register_functions(_module.bp)

@@ -37,6 +37,7 @@ class GraphCredential(StrEnum):
     MANAGED_IDENTITY = "managed_identity"  # user-assigned identity as a federated credential of the Entra app
     CERTIFICATE = "certificate"
     SECRET = "secret"
+    STATIC = "static"  # dev only: a fixed bearer token, accepted only when GRAPH_BASE_URL is a loopback address
 
 
 class SalesforceAuth(StrEnum):
@@ -62,7 +63,8 @@ SETTINGS: tuple[Setting, ...] = (
     # Microsoft Graph
     Setting("GRAPH_TENANT_ID", None, "Entra tenant id (GUID)"),
     Setting("GRAPH_CLIENT_ID", None, "application (client) id of the Entra app"),
-    Setting("GRAPH_CREDENTIAL", "managed_identity", "managed_identity | certificate | secret"),
+    Setting("GRAPH_CREDENTIAL", "managed_identity",
+            "managed_identity | certificate | secret | static (dev only, GRAPH_BASE_URL on 127.0.0.1/localhost)"),
     Setting("GRAPH_CLIENT_SECRET", None, "client secret (Key Vault reference); only with GRAPH_CREDENTIAL=secret",
             secret=True),
     Setting("GRAPH_CERTIFICATE", None, "PEM certificate + key (Key Vault reference); only with certificate",
@@ -85,6 +87,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SF_CLIENT_NAME", "m365-contact-sync", "value of Sforce-Call-Options client=..., marks our own writes"),
     Setting("SF_OUTLOOK_ID_FIELD", "", "optional Contact text field (e.g. Outlook_Id__c) holding the Outlook id"),
     Setting("SF_SOQL_FILTER", "", "optional extra SOQL condition on Contact, e.g. RecordType.Name = 'Customer'"),
+    Setting("SF_CA_BUNDLE", "", "optional PEM CA file trusted for Salesforce TLS (dev: the emulator's CA)"),
+    Setting("SF_PUBSUB_INSECURE", "false",
+            "true | false; true (plaintext gRPC, dev only) only with a loopback SF_PUBSUB_ENDPOINT"),
     Setting("EVENTS_HMAC_SECRET", None, "shared secret of the signed /api/salesforce/events relay", secret=True),
     # Policy
     Setting("SYNC_DIRECTION", "both", "both | to_salesforce | to_m365"),
@@ -202,3 +207,20 @@ def mailboxes_in_scope(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
         if mailbox and mailbox not in out:
             out.append(mailbox)
     return tuple(out)
+
+
+def setting(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """One setting's value (stripped), or its documented default when unset or blank."""
+    if name not in SETTING_NAMES:
+        raise KeyError(f"{name} is not a known setting (add it to SETTINGS)")
+    return _raw(os.environ if env is None else env, name)
+
+
+def setting_flag(name: str, env: Mapping[str, str] | None = None) -> bool:
+    """A true/false setting; anything else is a ConfigError naming it."""
+    raw = (setting(name, env) or "").casefold()
+    if raw in ("true", "1", "yes"):
+        return True
+    if raw in ("false", "0", "no", ""):
+        return False
+    raise ConfigError(f"invalid app settings:\n  - {name}={raw!r}: expected true or false")

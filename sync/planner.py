@@ -445,8 +445,8 @@ def _leave_mailbox(ctx: _Ctx) -> Plan:
         out = _merge(policy, s.mailbox, m, f, link)
         out.values[Side.M365].clear()
         out.clears[Side.M365].clear()
-        actions += _updates(out, m, f, {Side.SALESFORCE: "Outlook edits saved before the owner change",
-                                        Side.M365: ""}, {})
+        saved = {Side.SALESFORCE: "Outlook edits saved before the owner change", Side.M365: ""}
+        actions += [*out.conflicts, *_updates(out, m, f, saved, {})]
     if policy.direction_for(s.mailbox).allows(Side.M365):
         actions.append(Delete(Side.M365, m.id, m.version,
                               f"Salesforce owner changed {where}: removed from this mailbox's sync folder"))

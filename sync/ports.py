@@ -268,3 +268,82 @@ class WorkQueue(Protocol):
     """Where hints go. ``delay`` (seconds) hides a message until then (retry later)."""
 
     def send(self, item: WorkItem, *, delay: float = 0.0) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------- function app state
+
+
+JobState = Literal["queued", "running", "done", "failed", "refused"]
+
+
+class MailboxJob(BaseModel):
+    """One mailbox of a reconcile job: where it stands and what it planned / applied (counts by action kind).
+
+    ``refusal`` is the circuit breaker's message (with ``report``, its plan lines) when the mailbox was refused;
+    ``errors`` are ``"<ErrorType> <ids>: message"`` lines (ids only, no personal data).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mailbox: str
+    state: JobState = "queued"
+    attempts: int = 0
+    ran: Literal["delta", "full"] | None = None
+    visited: int = 0
+    linked_before: int = 0
+    planned: Mapping[str, int] = Field(default_factory=dict)
+    applied: Mapping[str, int] = Field(default_factory=dict)
+    errors: tuple[str, ...] = ()
+    refusal: str | None = None
+    report: tuple[str, ...] = ()
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class ReconcileJob(BaseModel):
+    """A reconcile request (API or timer): one ``MailboxJob`` per mailbox."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    created: datetime
+    mode: Literal["delta", "full"]
+    dry_run: bool = False
+    force: bool = False
+    origin: Literal["api", "timer", "lifecycle", "cdc"] = "api"
+    mailboxes: Mapping[str, MailboxJob] = Field(default_factory=dict)
+
+
+class JobStore(Protocol):
+    """Reconcile jobs. ``create`` writes the job and its mailboxes; ``put_mailbox`` replaces one mailbox's row
+    (each mailbox has its own row, so concurrent mailbox reconciles never overwrite each other)."""
+
+    def create(self, job: ReconcileJob) -> None: ...
+
+    def get(self, job_id: str) -> ReconcileJob | None: ...
+
+    def put_mailbox(self, job_id: str, state: MailboxJob) -> None: ...
+
+
+class StoredSubscription(BaseModel):
+    """A Graph subscription as the app stores it: the clientState only as its sha256 digest (hex)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    mailbox: str
+    resource: str
+    expires_at: datetime
+    client_state_digest: str
+
+
+class SubscriptionStore(Protocol):
+    """Graph subscriptions by id (the webhook's lookup) and by mailbox (the renewal timer's)."""
+
+    def get(self, subscription_id: str) -> StoredSubscription | None: ...
+
+    def put(self, sub: StoredSubscription) -> None: ...
+
+    def delete(self, subscription_id: str) -> None: ...
+
+    def list_all(self) -> list[StoredSubscription]: ...

@@ -136,6 +136,9 @@ var productSettings = {
   SF_CLIENT_NAME: sfClientName
   SF_OUTLOOK_ID_FIELD: sfOutlookIdField
   SF_SOQL_FILTER: sfSoqlFilter
+  // dev-only switches for the local emulators, pinned to their production values (sync/bootstrap.py)
+  SF_CA_BUNDLE: ''
+  SF_PUBSUB_INSECURE: 'false'
   SYNC_DIRECTION: syncDirection
   SYNC_MAILBOX_DIRECTIONS: syncMailboxDirections
   SYNC_FIELD_MAP: syncFieldMap

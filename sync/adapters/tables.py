@@ -1,8 +1,9 @@
 """Azure Table Storage adapters: links, checkpoints and audit (azure-data-tables 12.7.0).
 
 Public API:
-    TableStorage(service, prefix="sync")     tables ``<prefix>links``, ``<prefix>checkpoints``, ``<prefix>audit``
-    TableLinkStore, TableCheckpoints, TableAudit
+    TableStorage(service, prefix="sync")     tables ``<prefix>links``, ``<prefix>checkpoints``, ``<prefix>audit``,
+                                              ``<prefix>jobs``, ``<prefix>subscriptions``
+    TableLinkStore, TableCheckpoints, TableAudit, TableJobs, TableSubscriptions
     escape_key(text)                          make any id safe as a PartitionKey / RowKey
 
 Links (azure.md §4): PartitionKey = mailbox; two rows per link, ``m365|<id>`` and ``sf|<id>``, both carrying the
@@ -45,7 +46,7 @@ from sync.errors import (
     Transient,
 )
 from sync.policy import Side
-from sync.ports import AuditEntry, Link, row_key
+from sync.ports import AuditEntry, Link, MailboxJob, ReconcileJob, StoredSubscription, row_key
 
 _T = TypeVar("_T")
 MAX_TRANSACTION = 100  # entity group transaction limit (azure.md §4.2); the SDK does not check it
@@ -273,21 +274,109 @@ class TableAudit:
         return out
 
 
+# ---------------------------------------------------------------------------------------------- jobs, subscriptions
+
+JOB_ROW = "~job"
+
+
+class TableJobs:
+    """Reconcile jobs: PartitionKey = job id; row ``~job`` holds the request, one row ``mb|<mailbox>`` per mailbox
+    (each mailbox reconcile replaces only its own row, so parallel mailboxes never race)."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def create(self, job: ReconcileJob) -> None:
+        pk = escape_key(job.id)
+        head = {"PartitionKey": pk, "RowKey": JOB_ROW, "Job": job.model_dump_json(exclude={"mailboxes"})}
+        ops: list[Any] = [("create", head)]
+        ops += [("create", self._row(job.id, state)) for state in job.mailboxes.values()]
+        for chunk in _chunks(ops):
+            _call(lambda chunk=chunk: self._table.submit_transaction(list(chunk)), job.id)  # type: ignore[misc]
+
+    @staticmethod
+    def _row(job_id: str, state: MailboxJob) -> dict[str, Any]:
+        return {"PartitionKey": escape_key(job_id), "RowKey": escape_key(f"mb|{state.mailbox}"),
+                "State": state.model_dump_json()}
+
+    def get(self, job_id: str) -> ReconcileJob | None:
+        rows = self._table.query_entities("PartitionKey eq @pk", parameters={"pk": escape_key(job_id)})
+        head: Any = None
+        states: dict[str, MailboxJob] = {}
+        try:
+            for entity in rows:
+                if entity["RowKey"] == JOB_ROW:
+                    head = entity
+                else:
+                    state = MailboxJob.model_validate_json(entity["State"])
+                    states[state.mailbox] = state
+        except AzureError as exc:
+            raise _map_error(exc, job_id) from exc
+        if head is None:
+            return None
+        job = ReconcileJob.model_validate_json(head["Job"])
+        return job.model_copy(update={"mailboxes": dict(sorted(states.items()))})
+
+    def put_mailbox(self, job_id: str, state: MailboxJob) -> None:
+        row = self._row(job_id, state)
+        _call(lambda: self._table.upsert_entity(row, mode=UpdateMode.REPLACE), job_id)
+
+
+SUBSCRIPTION_PARTITION = "graph"
+
+
+class TableSubscriptions:
+    """Graph subscriptions: one partition, RowKey = subscription id (the webhook's point read)."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def get(self, subscription_id: str) -> StoredSubscription | None:
+        try:
+            entity = self._table.get_entity(SUBSCRIPTION_PARTITION, escape_key(subscription_id))
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise _map_error(exc, subscription_id) from exc
+        return StoredSubscription.model_validate_json(entity["Subscription"])
+
+    def put(self, sub: StoredSubscription) -> None:
+        row = {"PartitionKey": SUBSCRIPTION_PARTITION, "RowKey": escape_key(sub.id), "Mailbox": sub.mailbox,
+               "ExpiresAt": sub.expires_at, "Subscription": sub.model_dump_json()}
+        _call(lambda: self._table.upsert_entity(row, mode=UpdateMode.REPLACE), sub.id)
+
+    def delete(self, subscription_id: str) -> None:
+        try:
+            self._table.delete_entity(SUBSCRIPTION_PARTITION, escape_key(subscription_id))
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise _map_error(exc, subscription_id) from exc
+
+    def list_all(self) -> list[StoredSubscription]:
+        rows = self._table.query_entities("PartitionKey eq @pk", parameters={"pk": SUBSCRIPTION_PARTITION})
+        return _call(lambda: sorted((StoredSubscription.model_validate_json(r["Subscription"]) for r in rows),
+                                    key=lambda s: (s.mailbox, s.id)))
+
+
 class TableStorage:
-    """The three tables of the sync state, created on first use."""
+    """The tables of the sync state, each created on first use (once per process and table)."""
 
     def __init__(self, service: TableServiceClient, prefix: str = "sync") -> None:
         if not prefix.isalnum() or not prefix[:1].isalpha():
             raise ValueError("SYNC_TABLE_PREFIX must start with a letter and contain only letters and digits")
         self._service = service
         self._prefix = prefix
+        self._created: set[str] = set()
 
     def _table(self, name: str) -> TableClient:
         full = f"{self._prefix}{name}"
-        try:
-            self._service.create_table_if_not_exists(full)
-        except AzureError as exc:
-            raise _map_error(exc, full) from exc
+        if full not in self._created:
+            try:
+                self._service.create_table_if_not_exists(full)
+            except AzureError as exc:
+                raise _map_error(exc, full) from exc
+            self._created.add(full)
         return self._service.get_table_client(full)
 
     def links(self) -> TableLinkStore:
@@ -299,6 +388,17 @@ class TableStorage:
     def audit(self) -> TableAudit:
         return TableAudit(self._table("audit"))
 
+    def jobs(self) -> TableJobs:
+        return TableJobs(self._table("jobs"))
+
+    def subscriptions(self) -> TableSubscriptions:
+        return TableSubscriptions(self._table("subscriptions"))
+
     @classmethod
     def from_connection_string(cls, conn: str, prefix: str = "sync") -> TableStorage:
         return cls(TableServiceClient.from_connection_string(conn), prefix)
+
+    @classmethod
+    def from_endpoint(cls, endpoint: str, credential: Any, prefix: str = "sync") -> TableStorage:
+        """Identity-based access (``AzureWebJobsStorage__tableServiceUri`` + a TokenCredential)."""
+        return cls(TableServiceClient(endpoint, credential=credential), prefix)

@@ -407,6 +407,15 @@ def test_owner_changed_pushes_pending_outlook_edits_first() -> None:
     assert Handoff not in kinds(p)  # the new owner is not a synced mailbox
 
 
+def test_owner_change_with_a_conflicting_pending_edit_audits_the_conflict() -> None:
+    m, f = m365(), sf()
+    moved = edited(f, job_title="CEO").model_copy(update={"owner": "boss@contoso.com"})
+    policy = Policy(conflict=ConflictPolicy.M365_WINS)
+    p = plan(Situation(MB, link_for(m, f), edited(m, job_title="CTO"), moved), policy)
+    assert only(p, Conflict).winner is Side.M365
+    assert only(p, Update).contact.job_title == "CTO" and only(p, Delete).side is Side.M365
+
+
 def test_owner_changed_when_outlook_copy_is_already_gone_just_forgets() -> None:
     m, f = m365(), sf()
     p = plan(Situation(MB, link_for(m, f), None, f.model_copy(update={"owner": "boss@contoso.com"})), POLICY)

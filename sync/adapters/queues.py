@@ -1,0 +1,112 @@
+"""Azure Queue Storage as the ``WorkQueue`` (azure-storage-queue 12.x).
+
+Public API:
+    StorageQueue(factory, name)                        the ``WorkQueue`` port; ``send_text`` for poison copies
+    StorageQueue.from_connection_string(conn, name)    / ``from_endpoint(url, credential, name)``
+    MAX_MESSAGE_TEXT, DEFAULT_API_VERSION, QueueMessageTooLarge
+
+Messages are the work item's ``model_dump_json()``, base64-encoded (``TextBase64EncodePolicy``) because the Functions
+queue trigger expects base64 (host.json ``messageEncoding``; ../shared/reference/azure.md §4.7: a plain-text message
+lands in ``-poison``). The encoded message may be at most 64 KiB, so the text at most 48 KiB; a bigger one raises
+``QueueMessageTooLarge`` (a ``BadData``) before anything is sent. ``delay`` becomes the message's
+``visibility_timeout`` (0 s .. 7 days). The client is built and the queue created on first use (once per process).
+``api_version`` defaults to 2025-11-05, the newest Azurite 3.35 accepts (azure.md §5); Azure accepts it too.
+Failures become ``sync.errors`` types through ``sync.adapters.tables._map_error`` (the same status table).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sync.errors import BadData, SyncError
+from sync.ports import WorkItem
+
+MAX_MESSAGE_TEXT = 48 * 1024  # 64 KiB after base64 (azure.md §4.7, observed on Azurite)
+MAX_DELAY_S = 7 * 24 * 3600
+DEFAULT_API_VERSION = "2025-11-05"
+
+
+class QueueMessageTooLarge(BadData):
+    """A queue message over 48 KiB of text (64 KiB once base64-encoded)."""
+
+
+def _map(exc: Exception, item_id: str | None) -> SyncError:
+    from sync.adapters.tables import _map_error
+
+    return _map_error(exc, item_id)
+
+
+class StorageQueue:
+    """One storage queue; ``factory`` returns a ``QueueClient`` (called once, lazily)."""
+
+    def __init__(self, factory: Callable[[], Any], name: str) -> None:
+        self.name = name
+        self._factory = factory
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_connection_string(cls, conn: str, name: str, *, api_version: str = DEFAULT_API_VERSION) -> StorageQueue:
+        def build() -> Any:
+            from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+            return QueueClient.from_connection_string(
+                conn, name, api_version=api_version, message_encode_policy=TextBase64EncodePolicy(),
+                message_decode_policy=TextBase64DecodePolicy(),
+            )
+
+        return cls(build, name)
+
+    @classmethod
+    def from_endpoint(
+        cls, account_url: str, credential: Any, name: str, *, api_version: str = DEFAULT_API_VERSION
+    ) -> StorageQueue:
+        def build() -> Any:
+            from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+            return QueueClient(
+                account_url, name, credential=credential, api_version=api_version,
+                message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy(),
+            )
+
+        return cls(build, name)
+
+    def client(self) -> Any:
+        """The ``QueueClient``, the queue created if missing (first call only)."""
+        with self._lock:
+            if self._client is None:
+                from azure.core.exceptions import AzureError, ResourceExistsError
+
+                client = self._factory()
+                try:
+                    client.create_queue()
+                except ResourceExistsError:
+                    pass
+                except AzureError as exc:
+                    raise _map(exc, self.name) from exc
+                self._client = client
+            return self._client
+
+    def send(self, item: WorkItem, *, delay: float = 0.0) -> None:
+        self.send_text(item.model_dump_json(), delay=delay)
+
+    def send_text(self, text: str, *, delay: float = 0.0) -> None:
+        size = len(text.encode("utf-8"))
+        if size > MAX_MESSAGE_TEXT:
+            raise QueueMessageTooLarge(
+                f"queue message of {size} bytes exceeds {MAX_MESSAGE_TEXT} (64 KiB once base64-encoded)",
+                code="MESSAGE_TOO_LARGE", side="queues", item_id=self.name,
+            )
+        from azure.core.exceptions import AzureError
+
+        client = self.client()
+        visibility = int(min(max(delay, 0.0), MAX_DELAY_S) + 0.999) or None
+        try:
+            client.send_message(text, visibility_timeout=visibility)
+        except AzureError as exc:
+            raise _map(exc, self.name) from exc
+
+
+__all__ = ["DEFAULT_API_VERSION", "MAX_MESSAGE_TEXT", "QueueMessageTooLarge", "StorageQueue"]

@@ -1,0 +1,429 @@
+"""The composition root: every client and store the functions use, built from app settings on first use.
+
+Public API:
+    current() -> Root           the process-wide root (built lazily, once, thread-safe)
+    install(root) / reset()     tests: use a given root / forget the current one (closing what it opened)
+    Root(env)                   lazily built parts: ``storage``, ``links``, ``audit``, ``checkpoints``, ``jobs``,
+                                ``subscriptions``, ``contact_queue``, ``reconcile_queue``, ``work_queue``,
+                                ``poison_queue(name)``, ``graph``, ``graph_subscriptions``, ``tokens``,
+                                ``salesforce``, ``cdc``, ``engine``, ``policy``, ``mailboxes``, ``events_secret``
+    StaticTokenCredential       dev only: a fixed bearer token for the local Graph emulator
+
+Nothing here runs at import: ``import sync.bootstrap`` imports no Azure, Graph or Salesforce SDK (cold start,
+STYLE.md habit 14). Each part is built the first time a function needs it, under one lock, and kept for the life of
+the worker process (azure.md §2 "client reuse"): the Graph webhook only ever builds the subscriptions table and the
+queue, never a Graph or Salesforce client.
+
+Storage: ``AzureWebJobsStorage`` (a connection string; locally Azurite's or ``UseDevelopmentStorage=true``) or the
+identity-based ``AzureWebJobsStorage__tableServiceUri`` / ``__queueServiceUri`` with ``__clientId`` (a user-assigned
+``ManagedIdentityCredential``; without it ``DefaultAzureCredential``). Queue clients pin ``api_version`` 2025-11-05
+(accepted by Azure and Azurite 3.35, azure.md §5).
+
+Dev-only switches, refused unless the endpoint is on this machine (127.0.0.1, ::1 or localhost), so a production
+setting can never turn them on by mistake:
+    GRAPH_CREDENTIAL=static      a fixed bearer token (the Graph emulator accepts any token)
+    SF_PUBSUB_INSECURE=true      plaintext gRPC to the Pub/Sub endpoint (the Salesforce emulator's gRPC has no TLS)
+``SF_CA_BUNDLE`` (a PEM file) is trusted for Salesforce REST and Pub/Sub TLS, e.g. the emulator's own CA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from sync.config import (
+    ConfigError,
+    GraphCredential,
+    SalesforceAuth,
+    load_policy,
+    mailboxes_in_scope,
+    setting,
+    setting_flag,
+)
+from sync.policy import Policy
+from sync.ports import ContactChange, WorkItem, WorkQueue
+
+if TYPE_CHECKING:  # only for the type checker: no SDK import at run time
+    from sync.adapters.graph import GraphContactSide
+    from sync.adapters.graph_subscriptions import GraphSubscriptions
+    from sync.adapters.pubsub import CdcSubscriber
+    from sync.adapters.queues import StorageQueue
+    from sync.adapters.salesforce import SalesforceContactSide, TokenProvider
+    from sync.adapters.tables import (
+        TableAudit,
+        TableCheckpoints,
+        TableJobs,
+        TableLinkStore,
+        TableStorage,
+        TableSubscriptions,
+    )
+    from sync.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+CONTACT_QUEUE = "contact-changes"
+RECONCILE_QUEUE = "reconcile"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+NOTIFICATIONS_ROUTE = "/api/graph/notifications"
+LIFECYCLE_ROUTE = "/api/graph/lifecycle"
+
+
+def is_loopback(url_or_host: str) -> bool:
+    """Whether a URL (or ``host:port``) points at this machine."""
+    text = url_or_host if "//" in url_or_host else f"//{url_or_host}"
+    try:
+        host = urlsplit(text).hostname
+    except ValueError:
+        return False
+    return (host or "").casefold() in LOOPBACK_HOSTS
+
+
+class StaticTokenCredential:
+    """Dev only: hands out one fixed bearer token (the local Graph emulator accepts any token)."""
+
+    def __init__(self, token: str = "static-dev-token") -> None:
+        self._token = token
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(self._token, int(time.time()) + 3600)
+
+
+class RoutingQueue:
+    """The engine's and the CDC subscriber's ``WorkQueue``: contact hints to ``contact-changes``, mailbox
+    reconciles to ``reconcile``."""
+
+    def __init__(self, contacts: WorkQueue, reconciles: WorkQueue) -> None:
+        self._contacts, self._reconciles = contacts, reconciles
+
+    def send(self, item: WorkItem, *, delay: float = 0.0) -> None:
+        target = self._contacts if isinstance(item, ContactChange) else self._reconciles
+        target.send(item, delay=delay)
+
+
+class Root:
+    """Every part the functions use, each built on first use from ``env`` (default: the process environment)."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.env: Mapping[str, str] = dict(os.environ if env is None else env)
+        self._lock = threading.RLock()
+        self._parts: dict[str, Any] = {}
+
+    # --- plumbing -------------------------------------------------------------------------------------------
+    def _once(self, name: str, build: Callable[[], _T]) -> _T:
+        with self._lock:
+            if name not in self._parts:
+                self._parts[name] = build()
+            value: _T = self._parts[name]
+            return value
+
+    def override(self, **parts: Any) -> Root:
+        """Use these parts instead of building them (tests: e.g. ``engine=`` an engine over in-memory sides)."""
+        with self._lock:
+            self._parts.update(parts)
+        return self
+
+    def get(self, name: str) -> str | None:
+        return setting(name, self.env)
+
+    def _require(self, name: str, why: str) -> str:
+        value = self.get(name)
+        if not value:
+            raise ConfigError(f"invalid app settings:\n  - {name} is required {why}")
+        return value
+
+    def close(self) -> None:
+        with self._lock:
+            graph = self._parts.pop("graph", None)
+            self._parts.clear()
+        if graph is not None:
+            graph.close()
+
+    # --- settings-derived values -----------------------------------------------------------------------------
+    @property
+    def policy(self) -> Policy:
+        return self._once("policy", lambda: load_policy(self.env))
+
+    @property
+    def mailboxes(self) -> tuple[str, ...]:
+        return self._once("mailboxes", lambda: mailboxes_in_scope(self.env))
+
+    @property
+    def events_secret(self) -> str | None:
+        return self.get("EVENTS_HMAC_SECRET")
+
+    # --- storage ----------------------------------------------------------------------------------------------
+    def _storage_credential(self) -> Any:
+        def build() -> Any:
+            client_id = self.get("AzureWebJobsStorage__clientId")
+            if client_id:
+                from azure.identity import ManagedIdentityCredential
+
+                return ManagedIdentityCredential(client_id=client_id)
+            from azure.identity import DefaultAzureCredential
+
+            return DefaultAzureCredential()
+
+        return self._once("storage_credential", build)
+
+    @property
+    def storage(self) -> TableStorage:
+        def build() -> TableStorage:
+            from sync.adapters.tables import TableStorage
+
+            prefix = self.get("SYNC_TABLE_PREFIX") or "sync"
+            conn = self.get("AzureWebJobsStorage")
+            if conn:
+                return TableStorage.from_connection_string(conn, prefix)
+            uri = self._require("AzureWebJobsStorage__tableServiceUri", "(or AzureWebJobsStorage)")
+            return TableStorage.from_endpoint(uri, self._storage_credential(), prefix)
+
+        return self._once("storage", build)
+
+    @property
+    def links(self) -> TableLinkStore:
+        return self._once("links", lambda: self.storage.links())
+
+    @property
+    def audit(self) -> TableAudit:
+        return self._once("audit", lambda: self.storage.audit())
+
+    @property
+    def checkpoints(self) -> TableCheckpoints:
+        return self._once("checkpoints", lambda: self.storage.checkpoints())
+
+    @property
+    def jobs(self) -> TableJobs:
+        return self._once("jobs", lambda: self.storage.jobs())
+
+    @property
+    def subscriptions(self) -> TableSubscriptions:
+        return self._once("subscriptions", lambda: self.storage.subscriptions())
+
+    def _queue(self, name: str) -> StorageQueue:
+        def build() -> StorageQueue:
+            from sync.adapters.queues import StorageQueue
+
+            conn = self.get("AzureWebJobsStorage")
+            if conn:
+                return StorageQueue.from_connection_string(conn, name)
+            uri = self._require("AzureWebJobsStorage__queueServiceUri", "(or AzureWebJobsStorage)")
+            return StorageQueue.from_endpoint(uri, self._storage_credential(), name)
+
+        return self._once(f"queue:{name}", build)
+
+    @property
+    def contact_queue(self) -> StorageQueue:
+        return self._queue(CONTACT_QUEUE)
+
+    @property
+    def reconcile_queue(self) -> StorageQueue:
+        return self._queue(RECONCILE_QUEUE)
+
+    def poison_queue(self, name: str) -> StorageQueue:
+        """``<name>-poison``: where the functions put a message they gave up on, with the reason."""
+        return self._queue(f"{name}-poison")
+
+    @property
+    def work_queue(self) -> RoutingQueue:
+        return self._once("work_queue", lambda: RoutingQueue(self.contact_queue, self.reconcile_queue))
+
+    # --- Microsoft Graph ---------------------------------------------------------------------------------------
+    def _graph_credential(self) -> Any:
+        base_url = self.get("GRAPH_BASE_URL") or ""
+        raw = self.get("GRAPH_CREDENTIAL") or ""
+        try:
+            kind = GraphCredential(raw)
+        except ValueError:
+            allowed = ", ".join(k.value for k in GraphCredential)
+            raise ConfigError(
+                f"invalid app settings:\n  - GRAPH_CREDENTIAL={raw!r}: expected one of {allowed}"
+            ) from None
+        if kind is GraphCredential.STATIC:
+            if not is_loopback(base_url):
+                raise ConfigError(
+                    "invalid app settings:\n  - GRAPH_CREDENTIAL='static' is for the local Graph emulator only: "
+                    "GRAPH_BASE_URL must point at 127.0.0.1 or localhost"
+                )
+            return StaticTokenCredential()
+        from sync.adapters.graph import credential_from_settings
+
+        try:
+            return credential_from_settings(
+                kind.value,
+                self._require("GRAPH_TENANT_ID", "for Microsoft Graph"),
+                self._require("GRAPH_CLIENT_ID", "for Microsoft Graph"),
+                secret=self.get("GRAPH_CLIENT_SECRET"),
+                certificate=self.get("GRAPH_CERTIFICATE"),
+                managed_identity_client_id=self.get("GRAPH_MANAGED_IDENTITY_CLIENT_ID"),
+            )
+        except ValueError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"invalid app settings:\n  - GRAPH_CREDENTIAL: {exc}") from None
+
+    @property
+    def graph(self) -> GraphContactSide:
+        def build() -> GraphContactSide:
+            from sync.adapters.graph import DEFAULT_BASE_URL, DEFAULT_FOLDER_NAME, GraphContactSide
+
+            return GraphContactSide(
+                self._graph_credential(),
+                base_url=self.get("GRAPH_BASE_URL") or DEFAULT_BASE_URL,
+                folder_name=self.get("SYNC_FOLDER_NAME") or DEFAULT_FOLDER_NAME,
+                mailboxes=self.mailboxes,
+                field_map=self.policy.field_map,
+            )
+
+        return self._once("graph", build)
+
+    @property
+    def graph_subscriptions(self) -> GraphSubscriptions:
+        def build() -> GraphSubscriptions:
+            from sync.adapters.graph_subscriptions import GraphSubscriptions
+
+            base = self._require("WEBHOOK_BASE_URL", "to create Graph subscriptions").rstrip("/")
+            return GraphSubscriptions(
+                self.graph, notification_url=base + NOTIFICATIONS_ROUTE, lifecycle_url=base + LIFECYCLE_ROUTE
+            )
+
+        return self._once("graph_subscriptions", build)
+
+    # --- Salesforce ----------------------------------------------------------------------------------------------
+    def _sf_verify(self) -> bool | str:
+        return self.get("SF_CA_BUNDLE") or True
+
+    @property
+    def tokens(self) -> TokenProvider:
+        def build() -> TokenProvider:
+            from sync.adapters.salesforce import TokenProvider
+
+            login = (self.get("SF_LOGIN_URL") or "").rstrip("/")
+            client_id = self._require("SF_CLIENT_ID", "for Salesforce")
+            raw = self.get("SF_AUTH_FLOW") or ""
+            try:
+                flow = SalesforceAuth(raw)
+            except ValueError:
+                allowed = ", ".join(k.value for k in SalesforceAuth)
+                raise ConfigError(
+                    f"invalid app settings:\n  - SF_AUTH_FLOW={raw!r}: expected one of {allowed}"
+                ) from None
+            common: dict[str, Any] = {"audience": login, "verify": self._sf_verify()}
+            if flow is SalesforceAuth.JWT_BEARER:
+                return TokenProvider(
+                    f"{login}/services/oauth2/token", client_id,
+                    username=self._require("SF_USERNAME", "with SF_AUTH_FLOW=jwt_bearer"),
+                    private_key=self._require("SF_PRIVATE_KEY", "with SF_AUTH_FLOW=jwt_bearer"), **common,
+                )
+            return TokenProvider(
+                f"{login}/services/oauth2/token", client_id,
+                client_secret=self._require("SF_CLIENT_SECRET", "with SF_AUTH_FLOW=client_credentials"), **common,
+            )
+
+        return self._once("tokens", build)
+
+    @property
+    def salesforce(self) -> SalesforceContactSide:
+        def build() -> SalesforceContactSide:
+            from sync.adapters.salesforce import SalesforceContactSide
+
+            return SalesforceContactSide(
+                self.tokens,
+                mailboxes=self.mailboxes,
+                verify=self._sf_verify(),
+                client_name=self.get("SF_CLIENT_NAME") or "m365-contact-sync",
+                api_version=self.get("SF_API_VERSION") or "67.0",
+                field_map=self.policy.field_map,
+                marker_field=self.get("SF_OUTLOOK_ID_FIELD") or None,
+            )
+
+        return self._once("salesforce", build)
+
+    @property
+    def cdc(self) -> CdcSubscriber:
+        def build() -> CdcSubscriber:
+            from sync.adapters.pubsub import CdcSubscriber
+
+            target = self._require("SF_PUBSUB_ENDPOINT", "for the CDC pull")
+            insecure = setting_flag("SF_PUBSUB_INSECURE", self.env)
+            if insecure and not is_loopback(target):
+                raise ConfigError(
+                    "invalid app settings:\n  - SF_PUBSUB_INSECURE=true is for the local Salesforce emulator only: "
+                    "SF_PUBSUB_ENDPOINT must be 127.0.0.1:<port> or localhost:<port>"
+                )
+            ca = self.get("SF_CA_BUNDLE")
+            roots = None
+            if ca:
+                with open(ca, "rb") as fh:
+                    roots = fh.read()
+            return CdcSubscriber(
+                self.tokens, target=target, queue=self.work_queue, checkpoints=self.checkpoints,
+                mailboxes=self.mailboxes, secure=not insecure, root_certificates=roots,
+                client_name=self.get("SF_CLIENT_NAME") or "m365-contact-sync",
+            )
+
+        return self._once("cdc", build)
+
+    # --- the engine -----------------------------------------------------------------------------------------
+    @property
+    def engine(self) -> Engine:
+        def build() -> Engine:
+            from sync.engine import Engine
+
+            return Engine(self.graph, self.salesforce, self.links, self.audit, self.work_queue, self.policy,
+                          self.mailboxes)
+
+        return self._once("engine", build)
+
+
+_current: Root | None = None
+_current_lock = threading.Lock()
+
+
+def current() -> Root:
+    """The process-wide root, built on first use."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = Root()
+        return _current
+
+
+def install(root: Root) -> Root:
+    """Use ``root`` from now on (tests); the previous one is closed."""
+    global _current
+    with _current_lock:
+        previous, _current = _current, root
+    if previous is not None and previous is not root:
+        previous.close()
+    return root
+
+
+def reset() -> None:
+    """Forget the current root (closing its clients); the next ``current()`` builds a new one from the environment."""
+    global _current
+    with _current_lock:
+        previous, _current = _current, None
+    if previous is not None:
+        previous.close()
+
+
+__all__ = [
+    "CONTACT_QUEUE",
+    "RECONCILE_QUEUE",
+    "Root",
+    "RoutingQueue",
+    "StaticTokenCredential",
+    "current",
+    "install",
+    "is_loopback",
+    "reset",
+]

@@ -1,0 +1,276 @@
+"""Graph change notifications in, and the subscriptions that make Graph send them (graph.md §4, DESIGN.md flow 1-2, 6).
+
+Functions:
+    graph_notifications   POST /api/graph/notifications (anonymous: protected by clientState)
+    graph_lifecycle       POST /api/graph/lifecycle (anonymous: protected by clientState)
+    subscriptions_timer   %SUBSCRIPTION_SCHEDULE%
+
+The webhook does no Graph or Salesforce I/O (Graph wants an answer within 3 s): per item it reads the stored
+subscription (one Table point read per subscription id), compares the sha256 digest of the item's clientState with
+the stored digest in constant time, and enqueues one ``ContactChange(source=m365, mailbox, id)`` per distinct contact
+(the mailbox comes from the stored subscription, never from the payload). Items of unknown subscriptions, with a
+wrong clientState or without a contact id are dropped and counted (``COUNTERS``, one WARNING line with the
+subscription id); the answer is 202 whatever the mix, so a caller learns nothing about our subscriptions.
+Bad JSON (or no ``value`` list) is 400, a body over 1 MiB is 413.
+
+Lifecycle (§4.6), after the same clientState check: ``missed`` enqueues a delta reconcile of the mailbox;
+``subscriptionRemoved`` enqueues it too and re-creates the subscription; ``reauthorizationRequired`` renews (a PATCH
+of the expiry also reauthorizes). The reconcile is enqueued first; the Graph calls run inline (one request each)
+and a failure is logged, not answered with an error: the subscriptions timer repairs a missing or expiring
+subscription on its next run, and a 5xx would only make Graph send the same event again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import azure.functions as func
+
+from sync import bootstrap
+from sync.errors import SyncError
+from sync.policy import Side
+from sync.ports import ContactChange, ReconcileMailbox, StoredSubscription, SubscriptionStore, WorkQueue
+from sync.triggers.errors import describe, http_response
+from sync.triggers.http import MAX_NOTIFICATION_BODY, bounded_body, handshake, validation_token
+
+if TYPE_CHECKING:
+    from sync.adapters.graph_subscriptions import GraphSubscriptions, SubscriptionRecord
+
+logger = logging.getLogger(__name__)
+
+bp = func.Blueprint()  # type: ignore[no-untyped-call]
+
+COUNTERS: Counter[str] = Counter()  # per process: accepted, unknown_subscription, bad_client_state, invalid
+RENEW_WITHIN = timedelta(days=1)
+
+
+class BadPayload(ValueError):
+    """The body is not a Graph notification collection."""
+
+
+def _items(body: bytes) -> list[Mapping[str, Any]]:
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise BadPayload("body is not JSON") from exc
+    value = doc.get("value") if isinstance(doc, dict) else None
+    if not isinstance(value, list):
+        raise BadPayload("body has no 'value' list")
+    return [item if isinstance(item, Mapping) else {} for item in value]
+
+
+@dataclass
+class Checked:
+    """Notification items whose clientState matched, with their stored subscription; the rest counted."""
+
+    valid: list[tuple[Mapping[str, Any], StoredSubscription]] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+def check_items(items: list[Mapping[str, Any]], subscriptions: SubscriptionStore) -> Checked:
+    from sync.adapters.graph_subscriptions import client_state_matches
+
+    out = Checked()
+    cache: dict[str, StoredSubscription | None] = {}
+    for item in items:
+        sub_id = item.get("subscriptionId")
+        if not isinstance(sub_id, str) or not sub_id:
+            out.dropped["invalid"] += 1
+            continue
+        if sub_id not in cache:
+            cache[sub_id] = subscriptions.get(sub_id)
+        stored = cache[sub_id]
+        state = item.get("clientState")
+        if stored is None:
+            out.dropped["unknown_subscription"] += 1
+            logger.warning("notification for unknown subscription %s dropped", sub_id[:64])
+        elif not client_state_matches(state if isinstance(state, str) else None, stored.client_state_digest):
+            out.dropped["bad_client_state"] += 1
+            logger.warning("notification with a wrong clientState for subscription %s dropped", sub_id)
+        else:
+            out.valid.append((item, stored))
+    COUNTERS.update(out.dropped)
+    return out
+
+
+def _contact_id(item: Mapping[str, Any]) -> str | None:
+    data = item.get("resourceData")
+    if isinstance(data, Mapping) and isinstance(data.get("id"), str) and data["id"]:
+        return str(data["id"])
+    resource = item.get("resource")
+    if isinstance(resource, str) and "/" in resource:
+        last = resource.rstrip("/").rsplit("/", 1)[1]
+        # ".../contacts('<id>')" or ".../contacts/<id>"
+        if last.lower().startswith("contacts(") and last.endswith(")"):
+            return last[len("contacts("):-1].strip("'") or None
+        if last.lower() != "contacts":
+            return last
+    return None
+
+
+def accept_notifications(body: bytes, subscriptions: SubscriptionStore, queue: WorkQueue) -> Counter[str]:
+    """Validate a notification batch and enqueue one hint per distinct contact. Raises BadPayload."""
+    checked = check_items(_items(body), subscriptions)
+    counts = Counter(checked.dropped)
+    seen: set[tuple[str, str]] = set()
+    for item, stored in checked.valid:
+        contact_id = _contact_id(item)
+        if contact_id is None:
+            counts["invalid"] += 1
+            COUNTERS["invalid"] += 1
+            continue
+        key = (stored.mailbox, contact_id)
+        if key in seen:
+            counts["duplicate"] += 1
+            continue
+        seen.add(key)
+        queue.send(ContactChange(source=Side.M365, item_id=contact_id, mailbox=stored.mailbox))
+        counts["accepted"] += 1
+    COUNTERS["accepted"] += counts["accepted"]
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------- subscriptions
+
+
+def to_record(sub: StoredSubscription) -> SubscriptionRecord:
+    from sync.adapters.graph_subscriptions import SubscriptionRecord
+
+    return SubscriptionRecord(id=sub.id, mailbox=sub.mailbox, resource=sub.resource, expires_at=sub.expires_at,
+                              client_state_digest=sub.client_state_digest)
+
+
+def to_stored(record: SubscriptionRecord) -> StoredSubscription:
+    return StoredSubscription(id=record.id, mailbox=record.mailbox, resource=record.resource,
+                              expires_at=record.expires_at, client_state_digest=record.client_state_digest)
+
+
+def handle_lifecycle(body: bytes, root: bootstrap.Root) -> Counter[str]:
+    """Act on a lifecycle batch (see the module docstring). Raises BadPayload."""
+    checked = check_items(_items(body), root.subscriptions)
+    counts = Counter(checked.dropped)
+    manager: GraphSubscriptions | None = None
+    for item, stored in checked.valid:
+        event = str(item.get("lifecycleEvent") or "")
+        if event in ("missed", "subscriptionRemoved"):
+            root.work_queue.send(ReconcileMailbox(mailbox=stored.mailbox, mode="delta"))
+            counts["reconcile"] += 1
+        if event not in ("missed", "subscriptionRemoved", "reauthorizationRequired"):
+            counts["invalid"] += 1
+            continue
+        if event == "missed":
+            continue
+        try:
+            manager = manager or root.graph_subscriptions
+            outcome = manager.on_lifecycle(event, to_record(stored))
+            if outcome.record is not None:
+                root.subscriptions.put(to_stored(outcome.record))
+                counts["renewed"] += 1
+            if outcome.created is not None:
+                root.subscriptions.put(to_stored(outcome.created.record))
+                root.subscriptions.delete(stored.id)
+                counts["recreated"] += 1
+        except SyncError as exc:  # the subscriptions timer repairs it; Graph must not resend the event
+            counts["failed"] += 1
+            logger.warning("lifecycle %s for subscription %s failed: %s", event, stored.id, type(exc).__name__)
+    return counts
+
+
+def maintain_subscriptions(root: bootstrap.Root) -> Counter[str]:
+    """Ensure each mailbox in scope has its folder and one live subscription; renew those expiring within a day;
+    delete subscriptions of mailboxes that left the scope (and duplicates)."""
+    from sync.adapters.graph_subscriptions import NewSubscription
+
+    store, manager = root.subscriptions, root.graph_subscriptions
+    counts: Counter[str] = Counter()
+    by_mailbox: dict[str, list[StoredSubscription]] = {}
+    for sub in store.list_all():
+        by_mailbox.setdefault(sub.mailbox, []).append(sub)
+    scope = set(root.mailboxes)
+    for mailbox, subs in by_mailbox.items():
+        extra = subs if mailbox not in scope else sorted(subs, key=lambda s: s.expires_at)[:-1]
+        for sub in extra:
+            try:
+                manager.delete(sub.id)
+                store.delete(sub.id)
+                counts["deleted"] += 1
+            except SyncError as exc:
+                counts["failed"] += 1
+                logger.warning("deleting subscription %s failed: %s", sub.id, type(exc).__name__)
+    for mailbox in root.mailboxes:
+        try:
+            root.graph.folder_id(mailbox)  # creates the sync folder when missing
+            subs = by_mailbox.get(mailbox, [])
+            if not subs:
+                created = manager.create(mailbox)
+                store.put(to_stored(created.record))
+                counts["created"] += 1
+                continue
+            current = max(subs, key=lambda s: s.expires_at)
+            for changed in manager.renew_expiring([to_record(current)], within=RENEW_WITHIN):
+                record = changed.record if isinstance(changed, NewSubscription) else changed
+                store.put(to_stored(record))
+                if record.id != current.id:
+                    store.delete(current.id)
+                    counts["recreated"] += 1
+                else:
+                    counts["renewed"] += 1
+        except SyncError as exc:
+            counts["failed"] += 1
+            logger.warning("subscription upkeep failed for a mailbox: %s", describe(exc))
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------- functions
+
+
+@bp.function_name("graph_notifications")
+@bp.route(route="graph/notifications", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
+    token = validation_token(req)
+    if token is not None:
+        return handshake(token)
+    body = bounded_body(req, MAX_NOTIFICATION_BODY)
+    if isinstance(body, func.HttpResponse):
+        return body
+    root = bootstrap.current()
+    try:
+        counts = accept_notifications(body, root.subscriptions, root.contact_queue)
+    except BadPayload as exc:
+        return func.HttpResponse(json.dumps({"error": str(exc)}), status_code=400, mimetype="application/json")
+    except Exception as exc:  # storage down: 5xx so Graph retries (graph.md §4.5)
+        return http_response(exc)
+    logger.info("graph notifications: %s", dict(counts))
+    return func.HttpResponse(status_code=202)
+
+
+@bp.function_name("graph_lifecycle")
+@bp.route(route="graph/lifecycle", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def graph_lifecycle(req: func.HttpRequest) -> func.HttpResponse:
+    token = validation_token(req)
+    if token is not None:
+        return handshake(token)
+    body = bounded_body(req, MAX_NOTIFICATION_BODY)
+    if isinstance(body, func.HttpResponse):
+        return body
+    try:
+        counts = handle_lifecycle(body, bootstrap.current())
+    except BadPayload as exc:
+        return func.HttpResponse(json.dumps({"error": str(exc)}), status_code=400, mimetype="application/json")
+    except Exception as exc:
+        return http_response(exc)
+    logger.info("graph lifecycle: %s", dict(counts))
+    return func.HttpResponse(status_code=202)
+
+
+@bp.function_name("subscriptions_timer")
+@bp.timer_trigger(arg_name="timer", schedule="%SUBSCRIPTION_SCHEDULE%", run_on_startup=False)
+def subscriptions_timer(timer: func.TimerRequest) -> None:
+    counts = maintain_subscriptions(bootstrap.current())
+    logger.info("subscriptions: %s", dict(counts))

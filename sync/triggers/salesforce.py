@@ -1,0 +1,72 @@
+"""Salesforce change events in: the signed push endpoint and the Pub/Sub pull timer (DESIGN.md flow 3).
+
+Functions:
+    salesforce_events     POST /api/salesforce/events (anonymous; HMAC-SHA256 over "<timestamp>.<body>" in
+                          X-Sync-Signature, Unix time in X-Sync-Timestamp, 300 s replay window): one hint per record
+                          id -> 202 ``{"accepted": n}``; bad or missing signature, stale timestamp, or no
+                          EVENTS_HMAC_SECRET configured -> 401; signed but malformed -> 400; over 1 MiB -> 413
+    salesforce_cdc_pull   %CDC_PULL_SCHEDULE%: one bounded Pub/Sub pull from the stored replay id (at most
+                          ``PULL_MAX_SECONDS``, ends early after ``PULL_IDLE_SECONDS`` without events), hints to
+                          ``contact-changes``, GAP_OVERFLOW / replay-rejected -> reconciles to ``reconcile``
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import azure.functions as func
+
+from sync import bootstrap
+from sync.errors import SyncError
+from sync.triggers.errors import describe, http_response, json_response
+from sync.triggers.http import MAX_EVENTS_BODY, bounded_body
+
+logger = logging.getLogger(__name__)
+
+bp = func.Blueprint()  # type: ignore[no-untyped-call]
+
+REPLAY_WINDOW_S = 300.0
+PULL_MAX_SECONDS = 20.0  # well inside a 30 s schedule; the timer never overlaps itself (azure.md §1.2)
+PULL_MAX_EVENTS = 2000
+PULL_IDLE_SECONDS = 3.0
+
+
+def accept_events(root: bootstrap.Root, body: bytes, headers: dict[str, str], now: datetime) -> int:
+    from sync.adapters.pubsub import BadSignature, parse_signed_events
+
+    secret = root.events_secret
+    if not secret:
+        raise BadSignature("the events relay is not enabled (EVENTS_HMAC_SECRET is not set)", side="salesforce")
+    hints = parse_signed_events(body, headers, secret, now, window_s=REPLAY_WINDOW_S)
+    for hint in hints:
+        root.contact_queue.send(hint)
+    return len(hints)
+
+
+@bp.function_name("salesforce_events")
+@bp.route(route="salesforce/events", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def salesforce_events(req: func.HttpRequest) -> func.HttpResponse:
+    body = bounded_body(req, MAX_EVENTS_BODY)
+    if isinstance(body, func.HttpResponse):
+        return body
+    try:
+        accepted = accept_events(bootstrap.current(), body, dict(req.headers.items()), datetime.now(UTC))
+    except Exception as exc:
+        return http_response(exc)
+    logger.info("salesforce events: %s hint(s) enqueued", accepted)
+    return json_response({"accepted": accepted}, 202)
+
+
+@bp.function_name("salesforce_cdc_pull")
+@bp.timer_trigger(arg_name="timer", schedule="%CDC_PULL_SCHEDULE%", run_on_startup=False)
+def salesforce_cdc_pull(timer: func.TimerRequest) -> None:
+    try:
+        result = bootstrap.current().cdc.pull(max_events=PULL_MAX_EVENTS, max_seconds=PULL_MAX_SECONDS,
+                                              idle_seconds=PULL_IDLE_SECONDS)
+    except SyncError as exc:  # the checkpoint holds what was processed; the next run resumes from there
+        log = logger.warning if exc.retryable else logger.error
+        log("cdc pull failed: %s", describe(exc))
+        return
+    logger.info("cdc pull: %s event(s), %s hint(s), %s gap(s), %s reconcile(s)", len(result.events), result.hints,
+                result.gaps, result.reconciles)

@@ -1,0 +1,158 @@
+"""The functions against Azurite and both emulators, wired only through app settings (``sync.bootstrap``).
+
+A tiny loopback bridge turns the Graph emulator's webhook POSTs (validation handshake, change notifications) into
+``func.HttpRequest`` calls of ``graph_notifications`` / ``graph_lifecycle``, so the subscription handshake and the
+notification path are the real ones.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import azure.functions as func
+import pytest
+from azure.functions.queue import QueueMessage
+from azure.functions.timer import TimerRequest
+
+from emulators.graph import GraphEmulator
+from emulators.salesforce import SalesforceEmulator
+from sync import bootstrap
+from sync.config import ConfigError
+from sync.policy import Side
+from sync.ports import ContactChange
+from sync.triggers import graph, salesforce, worker
+from tests.contract.salesforce_harness import rsa_keys
+from tests.functions.conftest import ANN, BOB, user_function, wait_for
+
+CLIENT_ID = "functions-test-client"
+
+
+class _Bridge(BaseHTTPRequestHandler):
+    routes = {"/api/graph/notifications": graph.graph_notifications, "/api/graph/lifecycle": graph.graph_lifecycle}
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        parts = urlsplit(self.path)
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        params = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        req = func.HttpRequest("POST", f"http://127.0.0.1{self.path}", headers=dict(self.headers.items()),
+                               params=params, body=body)
+        resp = user_function(self.routes[parts.path])(req)
+        payload = resp.get_body() or b""
+        self.send_response(resp.status_code)
+        self.send_header("Content-Type", f"{resp.mimetype}; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def services() -> Iterator[tuple[GraphEmulator, SalesforceEmulator, str, dict[str, str]]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Bridge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with GraphEmulator(users=[ANN, BOB]) as g, \
+                SalesforceEmulator(keepalive_seconds=0.3, idle_timeout_seconds=5) as sf:
+            _, public = rsa_keys()
+            sf.register_jwt_client(CLIENT_ID, public)
+            users = {mb: sf.add_user(f"{mb}.sf", mb, last_name=mb.split("@")[0]) for mb in (ANN, BOB)}
+            yield g, sf, f"http://127.0.0.1:{server.server_address[1]}", users
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def live(services, settings, queues):
+    g, sf, bridge, users = services
+    private, _ = rsa_keys()
+    env = {**settings, "GRAPH_CREDENTIAL": "static", "GRAPH_BASE_URL": g.base_url, "WEBHOOK_BASE_URL": bridge,
+           "SF_LOGIN_URL": sf.instance_url, "SF_CLIENT_ID": CLIENT_ID, "SF_USERNAME": "integration@example.com",
+           "SF_PRIVATE_KEY": private.decode(), "SF_CA_BUNDLE": str(sf.ca_path),
+           "SF_PUBSUB_ENDPOINT": sf.grpc_target, "SF_PUBSUB_INSECURE": "true"}
+    root = bootstrap.install(bootstrap.Root(env))
+    yield root, g, sf, users
+    bootstrap.reset()
+
+
+def drain_worker(queues) -> int:
+    msgs = queues.take("contact-changes")
+    for m in msgs:
+        user_function(worker.contact_worker)(m)
+    return len(msgs)
+
+
+def test_subscription_handshake_notification_worker_salesforce(live, queues) -> None:
+    root, g, sf, users = live
+    user_function(graph.subscriptions_timer)(TimerRequest(past_due=False))
+    stored = root.subscriptions.list_all()
+    assert {s.mailbox for s in stored} == {ANN, BOB}  # both handshakes answered through the bridge
+    assert {s["id"] for s in g.list_subscriptions()} >= {s.id for s in stored}
+    folder = g.find_folder(ANN, "Salesforce_Sync")
+    assert folder is not None
+
+    g.create_contact(ANN, {"givenName": "Donald", "surname": "Knuth", "companyName": "Stanford",
+                           "emailAddresses": [{"address": "knuth@stanford.example"}]}, folder)
+    g.wait_notifications(5.0)
+    hints = wait_for(lambda: queues.client("contact-changes").peek_messages(max_messages=32), 5.0)
+    assert hints, "the notification reached graph_notifications and was enqueued"
+    assert drain_worker(queues) >= 1
+    created = [c for c in sf.contacts() if c.get("LastName") == "Knuth"]
+    assert len(created) == 1 and created[0]["OwnerId"] == users[ANN]
+
+    # second run: nothing expires within a day, nothing to create
+    user_function(graph.subscriptions_timer)(TimerRequest(past_due=False))
+    assert {s.id for s in root.subscriptions.list_all()} == {s.id for s in stored}
+
+
+def test_cdc_pull_enqueues_hints_that_reach_outlook(live, queues) -> None:
+    root, g, sf, users = live
+    pull = user_function(salesforce.salesforce_cdc_pull)
+    pull(TimerRequest(past_due=False))  # first run: subscribes at LATEST and checkpoints
+    sf_id = sf.create_contact({"FirstName": "Grace", "LastName": "Hopper", "Email": "grace@navy.example",
+                               "OwnerId": users[BOB]}, as_user=users[BOB])
+    pull(TimerRequest(past_due=False))
+    bodies = [m.get_json() for m in queues.take("contact-changes", visibility=1)]
+    assert {"kind": "contact", "source": "salesforce", "item_id": sf_id, "mailbox": None} in bodies
+    user_function(worker.contact_worker)(QueueMessage(
+        id="m", body=ContactChange(source=Side.SALESFORCE, item_id=sf_id).model_dump_json().encode(),
+        dequeue_count=1))
+    folder = g.find_folder(BOB, "Salesforce_Sync")
+    assert folder and [c.get("surname") for c in g.list_contacts(BOB, folder)] == ["Hopper"]
+
+
+def test_dev_only_switches_are_refused_off_loopback(settings) -> None:
+    root = bootstrap.Root({**settings, "GRAPH_CREDENTIAL": "static",
+                           "GRAPH_BASE_URL": "https://graph.microsoft.com/v1.0"})
+    with pytest.raises(ConfigError, match="local Graph emulator only"):
+        _ = root.graph
+    root = bootstrap.Root({**settings, "SF_PUBSUB_INSECURE": "true", "SF_CLIENT_ID": "x", "SF_USERNAME": "u",
+                           "SF_PRIVATE_KEY": "k", "SF_PUBSUB_ENDPOINT": "api.pubsub.salesforce.com:7443"})
+    with pytest.raises(ConfigError, match="local Salesforce emulator only"):
+        _ = root.cdc
+
+
+def test_lifecycle_events_renew_recreate_and_reconcile(live, queues) -> None:
+    root, g, sf, users = live
+    user_function(graph.subscriptions_timer)(TimerRequest(past_due=False))
+    (ann_sub,) = [s for s in root.subscriptions.list_all() if s.mailbox == ANN]
+    g.send_lifecycle(ann_sub.id, "reauthorizationRequired")
+    g.wait_notifications(5.0)
+    renewed = wait_for(lambda: root.subscriptions.get(ann_sub.id), 2.0)
+    assert renewed is not None and renewed.expires_at >= ann_sub.expires_at
+    assert queues.take("reconcile") == []
+
+    g.send_lifecycle(ann_sub.id, "subscriptionRemoved")
+    g.wait_notifications(5.0)
+    assert wait_for(lambda: root.subscriptions.get(ann_sub.id) is None, 2.0)
+    (new_sub,) = [s for s in root.subscriptions.list_all() if s.mailbox == ANN]
+    assert new_sub.id != ann_sub.id and new_sub.id in {s["id"] for s in g.list_subscriptions()}
+    (msg,) = queues.bodies("reconcile")
+    assert msg["mailbox"] == ANN and msg["mode"] == "delta"
