@@ -37,6 +37,16 @@ def test_unresolved_key_vault_reference_is_an_error_without_the_value() -> None:
     assert "SF_PRIVATE_KEY" in str(err.value) and "vault.azure.net" not in str(err.value)
 
 
+def test_every_setting_read_refuses_an_unresolved_key_vault_reference() -> None:
+    from sync.config import setting
+
+    ref = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/hmac/)"
+    with pytest.raises(ConfigError, match="EVENTS_HMAC_SECRET") as err:
+        setting("EVENTS_HMAC_SECRET", {"EVENTS_HMAC_SECRET": ref})
+    assert "vault.azure.net" not in str(err.value)
+    assert setting("EVENTS_HMAC_SECRET", {"EVENTS_HMAC_SECRET": "s3cret"}) == "s3cret"
+
+
 def test_mailbox_directions_and_field_map_parse() -> None:
     env = {
         "SYNC_MAILBOX_DIRECTIONS": json.dumps({"Ann@Contoso.com": "to_m365"}),
