@@ -72,8 +72,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GRAPH_MANAGED_IDENTITY_CLIENT_ID", None, "client id of the managed identity used as federated credential"),
     Setting("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0", "Graph v1.0 base URL (emulator: http://127.0.0.1:N/v1.0)"),
     Setting("SYNC_FOLDER_NAME", "Salesforce_Sync", "display name of the contact folder created in each mailbox"),
-    Setting("SYNC_MAILBOXES", "", "comma-separated mailbox UPNs in scope (or use SYNC_MAILBOX_GROUP_ID)"),
-    Setting("SYNC_MAILBOX_GROUP_ID", None, "Entra group object id whose members are the mailboxes in scope"),
+    Setting("SYNC_MAILBOXES", "", "comma-separated mailbox UPNs in scope (the only scope read in this version)"),
+    Setting("SYNC_MAILBOX_GROUP_ID", None, "reserved, not read yet: Entra group whose members are the mailboxes"),
     Setting("WEBHOOK_BASE_URL", None, "public https base of this app, e.g. https://<app>.azurewebsites.net"),
     # Salesforce
     Setting("SF_LOGIN_URL", "https://login.salesforce.com", "OAuth host (https://test.salesforce.com for sandboxes)"),
