@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sync.engine import Engine
-from sync.errors import PreconditionFailed, SyncError
+from sync.errors import AlreadyExists, PreconditionFailed, SyncError
 from sync.planner import Adopt, Candidate, Create, LinkAfter, Plan, Review, Situation, check_breaker, plan
 from sync.policy import Side
 from sync.ports import ContactChange, LinkState, SideRecord
@@ -112,8 +112,9 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
     if dry_run:
         return report
     for (s, p), result in zip(plans, engine.execute_many(mailbox, plans), strict=True):
-        if isinstance(result, PreconditionFailed):
-            # something changed since this pass read it (often an earlier item of this pass): decide again
+        if isinstance(result, PreconditionFailed | AlreadyExists):
+            # something changed since this pass read it (an earlier item of this pass, or a worker that linked the
+            # contact first): read again and decide again
             try:
                 for outcome in engine.sync_contact(_hint_for(s)):
                     report.applied.update(_kinds(outcome.plan))

@@ -13,7 +13,7 @@ from sync.engine import Engine
 from sync.errors import CircuitBreakerTripped, PreconditionFailed, Throttled, Transient
 from sync.model import Contact
 from sync.policy import CircuitBreaker, Policy, Side
-from sync.ports import ContactChange, LinkState, LinkStore
+from sync.ports import ContactChange, CreateRequest, LinkState, LinkStore
 from sync.reconcile import reconcile_mailbox
 
 ANN, BOB = "ann@contoso.com", "bob@contoso.com"
@@ -182,6 +182,22 @@ def test_reconcile_writes_in_bulk_and_a_failed_item_keeps_its_link_unwritten() -
     w.m365.on_call = None
     again = reconcile_mailbox(w.engine, ANN)
     assert again.applied["create:m365"] == 1 and not again.errors and len(w.m365.snapshot()) == 46
+
+
+def test_reconcile_re_decides_when_a_worker_linked_the_contact_first() -> None:
+    w = world()
+    sf_id = w.sf.user_create(ANN, ADA)
+    real_create_many = w.m365.create_many
+
+    def race(mailbox: str, items: list[CreateRequest]) -> list[object]:
+        out = real_create_many(mailbox, items)
+        w.hint_sf(sf_id)  # the webhook worker runs in between and links the new copy first
+        return out  # type: ignore[return-value]
+
+    w.m365.create_many = race  # type: ignore[method-assign,assignment]
+    report = reconcile_mailbox(w.engine, ANN)
+    assert not report.errors, report.errors
+    assert len(w.m365.snapshot()) == 1 and w.links.get(ANN, Side.SALESFORCE, sf_id) is not None
 
 
 def test_reconcile_refuses_a_mass_delete_unless_forced() -> None:
