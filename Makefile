@@ -45,3 +45,13 @@ proto: $(VENV)/.installed
 .PHONY: infra-check
 infra-check:
 	$(PYTHON) infra/check.py
+
+# The demo without the ending: everything stays up (host, emulators, Azurite, CDC timer) until Ctrl-C.
+.PHONY: demo-up bench
+demo-up: deps
+	$(PY) -m emulators.demo --keep-running
+
+# Benchmarks print numbers (no pass/fail): webhook ack latency through the local host, cold import time.
+bench: deps
+	$(PY) -m bench.webhook_ack
+	$(PY) -m bench.import_time
