@@ -2,7 +2,10 @@
 breaker, then apply (or only report, for a dry run).
 
 Public API:
-    reconcile_mailbox(engine, mailbox, *, dry_run=False, force=False) -> ReconcileReport
+    reconcile_mailbox(engine, mailbox, *, dry_run=False, force=False) -> ReconcileReport        full pass
+    reconcile_mailbox_delta(engine, mailbox, checkpoints, *, dry_run=False, force=False)       what changed since
+        the last delta pass (Graph delta link, Salesforce SystemModstamp watermark); falls back to a full pass when
+        a change feed starts over (first run, expired delta token, old watermark)
 
 Like vdirsyncer's sync over its status table: every link and every record on either side is visited once.
 The plans are applied together (``Engine.execute_many``): creates and updates go out in bulk (Graph ``$batch``,
@@ -16,12 +19,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sync.engine import Engine
 from sync.errors import AlreadyExists, PreconditionFailed, SyncError
 from sync.planner import Adopt, Candidate, Create, LinkAfter, Plan, Review, Situation, check_breaker, plan
 from sync.policy import Side
-from sync.ports import ContactChange, LinkState, SideRecord
+from sync.ports import CheckpointStore, ContactChange, LinkState, SideRecord, row_key
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +39,14 @@ class ReconcileReport:
     errors: list[str] = field(default_factory=list)  # "<ErrorType> <ids>: message" (no personal data)
     linked_before: int = 0
     visited: int = 0
+    ran: Literal["delta", "full"] = "full"
 
     def summary(self) -> str:
-        planned = ", ".join(f"{k} {v}" for k, v in sorted(self.planned.items())) or "nothing"
+        counts = self.planned if self.dry_run else self.applied
+        done = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"
         mode = "dry run, planned" if self.dry_run else "applied"
-        return (f"mailbox {self.mailbox}: {self.visited} visited, {self.linked_before} linked before; {mode}: "
-                f"{planned}; {len(self.errors)} error(s)")
+        return (f"mailbox {self.mailbox} ({self.ran} pass): {self.visited} visited, {self.linked_before} linked "
+                f"before; {mode}: {done}; {len(self.errors)} error(s)")
 
 
 def _kinds(p: Plan) -> list[str]:
@@ -111,6 +117,13 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
     check_breaker(mailbox, [p for _, p in plans], report.linked_before, engine.policy.breaker, force=force)
     if dry_run:
         return report
+    _apply(engine, mailbox, plans, report)
+    logger.info("%s", report.summary())
+    return report
+
+
+def _apply(engine: Engine, mailbox: str, plans: list[tuple[Situation, Plan]], report: ReconcileReport) -> None:
+    """Execute the plans in bulk; a plan that lost a race is read and decided again; errors go to the report."""
     for (s, p), result in zip(plans, engine.execute_many(mailbox, plans), strict=True):
         if isinstance(result, PreconditionFailed | AlreadyExists):
             # something changed since this pass read it (an earlier item of this pass, or a worker that linked the
@@ -128,6 +141,67 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
             logger.warning("reconcile %s: %s on %s", mailbox, type(result).__name__, ids)
         else:
             report.applied.update(_kinds(p))
+
+
+def reconcile_mailbox_delta(
+    engine: Engine, mailbox: str, checkpoints: CheckpointStore, *, dry_run: bool = False, force: bool = False
+) -> ReconcileReport:
+    """Reconcile only what changed in this mailbox since the last delta pass, on both sides.
+
+    Reads each side's change feed from its checkpoint (Graph: the folder's delta link; Salesforce: a SystemModstamp
+    watermark), then decides every changed or removed contact as a hint would (the same planner, the same
+    circuit breaker, bulk writes). When a feed starts over (first run, Graph's 410 syncStateNotFound, a watermark
+    older than the Recycle Bin) the whole mailbox is reconciled instead (``ran == "full"``). The checkpoints advance
+    only after a pass without errors, and never on a dry run, so nothing is skipped.
+    """
+    mailbox = mailbox.casefold()
+    feeds: list[tuple[str, str | None]] = []
+    hints: dict[tuple[Side, str], ContactChange] = {}
+    starts_over = False
+    for side in (Side.M365, Side.SALESFORCE):
+        name = f"reconcile-delta:{side.value}"
+        last: str | None = None
+        for page in engine.sides[side].changes(mailbox, checkpoints.get(mailbox, name)):
+            starts_over = starts_over or page.full
+            removed = page.removed
+            if side is Side.SALESFORCE:
+                # the Salesforce feed is org-wide: a removal concerns this mailbox only if the contact is linked here
+                removed = tuple(i for i in removed if engine.links.get(mailbox, side, i) is not None)
+            for item_id in [*(r.id for r in page.records), *removed]:
+                hints.setdefault((side, item_id), ContactChange(
+                    source=side, item_id=item_id, mailbox=mailbox if side is Side.M365 else None))
+            last = page.checkpoint or last
+        feeds.append((name, last))
+    if starts_over:
+        report = reconcile_mailbox(engine, mailbox, dry_run=dry_run, force=force)
+    else:
+        report = ReconcileReport(mailbox, dry_run, ran="delta")
+        plans: list[tuple[Situation, Plan]] = []
+        creating: list[SideRecord] = []
+        decided: set[str] = set()
+        for hint in hints.values():
+            s = engine.read(hint, mailbox)
+            if s is not None:
+                # one person can be in both feeds (an Outlook and a Salesforce change of one link): decide it once
+                key = s.link.primary_key() if s.link is not None else row_key(hint.source, hint.item_id)
+                if key in decided:
+                    continue
+                decided.add(key)
+                p = plan(s, engine.policy)
+                source = s.m365 if s.m365 is not None else s.sf
+                plans.append((s, _unless_twin(p, source, creating) if source is not None else p))
+        report.visited = len(plans)
+        for _, p in plans:
+            report.planned.update(_kinds(p))
+        if sum(p.destructive for _, p in plans) >= engine.policy.breaker.min_count:
+            report.linked_before = sum(1 for link in engine.links.list(mailbox) if link.state is LinkState.LINKED)
+            check_breaker(mailbox, [p for _, p in plans], report.linked_before, engine.policy.breaker, force=force)
+        if not dry_run:
+            _apply(engine, mailbox, plans, report)
+    if not dry_run and not report.errors:
+        for name, last in feeds:
+            if last is not None:
+                checkpoints.put(mailbox, name, last)
     logger.info("%s", report.summary())
     return report
 

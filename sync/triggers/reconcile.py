@@ -3,16 +3,19 @@
 Functions:
     reconcile_start      POST /api/reconcile (function key)
                          body ``{"mailboxes"?: [...], "mode": "delta"|"full", "dryRun": bool, "force": bool}``
-                         -> 202, ``Location: /api/reconcile/<job>``, ``{"id", "status", "mailboxes"}``; 400 with the
+                         -> 202, ``Location: /api/reconcile/<job>``, ``{"id", "status", "mailboxes", "mode",
+                         "dryRun", "force"}`` (``mailboxes`` is a count); 400 with the
                          reason for a bad body (unknown key or mode, non-list mailboxes, a mailbox out of scope)
     reconcile_status     GET /api/reconcile/{job} (function key) -> the job as JSON; 404 for an unknown job
     reconcile_timer      %RECONCILE_SCHEDULE%: a job over every mailbox in scope; ``full`` when the last full pass
                          is 7 days old (checkpoint ``reconcile``/``last-full``), else ``delta``
-    mailbox_reconciler   queue ``reconcile``: one ``ReconcileMailbox`` -> ``reconcile_mailbox`` -> the job row
+    mailbox_reconciler   queue ``reconcile``: one ``ReconcileMailbox`` -> ``reconcile_mailbox_delta`` (mode delta)
+                         or ``reconcile_mailbox`` (full) -> the job row
 
-``sync/reconcile.py`` has one (full) pass today: a ``delta`` request runs it too and the job says so
-(``"mode": "delta", "ran": "full"``). Circuit-breaker refusals are recorded in the job (state ``refused``, the
-breaker's message and report) and complete the message: re-run with ``force: true`` to apply.
+A ``delta`` pass reads both sides' change feeds from their checkpoints; when a feed starts over (first run, expired
+delta token) it reconciles the whole mailbox instead, and the job says which pass ran (``"ran": "delta"|"full"``,
+``"mixed"`` across mailboxes, null until a mailbox finished). Circuit-breaker refusals are recorded in the job
+(state ``refused``, the breaker's message and report) and complete the message: re-run with ``force: true`` to apply.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
-RAN: Literal["full"] = "full"  # the only pass sync/reconcile.py has
 FULL_EVERY = timedelta(days=7)
 _KEYS = frozenset({"mailboxes", "mode", "dryRun", "force"})
 
@@ -111,7 +113,8 @@ def job_json(job: ReconcileJob) -> dict[str, Any]:
         planned.update(m.planned)
         applied.update(m.applied)
     return {
-        "id": job.id, "created": job.created.isoformat(), "origin": job.origin, "mode": job.mode, "ran": RAN,
+        "id": job.id, "created": job.created.isoformat(), "origin": job.origin, "mode": job.mode,
+        "ran": _ran(job),
         "dryRun": job.dry_run, "force": job.force, "state": overall,
         "progress": {"total": len(states), "done": sum(s in ("done", "failed", "refused") for s in states)},
         "planned": dict(sorted(planned.items())), "applied": dict(sorted(applied.items())),
@@ -129,7 +132,7 @@ def job_json(job: ReconcileJob) -> dict[str, Any]:
 
 def run_mailbox(root: bootstrap.Root, body: str, *, dequeue_count: int = 1, message_id: str | None = None) -> None:
     """One mailbox of a job (or a job-less reconcile from CDC/lifecycle). Raises to have the host retry."""
-    from sync.reconcile import reconcile_mailbox
+    from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
 
     item: ReconcileMailbox | None = None
     state: MailboxJob | None = None
@@ -139,13 +142,16 @@ def run_mailbox(root: bootstrap.Root, body: str, *, dequeue_count: int = 1, mess
         except ValidationError as exc:
             raise BadData("unreadable reconcile message", code="BAD_MESSAGE", side="queue") from exc
         mailbox = item.mailbox.casefold()
-        state = MailboxJob(mailbox=mailbox, state="running", attempts=dequeue_count, ran=RAN,
-                           started_at=datetime.now(UTC))
+        state = MailboxJob(mailbox=mailbox, state="running", attempts=dequeue_count, started_at=datetime.now(UTC))
         _put(root, item, state)
         if mailbox not in root.mailboxes:
             raise BadData("mailbox is not in scope", code="OUT_OF_SCOPE", side="queue")
         try:
-            report = reconcile_mailbox(root.engine, mailbox, dry_run=item.dry_run, force=item.force)
+            if item.mode == "delta":
+                report = reconcile_mailbox_delta(root.engine, mailbox, root.checkpoints, dry_run=item.dry_run,
+                                                 force=item.force)
+            else:
+                report = reconcile_mailbox(root.engine, mailbox, dry_run=item.dry_run, force=item.force)
         except CircuitBreakerTripped as exc:
             logger.warning("reconcile job %s: circuit breaker refused a mailbox (%s of %s)", item.job_id,
                            exc.destructive, exc.total)
@@ -154,7 +160,7 @@ def run_mailbox(root: bootstrap.Root, body: str, *, dequeue_count: int = 1, mess
                 "finished_at": datetime.now(UTC)}))
             return
         _put(root, item, state.model_copy(update={
-            "state": "done", "visited": report.visited, "linked_before": report.linked_before,
+            "state": "done", "ran": report.ran, "visited": report.visited, "linked_before": report.linked_before,
             "planned": dict(report.planned), "applied": dict(report.applied), "errors": tuple(report.errors)[:100],
             "finished_at": datetime.now(UTC)}))
         logger.info("reconcile job %s: mailbox done, %s visited, %s error(s)", item.job_id, report.visited,
@@ -171,6 +177,13 @@ def run_mailbox(root: bootstrap.Root, body: str, *, dequeue_count: int = 1, mess
                 logger.warning("job row not updated: %s", type(put_exc).__name__)
         settle(root, bootstrap.RECONCILE_QUEUE, decision, exc, body=body, item=item, dequeue_count=dequeue_count,
                message_id=message_id)
+
+
+def _ran(job: ReconcileJob) -> str | None:
+    """The pass that actually ran: ``delta``, ``full`` (a delta falls back to full when a change feed starts
+    over), ``mixed`` across mailboxes, or None before any mailbox finished."""
+    ran = {m.ran for m in job.mailboxes.values() if m.ran}
+    return None if not ran else ran.pop() if len(ran) == 1 else "mixed"
 
 
 def _put(root: bootstrap.Root, item: ReconcileMailbox, state: MailboxJob) -> None:
@@ -204,7 +217,7 @@ def reconcile_start(req: func.HttpRequest) -> func.HttpResponse:
         return http_response(exc)
     location = f"/api/reconcile/{job.id}"
     return json_response({"id": job.id, "status": location, "mailboxes": len(mailboxes), "mode": mode,
-                          "ran": RAN, "dryRun": dry_run, "force": force}, 202, {"Location": location})
+                          "dryRun": dry_run, "force": force}, 202, {"Location": location})
 
 
 @bp.function_name("reconcile_status")

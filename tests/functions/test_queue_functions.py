@@ -153,19 +153,24 @@ def test_dry_run_reconcile_plans_and_writes_nothing(memory_root, queues) -> None
     assert list(root.links.list(ANN)) == []
 
 
-def test_job_progresses_and_delta_says_it_ran_full(memory_root, queues) -> None:
+def test_job_progresses_and_a_first_delta_says_it_ran_full(memory_root, queues) -> None:
     root, m365, sf = memory_root
     sf.user_create(ANN, person(*PEOPLE[0]))
     sf.user_create(BOB, person(*PEOPLE[1]))
     job = json.loads(start({"mode": "delta"}).get_body())
     assert job["mailboxes"] == 2
     _, doc = status_of(job["id"])
-    assert doc["state"] == "queued" and doc["mode"] == "delta" and doc["ran"] == "full"
+    assert doc["state"] == "queued" and doc["mode"] == "delta" and doc["ran"] is None
     assert doc["progress"] == {"total": 2, "done": 0}
     assert run_reconciles(queues) == 2
     _, doc = status_of(job["id"])
     assert doc["state"] == "done" and doc["progress"] == {"total": 2, "done": 2}
+    assert doc["ran"] == "full"  # no checkpoint yet: the change feeds start over, so the whole mailbox ran
     assert doc["applied"].get("create:m365") == 2
+    again = json.loads(start({"mode": "delta"}).get_body())
+    assert run_reconciles(queues) == 2
+    _, doc = status_of(again["id"])
+    assert doc["ran"] == "delta" and doc["state"] == "done"
     assert {m["mailbox"]: m["state"] for m in doc["mailboxes"]} == {ANN: "done", BOB: "done"}
     assert status_of("0123456789abcdef")[0] == 404
 

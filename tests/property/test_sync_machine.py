@@ -28,7 +28,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from sync.adapters.memory import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
+from sync.adapters.memory import (
+    LogicalClock,
+    MemoryAudit,
+    MemoryCheckpoints,
+    MemoryLinkStore,
+    MemoryQueue,
+    MemorySide,
+)
 from sync.engine import Engine
 from sync.errors import PreconditionFailed, SyncError, Throttled, Transient
 from sync.mapping import fit_salesforce
@@ -36,7 +43,7 @@ from sync.model import Contact, compare_key
 from sync.planner import synced_rules
 from sync.policy import ConflictPolicy, DeletePolicy, Policy, Side
 from sync.ports import ContactChange, LinkState
-from sync.reconcile import reconcile_mailbox
+from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
 
 MAILBOXES = ("ann@contoso.com", "bob@contoso.com")
 PEOPLE = [
@@ -90,6 +97,7 @@ class SyncMachine(RuleBasedStateMachine):
         self.engine = Engine(self.m365, self.sf, self.links, self.audit, self.queue, self.policy, MAILBOXES,
                              clock=self.clock)
         self.hints: list[ContactChange] = []
+        self.checkpoints = MemoryCheckpoints()
         self.edits: list[Edit] = []
         self.deletions: list[Deletion] = []
         self.owner_changes: list[tuple[str, int]] = []
@@ -206,6 +214,8 @@ class SyncMachine(RuleBasedStateMachine):
         for hint in self.hints:
             self.engine.sync_contact(hint)
         self.hints.clear()
+        for mailbox in MAILBOXES:  # the cheap pass first: what changed since the last delta pass
+            reconcile_mailbox_delta(self.engine, mailbox, self.checkpoints, force=True)
         for _ in range(5):
             writes_before = len(self.m365.writes) + len(self.sf.writes)
             for mailbox in MAILBOXES:

@@ -7,14 +7,21 @@ from dataclasses import dataclass
 
 import pytest
 
-from sync.adapters.memory import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
+from sync.adapters.memory import (
+    LogicalClock,
+    MemoryAudit,
+    MemoryCheckpoints,
+    MemoryLinkStore,
+    MemoryQueue,
+    MemorySide,
+)
 from sync.adapters.tables import TableStorage
 from sync.engine import Engine
 from sync.errors import CircuitBreakerTripped, PreconditionFailed, Throttled, Transient
 from sync.model import Contact
 from sync.policy import CircuitBreaker, Policy, Side
 from sync.ports import ContactChange, CreateRequest, LinkState, LinkStore
-from sync.reconcile import reconcile_mailbox
+from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
 
 ANN, BOB = "ann@contoso.com", "bob@contoso.com"
 ADA = Contact(first_name="Ada", last_name="Byron", emails=["ada@example.com"], company="Acme")
@@ -198,6 +205,50 @@ def test_reconcile_re_decides_when_a_worker_linked_the_contact_first() -> None:
     report = reconcile_mailbox(w.engine, ANN)
     assert not report.errors, report.errors
     assert len(w.m365.snapshot()) == 1 and w.links.get(ANN, Side.SALESFORCE, sf_id) is not None
+
+
+def test_delta_reconcile_starts_full_then_reads_only_what_changed() -> None:
+    w = world()
+    cps = MemoryCheckpoints()
+    ids = [w.sf.user_create(ANN, Contact(last_name=f"L{i}", emails=[f"l{i}@example.com"])) for i in range(5)]
+    first = reconcile_mailbox_delta(w.engine, ANN, cps)
+    assert first.ran == "full" and first.applied["create:m365"] == 5  # no checkpoint yet: the feed starts over
+    assert cps.get(ANN, "reconcile-delta:m365") and cps.get(ANN, "reconcile-delta:salesforce")
+    writes = len(w.m365.writes) + len(w.sf.writes)
+    echoes = reconcile_mailbox_delta(w.engine, ANN, cps)  # our own writes of the first pass come back once
+    assert echoes.ran == "delta" and set(echoes.applied) == {"nothing"}
+    assert len(w.m365.writes) + len(w.sf.writes) == writes  # ... and change nothing
+    quiet = reconcile_mailbox_delta(w.engine, ANN, cps)
+    assert quiet.visited == 0 and w.m365.calls["changes"] == 3
+    w.sf.user_edit(ids[0], {"job_title": "CTO"})
+    new = w.m365.user_create(ANN, Contact(last_name="New", emails=["new@example.com"]))
+    dry = reconcile_mailbox_delta(w.engine, ANN, cps, dry_run=True)
+    assert dry.planned["update:m365"] == 1 and dry.planned["create:salesforce"] >= 1
+    delta = reconcile_mailbox_delta(w.engine, ANN, cps)  # the dry run did not advance the checkpoints
+    assert delta.ran == "delta" and delta.applied["update:m365"] == 1 and delta.applied["create:salesforce"] == 1
+    assert w.links.get(ANN, Side.M365, new) is not None
+    assert any(r.contact.job_title == "CTO" for r in w.m365.snapshot().values())
+
+
+def test_delta_reconcile_decides_a_person_in_both_feeds_once() -> None:
+    w = world()
+    cps = MemoryCheckpoints()
+    sf_id = w.sf.user_create(ANN, ADA)
+    reconcile_mailbox_delta(w.engine, ANN, cps)  # full: creates the Outlook copy (in the Outlook feed next time)
+    w.sf.user_edit(sf_id, {"job_title": "CTO"})
+    report = reconcile_mailbox_delta(w.engine, ANN, cps)
+    assert report.ran == "delta" and report.visited == 1 and report.applied == {"update:m365": 1}
+
+
+def test_delta_reconcile_reviews_twins_too() -> None:
+    w = world()
+    cps = MemoryCheckpoints()
+    reconcile_mailbox_delta(w.engine, ANN, cps)
+    w.m365.user_create(ANN, ADA)
+    w.m365.user_create(ANN, ADA)
+    report = reconcile_mailbox_delta(w.engine, ANN, cps)
+    assert report.ran == "delta" and report.applied["create:salesforce"] == 1 and report.applied["review"] == 1
+    assert len(w.sf.snapshot()) == 1
 
 
 def test_reconcile_refuses_a_mass_delete_unless_forced() -> None:
