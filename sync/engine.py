@@ -48,6 +48,7 @@ from sync.ports import (
     Link,
     LinkState,
     LinkStore,
+    LinkWrite,
     SideRecord,
     UpdateRequest,
     WorkQueue,
@@ -248,7 +249,7 @@ class Engine:
             stamps = [(i, src, new.id) for i, made in created if made is side.other
                       for src, new in [(records[i][side], records[i][made])]
                       if src is not None and new is not None and src.marker != new.id]
-            if stamps:
+            if stamps and self.sides[side].carries_markers:
                 done = self.sides[side].update_many(mailbox, [
                     UpdateRequest(item_id=src.id, contact=src.contact, fields=frozenset(), if_match=src.version,
                                   marker=new_id) for _, src, new_id in stamps])
@@ -258,21 +259,35 @@ class Engine:
                     else:
                         records[i][side] = r
 
+        made = set(created)
+        saves: list[tuple[int, LinkWrite]] = []
+        committed: dict[int, Link | None | SyncError] = {}
         for i in records:
             s, p = items[i]
             if i in failed:
-                why = failed[i]
-                entries += self._audit_entries(s, p, records[i], "failed", error=f"{type(why).__name__}: {why}")
-                results[i] = why
                 continue
             try:
-                link = self._commit(s, p, records[i])
+                write = self._link_write(s, p, records[i], created={r.id for side, r in records[i].items()
+                                                                     if r is not None and (i, side) in made})
+                if write is None:
+                    committed[i] = self._commit(s, p, records[i])
+                else:
+                    saves.append((i, write))
             except SyncError as exc:
-                entries += self._audit_entries(s, p, records[i], "failed", error=f"{type(exc).__name__}: {exc}")
-                results[i] = exc
+                committed[i] = exc
+        if saves:  # the links of the pass together: a transaction per 100 rows instead of one per link
+            for (i, _), saved in zip(saves, self.links.save_many([w for _, w in saves]), strict=True):
+                committed[i] = saved
+        for i in records:
+            s, p = items[i]
+            outcome = failed.get(i) or committed.get(i)
+            if isinstance(outcome, SyncError):
+                entries += self._audit_entries(s, p, records[i], "failed",
+                                               error=f"{type(outcome).__name__}: {outcome}")
+                results[i] = outcome
                 continue
             entries += self._audit_entries(s, p, records[i], "applied")
-            results[i] = Outcome(s.mailbox, p, True, link, records[i])
+            results[i] = Outcome(s.mailbox, p, True, outcome, records[i])
         if entries:
             self.audit.write(entries)
         return [r if r is not None else SyncError("not executed") for r in results]
@@ -300,7 +315,7 @@ class Engine:
 
     def _stamp(self, mailbox: str, record: SideRecord, other_id: str) -> SideRecord:
         """Stamp the link marker on the source record after a create; best effort (the marker is for recovery)."""
-        if record.marker == other_id:
+        if record.marker == other_id or not self.sides[record.side].carries_markers:
             return record
         try:
             return self.sides[record.side].update(
@@ -311,12 +326,23 @@ class Engine:
             return record
 
     def _commit(self, s: Situation, p: Plan, records: dict[Side, SideRecord | None]) -> Link | None:
+        write = self._link_write(s, p, records)
+        if write is not None:
+            return self.links.save(write.link, previous=write.previous, absorb=write.absorb)
         if p.link_after is LinkAfter.KEEP:
             return s.link
         if p.link_after is LinkAfter.REMOVE:
             if s.link is not None:
                 with contextlib.suppress(NotFound):
                     self.links.delete(s.link)
+            return None
+        raise AssertionError("unreachable: _link_write covers every other link_after")
+
+    def _link_write(self, s: Situation, p: Plan, records: dict[Side, SideRecord | None],
+                    created: set[str] | frozenset[str] = frozenset()) -> LinkWrite | None:
+        """The link the plan leaves behind, as a save; None when the plan keeps or removes the link instead.
+        ``created``: ids this plan just created (no link can hold them, so no tombstone lookup for them)."""
+        if p.link_after in (LinkAfter.KEEP, LinkAfter.REMOVE):
             return None
         m, f = records[Side.M365], records[Side.SALESFORCE]
         if p.state is LinkState.DETACHED:  # a tombstone remembers only the copy the plan keeps
@@ -336,15 +362,21 @@ class Engine:
             synced_at=self.clock(),
             reason=p.reason[:500],
         )
-        return self.links.save(link, previous=s.link, absorb=self._tombstones_for(s.link, link))
+        return LinkWrite(link, s.link, self._tombstones_for(s, link, created))
 
-    def _tombstones_for(self, previous: Link | None, link: Link) -> list[Link]:
+    def _tombstones_for(self, s: Situation, link: Link, created: set[str] | frozenset[str]) -> list[Link]:
         """Detached links holding one of the new link's ids are replaced in the same transaction (a deleted contact's
-        survivor was matched again)."""
+        survivor was matched again). Not looked up: ids this plan created, and the situation's own records when it
+        had no link (their lookup found none when the situation was read; a link written since makes the save fail
+        with AlreadyExists, which is re-decided)."""
+        previous = s.link
+        known_free = set(created)
+        if previous is None:
+            known_free |= {r.id for r in (s.m365, s.sf) if r is not None}
         out: list[Link] = []
         for side in (Side.M365, Side.SALESFORCE):
             item_id = link.id_on(side)
-            if item_id and (previous is None or previous.id_on(side) != item_id):
+            if item_id and item_id not in known_free and (previous is None or previous.id_on(side) != item_id):
                 existing = self.links.get(link.mailbox, side, item_id)
                 if existing is not None and existing.state is LinkState.DETACHED:
                     out.append(existing)

@@ -22,6 +22,7 @@ Every port raises only ``sync.errors`` types.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal, Protocol
@@ -100,6 +101,7 @@ class ContactSide(Protocol):
     """
 
     side: Side
+    carries_markers: bool  # False: this side cannot store the other side's id (create/update ignore ``marker``)
 
     def get(self, mailbox: str, item_id: str) -> SideRecord | None: ...
 
@@ -182,6 +184,15 @@ def row_key(side: Side, item_id: str) -> str:
     return f"{'m365' if side is Side.M365 else 'sf'}|{item_id}"
 
 
+@dataclass(frozen=True)
+class LinkWrite:
+    """One ``save`` of a ``save_many``."""
+
+    link: Link
+    previous: Link | None = None
+    absorb: Sequence[Link] = ()
+
+
 class LinkStore(Protocol):
     """Links per mailbox. ``save`` writes all rows of a link in one transaction.
 
@@ -190,12 +201,15 @@ class LinkStore(Protocol):
     link no longer has. ``absorb`` lists other links (read with their etags) whose rows the same transaction removes
     (a tombstone giving way to a new link). ``delete`` is guarded the same way. ``mailboxes_of`` answers which
     mailboxes hold a link to a Salesforce id (an index, refreshed after each save; a stale answer only costs a lookup
-    that finds nothing).
+    that finds nothing). ``save_many`` is ``save`` for many links of one mailbox, packed into few transactions:
+    one result per item, in order (the saved link, or the typed error of that item).
     """
 
     def get(self, mailbox: str, side: Side, item_id: str) -> Link | None: ...
 
     def save(self, link: Link, *, previous: Link | None, absorb: Sequence[Link] = ()) -> Link: ...
+
+    def save_many(self, items: Sequence[LinkWrite]) -> list[Link | SyncError]: ...
 
     def delete(self, link: Link) -> None: ...
 

@@ -525,6 +525,7 @@ class GraphContactSide:
     """
 
     side = Side.M365
+    carries_markers = True  # a single-value extended property (graph.md §2.4)
 
     def __init__(
         self,

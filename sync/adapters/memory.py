@@ -26,6 +26,7 @@ from sync.ports import (
     CreateRequest,
     Link,
     LinkState,
+    LinkWrite,
     MailboxJob,
     ReconcileJob,
     SideRecord,
@@ -85,6 +86,7 @@ class MemorySide:
         lengths: Mapping[str, int] = DEFAULT_SALESFORCE_LENGTHS,
     ) -> None:
         self.side = side
+        self.carries_markers = True
         self._clock = clock or LogicalClock()
         self._field_map = field_map or FieldMap()
         self._lengths = lengths
@@ -321,6 +323,15 @@ class MemoryLinkStore:
         current = self._rows.get((link.mailbox, row_key))
         if current is None or str(current[1]) != expected:
             raise PreconditionFailed("link changed since it was read", item_id=row_key)
+
+    def save_many(self, items: Sequence[LinkWrite]) -> list[Link | SyncError]:
+        out: list[Link | SyncError] = []
+        for w in items:
+            try:
+                out.append(self.save(w.link, previous=w.previous, absorb=w.absorb))
+            except SyncError as exc:
+                out.append(exc)
+        return out
 
     def save(self, link: Link, *, previous: Link | None, absorb: Sequence[Link] = ()) -> Link:
         self._enter()

@@ -454,6 +454,7 @@ class SalesforceContactSide:
         self._version = api_version
         self._field_map = field_map or FieldMap()
         self._marker_field = marker_field
+        self.carries_markers = bool(marker_field)  # the Outlook id needs a Contact text field (SF_OUTLOOK_ID_FIELD)
         self._create_accounts = create_missing_accounts
         self._lengths: Mapping[str, int] = dict(lengths or DEFAULT_SALESFORCE_LENGTHS)
         self._describe_pending = use_describe_lengths and lengths is None

@@ -18,7 +18,9 @@ Key characters forbidden by Table Storage (``/ \\ # ?``, control characters) are
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -33,6 +35,8 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline import PipelineRequest
+from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
 from sync.errors import (
@@ -46,12 +50,49 @@ from sync.errors import (
     Transient,
 )
 from sync.policy import Side
-from sync.ports import AuditEntry, Link, MailboxJob, ReconcileJob, StoredSubscription, row_key
+from sync.ports import AuditEntry, Link, LinkWrite, MailboxJob, ReconcileJob, StoredSubscription, row_key
 
 _T = TypeVar("_T")
 MAX_TRANSACTION = 100  # entity group transaction limit (azure.md §4.2); the SDK does not check it
 INDEX_PARTITION = "~sf"
 _FORBIDDEN = set("/\\#?%") | {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
+
+
+class RequestCounts(SansIOHTTPPolicy[Any, Any]):
+    """Table Storage requests sent by this process, by kind (``transaction``, ``query``, ``read``, ``write``,
+    ``delete``, ``table``), counted once per request (retries included): what benchmarks compare with the
+    theoretical minimum. A pipeline policy (azure-core's documented extension point), not a wrapper."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def on_request(self, request: PipelineRequest[Any]) -> None:
+        http = request.http_request
+        path = http.url.split("?", 1)[0].rsplit("/", 1)[-1]
+        if path == "$batch":
+            kind = "transaction"
+        elif path.startswith("Tables"):
+            kind = "table"
+        elif http.method == "GET":
+            kind = "read" if "PartitionKey=" in path else "query"
+        elif http.method == "DELETE":
+            kind = "delete"
+        else:
+            kind = "write"
+        with self._lock:
+            self.counts[kind] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.counts.clear()
+
+
+REQUESTS = RequestCounts()  # every TableStorage of this process counts here
 
 
 def escape_key(text: str) -> str:
@@ -126,6 +167,57 @@ class TableLinkStore:
         return self._from_entity(entity, key)
 
     def save(self, link: Link, *, previous: Link | None, absorb: Sequence[Link] = ()) -> Link:
+        ops = self._ops(link, previous, absorb)
+        result = _call(lambda: self._table.submit_transaction(ops), link.primary_key())
+        saved = self._saved(link, ops, result)
+        self._reindex(link, previous, absorb)
+        return saved
+
+    def save_many(self, items: Sequence[LinkWrite]) -> list[Link | SyncError]:
+        """Many saves of one partition packed into transactions of up to 100 operations (azure.md §4.2). A
+        transaction is all or nothing: when one fails, its saves are sent again one by one, so each item gets its
+        own result. Then the Salesforce-id index rows, 100 upserts per transaction."""
+        out: list[Link | SyncError | None] = [None] * len(items)
+        planned: list[tuple[int, list[Any]]] = []
+        for i, w in enumerate(items):
+            try:
+                planned.append((i, self._ops(w.link, w.previous, w.absorb)))
+            except ValueError as exc:
+                out[i] = BadData(str(exc), code="BAD_LINK", side="tables")
+        chunk: list[tuple[int, list[Any]]] = []
+        rows: set[tuple[str, str]] = set()
+        chunks: list[list[tuple[int, list[Any]]]] = []
+        for i, ops in planned:
+            keys = {(op[1]["PartitionKey"], op[1]["RowKey"]) for op in ops}
+            partition = items[i].link.mailbox
+            if chunk and (sum(len(o) for _, o in chunk) + len(ops) > MAX_TRANSACTION or keys & rows
+                          or items[chunk[0][0]].link.mailbox != partition):
+                chunks.append(chunk)
+                chunk, rows = [], set()
+            chunk.append((i, ops))
+            rows |= keys
+        if chunk:
+            chunks.append(chunk)
+        for group in chunks:
+            ops = [op for _, o in group for op in o]
+            try:
+                result = self._table.submit_transaction(ops)
+            except (AzureError, TableTransactionError):
+                for i, _ in group:  # find which save failed: each on its own
+                    w = items[i]
+                    try:
+                        out[i] = self.save(w.link, previous=w.previous, absorb=w.absorb)
+                    except SyncError as exc:
+                        out[i] = exc
+                continue
+            at = 0
+            for i, o in group:
+                out[i] = self._saved(items[i].link, o, result[at:at + len(o)])
+                at += len(o)
+            self._reindex_many([items[i] for i, _ in group])
+        return [r if r is not None else SyncError("not saved") for r in out]
+
+    def _ops(self, link: Link, previous: Link | None, absorb: Sequence[Link]) -> list[Any]:
         new_keys = link.row_keys()
         if not new_keys:
             raise ValueError("a link needs at least one id")
@@ -148,17 +240,34 @@ class TableLinkStore:
                 else:
                     ops.append(("upsert", self._entity(link, key), {"mode": UpdateMode.REPLACE}))
         ops += [("create", self._entity(link, k)) for k in new_keys if k not in old_keys]
-        result = _call(lambda: self._table.submit_transaction(ops), link.primary_key())
+        return ops
+
+    @staticmethod
+    def _saved(link: Link, ops: Sequence[Any], result: Sequence[Any]) -> Link:
         primary = escape_key(link.primary_key())
         # results come back in operation order, each write with its new ETag
         etag = next((r.get("etag") for op, r in zip(ops, result, strict=True) if op[1]["RowKey"] == primary), None)
         if etag is None:
             raise PreconditionFailed("the link row returned no ETag", item_id=link.primary_key())
-        saved = link.model_copy(update={"etag": f"{link.primary_key()}\n{etag}"})
+        return link.model_copy(update={"etag": f"{link.primary_key()}\n{etag}"})
+
+    def _reindex(self, link: Link, previous: Link | None, absorb: Sequence[Link]) -> None:
         for old in ([previous] if previous is not None else []) + list(absorb):
             self._index_removed(old, link)
         self._index(link)
-        return saved
+
+    def _reindex_many(self, writes: Sequence[LinkWrite]) -> None:
+        """Index rows of saved links: removals one by one (rare), new rows in transactions of 100 upserts."""
+        rows: dict[str, dict[str, Any]] = {}
+        for w in writes:
+            for old in ([w.previous] if w.previous is not None else []) + list(w.absorb):
+                self._index_removed(old, w.link)
+            if w.link.sf_id:  # refreshed on every save, as ``save`` does (repairs a row a crash left out)
+                key = escape_key(f"{w.link.sf_id}|{w.link.mailbox}")
+                rows[key] = {"PartitionKey": INDEX_PARTITION, "RowKey": key, "Mailbox": w.link.mailbox}
+        for part in _chunks(list(rows.values())):
+            ops = [("upsert", row, {"mode": UpdateMode.REPLACE}) for row in part]
+            _call(lambda ops=ops: self._table.submit_transaction(ops), "index")  # type: ignore[misc]
 
     def _index_removed(self, old: Link, link: Link) -> None:
         if old.sf_id and old.sf_id != link.sf_id:
@@ -396,9 +505,9 @@ class TableStorage:
 
     @classmethod
     def from_connection_string(cls, conn: str, prefix: str = "sync") -> TableStorage:
-        return cls(TableServiceClient.from_connection_string(conn), prefix)
+        return cls(TableServiceClient.from_connection_string(conn, per_call_policies=[REQUESTS]), prefix)
 
     @classmethod
     def from_endpoint(cls, endpoint: str, credential: Any, prefix: str = "sync") -> TableStorage:
         """Identity-based access (``AzureWebJobsStorage__tableServiceUri`` + a TokenCredential)."""
-        return cls(TableServiceClient(endpoint, credential=credential), prefix)
+        return cls(TableServiceClient(endpoint, credential=credential, per_call_policies=[REQUESTS]), prefix)

@@ -15,7 +15,7 @@ from sync.adapters.memory import MemoryLinkStore
 from sync.adapters.tables import TableStorage
 from sync.errors import AlreadyExists, NotFound, PreconditionFailed
 from sync.policy import Side
-from sync.ports import Link, LinkState, LinkStore
+from sync.ports import Link, LinkState, LinkStore, LinkWrite
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 MAILBOX = "rep@contoso.com"
@@ -155,3 +155,30 @@ def test_save_can_absorb_a_tombstone_in_the_same_transaction(store: LinkStore) -
         fresh = store.get(MAILBOX, Side.M365, "first")
         assert fresh is not None
         store.save(new_link(m365_id="x", sf_id="003A000000000008AA"), previous=None, absorb=[tomb])
+
+
+def test_save_many_packs_saves_and_reports_each_item(store: LinkStore) -> None:
+    existing = store.save(new_link(m365_id="taken", sf_id="003A00000000TAKEN"), previous=None)
+    stale = store.save(new_link(m365_id="stale", sf_id="003A00000000STALE"), previous=None)
+    store.save(stale.model_copy(update={"reason": "someone else wrote"}), previous=stale)
+    writes = [LinkWrite(new_link(m365_id=f"m{i}", sf_id=f"003A{i:014d}")) for i in range(120)]
+    writes.insert(7, LinkWrite(new_link(m365_id="other", sf_id="003A00000000TAKEN")))  # a row that exists
+    writes.insert(70, LinkWrite(stale.model_copy(update={"reason": "late"}), previous=stale))  # lost update
+    writes.append(LinkWrite(existing.model_copy(update={"reason": "renewed"}), previous=existing))
+    results = store.save_many(writes)
+    assert len(results) == len(writes)
+    assert isinstance(results[7], AlreadyExists) and isinstance(results[70], PreconditionFailed)
+    ok = [r for r in results if isinstance(r, Link)]
+    assert len(ok) == 121 and all(r.etag for r in ok)
+    for i in (0, 60, 119):
+        got = store.get(MAILBOX, Side.SALESFORCE, f"003A{i:014d}")
+        assert got is not None and got.m365_id == f"m{i}"
+        assert MAILBOX in store.mailboxes_of(f"003A{i:014d}")
+    renewed = store.get(MAILBOX, Side.M365, "taken")
+    assert renewed is not None and renewed.reason == "renewed"
+    assert store.get(MAILBOX, Side.M365, "other") is None
+    # the returned etags guard the next write, as save's do
+    again = results[-1]
+    assert isinstance(again, Link)
+    store.save(again.model_copy(update={"reason": "third"}), previous=again)
+    assert len(list(store.list(MAILBOX))) == 122  # taken, stale and the 120 new ones

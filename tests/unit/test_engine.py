@@ -207,6 +207,18 @@ def test_reconcile_re_decides_when_a_worker_linked_the_contact_first() -> None:
     assert len(w.m365.snapshot()) == 1 and w.links.get(ANN, Side.SALESFORCE, sf_id) is not None
 
 
+def test_no_marker_stamp_is_sent_to_a_side_that_cannot_carry_it() -> None:
+    w = world()
+    w.m365.carries_markers = False  # e.g. Salesforce without SF_OUTLOOK_ID_FIELD
+    sf_ids = [w.sf.user_create(ANN, Contact(last_name=f"L{i}", emails=[f"l{i}@example.com"])) for i in range(3)]
+    m_id = w.m365.user_create(ANN, Contact(last_name="Out", emails=["out@example.com"]))
+    w.hint_m365(m_id)  # one by one: Outlook -> Salesforce create
+    reconcile_mailbox(w.engine, ANN)  # in bulk: Salesforce -> Outlook creates
+    assert [x.op for x in w.m365.writes] == ["create"] * 3  # no update that would only stamp a marker
+    assert len(list(w.links.list(ANN))) == 4
+    assert all(w.links.get(ANN, Side.SALESFORCE, i) is not None for i in sf_ids)
+
+
 def test_delta_reconcile_starts_full_then_reads_only_what_changed() -> None:
     w = world()
     cps = MemoryCheckpoints()
