@@ -122,6 +122,14 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
     return report
 
 
+def _at_link_version(engine: Engine, mailbox: str, record: SideRecord) -> bool:
+    link = engine.links.get(mailbox, record.side, record.id)
+    if link is None or link.state is not LinkState.LINKED or not record.version:
+        return False
+    version = link.m365_version if record.side is Side.M365 else link.sf_version
+    return version == record.version
+
+
 def _apply(engine: Engine, mailbox: str, plans: list[tuple[Situation, Plan]], report: ReconcileReport) -> None:
     """Execute the plans in bulk; a plan that lost a race is read and decided again; errors go to the report."""
     for (s, p), result in zip(plans, engine.execute_many(mailbox, plans), strict=True):
@@ -167,7 +175,10 @@ def reconcile_mailbox_delta(
             if side is Side.SALESFORCE:
                 # the Salesforce feed is org-wide: a removal concerns this mailbox only if the contact is linked here
                 removed = tuple(i for i in removed if engine.links.get(mailbox, side, i) is not None)
-            for item_id in [*(r.id for r in page.records), *removed]:
+            # a record at the version its link was saved with has not changed since we synced it (our own write
+            # coming back, or a row the feed reports again): nothing to read or decide, no API call
+            fresh = [r.id for r in page.records if not _at_link_version(engine, mailbox, r)]
+            for item_id in [*fresh, *removed]:
                 hints.setdefault((side, item_id), ContactChange(
                     source=side, item_id=item_id, mailbox=mailbox if side is Side.M365 else None))
             last = page.checkpoint or last

@@ -350,11 +350,15 @@ class _Watermark:
     stamp: datetime
     ids: frozenset[str]
 
-    MAX_IDS = 500  # beyond this the ids are dropped (those rows are reported again: at-least-once)
+    MAX_IDS = 500  # beyond this (a bulk load in one second) the stamp moves 1 ms past them instead, see dump
 
     def dump(self) -> str:
-        ids = sorted(self.ids) if len(self.ids) <= self.MAX_IDS else []
-        raw = json.dumps({"v": 1, "wm": _soql_datetime(self.stamp), "ids": ids}, separators=(",", ":"))
+        stamp, ids = self.stamp, sorted(self.ids)
+        if len(ids) > self.MAX_IDS:
+            # every row at this stamp was reported: step past it rather than report them all again on every run
+            # (only a row committed later with this very stamp would be missed; CDC and the weekly full pass see it)
+            stamp, ids = stamp + timedelta(milliseconds=1), []
+        raw = json.dumps({"v": 1, "wm": _soql_datetime(stamp), "ids": ids}, separators=(",", ":"))
         return base64.urlsafe_b64encode(raw.encode()).decode()
 
     @classmethod
@@ -877,10 +881,15 @@ class SalesforceContactSide:
     # --- change feed ------------------------------------------------------------------------------------------
     def _head(self) -> _Watermark:
         """The newest SystemModstamp in the org (deleted rows too), taken before a full listing."""
+        limit = _Watermark.MAX_IDS + 1
         rows = next(self._query_pages("SELECT Id, SystemModstamp FROM Contact ORDER BY SystemModstamp DESC, Id "
-                                      "LIMIT 200", include_deleted=True), [])
+                                      f"LIMIT {limit}", include_deleted=True), [])
         stamps = [(str(r["Id"]), _parse_dt(r["SystemModstamp"]) or _EPOCH) for r in rows]
-        return _Watermark(_EPOCH, frozenset()).advanced(stamps)
+        mark = _Watermark(_EPOCH, frozenset()).advanced(stamps)
+        if len(rows) == limit and len(mark.ids) == limit:
+            # more rows than we keep share the newest stamp: the full listing after this reports all of them
+            return _Watermark(mark.stamp + timedelta(milliseconds=1), frozenset())
+        return mark
 
     def changes(self, mailbox: str, checkpoint: str | None) -> Iterator[ChangePage]:
         uid = self.user_of(mailbox)

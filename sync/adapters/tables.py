@@ -36,7 +36,6 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.core.pipeline import PipelineRequest
-from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
 from sync.errors import (
@@ -58,16 +57,17 @@ INDEX_PARTITION = "~sf"
 _FORBIDDEN = set("/\\#?%") | {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
 
 
-class RequestCounts(SansIOHTTPPolicy[Any, Any]):
+class RequestCounts:
     """Table Storage requests sent by this process, by kind (``transaction``, ``query``, ``read``, ``write``,
     ``delete``, ``table``), counted once per request (retries included): what benchmarks compare with the
-    theoretical minimum. A pipeline policy (azure-core's documented extension point), not a wrapper."""
+    theoretical minimum. Installed as azure-core's ``raw_request_hook`` (the tables client builds its own policy
+    list and ignores ``per_call_policies``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
 
-    def on_request(self, request: PipelineRequest[Any]) -> None:
+    def __call__(self, request: PipelineRequest[Any]) -> None:
         http = request.http_request
         path = http.url.split("?", 1)[0].rsplit("/", 1)[-1]
         if path == "$batch":
@@ -505,9 +505,9 @@ class TableStorage:
 
     @classmethod
     def from_connection_string(cls, conn: str, prefix: str = "sync") -> TableStorage:
-        return cls(TableServiceClient.from_connection_string(conn, per_call_policies=[REQUESTS]), prefix)
+        return cls(TableServiceClient.from_connection_string(conn, raw_request_hook=REQUESTS), prefix)
 
     @classmethod
     def from_endpoint(cls, endpoint: str, credential: Any, prefix: str = "sync") -> TableStorage:
         """Identity-based access (``AzureWebJobsStorage__tableServiceUri`` + a TokenCredential)."""
-        return cls(TableServiceClient(endpoint, credential=credential, per_call_policies=[REQUESTS]), prefix)
+        return cls(TableServiceClient(endpoint, credential=credential, raw_request_hook=REQUESTS), prefix)

@@ -268,3 +268,19 @@ def test_calls_carry_the_client_name_as_change_origin(h: SalesforceHarness) -> N
     created = h.side.create(MAILBOX, ADA)
     events = [e for e in h.emu.events() if created.id in e["header"]["recordIds"]]
     assert events and events[-1]["header"]["changeOrigin"].endswith(";client=m365-sync")
+
+
+def test_change_feed_steps_past_a_bulk_load_sharing_one_stamp_instead_of_reporting_it_forever(
+        h: SalesforceHarness) -> None:
+    owner = h.users[MAILBOX]
+    h.emu.bulk_create_contacts([{"LastName": f"Bulk{i}", "Email": f"b{i}@example.com", "OwnerId": owner}
+                                for i in range(700)], as_user=owner)  # one transaction: one SystemModstamp
+    first = list(h.side.changes(MAILBOX, None))
+    assert first[-1].full and sum(len(p.records) for p in first) == 700
+    checkpoint = first[-1].checkpoint
+    again = list(h.side.changes(MAILBOX, checkpoint))
+    assert sum(len(p.records) + len(p.removed) for p in again) == 0  # not the 700 once more
+    edited = next(iter(first[0].records)).id
+    h.user_edit(edited, {"job_title": "CTO"})
+    after = list(h.side.changes(MAILBOX, again[-1].checkpoint))
+    assert [r.id for p in after for r in p.records] == [edited]
