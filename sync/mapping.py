@@ -61,7 +61,12 @@ class Truncation:
 def _text(value: Any) -> str | None:
     if value is None:
         return None
-    return value if isinstance(value, str) else str(value)
+    text = value if isinstance(value, str) else str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: legal as a JSON escape, not as text (hashing and writes break)
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")  # each one becomes U+FFFD
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- Graph

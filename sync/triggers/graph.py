@@ -9,7 +9,7 @@ The webhook does no Graph or Salesforce I/O (Graph wants an answer within 3 s): 
 subscription (one Table point read per subscription id), compares the sha256 digest of the item's clientState with
 the stored digest in constant time, and enqueues one ``ContactChange(source=m365, mailbox, id)`` per distinct contact
 (the mailbox comes from the stored subscription, never from the payload). Items of unknown subscriptions, with a
-wrong clientState or without a contact id are dropped and counted (``COUNTERS``, one WARNING line with the
+wrong clientState or without a (well-formed) contact id are dropped and counted (``COUNTERS``, one WARNING line with the
 subscription id); the answer is 202 whatever the mix, so a caller learns nothing about our subscriptions.
 Bad JSON (or no ``value`` list) is 400, a body over 1 MiB is 413.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,20 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 COUNTERS: Counter[str] = Counter()  # per process: accepted, unknown_subscription, bad_client_state, invalid
 RENEW_WITHIN = timedelta(days=1)
+# Graph subscription ids are GUIDs: anything else is counted invalid without a storage read or a log of its text.
+_SUBSCRIPTION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+MAX_CONTACT_ID = 1024  # Graph contact ids are about 150 characters; a longer one would not fit a queue message
+
+
+def _text(value: object) -> str | None:
+    """``value`` if it is a non-empty string that UTF-8 can encode (JSON escapes can carry lone surrogates)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 class BadPayload(ValueError):
@@ -57,7 +72,7 @@ class BadPayload(ValueError):
 def _items(body: bytes) -> list[Mapping[str, Any]]:
     try:
         doc = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the decoder's recursion limit
         raise BadPayload("body is not JSON") from exc
     value = doc.get("value") if isinstance(doc, dict) else None
     if not isinstance(value, list):
@@ -80,17 +95,16 @@ def check_items(items: list[Mapping[str, Any]], subscriptions: SubscriptionStore
     cache: dict[str, StoredSubscription | None] = {}
     for item in items:
         sub_id = item.get("subscriptionId")
-        if not isinstance(sub_id, str) or not sub_id:
+        if not isinstance(sub_id, str) or not _SUBSCRIPTION_ID.fullmatch(sub_id):
             out.dropped["invalid"] += 1
             continue
         if sub_id not in cache:
             cache[sub_id] = subscriptions.get(sub_id)
         stored = cache[sub_id]
-        state = item.get("clientState")
         if stored is None:
             out.dropped["unknown_subscription"] += 1
             logger.warning("notification for unknown subscription %s dropped", sub_id[:64])
-        elif not client_state_matches(state if isinstance(state, str) else None, stored.client_state_digest):
+        elif not client_state_matches(_text(item.get("clientState")), stored.client_state_digest):
             out.dropped["bad_client_state"] += 1
             logger.warning("notification with a wrong clientState for subscription %s dropped", sub_id)
         else:
@@ -100,6 +114,11 @@ def check_items(items: list[Mapping[str, Any]], subscriptions: SubscriptionStore
 
 
 def _contact_id(item: Mapping[str, Any]) -> str | None:
+    found = _raw_contact_id(item)
+    return found if found is not None and len(found) <= MAX_CONTACT_ID and _text(found) else None
+
+
+def _raw_contact_id(item: Mapping[str, Any]) -> str | None:
     data = item.get("resourceData")
     if isinstance(data, Mapping) and isinstance(data.get("id"), str) and data["id"]:
         return str(data["id"])

@@ -51,7 +51,7 @@ class BadRequest(ValueError):
 def parse_request(body: bytes, scope: tuple[str, ...]) -> tuple[list[str], Literal["delta", "full"], bool, bool]:
     try:
         doc = json.loads(body or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the decoder's recursion limit
         raise BadRequest("body is not JSON") from None
     if not isinstance(doc, dict):
         raise BadRequest("body must be a JSON object")

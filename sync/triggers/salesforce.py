@@ -4,7 +4,8 @@ Functions:
     salesforce_events     POST /api/salesforce/events (anonymous; HMAC-SHA256 over "<timestamp>.<body>" in
                           X-Sync-Signature, Unix time in X-Sync-Timestamp, 300 s replay window): one hint per record
                           id -> 202 ``{"accepted": n}``; bad or missing signature, stale timestamp, or no
-                          EVENTS_HMAC_SECRET configured -> 401; signed but malformed -> 400; over 1 MiB -> 413
+                          EVENTS_HMAC_SECRET configured -> 401; signed but malformed (not change events, a record
+                          id that is not a Salesforce id) -> 400 and nothing enqueued; over 1 MiB -> 413
     salesforce_cdc_pull   %CDC_PULL_SCHEDULE%: one bounded Pub/Sub pull from the stored replay id (at most
                           ``PULL_MAX_SECONDS``, ends early after ``PULL_IDLE_SECONDS`` without events), hints to
                           ``contact-changes``, GAP_OVERFLOW / replay-rejected -> reconciles to ``reconcile``
@@ -13,12 +14,13 @@ Functions:
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 
 import azure.functions as func
 
 from sync import bootstrap
-from sync.errors import SyncError
+from sync.errors import BadData, SyncError
 from sync.triggers.errors import describe, http_response, json_response
 from sync.triggers.http import MAX_EVENTS_BODY, bounded_body
 
@@ -30,6 +32,7 @@ REPLAY_WINDOW_S = 300.0
 PULL_MAX_SECONDS = 20.0  # well inside a 30 s schedule; the timer never overlaps itself (azure.md §1.2)
 PULL_MAX_EVENTS = 2000
 PULL_IDLE_SECONDS = 3.0
+_RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
 
 
 def accept_events(root: bootstrap.Root, body: bytes, headers: dict[str, str], now: datetime) -> int:
@@ -38,7 +41,16 @@ def accept_events(root: bootstrap.Root, body: bytes, headers: dict[str, str], no
     secret = root.events_secret
     if not secret:
         raise BadSignature("the events relay is not enabled (EVENTS_HMAC_SECRET is not set)", side="salesforce")
-    hints = parse_signed_events(body, headers, secret, now, window_s=REPLAY_WINDOW_S)
+    try:
+        hints = parse_signed_events(body, headers, secret, now, window_s=REPLAY_WINDOW_S)
+    except OverflowError as exc:  # a well-signed timestamp too far out to compare with the clock
+        raise BadSignature("signature timestamp outside the replay window", side="salesforce") from exc
+    except (TypeError, RecursionError) as exc:  # well signed, but e.g. recordIds is not a list, or absurdly nested
+        raise BadData("pushed change events are malformed", code="BAD_EVENTS", side="salesforce") from exc
+    # every id is checked before any hint is sent: a refused batch enqueues nothing
+    bad = sum(1 for hint in hints if not _RECORD_ID.fullmatch(hint.item_id))
+    if bad:
+        raise BadData(f"{bad} record id(s) are not Salesforce ids", code="BAD_EVENTS", side="salesforce")
     for hint in hints:
         root.contact_queue.send(hint)
     return len(hints)
