@@ -36,6 +36,11 @@ def main() -> int:
           f"min {times[0] * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms")
     print(f"modules loaded by the import: {len(modules)}")
     print(f"SDK modules loaded: {len(sdk)}" + (": " + ", ".join(sdk) if sdk else " (none)"))
+    from bench.results import record
+
+    record("import_time", {"median_ms": round(times[len(times) // 2] * 1000, 1), "min_ms": round(times[0] * 1000, 1),
+                           "max_ms": round(times[-1] * 1000, 1), "modules": len(modules), "sdk_modules": sdk,
+                           "target": "< 300 ms, no SDK module"})
     return 0
 
 

@@ -6,9 +6,9 @@ single ``FunctionApp`` in the module (azure.md §1.1) and reads the library's ow
 
 Public API:
 - ``LocalHost(app, *, port=0, host_json=None, settings=None, settings_file=None, host_key=None, master_key=None,
-  function_keys=None, enforce_auth=True)`` with ``start()``, ``stop()``, context manager, ``base_url``, ``port``,
-  ``host_key``, ``master_key``, ``functions``, ``invocations``, ``wait_idle(timeout)``, ``fire_timer(name)``,
-  ``invoke(name, input)``.
+  function_keys=None, enforce_auth=True, message_lease_s=600)`` with ``start()``, ``stop()``, context manager,
+  ``base_url``, ``port``, ``host_key``, ``master_key``, ``functions``, ``invocations``, ``wait_idle(timeout)``,
+  ``fire_timer(name)``, ``invoke(name, input)``.
 - ``python -m emulators.host --app function_app --port 7071 [--settings local.settings.json]``.
 
 What it does (see docs/local-host.md for the mapping to Core Tools and what is not emulated):
@@ -106,12 +106,14 @@ class HostError(RuntimeError):
 
 @dataclass(frozen=True)
 class InvocationStats:
-    """Per-function counters. ``failed`` counts failed invocations; ``poisoned`` messages moved to ``-poison``."""
+    """Per-function counters. ``failed`` counts failed invocations; ``poisoned`` messages moved to ``-poison``;
+    ``redelivered`` messages received again (``dequeue_count > 1``: after a failure, or after a lease ran out)."""
 
     started: int = 0
     succeeded: int = 0
     failed: int = 0
     poisoned: int = 0
+    redelivered: int = 0
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,7 @@ class LocalHost:
         function_keys: Mapping[str, str | Iterable[str]] | None = None,
         enforce_auth: bool = True,
         workers: int = 32,
+        message_lease_s: float = PROCESSING_VISIBILITY_SECONDS,
     ) -> None:
         self._app_source = app
         self._requested_port = port
@@ -273,6 +276,10 @@ class LocalHost:
         }
         self.enforce_auth = enforce_auth
         self._workers = workers
+        # How long a received message stays invisible while it is processed. The runtime holds it 10 minutes and
+        # renews the lease; a host killed mid-batch renews nothing, so its messages come back when this runs out.
+        # Tests that kill a host shorten it (``--message-lease``) to see the redelivery without waiting 10 minutes.
+        self.message_lease_s = message_lease_s
 
         self.functions: dict[str, FunctionSpec] = {}
         self.queue_options = QueueOptions()
@@ -656,7 +663,7 @@ class LocalHost:
                     client.receive_messages(
                         messages_per_page=options.batch_size,
                         max_messages=options.batch_size,
-                        visibility_timeout=PROCESSING_VISIBILITY_SECONDS,
+                        visibility_timeout=max(1, math.ceil(self.message_lease_s)),
                     )
                 )
             except Exception as exc:  # noqa: BLE001 - keep polling; the storage emulator may be restarting
@@ -678,6 +685,8 @@ class LocalHost:
     def _process_message(self, trigger: _QueueTrigger, client: Any, message: Any) -> None:
         spec, options = trigger.spec, self.queue_options
         with self._busy_scope():
+            if message.dequeue_count > 1:
+                self._count(spec.name, redelivered=1)
             if message.dequeue_count > options.max_dequeue_count:
                 # e.g. the host died while processing: poison without another attempt, as the runtime does
                 self._poison(trigger, client, message)
@@ -1042,6 +1051,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host-key", default=os.environ.get("LOCAL_HOST_KEY"), help="default: generated")
     parser.add_argument("--master-key", default=os.environ.get("LOCAL_MASTER_KEY"), help="default: generated")
     parser.add_argument("--no-auth", action="store_true", help="do not enforce keys (like Core Tools locally)")
+    parser.add_argument(
+        "--message-lease", type=float, default=PROCESSING_VISIBILITY_SECONDS,
+        help="seconds a queue message stays invisible while processed; a killed host's messages reappear after it "
+        f"(default: {PROCESSING_VISIBILITY_SECONDS}, the runtime's 10 minutes)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
@@ -1059,6 +1073,7 @@ def main(argv: list[str] | None = None) -> int:
         host_key=args.host_key,
         master_key=args.master_key,
         enforce_auth=not args.no_auth,
+        message_lease_s=args.message_lease,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -2,6 +2,10 @@
 
 Throttling shapes follow ../shared/reference/graph.md §5 (429 body, integer Retry-After, 4 concurrent requests and
 10,000 requests per 10 minutes per app + mailbox) and §7.4 (the SDK retries 429/503/504, POST included).
+
+Besides counted rules (``throttle``, ``fail``) there are random rates for soak tests: ``throttle_rate`` (429 with
+``Retry-After``), ``unavailable_rate`` (503) and ``reset_rate`` (the connection is closed without an answer, before or
+after the request ran). Every injected fault is counted in ``Faults.injected`` by kind.
 """
 
 from __future__ import annotations
@@ -60,7 +64,21 @@ class Faults:
     notification_delay_s: float = 0.0
     # $batch: answer items in reverse order (§5 "Responses may come out of order").
     batch_reverse_responses: bool = True
+    # Random faults per request, probabilities in [0, 1]. Each request (and each $batch item, §5 "evaluated
+    # individually against throttling") may get 429 TooManyRequests with Retry-After: ``throttle_retry_after`` (§5),
+    # or 503 ServiceNotAvailable (§7.4: transient, retried by clients).
+    throttle_rate: float = 0.0
+    throttle_retry_after: int = 1
+    unavailable_rate: float = 0.0
+    # Connection reset: the server closes the socket (TCP RST) without answering. A share ``reset_after_share`` of them
+    # happen after the request ran: an ambiguous write (§7.4 "a 503 or 504 on a create may already have been
+    # executed" - a lost connection is the same for the client).
+    reset_rate: float = 0.0
+    reset_after_share: float = 0.5
     rules: list[FaultRule] = field(default_factory=list)
+    # Faults injected so far by kind: "429", "503", "reset.before", "reset.after", "notification.dropped",
+    # "notification.duplicated", "notification.reordered" (counted rules are in ``Counters.statuses``).
+    injected: Counter[str] = field(default_factory=Counter)
     seed: int = 0
     rng: random.Random = field(default_factory=random.Random, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -120,12 +138,38 @@ class Faults:
         with self._lock:
             return p > 0 and self.rng.random() < p
 
+    def count(self, kind: str, n: int = 1) -> None:
+        with self._lock:
+            self.injected[kind] += n
+
+    def roll_status(self) -> FaultRule | None:
+        """A random 429 (``throttle_rate``) or 503 (``unavailable_rate``) for one request, counted; or None."""
+        if self.chance(self.throttle_rate):
+            self.count("429")
+            return FaultRule(429, 0, retry_after=self.throttle_retry_after)
+        if self.chance(self.unavailable_rate):
+            self.count("503")
+            return FaultRule(503, 0, code="ServiceNotAvailable", message="The service is temporarily unavailable.")
+        return None
+
+    def roll_reset(self) -> str | None:
+        """``"before"`` / ``"after"``: drop this request's connection before or after running it (``reset_rate``)."""
+        if not self.chance(self.reset_rate):
+            return None
+        when = "after" if self.chance(self.reset_after_share) else "before"
+        self.count(f"reset.{when}")
+        return when
+
     def delay_for(self, mailbox: str | None) -> float:
         return self.mailbox_delay_s.get(mailbox, self.delay_s) if mailbox else self.delay_s
 
     def snapshot(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("_lock", "rng", "rules")} | {
-            "rules": [r.__dict__ for r in self.rules if r.remaining > 0]
+        with self._lock:
+            injected = dict(self.injected)
+        skip = ("_lock", "rng", "rules", "injected")
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in skip} | {
+            "rules": [r.__dict__ for r in self.rules if r.remaining > 0],
+            "injected": injected,
         }
 
 
@@ -136,11 +180,13 @@ class MailboxGate:
         self._lock = threading.Lock()
         self._in_flight: Counter[str] = Counter()
         self._peak: Counter[str] = Counter()
+        self._refused: Counter[str] = Counter()  # "<mailbox>|concurrency" / "<mailbox>|rate": requests over a limit
         self._recent: dict[str, deque[float]] = {}
 
     def enter(self, mailbox: str, limit: int) -> bool:
         with self._lock:
             if limit and self._in_flight[mailbox] >= limit:
+                self._refused[f"{mailbox}|concurrency"] += 1
                 return False
             self._in_flight[mailbox] += 1
             self._peak[mailbox] = max(self._peak[mailbox], self._in_flight[mailbox])
@@ -157,6 +203,7 @@ class MailboxGate:
             while q and q[0] <= now - window_s:
                 q.popleft()
             if limit and len(q) >= limit:
+                self._refused[f"{mailbox}|rate"] += 1
                 return True
             q.append(now)
             return False
@@ -169,6 +216,20 @@ class MailboxGate:
         """Highest number of requests ever admitted at once for this mailbox."""
         with self._lock:
             return self._peak[mailbox]
+
+    def refused(self, mailbox: str | None = None, limit: str | None = None) -> int:
+        """Requests refused because a client went over a §5 limit (``limit``: "concurrency" or "rate"; None = both):
+        a well-behaved client keeps this at 0."""
+        with self._lock:
+            return sum(n for key, n in self._refused.items()
+                       if (mailbox is None or key.rsplit("|", 1)[0] == mailbox)
+                       and (limit is None or key.rsplit("|", 1)[1] == limit))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._peak.clear()
+            self._refused.clear()
+            self._recent.clear()
 
 
 class Counters:
@@ -185,10 +246,20 @@ class Counters:
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, str]] = Counter()
         self.statuses: Counter[tuple[str, str, int]] = Counter()
+        self.http: Counter[str] = Counter()  # HTTP requests per mailbox ("-": $batch); batch items not counted
 
     def record(self, mailbox: str, endpoint: str) -> None:
         with self._lock:
             self.requests[(mailbox, endpoint)] += 1
+
+    def record_http(self, mailbox: str) -> None:
+        with self._lock:
+            self.http[mailbox] += 1
+
+    def http_requests(self, mailbox: str | None = None) -> int:
+        """HTTP requests the emulator answered (a ``$batch`` is one, under mailbox "-")."""
+        with self._lock:
+            return sum(n for m, n in self.http.items() if mailbox is None or m == mailbox)
 
     def record_status(self, mailbox: str, endpoint: str, status: int) -> None:
         with self._lock:
@@ -213,6 +284,7 @@ class Counters:
         with self._lock:
             self.requests.clear()
             self.statuses.clear()
+            self.http.clear()
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

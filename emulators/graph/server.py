@@ -7,9 +7,13 @@ docs/emulator-fidelity-graph.md.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import re
+import socket
+import struct
+import sys
 import threading
 import time
 import uuid
@@ -36,6 +40,10 @@ MIN_SUB_MINUTES = 45  # §4.2 "Any value under 45 minutes … is automatically s
 MAX_SUBS_PER_MAILBOX = 1000  # §4.1 quota
 LIFECYCLE_EVENTS = ("missed", "subscriptionRemoved", "reauthorizationRequired")  # §4.6
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+class ConnectionDropped(Exception):
+    """Close the client's connection without an answer (a TCP reset): ``faults.reset_rate``."""
 
 
 @dataclass
@@ -205,7 +213,7 @@ class GraphEmulator:
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> GraphEmulator:
         handler = type("Handler", (_Handler,), {"emulator": self})
-        self._server = ThreadingHTTPServer((self.host, self._port), handler)
+        self._server = _Server((self.host, self._port), handler)
         self._server.daemon_threads = True
         self._port = self._server.server_address[1]
         self.notifier.start()
@@ -440,14 +448,25 @@ class GraphEmulator:
         if self.require_auth and not req.headers.get("authorization", "").strip():
             # [OBSERVED-IN-WILD] Graph's answer to a missing token.
             return self._error(GraphError(401, "InvalidAuthenticationToken", "Access token is empty."), req)
+        # A random connection reset (faults.reset_rate): no answer at all, before or after the request ran.
+        drop = self.faults.roll_reset()
+        if drop == "before":
+            raise ConnectionDropped
+        resp = self._v1(req, segs)
+        if drop == "after":
+            raise ConnectionDropped
+        return resp
+
+    def _v1(self, req: Request, segs: list[str]) -> Response:
         if segs[1:] == ["$batch"]:
             self.counters.record("-", "$batch")
+            self.counters.record_http("-")
             resp = self._guarded(req, "-", "$batch", lambda: self._batch(req), gate=False)
             self.counters.record_status("-", "$batch", resp.status)
             return resp
         return self._api(req, segs[1:])
 
-    def _api(self, req: Request, segs: list[str]) -> Response:
+    def _api(self, req: Request, segs: list[str], *, in_batch: bool = False) -> Response:
         try:
             endpoint, params = route(req.method, segs)
             mailbox = self._mailbox_key(params)
@@ -455,6 +474,8 @@ class GraphEmulator:
             self.counters.record("-", "unknown")
             return self._error(e, req)
         self.counters.record(mailbox, endpoint)
+        if not in_batch:
+            self.counters.record_http(mailbox)
         resp = self._guarded(req, mailbox, endpoint, lambda: self._execute(endpoint, params, req), gate=True)
         self.counters.record_status(mailbox, endpoint, resp.status)
         return resp
@@ -481,6 +502,9 @@ class GraphEmulator:
                         {"Retry-After": str(max(1, int(self.faults.mailbox_rate_window_s / 60)))},
                     )
             rule = self.faults.take_rule(mailbox if mailbox != "-" else None, endpoint, after=False)
+            if rule:
+                raise self._rule_error(rule)
+            rule = self.faults.roll_status()  # random 429 with Retry-After / 503 (faults.throttle_rate ...), counted
             if rule:
                 raise self._rule_error(rule)
             delay = self.faults.delay_for(mailbox)
@@ -861,7 +885,7 @@ class GraphEmulator:
         else:
             data = json.dumps(payload).encode() if payload is not None else b""
         sub = Request(str(item.get("method") or "GET").upper(), path, query, raw, headers, data)
-        resp = self._api(sub, split_path(path)[1:])
+        resp = self._api(sub, split_path(path)[1:], in_batch=True)
         out_headers = dict(resp.headers)
         if resp.body is not None:
             out_headers["Content-Type"] = "application/json"
@@ -1058,6 +1082,14 @@ def route(method: str, segs: list[str]) -> tuple[str, dict[str, Any]]:
     raise GraphError(400, "BadRequest", f"Resource not found for the segment '{segs[-1]}'.")
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):  # the client went away (killed, timed out): not our error
+            logger.debug("graph emulator: client %s went away", client_address)
+            return
+        super().handle_error(request, client_address)
+
+
 class _Handler(BaseHTTPRequestHandler):
     emulator: GraphEmulator
     protocol_version = "HTTP/1.1"
@@ -1072,6 +1104,9 @@ class _Handler(BaseHTTPRequestHandler):
         req = Request(self.command, parts.path, query, raw, headers, body)
         try:
             resp = self.emulator.handle(req)
+        except ConnectionDropped:
+            self._reset_connection()
+            return
         except GraphError as e:
             resp = self.emulator._error(e, req)
         except Exception:
@@ -1089,6 +1124,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _dispatch
+
+    def _reset_connection(self) -> None:
+        """Abort the connection: SO_LINGER 0 makes close() send a TCP RST instead of an orderly FIN."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         # Paths may contain UPNs (personal data): log only at debug level, method and status.

@@ -158,8 +158,9 @@ class Notifier:
             if self.faults.notification_delay_s:
                 time.sleep(self.faults.notification_delay_s)
             batch = self._drain(first) if self.faults.notification_reorder else [first]
-            if self.faults.notification_reorder:
+            if self.faults.notification_reorder and len(batch) > 1:
                 batch.reverse()
+                self.faults.count("notification.reordered", len(batch) - 1)
             for url, notes, attempt in batch:
                 try:
                     self._deliver(url, notes, attempt)
@@ -170,10 +171,13 @@ class Notifier:
     def _deliver(self, url: str, notes: list[dict[str, Any]], attempt: int) -> None:
         payload = {"value": notes}
         if attempt == 1 and self.faults.chance(self.faults.notification_drop_rate):
+            self.faults.count("notification.dropped")
             self._record(Delivery(url, payload, None, attempt, dropped=True))
             self._done()
             return
         copies = 2 if attempt == 1 and self.faults.chance(self.faults.notification_duplicate_rate) else 1
+        if copies == 2:
+            self.faults.count("notification.duplicated")
         status: int | None = None
         for _ in range(copies):
             timeout = self.first_timeout_s if attempt == 1 else self.retry_timeout_s

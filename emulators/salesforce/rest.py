@@ -8,11 +8,14 @@ slash are the same route (§3.4 "Emulator rule"). Errors are JSON arrays (§2.1)
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import re
+import socket
+import struct
 import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler
@@ -43,6 +46,10 @@ class OAuthError(Exception):
 
 class _Rollback(Exception):
     """allOrNone=true with a failing record: undo the transaction (salesforce.md §2.5)."""
+
+
+class _ConnectionDropped(Exception):
+    """Close the connection without an answer (a TCP reset): ``faults.reset_rate``."""
 
 
 def make_handler(emu: SalesforceEmulator) -> type[BaseHTTPRequestHandler]:
@@ -79,6 +86,14 @@ class _Handler(BaseHTTPRequestHandler):
     @property
     def org(self) -> Org:
         return self.emulator.org
+
+    def _reset_connection(self) -> None:
+        """Abort the connection: SO_LINGER 0 makes close() send a TCP RST instead of a TLS close_notify and FIN."""
+        self._body_bytes()
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
 
     def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None,
               content_type: str = "application/json;charset=UTF-8") -> None:
@@ -130,6 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._data(method, m.group(1), (m.group(2) or "").strip("/"), params)
             else:
                 self._send(404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}])
+        except _ConnectionDropped:
+            self._reset_connection()
         except Exception:  # pragma: no cover - emulator bug guard
             logger.exception("emulator error on %s %s", method, parts.path)
             self._send(500, [{"errorCode": "UNKNOWN_EXCEPTION", "message": "An unexpected error occurred."}])
@@ -238,8 +255,13 @@ class _Handler(BaseHTTPRequestHandler):
             org.api_used += 1
             failure = org.faults.take_rest_failure(f"{method} /{rest}")
             latency = org.faults.latency_seconds
+            reset, rolled = org.faults.roll_rest()  # random faults (soak tests): see store.Faults
+            failure = failure or rolled
         if latency:
             time.sleep(latency)
+        if reset == "before":
+            org.counters.inc("rest.reset.before")
+            raise _ConnectionDropped
         if failure is not None:
             org.counters.inc(f"rest.fault.{failure['status']}")
             self._send(failure["status"], [{"message": failure["message"], "errorCode": failure["errorCode"]}],
@@ -251,6 +273,9 @@ class _Handler(BaseHTTPRequestHandler):
             status, body, extra = 400, [{"message": e.message, "errorCode": e.code}], {}
         except SfError as e:
             status, body, extra = e.status, e.as_rest(), {}
+        if reset == "after":
+            org.counters.inc("rest.reset.after")
+            raise _ConnectionDropped  # the request ran; the client never hears it
         self._send(status, body, {**self._limit_header(), **extra})
 
     def _ctx(self, version: str, tok: Token) -> WriteContext:

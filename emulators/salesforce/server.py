@@ -22,6 +22,7 @@ import logging
 import secrets
 import shutil
 import ssl
+import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,12 @@ LOGIN_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com"
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):  # the client went away (killed, timed out; TLS EOF): not ours
+            logger.debug("salesforce emulator: client %s went away", client_address)
+            return
+        super().handle_error(request, client_address)
 
 
 class SalesforceEmulator:
@@ -286,7 +293,8 @@ class SalesforceEmulator:
         - ``POST /_admin/events/gap`` ``{changeType, recordIds}``; ``POST /_admin/events/overflow``
         - ``POST /_admin/faults`` ``{failNext: {count,status,errorCode,message,pathContains}, failGrpcNext: {...},
           invalidSessionNext, latencySeconds, dropNextEvents, duplicateNextEvents, gapNextEvents,
-          overflowThreshold, duplicateRule}``
+          overflowThreshold, duplicateRule, limitRate, unavailableRate, resetRate, resetAfterShare, eventDropRate,
+          eventDuplicateRate, eventReorderRate, reorderHoldSeconds}`` (rates: probabilities in [0, 1])
         - ``POST /_admin/limits`` ``{used?, max?}``; ``POST /_admin/time`` ``{advanceSeconds}``;
           ``POST /_admin/tokens`` ``{userId?}`` → a token response; ``POST /_admin/jwt-clients``
           ``{clientId, publicKeyPem, users?}``; ``POST /_admin/client-credentials`` ``{clientId, clientSecret}``
@@ -371,7 +379,11 @@ class SalesforceEmulator:
             for key, attr in (("invalidSessionNext", "invalid_session_next"), ("latencySeconds", "latency_seconds"),
                               ("dropNextEvents", "drop_next_events"), ("duplicateNextEvents", "duplicate_next_events"),
                               ("gapNextEvents", "gap_next_events"), ("overflowThreshold", "overflow_threshold"),
-                              ("duplicateRule", "duplicate_rule")):
+                              ("duplicateRule", "duplicate_rule"), ("limitRate", "limit_rate"),
+                              ("unavailableRate", "unavailable_rate"), ("resetRate", "reset_rate"),
+                              ("resetAfterShare", "reset_after_share"), ("eventDropRate", "event_drop_rate"),
+                              ("eventDuplicateRate", "event_duplicate_rate"),
+                              ("eventReorderRate", "event_reorder_rate"), ("reorderHoldSeconds", "reorder_hold_s")):
                 if key in body:
                     setattr(f, attr, body[key])
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import random
 import secrets
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -95,6 +97,48 @@ class Faults:
     overflow_threshold: int = 100_000  # changes per transaction before GAP_OVERFLOW (salesforce.md §4.3)
     grpc_failures: list[dict[str, Any]] = field(default_factory=list)
     duplicate_rule: bool = True  # Email duplicate rule, salesforce.md §1.3
+    # Random faults for soak tests, probabilities in [0, 1], each counted in ``Counters``:
+    # REST (/services/data): 403 REQUEST_LIMIT_EXCEEDED (salesforce.md §2.1, §6: "Salesforce may allow temporary
+    # overage, then returns 403 REQUEST_LIMIT_EXCEEDED"; Salesforce sends no Retry-After) -> "rest.fault.403";
+    # 503 SERVER_UNAVAILABLE (§2.1 status list) -> "rest.fault.503"; a connection reset (the socket is closed without
+    # an answer; a share ``reset_after_share`` after the request ran: an ambiguous write) -> "rest.reset.before" /
+    # "rest.reset.after".
+    limit_rate: float = 0.0
+    unavailable_rate: float = 0.0
+    reset_rate: float = 0.0
+    reset_after_share: float = 0.5
+    # CDC: lost events (no replay id) -> "events.dropped"; stored twice (§4.5 at-least-once) -> "events.duplicated";
+    # held back and published after the next event, so replay order differs from commit order (what a subscriber
+    # sees when a gap is filled late) -> "events.reordered". A held event is released by the next publish, or after
+    # ``reorder_hold_s`` when a subscriber reads.
+    event_drop_rate: float = 0.0
+    event_duplicate_rate: float = 0.0
+    event_reorder_rate: float = 0.0
+    reorder_hold_s: float = 0.5
+    seed: int = 0
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rng.seed(self.seed)
+
+    def chance(self, p: float) -> bool:
+        """Read under the org lock, like every knob."""
+        return p > 0 and self.rng.random() < p
+
+    def roll_rest(self) -> tuple[str | None, dict[str, Any] | None]:
+        """For one REST call: (``"before"`` / ``"after"`` / None: drop the connection then), (a failure to answer)."""
+        reset = None
+        if self.chance(self.reset_rate):
+            reset = "after" if self.chance(self.reset_after_share) else "before"
+        if reset is not None:
+            return reset, None
+        if self.chance(self.limit_rate):
+            return reset, {"status": 403, "errorCode": "REQUEST_LIMIT_EXCEEDED",
+                           "message": "TotalRequests Limit exceeded."}
+        if self.chance(self.unavailable_rate):
+            return reset, {"status": 503, "errorCode": "SERVER_UNAVAILABLE",
+                           "message": "Service temporarily unavailable"}
+        return reset, None
 
     def fail_next(self, count: int = 1, status: int = 503, error_code: str = "SERVER_UNAVAILABLE",
                   message: str = "Service temporarily unavailable", path_contains: str = "") -> None:
@@ -189,6 +233,7 @@ class Org:
         self.events: list[StoredEvent] = []
         self.last_replay = 0
         self.purged_upto = 0
+        self._held: tuple[dict[str, Any], dict[str, Any], int, float] | None = None  # faults.event_reorder_rate
         self.commit_number = 1_100_670_838_951
         self.api_used = 0
         self.api_max = api_max
@@ -542,8 +587,8 @@ class Org:
 
     def _append_event(self, header: dict[str, Any], body: dict[str, Any]) -> None:
         f = self.faults
-        if f.drop_next_events > 0:
-            f.drop_next_events -= 1
+        if f.drop_next_events > 0 or f.chance(f.event_drop_rate):
+            f.drop_next_events = max(0, f.drop_next_events - 1)
             self.counters.inc("events.dropped")
             return
         if f.gap_next_events > 0 and not header["changeType"].startswith("GAP_"):
@@ -552,9 +597,25 @@ class Org:
                       "nulledFields": [], "diffFields": []}
             body = self.codec.empty_body()
         copies = 1
-        if f.duplicate_next_events > 0:
-            f.duplicate_next_events -= 1
+        if f.duplicate_next_events > 0 or f.chance(f.event_duplicate_rate):
+            f.duplicate_next_events = max(0, f.duplicate_next_events - 1)
+            self.counters.inc("events.duplicated")
             copies = 2
+        if self._held is None and f.chance(f.event_reorder_rate):
+            self.counters.inc("events.reordered")
+            self._held = (header, body, copies, time.monotonic())
+            return
+        self._store_event(header, body, copies)
+        self.release_held_event()
+
+    def release_held_event(self, older_than: float = 0.0) -> None:
+        """Publish the event held back by ``faults.event_reorder_rate`` (if held for at least ``older_than`` s)."""
+        if self._held is not None and time.monotonic() - self._held[3] >= older_than:
+            header, body, copies, _ = self._held
+            self._held = None
+            self._store_event(header, body, copies)
+
+    def _store_event(self, header: dict[str, Any], body: dict[str, Any], copies: int) -> None:
         for _ in range(copies):
             self.last_replay += 1
             payload = self.codec.encode(header, body)
@@ -586,6 +647,7 @@ class Org:
                 self.events = keep
 
     def events_after(self, replay: int, limit: int) -> list[StoredEvent]:
+        self.release_held_event(older_than=self.faults.reorder_hold_s)
         # events are sorted by replay; find first with replay > given
         lo, hi = 0, len(self.events)
         while lo < hi:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import azure.functions as func
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 POISON_MARKER = "poison-me"
+SLOW_MARKER = "slow-me"  # the queue function takes SLOW_SECONDS over it
+SLOW_SECONDS = 2.5
 _lock = threading.Lock()
 QUEUE_CALLS: list[dict[str, object]] = []
 TIMER_CALLS: list[bool] = []
@@ -69,6 +72,8 @@ def on_message(msg: func.QueueMessage) -> None:
     body = msg.get_body().decode("utf-8")
     with _lock:
         QUEUE_CALLS.append({"id": msg.id, "body": body, "dequeue_count": msg.dequeue_count})
+    if SLOW_MARKER in body:
+        time.sleep(SLOW_SECONDS)
     if POISON_MARKER in body:
         raise RuntimeError("poison marker")
 

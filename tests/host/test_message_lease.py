@@ -1,0 +1,53 @@
+"""A host killed mid-message: the message comes back when its processing lease runs out.
+
+The runtime keeps a message invisible for 10 minutes while it runs and renews that lease; a host that dies renews
+nothing, so the message reappears after the lease and another host processes it with a higher ``dequeue_count``.
+``--message-lease`` (``LocalHost(message_lease_s=...)``) shortens the lease so a test sees it in a second.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+
+from emulators.azurite import free_port
+from emulators.host import QUEUE_API_VERSION, LocalHost
+from tests.host import toy_app
+from tests.host.test_local_host import FAST_QUEUES, _settings
+
+
+def test_a_message_of_a_killed_host_is_delivered_again_after_the_lease(azurite_connection_string: str) -> None:
+    settings = _settings(azurite_connection_string)
+    queue = QueueClient.from_connection_string(azurite_connection_string, settings["TOY_QUEUE"],
+                                               api_version=QUEUE_API_VERSION,
+                                               message_encode_policy=TextBase64EncodePolicy())
+    queue.create_queue()
+    body = f"{toy_app.SLOW_MARKER}-{uuid.uuid4().hex}"
+    queue.send_message(body)
+    dying = subprocess.Popen(  # noqa: S603 - our own host module
+        [sys.executable, "-m", "emulators.host", "--app", "tests.host.toy_app", "--port", str(free_port()),
+         "--message-lease", "1"],
+        env={**os.environ, **settings}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while list(queue.peek_messages()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # once received, the message is invisible while the slow function runs
+        assert not list(queue.peek_messages()), "the first host received the message"
+    finally:
+        dying.send_signal(signal.SIGKILL)  # mid-message: nothing is deleted, nothing renewed
+        dying.wait(10)
+    with LocalHost(toy_app.app, settings=settings, host_json=FAST_QUEUES) as host:
+        deadline = time.monotonic() + 15
+        while not toy_app.calls_with(body) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert host.wait_idle(10)
+        (call,) = toy_app.calls_with(body)
+        assert call["dequeue_count"] == 2
+        assert host.invocations["on_message"].redelivered == 1
+    assert queue.get_queue_properties().approximate_message_count == 0
