@@ -36,18 +36,6 @@ NEVER = "0 0 0 1 1 *"
 COMPANIES = ("Northwind Traders", "Adventure Works", "Tailspin Toys", "Wide World Importers", "Litware")
 
 
-def _keys() -> tuple[bytes, str]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
-
-
 @dataclass
 class Stack:
     conn: str
@@ -77,6 +65,7 @@ class Stack:
 @contextmanager
 def stack(mailboxes: list[str]) -> Iterator[Stack]:
     from emulators.azurite import running_azurite
+    from emulators.demo import _keys
     from emulators.graph import GraphEmulator
     from emulators.salesforce import SalesforceEmulator
 
