@@ -47,7 +47,7 @@ infra-check:
 	$(PYTHON) infra/check.py
 
 # The demo without the ending: everything stays up (host, emulators, Azurite, CDC timer) until Ctrl-C.
-.PHONY: demo-up bench
+.PHONY: demo-up bench soak
 demo-up: deps
 	$(PY) -m emulators.demo --keep-running
 
@@ -58,3 +58,9 @@ bench: deps
 	$(PY) -m bench.webhook_ack
 	$(PY) -m bench.latency
 	$(PY) -m bench.scale
+
+# The soak with faults (tests/soak/): minutes of random edits on both sides under injected faults, then a reconcile
+# and the checks (agreement, no duplicates, no lost edits, no resurrections, throttling limits). Not in `make test`
+# yet: it still finds violations (see the closing note of the last session).
+soak: deps
+	$(PY) -m tests.soak.run --minutes 5
