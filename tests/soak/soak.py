@@ -186,18 +186,6 @@ class Report:
 # ---------------------------------------------------------------------------------------------- the run
 
 
-def _keys() -> tuple[bytes, str]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
-
-
 def _marker(doc: dict[str, Any]) -> str | None:
     from sync.adapters.graph import MARKER_PROPERTY_ID
 
@@ -293,6 +281,8 @@ class Soak:
             self.graph, self.sf = graph, sf
             sf.faults.seed = self.p.seed
             sf.faults.rng.seed(self.p.seed)
+            from emulators.demo import _keys
+
             private, public = _keys()
             self.seed_org(public)
             self.port = free_port()
