@@ -203,6 +203,10 @@ class LinkStore(Protocol):
     mailboxes hold a link to a Salesforce id (an index, refreshed after each save; a stale answer only costs a lookup
     that finds nothing). ``save_many`` is ``save`` for many links of one mailbox, packed into few transactions:
     one result per item, in order (the saved link, or the typed error of that item).
+
+    ``rebuilding(mailbox)`` is true after the store was lost and started over empty (the links table deleted), until
+    ``mark_rebuilt(mailbox)`` records that a full reconcile of that mailbox rebuilt its links from the markers. While
+    it is true the engine reads the markers of unlinked records as lost links (tombstones included).
     """
 
     def get(self, mailbox: str, side: Side, item_id: str) -> Link | None: ...
@@ -216,6 +220,10 @@ class LinkStore(Protocol):
     def list(self, mailbox: str) -> Iterator[Link]: ...
 
     def mailboxes_of(self, sf_id: str) -> set[str]: ...
+
+    def rebuilding(self, mailbox: str) -> bool: ...
+
+    def mark_rebuilt(self, mailbox: str) -> None: ...
 
 
 class CheckpointStore(Protocol):

@@ -302,10 +302,26 @@ class MemoryLinkStore:
         self._versions = itertools.count(1)
         self._lock = threading.Lock()
         self.fail_next: list[SyncError] = []
+        self._lost = False
+        self._rebuilt: set[str] = set()
 
     def _enter(self) -> None:
         if self.fail_next:
             raise self.fail_next.pop(0)
+
+    def lose(self) -> None:
+        """Forget every link, as a deleted links table does (then ``rebuilding`` is true for every mailbox)."""
+        with self._lock:
+            self._rows.clear()
+            self._lost = True
+            self._rebuilt.clear()
+
+    def rebuilding(self, mailbox: str) -> bool:
+        return self._lost and mailbox not in self._rebuilt
+
+    def mark_rebuilt(self, mailbox: str) -> None:
+        with self._lock:
+            self._rebuilt.add(mailbox)
 
     def get(self, mailbox: str, side: Side, item_id: str) -> Link | None:
         key = row_key(side, item_id)

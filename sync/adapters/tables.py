@@ -18,11 +18,13 @@ Key characters forbidden by Table Storage (``/ \\ # ?``, control characters) are
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from azure.core import MatchConditions
@@ -51,9 +53,13 @@ from sync.errors import (
 from sync.policy import Side
 from sync.ports import AuditEntry, Link, LinkWrite, MailboxJob, ReconcileJob, StoredSubscription, row_key
 
+logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 MAX_TRANSACTION = 100  # entity group transaction limit (azure.md §4.2); the SDK does not check it
 INDEX_PARTITION = "~sf"
+META_PARTITION = "~meta"  # links: ``lost`` (made again after a loss), ``rebuilt|<mailbox>``; checkpoints: ``links``
+LOST_ROW = "lost"
+META_TTL_S = 10.0  # how long a link store trusts its last read of the ``~meta`` rows
 _FORBIDDEN = set("/\\#?%") | {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
 
 
@@ -134,12 +140,87 @@ def _chunks(items: Sequence[_T], size: int = MAX_TRANSACTION) -> Iterator[Sequen
         yield items[start:start + size]
 
 
+def _table_gone(exc: BaseException) -> bool:
+    """The table itself is missing (deleted while we run), as opposed to a missing row."""
+    return str(getattr(exc, "error_code", "") or "") in ("TableNotFound", "TableErrorCode.TABLE_NOT_FOUND")
+
+
+class HealingTable:
+    """A TableClient that re-creates its table when it was deleted under a running process (404 with error code
+    ``TableNotFound``, https://learn.microsoft.com/dotnet/api/azure.data.tables.models.tableerrorcode.tablenotfound;
+    observed on Azurite for reads, upserts, transactions and queries; a delete of a missing table's row answers
+    204) and sends the call again once; a query of a re-created table is empty. ``recreate`` creates it and may
+    record that the table was lost. Only the methods the stores use are offered."""
+
+    def __init__(self, client: TableClient, recreate: Callable[[], None]) -> None:
+        self._client = client
+        self._recreate = recreate
+        self.recreated = 0  # how often this client made its table again
+
+    def _again(self) -> None:
+        self._recreate()
+        self.recreated += 1
+
+    def _healed(self, fn: Callable[[], _T]) -> _T:
+        try:
+            return fn()
+        except (AzureError, TableTransactionError) as exc:
+            if not _table_gone(exc):
+                raise
+        self._again()
+        return fn()
+
+    def get_entity(self, partition_key: str, row_key: str) -> Any:
+        return self._healed(lambda: self._client.get_entity(partition_key, row_key))
+
+    def upsert_entity(self, entity: dict[str, Any], **kw: Any) -> Any:
+        return self._healed(lambda: self._client.upsert_entity(entity, **kw))
+
+    def submit_transaction(self, operations: Any, **kw: Any) -> Any:
+        return self._healed(lambda: self._client.submit_transaction(operations, **kw))
+
+    def delete_entity(self, partition_key: str, row_key: str, **kw: Any) -> None:
+        self._healed(lambda: self._client.delete_entity(partition_key, row_key, **kw))
+
+    def query_entities(self, query_filter: str, **kw: Any) -> Iterator[Any]:
+        pages = self._client.query_entities(query_filter, **kw)
+        try:
+            yield from pages
+        except (AzureError, TableTransactionError) as exc:
+            if not _table_gone(exc):
+                raise
+            self._again()  # a table made just now holds nothing
+
+
 # ---------------------------------------------------------------------------------------------- links
 
 
 class TableLinkStore:
-    def __init__(self, table: TableClient) -> None:
+    def __init__(self, table: HealingTable) -> None:
         self._table = table
+        # (read at, table generation, RowKeys of the ``~meta`` partition): trusted for META_TTL_S, and until this
+        # process makes the table again
+        self._meta: tuple[float, int, set[str]] | None = None
+
+    def _meta_rows(self) -> set[str]:
+        now = time.monotonic()
+        if self._meta is None or now - self._meta[0] > META_TTL_S or self._meta[1] != self._table.recreated:
+            rows = self._table.query_entities("PartitionKey eq @pk", parameters={"pk": META_PARTITION},
+                                              select=["RowKey"])
+            generation = self._table.recreated
+            self._meta = (now, generation, _call(lambda: {str(r["RowKey"]) for r in rows}, META_PARTITION))
+        return self._meta[2]
+
+    def rebuilding(self, mailbox: str) -> bool:
+        rows = self._meta_rows()
+        return LOST_ROW in rows and escape_key(f"rebuilt|{mailbox}") not in rows
+
+    def mark_rebuilt(self, mailbox: str) -> None:
+        key = escape_key(f"rebuilt|{mailbox}")
+        row = {"PartitionKey": META_PARTITION, "RowKey": key, "At": datetime.now(UTC)}
+        _call(lambda: self._table.upsert_entity(row, mode=UpdateMode.REPLACE), mailbox)
+        if self._meta is not None:
+            self._meta[2].add(key)
 
     def _entity(self, link: Link, key: str) -> dict[str, Any]:
         return {
@@ -325,7 +406,7 @@ class TableLinkStore:
 
 
 class TableCheckpoints:
-    def __init__(self, table: TableClient) -> None:
+    def __init__(self, table: HealingTable) -> None:
         self._table = table
 
     def get(self, scope: str, name: str) -> str | None:
@@ -345,7 +426,7 @@ class TableCheckpoints:
 class TableAudit:
     """Audit rows per mailbox, newest first (RowKey = inverted milliseconds + a random suffix)."""
 
-    def __init__(self, table: TableClient) -> None:
+    def __init__(self, table: HealingTable) -> None:
         self._table = table
 
     @staticmethod
@@ -392,7 +473,7 @@ class TableJobs:
     """Reconcile jobs: PartitionKey = job id; row ``~job`` holds the request, one row ``mb|<mailbox>`` per mailbox
     (each mailbox reconcile replaces only its own row, so parallel mailboxes never race)."""
 
-    def __init__(self, table: TableClient) -> None:
+    def __init__(self, table: HealingTable) -> None:
         self._table = table
 
     def create(self, job: ReconcileJob) -> None:
@@ -437,7 +518,7 @@ SUBSCRIPTION_PARTITION = "graph"
 class TableSubscriptions:
     """Graph subscriptions: one partition, RowKey = subscription id (the webhook's point read)."""
 
-    def __init__(self, table: TableClient) -> None:
+    def __init__(self, table: HealingTable) -> None:
         self._table = table
 
     def get(self, subscription_id: str) -> StoredSubscription | None:
@@ -469,7 +550,12 @@ class TableSubscriptions:
 
 
 class TableStorage:
-    """The tables of the sync state, each created on first use (once per process and table)."""
+    """The tables of the sync state, each created on first use and again whenever it was deleted under us.
+
+    The links table is special: when it has to be created although this deployment had one before (a row in the
+    checkpoints table remembers its first creation), it was lost; it is made again with a ``lost`` row, and the
+    link store reports ``rebuilding`` until each mailbox has been rebuilt from the markers by a full reconcile.
+    """
 
     def __init__(self, service: TableServiceClient, prefix: str = "sync") -> None:
         if not prefix.isalnum() or not prefix[:1].isalpha():
@@ -477,16 +563,49 @@ class TableStorage:
         self._service = service
         self._prefix = prefix
         self._created: set[str] = set()
+        self._lock = threading.RLock()
 
-    def _table(self, name: str) -> TableClient:
+    def _create(self, name: str) -> bool:
+        """Create the table; True when it did not exist."""
+        try:
+            self._service.create_table(f"{self._prefix}{name}")
+        except ResourceExistsError:
+            return False
+        except AzureError as exc:
+            raise _map_error(exc, name) from exc
+        return True
+
+    def _create_links(self) -> None:
+        if not self._create("links"):
+            return
+        checkpoints = self._table("checkpoints")
+        try:
+            checkpoints.get_entity(META_PARTITION, "links")
+        except ResourceNotFoundError:  # the first links table of this deployment
+            row = {"PartitionKey": META_PARTITION, "RowKey": "links", "CreatedAt": datetime.now(UTC)}
+            _call(lambda: checkpoints.upsert_entity(row, mode=UpdateMode.REPLACE), "links")
+            return
+        except AzureError as exc:
+            raise _map_error(exc, "links") from exc
+        logger.warning("the links table was lost and is made again: links are rebuilt from the markers")
+        lost = {"PartitionKey": META_PARTITION, "RowKey": LOST_ROW, "At": datetime.now(UTC)}
+        links = self._service.get_table_client(f"{self._prefix}links")
+        _call(lambda: links.upsert_entity(lost, mode=UpdateMode.REPLACE), "links")
+
+    def _table(self, name: str) -> HealingTable:
         full = f"{self._prefix}{name}"
+
+        def recreate() -> None:
+            with self._lock:
+                if name == "links":
+                    self._create_links()
+                else:
+                    self._create(name)
+
         if full not in self._created:
-            try:
-                self._service.create_table_if_not_exists(full)
-            except AzureError as exc:
-                raise _map_error(exc, full) from exc
+            recreate()
             self._created.add(full)
-        return self._service.get_table_client(full)
+        return HealingTable(self._service.get_table_client(full), recreate)
 
     def links(self) -> TableLinkStore:
         return TableLinkStore(self._table("links"))

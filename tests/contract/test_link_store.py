@@ -6,7 +6,7 @@ An in-memory fake is only allowed because it passes exactly these tests (STYLE.m
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -29,6 +29,27 @@ def store(request: pytest.FixtureRequest) -> Iterator[LinkStore]:
     conn = request.getfixturevalue("azurite_connection_string")
     prefix = "t" + uuid.uuid4().hex[:12]  # a fresh set of tables per test
     yield TableStorage.from_connection_string(conn, prefix).links()
+
+
+@pytest.fixture(params=["memory", "azurite"])
+def lossy(request: pytest.FixtureRequest) -> Iterator[tuple[LinkStore, Callable[[], None]]]:
+    """A store and a way to lose it: the memory store forgets, the links table is deleted in Azurite."""
+    if request.param == "memory":
+        memory = MemoryLinkStore()
+        yield memory, memory.lose
+        return
+    from azure.data.tables import TableServiceClient
+
+    conn = request.getfixturevalue("azurite_connection_string")
+    prefix = "t" + uuid.uuid4().hex[:12]
+    tables = TableStorage.from_connection_string(conn, prefix)
+    tables.checkpoints()
+
+    def lose() -> None:
+        with TableServiceClient.from_connection_string(conn) as service:
+            service.delete_table(f"{prefix}links")
+
+    yield tables.links(), lose
 
 
 def new_link(m365_id: str | None = "AAMkAD/x+y==", sf_id: str | None = "003A000000000001AA", **kw: object) -> Link:
@@ -182,3 +203,28 @@ def test_save_many_packs_saves_and_reports_each_item(store: LinkStore) -> None:
     assert isinstance(again, Link)
     store.save(again.model_copy(update={"reason": "third"}), previous=again)
     assert len(list(store.list(MAILBOX))) == 122  # taken, stale and the 120 new ones
+
+
+def test_a_lost_store_starts_over_empty_and_rebuilding_until_each_mailbox_is_rebuilt(
+        lossy: tuple[LinkStore, Callable[[], None]]) -> None:
+    store, lose = lossy
+    store.save(new_link(), previous=None)
+    assert not store.rebuilding(MAILBOX)  # a store made for the first time is not a lost one
+    lose()
+    assert store.get(MAILBOX, Side.M365, "AAMkAD/x+y==") is None  # the links are gone, the store answers again
+    assert store.rebuilding(MAILBOX) and store.rebuilding("other@contoso.com")
+    saved = store.save(new_link(), previous=None)
+    assert list(store.list(MAILBOX)) == [saved]
+    assert store.mailboxes_of("003A000000000001AA") == {MAILBOX}
+    store.mark_rebuilt(MAILBOX)
+    assert not store.rebuilding(MAILBOX)
+    assert store.rebuilding("other@contoso.com")
+
+
+def test_a_store_lost_before_a_list_answers_empty(lossy: tuple[LinkStore, Callable[[], None]]) -> None:
+    store, lose = lossy
+    store.save(new_link(), previous=None)
+    lose()
+    assert list(store.list(MAILBOX)) == []
+    assert store.mailboxes_of("003A000000000001AA") == set()
+    assert store.rebuilding(MAILBOX)

@@ -1,0 +1,54 @@
+"""The Table Storage adapter beyond the LinkStore contract: tables deleted under a running process come back."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from azure.data.tables import TableServiceClient
+
+from sync.adapters.tables import TableStorage
+from sync.ports import AuditEntry, StoredSubscription
+
+MAILBOX = "ann@contoso.com"
+
+
+def _drop(conn: str, *names: str) -> None:
+    with TableServiceClient.from_connection_string(conn) as service:
+        for name in names:
+            service.delete_table(name)
+
+
+def test_every_table_deleted_while_the_process_runs_is_made_again(azurite_connection_string: str) -> None:
+    prefix = "h" + uuid.uuid4().hex[:10]
+    tables = TableStorage.from_connection_string(azurite_connection_string, prefix)
+    checkpoints, audit, jobs, subs = tables.checkpoints(), tables.audit(), tables.jobs(), tables.subscriptions()
+    checkpoints.put(MAILBOX, "delta", "token-1")
+    _drop(azurite_connection_string, *(f"{prefix}{n}" for n in ("checkpoints", "audit", "jobs", "subscriptions")))
+
+    assert checkpoints.get(MAILBOX, "delta") is None  # gone with its table, and no error
+    checkpoints.put(MAILBOX, "delta", "token-2")
+    assert checkpoints.get(MAILBOX, "delta") == "token-2"
+    assert audit.recent(MAILBOX) == []
+    entry = AuditEntry(at=datetime.now(UTC), mailbox=MAILBOX, m365_id="AAMk1", action="nothing", reason="test")
+    audit.write([entry])
+    assert audit.recent(MAILBOX) == [entry]
+    assert jobs.get("no-such-job") is None
+    assert subs.list_all() == []
+    sub = StoredSubscription(id="sub-1", mailbox=MAILBOX, resource="users/x/contacts", expires_at=datetime.now(UTC),
+                             client_state_digest="d")
+    subs.put(sub)
+    assert [s.id for s in subs.list_all()] == ["sub-1"]
+
+
+def test_a_deleted_links_table_is_a_loss_but_a_first_one_is_not(azurite_connection_string: str) -> None:
+    prefix = "h" + uuid.uuid4().hex[:10]
+    first = TableStorage.from_connection_string(azurite_connection_string, prefix)
+    assert not first.links().rebuilding(MAILBOX)
+    _drop(azurite_connection_string, f"{prefix}links")
+    # a process that starts after the loss finds no links table either: it is a loss all the same
+    later = TableStorage.from_connection_string(azurite_connection_string, prefix)
+    links = later.links()
+    assert links.rebuilding(MAILBOX)
+    links.mark_rebuilt(MAILBOX)
+    assert not TableStorage.from_connection_string(azurite_connection_string, prefix).links().rebuilding(MAILBOX)
