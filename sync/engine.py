@@ -36,6 +36,7 @@ from sync.planner import (
     Skip,
     Update,
     plan,
+    synced_rules,
 )
 from sync.policy import DeletePolicy, Policy, Side
 from sync.ports import (
@@ -136,10 +137,61 @@ class Engine:
             f = sf.get(mailbox, link.sf_id) if link is not None and link.sf_id else None
             if link is None and m is None:
                 return None
+            if link is None and m is not None:
+                return self._rebuilt(mailbox, m) or self.situation(mailbox, link, m, f)
             return self.situation(mailbox, link, m, f)
         f = sf.get(mailbox, change.item_id)
         link = self.links.get(mailbox, Side.SALESFORCE, change.item_id)
         m = m365.get(mailbox, link.m365_id) if link is not None and link.m365_id else None
+        if link is None and f is not None:
+            return self._rebuilt(mailbox, f) or self.situation(mailbox, link, m, f)
+        return self.situation(mailbox, link, m, f)
+
+    def lost_link(self, mailbox: str, record: SideRecord) -> tuple[Link, SideRecord | None] | None:
+        """While the links of ``mailbox`` are rebuilt after the links table was lost: the link an unlinked record's
+        marker proves it had, when the planner must hear it as a link, with the partner the marker names.
+
+        - an Outlook copy whose marker names a Salesforce contact that is deleted, or owned by another user (it was
+          deleted, or its owner changed, while the links were lost): the delete policy, or the owner change, applies;
+        - a Salesforce contact whose marker names an Outlook copy that is in no synced mailbox any more: the copy was
+          deleted in Outlook (the tombstone the lost table held); a copy still in another mailbox is an owner
+          change under way, not a delete.
+        None when the links are not being rebuilt, the record has no marker, or the partner is here (then the
+        marker adopts it as usual). The link is not stored (no etag): the plan's link write replaces it.
+        """
+        if not record.marker or not self.links.rebuilding(mailbox):
+            return None
+        partner = self.sides[record.side.other].get(mailbox, record.marker)
+        if record.side is Side.M365:
+            if partner is not None and partner.owner == mailbox:
+                return None
+        elif partner is not None or any(self.sides[Side.M365].get(mb, record.marker) is not None
+                                        for mb in sorted(self.mailboxes - {mailbox})):
+            return None
+        synced = tuple(rule.key for rule, _ in synced_rules(self.policy, mailbox))
+        m, f = (record, partner) if record.side is Side.M365 else (partner, record)
+        link = Link(
+            mailbox=mailbox,
+            m365_id=m.id if m else record.marker,
+            sf_id=f.id if f else record.marker,
+            m365_base=field_digests(m.contact, synced) if m else {},
+            sf_base=field_digests(f.contact, synced) if f else {},
+            m365_fp=fingerprint(m.contact, synced) if m else None,
+            sf_fp=fingerprint(f.contact, synced) if f else None,
+            m365_version=m.version if m else None,
+            sf_version=f.version if f else None,
+            synced_at=self.clock(),
+            reason="rebuilt from the link marker after the links table was lost",
+        )
+        logger.info("link of %s %s rebuilt from its marker (links table lost)", record.side.value, record.id)
+        return link, partner
+
+    def _rebuilt(self, mailbox: str, record: SideRecord) -> Situation | None:
+        lost = self.lost_link(mailbox, record)
+        if lost is None:
+            return None
+        link, partner = lost
+        m, f = (record, partner) if record.side is Side.M365 else (partner, record)
         return self.situation(mailbox, link, m, f)
 
     def situation(
@@ -332,7 +384,7 @@ class Engine:
         if p.link_after is LinkAfter.KEEP:
             return s.link
         if p.link_after is LinkAfter.REMOVE:
-            if s.link is not None:
+            if s.link is not None and s.link.etag is not None:  # a link rebuilt from a marker was never stored
                 with contextlib.suppress(NotFound):
                     self.links.delete(s.link)
             return None
@@ -362,14 +414,15 @@ class Engine:
             synced_at=self.clock(),
             reason=p.reason[:500],
         )
-        return LinkWrite(link, s.link, self._tombstones_for(s, link, created))
+        previous = s.link if s.link is not None and s.link.etag is not None else None  # rebuilt: not stored
+        return LinkWrite(link, previous, self._tombstones_for(s, link, created))
 
     def _tombstones_for(self, s: Situation, link: Link, created: set[str] | frozenset[str]) -> list[Link]:
         """Detached links holding one of the new link's ids are replaced in the same transaction (a deleted contact's
         survivor was matched again). Not looked up: ids this plan created, and the situation's own records when it
         had no link (their lookup found none when the situation was read; a link written since makes the save fail
         with AlreadyExists, which is re-decided)."""
-        previous = s.link
+        previous = s.link if s.link is not None and s.link.etag is not None else None
         known_free = set(created)
         if previous is None:
             known_free |= {r.id for r in (s.m365, s.sf) if r is not None}

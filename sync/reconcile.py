@@ -5,7 +5,11 @@ Public API:
     reconcile_mailbox(engine, mailbox, *, dry_run=False, force=False) -> ReconcileReport        full pass
     reconcile_mailbox_delta(engine, mailbox, checkpoints, *, dry_run=False, force=False)       what changed since
         the last delta pass (Graph delta link, Salesforce SystemModstamp watermark); falls back to a full pass when
-        a change feed starts over (first run, expired delta token, old watermark)
+        a change feed starts over (first run, expired delta token, old watermark) or the links are being rebuilt
+
+After the links table was lost (``LinkStore.rebuilding``), a full pass rebuilds the links from the markers: a marker
+whose partner is here adopts it; one whose partner was deleted or moved to another owner's mailbox is read as the lost
+link (``Engine.lost_link``), so deletes and tombstones are not undone. A pass without errors ends the rebuild.
 
 Like vdirsyncer's sync over its status table: every link and every record on either side is visited once.
 The plans are applied together (``Engine.execute_many``): creates and updates go out in bulk (Graph ``$batch``,
@@ -96,7 +100,13 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
         if survivor is not None and any(isinstance(a, Create) for a in p.actions):
             creating.append(survivor)  # a re-create: an unlinked twin of it must not be copied too
         plans.append((s, p))
+    rebuilding = engine.links.rebuilding(mailbox)
     for rec in (r for i, r in m_recs.items() if i not in linked_m):
+        lost = _lost(engine, mailbox, rec, f_recs) if rebuilding else None
+        if lost is not None:  # its marker names a Salesforce contact deleted or moved away while links were lost
+            consumed_m.add(rec.id)
+            plans.append((lost, plan(lost, engine.policy)))
+            continue
         local = [Candidate(c, linked=c.id in linked_f) for c in f_recs.values() if _matches(rec, c)]
         remote = [Candidate(c, linked=engine.links.get(mailbox, Side.SALESFORCE, c.id) is not None)
                   for c in sf.find(mailbox, rec.contact) if c.id not in f_recs]
@@ -106,6 +116,10 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
         consumed_m.add(rec.id)
         plans.append((s, p))
     for rec in (r for i, r in f_recs.items() if i not in linked_f and i not in consumed_f):
+        lost = _lost(engine, mailbox, rec, m_recs) if rebuilding else None
+        if lost is not None:  # its marker names an Outlook copy deleted while the links were lost: a tombstone
+            plans.append((lost, plan(lost, engine.policy)))
+            continue
         cands = tuple(Candidate(c, linked=c.id in linked_m or c.id in consumed_m)
                       for c in m_recs.values() if _matches(rec, c))
         s = Situation(mailbox, None, None, rec, cands)
@@ -118,8 +132,24 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
     if dry_run:
         return report
     _apply(engine, mailbox, plans, report)
+    if rebuilding and not report.errors:
+        engine.links.mark_rebuilt(mailbox)
+        logger.info("links of mailbox %s rebuilt from the markers", mailbox)
     logger.info("%s", report.summary())
     return report
+
+
+def _lost(engine: Engine, mailbox: str, rec: SideRecord, others: dict[str, SideRecord]) -> Situation | None:
+    """The situation of an unlinked record whose marker tells of a link lost with the links table (see
+    ``Engine.lost_link``); None when its partner is among this mailbox's records (the marker adopts it)."""
+    if not rec.marker or rec.marker in others:
+        return None
+    lost = engine.lost_link(mailbox, rec)
+    if lost is None:
+        return None
+    link, partner = lost
+    m, f = (rec, partner) if rec.side is Side.M365 else (partner, rec)
+    return engine.situation(mailbox, link, m, f)
 
 
 def _at_link_version(engine: Engine, mailbox: str, record: SideRecord) -> bool:
@@ -165,7 +195,7 @@ def reconcile_mailbox_delta(
     mailbox = mailbox.casefold()
     feeds: list[tuple[str, str | None]] = []
     hints: dict[tuple[Side, str], ContactChange] = {}
-    starts_over = False
+    starts_over = engine.links.rebuilding(mailbox)  # after a links table loss, a full pass rebuilds the links
     for side in (Side.M365, Side.SALESFORCE):
         name = f"reconcile-delta:{side.value}"
         last: str | None = None

@@ -1,0 +1,129 @@
+"""After the links table is lost, links are rebuilt from the markers without undoing deletes or owner changes
+(the soak's links-loss event; the contract for ``rebuilding`` is in tests/contract/test_link_store.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sync.adapters.memory import LogicalClock, MemoryAudit, MemoryCheckpoints, MemoryLinkStore, MemoryQueue, MemorySide
+from sync.engine import Engine
+from sync.model import Contact
+from sync.policy import DeletePolicy, Policy, Side
+from sync.ports import ContactChange, LinkState
+from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
+
+ANN, BOB = "ann@contoso.com", "bob@contoso.com"
+NAMES = ("kept", "gone", "moved", "plain")
+
+
+@dataclass
+class World:
+    m365: MemorySide
+    sf: MemorySide
+    links: MemoryLinkStore
+    queue: MemoryQueue
+    engine: Engine
+    ids: dict[str, str]
+
+    def copies(self, mailbox: str, sf_id: str) -> list[str]:
+        return [i for i, r in self.m365.snapshot().items() if r.owner == mailbox and r.marker == sf_id]
+
+    def sf_with_email(self, name: str) -> list[str]:
+        return [i for i, r in self.sf.snapshot().items() if f"{name}@example.com" in r.contact.email_keys()]
+
+
+def world(policy: Policy | None = None) -> World:
+    clock = LogicalClock()
+    m365, sf = MemorySide(Side.M365, clock=clock), MemorySide(Side.SALESFORCE, clock=clock)
+    links, queue = MemoryLinkStore(), MemoryQueue()
+    engine = Engine(m365, sf, links, MemoryAudit(), queue, policy or Policy(), [ANN, BOB], clock=clock)
+    ids = {n: sf.user_create(ANN, Contact(first_name=n, last_name="X", emails=[f"{n}@example.com"])) for n in NAMES}
+    for mb in (ANN, BOB):
+        reconcile_mailbox(engine, mb)
+    return World(m365, sf, links, queue, engine, ids)
+
+
+def test_an_outlook_copy_deleted_before_the_loss_is_not_brought_back() -> None:
+    w = world()
+    (oid,) = w.copies(ANN, w.ids["kept"])
+    w.m365.user_delete(oid)
+    w.engine.sync_contact(ContactChange(source=Side.M365, item_id=oid, mailbox=ANN))  # policy unlink: tombstone
+    w.links.lose()
+    report = reconcile_mailbox(w.engine, ANN)
+    assert w.copies(ANN, w.ids["kept"]) == []
+    assert "create:m365" not in report.applied
+    tomb = w.links.get(ANN, Side.SALESFORCE, w.ids["kept"])
+    assert tomb is not None and tomb.state is LinkState.DETACHED  # the tombstone is rebuilt
+    (plain,) = w.copies(ANN, w.ids["plain"])  # the others are linked again, not doubled
+    linked = w.links.get(ANN, Side.M365, plain)
+    assert linked is not None and linked.sf_id == w.ids["plain"] and linked.state is LinkState.LINKED
+    assert not w.links.rebuilding(ANN) and w.links.rebuilding(BOB)
+    w.sf.user_edit(w.ids["kept"], {"job_title": "CTO"})  # later edits still do not bring it back
+    w.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=w.ids["kept"]))
+    assert w.copies(ANN, w.ids["kept"]) == []
+
+
+def test_a_hint_during_the_rebuild_does_not_bring_a_deleted_copy_back() -> None:
+    w = world()
+    (oid,) = w.copies(ANN, w.ids["kept"])
+    w.m365.user_delete(oid)
+    w.links.lose()  # the delete was never seen: its notification was lost with the table
+    w.sf.user_edit(w.ids["kept"], {"job_title": "CTO"})
+    w.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=w.ids["kept"]))
+    assert w.copies(ANN, w.ids["kept"]) == []
+    assert w.sf.snapshot()[w.ids["kept"]].contact.job_title == "CTO"  # delete policy unlink: Salesforce keeps it
+
+
+def test_a_salesforce_delete_missed_before_the_loss_is_propagated_not_undone() -> None:
+    w = world()
+    (oid,) = w.copies(ANN, w.ids["gone"])
+    w.sf.user_delete(w.ids["gone"])  # its CDC event was lost
+    w.links.lose()
+    reconcile_mailbox(w.engine, ANN)
+    assert w.sf_with_email("gone") == []  # not re-created in Salesforce
+    assert oid not in w.m365.snapshot()  # delete policy propagate: the Outlook copy went to Deleted Items
+
+
+def test_an_owner_change_after_the_loss_moves_the_copy() -> None:
+    w = world()
+    w.links.lose()
+    moved = w.ids["moved"]
+    (old,) = w.copies(ANN, moved)
+    w.sf.user_set_owner(moved, BOB)
+    w.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=moved))
+    assert len(w.copies(BOB, moved)) == 1  # the old copy is still in Ann's folder: not a delete, a move
+    reconcile_mailbox(w.engine, ANN)
+    assert w.copies(ANN, moved) == [] and old not in w.m365.snapshot()
+    reconcile_mailbox(w.engine, BOB)
+    assert len(w.copies(BOB, moved)) == 1 and len(w.sf_with_email("moved")) == 1
+
+
+def test_recreate_policy_still_recreates_from_a_rebuilt_link() -> None:
+    w = world(Policy(on_m365_delete=DeletePolicy.RECREATE))
+    (oid,) = w.copies(ANN, w.ids["kept"])
+    w.m365.user_delete(oid)
+    w.links.lose()
+    reconcile_mailbox(w.engine, ANN)
+    (again,) = w.copies(ANN, w.ids["kept"])
+    assert again != oid
+
+
+def test_a_delta_reconcile_during_the_rebuild_runs_full_and_ends_it() -> None:
+    w = world()
+    checkpoints = MemoryCheckpoints()
+    reconcile_mailbox_delta(w.engine, ANN, checkpoints)
+    w.links.lose()
+    report = reconcile_mailbox_delta(w.engine, ANN, checkpoints)
+    assert report.ran == "full" and not w.links.rebuilding(ANN)
+    assert reconcile_mailbox_delta(w.engine, ANN, checkpoints).ran == "delta"
+
+
+def test_without_a_loss_a_restored_salesforce_contact_comes_back_to_outlook() -> None:
+    w = world()
+    gone = w.ids["gone"]
+    w.sf.user_delete(gone)
+    w.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=gone))  # propagate: copy deleted
+    assert w.copies(ANN, gone) == []
+    w.sf.user_undelete(gone)  # its marker still names the deleted copy; without a loss that is no tombstone
+    w.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=gone))
+    assert len(w.copies(ANN, gone)) == 1
