@@ -18,9 +18,10 @@ Choices (each one a design decision, see the docstrings for the details):
   off, ``DUPLICATES_DETECTED`` (and a *Block* rule, which allowSave cannot bypass) becomes ``BadData(code=...)``:
   not retryable, the item goes to review.
 - Version = ``SystemModstamp`` (Contact has no ETag, §2.7). Updates/deletes with ``if_match`` re-read it just before
-  the write and raise ``PreconditionFailed`` on a mismatch. Remaining race: a write landing between our read and our
-  PATCH/DELETE (milliseconds) is overwritten/deleted; the next CDC event or reconcile sees the result and the
-  three-way merge repairs what it can. Same-millisecond writes share a stamp and cannot be told apart.
+  the write (and before each retry of it, see Retries) and raise ``PreconditionFailed`` on a mismatch. Remaining
+  race: a write landing between our read and our PATCH/DELETE (milliseconds) is overwritten/deleted; the next CDC
+  event or reconcile sees the result and the three-way merge repairs what it can. Same-millisecond writes share a
+  stamp and cannot be told apart.
 - Owners: each synced mailbox maps to the active User whose FederationIdentifier, else Email, equals it
   (case-insensitive). Cached for ``user_cache_ttl_s``. A record owned by anyone else has ``owner=None``.
   A mailbox with no (or an ambiguous) user raises ``BadData`` when used: never an empty stream.
@@ -35,8 +36,11 @@ Choices (each one a design decision, see the docstrings for the details):
 - Marker: the Outlook id in ``marker_field`` (e.g. ``Outlook_Id__c``) when configured, ignored otherwise.
 - Retries (``_call``): ``REQUEST_LIMIT_EXCEEDED`` / 503 -> bounded exponential backoff, then ``Throttled``. These
   answers mean "not processed", so even a POST is retried; a connection error on a POST is NOT retried (it may have
-  been processed: a retry could create a duplicate) and surfaces as ``Transient``. ``INVALID_SESSION_ID`` -> one new
-  token and one retry, then ``AuthFailed``.
+  been processed: a retry could create a duplicate) and surfaces as ``Transient``. A guarded update/delete compares
+  SystemModstamp again after each backoff before it re-sends (``before_retry``; ``update_many`` drops the changed
+  records from the retried chunk): an edit made during the wait gives ``PreconditionFailed`` instead of being
+  overwritten (also when the failed attempt had in fact run: our own write moved the stamp, the engine re-reads).
+  ``INVALID_SESSION_ID`` -> one new token and one immediate retry, then ``AuthFailed``.
 - ``changes``: checkpoint = a SystemModstamp watermark (+ the ids seen at exactly that stamp, so ``>=`` queries do not
   repeat them). One org-wide queryAll of ``SystemModstamp >= watermark`` is split: live and owned by the mailbox's
   user -> changed; deleted (Recycle Bin) or owned by someone else -> ``removed``. SOQL cannot tell who owned a record
@@ -93,6 +97,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 class SessionExpired(AuthFailed):
     """401 ``INVALID_SESSION_ID`` (or gRPC ``UNAUTHENTICATED``): get a new token and retry once."""
+
+
+class _NothingToRetry(SyncError):
+    """Internal: a retried collection chunk has no record left to send (each one changed or vanished)."""
 
 
 class ReplayRejected(SyncError):
@@ -499,8 +507,21 @@ class SalesforceContactSide:
             self._sf = None
         logger.info("salesforce session expired: minting a new token")
 
-    def _call(self, kind: str, fn: Callable[[Any], _T], *, item_id: str | None = None, idempotent: bool = True) -> _T:
-        """Run one REST call with the retry rules of the module docstring; raise only ``sync.errors`` types."""
+    def _call(
+        self,
+        kind: str,
+        fn: Callable[[Any], _T],
+        *,
+        item_id: str | None = None,
+        idempotent: bool = True,
+        before_retry: Callable[[], None] | None = None,
+    ) -> _T:
+        """Run one REST call with the retry rules of the module docstring; raise only ``sync.errors`` types.
+
+        ``before_retry`` runs after each backoff sleep, before the call is sent again (not before the first attempt,
+        not before the immediate retry with a new token): a guarded write re-checks its version there. A
+        ``SyncError`` it raises ends the retries and propagates.
+        """
         renewed = False
         attempt = 0
         while True:
@@ -524,6 +545,8 @@ class SalesforceContactSide:
                 logger.warning("salesforce %s call failed (%s), retry %d in %.1fs", kind, type(err).__name__,
                                attempt, delay)
                 self._sleep(delay)
+                if before_retry is not None:
+                    before_retry()
                 continue
             if isinstance(err, SessionExpired):
                 err = AuthFailed(err.message, side=SIDE)
@@ -774,22 +797,33 @@ class SalesforceContactSide:
         if marker is not None and self._marker_field:
             values[self._marker_field] = marker
         if values:
-            self._call("write", lambda sf: sf.Contact.update(item_id, values), item_id=item_id)
+            self._call("write", lambda sf: sf.Contact.update(item_id, values), item_id=item_id,
+                       before_retry=self._version_guard(item_id, if_match))
         return self._reread(item_id)
 
     def delete(self, mailbox: str, item_id: str, *, if_match: str | None) -> None:
-        """Soft delete (Recycle Bin). With ``if_match`` the SystemModstamp is compared first."""
+        """Soft delete (Recycle Bin). With ``if_match`` the SystemModstamp is compared first (and before each retry)."""
         if if_match is not None:
             self._check_version(item_id, if_match)
-        self._call("write", lambda sf: sf.Contact.delete(item_id), item_id=item_id)
+        self._call("write", lambda sf: sf.Contact.delete(item_id), item_id=item_id,
+                   before_retry=self._version_guard(item_id, if_match))
 
-    def _restful(self, method: str, body: dict[str, Any]) -> list[Any]:
-        """One sObject Collections call (POST is retried only on "not processed" answers, see ``_call``)."""
+    def _version_guard(self, item_id: str, if_match: str | None) -> Callable[[], None] | None:
+        """The ``before_retry`` of a guarded write: compare SystemModstamp again (None when unguarded)."""
+        if if_match is None:
+            return None
+        return lambda: self._check_version(item_id, if_match)
+
+    def _restful(self, method: str, body: dict[str, Any] | Callable[[], dict[str, Any]],
+                 before_retry: Callable[[], None] | None = None) -> list[Any]:
+        """One sObject Collections call (POST is retried only on "not processed" answers, see ``_call``).
+
+        ``body`` may be a callable, evaluated on every attempt (``before_retry`` may shrink what is re-sent)."""
 
         def send(sf: Any) -> Any:
-            return sf.restful("composite/sobjects", method=method, json=body)
+            return sf.restful("composite/sobjects", method=method, json=body() if callable(body) else body)
 
-        return list(self._call("composite", send, idempotent=method == "PATCH") or [])
+        return list(self._call("composite", send, idempotent=method == "PATCH", before_retry=before_retry) or [])
 
     def _collection(self, method: str, records: list[dict[str, Any]]) -> list[Any]:
         return self._restful(method, {"allOrNone": False, "records": records})
@@ -838,13 +872,16 @@ class SalesforceContactSide:
         return self._finish(results)
 
     def update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]:
-        """Versions checked with one SOQL per 200 ids, then sObject Collections PATCH (≤ 200, allOrNone=false)."""
+        """Versions checked with one SOQL per 200 ids, then sObject Collections PATCH (≤ 200, allOrNone=false).
+
+        A chunk retried after a backoff is re-checked first (one SOQL): records whose SystemModstamp moved since
+        (``PreconditionFailed``) or that are gone (``NotFound``) are dropped from the retry; the rest are re-sent."""
         current = self._rows_by_id([i.item_id for i in items])
         changing = [i.contact for i in items if "company" in i.fields and i.contact.company]
         accounts = (self.resolve_accounts((c.company or "" for c in changing), _domain_hints(changing))
                     if changing else {})
         results: list[SideRecord | SyncError | str] = []
-        pending: list[tuple[int, dict[str, Any]]] = []
+        pending: list[tuple[int, dict[str, Any]]] = []  # (index of the item and of its result, record)
         for item in items:
             row = current.get(item.item_id)
             if row is None:
@@ -867,13 +904,36 @@ class SalesforceContactSide:
             pending.append((len(results), {"attributes": {"type": "Contact"}, "Id": str(row["Id"]), **values}))
             results.append(Transient("not attempted", side=SIDE, item_id=item.item_id))
         for chunk in _chunks(pending, MAX_COLLECTION):
+            sent = list(chunk)  # what the next attempt sends (a retry drops the records changed meanwhile)
+
+            def recheck(sent: list[tuple[int, dict[str, Any]]] = sent) -> None:
+                rows = self._rows_by_id([rec["Id"] for _, rec in sent])
+                keep = []
+                for index, rec in sent:
+                    item, row = items[index], rows.get(rec["Id"])
+                    if row is None:
+                        results[index] = NotFound("contact not found", side=SIDE, item_id=item.item_id)
+                    elif item.if_match is not None and str(row["SystemModstamp"]) != item.if_match:
+                        results[index] = PreconditionFailed("changed since it was read (SystemModstamp)",
+                                                            side=SIDE, item_id=item.item_id)
+                    else:
+                        keep.append((index, rec))
+                sent[:] = keep
+                if not sent:
+                    raise _NothingToRetry("every record of the chunk changed during the backoff", side=SIDE)
+
+            def body(sent: list[tuple[int, dict[str, Any]]] = sent) -> dict[str, Any]:
+                return {"allOrNone": False, "records": [rec for _, rec in sent]}
+
             try:
-                answers = self._collection("PATCH", [rec for _, rec in chunk])
+                answers = self._restful("PATCH", body, before_retry=recheck)
+            except _NothingToRetry:
+                continue
             except SyncError as exc:
-                for index, _ in chunk:
+                for index, _ in sent:
                     results[index] = exc
                 continue
-            for (index, rec), res in zip(chunk, answers, strict=False):
+            for (index, rec), res in zip(sent, answers, strict=False):
                 results[index] = str(res.get("id") or rec["Id"]) if res.get("success") else \
                     _collection_error(res, rec["Id"])
         return self._finish(results)

@@ -44,7 +44,7 @@ from sync.errors import (
     Transient,
 )
 from sync.model import Contact
-from sync.ports import CreateRequest, SideRecord
+from sync.ports import CreateRequest, SideRecord, UpdateRequest
 from tests.contract.graph_harness import MAILBOX, OTHER, make_side
 
 
@@ -264,6 +264,53 @@ def test_ambiguous_batch_create_does_not_duplicate(emu: GraphEmulator, side: Gra
     stored = folder_contacts(emu)
     assert len(stored) == 30 and len({c["id"] for c in stored}) == 30
     assert [r.marker for r in results if isinstance(r, SideRecord)] == [f"003B{i:03d}" for i in range(30)]
+
+
+# ---- version guard across retries -------------------------------------------------------------------------------
+
+
+@dataclass
+class EditWhileRefusing(FaultRule):
+    """Refuse the next matching request (not executed); at that moment the user edits ``contact_id`` in Outlook,
+    so the edit lands between our failed attempt and its retry."""
+
+    edit: tuple[GraphEmulator, str] | None = None
+
+    def matches(self, mailbox: str | None, endpoint: str, after: bool) -> bool:
+        hit = super().matches(mailbox, endpoint, after)
+        if hit and self.edit is not None:
+            emu, contact_id = self.edit
+            emu.update_contact(MAILBOX, contact_id, {"jobTitle": "CTO"})
+        return hit
+
+
+def test_writes_retried_after_503_send_if_match_again_so_a_user_edit_in_between_wins(
+    emu: GraphEmulator, side: GraphContactSide
+) -> None:
+    """Graph compares the changeKey on every attempt (``If-Match`` goes with each retry): no re-check needed."""
+    a, b, c, d = (side.create(MAILBOX, person(i).with_values({"job_title": "Dev"})) for i in range(4))
+
+    def refuse_once(endpoint: str, contact_id: str) -> None:
+        emu.faults.add(EditWhileRefusing(503, 1, endpoint=endpoint, retry_after=0, code="ServiceNotAvailable",
+                                         edit=(emu, contact_id)))
+
+    refuse_once("contact.update", a.id)
+    with pytest.raises(PreconditionFailed):
+        side.update(MAILBOX, a.id, a.contact.with_values({"job_title": "Engineer"}), fields=frozenset({"job_title"}),
+                    if_match=a.version)
+    refuse_once("contact.delete", b.id)
+    with pytest.raises(PreconditionFailed):
+        side.delete(MAILBOX, b.id, if_match=b.version)
+    refuse_once("contact.update", c.id)
+    results = side.update_many(MAILBOX, [
+        UpdateRequest(item_id=r.id, contact=r.contact.with_values({"job_title": "Engineer"}),
+                      fields=frozenset({"job_title"}), if_match=r.version) for r in (c, d)
+    ])
+    assert isinstance(results[0], PreconditionFailed)
+    assert isinstance(results[1], SideRecord) and results[1].contact.job_title == "Engineer"
+    titles = {i: (emu.get_contact(MAILBOX, i) or {}).get("jobTitle") for i in (a.id, b.id, c.id, d.id)}
+    assert titles == {a.id: "CTO", b.id: "CTO", c.id: "CTO", d.id: "Engineer"}  # b was not deleted either
+    assert side.stats["retries"] >= 3
 
 
 # ---- throttling and concurrency ---------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ throttling, paging, owners and accounts. Call counts come from the emulator's co
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -112,6 +112,147 @@ def test_503_on_a_read_is_retried_and_exhaustion_is_throttled(h: SalesforceHarne
     with pytest.raises(Throttled):
         h.side.get(MAILBOX, created.id)
     h.emu.faults.rest_failures.clear()
+
+
+class _Backoff:
+    """The adapter's ``sleep``: records each backoff and runs the queued user actions during the first one."""
+
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+        self.during: list[Callable[[], None]] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        while self.during:
+            self.during.pop(0)()
+
+
+@pytest.fixture
+def hb() -> Iterator[tuple[SalesforceHarness, _Backoff]]:
+    backoff = _Backoff()
+    harness = SalesforceHarness(sleep=backoff)
+    yield harness, backoff
+    harness.close()
+
+
+def _user_edit_later(h: SalesforceHarness, backoff: _Backoff, item_id: str, values: dict[str, str | None]) -> None:
+    """Queue a user edit (one emulated second later, so SystemModstamp moves) for the next backoff."""
+
+    def edit() -> None:
+        h.emu.advance_time(1)
+        h.user_edit(item_id, values)
+
+    backoff.during.append(edit)
+
+
+def _dev(name: str = "ada") -> Contact:
+    return Contact(first_name="Ada", last_name="Byron", emails=[f"{name}@example.com"], job_title="Dev")
+
+
+def test_update_retried_after_backoff_refuses_when_the_user_edited_meanwhile(
+    hb: tuple[SalesforceHarness, _Backoff],
+) -> None:
+    h, backoff = hb
+    sf_id = h.user_create(_dev())
+    before = h.side.get(MAILBOX, sf_id)
+    assert before is not None
+    h.emu.faults.fail_next(status=503, path_contains="PATCH /sobjects/Contact")  # refused, not executed
+    _user_edit_later(h, backoff, sf_id, {"job_title": "CTO"})
+    updates = h.emu.counters["rest.update"]
+    with pytest.raises(PreconditionFailed):
+        h.side.update(MAILBOX, sf_id, before.contact.with_values({"job_title": "Engineer"}),
+                      fields=frozenset({"job_title"}), if_match=before.version)
+    assert len(backoff.sleeps) == 1
+    assert h.emu.counters["rest.update"] == updates  # the PATCH was not sent again
+    record = h.emu.get_record(sf_id)
+    assert record is not None and record["Title"] == "CTO"
+
+
+def test_delete_retried_after_backoff_refuses_when_the_user_edited_meanwhile(
+    hb: tuple[SalesforceHarness, _Backoff],
+) -> None:
+    h, backoff = hb
+    sf_id = h.user_create(_dev())
+    before = h.side.get(MAILBOX, sf_id)
+    assert before is not None
+    h.emu.faults.fail_next(status=403, error_code="REQUEST_LIMIT_EXCEEDED", path_contains="DELETE /sobjects/Contact")
+    _user_edit_later(h, backoff, sf_id, {"job_title": "CTO"})
+    with pytest.raises(PreconditionFailed):
+        h.side.delete(MAILBOX, sf_id, if_match=before.version)
+    assert len(backoff.sleeps) == 1 and h.emu.counters["rest.delete"] == 0
+    record = h.emu.get_record(sf_id)
+    assert record is not None and not record["IsDeleted"] and record["Title"] == "CTO"
+
+
+def test_update_many_retry_drops_the_records_the_user_edited_during_the_backoff(
+    hb: tuple[SalesforceHarness, _Backoff],
+) -> None:
+    h, backoff = hb
+    edited, untouched, unguarded = (h.user_create(_dev(n))
+                                    for n in ("edited", "untouched", "unguarded"))
+    reads = {r.id: r for r in (h.side.get(MAILBOX, i) for i in (edited, untouched, unguarded)) if r is not None}
+    h.emu.faults.fail_next(status=503, path_contains="PATCH /composite/sobjects")
+    _user_edit_later(h, backoff, edited, {"job_title": "CTO"})
+    backoff.during.append(lambda: h.user_edit(unguarded, {"job_title": "Intern"}))
+    collections = h.emu.counters["rest.composite_sobjects"]
+    results = h.side.update_many(MAILBOX, [
+        UpdateRequest(item_id=i, contact=reads[i].contact.with_values({"job_title": "Engineer"}),
+                      fields=frozenset({"job_title"}), if_match=None if i == unguarded else reads[i].version)
+        for i in (edited, untouched, unguarded)
+    ])
+    assert len(backoff.sleeps) == 1 and h.emu.counters["rest.composite_sobjects"] == collections + 1
+    assert isinstance(results[0], PreconditionFailed) and results[0].item_id == edited
+    assert isinstance(results[1], SideRecord) and results[1].id == untouched
+    assert results[1].contact.job_title == "Engineer"
+    assert isinstance(results[2], SideRecord) and results[2].id == unguarded  # no if_match: last write wins
+    assert results[2].contact.job_title == "Engineer"
+    titles = {i: (h.emu.get_record(i) or {}).get("Title") for i in (edited, untouched, unguarded)}
+    assert titles == {edited: "CTO", untouched: "Engineer", unguarded: "Engineer"}
+
+
+def test_update_many_retry_is_not_sent_when_every_record_changed_or_vanished(
+    hb: tuple[SalesforceHarness, _Backoff],
+) -> None:
+    h, backoff = hb
+    edited, deleted = (h.user_create(_dev(n)) for n in ("e", "d"))
+    reads = {r.id: r for r in (h.side.get(MAILBOX, i) for i in (edited, deleted)) if r is not None}
+    h.emu.faults.fail_next(status=503, path_contains="PATCH /composite/sobjects")
+    _user_edit_later(h, backoff, edited, {"job_title": "CTO"})
+    backoff.during.append(lambda: h.user_delete(deleted))
+    collections = h.emu.counters["rest.composite_sobjects"]
+    results = h.side.update_many(MAILBOX, [
+        UpdateRequest(item_id=i, contact=reads[i].contact.with_values({"job_title": "Engineer"}),
+                      fields=frozenset({"job_title"}), if_match=reads[i].version)
+        for i in (edited, deleted)
+    ])
+    assert [type(r) for r in results] == [PreconditionFailed, NotFound]
+    assert h.emu.counters["rest.composite_sobjects"] == collections  # nothing left to re-send
+    assert (h.emu.get_record(edited) or {}).get("Title") == "CTO"
+
+
+def test_guarded_writes_retried_after_backoff_still_succeed_without_a_concurrent_edit(
+    hb: tuple[SalesforceHarness, _Backoff],
+) -> None:
+    h, backoff = hb
+    one, two = (h.user_create(_dev(n)) for n in ("one", "two"))
+    first = h.side.get(MAILBOX, one)
+    assert first is not None
+    h.emu.faults.fail_next(status=503, path_contains="PATCH /sobjects/Contact")
+    updated = h.side.update(MAILBOX, one, first.contact.with_values({"job_title": "Engineer"}),
+                            fields=frozenset({"job_title"}), if_match=first.version)
+    assert updated.contact.job_title == "Engineer" and len(backoff.sleeps) == 1
+    second = h.side.get(MAILBOX, two)
+    assert second is not None
+    h.emu.faults.fail_next(status=503, path_contains="PATCH /composite/sobjects")
+    many = h.side.update_many(MAILBOX, [
+        UpdateRequest(item_id=r.id, contact=r.contact.with_values({"job_title": "Lead"}),
+                      fields=frozenset({"job_title"}), if_match=r.version) for r in (updated, second)
+    ])
+    assert [r.contact.job_title for r in many if isinstance(r, SideRecord)] == ["Lead", "Lead"]
+    assert len(backoff.sleeps) == 2
+    h.emu.faults.fail_next(status=503, path_contains="DELETE /sobjects/Contact")
+    h.side.delete(MAILBOX, one, if_match=many[0].version if isinstance(many[0], SideRecord) else None)
+    assert h.side.get(MAILBOX, one) is None and len(backoff.sleeps) == 3
 
 
 def _people(n: int, prefix: str = "p") -> list[Contact]:
