@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sync.errors import NotFound, PreconditionFailed, SyncError
+from sync.errors import AlreadyExists, NotFound, PreconditionFailed, SyncError
 from sync.model import field_digests, fingerprint
 from sync.planner import (
     Adopt,
@@ -234,15 +234,60 @@ class Engine:
             if any(isinstance(a, Review | Skip) for a in p.actions):
                 self._audit(s, p, records, "review" if any(isinstance(a, Review) for a in p.actions) else "applied")
             return Outcome(s.mailbox, p, True, s.link, records)
+        self._audit_conflicts_first(s, p, records)
         try:
             for action in p.actions:
                 self._apply(s.mailbox, action, records)
-            link = self._commit(s, p, records)
         except SyncError as exc:
             self._audit(s, p, records, "failed", error=f"{type(exc).__name__}: {exc}")
             raise
+        try:
+            link = self._commit(s, p, records)
+        except SyncError as exc:
+            note = ""
+            if isinstance(exc, AlreadyExists | PreconditionFailed):
+                note = self._undo_creates(s, p, records, {a.side for a in p.actions if isinstance(a, Create)})
+            self._audit(s, p, records, "failed", error=f"{type(exc).__name__}: {exc}{note}")
+            raise
         self._audit(s, p, records, "applied")
         return Outcome(s.mailbox, p, True, link, records)
+
+    def _audit_conflicts_first(self, s: Situation, p: Plan, records: dict[Side, SideRecord | None]) -> None:
+        """A plan that overrides an edit (a conflict) says so in the audit before it writes, so a worker killed
+        between its writes and its audit rows never leaves an override without a trace (outcome ``planned``; the
+        ``applied`` or ``failed`` rows follow)."""
+        if p.writes and any(isinstance(a, Conflict) for a in p.actions):
+            self.audit.write([e for e in self._audit_entries(s, p, records, "planned") if e.action == "conflict"])
+
+    def _undo_creates(self, s: Situation, p: Plan, records: dict[Side, SideRecord | None], sides: set[Side]) -> str:
+        """The link save after a create lost a race (another worker linked this person first: a duplicated hint,
+        an owner change handed over twice): delete the copies this plan made, so the person is not doubled, and
+        point the source's marker back at the winner's copy. Best effort; returns a note for the audit."""
+        notes = []
+        for side in sorted(sides, key=lambda x: x.value):
+            made, before = records[side], (s.m365 if side is Side.M365 else s.sf)
+            if made is None or (before is not None and before.id == made.id):
+                continue
+            if self.links.get(s.mailbox, side, made.id) is not None:
+                continue  # the winner adopted this very copy (its marker led there): it stays
+            try:
+                self.sides[side].delete(s.mailbox, made.id, if_match=made.version)
+            except NotFound:
+                pass
+            except SyncError as exc:
+                logger.warning("copy %s %s made by a plan that lost a race not deleted: %s", side.value, made.id,
+                               type(exc).__name__)
+                notes.append(f"the {side.label} copy {made.id} it created could not be deleted again")
+                continue
+            records[side] = None
+            notes.append(f"the {side.label} copy {made.id} it created was deleted again (linked by another worker)")
+            source = records[side.other]
+            if source is not None and source.marker == made.id and self.sides[side.other].carries_markers:
+                winner = self.links.get(s.mailbox, source.side, source.id)
+                other_id = winner.id_on(side) if winner is not None else None
+                if other_id:
+                    records[side.other] = self._stamp(s.mailbox, source, other_id)
+        return "; " + "; ".join(notes) if notes else ""
 
     def execute_many(self, mailbox: str, items: Sequence[tuple[Situation, Plan]]) -> list[Outcome | SyncError]:
         """``execute`` for many plans of one mailbox, with the writes of plain plans sent in bulk.
@@ -270,6 +315,10 @@ class Engine:
             except SyncError as exc:
                 results[i] = exc
 
+        planned = [e for i in records for e in self._audit_entries(*items[i], records[i], "planned")
+                   if e.action == "conflict"]
+        if planned:  # overrides are on record before anything is written (see _audit_conflicts_first)
+            self.audit.write(planned)
         for side in (Side.SALESFORCE, Side.M365):  # updates, in execute's order
             todo = [(i, a) for i in records for a in items[i][1].actions
                     if isinstance(a, Update) and a.side is side and i not in failed]
@@ -334,8 +383,11 @@ class Engine:
             s, p = items[i]
             outcome = failed.get(i) or committed.get(i)
             if isinstance(outcome, SyncError):
+                note = ""
+                if i not in failed and isinstance(outcome, AlreadyExists | PreconditionFailed):
+                    note = self._undo_creates(s, p, records[i], {side for j, side in made if j == i})
                 entries += self._audit_entries(s, p, records[i], "failed",
-                                               error=f"{type(outcome).__name__}: {outcome}")
+                                               error=f"{type(outcome).__name__}: {outcome}{note}")
                 results[i] = outcome
                 continue
             entries += self._audit_entries(s, p, records[i], "applied")

@@ -731,7 +731,7 @@ class Soak:
         from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
         entries = [e for e in self.read_audit() if e.at >= self.live_since]
-        self.report.conflicts = sum(1 for e in entries if e.action == "conflict")
+        self.report.conflicts = sum(1 for e in entries if e.action == "conflict" and e.outcome != "planned")
         self.report.audit.update(f"{e.action}/{e.outcome}" for e in entries if e.action != "nothing")
         for name in ("contact-changes-poison", "reconcile-poison"):
             client = QueueClient.from_connection_string(self.conn, name, api_version="2025-11-05",

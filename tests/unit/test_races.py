@@ -1,0 +1,125 @@
+"""Workers racing on one person (duplicated hints, a reconcile and a worker) and a worker killed mid-plan: never a
+duplicate, never an override without a trace. Found by the soak (tests/soak)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sync.adapters.memory import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
+from sync.engine import Engine
+from sync.errors import AlreadyExists
+from sync.model import Contact
+from sync.planner import plan
+from sync.policy import Policy, Side
+from sync.ports import ContactChange, LinkState
+from sync.reconcile import reconcile_mailbox
+
+ANN = "ann@contoso.com"
+ADA = Contact(first_name="Ada", last_name="Byron", emails=["ada@example.com"], job_title="Dev")
+
+
+def setup() -> tuple[MemorySide, MemorySide, MemoryLinkStore, MemoryAudit, Engine]:
+    clock = LogicalClock()
+    m365, sf = MemorySide(Side.M365, clock=clock), MemorySide(Side.SALESFORCE, clock=clock)
+    links, audit = MemoryLinkStore(), MemoryAudit()
+    return m365, sf, links, audit, Engine(m365, sf, links, audit, MemoryQueue(), Policy(), [ANN], clock=clock)
+
+
+def ada_in(side: MemorySide) -> list[str]:
+    return sorted(i for i, r in side.snapshot().items() if "ada@example.com" in r.contact.email_keys())
+
+
+def before_first(links: MemoryLinkStore, name: str, run: Callable[[], Any]) -> None:
+    """Run ``run`` (the other worker) just before the first call of ``links.<name>``: it wins the race."""
+    real = getattr(links, name)
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        setattr(links, name, real)
+        run()
+        return real(*args, **kwargs)
+
+    setattr(links, name, hooked)
+
+
+def assert_one_linked_pair(m365: MemorySide, sf: MemorySide, links: MemoryLinkStore) -> None:
+    (oid,), (sf_id,) = ada_in(m365), ada_in(sf)
+    link = links.get(ANN, Side.M365, oid)
+    assert link is not None and link.sf_id == sf_id and link.state is LinkState.LINKED
+    assert m365.snapshot()[oid].marker == sf_id and sf.snapshot()[sf_id].marker == oid
+
+
+def test_a_duplicated_outlook_hint_read_twice_creates_one_salesforce_contact() -> None:
+    m365, sf, links, audit, engine = setup()
+    oid = m365.user_create(ANN, ADA)
+    hint = ContactChange(source=Side.M365, item_id=oid, mailbox=ANN)
+    a, b = engine.read(hint, ANN), engine.read(hint, ANN)  # two workers read before either writes
+    assert a is not None and b is not None
+    engine.execute(a, plan(a, engine.policy))
+    with pytest.raises(AlreadyExists):
+        engine.execute(b, plan(b, engine.policy))  # its copy is deleted again; the host retries the message
+    engine.sync_contact(hint)  # the retry
+    assert_one_linked_pair(m365, sf, links)
+    (failed,) = [e for e in audit.entries if e.outcome == "failed"]
+    assert failed.error is not None and "deleted again" in failed.error
+
+
+def test_the_loser_that_stamped_first_points_the_marker_back_at_the_winner() -> None:
+    m365, sf, links, audit, engine = setup()
+    oid = m365.user_create(ANN, ADA)
+    hint = ContactChange(source=Side.M365, item_id=oid, mailbox=ANN)
+    a, b = engine.read(hint, ANN), engine.read(hint, ANN)
+    assert a is not None and b is not None
+    # B creates and stamps the Outlook marker first; A runs to the end before B saves its link (A's stamp fails)
+    before_first(links, "save", lambda: engine.execute(a, plan(a, engine.policy)))
+    with pytest.raises(AlreadyExists):
+        engine.execute(b, plan(b, engine.policy))
+    assert_one_linked_pair(m365, sf, links)
+
+
+def test_a_duplicated_salesforce_hint_creates_one_outlook_copy() -> None:
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    hint = ContactChange(source=Side.SALESFORCE, item_id=sf_id)
+    a, b = engine.read(hint, ANN), engine.read(hint, ANN)
+    assert a is not None and b is not None
+    before_first(links, "save", lambda: engine.execute(a, plan(a, engine.policy)))
+    with pytest.raises(AlreadyExists):
+        engine.execute(b, plan(b, engine.policy))
+    assert_one_linked_pair(m365, sf, links)
+
+
+def test_a_reconcile_racing_a_worker_does_not_double_the_contact() -> None:
+    m365, sf, links, audit, engine = setup()
+    oid = m365.user_create(ANN, ADA)
+    # the worker handling the Outlook add links it while the reconcile's bulk create is under way
+    before_first(links, "save_many", lambda: engine.sync_contact(
+        ContactChange(source=Side.M365, item_id=oid, mailbox=ANN)))
+    report = reconcile_mailbox(engine, ANN)
+    assert not report.errors
+    assert_one_linked_pair(m365, sf, links)
+
+
+def test_a_worker_killed_after_its_writes_leaves_the_override_in_the_audit() -> None:
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    reconcile_mailbox(engine, ANN)
+    (oid,) = ada_in(m365)
+    m365.user_edit(oid, {"job_title": "Outlook edit"})  # the same field edited on both sides: a conflict
+    sf.user_edit(sf_id, {"job_title": "Salesforce edit"})
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise SystemExit("worker killed")  # SIGKILL between the side writes and the link and audit writes
+
+    real, links.save = links.save, killed  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))
+    links.save = real  # type: ignore[method-assign]
+    overridden = m365.snapshot()[oid].contact.job_title
+    assert overridden == "Salesforce edit"  # salesforce wins by default: the Outlook edit was overwritten ...
+    (row,) = [e for e in audit.entries if e.action == "conflict"]  # ... and the audit already says so
+    assert row.fields == ("job_title",) and row.winner is Side.SALESFORCE and row.outcome == "planned"
+    engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))  # the redelivered message
+    assert m365.snapshot()[oid].contact.job_title == "Salesforce edit"
