@@ -170,14 +170,18 @@ class Engine:
             return None
         synced = tuple(rule.key for rule, _ in synced_rules(self.policy, mailbox))
         m, f = (record, partner) if record.side is Side.M365 else (partner, record)
+        # What was synced last is unknown. Alone, the record counts as unedited (so the delete policy applies as the
+        # lost link would have applied it); with its partner, every field on which they differ counts as edited on
+        # both sides (the conflict policy decides, and the audit records it), as when a pair is first linked.
+        alone = partner is None
         link = Link(
             mailbox=mailbox,
             m365_id=m.id if m else record.marker,
             sf_id=f.id if f else record.marker,
-            m365_base=field_digests(m.contact, synced) if m else {},
-            sf_base=field_digests(f.contact, synced) if f else {},
-            m365_fp=fingerprint(m.contact, synced) if m else None,
-            sf_fp=fingerprint(f.contact, synced) if f else None,
+            m365_base=field_digests(m.contact, synced) if m and alone else {},
+            sf_base=field_digests(f.contact, synced) if f and alone else {},
+            m365_fp=fingerprint(m.contact, synced) if m and alone else None,
+            sf_fp=fingerprint(f.contact, synced) if f and alone else None,
             m365_version=m.version if m else None,
             sf_version=f.version if f else None,
             synced_at=self.clock(),

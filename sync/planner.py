@@ -310,7 +310,8 @@ def _updates(out: _Merge, m: SideRecord, f: SideRecord, reason_for: dict[Side, s
                 fields=frozenset(values),
                 if_match=rec.version,
                 reason=(reason_for[side] + _cut_note(out.cut[side], side)) if values
-                else f"stamp the link marker on the {side.label} contact",
+                else f"clear the link marker on the {side.label} contact: the copy it named leaves this mailbox"
+                if marker == "" else f"stamp the link marker on the {side.label} contact",
                 clears=tuple(out.clears[side]),
                 marker=marker,
             )
@@ -436,9 +437,17 @@ def _leave_mailbox(ctx: _Ctx) -> Plan:
     if link is None:
         return done([Nothing("owned in Salesforce by another mailbox; not this mailbox's contact")],
                     LinkAfter.KEEP, "not this mailbox's contact")
+    removes_copy = policy.direction_for(s.mailbox).allows(Side.M365)
+    # the Salesforce marker names this mailbox's copy, which goes away: clear it, so that nobody (a rebuild of lost
+    # links in the new owner's mailbox above all) reads the missing copy as one the user deleted there
+    unmark: dict[Side, str | None] = {
+        Side.SALESFORCE: "" if f.marker and f.marker == link.m365_id and (m is None or removes_copy) else None}
     if link.state is LinkState.DETACHED or m is None:
-        return done([*handoff, Nothing(f"Salesforce owner changed {where}; link removed")], LinkAfter.REMOVE,
-                    f"owner changed {where}")
+        clear = [Update(Side.SALESFORCE, f.id, f.contact, frozenset(), f.version,
+                        "clear the link marker: the Outlook copy it names left this mailbox", marker="")
+                 ] if unmark[Side.SALESFORCE] is not None and link.state is LinkState.LINKED else []
+        return done([*clear, *handoff, Nothing(f"Salesforce owner changed {where}; link removed")],
+                    LinkAfter.REMOVE, f"owner changed {where}")
     actions: list[Action] = []
     if link.m365_id and link.sf_id:
         # push Outlook edits not yet in Salesforce before the contact leaves this folder (never lose an edit)
@@ -446,8 +455,8 @@ def _leave_mailbox(ctx: _Ctx) -> Plan:
         out.values[Side.M365].clear()
         out.clears[Side.M365].clear()
         saved = {Side.SALESFORCE: "Outlook edits saved before the owner change", Side.M365: ""}
-        actions += [*out.conflicts, *_updates(out, m, f, saved, {})]
-    if policy.direction_for(s.mailbox).allows(Side.M365):
+        actions += [*out.conflicts, *_updates(out, m, f, saved, unmark)]
+    if removes_copy:
         actions.append(Delete(Side.M365, m.id, m.version,
                               f"Salesforce owner changed {where}: removed from this mailbox's sync folder"))
     else:

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sync.adapters.memory import LogicalClock, MemoryAudit, MemoryCheckpoints, MemoryLinkStore, MemoryQueue, MemorySide
+from sync.adapters.memory import (
+    LogicalClock,
+    MemoryAudit,
+    MemoryCheckpoints,
+    MemoryLinkStore,
+    MemoryQueue,
+    MemorySide,
+)
 from sync.engine import Engine
 from sync.model import Contact
 from sync.policy import DeletePolicy, Policy, Side
@@ -127,3 +134,32 @@ def test_without_a_loss_a_restored_salesforce_contact_comes_back_to_outlook() ->
     w.sf.user_undelete(gone)  # its marker still names the deleted copy; without a loss that is no tombstone
     w.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=gone))
     assert len(w.copies(ANN, gone)) == 1
+
+
+def test_an_owner_change_during_the_rebuild_reaches_the_new_owner_whichever_mailbox_goes_first() -> None:
+    w = world()
+    w.links.lose()
+    moved = w.ids["moved"]
+    w.sf.user_set_owner(moved, BOB)
+    reconcile_mailbox(w.engine, ANN)  # Ann's copy leaves first; the marker naming it is cleared with it
+    assert w.copies(ANN, moved) == [] and not w.sf.snapshot()[moved].marker
+    reconcile_mailbox(w.engine, BOB)  # before the hand-off message is handled: not read as a delete in Bob's folder
+    (new,) = w.copies(BOB, moved)
+    assert w.sf.snapshot()[moved].marker == new
+
+
+def test_outlook_edits_of_a_copy_leaving_during_the_rebuild_are_saved_or_audited() -> None:
+    w = world()
+    moved = w.ids["moved"]
+    (old,) = w.copies(ANN, moved)
+    w.links.lose()
+    w.m365.user_edit(old, {"mobile_phone": "+47 90000118", "job_title": "Outlook title"})  # not synced yet
+    w.sf.user_edit(moved, {"job_title": "Salesforce title"})
+    w.sf.user_set_owner(moved, BOB)
+    reconcile_mailbox(w.engine, ANN)
+    record = w.sf.snapshot()[moved].contact
+    assert record.mobile_phone == "+47 90000118"  # a value Salesforce did not have is carried over
+    assert record.job_title == "Salesforce title"  # both differ: the conflict policy decides ...
+    audit = w.engine.audit
+    assert isinstance(audit, MemoryAudit)
+    assert any(e.action == "conflict" and e.fields == ("job_title",) for e in audit.entries)  # ... on record
