@@ -58,6 +58,13 @@ from sync.ports import (
 logger = logging.getLogger(__name__)
 
 
+class _Unread:
+    """A record not read yet (as opposed to None: read, and not found)."""
+
+
+UNREAD = _Unread()
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -113,23 +120,29 @@ class Engine:
 
     def mailboxes_for(self, change: ContactChange) -> list[str]:
         """The mailboxes a hint concerns: the Outlook mailbox, or the Salesforce owner plus every linked mailbox."""
+        return self._route(change)[0]
+
+    def _route(self, change: ContactChange) -> tuple[list[str], SideRecord | None | _Unread]:
+        """``mailboxes_for``, with the Salesforce record it read to find the owner (UNREAD for Outlook hints)."""
         if change.source is Side.M365:
             if not change.mailbox:
                 raise ValueError("an Outlook change needs its mailbox")
             mailbox = change.mailbox.casefold()
             if mailbox not in self.mailboxes:
                 logger.info("change for a mailbox out of scope ignored: item %s", change.item_id)
-                return []
-            return [mailbox]
+                return [], UNREAD
+            return [mailbox], UNREAD
         mailboxes = set(self.links.mailboxes_of(change.item_id))
         f = self.sides[Side.SALESFORCE].get("", change.item_id)
         if f is not None and f.owner in self.mailboxes:
             mailboxes.add(f.owner)
         # the mailbox that loses the contact goes first, so the new owner's copy is made after the old one left
-        return sorted(mailboxes, key=lambda mb: (f is not None and mb == f.owner, mb))
+        return sorted(mailboxes, key=lambda mb: (f is not None and mb == f.owner, mb)), f
 
-    def read(self, change: ContactChange, mailbox: str) -> Situation | None:
-        """Read the current state of both sides and the link, for one hint in one mailbox."""
+    def read(self, change: ContactChange, mailbox: str, *, sf_record: SideRecord | None | _Unread = UNREAD
+             ) -> Situation | None:
+        """Read the current state of both sides and the link, for one hint in one mailbox. ``sf_record``: the
+        Salesforce record of a Salesforce hint when it was read just now (``sync_contact`` routing the hint)."""
         m365, sf = self.sides[Side.M365], self.sides[Side.SALESFORCE]
         if change.source is Side.M365:
             link = self.links.get(mailbox, Side.M365, change.item_id)
@@ -140,7 +153,7 @@ class Engine:
             if link is None and m is not None:
                 return self._rebuilt(mailbox, m) or self.situation(mailbox, link, m, f)
             return self.situation(mailbox, link, m, f)
-        f = sf.get(mailbox, change.item_id)
+        f = sf.get(mailbox, change.item_id) if isinstance(sf_record, _Unread) else sf_record
         link = self.links.get(mailbox, Side.SALESFORCE, change.item_id)
         m = m365.get(mailbox, link.m365_id) if link is not None and link.m365_id else None
         if link is None and f is not None:
@@ -225,8 +238,10 @@ class Engine:
     def sync_contact(self, change: ContactChange) -> list[Outcome]:
         """Bring one person in sync in every mailbox the hint concerns. Raises typed errors (retry or poison)."""
         outcomes = []
-        for mailbox in self.mailboxes_for(change):
-            situation = self.read(change, mailbox)  # read just before deciding: an earlier mailbox may have written
+        mailboxes, known = self._route(change)
+        for i, mailbox in enumerate(mailboxes):
+            # read just before deciding: an earlier mailbox may have written (the first one uses the routing read)
+            situation = self.read(change, mailbox, sf_record=known if i == 0 else UNREAD)
             if situation is not None:
                 outcomes.append(self.execute(situation, plan(situation, self.policy)))
         return outcomes

@@ -249,9 +249,14 @@ class TableLinkStore:
 
     def save(self, link: Link, *, previous: Link | None, absorb: Sequence[Link] = ()) -> Link:
         ops = self._ops(link, previous, absorb)
+        if link.sf_id and (previous is None or previous.sf_id != link.sf_id):
+            # a Salesforce id new to this mailbox is indexed before its link is written: a crash in between leaves
+            # a stale index row (a lookup that finds nothing), never a missing one; an unchanged id costs no call
+            self._index(link)
         result = _call(lambda: self._table.submit_transaction(ops), link.primary_key())
         saved = self._saved(link, ops, result)
-        self._reindex(link, previous, absorb)
+        for old in ([previous] if previous is not None else []) + list(absorb):
+            self._index_removed(old, link)
         return saved
 
     def save_many(self, items: Sequence[LinkWrite]) -> list[Link | SyncError]:
@@ -331,11 +336,6 @@ class TableLinkStore:
         if etag is None:
             raise PreconditionFailed("the link row returned no ETag", item_id=link.primary_key())
         return link.model_copy(update={"etag": f"{link.primary_key()}\n{etag}"})
-
-    def _reindex(self, link: Link, previous: Link | None, absorb: Sequence[Link]) -> None:
-        for old in ([previous] if previous is not None else []) + list(absorb):
-            self._index_removed(old, link)
-        self._index(link)
 
     def _reindex_many(self, writes: Sequence[LinkWrite]) -> None:
         """Index rows of saved links: removals one by one (rare), new rows in transactions of 100 upserts."""

@@ -52,3 +52,20 @@ def test_a_deleted_links_table_is_a_loss_but_a_first_one_is_not(azurite_connecti
     assert links.rebuilding(MAILBOX)
     links.mark_rebuilt(MAILBOX)
     assert not TableStorage.from_connection_string(azurite_connection_string, prefix).links().rebuilding(MAILBOX)
+
+
+def test_a_link_save_writes_the_index_row_only_for_a_new_salesforce_id(azurite_connection_string: str) -> None:
+    from sync.adapters.tables import REQUESTS
+    from sync.policy import Side
+    from sync.ports import Link
+
+    links = TableStorage.from_connection_string(azurite_connection_string, "h" + uuid.uuid4().hex[:10]).links()
+    REQUESTS.reset()
+    links.save(Link(mailbox=MAILBOX, m365_id="AAMk1", sf_id="003A", synced_at=datetime.now(UTC)), previous=None)
+    assert REQUESTS.snapshot() == {"write": 1, "transaction": 1}  # the index row first, then the link's rows
+    current = links.get(MAILBOX, Side.M365, "AAMk1")
+    assert current is not None
+    REQUESTS.reset()
+    links.save(current.model_copy(update={"m365_fp": "f2"}), previous=current)
+    assert REQUESTS.snapshot() == {"transaction": 1}  # same Salesforce id: the index row stands
+    assert links.mailboxes_of("003A") == {MAILBOX}
