@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sync.errors import AlreadyExists, NotFound, PreconditionFailed, SyncError
-from sync.model import field_digests, fingerprint
+from sync.model import field_digest, field_digests, fingerprint
 from sync.planner import (
     Adopt,
     Candidate,
@@ -161,25 +161,21 @@ class Engine:
         return self.situation(mailbox, link, m, f)
 
     def lost_link(self, mailbox: str, record: SideRecord) -> tuple[Link, SideRecord | None] | None:
-        """While the links of ``mailbox`` are rebuilt after the links table was lost: the link an unlinked record's
-        marker proves it had, when the planner must hear it as a link, with the partner the marker names.
+        """While the links of ``mailbox`` are rebuilt after the links table was lost: the link an unlinked Outlook
+        copy's marker proves it had, when the planner must hear it as a link, with the partner the marker names.
 
-        - an Outlook copy whose marker names a Salesforce contact that is deleted, or owned by another user (it was
-          deleted, or its owner changed, while the links were lost): the delete policy, or the owner change, applies;
-        - a Salesforce contact whose marker names an Outlook copy that is in no synced mailbox any more: the copy was
-          deleted in Outlook (the tombstone the lost table held); a copy still in another mailbox is an owner
-          change under way, not a delete.
-        None when the links are not being rebuilt, the record has no marker, or the partner is here (then the
-        marker adopts it as usual). The link is not stored (no etag): the plan's link write replaces it.
+        The marker names a Salesforce contact that is deleted (it was deleted while the links were lost: the delete
+        policy applies), or owned by another user (its owner changed: it leaves this mailbox). Salesforce ids are
+        org-wide, so this cannot be mistaken. None when the links are not being rebuilt, the record is not an Outlook
+        copy with a marker, or its partner is this mailbox's (the marker adopts it as usual). The other way round (a
+        Salesforce contact whose marker names an Outlook copy that is gone) is ambiguous: deleted here, or in the
+        previous owner's mailbox; the tombstones, restored with the table, answer it. The returned link is not
+        stored (no etag): the plan's link write replaces it.
         """
-        if not record.marker or not self.links.rebuilding(mailbox):
+        if record.side is not Side.M365 or not record.marker or not self.links.rebuilding(mailbox):
             return None
-        partner = self.sides[record.side.other].get(mailbox, record.marker)
-        if record.side is Side.M365:
-            if partner is not None and partner.owner == mailbox:
-                return None
-        elif partner is not None or any(self.sides[Side.M365].get(mb, record.marker) is not None
-                                        for mb in sorted(self.mailboxes - {mailbox})):
+        partner = self.sides[Side.SALESFORCE].get(mailbox, record.marker)
+        if partner is not None and partner.owner == mailbox:
             return None
         synced = tuple(rule.key for rule, _ in synced_rules(self.policy, mailbox))
         m, f = (record, partner) if record.side is Side.M365 else (partner, record)
@@ -345,11 +341,11 @@ class Engine:
                 done = self.sides[side].update_many(mailbox, [
                     UpdateRequest(item_id=a.item_id, contact=a.contact, fields=a.fields, if_match=a.if_match,
                                   marker=a.marker) for _, a in todo])
-                for (i, _), r in zip(todo, done, strict=True):
+                for (i, a), r in zip(todo, done, strict=True):
                     if isinstance(r, SyncError):
                         failed[i] = r
                     else:
-                        records[i][side] = r
+                        records[i][side] = self._as_written(mailbox, records[i][side], r, a.fields)
         created: list[tuple[int, Side]] = []
         for side in (Side.SALESFORCE, Side.M365):  # creates, each carrying the source's id as marker
             todo_c = [(i, a) for i in records for a in items[i][1].actions
@@ -423,10 +419,11 @@ class Engine:
             if other is not None:
                 records[other.side] = self._stamp(mailbox, other, created.id)
         elif isinstance(action, Update):
-            records[action.side] = self.sides[action.side].update(
+            written = self.sides[action.side].update(
                 mailbox, action.item_id, action.contact, fields=action.fields, if_match=action.if_match,
                 marker=action.marker,
             )
+            records[action.side] = self._as_written(mailbox, records[action.side], written, action.fields)
         elif isinstance(action, Delete):
             with contextlib.suppress(NotFound):  # already gone: the goal is reached
                 self.sides[action.side].delete(mailbox, action.item_id, if_match=action.if_match)
@@ -435,6 +432,25 @@ class Engine:
             records[Side.M365], records[Side.SALESFORCE] = action.m365, action.sf
         elif isinstance(action, Handoff):
             self.queue.send(ContactChange(source=Side.SALESFORCE, item_id=action.sf_id))
+
+    def _as_written(self, mailbox: str, before: SideRecord | None, after: SideRecord,
+                    fields: frozenset[str]) -> SideRecord:
+        """The record as our write left it, for the link. A synced field we did not write that differs from what
+        we read was changed by someone else between our version check and our write (Salesforce has no conditional
+        update: it compares SystemModstamp, then PATCHes). Taking it into the link would pass it for synced and it
+        would never reach the other side; so the link keeps the value we read, and no version, and the next hint or
+        reconcile sees that edit as a change."""
+        if before is None:
+            return after
+        foreign = {rule.key: before.contact.get(rule.key) for rule, _ in synced_rules(self.policy, mailbox)
+                   if rule.key not in fields
+                   and field_digest(rule.key, before.contact.get(rule.key))
+                   != field_digest(rule.key, after.contact.get(rule.key))}
+        if not foreign:
+            return after
+        logger.info("%s %s was edited by someone else while we wrote it: %d field(s) left to the next pass",
+                    after.side.value, after.id, len(foreign))
+        return after.model_copy(update={"contact": after.contact.with_values(foreign), "version": None})
 
     def _stamp(self, mailbox: str, record: SideRecord, other_id: str) -> SideRecord:
         """Stamp the link marker on the source record after a create; best effort (the marker is for recovery)."""

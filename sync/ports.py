@@ -204,9 +204,10 @@ class LinkStore(Protocol):
     that finds nothing). ``save_many`` is ``save`` for many links of one mailbox, packed into few transactions:
     one result per item, in order (the saved link, or the typed error of that item).
 
-    ``rebuilding(mailbox)`` is true after the store was lost and started over empty (the links table deleted), until
-    ``mark_rebuilt(mailbox)`` records that a full reconcile of that mailbox rebuilt its links from the markers. While
-    it is true the engine reads the markers of unlinked records as lost links (tombstones included).
+    ``rebuilding(mailbox)`` is true after the store was lost and started over (the links table deleted: it comes back
+    holding only the tombstones, which are also kept apart), until ``mark_rebuilt(mailbox)`` records that a full
+    reconcile of that mailbox rebuilt its links from the markers. While it is true the engine reads the markers of
+    unlinked Outlook copies as lost links when their Salesforce partner is deleted or belongs to another owner.
     """
 
     def get(self, mailbox: str, side: Side, item_id: str) -> Link | None: ...

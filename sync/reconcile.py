@@ -7,9 +7,10 @@ Public API:
         the last delta pass (Graph delta link, Salesforce SystemModstamp watermark); falls back to a full pass when
         a change feed starts over (first run, expired delta token, old watermark) or the links are being rebuilt
 
-After the links table was lost (``LinkStore.rebuilding``), a full pass rebuilds the links from the markers: a marker
-whose partner is here adopts it; one whose partner was deleted or moved to another owner's mailbox is read as the lost
-link (``Engine.lost_link``), so deletes and tombstones are not undone. A pass without errors ends the rebuild.
+After the links table was lost (it comes back with the tombstones only; ``LinkStore.rebuilding``), a full pass
+rebuilds the links from the markers: a marker whose partner is here adopts it; an Outlook copy whose Salesforce partner
+was deleted or moved to another owner is read as the lost link (``Engine.lost_link``), so deletes and owner changes
+are not undone. A pass without errors ends the rebuild.
 
 Like vdirsyncer's sync over its status table: every link and every record on either side is visited once.
 The plans are applied together (``Engine.execute_many``): creates and updates go out in bulk (Graph ``$batch``,
@@ -116,10 +117,6 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
         consumed_m.add(rec.id)
         plans.append((s, p))
     for rec in (r for i, r in f_recs.items() if i not in linked_f and i not in consumed_f):
-        lost = _lost(engine, mailbox, rec, m_recs) if rebuilding else None
-        if lost is not None:  # its marker names an Outlook copy deleted while the links were lost: a tombstone
-            plans.append((lost, plan(lost, engine.policy)))
-            continue
         cands = tuple(Candidate(c, linked=c.id in linked_m or c.id in consumed_m)
                       for c in m_recs.values() if _matches(rec, c))
         s = Situation(mailbox, None, None, rec, cands)

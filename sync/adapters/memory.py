@@ -310,9 +310,10 @@ class MemoryLinkStore:
             raise self.fail_next.pop(0)
 
     def lose(self) -> None:
-        """Forget every link, as a deleted links table does (then ``rebuilding`` is true for every mailbox)."""
+        """Forget every link but the tombstones, as a deleted links table does once it is made again from the
+        tombstones' copies (then ``rebuilding`` is true for every mailbox)."""
         with self._lock:
-            self._rows.clear()
+            self._rows = {k: v for k, v in self._rows.items() if v[0].state is LinkState.DETACHED}
             self._lost = True
             self._rebuilt.clear()
 

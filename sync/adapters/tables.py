@@ -1,8 +1,8 @@
 """Azure Table Storage adapters: links, checkpoints and audit (azure-data-tables 12.7.0).
 
 Public API:
-    TableStorage(service, prefix="sync")     tables ``<prefix>links``, ``<prefix>checkpoints``, ``<prefix>audit``,
-                                              ``<prefix>jobs``, ``<prefix>subscriptions``
+    TableStorage(service, prefix="sync")     tables ``<prefix>links``, ``<prefix>tombstones``, ``<prefix>checkpoints``,
+                                              ``<prefix>audit``, ``<prefix>jobs``, ``<prefix>subscriptions``
     TableLinkStore, TableCheckpoints, TableAudit, TableJobs, TableSubscriptions
     escape_key(text)                          make any id safe as a PartitionKey / RowKey
 
@@ -51,7 +51,7 @@ from sync.errors import (
     Transient,
 )
 from sync.policy import Side
-from sync.ports import AuditEntry, Link, LinkWrite, MailboxJob, ReconcileJob, StoredSubscription, row_key
+from sync.ports import AuditEntry, Link, LinkState, LinkWrite, MailboxJob, ReconcileJob, StoredSubscription, row_key
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -196,8 +196,14 @@ class HealingTable:
 
 
 class TableLinkStore:
-    def __init__(self, table: HealingTable) -> None:
+    """Links of ``<prefix>links``; tombstones (detached links) are also kept in ``<prefix>tombstones`` (PartitionKey =
+    mailbox, RowKey = the row key), which a lost links table is seeded from when it is made again: a contact deleted
+    on one side stays deleted after the loss. The copy is written before the link and removed after it (a crash
+    leaves a tombstone too many, which only matters after a loss, never one too few)."""
+
+    def __init__(self, table: HealingTable, tombstones: HealingTable | None = None) -> None:
         self._table = table
+        self._tombstones = tombstones
         # (read at, table generation, RowKeys of the ``~meta`` partition): trusted for META_TTL_S, and until this
         # process makes the table again
         self._meta: tuple[float, int, set[str]] | None = None
@@ -247,16 +253,45 @@ class TableLinkStore:
             raise _map_error(exc, item_id) from exc
         return self._from_entity(entity, key)
 
+    def _keep_tombstone(self, link: Link) -> None:
+        tombstones = self._tombstones
+        if tombstones is None or link.state is not LinkState.DETACHED:
+            return
+        for key in link.row_keys():
+            row = {"PartitionKey": escape_key(link.mailbox), "RowKey": escape_key(key),
+                   "Link": link.model_dump_json(exclude={"etag"})}
+            _call(lambda row=row: tombstones.upsert_entity(row, mode=UpdateMode.REPLACE), key)  # type: ignore[misc]
+
+    def _drop_tombstones(self, link: Link, replaced: Sequence[Link]) -> None:
+        """Remove the tombstone copies of replaced detached links whose rows the new link does not keep detached."""
+        if self._tombstones is None:
+            return
+        kept = set(link.row_keys()) if link.state is LinkState.DETACHED else set()
+        for old in replaced:
+            if old.state is not LinkState.DETACHED:
+                continue
+            for key in old.row_keys():
+                if key not in kept:
+                    try:
+                        self._tombstones.delete_entity(escape_key(old.mailbox), escape_key(key))
+                    except ResourceNotFoundError:
+                        pass
+                    except AzureError as exc:
+                        raise _map_error(exc, key) from exc
+
     def save(self, link: Link, *, previous: Link | None, absorb: Sequence[Link] = ()) -> Link:
         ops = self._ops(link, previous, absorb)
+        self._keep_tombstone(link)
         if link.sf_id and (previous is None or previous.sf_id != link.sf_id):
             # a Salesforce id new to this mailbox is indexed before its link is written: a crash in between leaves
             # a stale index row (a lookup that finds nothing), never a missing one; an unchanged id costs no call
             self._index(link)
         result = _call(lambda: self._table.submit_transaction(ops), link.primary_key())
         saved = self._saved(link, ops, result)
-        for old in ([previous] if previous is not None else []) + list(absorb):
+        replaced = ([previous] if previous is not None else []) + list(absorb)
+        for old in replaced:
             self._index_removed(old, link)
+        self._drop_tombstones(link, replaced)
         return saved
 
     def save_many(self, items: Sequence[LinkWrite]) -> list[Link | SyncError]:
@@ -266,6 +301,12 @@ class TableLinkStore:
         out: list[Link | SyncError | None] = [None] * len(items)
         planned: list[tuple[int, list[Any]]] = []
         for i, w in enumerate(items):
+            if any(x.state is LinkState.DETACHED for x in [w.link, *([w.previous] if w.previous else []), *w.absorb]):
+                try:  # a tombstone made or replaced (rare): its copy in the tombstones table goes with it
+                    out[i] = self.save(w.link, previous=w.previous, absorb=w.absorb)
+                except SyncError as exc:
+                    out[i] = exc
+                continue
             try:
                 planned.append((i, self._ops(w.link, w.previous, w.absorb)))
             except ValueError as exc:
@@ -380,6 +421,7 @@ class TableLinkStore:
         _call(lambda: self._table.submit_transaction(ops), guard_key)
         if link.sf_id:
             self._unindex(link.sf_id, link.mailbox)
+        self._drop_tombstones(link.model_copy(update={"state": LinkState.LINKED}), [link])
 
     def list(self, mailbox: str) -> Iterator[Link]:
         pages = self._table.query_entities(
@@ -587,10 +629,33 @@ class TableStorage:
             return
         except AzureError as exc:
             raise _map_error(exc, "links") from exc
-        logger.warning("the links table was lost and is made again: links are rebuilt from the markers")
-        lost = {"PartitionKey": META_PARTITION, "RowKey": LOST_ROW, "At": datetime.now(UTC)}
+        logger.warning("the links table was lost and is made again: tombstones restored, links rebuilt from markers")
         links = self._service.get_table_client(f"{self._prefix}links")
+        restored = self._restore_tombstones(links)
+        lost = {"PartitionKey": META_PARTITION, "RowKey": LOST_ROW, "At": datetime.now(UTC), "Restored": restored}
         _call(lambda: links.upsert_entity(lost, mode=UpdateMode.REPLACE), "links")
+
+    def _restore_tombstones(self, links: TableClient) -> int:
+        """Seed a links table made again after a loss with the tombstones (and their index rows); returns how many."""
+        self._create("tombstones")
+        store = TableLinkStore(HealingTable(links, lambda: None))
+        rows = self._service.get_table_client(f"{self._prefix}tombstones").list_entities(select=["Link"])
+        by_mailbox: dict[str, list[Any]] = {}
+        index: list[Any] = []
+        count = 0
+        for row in _call(lambda: list(rows), "tombstones"):
+            link = Link.model_validate_json(row["Link"])
+            by_mailbox.setdefault(link.mailbox, []).append(("upsert", store._entity(link, link.primary_key()),
+                                                             {"mode": UpdateMode.REPLACE}))
+            if link.sf_id:
+                key = escape_key(f"{link.sf_id}|{link.mailbox}")
+                index.append(("upsert", {"PartitionKey": INDEX_PARTITION, "RowKey": key, "Mailbox": link.mailbox},
+                              {"mode": UpdateMode.REPLACE}))
+            count += 1
+        for ops in [*by_mailbox.values(), index]:
+            for chunk in _chunks(ops):
+                _call(lambda chunk=chunk: links.submit_transaction(list(chunk)), "tombstones")  # type: ignore[misc]
+        return count
 
     def _table(self, name: str) -> HealingTable:
         full = f"{self._prefix}{name}"
@@ -608,7 +673,7 @@ class TableStorage:
         return HealingTable(self._service.get_table_client(full), recreate)
 
     def links(self) -> TableLinkStore:
-        return TableLinkStore(self._table("links"))
+        return TableLinkStore(self._table("links"), self._table("tombstones"))
 
     def checkpoints(self) -> TableCheckpoints:
         return TableCheckpoints(self._table("checkpoints"))

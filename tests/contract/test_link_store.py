@@ -228,3 +228,24 @@ def test_a_store_lost_before_a_list_answers_empty(lossy: tuple[LinkStore, Callab
     assert list(store.list(MAILBOX)) == []
     assert store.mailboxes_of("003A000000000001AA") == set()
     assert store.rebuilding(MAILBOX)
+
+
+def test_tombstones_survive_the_loss(lossy: tuple[LinkStore, Callable[[], None]]) -> None:
+    store, lose = lossy
+    store.save(new_link(), previous=None)
+    tomb = store.save(new_link(m365_id=None, sf_id="003B", state=LinkState.DETACHED), previous=None)
+    gone = store.save(new_link(m365_id="AAMk-gone", sf_id=None, state=LinkState.DETACHED), previous=None)
+    store.delete(gone)  # a tombstone forgotten before the loss stays forgotten
+    lose()
+    back = store.get(MAILBOX, Side.SALESFORCE, "003B")
+    assert back is not None and back.state is LinkState.DETACHED and back.sf_id == "003B" and back.m365_id is None
+    assert store.get(MAILBOX, Side.M365, "AAMkAD/x+y==") is None  # a live link is rebuilt from markers, not kept
+    assert store.get(MAILBOX, Side.M365, "AAMk-gone") is None
+    assert [link.sf_id for link in store.list(MAILBOX)] == ["003B"]
+    assert store.mailboxes_of("003B") == {MAILBOX}
+    # a tombstone replaced by a live link after the loss does not come back at the next loss
+    relinked = store.save(new_link(m365_id="AAMk-new", sf_id="003B"), previous=back)
+    assert relinked.state is LinkState.LINKED
+    lose()
+    assert store.get(MAILBOX, Side.SALESFORCE, "003B") is None
+    assert tomb.etag is not None

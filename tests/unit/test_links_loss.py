@@ -74,11 +74,25 @@ def test_a_hint_during_the_rebuild_does_not_bring_a_deleted_copy_back() -> None:
     w = world()
     (oid,) = w.copies(ANN, w.ids["kept"])
     w.m365.user_delete(oid)
-    w.links.lose()  # the delete was never seen: its notification was lost with the table
+    w.engine.sync_contact(ContactChange(source=Side.M365, item_id=oid, mailbox=ANN))  # tombstone
+    w.links.lose()  # the tombstone comes back with the table
     w.sf.user_edit(w.ids["kept"], {"job_title": "CTO"})
     w.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=w.ids["kept"]))
     assert w.copies(ANN, w.ids["kept"]) == []
     assert w.sf.snapshot()[w.ids["kept"]].contact.job_title == "CTO"  # delete policy unlink: Salesforce keeps it
+
+
+def test_a_contact_deleted_in_one_folder_reaches_its_new_owner_after_the_loss() -> None:
+    w = world()
+    kept = w.ids["kept"]
+    (oid,) = w.copies(ANN, kept)
+    w.m365.user_delete(oid)
+    w.engine.sync_contact(ContactChange(source=Side.M365, item_id=oid, mailbox=ANN))  # tombstone in Ann's mailbox
+    w.links.lose()
+    w.sf.user_set_owner(kept, BOB)  # the Salesforce marker still names the copy Ann deleted
+    w.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=kept))
+    assert len(w.copies(BOB, kept)) == 1  # deleted in Ann's folder, not in Bob's: the new owner gets it
+    assert w.copies(ANN, kept) == [] and w.links.get(ANN, Side.SALESFORCE, kept) is None  # Ann's tombstone left
 
 
 def test_a_salesforce_delete_missed_before_the_loss_is_propagated_not_undone() -> None:

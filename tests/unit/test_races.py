@@ -123,3 +123,27 @@ def test_a_worker_killed_after_its_writes_leaves_the_override_in_the_audit() -> 
     assert row.fields == ("job_title",) and row.winner is Side.SALESFORCE and row.outcome == "planned"
     engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))  # the redelivered message
     assert m365.snapshot()[oid].contact.job_title == "Salesforce edit"
+
+
+def test_an_edit_landing_between_the_version_check_and_the_write_is_not_taken_for_synced() -> None:
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    reconcile_mailbox(engine, ANN)
+    (oid,) = ada_in(m365)
+    m365.user_edit(oid, {"job_title": "CTO"})
+    real = sf.update
+
+    def update_then_reread(mailbox: str, item_id: str, *args: Any, **kwargs: Any) -> Any:
+        real(mailbox, item_id, *args, **kwargs)
+        sf.user_edit(item_id, {"city": "Oslo"})  # the user's write lands right around ours (Salesforce's race)
+        return sf.get(mailbox, item_id)  # the adapter re-reads after its PATCH and sees both
+
+    sf.update = update_then_reread  # type: ignore[method-assign]
+    engine.sync_contact(ContactChange(source=Side.M365, item_id=oid, mailbox=ANN))
+    sf.update = real  # type: ignore[method-assign]
+    assert sf.snapshot()[sf_id].contact.job_title == "CTO"
+    link = links.get(ANN, Side.SALESFORCE, sf_id)
+    assert link is not None and link.sf_version is None  # not taken for synced: the next pass decides again
+    report = reconcile_mailbox(engine, ANN)  # (its CDC event may be lost: reconcile finds it)
+    assert report.applied["update:m365"] == 1
+    assert m365.snapshot()[oid].contact.city == "Oslo"
