@@ -286,7 +286,11 @@ class TableLinkStore:
             # a Salesforce id new to this mailbox is indexed before its link is written: a crash in between leaves
             # a stale index row (a lookup that finds nothing), never a missing one; an unchanged id costs no call
             self._index(link)
-        result = _call(lambda: self._table.submit_transaction(ops), link.primary_key())
+        try:
+            result = _call(lambda: self._table.submit_transaction(ops), link.primary_key())
+        except NotFound as exc:  # a row read as ``previous`` (or absorbed) is gone since: someone else removed it
+            raise PreconditionFailed(f"link rows removed since they were read: {exc.message}", side="tables",
+                                     item_id=link.primary_key()) from exc
         saved = self._saved(link, ops, result)
         replaced = ([previous] if previous is not None else []) + list(absorb)
         for old in replaced:

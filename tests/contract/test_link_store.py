@@ -249,3 +249,12 @@ def test_tombstones_survive_the_loss(lossy: tuple[LinkStore, Callable[[], None]]
     lose()
     assert store.get(MAILBOX, Side.SALESFORCE, "003B") is None
     assert tomb.etag is not None
+
+
+def test_replacing_a_link_removed_since_it_was_read_is_a_lost_race(store: LinkStore) -> None:
+    store.save(new_link(), previous=None)
+    current = store.get(MAILBOX, Side.M365, "AAMkAD/x+y==")
+    assert current is not None
+    store.delete(current)  # another worker removed it (or the table was lost)
+    with pytest.raises(PreconditionFailed):  # re-read and decide again, not a poison NotFound
+        store.save(current.model_copy(update={"m365_fp": "f2"}), previous=current)
