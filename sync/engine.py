@@ -149,7 +149,7 @@ class Engine:
             m = m365.get(mailbox, change.item_id)
             f = sf.get(mailbox, link.sf_id) if link is not None and link.sf_id else None
             if link is None and m is None:
-                return None
+                return self._lost_delete(mailbox, change.item_id)
             if link is None and m is not None:
                 return self._rebuilt(mailbox, m) or self.situation(mailbox, link, m, f)
             return self.situation(mailbox, link, m, f)
@@ -198,6 +198,22 @@ class Engine:
         )
         logger.info("link of %s %s rebuilt from its marker (links table lost)", record.side.value, record.id)
         return link, partner
+
+    def _lost_delete(self, mailbox: str, m365_id: str) -> Situation | None:
+        """While the links are rebuilt: an Outlook copy deleted from this mailbox's folder whose link was lost. The
+        Salesforce contact stamped with its id (the marker) tells which person it was; the hint came from this
+        mailbox, so the delete happened here: the delete policy applies as the lost link would have applied it."""
+        if not self.links.rebuilding(mailbox):
+            return None
+        f = self.sides[Side.SALESFORCE].find_by_marker(mailbox, m365_id)
+        if f is None or f.owner != mailbox or self.links.get(mailbox, Side.SALESFORCE, f.id) is not None:
+            return None
+        synced = tuple(rule.key for rule, _ in synced_rules(self.policy, mailbox))
+        link = Link(mailbox=mailbox, m365_id=m365_id, sf_id=f.id, sf_base=field_digests(f.contact, synced),
+                    sf_fp=fingerprint(f.contact, synced), sf_version=f.version, synced_at=self.clock(),
+                    reason="rebuilt from the link marker after the links table was lost")
+        logger.info("Outlook delete of %s matched to salesforce %s by its marker (links table lost)", m365_id, f.id)
+        return self.situation(mailbox, link, None, f)
 
     def _rebuilt(self, mailbox: str, record: SideRecord) -> Situation | None:
         lost = self.lost_link(mailbox, record)

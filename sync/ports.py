@@ -93,7 +93,9 @@ class ContactSide(Protocol):
     first + last name + company. Outlook searches the mailbox's folder; Salesforce searches the org.
     Writes return the record as stored after the write (new version). ``update`` sends only ``fields``
     (field keys); ``if_match`` is the version read before the decision, a mismatch raises PreconditionFailed.
-    ``marker`` on create/update stamps the other side's id (None on update: leave it as it is).
+    ``marker`` on create/update stamps the other side's id (None on update: leave it as it is; "" clears it).
+    ``find_by_marker`` returns the record stamped with ``marker`` (None when there is none, or the side carries no
+    markers).
     ``create_many`` / ``update_many`` write in bulk (Graph ``$batch``, Salesforce sObject Collections) and return one
     result per item, in order: the stored record, or the typed error of that item (the call itself raises only
     when nothing could be attempted). ``changes`` streams what changed in a mailbox since a checkpoint
@@ -106,6 +108,8 @@ class ContactSide(Protocol):
     def get(self, mailbox: str, item_id: str) -> SideRecord | None: ...
 
     def find(self, mailbox: str, contact: Contact) -> list[SideRecord]: ...
+
+    def find_by_marker(self, mailbox: str, marker: str) -> SideRecord | None: ...
 
     def create(self, mailbox: str, contact: Contact, *, marker: str | None = None) -> SideRecord: ...
 

@@ -192,13 +192,17 @@ def reconcile_mailbox_delta(
     mailbox = mailbox.casefold()
     feeds: list[tuple[str, str | None]] = []
     hints: dict[tuple[Side, str], ContactChange] = {}
-    starts_over = engine.links.rebuilding(mailbox)  # after a links table loss, a full pass rebuilds the links
+    rebuilding = engine.links.rebuilding(mailbox)
+    gone_m365: list[str] = []  # Outlook removals the feed reports
+    starts_over = rebuilding  # after a links table loss, a full pass rebuilds the links
     for side in (Side.M365, Side.SALESFORCE):
         name = f"reconcile-delta:{side.value}"
         last: str | None = None
         for page in engine.sides[side].changes(mailbox, checkpoints.get(mailbox, name)):
             starts_over = starts_over or page.full
             removed = page.removed
+            if side is Side.M365:
+                gone_m365.extend(removed)
             if side is Side.SALESFORCE:
                 # the Salesforce feed is org-wide: a removal concerns this mailbox only if the contact is linked here
                 removed = tuple(i for i in removed if engine.links.get(mailbox, side, i) is not None)
@@ -211,6 +215,14 @@ def reconcile_mailbox_delta(
             last = page.checkpoint or last
         feeds.append((name, last))
     if starts_over:
+        if rebuilding and not dry_run:
+            # Outlook copies deleted since the last pass, while their links were lost: decided before the full pass
+            # (which would otherwise take their Salesforce contacts for new ones and copy them back)
+            for item_id in gone_m365:
+                try:
+                    engine.sync_contact(ContactChange(source=Side.M365, item_id=item_id, mailbox=mailbox))
+                except SyncError as exc:
+                    logger.warning("reconcile %s: %s on a hint before the rebuild", mailbox, type(exc).__name__)
         report = reconcile_mailbox(engine, mailbox, dry_run=dry_run, force=force)
     else:
         report = ReconcileReport(mailbox, dry_run, ran="delta")

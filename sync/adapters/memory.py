@@ -154,6 +154,12 @@ class MemorySide:
                 and ((emails and emails & s.contact.email_keys()) or (key and s.contact.name_company_key() == key))
             ]
 
+    def find_by_marker(self, mailbox: str, marker: str) -> SideRecord | None:
+        self._enter("find_by_marker")
+        with self._lock:
+            return next((self._record(i, s) for i, s in sorted(self._items.items())
+                         if s.marker == marker and self._visible(mailbox, s)), None)
+
     def create(self, mailbox: str, contact: Contact, *, marker: str | None = None) -> SideRecord:
         self._enter("create")
         with self._lock:

@@ -724,6 +724,14 @@ class SalesforceContactSide:
                 out.append(rec)
         return out
 
+    def find_by_marker(self, mailbox: str, marker: str) -> SideRecord | None:
+        """The contact whose marker field holds ``marker`` (an Outlook id), org-wide; None without a marker field."""
+        if not self._marker_field or not marker:
+            return None
+        rows = self._query(f"SELECT {self._select} FROM Contact WHERE {self._marker_field} = {soql_quote(marker)} "
+                           "ORDER BY Id LIMIT 1")
+        return self._record(rows[0]) if rows else None
+
     def stream(self, mailbox: str) -> Iterator[SideRecord]:
         uid = self.user_of(mailbox)
         soql = f"SELECT {self._select} FROM Contact WHERE OwnerId = {soql_quote(uid)} ORDER BY Id"

@@ -147,7 +147,9 @@ def run_mailbox(root: bootstrap.Root, body: str, *, dequeue_count: int = 1, mess
         if mailbox not in root.mailboxes:
             raise BadData("mailbox is not in scope", code="OUT_OF_SCOPE", side="queue")
         try:
-            if item.mode == "delta":
+            # while the links are rebuilt after a loss, a full pass goes through the delta path too: it runs full
+            # and first decides the Outlook deletes the feed reports (their links are gone; see reconcile.py)
+            if item.mode == "delta" or root.engine.links.rebuilding(mailbox):
                 report = reconcile_mailbox_delta(root.engine, mailbox, root.checkpoints, dry_run=item.dry_run,
                                                  force=item.force)
             else:

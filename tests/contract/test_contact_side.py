@@ -61,6 +61,19 @@ def test_create_then_get_round_trips_the_contact(h: SideHarness) -> None:
         assert got.marker == "other-side-id"
 
 
+def test_find_by_marker_finds_the_stamped_record_only(h: SideHarness) -> None:
+    h.side.create(h.mailbox, GRACE)
+    if not h.supports_marker:
+        assert h.side.find_by_marker(h.mailbox, "other-side-id") is None
+        return
+    created = h.side.create(h.mailbox, ADA, marker="other-side-id")
+    found = h.side.find_by_marker(h.mailbox, "other-side-id")
+    assert found is not None and found.id == created.id and found.marker == "other-side-id"
+    assert h.side.find_by_marker(h.mailbox, "no-such-id") is None
+    h.side.delete(h.mailbox, created.id, if_match=None)
+    assert h.side.find_by_marker(h.mailbox, "other-side-id") is None
+
+
 def test_get_of_unknown_id_is_none(h: SideHarness) -> None:
     real = h.side.create(h.mailbox, GRACE)
     h.side.delete(h.mailbox, real.id, if_match=None)

@@ -177,3 +177,30 @@ def test_outlook_edits_of_a_copy_leaving_during_the_rebuild_are_saved_or_audited
     audit = w.engine.audit
     assert isinstance(audit, MemoryAudit)
     assert any(e.action == "conflict" and e.fields == ("job_title",) for e in audit.entries)  # ... on record
+
+
+def test_an_outlook_delete_after_the_loss_is_matched_by_the_salesforce_marker() -> None:
+    w = world()
+    kept = w.ids["kept"]
+    (oid,) = w.copies(ANN, kept)
+    w.links.lose()
+    w.m365.user_delete(oid)  # its notification names only the Outlook id, whose link is gone
+    w.engine.sync_contact(ContactChange(source=Side.M365, item_id=oid, mailbox=ANN))
+    tomb = w.links.get(ANN, Side.SALESFORCE, kept)
+    assert tomb is not None and tomb.state is LinkState.DETACHED
+    reconcile_mailbox(w.engine, ANN)
+    assert w.copies(ANN, kept) == []
+
+
+def test_an_outlook_delete_whose_notification_was_lost_after_the_loss_is_read_from_the_delta_feed() -> None:
+    w = world()
+    kept = w.ids["kept"]
+    checkpoints = MemoryCheckpoints()
+    reconcile_mailbox_delta(w.engine, ANN, checkpoints)
+    (oid,) = w.copies(ANN, kept)
+    w.links.lose()
+    w.m365.user_delete(oid)  # no notification: only the delta feed knows
+    report = reconcile_mailbox_delta(w.engine, ANN, checkpoints)
+    assert report.ran == "full" and not w.links.rebuilding(ANN)
+    assert w.copies(ANN, kept) == []
+    assert len(w.copies(ANN, w.ids["plain"])) == 1
