@@ -164,18 +164,22 @@ class Engine:
         """While the links of ``mailbox`` are rebuilt after the links table was lost: the link an unlinked Outlook
         copy's marker proves it had, when the planner must hear it as a link, with the partner the marker names.
 
-        The marker names a Salesforce contact that is deleted (it was deleted while the links were lost: the delete
-        policy applies), or owned by another user (its owner changed: it leaves this mailbox). Salesforce ids are
-        org-wide, so this cannot be mistaken. None when the links are not being rebuilt, the record is not an Outlook
-        copy with a marker, or its partner is this mailbox's (the marker adopts it as usual). The other way round (a
-        Salesforce contact whose marker names an Outlook copy that is gone) is ambiguous: deleted here, or in the
-        previous owner's mailbox; the tombstones, restored with the table, answer it. The returned link is not
-        stored (no etag): the plan's link write replaces it.
+        - An Outlook copy whose marker names a Salesforce contact that is deleted (deleted while the links were lost:
+          the delete policy applies), or owned by another user (its owner changed: it leaves this mailbox).
+          Salesforce ids are org-wide, so this cannot be mistaken.
+        - A Salesforce contact of this mailbox whose marker names an Outlook copy that is gone from the folder and
+          that this mailbox's audit mentions (the copy lived here, so it was deleted here: the tombstone the delete
+          would have left). A copy the audit does not know lived in a previous owner's mailbox: not a delete here.
+        None when the links are not being rebuilt, the record has no marker, or its partner is here (the marker
+        adopts it as usual). The returned link is not stored (no etag): the plan's link write replaces it.
         """
-        if record.side is not Side.M365 or not record.marker or not self.links.rebuilding(mailbox):
+        if not record.marker or not self.links.rebuilding(mailbox):
             return None
-        partner = self.sides[Side.SALESFORCE].get(mailbox, record.marker)
-        if partner is not None and partner.owner == mailbox:
+        partner = self.sides[record.side.other].get(mailbox, record.marker)
+        if record.side is Side.M365:
+            if partner is not None and partner.owner == mailbox:
+                return None
+        elif partner is not None or record.owner != mailbox or not self.audit.mentions(mailbox, record.marker):
             return None
         synced = tuple(rule.key for rule, _ in synced_rules(self.policy, mailbox))
         m, f = (record, partner) if record.side is Side.M365 else (partner, record)

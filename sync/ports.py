@@ -265,6 +265,10 @@ class AuditLog(Protocol):
 
     def recent(self, mailbox: str, limit: int = 50) -> list[AuditEntry]: ...
 
+    def mentions(self, mailbox: str, m365_id: str) -> bool:
+        """Whether any row of the mailbox names this Outlook id: the copy lived in this mailbox."""
+        ...
+
 
 class ContactChange(BaseModel):
     """A hint that one contact may have changed. Never trusted for content: the worker re-reads both sides."""

@@ -117,6 +117,10 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
         consumed_m.add(rec.id)
         plans.append((s, p))
     for rec in (r for i, r in f_recs.items() if i not in linked_f and i not in consumed_f):
+        lost = _lost(engine, mailbox, rec, m_recs) if rebuilding else None
+        if lost is not None:  # its marker names an Outlook copy deleted from this folder while links were lost
+            plans.append((lost, plan(lost, engine.policy)))
+            continue
         cands = tuple(Candidate(c, linked=c.id in linked_m or c.id in consumed_m)
                       for c in m_recs.values() if _matches(rec, c))
         s = Situation(mailbox, None, None, rec, cands)

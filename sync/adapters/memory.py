@@ -437,6 +437,9 @@ class MemoryAudit:
     def recent(self, mailbox: str, limit: int = 50) -> list[AuditEntry]:
         return [e for e in reversed(self.entries) if e.mailbox == mailbox][:limit]
 
+    def mentions(self, mailbox: str, m365_id: str) -> bool:
+        return any(e.mailbox == mailbox and e.m365_id == m365_id for e in self.entries)
+
 
 @dataclass
 class MemoryQueue:

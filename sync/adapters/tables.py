@@ -489,11 +489,18 @@ class TableAudit:
                 "Entry": e.model_dump_json(),
                 "Action": e.action,
                 "Outcome": e.outcome,
+                "M365Id": e.m365_id or "",  # for ``mentions`` (ids only, as in Entry)
             }
             by_mailbox.setdefault(e.mailbox, []).append(("upsert", row, {"mode": UpdateMode.REPLACE}))
         for mailbox, ops in by_mailbox.items():
             for chunk in _chunks(ops):
                 _call(lambda chunk=chunk: self._table.submit_transaction(list(chunk)), mailbox)  # type: ignore[misc]
+
+    def mentions(self, mailbox: str, m365_id: str) -> bool:
+        """A partition scan on the server (no index on M365Id): used only while links are rebuilt after a loss."""
+        rows = self._table.query_entities("PartitionKey eq @pk and M365Id eq @id", select=["RowKey"],
+                                          parameters={"pk": escape_key(mailbox), "id": m365_id}, results_per_page=1)
+        return _call(lambda: next(iter(rows), None) is not None, mailbox)
 
     def recent(self, mailbox: str, limit: int = 50) -> list[AuditEntry]:
         pages = self._table.query_entities(

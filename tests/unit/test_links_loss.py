@@ -204,3 +204,18 @@ def test_an_outlook_delete_whose_notification_was_lost_after_the_loss_is_read_fr
     assert report.ran == "full" and not w.links.rebuilding(ANN)
     assert w.copies(ANN, kept) == []
     assert len(w.copies(ANN, w.ids["plain"])) == 1
+
+
+def test_an_outlook_delete_nobody_reported_is_known_from_the_audit_of_the_mailbox() -> None:
+    w = world()
+    kept = w.ids["kept"]
+    (oid,) = w.copies(ANN, kept)
+    w.m365.user_delete(oid)  # no notification, no delta pass: only the audit knows the copy lived in Ann's folder
+    w.links.lose()
+    reconcile_mailbox(w.engine, ANN)
+    assert w.copies(ANN, kept) == []
+    tomb = w.links.get(ANN, Side.SALESFORCE, kept)
+    assert tomb is not None and tomb.state is LinkState.DETACHED
+    w.sf.user_set_owner(kept, BOB)  # the copy the marker names never lived in Bob's folder: not a delete there
+    w.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=kept))
+    assert len(w.copies(BOB, kept)) == 1
