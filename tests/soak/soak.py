@@ -31,7 +31,9 @@ Then faults stop, the queues drain, ``POST /api/reconcile`` (full) runs until a 
                     product moved it away, the person's Salesforce record), unless the audit records a conflict on
                     that field after the edit (salesforce_wins) or a match that filled a field the user had cleared
     resurrections   nothing a user deleted comes back: no engine-made copy in the folder it was deleted from
-                    (unless its owner changed since), no new or undeleted Salesforce record for it
+                    (unless its owner changed since), no new or undeleted Salesforce record for it. A contact whose
+                    copy a rep deleted, that went to another owner and came back to that rep without the product
+                    seeing it leave (lost CDC events; no hand-off in the audit) may stay deleted: its tombstone holds
     throttling      the Graph emulator never refused a request for going over 4 concurrent requests or 10,000 per
                     10 minutes per mailbox (graph.md §5)
 """
@@ -852,6 +854,14 @@ class Checker:
     def owner_mailbox(self, rec: dict[str, Any]) -> str | None:
         return self.s.mailbox_of_user(rec.get("OwnerId"))
 
+    def owner_came_back_unseen(self, sf_id: str, mb: str, since: datetime) -> bool:
+        """The rep deleted the copy in ``mb`` before the last owner change, the contact is owned by ``mb`` again,
+        and the audit shows no hand-off of it after that delete (nothing told the product it ever left)."""
+        deletes = [a.at for a in self.actions if a.kind == "outlook.delete" and a.mailbox == mb and a.partner == sf_id
+                   and a.at < since]
+        return bool(deletes) and not any(e.action == "handoff" and e.sf_id == sf_id and e.at > max(deletes)
+                                         for e in self.audit)
+
     def last_owner_change(self, sf_id: str) -> datetime | None:
         times = [a.at for a in self.actions if a.kind == "salesforce.owner" and a.item_id == sf_id]
         return max(times) if times else None
@@ -909,6 +919,11 @@ class Checker:
                               f"(created {copies[0].get('createdDateTime')})", sf_id)
                 else:
                     self.s.report.checked["salesforce kept after an outlook delete"] += 1
+                continue
+            if not copies and since is not None and self.owner_came_back_unseen(sf_id, mb, since):
+                # deleted here, then owned elsewhere and back here, and the product never saw it leave (the CDC
+                # events were lost and a full reconcile sees only the owner now): its tombstone here stands
+                self.s.report.checked["tombstone kept: owner changed away and back unseen"] += 1
                 continue
             if not copies:
                 self.fail("missing", f"Salesforce {sf_id} (owner {mb}) has no copy in the folder", sf_id)
