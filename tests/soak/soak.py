@@ -135,6 +135,7 @@ class Action:
     field: str | None = None
     value: str | None = None
     to_mailbox: str | None = None  # owner change
+    noop: bool = False  # an edit that set the value the record already held: nothing for anyone to sync
 
 
 @dataclass
@@ -488,6 +489,8 @@ class Soak:
         seq = self._next()
         value = self._value(key, seq)
         prop = EDITED[key][0]
+        held = (doc.get("businessAddress") or {}).get("city") if prop.startswith("businessAddress.") else doc.get(prop)
+        noop = (held or None) == value
         if prop.startswith("businessAddress."):
             address = dict(doc.get("businessAddress") or {})
             address["city"] = value
@@ -496,7 +499,7 @@ class Soak:
             changes = {prop: value}
         at = datetime.now(UTC)
         self.graph.update_contact(mb, doc["id"], changes)
-        return Action(seq, at, "outlook.edit", mb, doc["id"], _marker(doc), key, value)
+        return Action(seq, at, "outlook.edit", mb, doc["id"], _marker(doc), key, value, noop=noop)
 
     def _rep_contacts(self) -> list[dict[str, Any]]:
         owners = set(self.users.values())
@@ -511,9 +514,10 @@ class Soak:
         seq = self._next()
         value = self._value(key, seq)
         at = datetime.now(UTC)
+        noop = (rec.get(EDITED[key][1]) or None) == value
         self.sf.update_contact(rec["Id"], {EDITED[key][1]: value}, as_user=rec["OwnerId"])
         mb = self.mailbox_of_user(rec["OwnerId"]) or ""
-        return Action(seq, at, "salesforce.edit", mb, rec["Id"], rec.get(MARKER_FIELD), key, value)
+        return Action(seq, at, "salesforce.edit", mb, rec["Id"], rec.get(MARKER_FIELD), key, value, noop=noop)
 
     def _person(self, seq: int) -> tuple[str, str, str, str]:
         first, last = self.rng.choice(FIRST), self.rng.choice(LAST)
@@ -1013,6 +1017,9 @@ class Checker:
         latest: dict[tuple[str, str], Action] = {}
         for a in self.actions:
             if a.kind.endswith(".edit") and a.field:
+                if a.noop:  # set what the record already held: no change anyone could see
+                    self.s.report.checked["edits that changed nothing"] += 1
+                    continue
                 latest[(self.person_of(a.item_id), a.field)] = a
         for (person, key), a in latest.items():
             ids = self.members(person)
