@@ -1,0 +1,36 @@
+"""Reconcile's match index answers exactly what the pairwise ``_matches`` scan answered, in the same order."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sync.model import Contact
+from sync.policy import Side
+from sync.ports import SideRecord
+from sync.reconcile import _matches, _MatchIndex
+
+IDS = ["a", "b", "c", "d", "e"]
+EMAILS = ["x@example.com", "X@Example.com", "y@example.com", "z@example.com"]
+
+
+@st.composite
+def records(draw: st.DrawFn) -> list[SideRecord]:
+    out = []
+    for item_id in draw(st.lists(st.sampled_from(IDS), unique=True, max_size=5)):
+        contact = Contact(
+            first_name=draw(st.sampled_from([None, "Ada", "ada"])),
+            last_name=draw(st.sampled_from([None, "Byron"])),
+            company=draw(st.sampled_from([None, "Acme", "ACME"])),
+            emails=draw(st.lists(st.sampled_from(EMAILS), max_size=2, unique=True)),
+        )
+        out.append(SideRecord(side=Side.SALESFORCE, id=item_id, contact=contact, version="1",
+                              marker=draw(st.sampled_from([None, *IDS]))))
+    return out
+
+
+@given(records(), records())
+def test_the_index_finds_what_the_scan_finds(indexed: list[SideRecord], probes: list[SideRecord]) -> None:
+    index = _MatchIndex(indexed)
+    for a in probes:
+        assert [b.id for b in index.matches(a)] == [b.id for b in indexed if _matches(a, b)]
