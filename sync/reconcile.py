@@ -29,7 +29,7 @@ from typing import Literal
 
 from sync.engine import Engine
 from sync.errors import AlreadyExists, PreconditionFailed, SyncError
-from sync.planner import Adopt, Candidate, Create, LinkAfter, Plan, Review, Situation, check_breaker, plan
+from sync.planner import Adopt, Candidate, Create, LinkAfter, Nothing, Plan, Review, Situation, check_breaker, plan
 from sync.policy import Side
 from sync.ports import CheckpointStore, ContactChange, LinkState, SideRecord, row_key
 
@@ -96,12 +96,17 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
     consumed_m: set[str] = set()
     creating = _MatchIndex()  # unlinked records this pass will copy to the other side
     plans: list[tuple[Situation, Plan]] = []
+    quiet: Counter[str] = Counter()  # plans that neither write nor audit (unchanged pairs): counted, not kept
     for s in situations:
         p = plan(s, engine.policy)
         survivor = s.m365 if s.m365 is not None else s.sf
         if survivor is not None and any(isinstance(a, Create) for a in p.actions):
             creating.add(survivor)  # a re-create: an unlinked twin of it must not be copied too
+        if p.link_after is LinkAfter.KEEP and not p.writes and all(isinstance(a, Nothing) for a in p.actions):
+            quiet.update(_kinds(p))
+            continue
         plans.append((s, p))
+    del situations
     rebuilding = engine.links.rebuilding(mailbox)
     f_index, m_index = _MatchIndex(f_recs.values()), _MatchIndex(m_recs.values())
     for rec in (r for i, r in m_recs.items() if i not in linked_m):
@@ -128,12 +133,15 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
         s = Situation(mailbox, None, None, rec, cands)
         plans.append((s, _unless_twin(plan(s, engine.policy), rec, creating)))
 
-    report.visited = len(plans)
+    del m_recs, f_recs, m_index, f_index, creating, links  # what the plans need, their situations hold
+    report.visited = len(plans) + sum(quiet.values())
+    report.planned.update(quiet)
     for _, p in plans:
         report.planned.update(_kinds(p))
     check_breaker(mailbox, [p for _, p in plans], report.linked_before, engine.policy.breaker, force=force)
     if dry_run:
         return report
+    report.applied.update(quiet)
     _apply(engine, mailbox, plans, report)
     if rebuilding and not report.errors:
         engine.links.mark_rebuilt(mailbox)
@@ -163,8 +171,19 @@ def _at_link_version(engine: Engine, mailbox: str, record: SideRecord) -> bool:
     return version == record.version
 
 
+APPLY_CHUNK = 1000  # plans executed together: a multiple of 20 ($batch), 100 (table transactions), 200 (collections)
+
+
 def _apply(engine: Engine, mailbox: str, plans: list[tuple[Situation, Plan]], report: ReconcileReport) -> None:
-    """Execute the plans in bulk; a plan that lost a race is read and decided again; errors go to the report."""
+    """Execute the plans in bulk, APPLY_CHUNK at a time, consuming the list (what a chunk made is let go before the
+    next one); a plan that lost a race is read and decided again; errors go to the report."""
+    while plans:
+        chunk = plans[:APPLY_CHUNK]
+        del plans[:APPLY_CHUNK]
+        _apply_chunk(engine, mailbox, chunk, report)
+
+
+def _apply_chunk(engine: Engine, mailbox: str, plans: list[tuple[Situation, Plan]], report: ReconcileReport) -> None:
     for (s, p), result in zip(plans, engine.execute_many(mailbox, plans), strict=True):
         if isinstance(result, PreconditionFailed | AlreadyExists):
             # something changed since this pass read it (an earlier item of this pass, or a worker that linked the
