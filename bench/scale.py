@@ -133,6 +133,15 @@ def calls(s: Stack) -> Calls:
 
 
 def rss_mb() -> float:
+    """Peak RSS of this process's own address space (``VmHWM``). Not ``ru_maxrss``: Linux keeps that across
+    fork + exec, so a child would report its parent's size (here, the emulators holding every contact)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
