@@ -151,13 +151,13 @@ class Engine:
             if link is None and m is None:
                 return self._lost_delete(mailbox, change.item_id)
             if link is None and m is not None:
-                return self._rebuilt(mailbox, m) or self.situation(mailbox, link, m, f)
+                return self.rebuilt(mailbox, m) or self.situation(mailbox, link, m, f)
             return self.situation(mailbox, link, m, f)
         f = sf.get(mailbox, change.item_id) if isinstance(sf_record, _Unread) else sf_record
         link = self.links.get(mailbox, Side.SALESFORCE, change.item_id)
         m = m365.get(mailbox, link.m365_id) if link is not None and link.m365_id else None
         if link is None and f is not None:
-            return self._rebuilt(mailbox, f) or self.situation(mailbox, link, m, f)
+            return self.rebuilt(mailbox, f) or self.situation(mailbox, link, m, f)
         return self.situation(mailbox, link, m, f)
 
     def lost_link(self, mailbox: str, record: SideRecord) -> tuple[Link, SideRecord | None] | None:
@@ -219,7 +219,8 @@ class Engine:
         logger.info("Outlook delete of %s matched to salesforce %s by its marker (links table lost)", m365_id, f.id)
         return self.situation(mailbox, link, None, f)
 
-    def _rebuilt(self, mailbox: str, record: SideRecord) -> Situation | None:
+    def rebuilt(self, mailbox: str, record: SideRecord) -> Situation | None:
+        """The situation of an unlinked record read with the link its marker proves it lost (``lost_link``)."""
         lost = self.lost_link(mailbox, record)
         if lost is None:
             return None

@@ -151,16 +151,11 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
 
 
 def _lost(engine: Engine, mailbox: str, rec: SideRecord, others: dict[str, SideRecord]) -> Situation | None:
-    """The situation of an unlinked record whose marker tells of a link lost with the links table (see
-    ``Engine.lost_link``); None when its partner is among this mailbox's records (the marker adopts it)."""
+    """``Engine.rebuilt`` for an unlinked record of a full pass; None at once when its partner is among this
+    mailbox's records (the marker adopts it)."""
     if not rec.marker or rec.marker in others:
         return None
-    lost = engine.lost_link(mailbox, rec)
-    if lost is None:
-        return None
-    link, partner = lost
-    m, f = (rec, partner) if rec.side is Side.M365 else (partner, rec)
-    return engine.situation(mailbox, link, m, f)
+    return engine.rebuilt(mailbox, rec)
 
 
 def _at_link_version(engine: Engine, mailbox: str, record: SideRecord) -> bool:

@@ -99,6 +99,7 @@ class SyncMachine(RuleBasedStateMachine):
         self.hints: list[ContactChange] = []
         self.checkpoints = MemoryCheckpoints()
         self.edits: list[Edit] = []
+        self.synced: dict[str, Contact] = {}  # every record as the last settled pass left it
         self.deletions: list[Deletion] = []
         self.owner_changes: list[tuple[str, int]] = []
         self.seq = 0
@@ -234,6 +235,7 @@ class SyncMachine(RuleBasedStateMachine):
         self._check_links()
         self.edits.clear()
         self.audit_mark = len(self.audit.entries)
+        self.synced = {i: r.contact for side in (self.m365, self.sf) for i, r in side.snapshot().items()}
 
     # ------------------------------------------------------------------------------------------ the invariants
     def _check_agreement(self) -> None:
@@ -294,6 +296,9 @@ class SyncMachine(RuleBasedStateMachine):
                 expected = fit_salesforce(field, expected, self.policy.field_map)
             if compare_key(field, record.contact.get(field)) == compare_key(field, expected):
                 continue
+            before = self.synced.get(edit.item_id)
+            if before is not None and compare_key(field, before.get(field)) == compare_key(field, expected):
+                continue  # edited away and back: the record holds what was synced, no change anyone could see
             overridden = any(f == field and (m in (m_id, f_id) or s in (m_id, f_id)) for m, s, f in conflicts)
             overridden = overridden or edit.item_id in adopted
             assert overridden, f"edit of {field} on {edit.side.value} {edit.item_id} was lost without a conflict"
