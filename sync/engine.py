@@ -58,6 +58,14 @@ from sync.ports import (
 logger = logging.getLogger(__name__)
 
 
+def _vanished(exc: SyncError) -> SyncError:
+    """A record that vanished between our read and our write (a user deleted it meanwhile) is a lost race, to be
+    read and decided again (the delete policy then applies), not a permanent error that poisons the hint."""
+    if isinstance(exc, NotFound):
+        return PreconditionFailed(f"{exc.message}; it vanished since it was read", side=exc.side, item_id=exc.item_id)
+    return exc
+
+
 class _Unread:
     """A record not read yet (as opposed to None: read, and not found)."""
 
@@ -275,8 +283,9 @@ class Engine:
             for action in p.actions:
                 self._apply(s.mailbox, action, records)
         except SyncError as exc:
-            self._audit(s, p, records, "failed", error=f"{type(exc).__name__}: {exc}")
-            raise
+            raced = _vanished(exc)
+            self._audit(s, p, records, "failed", error=f"{type(raced).__name__}: {raced}")
+            raise raced from exc
         try:
             link = self._commit(s, p, records)
         except SyncError as exc:
@@ -364,7 +373,7 @@ class Engine:
                                   marker=a.marker) for _, a in todo])
                 for (i, a), r in zip(todo, done, strict=True):
                     if isinstance(r, SyncError):
-                        failed[i] = r
+                        failed[i] = _vanished(r)
                     else:
                         records[i][side] = self._as_written(mailbox, records[i][side], r, a.fields)
         created: list[tuple[int, Side]] = []

@@ -147,3 +147,23 @@ def test_an_edit_landing_between_the_version_check_and_the_write_is_not_taken_fo
     report = reconcile_mailbox(engine, ANN)  # (its CDC event may be lost: reconcile finds it)
     assert report.applied["update:m365"] == 1
     assert m365.snapshot()[oid].contact.city == "Oslo"
+
+
+def test_a_record_deleted_between_our_read_and_our_write_is_decided_again_not_poisoned() -> None:
+    from sync.errors import PreconditionFailed
+
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    reconcile_mailbox(engine, ANN)
+    (oid,) = ada_in(m365)
+    sf.user_edit(sf_id, {"job_title": "CTO"})
+    hint = ContactChange(source=Side.SALESFORCE, item_id=sf_id)
+    (s,) = [engine.read(hint, ANN)]
+    assert s is not None
+    m365.user_delete(oid)  # the user deletes the Outlook copy while the worker decides
+    with pytest.raises(PreconditionFailed):  # retryable: the host runs the hint again
+        engine.execute(s, plan(s, engine.policy))
+    engine.sync_contact(hint)  # the retry sees the delete: delete policy unlink keeps Salesforce, unlinked
+    link = links.get(ANN, Side.SALESFORCE, sf_id)
+    assert link is not None and link.state is LinkState.DETACHED
+    assert sf.snapshot()[sf_id].contact.job_title == "CTO"
