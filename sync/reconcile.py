@@ -299,7 +299,8 @@ def _hint_for(s: Situation) -> ContactChange:
 
 
 class _MatchIndex:
-    """Records by the keys ``_matches`` compares (id and marker, each email, first + last name + company), so
+    """Records by the keys that may make two records one person (id and marker, each email, first + last name
+    + company), so
     finding the records that may be the same person as another is a few lookups, not a scan of the mailbox (a
     pairwise scan made a 20,000-contact initial sync quadratic). ``matches`` answers in insertion order."""
 
@@ -321,7 +322,8 @@ class _MatchIndex:
             self._by.setdefault(key, []).append(rec)
 
     def matches(self, a: SideRecord) -> list[SideRecord]:
-        """The records ``b`` for which ``_matches(a, b)`` holds."""
+        """The records ``b`` that may be ``a``: ``a``'s marker is ``b``'s id or ``b``'s marker is ``a``'s id, they share
+        an email, or they have the same first + last name + company (``a``'s key not None)."""
         keys: list[tuple[str, object]] = [("marker", a.id), *(("email", e) for e in a.contact.email_keys())]
         if a.marker:
             keys.append(("id", a.marker))
@@ -330,13 +332,3 @@ class _MatchIndex:
             keys.append(("name", name))
         found = {b.id: b for key in keys for b in self._by.get(key, ())}
         return sorted(found.values(), key=lambda b: self._order[b.id])
-
-
-def _matches(a: SideRecord, b: SideRecord) -> bool:
-    """Could ``b`` be the same person as ``a`` (marker, email or name + company)?"""
-    if (a.marker and a.marker == b.id) or (b.marker and b.marker == a.id):
-        return True
-    if a.contact.email_keys() & b.contact.email_keys():
-        return True
-    key = a.contact.name_company_key()
-    return key is not None and key == b.contact.name_company_key()

@@ -228,7 +228,8 @@ class TableLinkStore:
         if self._meta is not None:
             self._meta[2].add(key)
 
-    def _entity(self, link: Link, key: str) -> dict[str, Any]:
+    @staticmethod
+    def _entity(link: Link, key: str) -> dict[str, Any]:
         return {
             "PartitionKey": escape_key(link.mailbox),
             "RowKey": escape_key(key),
@@ -649,14 +650,13 @@ class TableStorage:
     def _restore_tombstones(self, links: TableClient) -> int:
         """Seed a links table made again after a loss with the tombstones (and their index rows); returns how many."""
         self._create("tombstones")
-        store = TableLinkStore(HealingTable(links, lambda: None))
         rows = self._service.get_table_client(f"{self._prefix}tombstones").list_entities(select=["Link"])
         by_mailbox: dict[str, list[Any]] = {}
         index: list[Any] = []
         count = 0
         for row in _call(lambda: list(rows), "tombstones"):
             link = Link.model_validate_json(row["Link"])
-            by_mailbox.setdefault(link.mailbox, []).append(("upsert", store._entity(link, link.primary_key()),
+            by_mailbox.setdefault(link.mailbox, []).append(("upsert", TableLinkStore._entity(link, link.primary_key()),
                                                              {"mode": UpdateMode.REPLACE}))
             if link.sf_id:
                 key = escape_key(f"{link.sf_id}|{link.mailbox}")

@@ -66,25 +66,16 @@ def test_a_duplicated_outlook_hint_read_twice_creates_one_salesforce_contact() -
     assert failed.error is not None and "deleted again" in failed.error
 
 
-def test_the_loser_that_stamped_first_points_the_marker_back_at_the_winner() -> None:
+@pytest.mark.parametrize("source", [Side.M365, Side.SALESFORCE])
+def test_the_loser_that_stamped_first_deletes_its_copy_and_points_the_marker_back(source: Side) -> None:
     m365, sf, links, audit, engine = setup()
-    oid = m365.user_create(ANN, ADA)
-    hint = ContactChange(source=Side.M365, item_id=oid, mailbox=ANN)
+    if source is Side.M365:
+        hint = ContactChange(source=source, item_id=m365.user_create(ANN, ADA), mailbox=ANN)
+    else:
+        hint = ContactChange(source=source, item_id=sf.user_create(ANN, ADA))
     a, b = engine.read(hint, ANN), engine.read(hint, ANN)
     assert a is not None and b is not None
-    # B creates and stamps the Outlook marker first; A runs to the end before B saves its link (A's stamp fails)
-    before_first(links, "save", lambda: engine.execute(a, plan(a, engine.policy)))
-    with pytest.raises(AlreadyExists):
-        engine.execute(b, plan(b, engine.policy))
-    assert_one_linked_pair(m365, sf, links)
-
-
-def test_a_duplicated_salesforce_hint_creates_one_outlook_copy() -> None:
-    m365, sf, links, audit, engine = setup()
-    sf_id = sf.user_create(ANN, ADA)
-    hint = ContactChange(source=Side.SALESFORCE, item_id=sf_id)
-    a, b = engine.read(hint, ANN), engine.read(hint, ANN)
-    assert a is not None and b is not None
+    # B creates and stamps the source's marker first; A runs to the end before B saves its link (A's stamp fails)
     before_first(links, "save", lambda: engine.execute(a, plan(a, engine.policy)))
     with pytest.raises(AlreadyExists):
         engine.execute(b, plan(b, engine.policy))
