@@ -73,6 +73,16 @@ class _Unread:
 UNREAD = _Unread()
 
 
+@dataclass(frozen=True)
+class _Routed:
+    """The mailboxes a hint concerns, in order, and for a Salesforce hint what routing read: the record (read to
+    find its owner) and the links of the mailboxes the index named, read before the record."""
+
+    mailboxes: list[str]
+    record: SideRecord | None | _Unread = UNREAD
+    links: dict[str, Link | None] = field(default_factory=dict)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -128,29 +138,36 @@ class Engine:
 
     def mailboxes_for(self, change: ContactChange) -> list[str]:
         """The mailboxes a hint concerns: the Outlook mailbox, or the Salesforce owner plus every linked mailbox."""
-        return self._route(change)[0]
+        return self._route(change).mailboxes
 
-    def _route(self, change: ContactChange) -> tuple[list[str], SideRecord | None | _Unread]:
-        """``mailboxes_for``, with the Salesforce record it read to find the owner (UNREAD for Outlook hints)."""
+    def _route(self, change: ContactChange) -> _Routed:
+        """``mailboxes_for``, with what it read on the way: for a Salesforce hint, the links of the mailboxes the
+        index names (read *before* the record) and the record (read to find its owner)."""
         if change.source is Side.M365:
             if not change.mailbox:
                 raise ValueError("an Outlook change needs its mailbox")
             mailbox = change.mailbox.casefold()
             if mailbox not in self.mailboxes:
                 logger.info("change for a mailbox out of scope ignored: item %s", change.item_id)
-                return [], UNREAD
-            return [mailbox], UNREAD
-        mailboxes = set(self.links.mailboxes_of(change.item_id))
+                return _Routed([])
+            return _Routed([mailbox])
+        linked = {mb: self.links.get(mb, Side.SALESFORCE, change.item_id)
+                  for mb in sorted(self.links.mailboxes_of(change.item_id))}
         f = self.sides[Side.SALESFORCE].get("", change.item_id)
+        mailboxes = set(linked)
         if f is not None and f.owner in self.mailboxes:
             mailboxes.add(f.owner)
         # the mailbox that loses the contact goes first, so the new owner's copy is made after the old one left
-        return sorted(mailboxes, key=lambda mb: (f is not None and mb == f.owner, mb)), f
+        order = sorted(mailboxes, key=lambda mb: (f is not None and mb == f.owner, mb))
+        return _Routed(order, f, linked)
 
-    def read(self, change: ContactChange, mailbox: str, *, sf_record: SideRecord | None | _Unread = UNREAD
-             ) -> Situation | None:
-        """Read the current state of both sides and the link, for one hint in one mailbox. ``sf_record``: the
-        Salesforce record of a Salesforce hint when it was read just now (``sync_contact`` routing the hint)."""
+    def read(self, change: ContactChange, mailbox: str, *, routed: _Routed | None = None) -> Situation | None:
+        """Read the current state of both sides and the link, for one hint in one mailbox.
+
+        The link is always read before the records: a record read first could be older than the link (another
+        worker wrote both in between) and its old values would pass for an edit back to them. ``routed``: what
+        ``sync_contact`` read to route a Salesforce hint; its record is reused unless a link turns up that was read
+        after it."""
         m365, sf = self.sides[Side.M365], self.sides[Side.SALESFORCE]
         if change.source is Side.M365:
             link = self.links.get(mailbox, Side.M365, change.item_id)
@@ -161,8 +178,14 @@ class Engine:
             if link is None and m is not None:
                 return self.rebuilt(mailbox, m) or self.situation(mailbox, link, m, f)
             return self.situation(mailbox, link, m, f)
-        f = sf.get(mailbox, change.item_id) if isinstance(sf_record, _Unread) else sf_record
-        link = self.links.get(mailbox, Side.SALESFORCE, change.item_id)
+        known = routed.record if routed is not None else UNREAD
+        if routed is not None and mailbox in routed.links:
+            link = routed.links[mailbox]  # read before the record
+        else:
+            link = self.links.get(mailbox, Side.SALESFORCE, change.item_id)
+            if link is not None:  # a link made since the record was read (or none read): the record again
+                known = UNREAD
+        f = sf.get(mailbox, change.item_id) if isinstance(known, _Unread) else known
         m = m365.get(mailbox, link.m365_id) if link is not None and link.m365_id else None
         if link is None and f is not None:
             return self.rebuilt(mailbox, f) or self.situation(mailbox, link, m, f)
@@ -263,10 +286,10 @@ class Engine:
     def sync_contact(self, change: ContactChange) -> list[Outcome]:
         """Bring one person in sync in every mailbox the hint concerns. Raises typed errors (retry or poison)."""
         outcomes = []
-        mailboxes, known = self._route(change)
-        for i, mailbox in enumerate(mailboxes):
-            # read just before deciding: an earlier mailbox may have written (the first one uses the routing read)
-            situation = self.read(change, mailbox, sf_record=known if i == 0 else UNREAD)
+        routed = self._route(change)
+        for i, mailbox in enumerate(routed.mailboxes):
+            # read just before deciding: an earlier mailbox may have written (the first one reuses the routing read)
+            situation = self.read(change, mailbox, routed=routed if i == 0 else None)
             if situation is not None:
                 outcomes.append(self.execute(situation, plan(situation, self.policy)))
         return outcomes

@@ -69,9 +69,11 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
     m365, sf = engine.sides[Side.M365], engine.sides[Side.SALESFORCE]
     report = ReconcileReport(mailbox, dry_run)
 
+    # The links first: a record read before a link could be older than it (a worker wrote both in between), and
+    # its old values would pass for an edit back to them. Records read after the link are as new or newer.
+    links = list(engine.links.list(mailbox))
     m_recs: dict[str, SideRecord] = {r.id: r for r in m365.stream(mailbox)}
     f_recs: dict[str, SideRecord] = {r.id: r for r in sf.stream(mailbox)}
-    links = list(engine.links.list(mailbox))
     report.linked_before = sum(1 for link in links if link.state is LinkState.LINKED)
 
     situations: list[Situation] = []

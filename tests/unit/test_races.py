@@ -10,7 +10,7 @@ import pytest
 
 from sync.adapters.memory import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
 from sync.engine import Engine
-from sync.errors import AlreadyExists
+from sync.errors import AlreadyExists, PreconditionFailed
 from sync.model import Contact
 from sync.planner import plan
 from sync.policy import Policy, Side
@@ -141,8 +141,6 @@ def test_an_edit_landing_between_the_version_check_and_the_write_is_not_taken_fo
 
 
 def test_a_record_deleted_between_our_read_and_our_write_is_decided_again_not_poisoned() -> None:
-    from sync.errors import PreconditionFailed
-
     m365, sf, links, audit, engine = setup()
     sf_id = sf.user_create(ANN, ADA)
     reconcile_mailbox(engine, ANN)
@@ -157,4 +155,54 @@ def test_a_record_deleted_between_our_read_and_our_write_is_decided_again_not_po
     engine.sync_contact(hint)  # the retry sees the delete: delete policy unlink keeps Salesforce, unlinked
     link = links.get(ANN, Side.SALESFORCE, sf_id)
     assert link is not None and link.state is LinkState.DETACHED
+    assert sf.snapshot()[sf_id].contact.job_title == "CTO"
+
+
+def after_first(target: Any, name: str, run: Callable[[], Any]) -> None:
+    """Run ``run`` (the other worker) just after the first call of ``target.<name>`` returns."""
+    real = getattr(target, name)
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        setattr(target, name, real)
+        result = real(*args, **kwargs)
+        run()
+        return result
+
+    setattr(target, name, hooked)
+
+
+def test_a_reconcile_never_pairs_a_record_with_a_link_newer_than_it() -> None:
+    """Found by the soak: a full pass read Outlook, then a worker synced a Salesforce edit (Outlook written, link
+    saved), then the pass read the links. The stale Outlook record against the newer link looked like an Outlook edit
+    back to the old value, which overwrote the user's Salesforce edit with no conflict. The links are read first."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    reconcile_mailbox(engine, ANN)
+    (oid,) = ada_in(m365)
+    sf.user_edit(sf_id, {"department": "Sales"})  # its CDC event arrives while the pass reads Outlook
+    real_stream = m365.stream
+    m365.stream = lambda mailbox: iter(list(real_stream(mailbox)))  # type: ignore[method-assign]  # read it all now
+    after_first(m365, "stream", lambda: engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id)))
+    report = reconcile_mailbox(engine, ANN)
+    assert not report.errors
+    assert sf.snapshot()[sf_id].contact.department == "Sales"
+    assert m365.snapshot()[oid].contact.department == "Sales"
+
+
+def test_a_salesforce_hint_never_pairs_its_routing_read_with_a_newer_link() -> None:
+    """The Salesforce record a hint reads to route itself must not be older than the link it is decided with: an
+    Outlook edit synced by another worker in between would look like a Salesforce edit back to the old value."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    reconcile_mailbox(engine, ANN)
+    (oid,) = ada_in(m365)
+    m365.user_edit(oid, {"job_title": "CTO"})
+    # worker B syncs the Outlook edit right after worker A read the Salesforce record for its (older) hint
+    after_first(sf, "get", lambda: engine.sync_contact(ContactChange(source=Side.M365, item_id=oid, mailbox=ANN)))
+    hint = ContactChange(source=Side.SALESFORCE, item_id=sf_id)
+    try:
+        engine.sync_contact(hint)
+    except PreconditionFailed:
+        engine.sync_contact(hint)  # the host's retry
+    assert m365.snapshot()[oid].contact.job_title == "CTO"
     assert sf.snapshot()[sf_id].contact.job_title == "CTO"
