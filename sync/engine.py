@@ -305,6 +305,9 @@ class Engine:
         try:
             for action in p.actions:
                 self._apply(s.mailbox, action, records)
+            if not any(isinstance(a, Create) for a in p.actions):  # a create stamps its source itself
+                for rec, other_id in self._unstamped(p, records):
+                    records[rec.side] = self._stamp(s.mailbox, rec, other_id)
         except SyncError as exc:
             raced = _vanished(exc)
             self._audit(s, p, records, "failed", error=f"{type(raced).__name__}: {raced}")
@@ -414,10 +417,9 @@ class Engine:
                     else:
                         records[i][side] = r
                         created.append((i, side))
-        for side in (Side.SALESFORCE, Side.M365):  # marker stamps on the sources of creates (best effort)
-            stamps = [(i, src, new.id) for i, made in created if made is side.other
-                      for src, new in [(records[i][side], records[i][made])]
-                      if src is not None and new is not None and src.marker != new.id]
+        for side in (Side.SALESFORCE, Side.M365):  # marker stamps: the sources of creates, and any stale marker
+            stamps = [(i, rec, other_id) for i in records if i not in failed
+                      for rec, other_id in self._unstamped(items[i][1], records[i]) if rec.side is side]
             if stamps and self.sides[side].carries_markers:
                 done = self.sides[side].update_many(mailbox, [
                     UpdateRequest(item_id=src.id, contact=src.contact, fields=frozenset(), if_match=src.version,
@@ -504,6 +506,17 @@ class Engine:
         logger.info("%s %s was edited by someone else while we wrote it: %d field(s) left to the next pass",
                     after.side.value, after.id, len(foreign))
         return after.model_copy(update={"contact": after.contact.with_values(foreign), "version": None})
+
+    def _unstamped(self, p: Plan, records: dict[Side, SideRecord | None]) -> list[tuple[SideRecord, str]]:
+        """The records of a pair this plan leaves linked whose marker does not name their partner, with the id it
+        should name: a create's source, or a copy whose stamp once lost a race with a user's edit (best effort).
+        Without its marker, a pair whose link is lost cannot be told from a new contact: a delete on the other side
+        made while the links are rebuilt would be undone by a re-create."""
+        m, f = records[Side.M365], records[Side.SALESFORCE]
+        if p.link_after is not LinkAfter.SAVE or p.state is not LinkState.LINKED or m is None or f is None:
+            return []
+        return [(rec, other.id) for rec, other in ((f, m), (m, f))
+                if rec.marker != other.id and self.sides[rec.side].carries_markers]
 
     def _stamp(self, mailbox: str, record: SideRecord, other_id: str) -> SideRecord:
         """Stamp the link marker on the source record after a create; best effort (the marker is for recovery)."""

@@ -23,15 +23,28 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from sync.engine import Engine
 from sync.errors import AlreadyExists, PreconditionFailed, SyncError
-from sync.planner import Adopt, Candidate, Create, LinkAfter, Nothing, Plan, Review, Situation, check_breaker, plan
+from sync.model import fingerprint
+from sync.planner import (
+    Adopt,
+    Candidate,
+    Create,
+    LinkAfter,
+    Nothing,
+    Plan,
+    Review,
+    Situation,
+    check_breaker,
+    plan,
+    synced_rules,
+)
 from sync.policy import Side
-from sync.ports import CheckpointStore, ContactChange, LinkState, SideRecord, row_key
+from sync.ports import CheckpointStore, ContactChange, ContactSide, Link, LinkState, SideRecord, row_key
 
 logger = logging.getLogger(__name__)
 
@@ -64,79 +77,183 @@ def _kinds(p: Plan) -> list[str]:
     return out
 
 
+class _Ref:
+    """A link as a pass holds it while it streams the records: ids, the fingerprints it was synced at (their first
+    64 bits) and the etag it was read with. The full link (its per-field bases) is read again only for a person
+    whose plan is not "unchanged on both sides"."""
+
+    __slots__ = ("etag", "linked", "m365_fp", "m365_id", "sf_fp", "sf_id")
+
+    def __init__(self, link: Link) -> None:
+        self.m365_id, self.sf_id, self.etag = link.m365_id, link.sf_id, link.etag
+        self.linked = link.state is LinkState.LINKED
+        self.m365_fp, self.sf_fp = _fp64(link.m365_fp), _fp64(link.sf_fp)
+
+    def key(self) -> tuple[Side, str]:
+        """The row ``LinkStore.list`` reads a link through (its etag is that row's): Salesforce when there is one."""
+        return (Side.SALESFORCE, self.sf_id) if self.sf_id else (Side.M365, self.m365_id or "")
+
+
+def _fp64(fp: str | None) -> int | None:
+    return int(fp[:16], 16) if fp else None
+
+
+FETCH_ONE_BY_ONE = 50  # records or links needed again after the streams: up to this many are read one by one
+
+
 def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, force: bool = False) -> ReconcileReport:
+    """A full pass over one mailbox, streaming: memory grows with the contacts that changed, not with the mailbox.
+
+    1. The links are read first, compactly (``_Ref``): a record read before its link could be older than the link
+       (a worker wrote both in between) and its old values would pass for an edit back to them.
+    2. Outlook is streamed: a linked copy whose fingerprint is the one it was synced at is kept as its id only;
+       every other copy is kept whole. Every copy's match keys go into an index (hashes and ids, no values).
+    3. Salesforce is streamed: a linked contact unchanged on both sides is only counted. An unlinked contact that
+       matches nothing in Outlook is planned at once (a create, or a skip or review) and applied a chunk at a time
+       while the stream is read; the circuit breaker judges deletes and clears, which only linked contacts make,
+       and a create is neither. Every other contact is kept whole.
+    4. What was kept is planned as before: links read again (a link that moved on since step 1 is decided again by
+       a fresh read), Outlook copies unchanged but needed read again, unlinked Outlook copies matched against
+       Salesforce. The breaker judges these plans before any of them is applied.
+    """
     mailbox = mailbox.casefold()
     m365, sf = engine.sides[Side.M365], engine.sides[Side.SALESFORCE]
     report = ReconcileReport(mailbox, dry_run)
+    synced = tuple(rule.key for rule, _ in synced_rules(engine.policy, mailbox))
+    rebuilding = engine.links.rebuilding(mailbox)
+    quiet: Counter[str] = Counter()  # plans that neither write nor audit (unchanged pairs): counted, not kept
 
-    # The links first: a record read before a link could be older than it (a worker wrote both in between), and
-    # its old values would pass for an edit back to them. Records read after the link are as new or newer.
-    links = list(engine.links.list(mailbox))
-    m_recs: dict[str, SideRecord] = {r.id: r for r in m365.stream(mailbox)}
-    f_recs: dict[str, SideRecord] = {r.id: r for r in sf.stream(mailbox)}
-    report.linked_before = sum(1 for link in links if link.state is LinkState.LINKED)
+    # 1. the links, first
+    by_m: dict[str, _Ref] = {}
+    by_f: dict[str, _Ref] = {}
+    for link in engine.links.list(mailbox):
+        ref = _Ref(link)
+        if ref.m365_id:
+            by_m[ref.m365_id] = ref
+        if ref.sf_id:
+            by_f[ref.sf_id] = ref
+        report.linked_before += ref.linked
 
-    situations: list[Situation] = []
-    linked_m: set[str] = set()
-    linked_f: set[str] = set()
-    for link in links:
-        m = m_recs.get(link.m365_id) if link.m365_id else None
-        f = f_recs.get(link.sf_id) if link.sf_id else None
-        if link.sf_id and f is None:
-            f = sf.get(mailbox, link.sf_id)  # owner changed, or deleted
-        if link.m365_id:
-            linked_m.add(link.m365_id)
-        if link.sf_id:
-            linked_f.add(link.sf_id)
-        if (f is not None and f.owner != mailbox) or (m is None) != (f is None):
-            situations.append(engine.situation(mailbox, link, m, f))  # owner change, or a delete to decide on
+    # 2. Outlook
+    m_same: set[str] = set()  # linked copies unchanged since the sync: ids only
+    m_full: dict[str, SideRecord] = {}
+    m_keys = _MatchIndex()  # every copy in the folder
+    for m in m365.stream(mailbox):
+        m_keys.add(m)
+        mref = by_m.get(m.id)
+        if mref is not None and mref.linked and mref.m365_fp == _fp64(fingerprint(m.contact, synced)):
+            m_same.add(m.id)
         else:
-            situations.append(Situation(mailbox, link, m, f))
+            m_full[m.id] = m
+
+    # 3. Salesforce
+    f_full: dict[str, SideRecord] = {}
+    f_keys = _MatchIndex()  # every contact of this owner
+    creating = _MatchIndex()  # unlinked records this pass copies to the other side
+    early: list[tuple[Situation, Plan]] = []
+    for f in sf.stream(mailbox):
+        f_keys.add(f)
+        fref = by_f.get(f.id)
+        if fref is not None:
+            if f.owner == mailbox and (
+                (fref.linked and fref.m365_id in m_same and fref.sf_fp == _fp64(fingerprint(f.contact, synced)))
+                or (not fref.linked and not fref.m365_id)  # a tombstone that kept this contact, still here
+            ):
+                quiet["nothing"] += 1
+            else:
+                f_full[f.id] = f
+            continue
+        if rebuilding or m_keys.matches(f):
+            f_full[f.id] = f  # its Outlook match (or lost link) is decided after the stream
+            continue
+        s = Situation(mailbox, None, None, f, ())
+        p = _unless_twin(plan(s, engine.policy), f, creating)
+        if _quiet(p, quiet):
+            continue
+        report.visited += 1
+        report.planned.update(_kinds(p))
+        if not dry_run:
+            early.append((s, p))
+            if len(early) >= APPLY_CHUNK:
+                _apply(engine, mailbox, early, report)
+    _apply(engine, mailbox, early, report)
+
+    # 4. what changed, planned as a whole
+    refs = [*by_f.values(), *(r for r in by_m.values() if not r.sf_id)]
+    linked_m, linked_f = set(by_m), set(by_f)
+    del by_m, by_f
+    pending: list[_Ref] = []
+    for ref in refs:
+        if ref.sf_id and ref.sf_id in f_keys and ref.sf_id not in f_full:
+            continue  # counted above: unchanged
+        if not ref.linked and not ref.sf_id and ref.m365_id in m_full:
+            quiet["nothing"] += 1  # a tombstone that kept this Outlook copy, still here
+            continue
+        if ref.sf_id and ref.sf_id not in f_keys:
+            moved = sf.get(mailbox, ref.sf_id)  # owner changed, or deleted
+            if moved is not None:
+                f_full[moved.id] = moved
+        pending.append(ref)
+    del refs
+    m_full.update(_fetch(m365, mailbox, {r.m365_id for r in pending if r.m365_id and r.m365_id in m_same}))
+    full_links = _relinks(engine, mailbox, pending)
+    plans: list[tuple[Situation, Plan]] = []
+    rereads: list[ContactChange] = []
+    for ref in pending:
+        full = full_links.get(ref.key())
+        if full is None or full.etag != ref.etag:
+            # the link moved on since the pass read it (a worker synced this person meanwhile): the records read
+            # since may be older than it, so this person is read and decided afresh
+            rereads.append(ContactChange(source=Side.M365, item_id=ref.m365_id, mailbox=mailbox) if ref.m365_id
+                           else ContactChange(source=Side.SALESFORCE, item_id=ref.sf_id or ""))
+            continue
+        mr = m_full.get(full.m365_id) if full.m365_id else None
+        fr = f_full.get(full.sf_id) if full.sf_id else None
+        if (fr is not None and fr.owner != mailbox) or (mr is None) != (fr is None):
+            s = engine.situation(mailbox, full, mr, fr)  # owner change, or a delete to decide on
+        else:
+            s = Situation(mailbox, full, mr, fr)
+        p = plan(s, engine.policy)
+        survivor = s.m365 if s.m365 is not None else s.sf
+        if survivor is not None and any(isinstance(a, Create) for a in p.actions):
+            p = _unless_twin(p, survivor, creating)  # a re-create: an unlinked twin may be copied already
+        if not _quiet(p, quiet):
+            plans.append((s, p))
+    del full_links, pending
 
     # unlinked records: Outlook first (they may adopt a Salesforce record), then Salesforce ones left over
     consumed_f: set[str] = set()
     consumed_m: set[str] = set()
-    creating = _MatchIndex()  # unlinked records this pass will copy to the other side
-    plans: list[tuple[Situation, Plan]] = []
-    quiet: Counter[str] = Counter()  # plans that neither write nor audit (unchanged pairs): counted, not kept
-    for s in situations:
-        p = plan(s, engine.policy)
-        survivor = s.m365 if s.m365 is not None else s.sf
-        if survivor is not None and any(isinstance(a, Create) for a in p.actions):
-            creating.add(survivor)  # a re-create: an unlinked twin of it must not be copied too
-        if p.link_after is LinkAfter.KEEP and not p.writes and all(isinstance(a, Nothing) for a in p.actions):
-            quiet.update(_kinds(p))
-            continue
-        plans.append((s, p))
-    del situations
-    rebuilding = engine.links.rebuilding(mailbox)
-    f_index, m_index = _MatchIndex(f_recs.values()), _MatchIndex(m_recs.values())
-    for rec in (r for i, r in m_recs.items() if i not in linked_m):
-        lost = _lost(engine, mailbox, rec, f_recs) if rebuilding else None
+    unlinked_m = [r for i, r in m_full.items() if i not in linked_m]
+    f_full.update(_fetch(sf, mailbox, {i for r in unlinked_m for i in f_keys.matches(r) if i not in f_full}))
+    for rec in unlinked_m:
+        lost = _lost(engine, mailbox, rec, f_keys) if rebuilding else None
         if lost is not None:  # its marker names a Salesforce contact deleted or moved away while links were lost
             consumed_m.add(rec.id)
             plans.append((lost, plan(lost, engine.policy)))
             continue
-        local = [Candidate(c, linked=c.id in linked_f) for c in f_index.matches(rec)]
+        local = [Candidate(f_full[i], linked=i in linked_f) for i in f_keys.matches(rec) if i in f_full]
         remote = [Candidate(c, linked=engine.links.get(mailbox, Side.SALESFORCE, c.id) is not None)
-                  for c in sf.find(mailbox, rec.contact) if c.id not in f_recs]
+                  for c in sf.find(mailbox, rec.contact) if c.id not in f_keys]
         s = Situation(mailbox, None, rec, None, tuple(local + remote))
         p = _unless_twin(plan(s, engine.policy), rec, creating)
         consumed_f.update(a.sf_id for a in p.actions if isinstance(a, Adopt))
         consumed_m.add(rec.id)
         plans.append((s, p))
-    for rec in (r for i, r in f_recs.items() if i not in linked_f and i not in consumed_f):
-        lost = _lost(engine, mailbox, rec, m_recs) if rebuilding else None
+    unlinked_f = [r for i, r in f_full.items() if i not in linked_f and i not in consumed_f and i in f_keys]
+    m_full.update(_fetch(m365, mailbox, {i for r in unlinked_f for i in m_keys.matches(r) if i not in m_full}))
+    for rec in unlinked_f:
+        lost = _lost(engine, mailbox, rec, m_keys) if rebuilding else None
         if lost is not None:  # its marker names an Outlook copy deleted from this folder while links were lost
             plans.append((lost, plan(lost, engine.policy)))
             continue
-        cands = tuple(Candidate(c, linked=c.id in linked_m or c.id in consumed_m)
-                      for c in m_index.matches(rec))
+        cands = tuple(Candidate(m_full[i], linked=i in linked_m or i in consumed_m)
+                      for i in m_keys.matches(rec) if i in m_full)
         s = Situation(mailbox, None, None, rec, cands)
         plans.append((s, _unless_twin(plan(s, engine.policy), rec, creating)))
 
-    del m_recs, f_recs, m_index, f_index, creating, links  # what the plans need, their situations hold
-    report.visited = len(plans) + sum(quiet.values())
+    del m_full, f_full, m_keys, f_keys, creating, m_same  # what the plans need, their situations hold
+    report.visited += len(plans) + len(rereads) + sum(quiet.values())
     report.planned.update(quiet)
     for _, p in plans:
         report.planned.update(_kinds(p))
@@ -145,6 +262,8 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
         return report
     report.applied.update(quiet)
     _apply(engine, mailbox, plans, report)
+    for hint in rereads:
+        _decide_again(engine, mailbox, hint, report)
     if rebuilding and not report.errors:
         engine.links.mark_rebuilt(mailbox)
         logger.info("links of mailbox %s rebuilt from the markers", mailbox)
@@ -152,7 +271,42 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
     return report
 
 
-def _lost(engine: Engine, mailbox: str, rec: SideRecord, others: dict[str, SideRecord]) -> Situation | None:
+def _quiet(p: Plan, quiet: Counter[str]) -> bool:
+    """A plan that neither writes nor audits (an unchanged pair) is only counted."""
+    if p.link_after is LinkAfter.KEEP and not p.writes and all(isinstance(a, Nothing) for a in p.actions):
+        quiet.update(_kinds(p))
+        return True
+    return False
+
+
+def _relinks(engine: Engine, mailbox: str, refs: list[_Ref]) -> dict[tuple[Side, str], Link]:
+    """The full links of ``refs``, read again (one by one, or all listed again when there are many)."""
+    if len(refs) <= FETCH_ONE_BY_ONE:
+        out = {}
+        for ref in refs:
+            link = engine.links.get(mailbox, *ref.key())
+            if link is not None:
+                out[ref.key()] = link
+        return out
+    wanted = {ref.key() for ref in refs}
+    out = {}
+    for link in engine.links.list(mailbox):
+        key = (Side.SALESFORCE, link.sf_id) if link.sf_id else (Side.M365, link.m365_id or "")
+        if key in wanted:
+            out[key] = link
+    return out
+
+
+def _fetch(side: ContactSide, mailbox: str, ids: set[str]) -> dict[str, SideRecord]:
+    """Records of ``ids`` read again (one by one, or the side streamed again when there are many)."""
+    if not ids:
+        return {}
+    if len(ids) <= FETCH_ONE_BY_ONE:
+        return {r.id: r for r in (side.get(mailbox, i) for i in sorted(ids)) if r is not None}
+    return {r.id: r for r in side.stream(mailbox) if r.id in ids}
+
+
+def _lost(engine: Engine, mailbox: str, rec: SideRecord, others: Container[str]) -> Situation | None:
     """``Engine.rebuilt`` for an unlinked record of a full pass; None at once when its partner is among this
     mailbox's records (the marker adopts it)."""
     if not rec.marker or rec.marker in others:
@@ -185,19 +339,26 @@ def _apply_chunk(engine: Engine, mailbox: str, plans: list[tuple[Situation, Plan
         if isinstance(result, PreconditionFailed | AlreadyExists):
             # something changed since this pass read it (an earlier item of this pass, or a worker that linked the
             # contact first): read again and decide again
-            try:
-                for outcome in engine.sync_contact(_hint_for(s)):
-                    report.applied.update(_kinds(outcome.plan))
-            except SyncError as exc:
-                result = exc
-            else:
-                continue
-        if isinstance(result, SyncError):
-            ids = " ".join(x for x in (p.m365_id, p.sf_id) if x)
-            report.errors.append(f"{type(result).__name__} {ids}: {result}")
-            logger.warning("reconcile %s: %s on %s", mailbox, type(result).__name__, ids)
+            _decide_again(engine, mailbox, _hint_for(s), report, ids=" ".join(x for x in (p.m365_id, p.sf_id) if x))
+        elif isinstance(result, SyncError):
+            _failed(mailbox, result, " ".join(x for x in (p.m365_id, p.sf_id) if x), report)
         else:
             report.applied.update(_kinds(p))
+
+
+def _decide_again(engine: Engine, mailbox: str, hint: ContactChange, report: ReconcileReport, *,
+                  ids: str | None = None) -> None:
+    """Read one person again and decide again, as a hint would (a race lost, or a link that moved on)."""
+    try:
+        for outcome in engine.sync_contact(hint):
+            report.applied.update(_kinds(outcome.plan))
+    except SyncError as exc:
+        _failed(mailbox, exc, ids or hint.item_id, report)
+
+
+def _failed(mailbox: str, exc: SyncError, ids: str, report: ReconcileReport) -> None:
+    report.errors.append(f"{type(exc).__name__} {ids}: {exc}")
+    logger.warning("reconcile %s: %s on %s", mailbox, type(exc).__name__, ids)
 
 
 def reconcile_mailbox_delta(
@@ -287,9 +448,9 @@ def _unless_twin(p: Plan, rec: SideRecord, creating: _MatchIndex) -> Plan:
     if twin is None:
         creating.add(rec)
         return p
-    reason = (f"another {rec.side.label} contact ({twin.id}) matching it by email or name and company is being "
+    reason = (f"another {rec.side.label} contact ({twin}) matching it by email or name and company is being "
               f"copied in this pass; not creating a duplicate")
-    return Plan(p.mailbox, (Review(reason, (twin.id,)),), LinkAfter.KEEP, reason, synced_fields=p.synced_fields)
+    return Plan(p.mailbox, (Review(reason, (twin,)),), LinkAfter.KEEP, reason, synced_fields=p.synced_fields)
 
 
 def _hint_for(s: Situation) -> ContactChange:
@@ -301,16 +462,21 @@ def _hint_for(s: Situation) -> ContactChange:
 
 
 class _MatchIndex:
-    """Records by the keys that may make two records one person (id and marker, each email, first + last name
-    + company), so
-    finding the records that may be the same person as another is a few lookups, not a scan of the mailbox (a
-    pairwise scan made a 20,000-contact initial sync quadratic). ``matches`` answers in insertion order."""
+    """Ids of records by the keys that may make two records one person (id and marker, each email, first + last
+    name + company), so finding the records that may be the same person as another is a few lookups, not a scan of
+    the mailbox (a pairwise scan made a 20,000-contact initial sync quadratic). Keys are kept as hashes, and ids
+    as the record's own strings, so a mailbox's index holds no contact values and little memory; a hash collision
+    only adds a candidate, which the planner's own matching rules then reject. ``matches`` answers in insertion
+    order; ``in`` tells whether a record was added."""
 
     def __init__(self, records: Iterable[SideRecord] = ()) -> None:
         self._order: dict[str, int] = {}
-        self._by: dict[tuple[str, object], list[SideRecord]] = {}
+        self._by: dict[int, str | list[str]] = {}
         for rec in records:
             self.add(rec)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._order
 
     def add(self, rec: SideRecord) -> None:
         self._order.setdefault(rec.id, len(self._order))
@@ -321,16 +487,30 @@ class _MatchIndex:
         if name is not None:
             keys.append(("name", name))
         for key in keys:
-            self._by.setdefault(key, []).append(rec)
+            h = hash(key)
+            held = self._by.get(h)
+            if held is None:
+                self._by[h] = rec.id
+            elif isinstance(held, str):
+                if held != rec.id:
+                    self._by[h] = [held, rec.id]
+            elif rec.id not in held:
+                held.append(rec.id)
 
-    def matches(self, a: SideRecord) -> list[SideRecord]:
-        """The records ``b`` that may be ``a``: ``a``'s marker is ``b``'s id or ``b``'s marker is ``a``'s id, they share
-        an email, or they have the same first + last name + company (``a``'s key not None)."""
+    def matches(self, a: SideRecord) -> list[str]:
+        """The ids of the records ``b`` that may be ``a``: ``a``'s marker is ``b``'s id or ``b``'s marker is ``a``'s
+        id, they share an email, or they have the same first + last name + company (``a``'s key not None)."""
         keys: list[tuple[str, object]] = [("marker", a.id), *(("email", e) for e in a.contact.email_keys())]
         if a.marker:
             keys.append(("id", a.marker))
         name = a.contact.name_company_key()
         if name is not None:
             keys.append(("name", name))
-        found = {b.id: b for key in keys for b in self._by.get(key, ())}
-        return sorted(found.values(), key=lambda b: self._order[b.id])
+        found: set[str] = set()
+        for key in keys:
+            held = self._by.get(hash(key))
+            if isinstance(held, str):
+                found.add(held)
+            elif held is not None:
+                found.update(held)
+        return sorted(found, key=self._order.__getitem__)

@@ -219,3 +219,26 @@ def test_an_outlook_delete_nobody_reported_is_known_from_the_audit_of_the_mailbo
     w.sf.user_set_owner(kept, BOB)  # the copy the marker names never lived in Bob's folder: not a delete there
     w.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=kept))
     assert len(w.copies(BOB, kept)) == 1
+
+
+def test_a_marker_whose_stamp_lost_a_race_is_stamped_on_the_next_sync_of_the_pair() -> None:
+    """Found by the soak: a copy's marker stamp failed (a user edited it at that moment), the links table was lost,
+    then its Salesforce contact was deleted. Without the marker the copy looked new and was copied back. Any sync of
+    the pair now stamps a marker that does not name its partner."""
+    w = world()
+    sf_id = w.ids["gone"]
+    (oid,) = w.copies(ANN, sf_id)
+    copy = w.m365.snapshot()[oid]
+    w.m365.update(ANN, oid, copy.contact, fields=frozenset(), if_match=copy.version, marker="")  # the lost stamp
+    w.sf.user_edit(sf_id, {"job_title": "CTO"})  # a Salesforce edit: only Outlook is written ...
+    w.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))
+    assert w.m365.snapshot()[oid].marker == sf_id  # ... and its marker with it
+    w.m365.update(ANN, oid, w.m365.snapshot()[oid].contact, fields=frozenset(), if_match=None, marker="")
+    w.m365.user_edit(oid, {"job_title": "CEO"})  # an Outlook edit: only Salesforce is written ...
+    w.engine.sync_contact(ContactChange(source=Side.M365, item_id=oid, mailbox=ANN))
+    assert w.m365.snapshot()[oid].marker == sf_id  # ... and the Outlook marker is stamped too
+    w.links.lose()
+    w.sf.user_delete(sf_id)  # its CDC event cannot find the lost link
+    reconcile_mailbox(w.engine, ANN)
+    assert w.sf_with_email("gone") == []  # not copied back to Salesforce
+    assert oid not in w.m365.snapshot()  # the delete reached Outlook (default policy: delete the copy)

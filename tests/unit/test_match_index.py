@@ -44,4 +44,4 @@ def records(draw: st.DrawFn) -> list[SideRecord]:
 def test_the_index_finds_what_the_scan_finds(indexed: list[SideRecord], probes: list[SideRecord]) -> None:
     index = _MatchIndex(indexed)
     for a in probes:
-        assert [b.id for b in index.matches(a)] == [b.id for b in indexed if _matches(a, b)]
+        assert index.matches(a) == [b.id for b in indexed if _matches(a, b)]
