@@ -82,12 +82,17 @@ class _Ref:
     64 bits) and the etag it was read with. The full link (its per-field bases) is read again only for a person
     whose plan is not "unchanged on both sides"."""
 
-    __slots__ = ("etag", "linked", "m365_fp", "m365_id", "sf_fp", "sf_id")
+    __slots__ = ("etag", "linked", "m365_fp", "m365_id", "seen", "sf_fp", "sf_id")
 
     def __init__(self, link: Link) -> None:
-        self.m365_id, self.sf_id, self.etag = link.m365_id, link.sf_id, link.etag
+        self.m365_id, self.sf_id, self.etag = link.m365_id, link.sf_id, hash(link.etag)
         self.linked = link.state is LinkState.LINKED
         self.m365_fp, self.sf_fp = _fp64(link.m365_fp), _fp64(link.sf_fp)
+        self.seen = False  # its Salesforce contact came by in this owner's stream
+
+    def moved_on(self, link: Link | None) -> bool:
+        """Whether ``link`` (read again) is not the link this was made from."""
+        return link is None or hash(link.etag) != self.etag
 
     def key(self) -> tuple[Side, str]:
         """The row ``LinkStore.list`` reads a link through (its etag is that row's): Salesforce when there is one."""
@@ -148,13 +153,16 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
 
     # 3. Salesforce
     f_full: dict[str, SideRecord] = {}
-    f_keys = _MatchIndex()  # every contact of this owner
+    f_new = _MatchIndex()  # unlinked contacts of this owner whose Outlook match is decided after the stream
+    f_all: set[str] = set()  # every contact of this owner, only while rebuilding (markers are read then)
     creating = _MatchIndex()  # unlinked records this pass copies to the other side
     early: list[tuple[Situation, Plan]] = []
     for f in sf.stream(mailbox):
-        f_keys.add(f)
+        if rebuilding:
+            f_all.add(f.id)
         fref = by_f.get(f.id)
         if fref is not None:
+            fref.seen = True
             if f.owner == mailbox and (
                 (fref.linked and fref.m365_id in m_same and fref.sf_fp == _fp64(fingerprint(f.contact, synced)))
                 or (not fref.linked and not fref.m365_id)  # a tombstone that kept this contact, still here
@@ -165,6 +173,7 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
             continue
         if rebuilding or m_keys.matches(f):
             f_full[f.id] = f  # its Outlook match (or lost link) is decided after the stream
+            f_new.add(f)
             continue
         s = Situation(mailbox, None, None, f, ())
         p = _unless_twin(plan(s, engine.policy), f, creating)
@@ -184,12 +193,12 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
     del by_m, by_f
     pending: list[_Ref] = []
     for ref in refs:
-        if ref.sf_id and ref.sf_id in f_keys and ref.sf_id not in f_full:
+        if ref.seen and ref.sf_id not in f_full:
             continue  # counted above: unchanged
         if not ref.linked and not ref.sf_id and ref.m365_id in m_full:
             quiet["nothing"] += 1  # a tombstone that kept this Outlook copy, still here
             continue
-        if ref.sf_id and ref.sf_id not in f_keys:
+        if ref.sf_id and not ref.seen:
             moved = sf.get(mailbox, ref.sf_id)  # owner changed, or deleted
             if moved is not None:
                 f_full[moved.id] = moved
@@ -201,7 +210,7 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
     rereads: list[ContactChange] = []
     for ref in pending:
         full = full_links.get(ref.key())
-        if full is None or full.etag != ref.etag:
+        if full is None or ref.moved_on(full):
             # the link moved on since the pass read it (a worker synced this person meanwhile): the records read
             # since may be older than it, so this person is read and decided afresh
             rereads.append(ContactChange(source=Side.M365, item_id=ref.m365_id, mailbox=mailbox) if ref.m365_id
@@ -225,22 +234,28 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
     consumed_f: set[str] = set()
     consumed_m: set[str] = set()
     unlinked_m = [r for i, r in m_full.items() if i not in linked_m]
-    f_full.update(_fetch(sf, mailbox, {i for r in unlinked_m for i in f_keys.matches(r) if i not in f_full}))
     for rec in unlinked_m:
-        lost = _lost(engine, mailbox, rec, f_keys) if rebuilding else None
+        lost = _lost(engine, mailbox, rec, f_all) if rebuilding else None
         if lost is not None:  # its marker names a Salesforce contact deleted or moved away while links were lost
             consumed_m.add(rec.id)
             plans.append((lost, plan(lost, engine.policy)))
             continue
-        local = [Candidate(f_full[i], linked=i in linked_f) for i in f_keys.matches(rec) if i in f_full]
-        remote = [Candidate(c, linked=engine.links.get(mailbox, Side.SALESFORCE, c.id) is not None)
-                  for c in sf.find(mailbox, rec.contact) if c.id not in f_keys]
+        # this owner's unlinked contacts it may be, then Salesforce's search (org-wide: the linked and the other
+        # owners' contacts it may be, so that it is reviewed, never doubled)
+        local = [Candidate(f_full[i]) for i in f_new.matches(rec) if i in f_full]
+        found = {c.id: c for c in sf.find(mailbox, rec.contact) if c.id not in f_new}
+        if rec.marker and rec.marker not in f_new and rec.marker not in found:
+            marked = sf.get(mailbox, rec.marker)  # the contact its marker names (a copy of a linked copy, say)
+            if marked is not None:
+                found[marked.id] = marked
+        remote = [Candidate(c, linked=c.id in linked_f or engine.links.get(mailbox, Side.SALESFORCE, c.id) is not None)
+                  for c in found.values()]
         s = Situation(mailbox, None, rec, None, tuple(local + remote))
         p = _unless_twin(plan(s, engine.policy), rec, creating)
         consumed_f.update(a.sf_id for a in p.actions if isinstance(a, Adopt))
         consumed_m.add(rec.id)
         plans.append((s, p))
-    unlinked_f = [r for i, r in f_full.items() if i not in linked_f and i not in consumed_f and i in f_keys]
+    unlinked_f = [r for i, r in f_full.items() if i not in linked_f and i not in consumed_f and i in f_new]
     m_full.update(_fetch(m365, mailbox, {i for r in unlinked_f for i in m_keys.matches(r) if i not in m_full}))
     for rec in unlinked_f:
         lost = _lost(engine, mailbox, rec, m_keys) if rebuilding else None
@@ -252,7 +267,7 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
         s = Situation(mailbox, None, None, rec, cands)
         plans.append((s, _unless_twin(plan(s, engine.policy), rec, creating)))
 
-    del m_full, f_full, m_keys, f_keys, creating, m_same  # what the plans need, their situations hold
+    del m_full, f_full, m_keys, f_new, f_all, creating, m_same  # what the plans need, their situations hold
     report.visited += len(plans) + len(rereads) + sum(quiet.values())
     report.planned.update(quiet)
     for _, p in plans:
@@ -479,8 +494,8 @@ class _MatchIndex:
         return item_id in self._order
 
     def add(self, rec: SideRecord) -> None:
-        self._order.setdefault(rec.id, len(self._order))
-        keys: list[tuple[str, object]] = [("id", rec.id), *(("email", e) for e in rec.contact.email_keys())]
+        self._order.setdefault(rec.id, len(self._order))  # also answers the ("id", ...) key
+        keys: list[tuple[str, object]] = [("email", e) for e in rec.contact.email_keys()]
         if rec.marker:
             keys.append(("marker", rec.marker))
         name = rec.contact.name_company_key()
@@ -501,12 +516,10 @@ class _MatchIndex:
         """The ids of the records ``b`` that may be ``a``: ``a``'s marker is ``b``'s id or ``b``'s marker is ``a``'s
         id, they share an email, or they have the same first + last name + company (``a``'s key not None)."""
         keys: list[tuple[str, object]] = [("marker", a.id), *(("email", e) for e in a.contact.email_keys())]
-        if a.marker:
-            keys.append(("id", a.marker))
         name = a.contact.name_company_key()
         if name is not None:
             keys.append(("name", name))
-        found: set[str] = set()
+        found: set[str] = {a.marker} if a.marker and a.marker in self._order else set()
         for key in keys:
             held = self._by.get(hash(key))
             if isinstance(held, str):
