@@ -342,16 +342,17 @@ class Engine:
             if self.links.get(s.mailbox, side, made.id) is not None:
                 continue  # the winner adopted this very copy (its marker led there): it stays
             try:
-                self.sides[side].delete(s.mailbox, made.id, if_match=made.version)
+                moved = self._delete_made(s.mailbox, made, records[side.other])
             except NotFound:
-                pass
+                moved = ""
             except SyncError as exc:
                 logger.warning("copy %s %s made by a plan that lost a race not deleted: %s", side.value, made.id,
                                type(exc).__name__)
                 notes.append(f"the {side.label} copy {made.id} it created could not be deleted again")
                 continue
             records[side] = None
-            notes.append(f"the {side.label} copy {made.id} it created was deleted again (linked by another worker)")
+            notes.append(f"the {side.label} copy {made.id} it created was deleted again (linked by another worker)"
+                         + moved)
             source = records[side.other]
             if source is not None and source.marker == made.id and self.sides[side.other].carries_markers:
                 winner = self.links.get(s.mailbox, source.side, source.id)
@@ -359,6 +360,34 @@ class Engine:
                 if other_id:
                     records[side.other] = self._stamp(s.mailbox, source, other_id)
         return "; " + "; ".join(notes) if notes else ""
+
+    def _delete_made(self, mailbox: str, made: SideRecord, source: SideRecord | None) -> str:
+        """Delete a copy this plan made in a lost race. If a user edited it meanwhile (412: people see both copies
+        for a moment), the fields they changed are written to the winner's copy first, so the edit is not lost with
+        the duplicate. Returns a note for the audit."""
+        port = self.sides[made.side]
+        try:
+            port.delete(mailbox, made.id, if_match=made.version)
+            return ""
+        except PreconditionFailed:
+            now = port.get(mailbox, made.id)
+        if now is None:
+            return ""
+        synced = [rule.key for rule, _ in synced_rules(self.policy, mailbox)]
+        edited = {k: now.contact.get(k) for k in synced
+                  if field_digest(k, now.contact.get(k)) != field_digest(k, made.contact.get(k))}
+        winner = self.links.get(mailbox, source.side, source.id) if source is not None else None
+        winner_id = winner.id_on(made.side) if winner is not None else None
+        note = ""
+        if edited and winner_id:
+            target = port.get(mailbox, winner_id)
+            if target is None:
+                raise PreconditionFailed("the winner's copy vanished", side=made.side.value, item_id=winner_id)
+            port.update(mailbox, winner_id, target.contact.with_values(edited), fields=frozenset(edited),
+                        if_match=target.version)
+            note = f"; a user's edit of it ({', '.join(sorted(edited))}) was moved to {winner_id}"
+        port.delete(mailbox, made.id, if_match=now.version)
+        return note
 
     def execute_many(self, mailbox: str, items: Sequence[tuple[Situation, Plan]]) -> list[Outcome | SyncError]:
         """``execute`` for many plans of one mailbox, with the writes of plain plans sent in bulk.

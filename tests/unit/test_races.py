@@ -206,3 +206,31 @@ def test_a_salesforce_hint_never_pairs_its_routing_read_with_a_newer_link() -> N
         engine.sync_contact(hint)  # the host's retry
     assert m365.snapshot()[oid].contact.job_title == "CTO"
     assert sf.snapshot()[sf_id].contact.job_title == "CTO"
+
+
+def test_a_user_edit_of_the_losers_copy_moves_to_the_winners_copy_before_it_is_deleted() -> None:
+    """Found by the soak: two workers created the same Outlook contact in Salesforce; a user edited the loser's copy
+    within a second, so deleting it at the version it was created with failed and the duplicate stayed. Now the
+    fields the user changed go to the winner's copy, and the duplicate is deleted."""
+    m365, sf, links, audit, engine = setup()
+    oid = m365.user_create(ANN, ADA)
+    hint = ContactChange(source=Side.M365, item_id=oid, mailbox=ANN)
+    a, b = engine.read(hint, ANN), engine.read(hint, ANN)
+    assert a is not None and b is not None
+    engine.execute(a, plan(a, engine.policy))  # A wins
+    (winner,) = ada_in(sf)
+
+    def user_edits_the_duplicate() -> None:
+        (dup,) = [i for i in ada_in(sf) if i != winner]
+        sf.user_edit(dup, {"department": "Research"})
+
+    before_first(links, "save", user_edits_the_duplicate)  # B created its copy; the user edits it; B's save loses
+    with pytest.raises(AlreadyExists):
+        engine.execute(b, plan(b, engine.policy))
+    assert ada_in(sf) == [winner]  # the duplicate is gone ...
+    assert sf.snapshot()[winner].contact.department == "Research"  # ... and the user's edit was kept
+    (failed,) = [e for e in audit.entries if e.outcome == "failed"]
+    assert failed.error is not None and "moved to" in failed.error
+    engine.sync_contact(hint)  # the retry: the edit reaches Outlook
+    assert m365.snapshot()[oid].contact.department == "Research"
+    assert_one_linked_pair(m365, sf, links)
