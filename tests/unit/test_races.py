@@ -32,16 +32,21 @@ def ada_in(side: MemorySide) -> list[str]:
     return sorted(i for i, r in side.snapshot().items() if "ada@example.com" in r.contact.email_keys())
 
 
-def before_first(links: MemoryLinkStore, name: str, run: Callable[[], Any]) -> None:
-    """Run ``run`` (the other worker) just before the first call of ``links.<name>``: it wins the race."""
-    real = getattr(links, name)
+def before_first(target: Any, name: str, run: Callable[[], Any], *, after: bool = False) -> None:
+    """Run ``run`` (the other worker) just before the first call of ``target.<name>`` (it wins the race), or just
+    after that call returns (``after``)."""
+    real = getattr(target, name)
 
     def hooked(*args: Any, **kwargs: Any) -> Any:
-        setattr(links, name, real)
-        run()
-        return real(*args, **kwargs)
+        setattr(target, name, real)
+        if not after:
+            run()
+        result = real(*args, **kwargs)
+        if after:
+            run()
+        return result
 
-    setattr(links, name, hooked)
+    setattr(target, name, hooked)
 
 
 def assert_one_linked_pair(m365: MemorySide, sf: MemorySide, links: MemoryLinkStore) -> None:
@@ -160,15 +165,7 @@ def test_a_record_deleted_between_our_read_and_our_write_is_decided_again_not_po
 
 def after_first(target: Any, name: str, run: Callable[[], Any]) -> None:
     """Run ``run`` (the other worker) just after the first call of ``target.<name>`` returns."""
-    real = getattr(target, name)
-
-    def hooked(*args: Any, **kwargs: Any) -> Any:
-        setattr(target, name, real)
-        result = real(*args, **kwargs)
-        run()
-        return result
-
-    setattr(target, name, hooked)
+    before_first(target, name, run, after=True)
 
 
 def test_a_reconcile_never_pairs_a_record_with_a_link_newer_than_it() -> None:
