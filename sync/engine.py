@@ -430,7 +430,7 @@ class Engine:
                     if isinstance(r, SyncError):
                         failed[i] = _vanished(r)
                     else:
-                        records[i][side] = self._as_written(mailbox, records[i][side], r, a.fields)
+                        records[i][side] = self._as_written(mailbox, records[i][side], r, a)
         created: list[tuple[int, Side]] = []
         for side in (Side.SALESFORCE, Side.M365):  # creates, each carrying the source's id as marker
             todo_c = [(i, a) for i in records for a in items[i][1].actions
@@ -507,7 +507,7 @@ class Engine:
                 mailbox, action.item_id, action.contact, fields=action.fields, if_match=action.if_match,
                 marker=action.marker,
             )
-            records[action.side] = self._as_written(mailbox, records[action.side], written, action.fields)
+            records[action.side] = self._as_written(mailbox, records[action.side], written, action)
         elif isinstance(action, Delete):
             with contextlib.suppress(NotFound):  # already gone: the goal is reached
                 self.sides[action.side].delete(mailbox, action.item_id, if_match=action.if_match)
@@ -517,15 +517,20 @@ class Engine:
         elif isinstance(action, Handoff):
             self.queue.send(ContactChange(source=Side.SALESFORCE, item_id=action.sf_id))
 
-    def _as_written(self, mailbox: str, before: SideRecord | None, after: SideRecord,
-                    fields: frozenset[str]) -> SideRecord:
+    def _as_written(self, mailbox: str, before: SideRecord | None, after: SideRecord, update: Update) -> SideRecord:
         """The record as our write left it, for the link. A synced field we did not write that differs from what
         we read was changed by someone else between our version check and our write (Salesforce has no conditional
         update: it compares SystemModstamp, then PATCHes). Taking it into the link would pass it for synced and it
         would never reach the other side; so the link keeps the value we read, and no version, and the next hint or
-        reconcile sees that edit as a change."""
+        reconcile sees that edit as a change.
+
+        An update that sends no marker leaves it as it was, though the answer may not show it (Graph's PATCH answer
+        has no extended properties); taking that for "no marker" would stamp it again after every edit."""
         if before is None:
             return after
+        fields = update.fields
+        if after.marker is None and update.marker is None and before.marker:
+            after = after.model_copy(update={"marker": before.marker})
         foreign = {rule.key: before.contact.get(rule.key) for rule, _ in synced_rules(self.policy, mailbox)
                    if rule.key not in fields
                    and field_digest(rule.key, before.contact.get(rule.key))
