@@ -12,7 +12,11 @@ Azurite + the Graph and Salesforce emulators + the real function app's functions
 
 "Own time" = the webhook function + the worker function (each includes its calls to storage and to the emulated
 service); the queue's delivery delay is the platform's (polling, up to ``maxPollingInterval``) and is reported
-apart. Every edit is checked on the other side. Prints p50/p99 per direction; results go to ``bench/results.json``.
+apart. "Service" = the part of it the Graph and Salesforce emulators spent answering our calls (their
+``ServiceClock``: from the parsed request to the answer written), which a real tenant and org spend instead (and
+more: 100+ ms a call over the internet); "ours" = own time minus service time, i.e. our code, the SDKs, the network
+stack and Table/Queue storage (Azurite's time is counted as ours). Every edit is checked on the other side. Prints
+p50/p99 per direction; results go to ``bench/results.json``.
 """
 
 from __future__ import annotations
@@ -98,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             import azure.functions as func
 
             results: dict[str, dict[str, list[float]]] = {
-                d: {"own": [], "queue": [], "webhook": [], "worker": []} for d in ("outlook_to_sf", "sf_to_outlook")}
+                d: {"own": [], "ours": [], "service": [], "queue": [], "webhook": [], "worker": []}
+                for d in ("outlook_to_sf", "sf_to_outlook")}
+
+            def service() -> float:
+                return s.graph.service.seconds + s.sf.service.seconds
+
             for i in range(args.n + 5):  # 5 warm-up rounds
                 link = links[i % len(links)]
                 # Outlook -> Salesforce
@@ -109,18 +118,22 @@ def main(argv: list[str] | None = None) -> int:
                     "subscriptionId": "bench-sub", "clientState": state, "changeType": "updated",
                     "resource": f"Users/{s.graph.user_id(mb)}/Contacts/{link.m365_id}",
                     "resourceData": {"@odata.type": "#Microsoft.Graph.Contact", "id": link.m365_id}}]}).encode()
+                served = service()
                 t = time.perf_counter()
                 resp = webhook(func.HttpRequest("POST", "http://127.0.0.1/api/graph/notifications", body=body,
                                                 headers={"Content-Type": "application/json"}))
                 ack = time.perf_counter() - t
                 assert resp.status_code == 202, resp.status_code
                 waited, spent = deliver()
+                served = service() - served
                 written = s.sf.get_record(link.sf_id or "") or {}
                 assert written.get("Title") == title, "Outlook edit did not reach Salesforce"
                 per_edit["outlook_to_sf"].append(calls(s).minus(before))
                 if i >= 5:
                     r = results["outlook_to_sf"]
                     r["own"].append(ack + spent)
+                    r["service"].append(served)
+                    r["ours"].append(ack + spent - served)
                     r["queue"].append(waited)
                     r["webhook"].append(ack)
                     r["worker"].append(spent)
@@ -132,18 +145,22 @@ def main(argv: list[str] | None = None) -> int:
                 payload = json.dumps({"events": [{"ChangeEventHeader": event["header"], **event["body"]}]},
                                      default=str).encode()
                 headers = {"Content-Type": "application/json", **sign_events(payload, secret, int(time.time()))}
+                served = service()
                 t = time.perf_counter()
                 resp = push(func.HttpRequest("POST", "http://127.0.0.1/api/salesforce/events", body=payload,
                                              headers=headers))
                 ack = time.perf_counter() - t
                 assert resp.status_code == 202, (resp.status_code, resp.get_body()[:200])
                 waited, spent = deliver()
+                served = service() - served
                 contact = s.graph.get_contact(mb, link.m365_id or "") or {}
                 assert contact.get("department") == dept, "Salesforce edit did not reach Outlook"
                 per_edit["sf_to_outlook"].append(calls(s).minus(before))
                 if i >= 5:
                     r = results["sf_to_outlook"]
                     r["own"].append(ack + spent)
+                    r["service"].append(served)
+                    r["ours"].append(ack + spent - served)
                     r["queue"].append(waited)
                     r["webhook"].append(ack)
                     r["worker"].append(spent)
@@ -156,9 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"single edit -> other side written, {args.n} edits per direction, cores: {os.cpu_count()}")
     for direction, label in (("outlook_to_sf", "Outlook -> Salesforce"), ("sf_to_outlook", "Salesforce -> Outlook")):
         r = out[direction]
-        print(f"  {label:22} own time p50 {r['own']['p50_ms']} ms  p99 {r['own']['p99_ms']} ms   "
-              f"(webhook p50 {r['webhook']['p50_ms']} ms, worker p50 {r['worker']['p50_ms']} ms; "
-              f"queue delivery p50 {r['queue']['p50_ms']} ms, not ours)   target p50 < 100, p99 < 500")
+        print(f"  {label:22} ours p50 {r['ours']['p50_ms']} ms  p99 {r['ours']['p99_ms']} ms   "
+              f"target p50 < 100, p99 < 500")
+        print(f"  {'':22} = webhook + worker p50 {r['own']['p50_ms']} ms, p99 {r['own']['p99_ms']} ms "
+              f"(webhook p50 {r['webhook']['p50_ms']} ms, worker p50 {r['worker']['p50_ms']} ms), minus the "
+              f"emulated services' time p50 {r['service']['p50_ms']} ms; queue delivery p50 {r['queue']['p50_ms']} ms, "
+              f"the platform's")
         print(f"  {'':22} calls per edit: {r['calls_per_edit']}")
     from bench.results import record
 

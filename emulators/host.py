@@ -974,6 +974,7 @@ def _http_response(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:
 class _RequestHandler(BaseHTTPRequestHandler):
     local_host: LocalHost
     server_version = "LocalFunctionsHost/1.0"
+    disable_nagle_algorithm = True  # answer in one go: no stall on the client's delayed ACK (see the emulators)
 
     def _handle(self) -> None:
         try:

@@ -24,6 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from emulators.clock import ServiceClock
+
 from .faults import Counters, FaultRule, Faults, MailboxGate
 from .odata import ODataSyntaxError, compile_filter, parse_expand, parse_select
 from .store import ChangeEvent, Contact, GraphError, Mailbox, Store
@@ -196,6 +198,7 @@ class GraphEmulator:
         self.store = Store(self.tenant_id)
         self.faults = Faults(seed=seed)
         self.counters = Counters()
+        self.service = ServiceClock()  # time spent answering HTTP requests (benchmarks: ours vs the service's)
         self.gate = MailboxGate()
         self.notifier = Notifier(
             self.faults,
@@ -1094,8 +1097,15 @@ class _Handler(BaseHTTPRequestHandler):
     emulator: GraphEmulator
     protocol_version = "HTTP/1.1"
     timeout = 30  # idle keep-alive connections are closed after this
+    # Headers and body go out in two writes; with Nagle's algorithm the second waits for the client's delayed ACK
+    # (10-40 ms a call on loopback). Real services answer without that stall, so the emulator must too.
+    disable_nagle_algorithm = True
 
     def _dispatch(self) -> None:
+        with self.emulator.service.timing():
+            self._answer()
+
+    def _answer(self) -> None:
         parts = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""

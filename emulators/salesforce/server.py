@@ -32,6 +32,7 @@ from typing import Any
 
 import grpc
 
+from emulators.clock import ServiceClock
 from emulators.salesforce.pubsub import PubSubServicer
 from emulators.salesforce.rest import make_handler, sign
 from emulators.salesforce.store import UI_ORIGIN, Counters, Faults, Org, SfError, Token, WriteContext
@@ -61,6 +62,7 @@ class SalesforceEmulator:
                  grpc_tls: bool = False, workdir: Path | None = None) -> None:
         self.host, self._port, self._grpc_port, self.grpc_tls = host, port, grpc_port, grpc_tls
         self.org = Org(custom_fields=custom_fields, api_max=api_max, delivery_max=delivery_max)
+        self.service = ServiceClock()  # time spent answering REST requests (benchmarks: ours vs the service's)
         self.keepalive_seconds = keepalive_seconds
         self.idle_timeout_seconds = idle_timeout_seconds
         self._workdir = workdir

@@ -757,3 +757,13 @@ def test_cli_starts_and_serves() -> None:
         proc.terminate()
         proc.wait(timeout=10)
     assert proc.returncode == 0
+
+
+def test_the_service_clock_counts_each_answered_request(emu: GraphEmulator) -> None:
+    before_n, before_s = emu.service.requests, emu.service.seconds
+    with httpx.Client(trust_env=False) as http:
+        assert http.get(f"{emu.base_url}/users/{USER}", headers={"Authorization": "Bearer x"}).status_code == 200
+        assert http.get(f"{emu.base_url}/users/nobody@x.example",
+                        headers={"Authorization": "Bearer x"}).status_code == 404
+    assert emu.service.requests - before_n == 2
+    assert emu.service.seconds > before_s

@@ -477,3 +477,11 @@ def test_pubsub_rejects_bad_token_and_unknown_topic(emu, pubsub):
     err = pubsub.subscribe().next()
     assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert dict(err.trailing_metadata())["error-code"] == "sfdc.platform.eventbus.grpc.service.unavailable"
+
+
+def test_the_service_clock_counts_each_answered_request(emu, sf):
+    before_n, before_s = emu.service.requests, emu.service.seconds
+    sf.query("SELECT Id FROM Contact")
+    sf.query("SELECT Id FROM Contact")
+    assert emu.service.requests - before_n == 2
+    assert emu.service.seconds > before_s
