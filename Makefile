@@ -61,8 +61,8 @@ bench: deps
 
 # The soak with faults (tests/soak/): minutes of random edits on both sides under injected faults, then a reconcile
 # and the checks (agreement, no duplicates, no lost edits, no resurrections, throttling limits). `make soak-short` is
-# the 40-second profile (tests/soak/test_soak.py); `make soak` the 5-minute one (SEED=n for another random run).
-# Neither is in `make test` yet: a clean-clone run still found a race (docs/performance.md).
+# the 40-second profile (tests/soak/test_soak.py), also part of `make test`; `make soak` the 5-minute one (SEED=n for
+# another random run).
 SEED ?= 1
 soak-short: deps
 	$(PY) -m pytest -m soak tests/soak
