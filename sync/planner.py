@@ -247,6 +247,10 @@ def _merge(
 ) -> _Merge:
     """Field-level three-way merge against the link's per-side bases; without a link (adopt), align the pair."""
     out = _Merge()
+    # A link rebuilt from the markers (links table lost) has no bases at all: the pair was synced, but what was
+    # synced last is unknown. A value still fills an empty side, but an empty side may be a deliberate clear, so the
+    # override goes on record as a conflict.
+    rebuilt = link is not None and not link.m365_base and not link.sf_base
     for rule, direction in synced_rules(policy, mailbox):
         key = rule.key
         mv, fv = m.contact.get(key), f.contact.get(key)
@@ -289,6 +293,11 @@ def _merge(
                     )
                 )
                 source = source.other
+            elif rebuilt:
+                out.conflicts.append(Conflict(
+                    key, source, "rebuilt link",
+                    f"'{key}' is empty in {source.other.label} and what was synced last is unknown (links rebuilt "
+                    f"after a loss): {source.label}'s value fills it"))
         out.push(rule, source, m, f, policy)
     return out
 

@@ -416,6 +416,24 @@ def test_owner_change_with_a_conflicting_pending_edit_audits_the_conflict() -> N
     assert only(p, Update).contact.job_title == "CTO" and only(p, Delete).side is Side.M365
 
 
+def test_owner_change_seen_through_a_rebuilt_link_puts_the_fill_of_an_empty_field_on_record() -> None:
+    """A link rebuilt from the markers has no bases: what was synced last is unknown. A value still fills a field
+    that is empty on the other side, but the empty side may be a clear made in Salesforce, so the override is a
+    conflict on record (found by the 5-minute soak, seed 5: a Salesforce clear overridden with no audit row)."""
+    m, f = m365(job_title="CTO"), sf(job_title=None)
+    moved = f.model_copy(update={"owner": "boss@contoso.com"})
+    rebuilt = link_for(m, f).model_copy(update={"m365_base": {}, "sf_base": {}, "m365_fp": None, "sf_fp": None,
+                                                "etag": None})
+    p = plan(Situation(MB, rebuilt, m, moved), POLICY)
+    conflict = only(p, Conflict)
+    assert (conflict.field, conflict.winner, conflict.rule) == ("job_title", Side.M365, "rebuilt link")
+    assert only(p, Update).contact.job_title == "CTO" and only(p, Delete).side is Side.M365
+    # through a stored link with bases the same records are an Outlook edit saved before the move, no conflict
+    p = plan(Situation(MB, link_for(m.model_copy(update={"contact": m.contact.with_values({"job_title": None})}), f),
+                       m, moved), POLICY)
+    assert Conflict not in kinds(p) and only(p, Update).contact.job_title == "CTO"
+
+
 def test_owner_changed_when_outlook_copy_is_already_gone_just_forgets() -> None:
     m, f = m365(), sf()
     p = plan(Situation(MB, link_for(m, f), None, f.model_copy(update={"owner": "boss@contoso.com"})), POLICY)
