@@ -244,13 +244,16 @@ def _merge(
     m: SideRecord,
     f: SideRecord,
     link: Link | None,
+    *,
+    by_marker: bool = False,
 ) -> _Merge:
     """Field-level three-way merge against the link's per-side bases; without a link (adopt), align the pair."""
     out = _Merge()
-    # A link rebuilt from the markers (links table lost) has no bases at all: the pair was synced, but what was
-    # synced last is unknown. A value still fills an empty side, but an empty side may be a deliberate clear, so the
-    # override goes on record as a conflict.
-    rebuilt = link is not None and not link.m365_base and not link.sf_base
+    # A pair linked again by its markers (``by_marker``: the links table was lost, or a link save never happened) or
+    # through a link rebuilt from them (no bases at all) was synced before, but what was synced last is unknown. A
+    # value still fills an empty side, but an empty side may be a deliberate clear, so the override goes on record
+    # as a conflict.
+    rebuilt = by_marker or (link is not None and not link.m365_base and not link.sf_base)
     for rule, direction in synced_rules(policy, mailbox):
         key = rule.key
         mv, fv = m.contact.get(key), f.contact.get(key)
@@ -296,8 +299,8 @@ def _merge(
             elif rebuilt:
                 out.conflicts.append(Conflict(
                     key, source, "rebuilt link",
-                    f"'{key}' is empty in {source.other.label} and what was synced last is unknown (links rebuilt "
-                    f"after a loss): {source.label}'s value fills it"))
+                    f"'{key}' is empty in {source.other.label} and what was synced last is unknown (a pair linked "
+                    f"again by its markers): {source.label}'s value fills it"))
         out.push(rule, source, m, f, policy)
     return out
 
@@ -570,7 +573,7 @@ def _match_or_create(ctx: _Ctx, r: SideRecord, why: str | None = None) -> Plan:
 def _adopt(ctx: _Ctx, a: SideRecord, b: SideRecord, via: str) -> Plan:
     s, policy, done = ctx.s, ctx.policy, ctx.done
     m, f = (a, b) if a.side is Side.M365 else (b, a)
-    out = _merge(policy, s.mailbox, m, f, None)
+    out = _merge(policy, s.mailbox, m, f, None, by_marker=via == "link marker")
     markers: dict[Side, str | None] = {
         Side.M365: f.id if m.marker != f.id else None,
         Side.SALESFORCE: m.id if f.marker != m.id else None,

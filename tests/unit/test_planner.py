@@ -115,6 +115,21 @@ def test_match_by_marker_links_instead_of_creating() -> None:
     assert Create not in kinds(p)
 
 
+def test_match_by_marker_puts_each_fill_on_record_as_a_conflict() -> None:
+    """A marker proves the pair was synced before; what was synced last is unknown, so a field empty on one side may
+    be a clear made while the links were lost. The value fills it, as a conflict on record."""
+    outlook = m365(job_title="CTO")
+    candidate = Candidate(sf("003A9", marker="m1"))
+    p = plan(Situation(MB, None, outlook, None, (candidate,)), POLICY)
+    conflict = only(p, Conflict)
+    assert (conflict.field, conflict.winner, conflict.rule) == ("job_title", Side.M365, "rebuilt link")
+    (to_sf,) = [a for a in p.actions if isinstance(a, Update) and a.side is Side.SALESFORCE]
+    assert to_sf.fields == {"job_title"} and to_sf.contact.job_title == "CTO"
+    # matched by email, two contacts made apart: filling a gap is no override
+    p = plan(Situation(MB, None, outlook, None, (Candidate(sf("003A9")),)), POLICY)
+    assert only(p, Adopt).via == "email" and Conflict not in kinds(p)
+
+
 def test_match_by_email_links_and_fills_empty_fields_both_ways() -> None:
     outlook = m365(job_title="CTO", emails=["ANN@acme.com"])
     salesforce = sf(city="Oslo")
