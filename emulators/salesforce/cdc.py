@@ -88,7 +88,8 @@ class ChangeEventCodec:
         changed: list[str] = []
         nulled: list[str] = []
         for name in self.position:
-            if old.get(name) == new.get(name):
+            # every update sets LastModifiedDate, so it is always listed, also when two writes share a millisecond
+            if old.get(name) == new.get(name) and name != "LastModifiedDate":
                 continue
             changed.append(name)
             if new.get(name) is None:

@@ -485,3 +485,13 @@ def test_the_service_clock_counts_each_answered_request(emu, sf):
     sf.query("SELECT Id FROM Contact")
     assert emu.service.requests - before_n == 2
     assert emu.service.seconds > before_s
+
+
+def test_an_update_lists_last_modified_date_even_within_the_same_millisecond(emu):
+    """Every update sets LastModifiedDate (salesforce.md §4.4), also when two writes share a millisecond stamp."""
+    codec = emu.org.codec
+    stamp = emu.org.now()
+    old = {"LastName": "Lovelace", "Phone": "+1 555 0100", "LastModifiedDate": stamp}
+    _, changed, nulled = codec.update_body(old, {**old, "Phone": None})
+    assert set(decode_bitmap(codec.schema, changed)) == {"Phone", "LastModifiedDate"}
+    assert decode_bitmap(codec.schema, nulled) == ["Phone"]
