@@ -52,6 +52,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
@@ -87,6 +88,7 @@ EDITED = {
     "notes": ("personalNotes", "Description"),
 }
 EVENTS = ("missed", "links-loss", "kill", "overflow")
+LOG_LINES_PER_TIMELINE = 40  # the host's log lines naming the people of a violation, latest kept
 ACTIONS = {  # relative weights of what people do
     "outlook.edit": 36, "salesforce.edit": 36, "outlook.create": 5, "salesforce.create": 5,
     "outlook.delete": 5, "salesforce.delete": 5, "salesforce.owner": 8,
@@ -146,6 +148,7 @@ class Report:
     faults: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
     events: list[str] = field(default_factory=list)
+    event_times: list[tuple[datetime, str]] = field(default_factory=list)  # events and links rebuilds, for timelines
     invocations: Counter[str] = field(default_factory=Counter)  # successful runs of the main functions
     conflicts: int = 0
     audit: Counter[str] = field(default_factory=Counter)
@@ -189,6 +192,44 @@ class Report:
 # ---------------------------------------------------------------------------------------------- the run
 
 
+class LogTap(logging.Handler):
+    """The in-process host's log lines (ids only, never personal data: the product's own rule), kept for the
+    evidence timelines: which function decided what, and why, around a violation."""
+
+    LOGGERS = ("sync", "function_app", "emulators.host")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.rows: list[tuple[datetime, str]] = []
+        self._levels: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.rows.append((datetime.fromtimestamp(record.created, UTC),
+                              f"log {record.threadName} {record.name} {record.levelname}: {record.getMessage()}"))
+        if record.levelno >= self._passed.get(record.name.split(".")[0], logging.WARNING):
+            logging.getLogger().handle(record)  # what would have reached the root's handlers (pytest's capture)
+
+    def __enter__(self) -> LogTap:
+        self._passed: dict[str, int] = {}
+        for name in self.LOGGERS:
+            log = logging.getLogger(name)
+            self._levels[name] = log.level
+            self._passed[name] = log.getEffectiveLevel()
+            log.setLevel(logging.INFO)
+            log.addHandler(self)
+            log.propagate = False  # INFO lines are kept here only, not thousands of them in pytest's report
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.LOGGERS:
+            log = logging.getLogger(name)
+            log.removeHandler(self)
+            log.setLevel(self._levels.get(name, logging.NOTSET))
+            log.propagate = True
+
+
+
 def _marker(doc: dict[str, Any]) -> str | None:
     from sync.adapters.graph import MARKER_PROPERTY_ID
 
@@ -225,6 +266,7 @@ class Soak:
         self.host_key = "soak-host-" + uuid.uuid4().hex
         self.master_key = "soak-master-" + uuid.uuid4().hex
         self.live_since: datetime = datetime.now(UTC)
+        self.logs = LogTap()
 
     # ------------------------------------------------------------------------------------------ plumbing
     def log(self, text: str) -> None:
@@ -575,6 +617,10 @@ class Soak:
         return Action(self._next(), at, "salesforce.owner", old, rec["Id"], rec.get(MARKER_FIELD), to_mailbox=new)
 
     # ------------------------------------------------------------------------------------------ events
+    def _event(self, text: str, at: datetime | None = None) -> None:
+        self.report.events.append(text)
+        self.report.event_times.append((at or datetime.now(UTC), text))
+
     def event_missed(self) -> None:
         mb = self.rng.choice(MAILBOXES)
         uid = self.graph.user_id(mb)
@@ -591,14 +637,15 @@ class Soak:
                 time.sleep(0.05)
         finally:
             self.graph.faults.notification_drop_rate = drop
-        self.report.events.append(f"Graph 'missed' for {mb.split('@')[0]}")
+        self._event(f"Graph 'missed' for {mb.split('@')[0]}")
 
     def event_links_loss(self) -> None:
         from azure.data.tables import TableServiceClient
 
         with TableServiceClient.from_connection_string(self.conn) as service:
+            at = datetime.now(UTC)
             service.delete_table(f"{self.prefix}links")
-        self.report.events.append("links table deleted")
+        self._event("links table deleted", at)
 
     def event_overflow(self) -> None:
         f = self.sf.faults
@@ -607,7 +654,7 @@ class Soak:
             f.event_drop_rate = f.event_duplicate_rate = f.event_reorder_rate = 0.0
             self.sf.publish_gap_overflow()
             f.event_drop_rate, f.event_duplicate_rate, f.event_reorder_rate = rates
-        self.report.events.append("CDC GAP_OVERFLOW")
+        self._event("CDC GAP_OVERFLOW")
 
     def _in_flight(self) -> int:
         from azure.storage.queue import QueueClient
@@ -627,6 +674,7 @@ class Soak:
 
     def event_kill(self) -> None:
         """Stop the host; a host in a child process takes over and is killed with SIGKILL while it writes."""
+        self.report.event_times.append((datetime.now(UTC), "host stopped; a host in a child process takes over"))
         self.stop_host()
         self.graph.faults.delay_s = 0.3  # slower answers: the child has writes in flight when it dies
         with self.sf.org.lock:
@@ -656,6 +704,7 @@ class Soak:
             held = self._in_flight()
             wrote = self._writes() - writes
         finally:
+            killed_at = datetime.now(UTC)
             child.send_signal(signal.SIGKILL)
             child.wait(10)
         self.graph.faults.delay_s = 0.0
@@ -666,13 +715,13 @@ class Soak:
                                                   for mb in MAILBOXES):
             time.sleep(0.05)  # the dead host's requests still being answered into the void
         self.start_host()
-        self.report.events.append(f"worker killed (SIGKILL) after {wrote} write(s), {held} message(s) invisible "
-                                  "(held by it, or deferred)")
+        self._event(f"worker killed (SIGKILL) after {wrote} write(s), {held} message(s) invisible "
+                    "(held by it, or deferred)", killed_at)
 
     # ------------------------------------------------------------------------------------------ the story
     def run(self) -> Report:
         started = time.monotonic()
-        with self.stack():
+        with self.logs, self.stack():
             self.log(f"stack up: {len(self.sf.contacts())} Salesforce contacts, {len(MAILBOXES)} mailboxes")
             self.initial_sync()
             self.log("initial sync clean; faults on, people start acting")
@@ -702,6 +751,7 @@ class Soak:
                 self.report.violations.append("the queues did not drain after the faults stopped")
             self.final_reconcile()
             self.log("checking")
+            self.read_rebuilds()
             self.report.violations += self.check()
             self.read_audit_and_poison()
         self.report.wall_s = time.monotonic() - started
@@ -727,6 +777,22 @@ class Soak:
             f"the final reconcile still had writes to make after {self.p.max_final_passes} passes")
 
     # ------------------------------------------------------------------------------------------ the check
+    def read_rebuilds(self) -> None:
+        """When the links table was made again, and when each mailbox's links were rebuilt (``~meta`` rows)."""
+        from azure.data.tables import TableClient
+
+        from sync.adapters.tables import LOST_ROW, META_PARTITION
+
+        with TableClient.from_connection_string(self.conn, f"{self.prefix}links") as links, \
+                contextlib.suppress(Exception):
+            for row in links.query_entities("PartitionKey eq @pk", parameters={"pk": META_PARTITION}):
+                key = urllib.parse.unquote(str(row["RowKey"]))
+                at = row.get("At")
+                if isinstance(at, datetime) and at >= self.live_since:
+                    text = ("links table made again (lost)" if key == LOST_ROW
+                            else f"links of {key.removeprefix('rebuilt|')} marked rebuilt")
+                    self.report.event_times.append((at, text))
+
     def read_audit(self) -> list[Any]:
         from sync.adapters.tables import TableStorage
 
@@ -817,6 +883,9 @@ class Checker:
                 rows.append((e.at, f"audit {e.mailbox} {e.action} {e.outcome} m365={str(e.m365_id)[-10:]} "
                                    f"sf={e.sf_id} fields={','.join(e.fields)} {e.reason[:110]}"
                                    + (f" error={e.error[:80]}" if e.error else "")))
+        rows += [(at, f"event {text}") for at, text in self.s.report.event_times]
+        logged = [(at, text) for at, text in self.s.logs.rows if any(i in text for i in ids if i)]
+        rows += logged[-LOG_LINES_PER_TIMELINE:]
         out = [f"      +{self.t(at)} {text}" for at, text in sorted(rows, key=lambda r: r[0])]
         for i in sorted(ids):
             if i in self.outlook:
