@@ -430,7 +430,7 @@ class Engine:
                     if isinstance(r, SyncError):
                         failed[i] = _vanished(r)
                     else:
-                        records[i][side] = self._as_written(mailbox, records[i][side], r, a)
+                        records[i][side] = self._as_written(mailbox, records[i][side], r, a.fields, a.marker)
         created: list[tuple[int, Side]] = []
         for side in (Side.SALESFORCE, Side.M365):  # creates, each carrying the source's id as marker
             todo_c = [(i, a) for i in records for a in items[i][1].actions
@@ -453,11 +453,11 @@ class Engine:
                 done = self.sides[side].update_many(mailbox, [
                     UpdateRequest(item_id=src.id, contact=src.contact, fields=frozenset(), if_match=src.version,
                                   marker=new_id) for _, src, new_id in stamps])
-                for (i, _, _), r in zip(stamps, done, strict=True):
+                for (i, src, new_id), r in zip(stamps, done, strict=True):
                     if isinstance(r, SyncError):
                         logger.warning("marker not stamped on %s in bulk: %s", side.value, type(r).__name__)
                     else:
-                        records[i][side] = r
+                        records[i][side] = self._as_written(mailbox, src, r, frozenset(), new_id)
 
         made = set(created)
         saves: list[tuple[int, LinkWrite]] = []
@@ -507,7 +507,8 @@ class Engine:
                 mailbox, action.item_id, action.contact, fields=action.fields, if_match=action.if_match,
                 marker=action.marker,
             )
-            records[action.side] = self._as_written(mailbox, records[action.side], written, action)
+            records[action.side] = self._as_written(mailbox, records[action.side], written, action.fields,
+                                                    action.marker)
         elif isinstance(action, Delete):
             with contextlib.suppress(NotFound):  # already gone: the goal is reached
                 self.sides[action.side].delete(mailbox, action.item_id, if_match=action.if_match)
@@ -517,7 +518,8 @@ class Engine:
         elif isinstance(action, Handoff):
             self.queue.send(ContactChange(source=Side.SALESFORCE, item_id=action.sf_id))
 
-    def _as_written(self, mailbox: str, before: SideRecord | None, after: SideRecord, update: Update) -> SideRecord:
+    def _as_written(self, mailbox: str, before: SideRecord | None, after: SideRecord, fields: frozenset[str],
+                    marker: str | None) -> SideRecord:
         """The record as our write left it, for the link. A synced field we did not write that differs from what
         we read was changed by someone else between our version check and our write (Salesforce has no conditional
         update: it compares SystemModstamp, then PATCHes). Taking it into the link would pass it for synced and it
@@ -528,8 +530,7 @@ class Engine:
         has no extended properties); taking that for "no marker" would stamp it again after every edit."""
         if before is None:
             return after
-        fields = update.fields
-        if after.marker is None and update.marker is None and before.marker:
+        if after.marker is None and marker is None and before.marker:
             after = after.model_copy(update={"marker": before.marker})
         foreign = {rule.key: before.contact.get(rule.key) for rule, _ in synced_rules(self.policy, mailbox)
                    if rule.key not in fields
@@ -557,9 +558,11 @@ class Engine:
         if record.marker == other_id or not self.sides[record.side].carries_markers:
             return record
         try:
-            return self.sides[record.side].update(
+            stamped = self.sides[record.side].update(
                 mailbox, record.id, record.contact, fields=frozenset(), if_match=record.version, marker=other_id
             )
+            # a stamp writes no field: any field that changed under it is someone else's edit, not synced
+            return self._as_written(mailbox, record, stamped, frozenset(), other_id)
         except (PreconditionFailed, NotFound) as exc:
             logger.warning("marker not stamped on %s %s: %s", record.side.value, record.id, type(exc).__name__)
             return record

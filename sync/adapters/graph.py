@@ -21,10 +21,13 @@ How it talks to Graph (section numbers are ../shared/reference/graph.md):
       fractional seconds, or an HTTP date) or backing off exponentially, at most ``max_attempts`` tries and never a
       single wait over ``max_wait`` seconds; what is left is raised as ``Throttled(retry_after)`` / ``Transient``.
     * Creates are never blindly retried. A 429 was not executed and is retried. A 5xx or a lost connection is
-      *ambiguous* (the create may have happened): when the create carries a marker (the Salesforce id) the adapter
-      looks the marker up (``$filter=singleValueExtendedProperties/any(...)``) and only re-sends when nothing was
-      created. A create without a marker raises ``Transient``; what protects it on the retry is the engine's
-      match-before-create (``find`` by email, then name + company, links the contact the first attempt made).
+      *ambiguous* (the create may have happened): when the create carries a marker (the Salesforce id) it also
+      carries a create key (``CREATE_KEY_PROPERTY_ID``, a fresh uuid per create call), which the adapter looks up
+      (``$filter=singleValueExtendedProperties/any(...)``) and only re-sends when nothing was created. The key, not
+      the marker: two workers creating the same person at once stamp the same marker, and a lookup by marker would
+      hand one of them the other's copy, leaving its own as a duplicate nobody deletes. A create without a marker
+      raises ``Transient``; what protects it on the retry is the engine's match-before-create (``find`` by email,
+      then name + company, links the contact the first attempt made).
     * At most 4 requests per mailbox are in flight (§5 "4 concurrent requests" per app + mailbox): a per-mailbox
       permit pool around every request. A ``$batch`` takes min(4, items) permits because Graph runs up to four items
       of a batch at once against the mailbox (§5), so batches of one mailbox run one at a time.
@@ -58,6 +61,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +90,9 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 MARKER_PROPERTY_ID = "String {0463b54a-5dcb-4781-9d3f-29b43773c27c} Name SalesforceId"
+# A fresh value per create call, so a create whose answer was lost finds *its own* contact, not another worker's
+# copy of the same person (which carries the same marker); graph.md §7.4 "stamp a sync key ... look it up".
+CREATE_KEY_PROPERTY_ID = "String {0463b54a-5dcb-4781-9d3f-29b43773c27c} Name SyncCreateKey"
 DEFAULT_BASE_URL = "https://graph.microsoft.com/v1.0"
 DEFAULT_FOLDER_NAME = "Salesforce_Sync"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
@@ -496,9 +503,10 @@ class _Op:
     headers: dict[str, str] = field(default_factory=dict)
     marker: str | None = None
     create: bool = False
+    key: str | None = None  # a create's create key (CREATE_KEY_PROPERTY_ID), looked up after an ambiguous answer
     attempts: int = 0
     not_before: float = 0.0
-    check_marker: bool = False  # an earlier attempt of this create may have executed: look before re-sending
+    check_key: bool = False  # an earlier attempt of this create may have executed: look before re-sending
     result: _Response | _Failure | None = None
 
     def as_item(self, item_id: str) -> dict[str, Any]:
@@ -739,9 +747,13 @@ class GraphContactSide:
                 yield self._record(mailbox, doc)
 
     async def _by_marker(self, mailbox: str, marker: str) -> dict[str, Any] | None:
+        return await self._by_property(mailbox, self._marker_id, marker)
+
+    async def _by_property(self, mailbox: str, property_id: str, value: str) -> dict[str, Any] | None:
+        """The first contact of the folder whose extended property ``property_id`` holds ``value``."""
         flt = (
-            f"singleValueExtendedProperties/any(ep: ep/id eq {odata_str(self._marker_id)} "
-            f"and ep/value eq {odata_str(marker)})"
+            f"singleValueExtendedProperties/any(ep: ep/id eq {odata_str(property_id)} "
+            f"and ep/value eq {odata_str(value)})"
         )
         url = await self._first_list_url(mailbox, filter=flt, select=self._select, expand=self._expand)
         rows, _ = await self._list(mailbox, url)
@@ -754,13 +766,15 @@ class GraphContactSide:
         return self._record(mailbox, doc) if doc is not None else None
 
     # --- writes -------------------------------------------------------------------------------------------------
-    def _create_body(self, contact: Contact, marker: str | None) -> dict[str, Any]:
+    def _create_body(self, contact: Contact, marker: str | None, key: str | None = None) -> dict[str, Any]:
         body, truncations = contact_to_graph(contact, self._fields, None, self._field_map)
         if truncations:
             logger.info("create: %d value(s) did not fit Outlook and were cut", len(truncations))
         body = {k: v for k, v in body.items() if v is not None}
         if marker is not None:
             body["singleValueExtendedProperties"] = [{"id": self._marker_id, "value": marker}]
+            if key is not None:
+                body["singleValueExtendedProperties"].append({"id": CREATE_KEY_PROPERTY_ID, "value": key})
         return body
 
     def _patch_body(
@@ -784,7 +798,8 @@ class GraphContactSide:
 
     async def _create(self, mailbox: str, contact: Contact, marker: str | None) -> SideRecord:
         folder = await self._folder(mailbox)
-        body = self._create_body(contact, marker)
+        key = uuid.uuid4().hex
+        body = self._create_body(contact, marker, key)
         attempt = 0
         while True:
             attempt += 1
@@ -797,7 +812,7 @@ class GraphContactSide:
                 if not failure.ambiguous or marker is None:
                     raise  # not executed (typed as usual), or no marker: the engine's match-before-create protects
                 wait = self._http.wait_for(failure, attempt)
-                found = await self._by_marker(mailbox, marker)
+                found = await self._by_property(mailbox, CREATE_KEY_PROPERTY_ID, key)
                 if found is not None:
                     logger.info("create answered %s but had happened: contact %s", failure.status, found.get("id"))
                     return self._record(mailbox, found, marker)
@@ -879,8 +894,10 @@ class GraphContactSide:
     async def _create_many(self, mailbox: str, items: Sequence[CreateRequest]) -> list[SideRecord | SyncError]:
         folder = await self._folder(mailbox)
         url = self._contacts_path(mailbox, folder)
+        keys = [uuid.uuid4().hex if i.marker is not None else None for i in items]
         ops = [
-            _Op("POST", url, self._create_body(i.contact, i.marker), marker=i.marker, create=True) for i in items
+            _Op("POST", url, self._create_body(i.contact, i.marker, key), marker=i.marker, create=True, key=key)
+            for i, key in zip(items, keys, strict=True)
         ]
         await self._run_ops(mailbox, ops)
         out: list[SideRecord | SyncError] = []
@@ -962,9 +979,9 @@ class GraphContactSide:
             pending = [op for op in pending if id(op) not in chosen]
             sending: list[_Op] = []
             for op in ready:
-                if op.check_marker and op.marker is not None:
+                if op.check_key and op.key is not None:
                     try:
-                        found = await self._by_marker(mailbox, op.marker)
+                        found = await self._by_property(mailbox, CREATE_KEY_PROPERTY_ID, op.key)
                     except _Failure as failure:
                         op.result = failure
                         continue
@@ -972,7 +989,7 @@ class GraphContactSide:
                         logger.info("batch create had happened after all: contact %s", found.get("id"))
                         op.result = _Response(201, {}, found)
                         continue
-                    op.check_marker = False
+                    op.check_key = False
                 sending.append(op)
             if not sending:
                 continue
@@ -1002,10 +1019,10 @@ class GraphContactSide:
     def _settle(self, op: _Op, failure: _Failure, pending: list[_Op], now: float) -> None:
         """Give up on ``op`` with ``failure``, or re-queue it after the wait Graph asked for."""
         if op.create and failure.ambiguous:
-            if op.marker is None:
+            if op.key is None:
                 op.result = failure  # Transient: the engine's match-before-create protects the retry
                 return
-            op.check_marker = True
+            op.check_key = True
         retry = failure.retryable or (op.create and failure.ambiguous)
         wait = self._http.wait_for(failure, op.attempts) if retry else None
         if wait is None:

@@ -484,7 +484,7 @@ class SalesforceContactSide:
         self.created_accounts: list[str] = []
         self.calls: dict[str, int] = {}
         self.retries = 0
-        fields = ["Id", "OwnerId", "SystemModstamp", "LastModifiedDate", "IsDeleted", "AccountId",
+        fields = ["Id", "OwnerId", "SystemModstamp", "LastModifiedDate", "LastModifiedById", "IsDeleted", "AccountId",
                   *self._field_map.salesforce_fields().values()]
         if marker_field:
             fields.append(marker_field)
@@ -775,11 +775,26 @@ class SalesforceContactSide:
         if if_match is not None and str(row["SystemModstamp"]) != if_match:
             raise PreconditionFailed("changed since it was read (SystemModstamp)", side=SIDE, item_id=item_id)
 
-    def _reread(self, item_id: str) -> SideRecord:
+    def _reread(self, item_id: str, written: Mapping[str, Any]) -> SideRecord:
         row = self._rows_by_id([item_id]).get(item_id)
         if row is None:
             raise NotFound("contact vanished right after the write", side=SIDE, item_id=item_id)
-        return self._record(row)
+        return self._as_left(row, written)
+
+    def _as_left(self, row: Mapping[str, Any], written: Mapping[str, Any]) -> SideRecord:
+        """The record as our write left it, from the re-read after it. Salesforce answers a write with the id only,
+        so the values and the new SystemModstamp come from a re-read, and a user's write between ours and the
+        re-read would be in it: taken as what we wrote, their value would pass for synced and never reach the
+        other side. ``LastModifiedById`` tells (salesforce.md §1.1): when it is not the integration user, the fields
+        we wrote are taken as we wrote them and the record has no version, so the next pass sees their edit."""
+        record = self._record(row)
+        me = self._token.user_id if self._token is not None else ""
+        by = str(row.get("LastModifiedById") or "")
+        if not me or not by or by[:15] == me[:15]:
+            return record
+        logger.info("salesforce %s was written by another user right after us: its version is not kept", row["Id"])
+        ours = salesforce_to_contact({**row, **{k: v for k, v in written.items() if k in row}}, self._field_map)
+        return record.model_copy(update={"contact": ours, "version": None})
 
     def create(self, mailbox: str, contact: Contact, *, marker: str | None = None) -> SideRecord:
         values = self._values(contact, self._all_fields(), None, creating=True)
@@ -787,7 +802,7 @@ class SalesforceContactSide:
         if marker is not None and self._marker_field:
             values[self._marker_field] = marker
         result = self._call("write", lambda sf: sf.Contact.create(values), idempotent=False)
-        return self._reread(str(result["id"]))
+        return self._reread(str(result["id"]), values)
 
     def update(
         self,
@@ -807,7 +822,7 @@ class SalesforceContactSide:
         if values:
             self._call("write", lambda sf: sf.Contact.update(item_id, values), item_id=item_id,
                        before_retry=self._version_guard(item_id, if_match))
-        return self._reread(item_id)
+        return self._reread(item_id, values)
 
     def delete(self, mailbox: str, item_id: str, *, if_match: str | None) -> None:
         """Soft delete (Recycle Bin). With ``if_match`` the SystemModstamp is compared first (and before each retry)."""
@@ -836,15 +851,18 @@ class SalesforceContactSide:
     def _collection(self, method: str, records: list[dict[str, Any]]) -> list[Any]:
         return self._restful(method, {"allOrNone": False, "records": records})
 
-    def _finish(self, results: list[SideRecord | SyncError | str]) -> list[SideRecord | SyncError]:
-        """Replace the written ids by their current records (one SOQL per 200 ids)."""
+    def _finish(self, results: list[SideRecord | SyncError | str],
+                written: Mapping[int, Mapping[str, Any]]) -> list[SideRecord | SyncError]:
+        """Replace the written ids by the records as our writes left them (one SOQL per 200 ids; ``_as_left``).
+        ``written``: the values sent, by index in ``results``."""
         ids = [r for r in results if isinstance(r, str)]
         rows = self._rows_by_id(ids)
         out: list[SideRecord | SyncError] = []
-        for r in results:
+        for n, r in enumerate(results):
             if isinstance(r, str):
                 row = rows.get(r)
-                out.append(self._record(row) if row else NotFound("vanished after the write", side=SIDE, item_id=r))
+                out.append(self._as_left(row, written.get(n, {})) if row
+                           else NotFound("vanished after the write", side=SIDE, item_id=r))
             else:
                 out.append(r)
         return out
@@ -877,7 +895,7 @@ class SalesforceContactSide:
                 continue
             for (index, _), res in zip(chunk, answers, strict=False):
                 results[index] = str(res["id"]) if res.get("success") else _collection_error(res, None)
-        return self._finish(results)
+        return self._finish(results, dict(pending))
 
     def update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]:
         """Versions checked with one SOQL per 200 ids, then sObject Collections PATCH (≤ 200, allOrNone=false).
@@ -944,7 +962,7 @@ class SalesforceContactSide:
             for (index, rec), res in zip(sent, answers, strict=False):
                 results[index] = str(res.get("id") or rec["Id"]) if res.get("success") else \
                     _collection_error(res, rec["Id"])
-        return self._finish(results)
+        return self._finish(results, dict(pending))
 
     # --- change feed ------------------------------------------------------------------------------------------
     def _head(self) -> _Watermark:

@@ -237,6 +237,26 @@ def test_ambiguous_create_with_marker_does_not_duplicate(emu: GraphEmulator, sid
     assert emu.counters.count(endpoint="contacts.create") == 1  # looked up, not re-sent
 
 
+@pytest.mark.parametrize("bulk", [False, True])
+def test_an_ambiguous_create_finds_its_own_contact_not_another_workers_copy(
+    emu: GraphEmulator, side: GraphContactSide, bulk: bool
+) -> None:
+    """Two workers create the same person at once (the soak: a duplicated hint): both copies carry the same marker.
+    The one whose answer was lost must get its own copy back, so the engine deletes it when it loses the link
+    race; with the other's copy it deleted nothing and a duplicate stayed."""
+    side.folder_id(MAILBOX)
+    winner = side.create(MAILBOX, person(1), marker="003SAME")
+    emu.faults.fail(503, count=1, endpoint="contacts.create", after_execute=True)
+    if bulk:
+        (mine,) = side.create_many(MAILBOX, [CreateRequest(contact=person(1), marker="003SAME")])
+        assert isinstance(mine, SideRecord)
+    else:
+        mine = side.create(MAILBOX, person(1), marker="003SAME")
+    stored = {c["id"] for c in folder_contacts(emu)}
+    assert stored == {winner.id, mine.id} and mine.id != winner.id  # its own copy, which it can delete again
+    assert emu.counters.count(endpoint="contacts.create") == 2  # looked up, not re-sent
+
+
 def test_failed_create_with_marker_is_sent_again_after_checking(emu: GraphEmulator, side: GraphContactSide) -> None:
     side.folder_id(MAILBOX)
     emu.faults.fail(503, count=1, endpoint="contacts.create", retry_after=0)  # refused before executing

@@ -259,6 +259,50 @@ def _people(n: int, prefix: str = "p") -> list[Contact]:
     return [Contact(first_name=f"P{i}", last_name="Bulk", emails=[f"{prefix}{i}@example.com"]) for i in range(n)]
 
 
+def _user_writes_before_the_reread(h: SalesforceHarness, sf_id: str, values: dict[str, str | None]) -> None:
+    """A rep's write landing between our PATCH and the re-read after it: on the adapter's next read by id."""
+    real = h.side._rows_by_id
+    calls = {"n": 0}
+    skip = 1  # update() compares SystemModstamp first (a read by id); the read after that is the re-read
+
+    def rows_by_id(ids: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == skip + 1:
+            h.emu.update_contact(sf_id, h._fields(values), as_user=h.users[MAILBOX])
+        return real(ids)  # type: ignore[arg-type]
+
+    h.side._rows_by_id = rows_by_id  # type: ignore[assignment,method-assign]
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_a_users_write_just_after_ours_is_not_taken_for_what_we_wrote(h: SalesforceHarness, bulk: bool) -> None:
+    sf_id = h.user_create(_dev())
+    before = h.side.get(MAILBOX, sf_id)
+    assert before is not None
+    _user_writes_before_the_reread(h, sf_id, {"job_title": "CTO", "city": "Paris"})
+    wanted = before.contact.with_values({"job_title": "Engineer"})
+    if bulk:
+        (result,) = h.side.update_many(MAILBOX, [UpdateRequest(
+            item_id=sf_id, contact=wanted, fields=frozenset({"job_title"}), if_match=before.version)])
+        assert isinstance(result, SideRecord)
+    else:
+        result = h.side.update(MAILBOX, sf_id, wanted, fields=frozenset({"job_title"}), if_match=before.version)
+    assert (h.emu.get_record(sf_id) or {}).get("Title") == "CTO"  # the rep wrote last
+    assert result.contact.job_title == "Engineer"  # what our write left, not the rep's value
+    assert result.contact.city == "Paris"  # not written by us: the engine compares it with its read
+    assert result.version is None  # so the next pass reads and decides again
+
+
+def test_a_write_that_nobody_follows_keeps_its_version(h: SalesforceHarness) -> None:
+    sf_id = h.user_create(_dev())
+    before = h.side.get(MAILBOX, sf_id)
+    assert before is not None
+    result = h.side.update(MAILBOX, sf_id, before.contact.with_values({"job_title": "Engineer"}),
+                           fields=frozenset({"job_title"}), if_match=before.version)
+    now = h.side.get(MAILBOX, sf_id)
+    assert now is not None and result.version is not None and result.version == now.version
+
+
 def test_create_many_1000_uses_5_collection_calls(h: SalesforceHarness) -> None:
     h.side.refresh_users()
     before = h.emu.counters["rest.composite_sobjects"]

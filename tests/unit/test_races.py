@@ -145,6 +145,35 @@ def test_an_edit_landing_between_the_version_check_and_the_write_is_not_taken_fo
     assert m365.snapshot()[oid].contact.city == "Oslo"
 
 
+@pytest.mark.parametrize("through", ["hint", "reconcile"])
+def test_an_edit_landing_around_the_marker_stamp_is_not_taken_for_synced(through: str) -> None:
+    """A create stamps the source's marker: a write of no synced field, so any field that changed under it is a
+    user's edit (the soak lost one this way: the stamp's re-read became the link's base, so the edit was never
+    sent to Outlook)."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    real = sf.update
+
+    def stamp_then_user_edit(mailbox: str, item_id: str, *args: Any, **kwargs: Any) -> Any:
+        sf.update = real  # type: ignore[method-assign]
+        real(mailbox, item_id, *args, **kwargs)
+        sf.user_edit(item_id, {"department": "Sales"})  # the rep's write lands right around our stamp
+        return sf.get(mailbox, item_id)  # and the re-read after it sees both
+
+    sf.update = stamp_then_user_edit  # type: ignore[method-assign]
+    if through == "hint":
+        engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))
+    else:
+        reconcile_mailbox(engine, ANN)
+    assert sf.update is real and sf.snapshot()[sf_id].marker is not None  # the stamp was made
+    (oid,) = ada_in(m365)
+    link = links.get(ANN, Side.SALESFORCE, sf_id)
+    assert link is not None and link.sf_version is None  # not taken for synced
+    report = reconcile_mailbox(engine, ANN)  # (its CDC event may be lost: reconcile finds it)
+    assert report.applied["update:m365"] == 1
+    assert m365.snapshot()[oid].contact.department == "Sales"
+
+
 def test_a_record_deleted_between_our_read_and_our_write_is_decided_again_not_poisoned() -> None:
     m365, sf, links, audit, engine = setup()
     sf_id = sf.user_create(ANN, ADA)
