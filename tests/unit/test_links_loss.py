@@ -244,3 +244,30 @@ def test_a_marker_whose_stamp_lost_a_race_is_stamped_on_the_next_sync_of_the_pai
     reconcile_mailbox(w.engine, ANN)
     assert w.sf_with_email("gone") == []  # not copied back to Salesforce
     assert oid not in w.m365.snapshot()  # the delete reached Outlook (default policy: delete the copy)
+
+
+def test_an_outlook_delete_between_the_adopt_read_and_its_write_is_not_undone_by_the_retry() -> None:
+    """While rebuilding, a Salesforce hint re-links a pair by marker; the rep deletes the Outlook copy between our
+    read and our write (a 404, decided again): the retry must see the delete, not a contact new to Outlook."""
+    import pytest
+
+    from sync.errors import PreconditionFailed
+
+    w = world()
+    kept = w.ids["kept"]
+    (oid,) = w.copies(ANN, kept)
+    w.links.lose()
+    w.sf.user_edit(kept, {"job_title": "CTO"})
+    w.m365.user_edit(oid, {"job_title": "Dev"})  # a conflict to fill, as in the soak
+    real = w.m365.update
+
+    def delete_first(*args: object, **kwargs: object) -> object:
+        w.m365.update = real  # type: ignore[method-assign]
+        w.m365.user_delete(oid)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    w.m365.update = delete_first  # type: ignore[method-assign]
+    with pytest.raises(PreconditionFailed):
+        w.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=kept))
+    w.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=kept))  # the host's retry
+    assert w.copies(ANN, kept) == []
