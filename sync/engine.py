@@ -450,8 +450,8 @@ class Engine:
             stamps = [(i, rec, other_id) for i in records if i not in failed
                       for rec, other_id in self._unstamped(items[i][1], records[i]) if rec.side is side]
             if stamps and self.sides[side].carries_markers:
-                done = self.sides[side].update_many(mailbox, [
-                    UpdateRequest(item_id=src.id, contact=src.contact, fields=frozenset(), if_match=src.version,
+                done = self.sides[side].update_many(mailbox, [  # unguarded: see _stamp
+                    UpdateRequest(item_id=src.id, contact=src.contact, fields=frozenset(), if_match=None,
                                   marker=new_id) for _, src, new_id in stamps])
                 for (i, src, new_id), r in zip(stamps, done, strict=True):
                     if isinstance(r, SyncError):
@@ -554,12 +554,18 @@ class Engine:
                 if rec.marker != other.id and self.sides[rec.side].carries_markers]
 
     def _stamp(self, mailbox: str, record: SideRecord, other_id: str) -> SideRecord:
-        """Stamp the link marker on the source record after a create; best effort (the marker is for recovery)."""
+        """Stamp the link marker on a record (a create's source, or a pair's stale marker).
+
+        Unguarded (no version check): the write sends the marker only, which no user edits, so it cannot overwrite
+        anyone's edit, and a stamp refused because a rep edited the contact at that moment left pairs without their
+        marker, which a links loss then could not re-link (the soak: a copy deleted during the rebuild came back).
+        What the answer shows changed is a user's edit, not ours (``_as_written``). Still best effort: a record gone
+        meanwhile keeps no marker."""
         if record.marker == other_id or not self.sides[record.side].carries_markers:
             return record
         try:
             stamped = self.sides[record.side].update(
-                mailbox, record.id, record.contact, fields=frozenset(), if_match=record.version, marker=other_id
+                mailbox, record.id, record.contact, fields=frozenset(), if_match=None, marker=other_id
             )
             # a stamp writes no field: any field that changed under it is someone else's edit, not synced
             return self._as_written(mailbox, record, stamped, frozenset(), other_id)

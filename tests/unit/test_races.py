@@ -174,6 +174,33 @@ def test_an_edit_landing_around_the_marker_stamp_is_not_taken_for_synced(through
     assert m365.snapshot()[oid].contact.department == "Sales"
 
 
+@pytest.mark.parametrize("through", ["hint", "reconcile"])
+def test_a_users_edit_just_before_the_marker_stamp_does_not_cost_the_pair_its_marker(through: str) -> None:
+    """A stamp writes the marker only, which nobody else edits: it is sent without a version check. Refused by a
+    rep's edit at that moment, it left the pair without its Salesforce marker; the links table lost, the copy then
+    deleted in Outlook, the Salesforce contact looked new and was copied back (the CI soak's resurrection)."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    real = sf.update
+
+    def user_edit_then_stamp(mailbox: str, item_id: str, *args: Any, **kwargs: Any) -> Any:
+        sf.update = real  # type: ignore[method-assign]
+        sf.user_edit(item_id, {"department": "Sales"})  # after our read, before our stamp
+        return real(mailbox, item_id, *args, **kwargs)
+
+    sf.update = user_edit_then_stamp  # type: ignore[method-assign]
+    if through == "hint":
+        engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))
+    else:
+        reconcile_mailbox(engine, ANN)
+    assert sf.update is real
+    (oid,) = ada_in(m365)
+    assert sf.snapshot()[sf_id].marker == oid  # stamped all the same
+    assert sf.snapshot()[sf_id].contact.department == "Sales"  # and the rep's edit stands ...
+    reconcile_mailbox(engine, ANN)
+    assert m365.snapshot()[oid].contact.department == "Sales"  # ... and reaches Outlook
+
+
 def test_a_record_deleted_between_our_read_and_our_write_is_decided_again_not_poisoned() -> None:
     m365, sf, links, audit, engine = setup()
     sf_id = sf.user_create(ANN, ADA)
