@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                 for d in ("outlook_to_sf", "sf_to_outlook")}
 
             def service() -> float:
+                s.graph.service.settle()
+                s.sf.service.settle()
                 return s.graph.service.seconds + s.sf.service.seconds
 
             for i in range(args.n + 5):  # 5 warm-up rounds
