@@ -526,6 +526,14 @@ def _match_or_create(ctx: _Ctx, r: SideRecord, why: str | None = None) -> Plan:
     other = r.side.other
     cands = [c for c in s.candidates if c.record.side is other]
 
+    # 0. our own second copy of an Outlook contact that is synced with another Salesforce contact
+    twin = _made_twice(r, cands)
+    if twin is not None:
+        reason = (f"a second Salesforce copy of Outlook contact {twin.record.id}, made by this sync and edited by "
+                  f"nobody since (a create whose answer was lost while another worker created it too); that "
+                  f"Outlook contact is synced with {twin.record.marker}: moved to the Recycle Bin")
+        return done([Delete(Side.SALESFORCE, r.id, r.version, reason)], LinkAfter.KEEP, reason, sf_id=r.id)
+
     # 1. the link marker: one side carries the other's id (rebuilds links after a lost table)
     by_marker = [c for c in cands if (r.marker and c.record.id == r.marker) or c.record.marker == r.id]
     free = [c for c in by_marker if _eligible(c, s.mailbox)]
@@ -568,6 +576,18 @@ def _match_or_create(ctx: _Ctx, r: SideRecord, why: str | None = None) -> Plan:
               + _cut_note(_cut_fields(policy, s.mailbox, contact, other), other))
     m365_id, sf_id = (r.id, None) if r.side is Side.M365 else (None, r.id)
     return done([Create(other, contact, fields, reason)], LinkAfter.SAVE, reason, m365_id=m365_id, sf_id=sf_id)
+
+
+def _made_twice(r: SideRecord, cands: Sequence[Candidate]) -> Candidate | None:
+    """The Outlook contact ``r`` is a redundant copy of, if it is one: ``r`` is an unlinked Salesforce contact this
+    sync made and nobody wrote since (``untouched``), its marker names an Outlook contact, and that contact is linked
+    and marked with *another* Salesforce contact. Two creates of one Outlook contact made it (a create whose answer
+    was lost cannot be looked up: both copies carry the same marker). Nothing in it is anyone's edit, so removing it
+    loses nothing; edited by a rep, or tied less firmly, it goes to review instead."""
+    if r.side is not Side.SALESFORCE or not r.untouched or not r.marker:
+        return None
+    return next((c for c in cands if c.record.side is Side.M365 and c.record.id == r.marker and c.linked
+                 and c.record.marker is not None and c.record.marker != r.id), None)
 
 
 def _adopt(ctx: _Ctx, a: SideRecord, b: SideRecord, via: str) -> Plan:

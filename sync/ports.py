@@ -46,6 +46,10 @@ class SideRecord(BaseModel):
     owner: str | None = None
     modified_at: datetime | None = None
     marker: str | None = None
+    # Made by this sync and written by nobody else since (Salesforce: CreatedById and LastModifiedById are the
+    # integration user). False when the side cannot tell. The planner removes such a record when it is a second copy
+    # of an Outlook contact already synced (a create whose answer was lost, made again by another worker).
+    untouched: bool = False
 
 
 class CreateRequest(BaseModel):

@@ -56,6 +56,7 @@ class _Stored:
     owner: str | None
     modified_at: datetime
     marker: str | None
+    ours: bool = False  # made by the sync and written by no user since (Salesforce reports it: ``untouched``)
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class MemorySide:
     def _record(self, item_id: str, s: _Stored) -> SideRecord:
         return SideRecord(
             side=self.side, id=item_id, contact=s.contact, version=str(s.version), owner=s.owner,
-            modified_at=s.modified_at, marker=s.marker,
+            modified_at=s.modified_at, marker=s.marker, untouched=s.ours and self.side is Side.SALESFORCE,
         )
 
     def _visible(self, mailbox: str, s: _Stored) -> bool:
@@ -164,7 +165,7 @@ class MemorySide:
         self._enter("create")
         with self._lock:
             item_id = self._new_id()
-            self._items[item_id] = _Stored(self._fit(contact), 1, mailbox, self._clock(), marker)
+            self._items[item_id] = _Stored(self._fit(contact), 1, mailbox, self._clock(), marker, ours=True)
             self._logged(item_id, None, mailbox)
             self.writes.append(WriteRecord("create", mailbox, item_id, marker=marker))
             return self._record(item_id, self._items[item_id])
@@ -271,6 +272,7 @@ class MemorySide:
         with self._lock:
             s = self._items[item_id]
             s.contact, s.version, s.modified_at = self._fit(s.contact.with_values(values)), s.version + 1, self._clock()
+            s.ours = False
             self._logged(item_id, s.owner, s.owner)
 
     def user_delete(self, item_id: str) -> None:
@@ -282,12 +284,13 @@ class MemorySide:
         with self._lock:
             s = self._items[item_id]
             self._logged(item_id, s.owner, owner)
-            s.owner, s.version, s.modified_at = owner, s.version + 1, self._clock()
+            s.owner, s.version, s.modified_at, s.ours = owner, s.version + 1, self._clock(), False
 
     def user_undelete(self, item_id: str) -> None:
         with self._lock:
             s = self.deleted.pop(item_id)
             s.version += 1
+            s.ours = False
             self._items[item_id] = s
             self._logged(item_id, None, s.owner)
 

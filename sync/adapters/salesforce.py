@@ -484,7 +484,8 @@ class SalesforceContactSide:
         self.created_accounts: list[str] = []
         self.calls: dict[str, int] = {}
         self.retries = 0
-        fields = ["Id", "OwnerId", "SystemModstamp", "LastModifiedDate", "LastModifiedById", "IsDeleted", "AccountId",
+        fields = ["Id", "OwnerId", "SystemModstamp", "LastModifiedDate", "CreatedById", "LastModifiedById", "IsDeleted",
+                  "AccountId",
                   *self._field_map.salesforce_fields().values()]
         if marker_field:
             fields.append(marker_field)
@@ -687,7 +688,15 @@ class SalesforceContactSide:
             side=Side.SALESFORCE, id=str(row["Id"]), contact=salesforce_to_contact(row, self._field_map),
             version=str(row["SystemModstamp"]), owner=self.mailbox_of(row.get("OwnerId")),
             modified_at=_parse_dt(row.get("LastModifiedDate")), marker=str(marker) if marker else None,
+            untouched=self._by_us(row.get("CreatedById")) and self._by_us(row.get("LastModifiedById")),
         )
+
+    def _by_us(self, user_id: object) -> bool:
+        """Whether a CreatedById / LastModifiedById is the integration user (15- or 18-character ids compared on
+        their first 15 characters, salesforce.md §1.1); False when either is unknown."""
+        me = self._token.user_id if self._token is not None else ""
+        by = str(user_id or "")
+        return bool(me) and bool(by) and by[:15] == me[:15]
 
     def _rows_by_id(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -790,7 +799,7 @@ class SalesforceContactSide:
         record = self._record(row)
         me = self._token.user_id if self._token is not None else ""
         by = str(row.get("LastModifiedById") or "")
-        if not me or not by or by[:15] == me[:15]:
+        if not me or not by or self._by_us(by):
             return record
         logger.info("salesforce %s was written by another user right after us: its version is not kept", row["Id"])
         ours = salesforce_to_contact({**row, **{k: v for k, v in written.items() if k in row}}, self._field_map)

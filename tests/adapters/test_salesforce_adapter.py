@@ -303,6 +303,24 @@ def test_a_write_that_nobody_follows_keeps_its_version(h: SalesforceHarness) -> 
     assert now is not None and result.version is not None and result.version == now.version
 
 
+@pytest.mark.parametrize("bulk", [False, True])
+def test_a_contact_we_made_is_untouched_until_someone_else_writes_it(h: SalesforceHarness, bulk: bool) -> None:
+    if bulk:
+        (made,) = h.side.create_many(MAILBOX, [CreateRequest(contact=_dev(), marker="AAMk-1")])
+        assert isinstance(made, SideRecord)
+    else:
+        made = h.side.create(MAILBOX, _dev(), marker="AAMk-1")
+    assert made.untouched  # CreatedById and LastModifiedById: the integration user
+    ours = h.side.update(MAILBOX, made.id, made.contact.with_values({"job_title": "Engineer"}),
+                         fields=frozenset({"job_title"}), if_match=made.version)
+    assert ours.untouched  # our own writes keep it so
+    h.emu.update_contact(made.id, {"Title": "CTO"}, as_user=h.users[MAILBOX])
+    now = h.side.get(MAILBOX, made.id)
+    assert now is not None and not now.untouched  # a rep wrote it: it holds someone's work
+    by_rep = h.side.get(MAILBOX, h.user_create(_dev()))
+    assert by_rep is not None and not by_rep.untouched  # made by a rep
+
+
 def test_create_many_1000_uses_5_collection_calls(h: SalesforceHarness) -> None:
     h.side.refresh_users()
     before = h.emu.counters["rest.composite_sobjects"]

@@ -10,7 +10,7 @@ import pytest
 
 from sync.adapters.memory import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
 from sync.engine import Engine
-from sync.errors import AlreadyExists, PreconditionFailed
+from sync.errors import AlreadyExists, PreconditionFailed, SyncError, Transient
 from sync.model import Contact
 from sync.planner import plan
 from sync.policy import Policy, Side
@@ -96,6 +96,61 @@ def test_a_reconcile_racing_a_worker_does_not_double_the_contact() -> None:
     report = reconcile_mailbox(engine, ANN)
     assert not report.errors
     assert_one_linked_pair(m365, sf, links)
+
+
+def lose_the_answer_of_the_reconciles_create(m365: MemorySide, sf: MemorySide, engine: Engine, oid: str) -> None:
+    """The worker handling the Outlook add creates and links its own copy while the reconcile's bulk Salesforce
+    create is under way; that create runs, but its answer is lost (a connection reset after the request ran)."""
+    real = sf.create_many
+
+    def lost(mailbox: str, items: Any) -> list[Any]:
+        sf.create_many = real  # type: ignore[method-assign]
+        engine.sync_contact(ContactChange(source=Side.M365, item_id=oid, mailbox=ANN))
+        real(mailbox, items)
+        return [Transient("connection reset after the request ran", side="salesforce") for _ in items]
+
+    sf.create_many = lost  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("through", ["hint", "reconcile"])
+def test_a_second_copy_left_by_a_create_whose_answer_was_lost_is_removed(through: str) -> None:
+    m365, sf, links, audit, engine = setup()
+    oid = m365.user_create(ANN, ADA)
+    lose_the_answer_of_the_reconciles_create(m365, sf, engine, oid)
+    assert reconcile_mailbox(engine, ANN).errors  # the lost answer: nothing to look it up by but the marker
+    assert len(ada_in(sf)) == 2  # the worker's copy (linked) and the reconcile's (unlinked, same marker)
+    extra = next(i for i in ada_in(sf) if links.get(ANN, Side.SALESFORCE, i) is None)
+    if through == "hint":  # its CDC create event
+        engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=extra))
+    else:
+        assert not reconcile_mailbox(engine, ANN).errors
+    assert_one_linked_pair(m365, sf, links)
+    assert extra in sf.deleted  # the Recycle Bin: recoverable
+    (row,) = [e for e in audit.entries if e.action == "delete:salesforce"]
+    assert row.sf_id == extra and row.outcome == "applied" and "second Salesforce copy" in row.reason
+    assert oid in row.reason
+
+
+def test_a_second_copy_a_rep_has_edited_goes_to_review_not_to_the_bin() -> None:
+    m365, sf, links, audit, engine = setup()
+    oid = m365.user_create(ANN, ADA)
+    lose_the_answer_of_the_reconciles_create(m365, sf, engine, oid)
+    reconcile_mailbox(engine, ANN)
+    extra = next(i for i in ada_in(sf) if links.get(ANN, Side.SALESFORCE, i) is None)
+    sf.user_edit(extra, {"job_title": "Edited by a rep"})  # someone's work is in it now
+    engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=extra))
+    assert extra in sf.snapshot() and not sf.deleted
+    assert [e for e in audit.entries if e.sf_id == extra and e.outcome == "review"]
+
+
+def test_a_copy_a_rep_made_with_the_same_marker_is_never_taken_for_ours() -> None:
+    m365, sf, links, audit, engine = setup()
+    oid = m365.user_create(ANN, ADA)
+    engine.sync_contact(ContactChange(source=Side.M365, item_id=oid, mailbox=ANN))
+    copy = sf.user_create(ANN, ADA, marker=oid)  # e.g. cloned in Salesforce with the marker field
+    engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=copy))
+    assert copy in sf.snapshot() and not sf.deleted
+    assert not [e for e in audit.entries if isinstance(e, SyncError) or e.action == "delete:salesforce"]
 
 
 def test_a_worker_killed_after_its_writes_leaves_the_override_in_the_audit() -> None:
