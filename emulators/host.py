@@ -85,7 +85,7 @@ __all__ = ["HostError", "InvocationStats", "LocalHost", "main"]
 
 logger = logging.getLogger(__name__)
 
-# azure-storage-queue 12.18.1 sends 2026-10-06, which Azurite 3.35.0 rejects without --skipApiVersionCheck;
+# azure-storage-queue 12.18.1 sends 2026-10-06, which Azurite (3.35.0, 3.37.0) rejects without --skipApiVersionCheck;
 # 2025-11-05 works with both Azurite and Azure (azure.md §5).
 QUEUE_API_VERSION = "2025-11-05"
 # While a message is being processed it stays invisible this long (the runtime uses 10 minutes and renews it).

@@ -17,7 +17,7 @@ queue, never a Graph or Salesforce client.
 Storage: ``AzureWebJobsStorage`` (a connection string; locally Azurite's or ``UseDevelopmentStorage=true``) or the
 identity-based ``AzureWebJobsStorage__tableServiceUri`` / ``__queueServiceUri`` with ``__clientId`` (a user-assigned
 ``ManagedIdentityCredential``; without it ``DefaultAzureCredential``). Queue clients pin ``api_version`` 2025-11-05
-(accepted by Azure and Azurite 3.35, azure.md §5).
+(accepted by Azure and by Azurite 3.35 and 3.37, azure.md §5).
 
 Dev-only switches, refused unless the endpoint is on this machine (127.0.0.1, ::1 or localhost), so a production
 setting can never turn them on by mistake:

@@ -10,7 +10,7 @@ queue trigger expects base64 (host.json ``messageEncoding``; ../shared/reference
 lands in ``-poison``). The encoded message may be at most 64 KiB, so the text at most 48 KiB; a bigger one raises
 ``QueueMessageTooLarge`` (a ``BadData``) before anything is sent. ``delay`` becomes the message's
 ``visibility_timeout`` (0 s .. 7 days). The client is built and the queue created on first use (once per process).
-``api_version`` defaults to 2025-11-05, the newest Azurite 3.35 accepts (azure.md §5); Azure accepts it too.
+``api_version`` defaults to 2025-11-05, accepted by Azurite 3.35 and 3.37 (azure.md §5); Azure accepts it too.
 Failures become ``sync.errors`` types through ``sync.adapters.tables._map_error`` (the same status table).
 """
 
