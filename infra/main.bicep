@@ -83,7 +83,7 @@ param syncFolderName string = 'Salesforce_Sync'
 @description('Comma-separated mailbox UPNs in scope (SYNC_MAILBOXES), or use syncMailboxGroupId.')
 param syncMailboxes string = ''
 
-@description('Entra group object id whose members are the mailboxes in scope (SYNC_MAILBOX_GROUP_ID).')
+@description('Reserved, not read by this version (SYNC_MAILBOX_GROUP_ID): set syncMailboxes. Planned: Entra group object id whose members are the mailboxes in scope.')
 param syncMailboxGroupId string = ''
 
 // ---------------------------------------------------------------- Salesforce
@@ -106,6 +106,7 @@ param sfApiVersion string = '67.0'
 param sfPubsubEndpoint string = 'api.pubsub.salesforce.com:7443'
 param sfClientName string = 'm365-contact-sync'
 param sfOutlookIdField string = ''
+@description('Reserved, not read by this version (SF_SOQL_FILTER): every Contact owned by a synced rep syncs.')
 param sfSoqlFilter string = ''
 
 @description('Write EVENTS_HMAC_SECRET for the signed POST /api/salesforce/events relay (push instead of Pub/Sub pull).')
