@@ -92,6 +92,6 @@ def status_page(req: func.HttpRequest) -> func.HttpResponse:
         doc = collect(bootstrap.current())
     except Exception as exc:
         return http_response(exc)
-    if "application/json" in (req.headers.get("accept") or ""):
+    if "application/json" in (req.headers.get("accept") or "").lower():  # media types ignore case (RFC 9110 §8.3.1)
         return json_response(doc)
     return func.HttpResponse(render_html(doc), status_code=200, mimetype="text/html", charset="utf-8")

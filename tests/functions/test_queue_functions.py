@@ -220,6 +220,8 @@ def test_status_page_shows_ids_but_no_names_or_emails(memory_root, queues) -> No
     text = page.get_body().decode()
     doc_resp = fn(http("GET", "http://localhost/api/status", headers={"Accept": "application/json"}))
     assert doc_resp.mimetype == "application/json"
+    shouted = fn(http("GET", "http://localhost/api/status", headers={"Accept": "Application/JSON"}))
+    assert shouted.mimetype == "application/json"  # media types are case-insensitive (RFC 9110 §8.3.1)
     doc = json.loads(doc_resp.get_body())
     (ann,) = [m for m in doc["mailboxes"] if m["mailbox"] == ANN]
     assert ann["lastSync"] is not None and ann["errors"] == 0 and ann["recent"]
