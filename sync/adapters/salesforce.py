@@ -86,6 +86,10 @@ SIDE = "salesforce"
 API_VERSION = "67.0"
 MAX_COLLECTION = 200  # sObject Collections records per request (salesforce.md §2.5)
 MAX_IDS_PER_SOQL = 200  # ids in one ``WHERE Id IN (...)`` (keeps the GET URL short)
+# Kept-alive connections per host. A Functions instance works on up to batchSize + newBatchThreshold (16 + 8, host.json)
+# queue messages at once; requests keeps 10 by default and discards the rest after each call, so every call past
+# the 10th would open a new TLS connection to Salesforce.
+HTTP_POOL_SIZE = 32
 RECYCLE_BIN_DAYS = 15  # queryAll sees deleted rows this long (salesforce.md §2.3)
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _ID = re.compile(r"^[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?$")
@@ -458,6 +462,8 @@ class SalesforceContactSide:
             session = requests.Session()
             session.trust_env = False  # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE would override ``verify``
             session.verify = verify
+            for scheme in ("https://", "http://"):
+                session.mount(scheme, requests.adapters.HTTPAdapter(pool_maxsize=HTTP_POOL_SIZE))
         session.headers["Sforce-Call-Options"] = f"client={client_name}"  # salesforce.md §2.9 (echo marker)
         if allow_duplicates:
             session.headers["Sforce-Duplicate-Rule-Header"] = "allowSave=true"  # salesforce.md §1.3

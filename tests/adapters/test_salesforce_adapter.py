@@ -487,3 +487,17 @@ def test_change_feed_steps_past_a_bulk_load_sharing_one_stamp_instead_of_reporti
     h.user_edit(edited, {"job_title": "CTO"})
     after = list(h.side.changes(MAILBOX, again[-1].checkpoint))
     assert [r.id for p in after for r in p.records] == [edited]
+
+
+def test_the_session_keeps_a_connection_for_every_message_a_host_works_on_at_once() -> None:
+    import json
+    from pathlib import Path
+
+    from sync.adapters.salesforce import SalesforceContactSide
+
+    queues = json.loads((Path(__file__).parents[2] / "host.json").read_text())["extensions"]["queues"]
+    at_once = queues["batchSize"] + queues["newBatchThreshold"]
+    side = SalesforceContactSide(lambda: None, mailboxes=[MAILBOX])  # type: ignore[arg-type]  # never called
+    for url in ("https://example.my.salesforce.com/", "http://127.0.0.1:1/"):
+        pool = side._session.get_adapter(url)._pool_maxsize
+        assert pool >= at_once, f"{pool} kept-alive connections for {at_once} messages at once"
