@@ -144,11 +144,15 @@ def map_error(
 
     ``status``/``code``: REST HTTP status and ``errorCode`` (or a collection item's ``statusCode``); ``oauth``: the
     token endpoint answered (``code`` = the OAuth ``error``); ``grpc_status``: a Pub/Sub status name with ``code`` =
-    its ``error-code`` trailer (salesforce.md §5.1). Messages keep the code and a cut message, never field values.
+    its ``error-code`` trailer (salesforce.md §5.1). Service-level errors keep the code and a cut message. An error
+    about a record's content keeps the code and the field names only: Salesforce's message quotes the value
+    ("Email: invalid email address: <the address>", "data value too large: <the value>", "duplicate value found:
+    ..."), and the error text reaches the audit table and the status page, which hold ids and field names, never values.
     """
     code = code or ""
     text = f"{code}: {message}"[:200] if code else message[:200]
     fields_t = tuple(fields)
+    about_record = (f"{code} on {', '.join(fields_t)}" if fields_t else code) or f"HTTP {status}"
     if grpc_status is not None:
         if "replayid" in code:
             return ReplayRejected(f"replay id rejected: {text}", side=SIDE)
@@ -173,15 +177,15 @@ def map_error(
     if code in _NOT_FOUND_CODES or status == 404:
         return NotFound(f"record not found: {text}", side=SIDE, item_id=item_id)
     if code in ("DUPLICATE_VALUE", "DUPLICATE_EXTERNAL_ID"):
-        return AlreadyExists(f"unique value already used: {text}", side=SIDE, item_id=item_id)
+        return AlreadyExists(f"unique value already used: {about_record}", side=SIDE, item_id=item_id)
     if code in _AUTH_CODES or status == 403:
         return AuthFailed(f"not allowed: {text}", side=SIDE, item_id=item_id)
     if code in _TRANSIENT_CODES or (status is not None and status >= 500):
         return Transient(f"salesforce failed: {text}", side=SIDE, item_id=item_id)
     if code in _BAD_DATA_CODES or (status is not None and 400 <= status < 500):
-        return BadData(f"salesforce refused the content: {text}", fields=fields_t, code=code or None, side=SIDE,
-                       item_id=item_id)
-    return Transient(f"salesforce error: {text}", side=SIDE, item_id=item_id)
+        return BadData(f"salesforce refused the content: {about_record}", fields=fields_t, code=code or None,
+                       side=SIDE, item_id=item_id)
+    return Transient(f"salesforce error: {about_record}", side=SIDE, item_id=item_id)
 
 
 def _first_error(content: Any) -> tuple[str | None, str, tuple[str, ...]]:

@@ -61,6 +61,26 @@ def test_error_table(kwargs: dict[str, object], expected: type[SyncError]) -> No
         assert err.fields == tuple(kwargs["fields"])  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("code", "message", "fields"), [
+    ("INVALID_EMAIL_ADDRESS", "Email: invalid email address: ada@example.com", ["Email"]),
+    ("STRING_TOO_LONG", "Last Name: data value too large: Byron-Lovelace-King (max length=80)", ["LastName"]),
+    ("DUPLICATE_VALUE", "duplicate value found: Email duplicates value ada@example.com on record with id: 003x", []),
+    ("SOME_NEW_CODE", "Phone +44 20 7946 0000 is not allowed", ["Phone"]),
+])
+def test_an_error_about_a_records_content_keeps_the_code_and_fields_not_the_quoted_value(
+        code: str, message: str, fields: list[str]) -> None:
+    err = map_error(status=400, code=code, message=message, fields=fields)
+    text = str(err)
+    assert code in text and all(f in text for f in fields)
+    for value in ("ada@example.com", "Byron-Lovelace-King", "7946"):
+        assert value not in text
+
+
+def test_a_service_error_keeps_its_message() -> None:
+    err = map_error(status=403, code="REQUEST_LIMIT_EXCEEDED", message="TotalRequests Limit exceeded.")
+    assert "TotalRequests Limit exceeded." in str(err)
+
+
 def test_soql_quote_escapes_quotes_and_backslashes(h: SalesforceHarness) -> None:
     assert soql_quote("O'Brien\\x") == "'O\\'Brien\\\\x'"
     tricky = Contact(first_name="Sinéad", last_name="O'Brien", emails=["o'brien@example.com"], company="A\\B 'Q'")
