@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -637,13 +637,18 @@ class GraphEmulator:
             rows = [{k: v for k, v in r.items() if k.lower() in wanted or k.startswith("@")} for r in rows]
         return self._slice(req, rows, context)
 
-    def _slice(self, req: Request, rows: list[dict[str, Any]], context: str) -> Response:
+    def _slice(self, req: Request, rows: Sequence[Any], context: str,
+               render: Callable[[Any], dict[str, Any]] | None = None) -> Response:
+        """One page of ``rows`` ($skip/$top paging); ``render`` turns the page's rows into JSON (only that page's:
+        rendering a whole 100,000-contact folder for each page made listing it quadratic)."""
         size = self._page_size(req)
         try:
             skip = int(req.query.get("skip") or 0)
         except ValueError as e:
             raise GraphError(400, "BadRequest", "Invalid $skip.") from e
-        body: dict[str, Any] = {"@odata.context": context, "value": rows[skip : skip + size]}
+        page = rows[skip : skip + size]
+        body: dict[str, Any] = {"@odata.context": context,
+                                "value": [render(r) for r in page] if render is not None else list(page)}
         if skip + size < len(rows):
             pairs = [(k, v) for k, v in req.raw_query if k.lower().lstrip("$") != "skip"]
             pairs.append(("$skip", str(skip + size)))
@@ -670,8 +675,8 @@ class GraphEmulator:
                 key=lambda c: str(Store.render_contact(c).get(key) or "").casefold(),
                 reverse=direction.strip().lower() == "desc",
             )
-        rows = [self._render(c, req) for c in contacts]
-        return self._slice(req, rows, f"{ctx}/contactFolders('{folder.id}')/contacts")
+        return self._slice(req, contacts, f"{ctx}/contactFolders('{folder.id}')/contacts",
+                           lambda c: self._render(c, req))
 
     def _delta(self, p: dict[str, Any], req: Request) -> Response:
         """§3: per-folder delta with opaque skip/delta tokens, @removed, empty pages, 410 for expired tokens."""
