@@ -516,7 +516,7 @@ def test_status_page_fuzz(root, queues, logs, accept, query, person, extra) -> N
                                                   headers=hdrs, params=params))
     assert resp.status_code == 200
     text = resp.get_body().decode("utf-8")
-    if "application/json" in (accept or ""):
+    if "application/json" in (accept or "").lower():  # media types ignore case (RFC 9110 §8.3.1)
         assert resp.mimetype == "application/json"
         doc = json.loads(text)
         (ann,) = [m for m in doc["mailboxes"] if m["mailbox"] == ANN]
