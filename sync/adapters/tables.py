@@ -570,26 +570,53 @@ SUBSCRIPTION_PARTITION = "graph"
 
 
 class TableSubscriptions:
-    """Graph subscriptions: one partition, RowKey = subscription id (the webhook's point read)."""
+    """Graph subscriptions: one partition, RowKey = subscription id (the webhook's point read).
 
-    def __init__(self, table: HealingTable) -> None:
+    ``get`` keeps what it found for ``cache_s`` seconds (per process): Graph sends notifications in bursts for a few
+    subscriptions, and the point read was a third of the webhook's answer time. A subscription deleted by another
+    process is still accepted here for at most that long; the hints it lets through are harmless (the worker
+    re-reads everything, and refuses a mailbox out of scope). Unknown ids are not cached."""
+
+    MAX_CACHED = 10_000
+
+    def __init__(self, table: HealingTable, *, cache_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._table = table
+        self._cache_s, self._clock = cache_s, clock
+        self._cache: dict[str, tuple[float, StoredSubscription]] = {}
+        self._lock = threading.Lock()
 
     def get(self, subscription_id: str) -> StoredSubscription | None:
+        now = self._clock()
+        with self._lock:
+            hit = self._cache.get(subscription_id)
+        if hit is not None and now - hit[0] < self._cache_s:
+            return hit[1]
         try:
             entity = self._table.get_entity(SUBSCRIPTION_PARTITION, escape_key(subscription_id))
         except ResourceNotFoundError:
+            with self._lock:
+                self._cache.pop(subscription_id, None)
             return None
         except AzureError as exc:
             raise _map_error(exc, subscription_id) from exc
-        return StoredSubscription.model_validate_json(entity["Subscription"])
+        found = StoredSubscription.model_validate_json(entity["Subscription"])
+        with self._lock:
+            if len(self._cache) >= self.MAX_CACHED:
+                self._cache.clear()
+            self._cache[subscription_id] = (now, found)
+        return found
 
     def put(self, sub: StoredSubscription) -> None:
         row = {"PartitionKey": SUBSCRIPTION_PARTITION, "RowKey": escape_key(sub.id), "Mailbox": sub.mailbox,
                "ExpiresAt": sub.expires_at, "Subscription": sub.model_dump_json()}
+        with self._lock:
+            self._cache.pop(sub.id, None)
         _call(lambda: self._table.upsert_entity(row, mode=UpdateMode.REPLACE), sub.id)
 
     def delete(self, subscription_id: str) -> None:
+        with self._lock:
+            self._cache.pop(subscription_id, None)
         try:
             self._table.delete_entity(SUBSCRIPTION_PARTITION, escape_key(subscription_id))
         except ResourceNotFoundError:

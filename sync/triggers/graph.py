@@ -6,9 +6,10 @@ Functions:
     subscriptions_timer   %SUBSCRIPTION_SCHEDULE%
 
 The webhook does no Graph or Salesforce I/O (Graph wants an answer within 3 s): per item it reads the stored
-subscription (one Table point read per subscription id), compares the sha256 digest of the item's clientState with
-the stored digest in constant time, and enqueues one ``ContactChange(source=m365, mailbox, id)`` per distinct contact
-(the mailbox comes from the stored subscription, never from the payload). Items of unknown subscriptions, with a
+subscription (one Table point read per subscription id, kept 60 s per process), compares the sha256 digest of the
+item's clientState with the stored digest in constant time, and enqueues one
+``ContactChange(source=m365, mailbox, id)`` per distinct contact (the mailbox comes from the stored subscription,
+never from the payload). Items of unknown subscriptions, with a
 wrong clientState or without a (well-formed) contact id are dropped and counted (``COUNTERS``, one WARNING line with the
 subscription id); the answer is 202 whatever the mix, so a caller learns nothing about our subscriptions.
 Bad JSON (or no ``value`` list) is 400, a body over 1 MiB is 413.

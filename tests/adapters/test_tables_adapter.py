@@ -69,3 +69,30 @@ def test_a_link_save_writes_the_index_row_only_for_a_new_salesforce_id(azurite_c
     links.save(current.model_copy(update={"m365_fp": "f2"}), previous=current)
     assert REQUESTS.snapshot() == {"transaction": 1}  # same Salesforce id: the index row stands
     assert links.mailboxes_of("003A") == {MAILBOX}
+
+
+def test_the_webhooks_subscription_lookup_is_cached_for_a_while_and_forgets_what_this_process_changes(
+        azurite_connection_string: str) -> None:
+    from sync.adapters.tables import REQUESTS, TableSubscriptions
+
+    tables = TableStorage.from_connection_string(azurite_connection_string, "h" + uuid.uuid4().hex[:10])
+    now = [1000.0]
+    subs = TableSubscriptions(tables.subscriptions()._table, cache_s=60, clock=lambda: now[0])
+    sub = StoredSubscription(id="sub-1", mailbox=MAILBOX, resource="users/x/contacts", expires_at=datetime.now(UTC),
+                             client_state_digest="d")
+    subs.put(sub)
+
+    def reads() -> int:
+        return REQUESTS.snapshot().get("read", 0)
+
+    before = reads()
+    assert subs.get("sub-1") == sub and subs.get("sub-1") == sub
+    assert reads() - before == 1  # the burst's second notification needs no table read
+    now[0] += 61
+    assert subs.get("sub-1") == sub and reads() - before == 2  # read again once the entry is older than cache_s
+    subs.delete("sub-1")
+    assert subs.get("sub-1") is None  # a delete here is seen at once
+    assert subs.get("sub-1") is None and reads() - before == 4  # unknown ids are not cached
+    subs.put(sub.model_copy(update={"mailbox": "bob@contoso.com"}))
+    got = subs.get("sub-1")
+    assert got is not None and got.mailbox == "bob@contoso.com"  # a put here too
