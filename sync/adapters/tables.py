@@ -573,8 +573,8 @@ class TableSubscriptions:
     """Graph subscriptions: one partition, RowKey = subscription id (the webhook's point read).
 
     ``get`` keeps what it found for ``cache_s`` seconds (per process): Graph sends notifications in bursts for a few
-    subscriptions, and the point read was a third of the webhook's answer time. A subscription deleted by another
-    process is still accepted here for at most that long; the hints it lets through are harmless (the worker
+    subscriptions, and the point read was about a quarter of the webhook's answer time. A subscription deleted by
+    another process is still accepted here for at most that long; the hints it lets through are harmless (the worker
     re-reads everything, and refuses a mailbox out of scope). Unknown ids are not cached."""
 
     MAX_CACHED = 10_000
