@@ -698,15 +698,15 @@ class SalesforceContactSide:
             side=Side.SALESFORCE, id=str(row["Id"]), contact=salesforce_to_contact(row, self._field_map),
             version=str(row["SystemModstamp"]), owner=self.mailbox_of(row.get("OwnerId")),
             modified_at=_parse_dt(row.get("LastModifiedDate")), marker=str(marker) if marker else None,
-            untouched=self._by_us(row.get("CreatedById")) and self._by_us(row.get("LastModifiedById")),
+            untouched=self._is_us(row.get("CreatedById")) is True and self._is_us(row.get("LastModifiedById")) is True,
         )
 
-    def _by_us(self, user_id: object) -> bool:
+    def _is_us(self, user_id: object) -> bool | None:
         """Whether a CreatedById / LastModifiedById is the integration user (15- or 18-character ids compared on
-        their first 15 characters, salesforce.md §1.1); False when either is unknown."""
+        their first 15 characters, salesforce.md §1.1); None when it or our own user id is unknown."""
         me = self._token.user_id if self._token is not None else ""
         by = str(user_id or "")
-        return bool(me) and bool(by) and by[:15] == me[:15]
+        return by[:15] == me[:15] if me and by else None
 
     def _rows_by_id(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -807,9 +807,7 @@ class SalesforceContactSide:
         other side. ``LastModifiedById`` tells (salesforce.md §1.1): when it is not the integration user, the fields
         we wrote are taken as we wrote them and the record has no version, so the next pass sees their edit."""
         record = self._record(row)
-        me = self._token.user_id if self._token is not None else ""
-        by = str(row.get("LastModifiedById") or "")
-        if not me or not by or self._by_us(by):
+        if self._is_us(row.get("LastModifiedById")) is not False:  # ours, or unknown: as read
             return record
         logger.info("salesforce %s was written by another user right after us: its version is not kept", row["Id"])
         ours = salesforce_to_contact({**row, **{k: v for k, v in written.items() if k in row}}, self._field_map)
