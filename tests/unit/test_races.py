@@ -98,7 +98,7 @@ def test_a_reconcile_racing_a_worker_does_not_double_the_contact() -> None:
     assert_one_linked_pair(m365, sf, links)
 
 
-def lose_the_answer_of_the_reconciles_create(m365: MemorySide, sf: MemorySide, engine: Engine, oid: str) -> None:
+def lose_the_answer_of_the_reconciles_create(sf: MemorySide, engine: Engine, oid: str) -> None:
     """The worker handling the Outlook add creates and links its own copy while the reconcile's bulk Salesforce
     create is under way; that create runs, but its answer is lost (a connection reset after the request ran)."""
     real = sf.create_many
@@ -116,7 +116,7 @@ def lose_the_answer_of_the_reconciles_create(m365: MemorySide, sf: MemorySide, e
 def test_a_second_copy_left_by_a_create_whose_answer_was_lost_is_removed(through: str) -> None:
     m365, sf, links, audit, engine = setup()
     oid = m365.user_create(ANN, ADA)
-    lose_the_answer_of_the_reconciles_create(m365, sf, engine, oid)
+    lose_the_answer_of_the_reconciles_create(sf, engine, oid)
     assert reconcile_mailbox(engine, ANN).errors  # the lost answer: nothing to look it up by but the marker
     assert len(ada_in(sf)) == 2  # the worker's copy (linked) and the reconcile's (unlinked, same marker)
     extra = next(i for i in ada_in(sf) if links.get(ANN, Side.SALESFORCE, i) is None)
@@ -134,7 +134,7 @@ def test_a_second_copy_left_by_a_create_whose_answer_was_lost_is_removed(through
 def test_a_second_copy_a_rep_has_edited_goes_to_review_not_to_the_bin() -> None:
     m365, sf, links, audit, engine = setup()
     oid = m365.user_create(ANN, ADA)
-    lose_the_answer_of_the_reconciles_create(m365, sf, engine, oid)
+    lose_the_answer_of_the_reconciles_create(sf, engine, oid)
     reconcile_mailbox(engine, ANN)
     extra = next(i for i in ada_in(sf) if links.get(ANN, Side.SALESFORCE, i) is None)
     sf.user_edit(extra, {"job_title": "Edited by a rep"})  # someone's work is in it now
