@@ -526,13 +526,18 @@ def _match_or_create(ctx: _Ctx, r: SideRecord, why: str | None = None) -> Plan:
     other = r.side.other
     cands = [c for c in s.candidates if c.record.side is other]
 
-    # 0. our own second copy of an Outlook contact that is synced with another Salesforce contact
-    twin = _made_twice(r, cands)
+    # 0. a second copy of a contact that is synced with another copy on this side, holding nothing of its own
+    twin = _made_twice(r, cands, ctx.synced)
     if twin is not None:
-        reason = (f"a second Salesforce copy of Outlook contact {twin.record.id}, made by this sync and edited by "
-                  f"nobody since (a create whose answer was lost while another worker created it too); that "
-                  f"Outlook contact is synced with {twin.record.marker}: moved to the Recycle Bin")
-        return done([Delete(Side.SALESFORCE, r.id, r.version, reason)], LinkAfter.KEEP, reason, sf_id=r.id)
+        why = ("made by this sync and edited by nobody since (a create whose answer was lost while another worker "
+               "created it too)" if r.side is Side.SALESFORCE else
+               "equal to it in every synced field (two creates of one person, e.g. by a worker killed before either "
+               "saved its link)")
+        bin_name = "the Recycle Bin" if r.side is Side.SALESFORCE else "Deleted Items"
+        reason = (f"a second {r.side.label} copy of {other.label} contact {twin.record.id}, {why}; that "
+                  f"{other.label} contact is synced with {twin.record.marker}: moved to {bin_name}")
+        m365_id, sf_id = (r.id, None) if r.side is Side.M365 else (None, r.id)
+        return done([Delete(r.side, r.id, r.version, reason)], LinkAfter.KEEP, reason, m365_id=m365_id, sf_id=sf_id)
 
     # 1. the link marker: one side carries the other's id (rebuilds links after a lost table)
     by_marker = [c for c in cands if (r.marker and c.record.id == r.marker) or c.record.marker == r.id]
@@ -578,16 +583,22 @@ def _match_or_create(ctx: _Ctx, r: SideRecord, why: str | None = None) -> Plan:
     return done([Create(other, contact, fields, reason)], LinkAfter.SAVE, reason, m365_id=m365_id, sf_id=sf_id)
 
 
-def _made_twice(r: SideRecord, cands: Sequence[Candidate]) -> Candidate | None:
-    """The Outlook contact ``r`` is a redundant copy of, if it is one: ``r`` is an unlinked Salesforce contact this
-    sync made and nobody wrote since (``untouched``), its marker names an Outlook contact, and that contact is linked
-    and marked with *another* Salesforce contact. Two creates of one Outlook contact made it (a create whose answer
-    was lost cannot be looked up: both copies carry the same marker). Nothing in it is anyone's edit, so removing it
-    loses nothing; edited by a rep, or tied less firmly, it goes to review instead."""
-    if r.side is not Side.SALESFORCE or not r.untouched or not r.marker:
+def _made_twice(r: SideRecord, cands: Sequence[Candidate], synced: Sequence[str]) -> Candidate | None:
+    """The contact on the other side that unlinked ``r`` is a redundant copy of, if it is one: ``r``'s marker names
+    it, and it is linked and marked with *another* contact on ``r``'s side, so two creates of one person made ``r``
+    and that partner (a create whose answer was lost, or workers killed before either saved its link: both copies
+    carry the same marker). Removing ``r`` must lose nothing:
+    - Salesforce: this sync made it and nobody wrote it since (``untouched``: CreatedById and LastModifiedById);
+    - Outlook (Graph records no author): every synced field equals the other side's.
+    Otherwise it goes to review, as any unlinked copy of a synced contact does."""
+    if not r.marker or (r.side is Side.SALESFORCE and not r.untouched):
         return None
-    return next((c for c in cands if c.record.side is Side.M365 and c.record.id == r.marker and c.linked
+    twin = next((c for c in cands if c.record.side is r.side.other and c.record.id == r.marker and c.linked
                  and c.record.marker is not None and c.record.marker != r.id), None)
+    if twin is None or (r.side is Side.M365
+                        and any(not _same(k, r.contact.get(k), twin.record.contact.get(k)) for k in synced)):
+        return None
+    return twin
 
 
 def _adopt(ctx: _Ctx, a: SideRecord, b: SideRecord, via: str) -> Plan:

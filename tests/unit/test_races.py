@@ -153,6 +153,35 @@ def test_a_copy_a_rep_made_with_the_same_marker_is_never_taken_for_ours() -> Non
     assert not [e for e in audit.entries if e.action == "delete:salesforce"]
 
 
+def orphan_outlook_copy(m365: MemorySide, sf: MemorySide, engine: Engine, **changes: str) -> tuple[str, str]:
+    """A Salesforce contact synced to Outlook, and a second Outlook copy of it with the same marker and no link:
+    what two workers killed after their Outlook creates and before their link saves leave (5-minute soak: a
+    handoff's two hints created two copies; one was adopted by its marker, the other stayed in review)."""
+    sf_id = sf.user_create(ANN, ADA)
+    engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))
+    (first,) = ada_in(m365)
+    copy = m365.snapshot()[first].contact.with_values(changes)
+    return first, m365.user_create(ANN, copy, marker=sf_id)
+
+
+def test_a_second_outlook_copy_equal_in_every_synced_field_is_removed() -> None:
+    m365, sf, links, audit, engine = setup()
+    first, orphan = orphan_outlook_copy(m365, sf, engine)
+    engine.sync_contact(ContactChange(source=Side.M365, item_id=orphan, mailbox=ANN))
+    assert orphan in m365.deleted and ada_in(m365) == [first]  # Deleted Items: recoverable
+    assert_one_linked_pair(m365, sf, links)
+    (row,) = [e for e in audit.entries if e.action == "delete:m365"]
+    assert row.m365_id == orphan and "second Outlook copy" in row.reason and row.outcome == "applied"
+
+
+def test_a_second_outlook_copy_with_a_field_of_its_own_goes_to_review() -> None:
+    m365, sf, links, audit, engine = setup()
+    first, orphan = orphan_outlook_copy(m365, sf, engine, job_title="Typed by the rep")
+    assert not reconcile_mailbox(engine, ANN).errors
+    assert orphan in m365.snapshot() and not m365.deleted  # it holds something the other copy does not
+    assert [e for e in audit.entries if e.m365_id == orphan and e.outcome == "review"]
+
+
 def test_a_worker_killed_after_its_writes_leaves_the_override_in_the_audit() -> None:
     m365, sf, links, audit, engine = setup()
     sf_id = sf.user_create(ANN, ADA)
