@@ -1,22 +1,13 @@
 """``python -m bench.latency``: one edit -> the other side written, and how much of it is our own time.
 
-Azurite + the Graph and Salesforce emulators + the real function app's functions, called the official way
-(``fb.build().get_user_function()``), in the order the platform would call them:
+Azurite, the Graph and Salesforce emulators and the real function app's functions, called in the order the platform
+would call them: an Outlook edit goes through ``graph_notifications`` and ``contact_worker`` to Salesforce; a
+Salesforce edit's change event is pushed, signed, to ``salesforce_events`` and ``contact_worker`` writes Outlook.
 
-- Outlook -> Salesforce: a user edits a contact in the Graph emulator; the change notification Graph would POST
-  goes to ``graph_notifications`` (ack), the hint is received from the Azurite queue, ``contact_worker`` writes
-  Salesforce.
-- Salesforce -> Outlook: a user edits a contact in the Salesforce emulator; the ContactChangeEvent it published
-  (header and fields as the Pub/Sub API delivers them) is pushed, signed, to ``salesforce_events``, the hint is
-  received from the queue, ``contact_worker`` writes Outlook.
-
-"Own time" = the webhook function + the worker function (each includes its calls to storage and to the emulated
-service); the queue's delivery delay is the platform's (polling, up to ``maxPollingInterval``) and is reported
-apart. "Service" = the part of it the Graph and Salesforce emulators spent answering our calls (their
-``ServiceClock``: from the parsed request to the answer written), which a real tenant and org spend instead (and
-more: 100+ ms a call over the internet); "ours" = own time minus service time, i.e. our code, the SDKs, the network
-stack and Table/Queue storage (Azurite's time is counted as ours). Every edit is checked on the other side. Prints
-p50/p99 per direction; results go to ``bench/results.json``.
+"Own time" is the webhook function plus the worker function; the queue's delivery delay is the platform's and is
+reported apart. "Service" is the part the emulators spent answering our calls (their ``ServiceClock``), which a real
+tenant and org spend instead; "ours" is own time minus service time: our code, the SDKs and Azurite. Every edit is
+checked on the other side. Prints p50/p99 per direction and writes ``bench/results.json``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ counts REST API calls (what the org's daily API limit counts), and the table ada
 (``sync.adapters.tables.REQUESTS``). The counts are compared with the theoretical minimum of the same run:
 
 - Graph: one ``$batch`` per 20 writes (graph.md §5);
-- Salesforce: one query call per 2,000 rows read, one sObject Collections call per 200 writes (salesforce.md §1.4);
+- Salesforce: one query call per 2,000 rows read (salesforce.md §2.2), one sObject Collections call per 200 writes
+  (§2.5);
 - Table Storage: one transaction per 100 rows (azure.md §4.2), one row per contact.
 
 The 100,000-contact reconcile runs in a child process (``--child``) so that its peak RSS is the engine's alone, not

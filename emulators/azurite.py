@@ -1,7 +1,7 @@
 """Start and stop Azurite (tables + queues) on free loopback ports, in memory.
 
 Used by the test session (tests/conftest.py), the local functions host and ``make demo``. Azurite comes from the
-project's own ``package.json`` (npm ``azurite``); flags follow ../shared/reference/azure.md §5:
+project's own ``package.json`` (npm ``azurite``); flags follow docs/reference/azure.md §5:
 ``--inMemoryPersistence`` keeps nothing on disk; ``--skipApiVersionCheck`` because azure-storage-queue 12.18.1 sends
 a newer ``x-ms-version`` than Azurite accepts (3.37.0: up to 2026-06-06); ``--disableTelemetry`` because telemetry
 is on by default.

@@ -1,7 +1,8 @@
 """Two-way sync of Microsoft 365 (Outlook) contacts and Salesforce Contacts.
 
-Core (pure): ``model`` (canonical Contact, fingerprint), ``policy`` (directions, conflict/delete policies, field map,
-circuit breaker), ``mapping`` (Graph / Salesforce JSON <-> Contact), ``planner`` (decision rules, no I/O).
-Shell: ``engine`` (one contact) and ``reconcile`` (one mailbox) execute plans through ``ports``; ``adapters`` implement
-the ports (memory, Azure Tables, Graph, Salesforce); ``triggers`` are the Azure Functions blueprints.
+``model`` (the canonical Contact), ``policy`` (what syncs in which direction, who wins), ``mapping`` (each side's
+JSON <-> Contact) and ``planner`` (the decision rules) do no I/O. ``ports`` holds the records and interfaces the rest
+shares; ``adapters`` implement them for Azure Storage, Graph and Salesforce. ``engine`` and ``reconcile`` read through
+the ports, plan, and carry the plans out; ``triggers`` are the Azure Functions blueprints and ``bootstrap`` builds
+the clients they use. Imports point one way (triggers -> reconcile/engine -> planner/adapters -> ports -> model).
 """

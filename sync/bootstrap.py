@@ -1,29 +1,18 @@
 """The composition root: every client and store the functions use, built from app settings on first use.
 
-Public API:
-    current() -> Root           the process-wide root (built lazily, once, thread-safe)
-    install(root) / reset()     tests: use a given root / forget the current one (closing what it opened)
-    Root(env)                   lazily built parts: ``storage``, ``links``, ``audit``, ``checkpoints``, ``jobs``,
-                                ``subscriptions``, ``contact_queue``, ``reconcile_queue``, ``work_queue``,
-                                ``poison_queue(name)``, ``graph``, ``graph_subscriptions``, ``tokens``,
-                                ``salesforce``, ``cdc``, ``engine``, ``policy``, ``mailboxes``, ``events_secret``
-    StaticTokenCredential       dev only: a fixed bearer token for the local Graph emulator
+``current()`` returns the process-wide ``Root``. Each of its parts (``links``, ``graph``, ``salesforce``, ``engine``,
+the queues, ...) is built the first time a function asks for it, under one lock, and kept for the life of the worker
+process (azure.md §2, client reuse). Nothing is built at import and no Azure, Graph or Salesforce SDK is loaded, to
+keep cold starts short; the Graph webhook only ever builds the subscriptions table and a queue. Tests use
+``install(root)`` and ``reset()``.
 
-Nothing here runs at import: ``import sync.bootstrap`` imports no Azure, Graph or Salesforce SDK (cold start,
-STYLE.md habit 14). Each part is built the first time a function needs it, under one lock, and kept for the life of
-the worker process (azure.md §2 "client reuse"): the Graph webhook only ever builds the subscriptions table and the
-queue, never a Graph or Salesforce client.
+Storage is ``AzureWebJobsStorage`` (a connection string; locally Azurite's) or the identity-based
+``AzureWebJobsStorage__tableServiceUri`` / ``__queueServiceUri``, with ``__clientId`` for a user-assigned identity.
+Queue clients pin ``api_version`` 2025-11-05, which both Azure and Azurite accept (azure.md §5).
 
-Storage: ``AzureWebJobsStorage`` (a connection string; locally Azurite's or ``UseDevelopmentStorage=true``) or the
-identity-based ``AzureWebJobsStorage__tableServiceUri`` / ``__queueServiceUri`` with ``__clientId`` (a user-assigned
-``ManagedIdentityCredential``; without it ``DefaultAzureCredential``). Queue clients pin ``api_version`` 2025-11-05
-(accepted by Azure and by Azurite 3.35 and 3.37, azure.md §5).
-
-Dev-only switches, refused unless the endpoint is on this machine (127.0.0.1, ::1 or localhost), so a production
-setting can never turn them on by mistake:
-    GRAPH_CREDENTIAL=static      a fixed bearer token (the Graph emulator accepts any token)
-    SF_PUBSUB_INSECURE=true      plaintext gRPC to the Pub/Sub endpoint (the Salesforce emulator's gRPC has no TLS)
-``SF_CA_BUNDLE`` (a PEM file) is trusted for Salesforce REST and Pub/Sub TLS, e.g. the emulator's own CA.
+Dev-only switches, refused unless the endpoint is on this machine (127.0.0.1, ::1, localhost):
+``GRAPH_CREDENTIAL=static`` (a fixed bearer token for the Graph emulator) and ``SF_PUBSUB_INSECURE=true``
+(plaintext gRPC for the Salesforce emulator). ``SF_CA_BUNDLE`` names an extra CA trusted for Salesforce TLS.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
-"""Translate between the sides' JSON and the canonical Contact.
+"""Translate between each side's JSON and the canonical Contact.
 
-Public API:
-    graph_to_contact(doc, field_map)                   Graph ``contact`` JSON -> Contact
-    contact_to_graph(contact, fields, current, fm)     Contact -> Graph body (create: all; PATCH: only ``fields``)
-    salesforce_to_contact(record, field_map)           Salesforce ``Contact`` record (SOQL/REST JSON) -> Contact
-    contact_to_salesforce(contact, fields, fm, lengths) -> SalesforceWrite (field values + Account name + truncations)
-    fit_salesforce(field, value, fm, lengths)          what Salesforce will hold for a value (its field length)
-    Truncation                                         a value cut to fit a side, always reported
+``graph_to_contact`` / ``contact_to_graph`` handle Graph ``contact`` resources, ``salesforce_to_contact`` /
+``contact_to_salesforce`` Salesforce ``Contact`` records. A value cut to fit a side (a Salesforce field length, the
+three Graph email addresses) comes back as a ``Truncation``; it is never dropped silently.
 
 Field correspondence (graph.md §1.1, salesforce.md §1.1):
     first_name givenName FirstName | last_name surname LastName | email/email_2/email_3 emailAddresses[0..2] Email
@@ -14,8 +10,7 @@ Field correspondence (graph.md §1.1, salesforce.md §1.1):
     company companyName Account.Name | job_title jobTitle Title | department department Department
     street/city/state/postal_code/country businessAddress.{street,city,state,postalCode,countryOrRegion}
         MailingStreet/MailingCity/MailingState/MailingPostalCode/MailingCountry | notes personalNotes Description
-Graph collections keep the entries we do not sync (a second business phone stays where it is); Graph holds at most
-three email addresses (the v1.0 ``emailAddresses`` limit), extra ones are reported as a truncation.
+Graph collections keep the entries we do not sync: a second business phone stays where it is.
 """
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ class Policy(BaseModel):
 
     field_map: FieldMap = Field(default_factory=FieldMap)
     conflict: ConflictPolicy = ConflictPolicy.SALESFORCE_WINS
-    # What a delete *in* Salesforce does, and what a delete *in* Outlook does (DESIGN.md defaults).
+    # What a delete *in* Salesforce does, and what a delete *in* Outlook does (the defaults).
     on_salesforce_delete: DeletePolicy = DeletePolicy.PROPAGATE
     on_m365_delete: DeletePolicy = DeletePolicy.UNLINK
     direction: Direction = Direction.BOTH

@@ -9,7 +9,7 @@ Runs the real ``msgraph-sdk`` against ``GraphEmulator.base_url``. Public API:
   ``expire_delta_tokens``, …). The same actions are exposed over HTTP under ``/_admin/``.
 - ``python -m emulators.graph --port N --user alice@contoso.com``.
 
-Behaviour follows ../shared/reference/graph.md (cited as §n in the code); guesses are listed in
+Behaviour follows docs/reference/graph.md (cited as §n in the code); guesses are listed in
 docs/emulator-fidelity-graph.md.
 """
 

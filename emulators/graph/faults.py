@@ -1,6 +1,6 @@
 """Fault injection knobs and request counters of the Graph emulator.
 
-Throttling shapes follow ../shared/reference/graph.md §5 (429 body, integer Retry-After, 4 concurrent requests and
+Throttling shapes follow docs/reference/graph.md §5 (429 body, integer Retry-After, 4 concurrent requests and
 10,000 requests per 10 minutes per app + mailbox) and §7.4 (the SDK retries 429/503/504, POST included).
 
 Besides counted rules (``throttle``, ``fail``) there are random rates for soak tests: ``throttle_rate`` (429 with

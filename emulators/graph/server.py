@@ -1,6 +1,6 @@
 """HTTP front of the Graph emulator: routing, Graph v1.0 handlers, ``$batch``, subscriptions, the ``/_admin`` API.
 
-Section numbers (§) refer to ../shared/reference/graph.md; behaviours not in it are listed in
+Section numbers (§) refer to docs/reference/graph.md; behaviours not in it are listed in
 docs/emulator-fidelity-graph.md.
 """
 

@@ -2,7 +2,7 @@
 
 Not thread-safe by itself: the server holds ``Store.lock`` around every call. Every write returns the
 ``ChangeEvent``s it caused so the caller can deliver change notifications after releasing the lock.
-Section numbers (§) refer to ../shared/reference/graph.md.
+Section numbers (§) refer to docs/reference/graph.md.
 """
 
 from __future__ import annotations

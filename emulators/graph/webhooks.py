@@ -1,6 +1,6 @@
 """Outgoing webhook traffic of the Graph emulator: the validation handshake and change/lifecycle notifications.
 
-Follows ../shared/reference/graph.md §4.3 (handshake), §4.4 (payload), §4.5 (delivery and retries, with compressed
+Follows docs/reference/graph.md §4.3 (handshake), §4.4 (payload), §4.5 (delivery and retries, with compressed
 timings) and §4.6 (lifecycle notifications). Only loopback URLs are expected; proxies from the environment are ignored.
 """
 

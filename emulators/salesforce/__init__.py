@@ -1,5 +1,5 @@
 """Salesforce emulator (dev/test only): OAuth + REST over HTTPS for the real simple-salesforce, and Change Data
-Capture over the Pub/Sub API (gRPC) for real stubs. Behaviour follows ../shared/reference/salesforce.md; guesses are
+Capture over the Pub/Sub API (gRPC) for real stubs. Behaviour follows docs/reference/salesforce.md; guesses are
 listed in docs/emulator-fidelity-salesforce.md.
 
 Public API: :class:`SalesforceEmulator` (see ``server.py``) and :func:`decode_bitmap`.

@@ -4,7 +4,7 @@ Grammar (SOQL and SOSL Reference, https://developer.salesforce.com/docs/atlas.en
 SELECT field[, field...] FROM Object [WHERE cond] [ORDER BY f [ASC|DESC] [NULLS FIRST|LAST], ...]
 [LIMIT n] [OFFSET n]. Fields may be relationship paths (Account.Name, Owner.Email). Conditions use AND, OR,
 NOT, parentheses, = != <> < <= > >=, LIKE, IN (...) and NOT IN (...). Literals are quoted strings, numbers,
-true/false/null and unquoted datetime literals (2026-03-01T12:34:56Z, salesforce.md section 1.1).
+true/false/null and unquoted datetime literals (2026-03-01T12:34:56Z, salesforce.md §1.1).
 String comparisons are case-insensitive, as in SOQL. ORDER BY defaults to ASC NULLS FIRST.
 """
 

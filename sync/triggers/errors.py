@@ -1,24 +1,15 @@
-"""The one edge where typed errors become HTTP answers and queue dispositions (STYLE.md habit 9).
+"""The one place typed errors become HTTP answers and queue dispositions.
 
-Public API:
-    http_response(exc) -> func.HttpResponse      4xx/5xx with a short JSON body (ids only)
-    decide(exc, dequeue_count) -> Decision       what a queue function does with a failed message
-    Disposition, Decision, MAX_DEQUEUE_COUNT
+``http_response(exc)``: BadSignature 401, BadData 400, NotFound 404, PreconditionFailed / AlreadyExists 409, Throttled
+503 with Retry-After, Transient 503, AuthFailed (of a downstream service) 502, ConfigError and anything else 500. The
+body is a short JSON object with ids only.
 
-Queue dispositions (contact_worker, mailbox_reconciler):
-    RETRY    raise: the host makes the message visible again after host.json ``visibilityTimeout`` (10 s) and
-             retries it; used for retryable errors (Transient, PreconditionFailed, AlreadyExists) and unexpected
-             exceptions, until the last attempt (``dequeue_count >= MAX_DEQUEUE_COUNT``), which becomes POISON
-             ("retries exhausted") so the poison copy carries the reason.
-    DEFER    Throttled: send the same message again hidden for ``retry_after`` seconds (30 s when the service gave
-             none; at most an hour) and complete this one. The host's fixed 10 s visibility would ignore the
-             service's Retry-After and burn an attempt per throttled answer; a throttled service is not a broken
-             message, so deferring does not count towards the poison limit.
-    POISON   permanent errors (BadData, AuthFailed, NotFound, any non-retryable SyncError, an unreadable message):
-             the function writes an audit row and a copy ``{"message", "reason", "error", ...}`` to
-             ``<queue>-poison`` itself (the runtime's own poison copy carries no reason), then completes.
-HTTP: BadSignature 401, BadData 400, NotFound 404, PreconditionFailed / AlreadyExists 409, Throttled 503 with
-Retry-After, Transient 503, AuthFailed (of a downstream service) 502, ConfigError 500, anything else 500.
+``decide(exc, dequeue_count)`` tells a queue function what to do with a message it failed on:
+    RETRY    retryable errors and unexpected exceptions: raise, so the host retries; the last attempt is POISON.
+    DEFER    Throttled: send the message again, hidden for the service's ``retry_after`` (30 s when it gave none, at
+             most an hour), and complete this one, so a throttled service does not use up the message's attempts.
+    POISON   permanent errors and unreadable messages: an audit row and a copy with the reason in ``<queue>-poison``
+             (the runtime's own poison copy carries no reason), then complete.
 """
 
 from __future__ import annotations

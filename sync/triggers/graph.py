@@ -1,24 +1,16 @@
-"""Graph change notifications in, and the subscriptions that make Graph send them (graph.md §4, DESIGN.md flow 1-2, 6).
+"""Graph change notifications in, and the subscriptions that make Graph send them (graph.md §4).
 
-Functions:
-    graph_notifications   POST /api/graph/notifications (anonymous: protected by clientState)
-    graph_lifecycle       POST /api/graph/lifecycle (anonymous: protected by clientState)
-    subscriptions_timer   %SUBSCRIPTION_SCHEDULE%
+Functions: ``graph_notifications`` (POST /api/graph/notifications) and ``graph_lifecycle`` (POST
+/api/graph/lifecycle), anonymous and protected by the subscription's clientState; ``subscriptions_timer``.
 
-The webhook does no Graph or Salesforce I/O (Graph wants an answer within 3 s): per item it reads the stored
-subscription (one Table point read per subscription id, kept 60 s per process), compares the sha256 digest of the
-item's clientState with the stored digest in constant time, and enqueues one
-``ContactChange(source=m365, mailbox, id)`` per distinct contact (the mailbox comes from the stored subscription,
-never from the payload). Items of unknown subscriptions, with a
-wrong clientState or without a (well-formed) contact id are dropped and counted (``COUNTERS``, one WARNING line with the
-subscription id); the answer is 202 whatever the mix, so a caller learns nothing about our subscriptions.
-Bad JSON (or no ``value`` list) is 400, a body over 1 MiB is 413.
+Graph wants an answer within 3 s, so the webhook does no Graph or Salesforce I/O: per item it checks the clientState
+digest against the stored subscription in constant time and enqueues one ``ContactChange`` per distinct contact,
+with the mailbox taken from the stored subscription, never from the payload. Items that fail a check are dropped and
+counted; the answer is 202 whatever the mix, so a caller learns nothing about our subscriptions.
 
-Lifecycle (§4.6), after the same clientState check: ``missed`` enqueues a delta reconcile of the mailbox;
-``subscriptionRemoved`` enqueues it too and re-creates the subscription; ``reauthorizationRequired`` renews (a PATCH
-of the expiry also reauthorizes). The reconcile is enqueued first; the Graph calls run inline (one request each)
-and a failure is logged, not answered with an error: the subscriptions timer repairs a missing or expiring
-subscription on its next run, and a 5xx would only make Graph send the same event again.
+Lifecycle events (§4.6): ``missed`` and ``subscriptionRemoved`` enqueue a delta reconcile of the mailbox (the second
+also re-creates the subscription); ``reauthorizationRequired`` renews it. A failed Graph call here is logged, not
+answered with an error: the subscriptions timer repairs the subscription on its next run.
 """
 
 from __future__ import annotations

@@ -1,21 +1,15 @@
-"""Reconcile jobs: start (API, timer), one mailbox per queue message, status (DESIGN.md flow 5).
+"""Reconcile jobs: started by API or timer, one mailbox per queue message, status by API.
 
 Functions:
-    reconcile_start      POST /api/reconcile (function key)
-                         body ``{"mailboxes"?: [...], "mode": "delta"|"full", "dryRun": bool, "force": bool}``
-                         -> 202, ``Location: /api/reconcile/<job>``, ``{"id", "status", "mailboxes", "mode",
-                         "dryRun", "force"}`` (``mailboxes`` is a count); 400 with the
-                         reason for a bad body (unknown key or mode, non-list mailboxes, a mailbox out of scope)
-    reconcile_status     GET /api/reconcile/{job} (function key) -> the job as JSON; 404 for an unknown job
-    reconcile_timer      %RECONCILE_SCHEDULE%: a job over every mailbox in scope; ``full`` when the last full pass
-                         is 7 days old (checkpoint ``reconcile``/``last-full``), else ``delta``
-    mailbox_reconciler   queue ``reconcile``: one ``ReconcileMailbox`` -> ``reconcile_mailbox_delta`` (mode delta)
-                         or ``reconcile_mailbox`` (full) -> the job row
+    reconcile_start      POST /api/reconcile ``{"mailboxes"?, "mode": "delta"|"full", "dryRun", "force"}`` -> 202 and
+                         ``Location: /api/reconcile/<job>``; 400 with the reason for a bad body
+    reconcile_status     GET /api/reconcile/{job} -> the job as JSON; 404 for an unknown job
+    reconcile_timer      %RECONCILE_SCHEDULE%: every mailbox in scope, ``full`` when the last full pass is 7 days old
+    mailbox_reconciler   queue ``reconcile``: one mailbox, delta or full; the result goes to the job row
 
-A ``delta`` pass reads both sides' change feeds from their checkpoints; when a feed starts over (first run, expired
-delta token) it reconciles the whole mailbox instead, and the job says which pass ran (``"ran": "delta"|"full"``,
-``"mixed"`` across mailboxes, null until a mailbox finished). Circuit-breaker refusals are recorded in the job
-(state ``refused``, the breaker's message and report) and complete the message: re-run with ``force: true`` to apply.
+A ``delta`` pass reads both change feeds from their checkpoints and reconciles the whole mailbox when a feed starts
+over; the job says which pass ran (``"ran"``). A circuit-breaker refusal is recorded in the job (state ``refused``)
+and completes the message: re-run with ``force: true`` to apply it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Salesforce change events in: the signed push endpoint and the Pub/Sub pull timer (DESIGN.md flow 3).
+"""Salesforce change events in: the signed push endpoint and the Pub/Sub pull timer.
 
 Functions:
     salesforce_events     POST /api/salesforce/events (anonymous; HMAC-SHA256 over "<timestamp>.<body>" in

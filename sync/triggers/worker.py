@@ -1,4 +1,4 @@
-"""The contact worker: one hint from queue ``contact-changes`` -> ``Engine.sync_contact`` (DESIGN.md flow 4).
+"""The contact worker: one hint from queue ``contact-changes`` -> ``Engine.sync_contact``.
 
 What happens to a message that fails is decided in ``sync.triggers.errors.decide``: retryable errors are raised so
 the host retries (after host.json's 10 s visibility timeout, at most ``maxDequeueCount`` = 5 times); the last
