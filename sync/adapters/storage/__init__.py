@@ -6,39 +6,30 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sync.adapters.storage.links import (
-        LOST_ROW,
-        META_PARTITION,
-        REQUESTS,
-        RequestCounts,
-        TableAudit,
-        TableCheckpoints,
-        TableJobs,
-        TableLinkStore,
-        TableStorage,
-        TableSubscriptions,
-        escape_key,
-    )
+    from sync.adapters.storage.client import REQUESTS, RequestCounts, escape_key
+    from sync.adapters.storage.links import LOST_ROW, META_PARTITION, TableLinkStore
     from sync.adapters.storage.queues import (
         DEFAULT_API_VERSION,
         MAX_MESSAGE_TEXT,
         QueueMessageTooLarge,
         StorageQueue,
     )
+    from sync.adapters.storage.stores import TableAudit, TableCheckpoints, TableJobs, TableSubscriptions
+    from sync.adapters.storage.tables import TableStorage
 
 # public name -> the module defining it, imported on first use (importing the package loads no Azure SDK)
 _WHERE = {
     "LOST_ROW": "links",
     "META_PARTITION": "links",
-    "REQUESTS": "links",
-    "RequestCounts": "links",
-    "TableAudit": "links",
-    "TableCheckpoints": "links",
-    "TableJobs": "links",
+    "REQUESTS": "client",
+    "RequestCounts": "client",
+    "TableAudit": "stores",
+    "TableCheckpoints": "stores",
+    "TableJobs": "stores",
     "TableLinkStore": "links",
-    "TableStorage": "links",
-    "TableSubscriptions": "links",
-    "escape_key": "links",
+    "TableStorage": "tables",
+    "TableSubscriptions": "stores",
+    "escape_key": "client",
     "DEFAULT_API_VERSION": "queues",
     "MAX_MESSAGE_TEXT": "queues",
     "QueueMessageTooLarge": "queues",

@@ -33,7 +33,7 @@ class QueueMessageTooLarge(BadData):
 
 
 def _map(exc: Exception, item_id: str | None) -> SyncError:
-    from sync.adapters.storage.links import _map_error
+    from sync.adapters.storage.client import _map_error
 
     return _map_error(exc, item_id)
 
