@@ -1,4 +1,12 @@
-"""Azure Storage adapters: Table Storage (links, checkpoints, audit, jobs, subscriptions) and Queue Storage."""
+"""Azure Storage: the sync state in Table Storage and the work queues in Queue Storage.
+
+``tables.TableStorage`` creates the tables and hands out the stores: ``links`` (the LinkStore) and ``stores``
+(checkpoints, audit, reconcile jobs, Graph subscriptions). ``queues.StorageQueue`` is the WorkQueue. ``client``
+holds what they share: key escaping, the one error map, request counts, a table that re-creates itself.
+
+The names below load their module on first use, so importing this package (or ``queues`` alone) loads no Azure
+Tables SDK: ``function_app`` must import without any SDK.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,14 @@
-"""Table Storage plumbing shared by the stores: key escaping, the error map, request counts, a self-healing table."""
+"""What every Table Storage store shares: key escaping, the error map, request counts, a self-healing table.
+
+- ``escape_key`` percent-encodes the characters Table Storage forbids in keys (``/ \\ # ?``, control characters)
+  and ``%`` itself, so any id can be a PartitionKey or RowKey and the mapping is reversible.
+- ``_map_error`` is the one place an Azure Storage failure (tables and queues alike) becomes a ``sync.errors`` type:
+  412 PreconditionFailed, 409 AlreadyExists, 404 NotFound, 401/403 AuthFailed, 429/503 Throttled, other 4xx
+  BadData, the rest Transient. ``_call`` runs one SDK call through it.
+- ``HealingTable`` makes its table again when it was deleted under a running process and sends the call again
+  once (a query of a table made again is simply empty).
+- ``REQUESTS`` counts the table requests of this process by kind, for the benchmarks.
+"""
 
 from __future__ import annotations
 

@@ -1,19 +1,14 @@
-"""Azure Table Storage adapters: links, checkpoints and audit (azure-data-tables 12.7.0).
+"""The LinkStore on Table Storage (azure-data-tables 12.7.0): table ``<prefix>links``, tombstones also kept in
+``<prefix>tombstones`` so that a lost links table can be seeded with them.
 
-Public API:
-    TableStorage(service, prefix="sync")     tables ``<prefix>links``, ``<prefix>tombstones``, ``<prefix>checkpoints``,
-                                              ``<prefix>audit``, ``<prefix>jobs``, ``<prefix>subscriptions``
-    TableLinkStore, TableCheckpoints, TableAudit, TableJobs, TableSubscriptions
-    escape_key(text)                          make any id safe as a PartitionKey / RowKey
+A link is two rows in its mailbox's partition, ``m365|<id>`` and ``sf|<id>``, each carrying the whole link and
+written in ONE entity-group transaction (azure.md §4). Every write touches all rows, so a condition on one row's
+ETag catches any concurrent write: ``Link.etag`` is "<row key>\\n<ETag>" of the row it was read through. A stale
+ETag gives PreconditionFailed, creating a row that exists AlreadyExists.
 
-Links (azure.md §4): PartitionKey = mailbox; two rows per link, ``m365|<id>`` and ``sf|<id>``, both carrying the
-whole link, written in ONE entity-group transaction (same partition, <= 100 operations). Every write of a link
-touches all its rows, so a condition on any one row's ETag (``MatchConditions.IfNotModified``) detects any concurrent
-write: the link's ``etag`` is "<row key>\\n<ETag>" of the row it was read through. A stale ETag is 412 ->
-PreconditionFailed; a row that already exists on create is 409 -> AlreadyExists.
-An index partition (``~sf``) maps a Salesforce id to the mailboxes holding it (row ``<sf id>|<mailbox>``); it is
-written after the link and may be stale, which only costs a lookup that finds nothing.
-Key characters forbidden by Table Storage (``/ \\ # ?``, control characters) are percent-encoded, as is ``%``.
+Two more partitions: ``~sf`` maps a Salesforce id to the mailboxes holding it (row ``<sf id>|<mailbox>``; a stale
+row only costs a lookup that finds nothing), and ``~meta`` records that the table was lost and made again (``lost``)
+and which mailboxes have been rebuilt since (``rebuilt|<mailbox>``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Table Storage stores: checkpoints, audit, reconcile jobs, Graph subscriptions."""
+"""The small Table Storage stores, one table each: checkpoints (a named value per scope, e.g. a change-feed
+watermark), the audit log, reconcile jobs and Graph subscriptions.
+
+``TableStorage`` hands each its ``HealingTable``; failures become ``sync.errors`` through ``client._call``. A
+subscription read is cached per process for up to a minute (see ``TableSubscriptions``).
+"""
 
 from __future__ import annotations
 
@@ -136,8 +141,8 @@ class TableSubscriptions:
     """Graph subscriptions: one partition, RowKey = subscription id (the webhook's point read).
 
     ``get`` keeps what it found for ``cache_s`` seconds (per process): Graph sends notifications in bursts for a few
-    subscriptions, and the point read was about a quarter of the webhook's answer time. A subscription deleted by
-    another process is still accepted here for at most that long; the hints it lets through are harmless (the worker
+    subscriptions, and the webhook should not pay the same point read for each. A subscription deleted by another
+    process is still accepted here for at most that long; the hints it lets through are harmless (the worker
     re-reads everything, and refuses a mailbox out of scope). Unknown ids are not cached."""
 
     MAX_CACHED = 10_000

@@ -1,4 +1,10 @@
-"""The Table Storage factory: creates the tables of the sync state and hands out the stores."""
+"""``TableStorage``: the factory of the Table Storage side of the sync state.
+
+It creates each table (``<prefix>links``, ``tombstones``, ``checkpoints``, ``audit``, ``jobs``, ``subscriptions``)
+on first use and again whenever it was deleted under a running process, and hands out the stores. Build it with
+``from_connection_string`` or ``from_endpoint`` (identity-based); both count requests in ``client.REQUESTS``.
+A links table missing although this deployment had one was lost: the class says how it is restored.
+"""
 
 from __future__ import annotations
 
