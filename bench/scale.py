@@ -121,7 +121,7 @@ class Calls:
 
 
 def calls(s: Stack) -> Calls:
-    from sync.adapters.tables import REQUESTS
+    from sync.adapters.storage import REQUESTS
 
     c = s.sf.counters
     return Calls(graph=s.graph.counters.http_requests(), graph_batch=s.graph.counters.count(endpoint="$batch"),
@@ -243,7 +243,7 @@ def big_mailbox(contacts: int) -> dict[str, Any]:
 def child(mailbox: str) -> int:
     """Reconcile one mailbox from app settings on stdin; print wall time, peak RSS and the report as JSON."""
     from sync import bootstrap
-    from sync.adapters.tables import REQUESTS
+    from sync.adapters.storage import REQUESTS
     from sync.reconcile import reconcile_mailbox
 
     logging.basicConfig(level=logging.WARNING)

@@ -41,9 +41,9 @@ if TYPE_CHECKING:  # only for the type checker: no SDK import at run time
     from sync.adapters.graph import GraphContactSide
     from sync.adapters.graph_subscriptions import GraphSubscriptions
     from sync.adapters.pubsub import CdcSubscriber
-    from sync.adapters.queues import StorageQueue
     from sync.adapters.salesforce import SalesforceContactSide, TokenProvider
-    from sync.adapters.tables import (
+    from sync.adapters.storage import (
+        StorageQueue,
         TableAudit,
         TableCheckpoints,
         TableJobs,
@@ -166,7 +166,7 @@ class Root:
     @property
     def storage(self) -> TableStorage:
         def build() -> TableStorage:
-            from sync.adapters.tables import TableStorage
+            from sync.adapters.storage import TableStorage
 
             prefix = self.get("SYNC_TABLE_PREFIX") or "sync"
             conn = self.get("AzureWebJobsStorage")
@@ -199,7 +199,7 @@ class Root:
 
     def _queue(self, name: str) -> StorageQueue:
         def build() -> StorageQueue:
-            from sync.adapters.queues import StorageQueue
+            from sync.adapters.storage import StorageQueue
 
             conn = self.get("AzureWebJobsStorage")
             if conn:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from azure.data.tables import TableServiceClient
 
-from sync.adapters.tables import TableStorage
+from sync.adapters.storage import TableStorage
 from sync.ports import AuditEntry, StoredSubscription
 
 MAILBOX = "ann@contoso.com"
@@ -55,7 +55,7 @@ def test_a_deleted_links_table_is_a_loss_but_a_first_one_is_not(azurite_connecti
 
 
 def test_a_link_save_writes_the_index_row_only_for_a_new_salesforce_id(azurite_connection_string: str) -> None:
-    from sync.adapters.tables import REQUESTS
+    from sync.adapters.storage import REQUESTS
     from sync.policy import Side
     from sync.ports import Link
 
@@ -73,7 +73,7 @@ def test_a_link_save_writes_the_index_row_only_for_a_new_salesforce_id(azurite_c
 
 def test_the_webhooks_subscription_lookup_is_cached_for_a_while_and_forgets_what_this_process_changes(
         azurite_connection_string: str) -> None:
-    from sync.adapters.tables import REQUESTS, TableSubscriptions
+    from sync.adapters.storage import REQUESTS, TableSubscriptions
 
     tables = TableStorage.from_connection_string(azurite_connection_string, "h" + uuid.uuid4().hex[:10])
     now = [1000.0]

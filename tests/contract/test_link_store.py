@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from sync.adapters.memory import MemoryLinkStore
-from sync.adapters.tables import TableStorage
+from sync.adapters.storage import TableStorage
 from sync.errors import AlreadyExists, NotFound, PreconditionFailed
 from sync.policy import Side
 from sync.ports import Link, LinkState, LinkStore, LinkWrite

@@ -233,7 +233,7 @@ def test_status_page_shows_ids_but_no_names_or_emails(memory_root, queues) -> No
 
 
 def test_storage_queue_refuses_messages_over_48_kib(root, queues) -> None:
-    from sync.adapters.queues import MAX_MESSAGE_TEXT, QueueMessageTooLarge
+    from sync.adapters.storage import MAX_MESSAGE_TEXT, QueueMessageTooLarge
 
     q = root.contact_queue
     q.send_text("x" * MAX_MESSAGE_TEXT)  # exactly the limit: accepted (64 KiB once base64-encoded)

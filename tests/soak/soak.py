@@ -781,7 +781,7 @@ class Soak:
         """When the links table was made again, and when each mailbox's links were rebuilt (``~meta`` rows)."""
         from azure.data.tables import TableClient
 
-        from sync.adapters.tables import LOST_ROW, META_PARTITION
+        from sync.adapters.storage import LOST_ROW, META_PARTITION
 
         with TableClient.from_connection_string(self.conn, f"{self.prefix}links") as links, \
                 contextlib.suppress(Exception):
@@ -794,7 +794,7 @@ class Soak:
                     self.report.event_times.append((at, text))
 
     def read_audit(self) -> list[Any]:
-        from sync.adapters.tables import TableStorage
+        from sync.adapters.storage import TableStorage
 
         audit = TableStorage.from_connection_string(self.conn, self.prefix).audit()
         return [e for mb in (*MAILBOXES, "~unrouted") for e in audit.recent(mb, limit=1_000_000)]

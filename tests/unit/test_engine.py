@@ -15,7 +15,7 @@ from sync.adapters.memory import (
     MemoryQueue,
     MemorySide,
 )
-from sync.adapters.tables import TableStorage
+from sync.adapters.storage import TableStorage
 from sync.engine import Engine
 from sync.errors import CircuitBreakerTripped, PreconditionFailed, Throttled, Transient
 from sync.model import Contact

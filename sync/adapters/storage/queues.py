@@ -1,17 +1,13 @@
-"""Azure Queue Storage as the ``WorkQueue`` (azure-storage-queue 12.x).
+"""Azure Queue Storage as the ``WorkQueue`` port (azure-storage-queue 12.x).
 
-Public API:
-    StorageQueue(factory, name)                        the ``WorkQueue`` port; ``send_text`` for poison copies
-    StorageQueue.from_connection_string(conn, name)    / ``from_endpoint(url, credential, name)``
-    MAX_MESSAGE_TEXT, DEFAULT_API_VERSION, QueueMessageTooLarge
+A message is the work item's JSON, base64-encoded: the Functions queue trigger expects base64 (host.json
+``messageEncoding``; ../shared/reference/azure.md §4.7: a plain-text message lands in ``-poison``). The text may be
+at most 48 KiB (64 KiB once encoded); a bigger one raises ``QueueMessageTooLarge`` before anything is sent.
+``delay`` becomes the message's visibility timeout (0 s .. 7 days).
 
-Messages are the work item's ``model_dump_json()``, base64-encoded (``TextBase64EncodePolicy``) because the Functions
-queue trigger expects base64 (host.json ``messageEncoding``; ../shared/reference/azure.md §4.7: a plain-text message
-lands in ``-poison``). The encoded message may be at most 64 KiB, so the text at most 48 KiB; a bigger one raises
-``QueueMessageTooLarge`` (a ``BadData``) before anything is sent. ``delay`` becomes the message's
-``visibility_timeout`` (0 s .. 7 days). The client is built and the queue created on first use (once per process).
-``api_version`` defaults to 2025-11-05, accepted by Azurite 3.35 and 3.37 (azure.md §5); Azure accepts it too.
-Failures become ``sync.errors`` types through ``sync.adapters.tables._map_error`` (the same status table).
+The SDK is imported, the client built and the queue created on first use, once per process. ``api_version``
+defaults to 2025-11-05, which Azurite (3.35, 3.37) and Azure accept (azure.md §5). Failures become ``sync.errors``
+through the Table Storage error map (``client._map_error``).
 """
 
 from __future__ import annotations
@@ -33,7 +29,7 @@ class QueueMessageTooLarge(BadData):
 
 
 def _map(exc: Exception, item_id: str | None) -> SyncError:
-    from sync.adapters.tables import _map_error
+    from sync.adapters.storage.client import _map_error
 
     return _map_error(exc, item_id)
 
