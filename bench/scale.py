@@ -4,7 +4,7 @@ Azurite + the Graph emulator + the Salesforce emulator (this process), the real 
 simple-salesforce, azure-data-tables) built from app settings exactly as the function app builds them. Every request
 is counted where it lands: the Graph emulator counts HTTP requests (a ``$batch`` is one), the Salesforce emulator
 counts REST API calls (what the org's daily API limit counts), and the table adapter counts its own requests
-(``sync.adapters.tables.REQUESTS``). The counts are compared with the theoretical minimum of the same run:
+(``sync.adapters.storage.REQUESTS``). The counts are compared with the theoretical minimum of the same run:
 
 - Graph: one ``$batch`` per 20 writes (graph.md §5);
 - Salesforce: one query call per 2,000 rows read (salesforce.md §2.2), one sObject Collections call per 200 writes
