@@ -206,7 +206,7 @@ class CdcSubscriber:
         import fastavro
         import grpc
 
-        from sync.adapters.pubsub_api import pubsub_api_pb2 as pb2
+        from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2 as pb2
 
         if schema_id not in self._schemas:
             try:
@@ -272,7 +272,7 @@ class CdcSubscriber:
                    deadline: float, max_events: int, idle_seconds: float) -> None:
         import grpc
 
-        from sync.adapters.pubsub_api import pubsub_api_pb2 as pb2
+        from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2 as pb2
 
         def want() -> int:
             return max(0, min(self._batch, max_events - len(result.events)))
@@ -330,7 +330,7 @@ class CdcSubscriber:
         """One bounded burst: subscribe from the checkpoint, enqueue hints, checkpoint after each batch."""
         import grpc
 
-        from sync.adapters.pubsub_api import pubsub_api_pb2_grpc as pb2_grpc
+        from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2_grpc as pb2_grpc
 
         result = PullResult()
         deadline = time.monotonic() + max_seconds
