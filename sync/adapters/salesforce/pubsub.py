@@ -26,7 +26,7 @@ Echoes: events whose ``changeOrigin`` carries ``client=<our client name>`` are s
 ``PullResult.own_origin``). The worker's fingerprint comparison is what drops echoes: skipping by origin would also skip
 the side effects of flows/triggers that ran inside our transaction (salesforce.md §4.6 caveat).
 
-Errors: gRPC failures are read from the ``error-code`` trailer and mapped by ``sync.adapters.salesforce.map_error``
+Errors: gRPC failures are read from the ``error-code`` trailer and mapped by ``errors.map_error``
 (the one table). ``UNAUTHENTICATED`` -> one new token and a resubscribe. A rejected replay id (older than retention,
 corrupted) -> logged at ERROR, a FULL ``ReconcileMailbox`` for every mailbox, resubscribe from
 ``on_replay_rejected`` (default EARLIEST: duplicates rather than loss) and ``PullResult.replay_rejected = True``.
@@ -50,7 +50,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sync.adapters.salesforce import AccessToken, ReplayRejected, SessionExpired, TokenProvider, map_error
+from sync.adapters.salesforce.auth import AccessToken, TokenProvider
+from sync.adapters.salesforce.errors import ReplayRejected, SessionExpired, map_error
 from sync.errors import AuthFailed, BadData, SyncError
 from sync.policy import Side
 from sync.ports import CheckpointStore, ContactChange, ReconcileMailbox, WorkQueue
