@@ -1,4 +1,9 @@
-"""Salesforce OAuth 2.0 access tokens (JWT bearer or client credentials)."""
+"""OAuth 2.0 access tokens for a server integration (salesforce.md §3.1, §3.2): no SOAP login, no refresh tokens.
+
+JWT bearer (an RS256 assertion) when a private key and a username are given, client credentials when a client secret
+is, against ``<login url>/services/oauth2/token`` (the My Domain host for client credentials). The org id and user id
+come from the token's ``id`` URL: Pub/Sub needs the org id, the contact side compares the user id.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,14 @@
-"""The Salesforce change feed: the SystemModstamp watermark and the pages of ``changes``."""
+"""The change feed behind ``SalesforceContactSide.changes``.
+
+The checkpoint is a SystemModstamp watermark plus the ids seen at exactly that stamp, so ``>=`` queries do not repeat
+them. One org-wide queryAll of ``SystemModstamp >= watermark`` is split: live and owned by the mailbox's User ->
+changed; deleted (Recycle Bin) or owned by someone else -> ``removed``. SOQL cannot tell who owned a record before,
+so ``removed`` is a superset (the consumer ignores ids it has no link for). No checkpoint, a bad one, or one older
+than the Recycle Bin window -> a full listing (``full=True``).
+
+Known gap: a transaction that commits after our query with a SystemModstamp at or before the watermark is missed
+here; CDC delivers it and the periodic full reconcile is the backstop.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,16 @@
-"""The Salesforce org as a ``ContactSide``: Contact records over REST with simple-salesforce (direct mode)."""
+"""The Salesforce org as a ``ContactSide`` (``sync.ports``): Contact records read and written over REST.
+
+- Version = ``SystemModstamp`` (Contact has no ETag, salesforce.md §2.7). An update/delete with ``if_match`` compares
+  it just before the write and before each retry, and raises ``PreconditionFailed`` on a mismatch. A write landing
+  between that read and ours (milliseconds) is overwritten; the next CDC event or reconcile repairs what it can.
+  Writes in the same millisecond share a stamp and cannot be told apart.
+- Salesforce answers a write with the id only: every write is followed by a re-read (``_as_left``).
+- Owner: a record belongs to the mailbox whose User owns it (``directory``); anyone else's has ``owner=None``.
+- Company: ``Account.Name`` is read with every record; on write the name is resolved to an Account (``directory``)
+  and never silently dropped: an unresolved company fails the item with ``BadData`` and its id is appended to
+  ``unresolved_accounts``. ``company=None`` clears AccountId.
+- Marker: the Outlook id in ``marker_field`` (e.g. ``Outlook_Id__c``) when configured, ignored otherwise.
+"""
 
 from __future__ import annotations
 
@@ -270,7 +282,9 @@ class SalesforceContactSide:
                    before_retry=self._version_guard(item_id, if_match))
 
     def _version_guard(self, item_id: str, if_match: str | None) -> Callable[[], None] | None:
-        """The ``before_retry`` of a guarded write: compare SystemModstamp again (None when unguarded)."""
+        """The ``before_retry`` of a guarded write: compare SystemModstamp again (None when unguarded). An edit made
+        during the backoff gives ``PreconditionFailed`` instead of being overwritten; so does a failed attempt that in
+        fact ran (our own write moved the stamp), and the engine re-reads."""
         if if_match is None:
             return None
         return lambda: self._check_version(item_id, if_match)

@@ -1,4 +1,13 @@
-"""Who and which company: the Users of the synced mailboxes and the Accounts of contacts' companies."""
+"""Who owns what in the org: the User of each synced mailbox and the Account of each company name.
+
+- Users: a mailbox maps to the active User whose FederationIdentifier, else Email, equals it (case-insensitive),
+  cached for ``user_cache_ttl_s``. A mailbox with no User, or several, raises ``BadData`` when used: never an empty
+  stream.
+- Accounts: a company name resolves to the Account of that Name (case-insensitive, oldest first, cached); failing
+  that, to the one Account whose Website is on the contact's email domain (never a free-mail domain), so "Contoso"
+  finds "Contoso, Inc." instead of a near-duplicate; failing that, a new Account (``create_missing_accounts``,
+  the default), else ``BadData(fields=("company",), code="ACCOUNT_NOT_FOUND")``.
+"""
 
 from __future__ import annotations
 

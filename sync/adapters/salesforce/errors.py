@@ -1,4 +1,9 @@
-"""Salesforce failures (REST, OAuth, collection items, Pub/Sub gRPC) as ``sync.errors`` types."""
+"""The one place Salesforce failures (REST, OAuth, collection items, Pub/Sub gRPC) become ``sync.errors`` types.
+
+``map_error`` is the table; ``first_error``, ``error_of`` and ``collection_error`` turn REST error bodies and
+simple-salesforce / requests exceptions into its arguments. An error about a record's content keeps the code and the
+field names only, never Salesforce's message, which quotes the value (see ``map_error``).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,16 @@
-"""The REST connection to the org: session, token, retries, SOQL pages and sObject Collections calls."""
+"""The REST connection to one org: session, token, retries, SOQL pages and sObject Collections calls.
+
+simple-salesforce in direct mode (``Salesforce(instance_url=, session_id=, session=<ours>)``, salesforce.md §3.3).
+Headers sit on ``session.headers`` so they survive simple-salesforce's retries (§3.6): ``Sforce-Call-Options:
+client=<name>`` (the CDC ``changeOrigin`` echo marker, §2.9) and, by default, ``Sforce-Duplicate-Rule-Header:
+allowSave=true`` (§1.3: the engine matches before it creates, so a duplicate alert on our write tells nothing new).
+Without it, or under a Block rule, ``DUPLICATES_DETECTED`` is ``BadData``: not retried, the item goes to review.
+
+Retries (``call``): ``REQUEST_LIMIT_EXCEEDED`` / 503 mean "not processed", so even a POST gets a bounded exponential
+backoff, then ``Throttled``. A connection error on a POST is NOT retried (it may have been processed: a retry could
+create a duplicate) and surfaces as ``Transient``. ``INVALID_SESSION_ID`` -> one new token and one immediate retry,
+then ``AuthFailed``. A guarded write re-checks its version after each backoff (``before_retry``).
+"""
 
 from __future__ import annotations
 

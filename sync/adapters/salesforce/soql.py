@@ -1,4 +1,4 @@
-"""SOQL literals and Salesforce datetimes."""
+"""SOQL literals and the datetimes Salesforce writes (``2024-05-01T10:00:00.000+0000``)."""
 
 from __future__ import annotations
 
