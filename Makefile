@@ -37,7 +37,7 @@ test: deps lint typecheck infra-check unit
 clean:
 	rm -rf $(VENV) .venv-infra node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
-# Regenerate the Salesforce Pub/Sub API gRPC stubs from sync/adapters/pubsub_api/pubsub_api.proto (committed).
+# Regenerate the Salesforce Pub/Sub API gRPC stubs from sync/adapters/salesforce/pubsub_api/pubsub_api.proto (committed).
 proto: $(VENV)/.installed
 	PYTHON=$(PY) bash scripts/gen_pubsub_stubs.sh
 

@@ -40,8 +40,8 @@ from sync.ports import ContactChange, WorkItem, WorkQueue
 if TYPE_CHECKING:  # only for the type checker: no SDK import at run time
     from sync.adapters.graph import GraphContactSide
     from sync.adapters.graph_subscriptions import GraphSubscriptions
-    from sync.adapters.pubsub import CdcSubscriber
     from sync.adapters.salesforce import SalesforceContactSide, TokenProvider
+    from sync.adapters.salesforce.pubsub import CdcSubscriber
     from sync.adapters.storage import (
         StorageQueue,
         TableAudit,
@@ -339,7 +339,7 @@ class Root:
     @property
     def cdc(self) -> CdcSubscriber:
         def build() -> CdcSubscriber:
-            from sync.adapters.pubsub import CdcSubscriber
+            from sync.adapters.salesforce.pubsub import CdcSubscriber
 
             target = self._require("SF_PUBSUB_ENDPOINT", "for the CDC pull")
             insecure = setting_flag("SF_PUBSUB_INSECURE", self.env)

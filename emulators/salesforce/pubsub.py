@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 
 from emulators.salesforce.store import Org, Token, replay_bytes
-from sync.adapters.pubsub_api import pubsub_api_pb2 as pb2
-from sync.adapters.pubsub_api import pubsub_api_pb2_grpc as pb2_grpc
+from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2 as pb2
+from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2_grpc as pb2_grpc
 
 if TYPE_CHECKING:
     from emulators.salesforce.server import SalesforceEmulator

@@ -37,7 +37,7 @@ from emulators.salesforce.pubsub import PubSubServicer
 from emulators.salesforce.rest import make_handler, sign
 from emulators.salesforce.store import UI_ORIGIN, Counters, Faults, Org, SfError, Token, WriteContext
 from emulators.salesforce.tls import make_tls_files
-from sync.adapters.pubsub_api import pubsub_api_pb2_grpc as pb2_grpc
+from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2_grpc as pb2_grpc
 
 logger = logging.getLogger(__name__)
 

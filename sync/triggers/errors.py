@@ -77,7 +77,7 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
 
 
 def http_status(exc: BaseException) -> int:
-    from sync.adapters.pubsub import BadSignature  # light: no SDK at module import
+    from sync.adapters.salesforce.pubsub import BadSignature  # light: no SDK at module import
 
     if isinstance(exc, BadSignature):
         return 401

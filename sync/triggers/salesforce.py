@@ -36,7 +36,7 @@ _RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
 
 
 def accept_events(root: bootstrap.Root, body: bytes, headers: dict[str, str], now: datetime) -> int:
-    from sync.adapters.pubsub import BadSignature, parse_signed_events
+    from sync.adapters.salesforce.pubsub import BadSignature, parse_signed_events
 
     secret = root.events_secret
     if not secret:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from sync.adapters.memory import MemoryCheckpoints, MemoryQueue
-from sync.adapters.pubsub import (
+from sync.adapters.salesforce.pubsub import (
     BadSignature,
     CdcSubscriber,
     ReplayStart,

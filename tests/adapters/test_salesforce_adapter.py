@@ -519,5 +519,5 @@ def test_the_session_keeps_a_connection_for_every_message_a_host_works_on_at_onc
     at_once = queues["batchSize"] + queues["newBatchThreshold"]
     side = SalesforceContactSide(lambda: None, mailboxes=[MAILBOX])  # type: ignore[arg-type]  # never called
     for url in ("https://example.my.salesforce.com/", "http://127.0.0.1:1/"):
-        pool = side._session.get_adapter(url)._pool_maxsize
+        pool = side._rest.session.get_adapter(url)._pool_maxsize
         assert pool >= at_once, f"{pool} kept-alive connections for {at_once} messages at once"

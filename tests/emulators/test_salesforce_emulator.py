@@ -29,8 +29,8 @@ from simple_salesforce.exceptions import (
 )
 
 from emulators.salesforce import SalesforceEmulator, decode_bitmap
-from sync.adapters.pubsub_api import pubsub_api_pb2 as pb2
-from sync.adapters.pubsub_api import pubsub_api_pb2_grpc as pb2_grpc
+from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2 as pb2
+from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2_grpc as pb2_grpc
 
 TOPIC = "/data/ContactChangeEvent"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"

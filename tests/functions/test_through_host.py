@@ -24,7 +24,7 @@ from emulators.graph import GraphEmulator
 from emulators.host import LocalHost
 from emulators.salesforce import SalesforceEmulator
 from sync import bootstrap
-from sync.adapters.pubsub import sign_events
+from sync.adapters.salesforce.pubsub import sign_events
 from sync.triggers import graph as graph_triggers
 from tests.contract.salesforce_harness import rsa_keys
 from tests.functions.conftest import ANN, BOB, HMAC_SECRET, Queues

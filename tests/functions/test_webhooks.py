@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from sync.adapters.graph_subscriptions import client_state_digest
-from sync.adapters.pubsub import sign_events
+from sync.adapters.salesforce.pubsub import sign_events
 from sync.ports import StoredSubscription
 from sync.triggers import graph, salesforce
 from tests.functions.conftest import ANN, HMAC_SECRET, http, user_function

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from sync import bootstrap
 from sync.adapters.graph_subscriptions import LifecycleOutcome, SubscriptionRecord, client_state_digest
-from sync.adapters.pubsub import sign_events
+from sync.adapters.salesforce.pubsub import sign_events
 from sync.ports import AuditEntry, StoredSubscription
 from sync.triggers import graph, reconcile, salesforce, status
 from tests.functions.conftest import ANN, BOB, HMAC_SECRET, Queues, http, user_function

@@ -1,36 +1,17 @@
-"""Salesforce Change Data Capture in: a thin Pub/Sub API (gRPC) subscriber and the HMAC-signed push parser.
+"""Salesforce Change Data Capture in: a Pub/Sub API (gRPC) subscriber and the parser of HMAC-signed pushed events.
 
-Public API:
-    CdcSubscriber(tokens, target=..., queue=..., checkpoints=..., mailboxes=...)
-        .pull(max_events=, max_seconds=, idle_seconds=) -> PullResult     one bounded burst ("pattern A", §5.5)
-    decode_bitmap_fields(schema, bitmaps) -> field names                   salesforce.md §4.4
-    parse_signed_events(body, headers, secret, now, window_s=300) -> list[ContactChange]
-    sign_events(body, secret, timestamp) -> headers                          what a relay sends (and tests use)
-    BadSignature                                                             the push endpoint answers 401
+``CdcSubscriber.pull`` is one bounded burst (salesforce.md §5.1, §5.5): it subscribes from the stored replay id (else
+the configured LATEST/EARLIEST), keeps at most 100 events outstanding, and ends after ``max_events``, ``max_seconds``
+or ``idle_seconds`` without events. Payloads are Avro, decoded with the schema fetched by its id; changed-field
+bitmaps are decoded with that schema (salesforce.md §4.4), never by fixed position.
 
-The subscriber (salesforce.md §5.1, Appendix A/B): metadata ``accesstoken``/``instanceurl``/``tenantid``; the first
-FetchRequest carries the replay preset (CUSTOM from the checkpoint, else the configured LATEST/EARLIEST); at most 100
-events outstanding, re-requested when ``pending_num_requested`` reaches 0; a run ends after ``max_events``, after
-``max_seconds``, or after ``idle_seconds`` without events (keep-alives do not reset it). Avro payloads are decoded
-with the schema fetched by its id (GetSchema, cached per id);
-changed/nulled bitmaps are decoded *with that schema* (never by fixed position).
-
-Every event becomes hints, never content: one ``ContactChange(source=salesforce, item_id=<record id>)`` per record id
-(deduplicated within a batch) through the ``WorkQueue``; GAP_CREATE/UPDATE/DELETE/UNDELETE give the same re-read hints
-(the worker always re-reads); GAP_OVERFLOW (no record ids) and wildcard ids (``003*``) enqueue a delta
-``ReconcileMailbox`` for every mailbox (or call ``on_reconcile``). The checkpoint (base64 replay id in the
-``CheckpointStore``) is written only after the batch's hints were enqueued: at-least-once, duplicates are harmless.
-Keep-alive responses' ``latest_replay_id`` is checkpointed too, so a quiet channel never ages past the 72 h retention.
-
-Echoes: events whose ``changeOrigin`` carries ``client=<our client name>`` are still enqueued (counted in
-``PullResult.own_origin``). The worker's fingerprint comparison is what drops echoes: skipping by origin would also skip
-the side effects of flows/triggers that ran inside our transaction (salesforce.md §4.6 caveat).
-
-Errors: gRPC failures are read from the ``error-code`` trailer and mapped by ``sync.adapters.salesforce.map_error``
-(the one table). ``UNAUTHENTICATED`` -> one new token and a resubscribe. A rejected replay id (older than retention,
-corrupted) -> logged at ERROR, a FULL ``ReconcileMailbox`` for every mailbox, resubscribe from
-``on_replay_rejected`` (default EARLIEST: duplicates rather than loss) and ``PullResult.replay_rejected = True``.
-Other failures raise the typed error after what was already processed has been checkpointed.
+Events become hints, never content: one ``ContactChange`` per record id through the ``WorkQueue`` (the worker always
+re-reads); a gap overflow or a wildcard id becomes a ``ReconcileMailbox`` for every mailbox. The replay id (also a
+keep-alive's) is checkpointed only after the batch's hints were enqueued: at-least-once, duplicates are harmless.
+Events of our own writes are enqueued too: the worker's fingerprint drops echoes (skipping by ``changeOrigin`` would
+also skip flows that ran inside our transaction, §4.6). gRPC errors go through ``errors.map_error``; a rejected
+replay id means a FULL reconcile of every mailbox and a resubscribe from ``on_replay_rejected``; any other failure
+is raised after what was already processed has been checkpointed.
 """
 
 from __future__ import annotations
@@ -50,7 +31,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sync.adapters.salesforce import AccessToken, ReplayRejected, SessionExpired, TokenProvider, map_error
+from sync.adapters.salesforce.auth import AccessToken, TokenProvider
+from sync.adapters.salesforce.errors import ReplayRejected, SessionExpired, map_error
 from sync.errors import AuthFailed, BadData, SyncError
 from sync.policy import Side
 from sync.ports import CheckpointStore, ContactChange, ReconcileMailbox, WorkQueue
@@ -206,7 +188,7 @@ class CdcSubscriber:
         import fastavro
         import grpc
 
-        from sync.adapters.pubsub_api import pubsub_api_pb2 as pb2
+        from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2 as pb2
 
         if schema_id not in self._schemas:
             try:
@@ -272,7 +254,7 @@ class CdcSubscriber:
                    deadline: float, max_events: int, idle_seconds: float) -> None:
         import grpc
 
-        from sync.adapters.pubsub_api import pubsub_api_pb2 as pb2
+        from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2 as pb2
 
         def want() -> int:
             return max(0, min(self._batch, max_events - len(result.events)))
@@ -330,7 +312,7 @@ class CdcSubscriber:
         """One bounded burst: subscribe from the checkpoint, enqueue hints, checkpoint after each batch."""
         import grpc
 
-        from sync.adapters.pubsub_api import pubsub_api_pb2_grpc as pb2_grpc
+        from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2_grpc as pb2_grpc
 
         result = PullResult()
         deadline = time.monotonic() + max_seconds

@@ -2,5 +2,5 @@
 
 ``pubsub_api.proto`` is written from the published interface (see its header); ``pubsub_api_pb2*.py`` are generated
 by ``scripts/gen_pubsub_stubs.sh`` and committed. Import them as
-``from sync.adapters.pubsub_api import pubsub_api_pb2, pubsub_api_pb2_grpc``.
+``from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2, pubsub_api_pb2_grpc``.
 """

@@ -1,11 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -33,7 +31,7 @@ class EventHeader(_message.Message):
     VALUE_FIELD_NUMBER: _ClassVar[int]
     key: str
     value: bytes
-    def __init__(self, key: str | None = ..., value: bytes | None = ...) -> None: ...
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class ProducerEvent(_message.Message):
     __slots__ = ("id", "schema_id", "payload", "headers")
@@ -45,7 +43,7 @@ class ProducerEvent(_message.Message):
     schema_id: str
     payload: bytes
     headers: _containers.RepeatedCompositeFieldContainer[EventHeader]
-    def __init__(self, id: str | None = ..., schema_id: str | None = ..., payload: bytes | None = ..., headers: _Iterable[EventHeader | _Mapping] | None = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., schema_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[EventHeader, _Mapping]]] = ...) -> None: ...
 
 class ConsumerEvent(_message.Message):
     __slots__ = ("event", "replay_id")
@@ -53,7 +51,7 @@ class ConsumerEvent(_message.Message):
     REPLAY_ID_FIELD_NUMBER: _ClassVar[int]
     event: ProducerEvent
     replay_id: bytes
-    def __init__(self, event: ProducerEvent | _Mapping | None = ..., replay_id: bytes | None = ...) -> None: ...
+    def __init__(self, event: _Optional[_Union[ProducerEvent, _Mapping]] = ..., replay_id: _Optional[bytes] = ...) -> None: ...
 
 class PublishResult(_message.Message):
     __slots__ = ("replay_id", "error", "correlation_key")
@@ -63,7 +61,7 @@ class PublishResult(_message.Message):
     replay_id: bytes
     error: Error
     correlation_key: str
-    def __init__(self, replay_id: bytes | None = ..., error: Error | _Mapping | None = ..., correlation_key: str | None = ...) -> None: ...
+    def __init__(self, replay_id: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., correlation_key: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "msg")
@@ -71,13 +69,13 @@ class Error(_message.Message):
     MSG_FIELD_NUMBER: _ClassVar[int]
     code: ErrorCode
     msg: str
-    def __init__(self, code: ErrorCode | str | None = ..., msg: str | None = ...) -> None: ...
+    def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., msg: _Optional[str] = ...) -> None: ...
 
 class TopicRequest(_message.Message):
     __slots__ = ("topic_name",)
     TOPIC_NAME_FIELD_NUMBER: _ClassVar[int]
     topic_name: str
-    def __init__(self, topic_name: str | None = ...) -> None: ...
+    def __init__(self, topic_name: _Optional[str] = ...) -> None: ...
 
 class TopicInfo(_message.Message):
     __slots__ = ("topic_name", "tenant_guid", "can_publish", "can_subscribe", "schema_id", "rpc_id")
@@ -93,13 +91,13 @@ class TopicInfo(_message.Message):
     can_subscribe: bool
     schema_id: str
     rpc_id: str
-    def __init__(self, topic_name: str | None = ..., tenant_guid: str | None = ..., can_publish: bool | None = ..., can_subscribe: bool | None = ..., schema_id: str | None = ..., rpc_id: str | None = ...) -> None: ...
+    def __init__(self, topic_name: _Optional[str] = ..., tenant_guid: _Optional[str] = ..., can_publish: _Optional[bool] = ..., can_subscribe: _Optional[bool] = ..., schema_id: _Optional[str] = ..., rpc_id: _Optional[str] = ...) -> None: ...
 
 class SchemaRequest(_message.Message):
     __slots__ = ("schema_id",)
     SCHEMA_ID_FIELD_NUMBER: _ClassVar[int]
     schema_id: str
-    def __init__(self, schema_id: str | None = ...) -> None: ...
+    def __init__(self, schema_id: _Optional[str] = ...) -> None: ...
 
 class SchemaInfo(_message.Message):
     __slots__ = ("schema_json", "schema_id", "rpc_id")
@@ -109,7 +107,7 @@ class SchemaInfo(_message.Message):
     schema_json: str
     schema_id: str
     rpc_id: str
-    def __init__(self, schema_json: str | None = ..., schema_id: str | None = ..., rpc_id: str | None = ...) -> None: ...
+    def __init__(self, schema_json: _Optional[str] = ..., schema_id: _Optional[str] = ..., rpc_id: _Optional[str] = ...) -> None: ...
 
 class PublishRequest(_message.Message):
     __slots__ = ("topic_name", "events", "auth_refresh")
@@ -119,7 +117,7 @@ class PublishRequest(_message.Message):
     topic_name: str
     events: _containers.RepeatedCompositeFieldContainer[ProducerEvent]
     auth_refresh: str
-    def __init__(self, topic_name: str | None = ..., events: _Iterable[ProducerEvent | _Mapping] | None = ..., auth_refresh: str | None = ...) -> None: ...
+    def __init__(self, topic_name: _Optional[str] = ..., events: _Optional[_Iterable[_Union[ProducerEvent, _Mapping]]] = ..., auth_refresh: _Optional[str] = ...) -> None: ...
 
 class PublishResponse(_message.Message):
     __slots__ = ("results", "schema_id", "rpc_id")
@@ -129,7 +127,7 @@ class PublishResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[PublishResult]
     schema_id: str
     rpc_id: str
-    def __init__(self, results: _Iterable[PublishResult | _Mapping] | None = ..., schema_id: str | None = ..., rpc_id: str | None = ...) -> None: ...
+    def __init__(self, results: _Optional[_Iterable[_Union[PublishResult, _Mapping]]] = ..., schema_id: _Optional[str] = ..., rpc_id: _Optional[str] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
     __slots__ = ("topic_name", "replay_preset", "replay_id", "num_requested", "auth_refresh")
@@ -143,7 +141,7 @@ class FetchRequest(_message.Message):
     replay_id: bytes
     num_requested: int
     auth_refresh: str
-    def __init__(self, topic_name: str | None = ..., replay_preset: ReplayPreset | str | None = ..., replay_id: bytes | None = ..., num_requested: int | None = ..., auth_refresh: str | None = ...) -> None: ...
+    def __init__(self, topic_name: _Optional[str] = ..., replay_preset: _Optional[_Union[ReplayPreset, str]] = ..., replay_id: _Optional[bytes] = ..., num_requested: _Optional[int] = ..., auth_refresh: _Optional[str] = ...) -> None: ...
 
 class FetchResponse(_message.Message):
     __slots__ = ("events", "latest_replay_id", "rpc_id", "pending_num_requested")
@@ -155,7 +153,7 @@ class FetchResponse(_message.Message):
     latest_replay_id: bytes
     rpc_id: str
     pending_num_requested: int
-    def __init__(self, events: _Iterable[ConsumerEvent | _Mapping] | None = ..., latest_replay_id: bytes | None = ..., rpc_id: str | None = ..., pending_num_requested: int | None = ...) -> None: ...
+    def __init__(self, events: _Optional[_Iterable[_Union[ConsumerEvent, _Mapping]]] = ..., latest_replay_id: _Optional[bytes] = ..., rpc_id: _Optional[str] = ..., pending_num_requested: _Optional[int] = ...) -> None: ...
 
 class ManagedFetchRequest(_message.Message):
     __slots__ = ("subscription_id", "developer_name", "num_requested", "auth_refresh", "commit_replay_id_request")
@@ -169,7 +167,7 @@ class ManagedFetchRequest(_message.Message):
     num_requested: int
     auth_refresh: str
     commit_replay_id_request: CommitReplayRequest
-    def __init__(self, subscription_id: str | None = ..., developer_name: str | None = ..., num_requested: int | None = ..., auth_refresh: str | None = ..., commit_replay_id_request: CommitReplayRequest | _Mapping | None = ...) -> None: ...
+    def __init__(self, subscription_id: _Optional[str] = ..., developer_name: _Optional[str] = ..., num_requested: _Optional[int] = ..., auth_refresh: _Optional[str] = ..., commit_replay_id_request: _Optional[_Union[CommitReplayRequest, _Mapping]] = ...) -> None: ...
 
 class ManagedFetchResponse(_message.Message):
     __slots__ = ("events", "latest_replay_id", "rpc_id", "pending_num_requested", "commit_response")
@@ -183,7 +181,7 @@ class ManagedFetchResponse(_message.Message):
     rpc_id: str
     pending_num_requested: int
     commit_response: CommitReplayResponse
-    def __init__(self, events: _Iterable[ConsumerEvent | _Mapping] | None = ..., latest_replay_id: bytes | None = ..., rpc_id: str | None = ..., pending_num_requested: int | None = ..., commit_response: CommitReplayResponse | _Mapping | None = ...) -> None: ...
+    def __init__(self, events: _Optional[_Iterable[_Union[ConsumerEvent, _Mapping]]] = ..., latest_replay_id: _Optional[bytes] = ..., rpc_id: _Optional[str] = ..., pending_num_requested: _Optional[int] = ..., commit_response: _Optional[_Union[CommitReplayResponse, _Mapping]] = ...) -> None: ...
 
 class CommitReplayRequest(_message.Message):
     __slots__ = ("commit_request_id", "replay_id")
@@ -191,7 +189,7 @@ class CommitReplayRequest(_message.Message):
     REPLAY_ID_FIELD_NUMBER: _ClassVar[int]
     commit_request_id: str
     replay_id: bytes
-    def __init__(self, commit_request_id: str | None = ..., replay_id: bytes | None = ...) -> None: ...
+    def __init__(self, commit_request_id: _Optional[str] = ..., replay_id: _Optional[bytes] = ...) -> None: ...
 
 class CommitReplayResponse(_message.Message):
     __slots__ = ("commit_request_id", "replay_id", "error", "process_time")
@@ -203,4 +201,4 @@ class CommitReplayResponse(_message.Message):
     replay_id: bytes
     error: Error
     process_time: int
-    def __init__(self, commit_request_id: str | None = ..., replay_id: bytes | None = ..., error: Error | _Mapping | None = ..., process_time: int | None = ...) -> None: ...
+    def __init__(self, commit_request_id: _Optional[str] = ..., replay_id: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., process_time: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,415 @@
+"""The Salesforce org as a ``ContactSide`` (``sync.ports``): Contact records read and written over REST.
+
+- Version = ``SystemModstamp`` (Contact has no ETag, salesforce.md §2.7). An update/delete with ``if_match`` compares
+  it just before the write and before each retry, and raises ``PreconditionFailed`` on a mismatch. A write landing
+  between that read and ours (milliseconds) is overwritten; the next CDC event or reconcile repairs what it can.
+  Writes in the same millisecond share a stamp and cannot be told apart.
+- Salesforce answers a write with the id only: every write is followed by a re-read (``_as_left``).
+- Owner: a record belongs to the mailbox whose User owns it (``directory``); anyone else's has ``owner=None``.
+- Company: ``Account.Name`` is read with every record; on write the name is resolved to an Account (``directory``)
+  and never silently dropped: an unresolved company fails the item with ``BadData`` and its id is appended to
+  ``unresolved_accounts``. ``company=None`` clears AccountId.
+- Marker: the Outlook id in ``marker_field`` (e.g. ``Outlook_Id__c``) when configured, ignored otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from sync.adapters.salesforce.auth import TokenProvider
+from sync.adapters.salesforce.changes import ChangeFeed
+from sync.adapters.salesforce.directory import Directory, domain_hints
+from sync.adapters.salesforce.errors import SIDE, collection_error
+from sync.adapters.salesforce.rest import API_VERSION, MAX_COLLECTION, RestClient, chunks
+from sync.adapters.salesforce.soql import parse_dt, soql_quote
+from sync.errors import BadData, NotFound, PreconditionFailed, SyncError, Transient
+from sync.mapping import contact_to_salesforce, salesforce_to_contact
+from sync.model import Contact
+from sync.policy import DEFAULT_SALESFORCE_LENGTHS, FieldMap, Side
+from sync.ports import ChangePage, CreateRequest, SideRecord, UpdateRequest
+
+logger = logging.getLogger(__name__)
+
+MAX_IDS_PER_SOQL = 200  # ids in one ``WHERE Id IN (...)`` (keeps the GET URL short)
+_ID = re.compile(r"^[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?$")
+
+
+class _NothingToRetry(SyncError):
+    """Internal: a retried collection chunk has no record left to send (each one changed or vanished)."""
+
+
+class SalesforceContactSide:
+    """The Salesforce org as a ``ContactSide`` (see the module docstring for every choice).
+
+    ``mailboxes``: the synced mailboxes (or a callable returning them). ``calls`` counts REST calls by kind
+    (``query``, ``query_more``, ``composite``, ``write``, ``describe``); ``retries`` counts backoffs.
+    """
+
+    side = Side.SALESFORCE
+
+    def __init__(
+        self,
+        tokens: TokenProvider,
+        *,
+        mailboxes: Sequence[str] | Callable[[], Sequence[str]],
+        session: Any = None,
+        verify: bool | str = True,
+        client_name: str = "m365-sync",
+        api_version: str = API_VERSION,
+        field_map: FieldMap | None = None,
+        marker_field: str | None = None,
+        allow_duplicates: bool = True,
+        create_missing_accounts: bool = True,
+        lengths: Mapping[str, int] | None = None,
+        use_describe_lengths: bool = True,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+        backoff_cap_s: float = 8.0,
+        sleep: Callable[[float], None] = time.sleep,
+        user_cache_ttl_s: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._rest = RestClient(tokens, session=session, verify=verify, client_name=client_name,
+                                allow_duplicates=allow_duplicates, api_version=api_version, max_retries=max_retries,
+                                backoff_s=backoff_s, backoff_cap_s=backoff_cap_s, sleep=sleep)
+        self._directory = Directory(self._rest, mailboxes, create_missing_accounts=create_missing_accounts,
+                                    user_cache_ttl_s=user_cache_ttl_s, clock=clock)
+        self.client_name = client_name
+        self._field_map = field_map or FieldMap()
+        self._marker_field = marker_field
+        self.carries_markers = bool(marker_field)  # the Outlook id needs a Contact text field (SF_OUTLOOK_ID_FIELD)
+        self._lengths: Mapping[str, int] = dict(lengths or DEFAULT_SALESFORCE_LENGTHS)
+        self._describe_pending = use_describe_lengths and lengths is None
+        self.unresolved_accounts: list[str | None] = []  # item ids (None: not created yet) whose company failed
+        fields = ["Id", "OwnerId", "SystemModstamp", "LastModifiedDate", "CreatedById", "LastModifiedById", "IsDeleted",
+                  "AccountId",
+                  *self._field_map.salesforce_fields().values()]
+        if marker_field:
+            fields.append(marker_field)
+        self._select = ", ".join(dict.fromkeys(fields))
+        self._feed = ChangeFeed(self._rest, self._select, self._record)
+
+    @property
+    def calls(self) -> dict[str, int]:
+        return self._rest.calls
+
+    @property
+    def retries(self) -> int:
+        return self._rest.retries
+
+    @property
+    def created_accounts(self) -> list[str]:
+        return self._directory.created_accounts
+
+    def refresh_users(self) -> None:
+        """Re-read the Users of the synced mailboxes (see ``Directory.refresh_users``)."""
+        self._directory.refresh_users()
+
+    def _lengths_now(self) -> Mapping[str, int]:
+        if self._describe_pending:
+            self._describe_pending = False
+            try:
+                desc = self._rest.call("describe", lambda sf: sf.Contact.describe())
+                lengths = dict(self._lengths)
+                for f in desc.get("fields") or []:
+                    if f.get("type") in ("string", "textarea", "email", "phone", "url") and f.get("length"):
+                        lengths[str(f["name"])] = int(f["length"])
+                self._lengths = lengths
+            except SyncError as exc:
+                logger.warning("Contact describe failed (%s); using the default field lengths", type(exc).__name__)
+        return self._lengths
+
+    # --- reading ----------------------------------------------------------------------------------------------
+    def _record(self, row: Mapping[str, Any]) -> SideRecord:
+        marker = row.get(self._marker_field) if self._marker_field else None
+        return SideRecord(
+            side=Side.SALESFORCE, id=str(row["Id"]), contact=salesforce_to_contact(row, self._field_map),
+            version=str(row["SystemModstamp"]), owner=self._directory.mailbox_of(row.get("OwnerId")),
+            modified_at=parse_dt(row.get("LastModifiedDate")), marker=str(marker) if marker else None,
+            untouched=self._is_us(row.get("CreatedById")) is True and self._is_us(row.get("LastModifiedById")) is True,
+        )
+
+    def _is_us(self, user_id: object) -> bool | None:
+        """Whether a CreatedById / LastModifiedById is the integration user (15- or 18-character ids compared on
+        their first 15 characters, salesforce.md §1.1); None when it or our own user id is unknown."""
+        token = self._rest.token
+        me = token.user_id if token is not None else ""
+        by = str(user_id or "")
+        return by[:15] == me[:15] if me and by else None
+
+    def _rows_by_id(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        valid = [i for i in ids if _ID.match(i)]
+        for chunk in chunks(valid, MAX_IDS_PER_SOQL):
+            lits = ", ".join(soql_quote(i) for i in chunk)
+            for row in self._rest.query(f"SELECT {self._select} FROM Contact WHERE Id IN ({lits})"):
+                out[str(row["Id"])] = row
+                out[str(row["Id"])[:15]] = row
+        return out
+
+    def get(self, mailbox: str, item_id: str) -> SideRecord | None:
+        row = self._rows_by_id([item_id]).get(item_id)
+        return self._record(row) if row is not None else None
+
+    def find(self, mailbox: str, contact: Contact) -> list[SideRecord]:
+        """Same email (any of the contact's addresses vs Contact.Email), or same first + last name + Account name."""
+        clauses = []
+        if contact.emails:
+            clauses.append(f"Email IN ({', '.join(soql_quote(e) for e in contact.emails)})")
+        key = contact.name_company_key()
+        if key and contact.last_name and contact.company:
+            first = f"FirstName = {soql_quote(contact.first_name)}" if contact.first_name else "FirstName = null"
+            clauses.append(f"({first} AND LastName = {soql_quote(contact.last_name)} AND "
+                           f"Account.Name = {soql_quote(contact.company)})")
+        if not clauses:
+            return []
+        rows = self._rest.query(f"SELECT {self._select} FROM Contact WHERE {' OR '.join(clauses)} ORDER BY Id")
+        emails = contact.email_keys()
+        out = []
+        for row in rows:
+            rec = self._record(row)
+            if (emails & rec.contact.email_keys()) or (key and rec.contact.name_company_key() == key):
+                out.append(rec)
+        return out
+
+    def find_by_marker(self, mailbox: str, marker: str) -> SideRecord | None:
+        """The contact whose marker field holds ``marker`` (an Outlook id), org-wide; None without a marker field."""
+        if not self._marker_field or not marker:
+            return None
+        rows = self._rest.query(f"SELECT {self._select} FROM Contact WHERE {self._marker_field} = {soql_quote(marker)} "
+                           "ORDER BY Id LIMIT 1")
+        return self._record(rows[0]) if rows else None
+
+    def stream(self, mailbox: str) -> Iterator[SideRecord]:
+        uid = self._directory.user_of(mailbox)
+        soql = f"SELECT {self._select} FROM Contact WHERE OwnerId = {soql_quote(uid)} ORDER BY Id"
+        for page in self._rest.query_pages(soql):
+            for row in page:
+                yield self._record(row)
+
+    # --- writing ----------------------------------------------------------------------------------------------
+    def _values(self, contact: Contact, fields: Iterable[str], item_id: str | None, *, creating: bool,
+                accounts: Mapping[str, str | SyncError] | None = None) -> dict[str, Any]:
+        """Field values to send; raises the account resolution error of this item (never drops the company)."""
+        write = contact_to_salesforce(contact, fields, self._field_map, self._lengths_now())
+        for t in write.truncations:
+            logger.warning("salesforce %s: %s cut from %d to %d characters", item_id or "(new contact)", t.target,
+                           t.length, t.limit)
+        values: dict[str, Any] = dict(write.values)
+        if write.set_account:
+            if write.account_name is None:
+                values["AccountId"] = None
+            else:
+                if accounts is None:
+                    accounts = self._directory.resolve_accounts([write.account_name], domain_hints([contact]))
+                resolved = accounts.get(write.account_name.casefold())
+                if not isinstance(resolved, str):
+                    self.unresolved_accounts.append(item_id)
+                    logger.warning("salesforce %s: company not resolved to an Account", item_id or "(new contact)")
+                    raise resolved or BadData("company not resolved", fields=("company",), side=SIDE,
+                                              item_id=item_id)
+                values["AccountId"] = resolved
+        if creating:
+            values = {k: v for k, v in values.items() if v is not None}
+        return values
+
+    def _all_fields(self) -> list[str]:
+        return list(self._field_map.salesforce_fields())
+
+    def _check_version(self, item_id: str, if_match: str | None) -> None:
+        row = self._rows_by_id([item_id]).get(item_id)
+        if row is None:
+            raise NotFound("contact not found", side=SIDE, item_id=item_id)
+        if if_match is not None and str(row["SystemModstamp"]) != if_match:
+            raise PreconditionFailed("changed since it was read (SystemModstamp)", side=SIDE, item_id=item_id)
+
+    def _reread(self, item_id: str, written: Mapping[str, Any]) -> SideRecord:
+        row = self._rows_by_id([item_id]).get(item_id)
+        if row is None:
+            raise NotFound("contact vanished right after the write", side=SIDE, item_id=item_id)
+        return self._as_left(row, written)
+
+    def _as_left(self, row: Mapping[str, Any], written: Mapping[str, Any]) -> SideRecord:
+        """The record as our write left it, from the re-read after it. Salesforce answers a write with the id only,
+        so the values and the new SystemModstamp come from a re-read, and a user's write between ours and the
+        re-read would be in it: taken as what we wrote, their value would pass for synced and never reach the
+        other side. ``LastModifiedById`` tells (salesforce.md §1.1): when it is not the integration user, the fields
+        we wrote are taken as we wrote them and the record has no version, so the next pass sees their edit."""
+        record = self._record(row)
+        if self._is_us(row.get("LastModifiedById")) is not False:  # ours, or unknown: as read
+            return record
+        logger.info("salesforce %s was written by another user right after us: its version is not kept", row["Id"])
+        ours = salesforce_to_contact({**row, **{k: v for k, v in written.items() if k in row}}, self._field_map)
+        return record.model_copy(update={"contact": ours, "version": None})
+
+    def create(self, mailbox: str, contact: Contact, *, marker: str | None = None) -> SideRecord:
+        values = self._values(contact, self._all_fields(), None, creating=True)
+        values["OwnerId"] = self._directory.user_of(mailbox)
+        if marker is not None and self._marker_field:
+            values[self._marker_field] = marker
+        result = self._rest.call("write", lambda sf: sf.Contact.create(values), idempotent=False)
+        return self._reread(str(result["id"]), values)
+
+    def update(
+        self,
+        mailbox: str,
+        item_id: str,
+        contact: Contact,
+        *,
+        fields: frozenset[str],
+        if_match: str | None,
+        marker: str | None = None,
+    ) -> SideRecord:
+        if if_match is not None:
+            self._check_version(item_id, if_match)
+        values = self._values(contact, fields, item_id, creating=False)
+        if marker is not None and self._marker_field:
+            values[self._marker_field] = marker
+        if values:
+            self._rest.call("write", lambda sf: sf.Contact.update(item_id, values), item_id=item_id,
+                       before_retry=self._version_guard(item_id, if_match))
+        return self._reread(item_id, values)
+
+    def delete(self, mailbox: str, item_id: str, *, if_match: str | None) -> None:
+        """Soft delete (Recycle Bin). With ``if_match`` the SystemModstamp is compared first (and before each retry)."""
+        if if_match is not None:
+            self._check_version(item_id, if_match)
+        self._rest.call("write", lambda sf: sf.Contact.delete(item_id), item_id=item_id,
+                   before_retry=self._version_guard(item_id, if_match))
+
+    def _version_guard(self, item_id: str, if_match: str | None) -> Callable[[], None] | None:
+        """The ``before_retry`` of a guarded write: compare SystemModstamp again (None when unguarded). An edit made
+        during the backoff gives ``PreconditionFailed`` instead of being overwritten; so does a failed attempt that in
+        fact ran (our own write moved the stamp), and the engine re-reads."""
+        if if_match is None:
+            return None
+        return lambda: self._check_version(item_id, if_match)
+
+    def _finish(self, results: list[SideRecord | SyncError | str],
+                written: Mapping[int, Mapping[str, Any]]) -> list[SideRecord | SyncError]:
+        """Replace the written ids by the records as our writes left them (one SOQL per 200 ids; ``_as_left``).
+        ``written``: the values sent, by index in ``results``."""
+        ids = [r for r in results if isinstance(r, str)]
+        rows = self._rows_by_id(ids)
+        out: list[SideRecord | SyncError] = []
+        for n, r in enumerate(results):
+            if isinstance(r, str):
+                row = rows.get(r)
+                out.append(self._as_left(row, written.get(n, {})) if row
+                           else NotFound("vanished after the write", side=SIDE, item_id=r))
+            else:
+                out.append(r)
+        return out
+
+    def create_many(self, mailbox: str, items: Sequence[CreateRequest]) -> list[SideRecord | SyncError]:
+        """sObject Collections POST, ≤ 200 per call, allOrNone=false; one result per item, in order."""
+        owner = self._directory.user_of(mailbox)
+        fields = self._all_fields()
+        contacts = [i.contact for i in items if i.contact.company]
+        accounts = self._directory.resolve_accounts((c.company or "" for c in contacts), domain_hints(contacts))
+        results: list[SideRecord | SyncError | str] = []
+        pending: list[tuple[int, dict[str, Any]]] = []
+        for item in items:
+            try:
+                values = self._values(item.contact, fields, None, creating=True, accounts=accounts)
+            except SyncError as exc:
+                results.append(exc)
+                continue
+            values["OwnerId"] = owner
+            if item.marker is not None and self._marker_field:
+                values[self._marker_field] = item.marker
+            pending.append((len(results), {"attributes": {"type": "Contact"}, **values}))
+            results.append(Transient("not attempted", side=SIDE))
+        for chunk in chunks(pending, MAX_COLLECTION):
+            try:
+                answers = self._rest.collection("POST", [rec for _, rec in chunk])
+            except SyncError as exc:
+                for index, _ in chunk:
+                    results[index] = exc
+                continue
+            for (index, _), res in zip(chunk, answers, strict=False):
+                results[index] = str(res["id"]) if res.get("success") else collection_error(res, None)
+        return self._finish(results, dict(pending))
+
+    def update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]:
+        """Versions checked with one SOQL per 200 ids, then sObject Collections PATCH (≤ 200, allOrNone=false).
+
+        A chunk retried after a backoff is re-checked first (one SOQL): records whose SystemModstamp moved since
+        (``PreconditionFailed``) or that are gone (``NotFound``) are dropped from the retry; the rest are re-sent."""
+        current = self._rows_by_id([i.item_id for i in items])
+        changing = [i.contact for i in items if "company" in i.fields and i.contact.company]
+        accounts = (self._directory.resolve_accounts((c.company or "" for c in changing), domain_hints(changing))
+                    if changing else {})
+        results: list[SideRecord | SyncError | str] = []
+        pending: list[tuple[int, dict[str, Any]]] = []  # (index of the item and of its result, record)
+        for item in items:
+            row = current.get(item.item_id)
+            if row is None:
+                results.append(NotFound("contact not found", side=SIDE, item_id=item.item_id))
+                continue
+            if item.if_match is not None and str(row["SystemModstamp"]) != item.if_match:
+                results.append(PreconditionFailed("changed since it was read (SystemModstamp)", side=SIDE,
+                                                  item_id=item.item_id))
+                continue
+            try:
+                values = self._values(item.contact, item.fields, item.item_id, creating=False, accounts=accounts)
+            except SyncError as exc:
+                results.append(exc)
+                continue
+            if item.marker is not None and self._marker_field:
+                values[self._marker_field] = item.marker
+            if not values:
+                results.append(str(row["Id"]))
+                continue
+            pending.append((len(results), {"attributes": {"type": "Contact"}, "Id": str(row["Id"]), **values}))
+            results.append(Transient("not attempted", side=SIDE, item_id=item.item_id))
+        for chunk in chunks(pending, MAX_COLLECTION):
+            self._patch_chunk(items, chunk, results)
+        return self._finish(results, dict(pending))
+
+    def _patch_chunk(self, items: Sequence[UpdateRequest], chunk: Sequence[tuple[int, dict[str, Any]]],
+                     results: list[SideRecord | SyncError | str]) -> None:
+        """One sObject Collections PATCH of ``update_many``; fills ``results`` at the chunk's indexes."""
+        sent = list(chunk)  # what the next attempt sends (a retry drops the records changed meanwhile)
+
+        def recheck() -> None:
+            rows = self._rows_by_id([rec["Id"] for _, rec in sent])
+            keep = []
+            for index, rec in sent:
+                item, row = items[index], rows.get(rec["Id"])
+                if row is None:
+                    results[index] = NotFound("contact not found", side=SIDE, item_id=item.item_id)
+                elif item.if_match is not None and str(row["SystemModstamp"]) != item.if_match:
+                    results[index] = PreconditionFailed("changed since it was read (SystemModstamp)",
+                                                        side=SIDE, item_id=item.item_id)
+                else:
+                    keep.append((index, rec))
+            sent[:] = keep
+            if not sent:
+                raise _NothingToRetry("every record of the chunk changed during the backoff", side=SIDE)
+
+        def body() -> dict[str, Any]:
+            return {"allOrNone": False, "records": [rec for _, rec in sent]}
+
+        try:
+            answers = self._rest.restful("PATCH", body, before_retry=recheck)
+        except _NothingToRetry:
+            return
+        except SyncError as exc:
+            for index, _ in sent:
+                results[index] = exc
+            return
+        for (index, rec), res in zip(sent, answers, strict=False):
+            results[index] = str(res.get("id") or rec["Id"]) if res.get("success") else \
+                collection_error(res, rec["Id"])
+
+    # --- change feed ------------------------------------------------------------------------------------------
+    def changes(self, mailbox: str, checkpoint: str | None) -> Iterator[ChangePage]:
+        yield from self._feed.pages(mailbox, self._directory.user_of(mailbox), checkpoint)
+
+
+__all__ = ["SalesforceContactSide"]
