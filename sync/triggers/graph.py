@@ -42,7 +42,7 @@ from sync.triggers.errors import describe, http_response
 from sync.triggers.http import MAX_NOTIFICATION_BODY, bounded_body, handshake, validation_token
 
 if TYPE_CHECKING:
-    from sync.adapters.graph_subscriptions import GraphSubscriptions, SubscriptionRecord
+    from sync.adapters.graph import GraphSubscriptions, SubscriptionRecord
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Checked:
 
 
 def check_items(items: list[Mapping[str, Any]], subscriptions: SubscriptionStore) -> Checked:
-    from sync.adapters.graph_subscriptions import client_state_matches
+    from sync.adapters.graph import client_state_matches
 
     out = Checked()
     cache: dict[str, StoredSubscription | None] = {}
@@ -160,7 +160,7 @@ def accept_notifications(body: bytes, subscriptions: SubscriptionStore, queue: W
 
 
 def to_record(sub: StoredSubscription) -> SubscriptionRecord:
-    from sync.adapters.graph_subscriptions import SubscriptionRecord
+    from sync.adapters.graph import SubscriptionRecord
 
     return SubscriptionRecord(id=sub.id, mailbox=sub.mailbox, resource=sub.resource, expires_at=sub.expires_at,
                               client_state_digest=sub.client_state_digest)
@@ -205,7 +205,7 @@ def handle_lifecycle(body: bytes, root: bootstrap.Root) -> Counter[str]:
 def maintain_subscriptions(root: bootstrap.Root) -> Counter[str]:
     """Ensure each mailbox in scope has its folder and one live subscription; renew those expiring within a day;
     delete subscriptions of mailboxes that left the scope (and duplicates)."""
-    from sync.adapters.graph_subscriptions import NewSubscription
+    from sync.adapters.graph import NewSubscription
 
     store, manager = root.subscriptions, root.graph_subscriptions
     counts: Counter[str] = Counter()

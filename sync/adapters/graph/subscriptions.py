@@ -38,7 +38,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
 
-from sync.adapters.graph import GraphContactSide, _Failure
+from sync.adapters.graph.contacts import GraphContactSide, _Failure
 from sync.errors import BadData, NotFound
 
 logger = logging.getLogger(__name__)
