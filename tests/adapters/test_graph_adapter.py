@@ -33,7 +33,8 @@ from sync.adapters.graph import (
     credential_from_settings,
     parse_retry_after,
 )
-from sync.adapters.graph.contacts import _federated_assertion, _map_error
+from sync.adapters.graph.credentials import _federated_assertion
+from sync.adapters.graph.transport import _map_error
 from sync.errors import (
     AlreadyExists,
     AuthFailed,
