@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.scale import stack
     from sync import bootstrap
-    from sync.adapters.graph_subscriptions import client_state_digest
+    from sync.adapters.graph import client_state_digest
     from sync.adapters.salesforce.pubsub import sign_events
     from sync.ports import StoredSubscription
     from sync.reconcile import reconcile_mailbox

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from emulators.azurite import running_azurite
     from emulators.host import LocalHost
     from sync import bootstrap
-    from sync.adapters.graph_subscriptions import client_state_digest
+    from sync.adapters.graph import client_state_digest
     from sync.ports import StoredSubscription
 
     state = "bench-client-state"

@@ -38,8 +38,7 @@ from sync.policy import Policy
 from sync.ports import ContactChange, WorkItem, WorkQueue
 
 if TYPE_CHECKING:  # only for the type checker: no SDK import at run time
-    from sync.adapters.graph import GraphContactSide
-    from sync.adapters.graph_subscriptions import GraphSubscriptions
+    from sync.adapters.graph import GraphContactSide, GraphSubscriptions
     from sync.adapters.salesforce import SalesforceContactSide, TokenProvider
     from sync.adapters.salesforce.pubsub import CdcSubscriber
     from sync.adapters.storage import (
@@ -277,7 +276,7 @@ class Root:
     @property
     def graph_subscriptions(self) -> GraphSubscriptions:
         def build() -> GraphSubscriptions:
-            from sync.adapters.graph_subscriptions import GraphSubscriptions
+            from sync.adapters.graph import GraphSubscriptions
 
             base = self._require("WEBHOOK_BASE_URL", "to create Graph subscriptions").rstrip("/")
             return GraphSubscriptions(

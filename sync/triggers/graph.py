@@ -1,16 +1,17 @@
-"""Graph change notifications in, and the subscriptions that make Graph send them (graph.md §4).
+"""The HTTP and timer functions of Graph change notifications (graph.md §4).
 
-Functions: ``graph_notifications`` (POST /api/graph/notifications) and ``graph_lifecycle`` (POST
-/api/graph/lifecycle), anonymous and protected by the subscription's clientState; ``subscriptions_timer``.
+Functions:
+    graph_notifications   POST /api/graph/notifications (anonymous: protected by clientState)
+    graph_lifecycle       POST /api/graph/lifecycle (anonymous: protected by clientState)
+    subscriptions_timer   %SUBSCRIPTION_SCHEDULE%: ``sync.subscriptions.maintain_subscriptions``
 
-Graph wants an answer within 3 s, so the webhook does no Graph or Salesforce I/O: per item it checks the clientState
-digest against the stored subscription in constant time and enqueues one ``ContactChange`` per distinct contact,
-with the mailbox taken from the stored subscription, never from the payload. Items that fail a check are dropped and
-counted; the answer is 202 whatever the mix, so a caller learns nothing about our subscriptions.
-
-Lifecycle events (§4.6): ``missed`` and ``subscriptionRemoved`` enqueue a delta reconcile of the mailbox (the second
-also re-creates the subscription); ``reauthorizationRequired`` renews it. A failed Graph call here is logged, not
-answered with an error: the subscriptions timer repairs the subscription on its next run.
+The notification webhook does no Graph or Salesforce I/O (Graph wants an answer within 3 s): per item it reads the
+stored subscription (one Table point read per subscription id, kept 60 s per process), compares the digest of the
+item's clientState with the stored one in constant time, and enqueues one ``ContactChange(source=m365, mailbox, id)``
+per distinct contact, the mailbox taken from the stored subscription, never from the payload. Other items are
+dropped and counted (``COUNTERS``); the answer is 202 whatever the mix, so a caller learns nothing about our
+subscriptions. Bad JSON (or no ``value`` list) is 400, a body over 1 MiB is 413. The lifecycle webhook makes the same
+checks and hands the events to ``sync.subscriptions.handle_lifecycle``.
 """
 
 from __future__ import annotations
@@ -21,27 +22,22 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import azure.functions as func
 
 from sync import bootstrap
-from sync.errors import SyncError
 from sync.policy import Side
-from sync.ports import ContactChange, ReconcileMailbox, StoredSubscription, SubscriptionStore, WorkQueue
-from sync.triggers.errors import describe, http_response
+from sync.ports import ContactChange, StoredSubscription, SubscriptionStore, WorkQueue
+from sync.subscriptions import handle_lifecycle, maintain_subscriptions
+from sync.triggers.errors import http_response
 from sync.triggers.http import MAX_NOTIFICATION_BODY, bounded_body, handshake, validation_token
-
-if TYPE_CHECKING:
-    from sync.adapters.graph_subscriptions import GraphSubscriptions, SubscriptionRecord
 
 logger = logging.getLogger(__name__)
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 COUNTERS: Counter[str] = Counter()  # per process: accepted, unknown_subscription, bad_client_state, invalid
-RENEW_WITHIN = timedelta(days=1)
 # Graph subscription ids are GUIDs: anything else is counted invalid without a storage read or a log of its text.
 _SUBSCRIPTION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 MAX_CONTACT_ID = 1024  # Graph contact ids are about 150 characters; a longer one would not fit a queue message
@@ -82,7 +78,7 @@ class Checked:
 
 
 def check_items(items: list[Mapping[str, Any]], subscriptions: SubscriptionStore) -> Checked:
-    from sync.adapters.graph_subscriptions import client_state_matches
+    from sync.adapters.graph import client_state_matches
 
     out = Checked()
     cache: dict[str, StoredSubscription | None] = {}
@@ -148,97 +144,6 @@ def accept_notifications(body: bytes, subscriptions: SubscriptionStore, queue: W
     return counts
 
 
-# ---------------------------------------------------------------------------------------------- subscriptions
-
-
-def to_record(sub: StoredSubscription) -> SubscriptionRecord:
-    from sync.adapters.graph_subscriptions import SubscriptionRecord
-
-    return SubscriptionRecord(id=sub.id, mailbox=sub.mailbox, resource=sub.resource, expires_at=sub.expires_at,
-                              client_state_digest=sub.client_state_digest)
-
-
-def to_stored(record: SubscriptionRecord) -> StoredSubscription:
-    return StoredSubscription(id=record.id, mailbox=record.mailbox, resource=record.resource,
-                              expires_at=record.expires_at, client_state_digest=record.client_state_digest)
-
-
-def handle_lifecycle(body: bytes, root: bootstrap.Root) -> Counter[str]:
-    """Act on a lifecycle batch (see the module docstring). Raises BadPayload."""
-    checked = check_items(_items(body), root.subscriptions)
-    counts = Counter(checked.dropped)
-    manager: GraphSubscriptions | None = None
-    for item, stored in checked.valid:
-        event = str(item.get("lifecycleEvent") or "")
-        if event in ("missed", "subscriptionRemoved"):
-            root.work_queue.send(ReconcileMailbox(mailbox=stored.mailbox, mode="delta"))
-            counts["reconcile"] += 1
-        if event not in ("missed", "subscriptionRemoved", "reauthorizationRequired"):
-            counts["invalid"] += 1
-            continue
-        if event == "missed":
-            continue
-        try:
-            manager = manager or root.graph_subscriptions
-            outcome = manager.on_lifecycle(event, to_record(stored))
-            if outcome.record is not None:
-                root.subscriptions.put(to_stored(outcome.record))
-                counts["renewed"] += 1
-            if outcome.created is not None:
-                root.subscriptions.put(to_stored(outcome.created.record))
-                root.subscriptions.delete(stored.id)
-                counts["recreated"] += 1
-        except SyncError as exc:  # the subscriptions timer repairs it; Graph must not resend the event
-            counts["failed"] += 1
-            logger.warning("lifecycle %s for subscription %s failed: %s", event, stored.id, type(exc).__name__)
-    return counts
-
-
-def maintain_subscriptions(root: bootstrap.Root) -> Counter[str]:
-    """Ensure each mailbox in scope has its folder and one live subscription; renew those expiring within a day;
-    delete subscriptions of mailboxes that left the scope (and duplicates)."""
-    from sync.adapters.graph_subscriptions import NewSubscription
-
-    store, manager = root.subscriptions, root.graph_subscriptions
-    counts: Counter[str] = Counter()
-    by_mailbox: dict[str, list[StoredSubscription]] = {}
-    for sub in store.list_all():
-        by_mailbox.setdefault(sub.mailbox, []).append(sub)
-    scope = set(root.mailboxes)
-    for mailbox, subs in by_mailbox.items():
-        extra = subs if mailbox not in scope else sorted(subs, key=lambda s: s.expires_at)[:-1]
-        for sub in extra:
-            try:
-                manager.delete(sub.id)
-                store.delete(sub.id)
-                counts["deleted"] += 1
-            except SyncError as exc:
-                counts["failed"] += 1
-                logger.warning("deleting subscription %s failed: %s", sub.id, type(exc).__name__)
-    for mailbox in root.mailboxes:
-        try:
-            root.graph.folder_id(mailbox)  # creates the sync folder when missing
-            subs = by_mailbox.get(mailbox, [])
-            if not subs:
-                created = manager.create(mailbox)
-                store.put(to_stored(created.record))
-                counts["created"] += 1
-                continue
-            current = max(subs, key=lambda s: s.expires_at)
-            for changed in manager.renew_expiring([to_record(current)], within=RENEW_WITHIN):
-                record = changed.record if isinstance(changed, NewSubscription) else changed
-                store.put(to_stored(record))
-                if record.id != current.id:
-                    store.delete(current.id)
-                    counts["recreated"] += 1
-                else:
-                    counts["renewed"] += 1
-        except SyncError as exc:
-            counts["failed"] += 1
-            logger.warning("subscription upkeep failed for a mailbox: %s", describe(exc))
-    return counts
-
-
 # ---------------------------------------------------------------------------------------------- functions
 
 
@@ -271,8 +176,12 @@ def graph_lifecycle(req: func.HttpRequest) -> func.HttpResponse:
     body = bounded_body(req, MAX_NOTIFICATION_BODY)
     if isinstance(body, func.HttpResponse):
         return body
+    root = bootstrap.current()
     try:
-        counts = handle_lifecycle(body, bootstrap.current())
+        checked = check_items(_items(body), root.subscriptions)
+        events = [(str(item.get("lifecycleEvent") or ""), stored) for item, stored in checked.valid]
+        counts = Counter(checked.dropped)
+        counts.update(handle_lifecycle(events, root))
     except BadPayload as exc:
         return func.HttpResponse(json.dumps({"error": str(exc)}), status_code=400, mimetype="application/json")
     except Exception as exc:

@@ -27,12 +27,14 @@ from sync.adapters.graph import (
     MARKER_PROPERTY_ID,
     CredentialKind,
     GraphContactSide,
-    _federated_assertion,
-    _map_error,
+    GraphSubscriptions,
+    client_state_digest,
+    client_state_matches,
     credential_from_settings,
     parse_retry_after,
 )
-from sync.adapters.graph_subscriptions import GraphSubscriptions, client_state_digest, client_state_matches
+from sync.adapters.graph.credentials import _federated_assertion
+from sync.adapters.graph.transport import _map_error
 from sync.errors import (
     AlreadyExists,
     AuthFailed,

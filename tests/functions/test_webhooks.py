@@ -6,7 +6,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 
-from sync.adapters.graph_subscriptions import client_state_digest
+from sync.adapters.graph import client_state_digest
 from sync.adapters.salesforce.pubsub import sign_events
 from sync.ports import StoredSubscription
 from sync.triggers import graph, salesforce

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync import bootstrap
-from sync.adapters.graph_subscriptions import LifecycleOutcome, SubscriptionRecord, client_state_digest
+from sync.adapters.graph import LifecycleOutcome, SubscriptionRecord, client_state_digest
 from sync.adapters.salesforce.pubsub import sign_events
 from sync.ports import AuditEntry, StoredSubscription
 from sync.triggers import graph, reconcile, salesforce, status
@@ -207,7 +207,7 @@ class FakeSubscriptions:
 
     def on_lifecycle(self, event: str, record: SubscriptionRecord) -> LifecycleOutcome:
         self.calls.append(event)
-        from sync.adapters.graph_subscriptions import LifecycleEvent
+        from sync.adapters.graph import LifecycleEvent
 
         return LifecycleOutcome(LifecycleEvent(event))
 

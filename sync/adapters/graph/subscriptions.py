@@ -1,28 +1,15 @@
 """Graph change-notification subscriptions on each mailbox's sync folder (../shared/reference/graph.md §4).
 
-Public API:
-    GraphSubscriptions(side, *, notification_url, lifecycle_url, lifetime=..., clock=...)
-        create(mailbox) -> NewSubscription          subscribe to the folder's contacts (created,updated,deleted)
-        renew(record) -> SubscriptionRecord          PATCH a new expirationDateTime (also reauthorizes, §4.6)
-        renew_expiring(records, within) -> list      renew those expiring within ``within``; re-create vanished ones
-        reauthorize(record)                          POST /subscriptions/{id}/reauthorize (without extending)
-        delete(subscription_id)                      gone already is fine
-        on_lifecycle(event, record) -> LifecycleOutcome   what to do for missed / subscriptionRemoved / reauth...
-    SubscriptionRecord    what the caller stores: id, mailbox, resource, expiry, sha256 digest of the clientState
-    NewSubscription       a record plus the clientState itself, handed out once (for the caller's own checks)
-    client_state_digest(value), client_state_matches(received, digest)   constant-time webhook check
-
-The caller stores the records (a subscriptions table, or ``CheckpointStore`` values); this class keeps no state but
-the side's folder/user caches. The clientState is a fresh random secret per subscription (``secrets``, 43 characters,
-within the 128 limit of §4.2); only its digest is meant for storage, and the webhook compares the digest of what
-arrives with ``client_state_matches`` (DESIGN.md flow 1).
-
-Rules followed: the resource uses the user's object id, not the UPN (§4.1); ``lifecycleNotificationUrl`` is set at
-creation because it can't be added by PATCH (§4.2); a create is not blindly retried (a 503 may have created it): on a
-409 duplicate or an ambiguous failure the subscriptions on the same resource are deleted and the create is sent once
-more; for ``reauthorizationRequired`` a PATCH of the expiry reauthorizes and extends at once, and we never send both a
-PATCH and a reauthorize for the same subscription (§4.6); ``subscriptionRemoved`` re-creates and asks for a delta
-resync, ``missed`` only asks for the resync.
+``GraphSubscriptions`` creates, renews, reauthorizes and deletes them, and ``on_lifecycle`` says what a lifecycle
+event calls for. It keeps no state: the caller stores the ``SubscriptionRecord``s. What a reader must know:
+* The clientState is a fresh random secret per subscription (43 characters, within the 128 of §4.2). Only its sha256
+  digest is stored; the webhook compares the digest of what arrives in constant time (``client_state_matches``).
+* A create is not blindly retried (a 503 may have created it): after a 409 or an ambiguous failure the subscriptions
+  on the same resource are deleted and the create is sent once more. ``reauthorizationRequired`` is answered with a
+  PATCH of the expiry, which reauthorizes and extends at once, never with both a PATCH and a reauthorize (§4.6);
+  ``subscriptionRemoved`` re-creates and asks for a delta resync, ``missed`` only asks for the resync.
+The resource names the user's object id, not the UPN (§4.1); ``lifecycleNotificationUrl`` is set at creation
+because a PATCH cannot add it (§4.2).
 """
 
 from __future__ import annotations
@@ -38,7 +25,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
 
-from sync.adapters.graph import GraphContactSide, _Failure
+from sync.adapters.graph.contacts import GraphContactSide
+from sync.adapters.graph.transport import _Failure
 from sync.errors import BadData, NotFound
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,500 @@
+"""``GraphContactSide``: the ``ContactSide`` port on one contact folder (``Salesforce_Sync``) of each Outlook mailbox.
+
+It reads, finds, writes and follows the change feed of that folder in raw Graph JSON (``sync.mapping`` converts);
+HTTP and retries are ``transport``'s job, ``$batch`` scheduling ``batch``'s. What a reader must know:
+* The marker (the Salesforce id on the Outlook contact) is a single-value extended property with a fixed GUID
+  (``MARKER_PROPERTY_ID``), written with the contact and read back with ``$expand``. Delta cannot expand extended
+  properties, so change-feed records carry no marker (``get`` has it).
+* A create that got an ambiguous answer (5xx, no answer) is not re-sent blindly. A create with a marker also stamps
+  a fresh create key (``CREATE_KEY_PROPERTY_ID``), looks it up and re-sends only when nothing was created. The key,
+  not the marker: two workers creating the same person stamp the same marker, and a lookup by marker would hand one
+  of them the other's copy. A create without a marker raises ``Transient`` (the engine matches before it creates).
+* ``changes`` returns the ``@odata.deltaLink`` as the checkpoint and starts over with ``full=True`` when Graph
+  dropped the token (410, ``syncStateNotFound``, ``resyncRequired``; §3.3).
+Logs carry contact ids, statuses and a digest of the mailbox, never names, emails or UPNs.
+Section numbers (§) refer to ../shared/reference/graph.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from sync.adapters.graph.batch import _Batches, _Op, item_error
+from sync.adapters.graph.folders import _Folders
+from sync.adapters.graph.transport import (
+    _Failure,
+    _GraphHttp,
+    _map_error,
+    _mb,
+    _Response,
+    odata_query,
+    odata_str,
+    user_path,
+)
+from sync.errors import AuthFailed, NotFound, SyncError
+from sync.mapping import contact_to_graph, graph_to_contact
+from sync.model import STANDARD_FIELDS, Contact
+from sync.policy import FieldMap, Side
+from sync.ports import ChangePage, CreateRequest, SideRecord, UpdateRequest
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+MARKER_PROPERTY_ID = "String {0463b54a-5dcb-4781-9d3f-29b43773c27c} Name SalesforceId"
+# A fresh value per create call, so a create whose answer was lost finds *its own* contact, not another worker's
+# copy of the same person (which carries the same marker); graph.md §7.4 "stamp a sync key ... look it up".
+CREATE_KEY_PROPERTY_ID = "String {0463b54a-5dcb-4781-9d3f-29b43773c27c} Name SyncCreateKey"
+DEFAULT_BASE_URL = "https://graph.microsoft.com/v1.0"
+DEFAULT_FOLDER_NAME = "Salesforce_Sync"
+LIST_PAGE_SIZE = 500  # §5: $top <= 999 recommended
+# Contact properties read everywhere (mapping.py's correspondence plus the version and bookkeeping ones).
+_SELECT_BASE: tuple[str, ...] = (
+    "id", "changeKey", "lastModifiedDateTime", "parentFolderId", "displayName", "givenName", "surname",
+    "emailAddresses", "businessPhones", "homePhones", "mobilePhone", "companyName", "jobTitle", "department",
+    "personalNotes", "businessAddress",
+)
+# Field keys whose Graph body depends on the current resource (collections and the address keep what we don't sync).
+_NEEDS_CURRENT = frozenset({
+    "email", "email_2", "email_3", "business_phone", "home_phone", "street", "city", "state", "postal_code", "country",
+})
+
+
+class GraphContactSide:
+    """``ContactSide`` on Microsoft Graph: one folder (``folder_name``) per mailbox. See the module docstring.
+
+    ``credential``: an azure-identity TokenCredential (sync or async ``get_token``), e.g. from
+    ``credential_from_settings``. ``mailboxes``: when given, calls for any other mailbox raise AuthFailed.
+    ``max_attempts`` / ``max_wait``: the retry bounds (tries per request or batch item; longest single wait in
+    seconds - a longer Retry-After is raised at once as ``Throttled(retry_after)`` for the caller to reschedule).
+    ``stats`` counts requests, batches, retries, throttled answers and the time waited.
+    """
+
+    side = Side.M365
+    carries_markers = True  # a single-value extended property (graph.md §2.4)
+
+    def __init__(
+        self,
+        credential: Any,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        folder_name: str = DEFAULT_FOLDER_NAME,
+        mailboxes: Iterable[str] | None = None,
+        marker_property_id: str = MARKER_PROPERTY_ID,
+        field_map: FieldMap | None = None,
+        page_size: int = 100,
+        max_attempts: int = 5,
+        max_wait: float = 30.0,
+        timeout_s: float = 60.0,
+    ) -> None:
+        self._scope = {m.casefold() for m in mailboxes} if mailboxes is not None else None
+        self._marker_id = marker_property_id
+        self._field_map = field_map or FieldMap()
+        self._page_size = page_size
+        custom = tuple(self._field_map.graph_custom().values())
+        self._select = ",".join(dict.fromkeys(_SELECT_BASE + custom))
+        self._fields = STANDARD_FIELDS + tuple(self._field_map.graph_custom())
+        self._expand = f"singleValueExtendedProperties($filter=id eq {odata_str(marker_property_id)})"
+        self._http = _GraphHttp(
+            credential, base_url, max_attempts=max_attempts, max_wait=max_wait, timeout_s=timeout_s
+        )
+        self._folders = _Folders(self._http, folder_name)
+        self._batches = _Batches(self._http, self._by_create_key)
+
+    # --- plumbing -----------------------------------------------------------------------------------------
+    @property
+    def stats(self) -> Counter[str]:
+        return self._http.stats
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> GraphContactSide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, coro: Coroutine[Any, Any, _T], item_id: str | None = None) -> _T:
+        try:
+            return self._http.run(coro)
+        except _Failure as failure:
+            raise failure.error(item_id) from None
+
+    def _check_scope(self, mailbox: str) -> None:
+        if self._scope is not None and mailbox.casefold() not in self._scope:
+            raise AuthFailed("mailbox is not in the configured sync scope", side=Side.M365.value)
+
+    def _contacts_path(self, mailbox: str, folder_id: str) -> str:
+        return f"{user_path(mailbox)}/contactFolders/{quote(folder_id, safe='')}/contacts"
+
+    def _contact_path(self, mailbox: str, folder_id: str, item_id: str) -> str:
+        return f"{self._contacts_path(mailbox, folder_id)}/{quote(item_id, safe='')}"
+
+    def _read_query(self, **extra: str) -> str:
+        return odata_query(**extra, select=self._select, expand=self._expand)
+
+    def _record(self, mailbox: str, doc: Mapping[str, Any], marker: str | None = None) -> SideRecord:
+        version = doc.get("changeKey")
+        if not version:
+            etag = str(doc.get("@odata.etag") or "")
+            version = etag[3:-1] if etag.startswith('W/"') else etag or None
+        for prop in doc.get("singleValueExtendedProperties") or []:
+            if isinstance(prop, Mapping) and str(prop.get("id", "")).casefold() == self._marker_id.casefold():
+                marker = prop.get("value")
+        modified = None
+        if doc.get("lastModifiedDateTime"):
+            try:
+                modified = datetime.fromisoformat(str(doc["lastModifiedDateTime"]).replace("Z", "+00:00"))
+            except ValueError:
+                modified = None
+        if modified is not None and modified.tzinfo is None:
+            modified = modified.replace(tzinfo=UTC)
+        return SideRecord(
+            side=Side.M365, id=str(doc["id"]), contact=graph_to_contact(doc, self._field_map), version=version,
+            owner=mailbox, modified_at=modified, marker=marker,
+        )
+
+    # --- folder and user --------------------------------------------------------------------------------------
+    def folder_id(self, mailbox: str) -> str:
+        """The sync folder's id in ``mailbox`` (created when missing)."""
+        self._check_scope(mailbox)
+        return self._run(self._folders.find_or_create(mailbox))
+
+    def user_object_id(self, mailbox: str) -> str:
+        """The Entra object id of ``mailbox`` (subscriptions want it rather than the UPN, graph.md §4.1)."""
+        self._check_scope(mailbox)
+        return self._run(self._folders.user_object_id(mailbox))
+
+    # --- reads --------------------------------------------------------------------------------------------------
+    def get(self, mailbox: str, item_id: str) -> SideRecord | None:
+        self._check_scope(mailbox)
+        return self._run(self._get(mailbox, item_id), item_id)
+
+    async def _get_doc(self, mailbox: str, item_id: str) -> dict[str, Any] | None:
+        folder = await self._folders.find_or_create(mailbox)
+        try:
+            resp = await self._http.call(
+                "GET", self._contact_path(mailbox, folder, item_id) + self._read_query(), mailbox=mailbox
+            )
+        except _Failure as failure:
+            if isinstance(failure.error(), NotFound):
+                return None  # deleted, never existed, or moved out of the sync folder
+            raise
+        doc: dict[str, Any] = resp.body
+        return doc
+
+    async def _get(self, mailbox: str, item_id: str) -> SideRecord | None:
+        doc = await self._get_doc(mailbox, item_id)
+        return self._record(mailbox, doc) if doc is not None else None
+
+    async def _list(self, mailbox: str, url: str) -> tuple[list[dict[str, Any]], str | None]:
+        resp = await self._http.call("GET", url, mailbox=mailbox)
+        body = resp.body or {}
+        return list(body.get("value") or []), body.get("@odata.nextLink")
+
+    async def _first_list_url(self, mailbox: str, **params: str) -> str:
+        folder = await self._folders.find_or_create(mailbox)
+        return self._contacts_path(mailbox, folder) + odata_query(**params)
+
+    def _pages(self, mailbox: str, first: Coroutine[Any, Any, str]) -> Iterator[list[dict[str, Any]]]:
+        url: str | None = self._run(first)
+        while url:
+            rows, url = self._run(self._list(mailbox, url))
+            yield rows
+
+    def find(self, mailbox: str, contact: Contact) -> list[SideRecord]:
+        # One $filter per email address (the only documented contact filter, user-list-contacts); first + last name +
+        # company have none, so a listing of those three properties is matched here.
+        self._check_scope(mailbox)
+        found: dict[str, SideRecord] = {}
+        for address in contact.emails:
+            flt = f"emailAddresses/any(a:a/address eq {odata_str(address)})"
+            first = self._first_list_url(mailbox, filter=flt, select=self._select, expand=self._expand)
+            for rows in self._pages(mailbox, first):
+                for doc in rows:
+                    found.setdefault(str(doc["id"]), self._record(mailbox, doc))
+        key = contact.name_company_key()
+        if key is not None:
+            first = self._first_list_url(mailbox, select="id,givenName,surname,companyName", top=str(LIST_PAGE_SIZE))
+            for rows in self._pages(mailbox, first):
+                for doc in rows:
+                    theirs = ((doc.get("givenName") or "").casefold(), (doc.get("surname") or "").casefold(),
+                              (doc.get("companyName") or "").casefold())
+                    if theirs == key and str(doc["id"]) not in found:
+                        record = self.get(mailbox, str(doc["id"]))
+                        if record is not None and record.contact.name_company_key() == key:
+                            found[record.id] = record
+        return list(found.values())
+
+    def stream(self, mailbox: str) -> Iterator[SideRecord]:
+        self._check_scope(mailbox)
+        first = self._first_list_url(mailbox, select=self._select, expand=self._expand, top=str(LIST_PAGE_SIZE))
+        for rows in self._pages(mailbox, first):
+            for doc in rows:
+                yield self._record(mailbox, doc)
+
+    async def _by_marker(self, mailbox: str, marker: str) -> dict[str, Any] | None:
+        return await self._by_property(mailbox, self._marker_id, marker)
+
+    async def _by_property(self, mailbox: str, property_id: str, value: str) -> dict[str, Any] | None:
+        """The first contact of the folder whose extended property ``property_id`` holds ``value``."""
+        flt = (
+            f"singleValueExtendedProperties/any(ep: ep/id eq {odata_str(property_id)} "
+            f"and ep/value eq {odata_str(value)})"
+        )
+        url = await self._first_list_url(mailbox, filter=flt, select=self._select, expand=self._expand)
+        rows, _ = await self._list(mailbox, url)
+        return rows[0] if rows else None
+
+    async def _by_create_key(self, mailbox: str, key: str) -> dict[str, Any] | None:
+        return await self._by_property(mailbox, CREATE_KEY_PROPERTY_ID, key)
+
+    def find_by_marker(self, mailbox: str, marker: str) -> SideRecord | None:
+        """The contact stamped with ``marker`` (a Salesforce id) in the sync folder, if any."""
+        self._check_scope(mailbox)
+        doc = self._run(self._by_marker(mailbox, marker))
+        return self._record(mailbox, doc) if doc is not None else None
+
+    # --- writes -------------------------------------------------------------------------------------------------
+    def _create_body(self, contact: Contact, marker: str | None, key: str | None = None) -> dict[str, Any]:
+        body, truncations = contact_to_graph(contact, self._fields, None, self._field_map)
+        if truncations:
+            logger.info("create: %d value(s) did not fit Outlook and were cut", len(truncations))
+        body = {k: v for k, v in body.items() if v is not None}
+        if marker is not None:
+            body["singleValueExtendedProperties"] = [{"id": self._marker_id, "value": marker}]
+            if key is not None:
+                body["singleValueExtendedProperties"].append({"id": CREATE_KEY_PROPERTY_ID, "value": key})
+        return body
+
+    def _patch_body(
+        self, contact: Contact, fields: frozenset[str], current: Mapping[str, Any], marker: str | None
+    ) -> dict[str, Any]:
+        body, truncations = contact_to_graph(contact, fields, current, self._field_map)
+        if truncations:
+            logger.info("update: %d value(s) did not fit Outlook and were cut", len(truncations))
+        if marker is not None:
+            body["singleValueExtendedProperties"] = [{"id": self._marker_id, "value": marker}]
+        return body
+
+    @staticmethod
+    def _if_match(version: str | None) -> dict[str, str]:
+        return {"If-Match": f'W/"{version}"'} if version else {}
+
+    def create(self, mailbox: str, contact: Contact, *, marker: str | None = None) -> SideRecord:
+        """Create in the sync folder. Ambiguous failures are resolved through the create key (module docstring)."""
+        self._check_scope(mailbox)
+        return self._run(self._create(mailbox, contact, marker))
+
+    async def _create(self, mailbox: str, contact: Contact, marker: str | None) -> SideRecord:
+        folder = await self._folders.find_or_create(mailbox)
+        key = uuid.uuid4().hex
+        body = self._create_body(contact, marker, key)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = await self._http.call(
+                    "POST", self._contacts_path(mailbox, folder), body=body, mailbox=mailbox, only_throttled=True
+                )
+                return self._record(mailbox, resp.body, marker)
+            except _Failure as failure:
+                if not failure.ambiguous or marker is None:
+                    raise  # not executed (typed as usual), or no marker: the engine's match-before-create protects
+                wait = self._http.wait_for(failure, attempt)
+                found = await self._by_create_key(mailbox, key)
+                if found is not None:
+                    logger.info("create answered %s but had happened: contact %s", failure.status, found.get("id"))
+                    return self._record(mailbox, found, marker)
+                if wait is None:
+                    raise
+                await self._http.pause(wait, failure)
+
+    def update(
+        self,
+        mailbox: str,
+        item_id: str,
+        contact: Contact,
+        *,
+        fields: frozenset[str],
+        if_match: str | None,
+        marker: str | None = None,
+    ) -> SideRecord:
+        self._check_scope(mailbox)
+        return self._run(self._update(mailbox, item_id, contact, fields, if_match, marker), item_id)
+
+    async def _update(
+        self,
+        mailbox: str,
+        item_id: str,
+        contact: Contact,
+        fields: frozenset[str],
+        if_match: str | None,
+        marker: str | None,
+    ) -> SideRecord:
+        folder = await self._folders.find_or_create(mailbox)
+        current: Mapping[str, Any] = {"id": item_id}  # scalar-only PATCH: the body does not depend on the resource
+        if fields & _NEEDS_CURRENT or not fields:
+            doc = await self._get_doc(mailbox, item_id)
+            if doc is None:
+                raise _Failure(404, "ErrorItemNotFound")
+            if if_match and doc.get("changeKey") != if_match:
+                raise _Failure(412, "ErrorIrresolvableConflict")
+            if not fields and marker is None:
+                return self._record(mailbox, doc)
+            current = doc
+        body = self._patch_body(contact, fields, current, marker)
+        resp = await self._http.call(
+            "PATCH", self._contact_path(mailbox, folder, item_id), body=body, headers=self._if_match(if_match),
+            mailbox=mailbox,
+        )
+        if marker is None and "changeKey" in current:  # a full resource was read: it knows the marker
+            marker = self._record(mailbox, current).marker
+        return self._record(mailbox, resp.body, marker)
+
+    def delete(self, mailbox: str, item_id: str, *, if_match: str | None) -> None:
+        self._check_scope(mailbox)
+        self._run(self._delete(mailbox, item_id, if_match), item_id)
+
+    async def _delete(self, mailbox: str, item_id: str, if_match: str | None) -> None:
+        folder = await self._folders.find_or_create(mailbox)
+        path = self._contact_path(mailbox, folder, item_id)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = await self._http.send("DELETE", path, headers=self._if_match(if_match), mailbox=mailbox)
+                if resp.status < 400:
+                    return
+                failure = self._http.failure(resp.status, resp.headers, resp.body)
+            except _Failure as lost:
+                failure = lost
+            if attempt > 1 and failure.status == 404:
+                return  # an earlier attempt of this delete went through
+            wait = self._http.wait_for(failure, attempt) if failure.retryable else None
+            if wait is None:
+                raise failure
+            await self._http.pause(wait, failure)
+
+    # --- bulk ---------------------------------------------------------------------------------------------------
+    def create_many(self, mailbox: str, items: Sequence[CreateRequest]) -> list[SideRecord | SyncError]:
+        self._check_scope(mailbox)
+        return self._run(self._create_many(mailbox, items))
+
+    async def _create_many(self, mailbox: str, items: Sequence[CreateRequest]) -> list[SideRecord | SyncError]:
+        folder = await self._folders.find_or_create(mailbox)
+        url = self._contacts_path(mailbox, folder)
+        keys = [uuid.uuid4().hex if i.marker is not None else None for i in items]
+        ops = [
+            _Op("POST", url, self._create_body(i.contact, i.marker, key), marker=i.marker, create=True, key=key)
+            for i, key in zip(items, keys, strict=True)
+        ]
+        await self._batches.run(mailbox, ops)
+        out: list[SideRecord | SyncError] = []
+        for op in ops:
+            if isinstance(op.result, _Response):
+                out.append(self._record(mailbox, op.result.body, op.marker))
+            else:
+                out.append(item_error(op.result, None))
+        logger.info("create_many in mailbox %s: %d items, %d failed", _mb(mailbox), len(ops),
+                    sum(isinstance(r, SyncError) for r in out))
+        return out
+
+    def update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]:
+        self._check_scope(mailbox)
+        return self._run(self._update_many(mailbox, items))
+
+    async def _update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]:
+        folder = await self._folders.find_or_create(mailbox)
+        out: list[SideRecord | SyncError | None] = [None] * len(items)
+        # Phase 1: read the current resource where the PATCH body depends on it (collections, the address).
+        reads = {
+            n: _Op("GET", self._contact_path(mailbox, folder, i.item_id) + self._read_query())
+            for n, i in enumerate(items)
+            if i.fields & _NEEDS_CURRENT or not i.fields
+        }
+        await self._batches.run(mailbox, list(reads.values()))
+        currents: dict[int, Mapping[str, Any]] = {}
+        for n, item in enumerate(items):
+            op = reads.get(n)
+            if op is None:
+                currents[n] = {"id": item.item_id}
+            elif not isinstance(op.result, _Response):
+                out[n] = item_error(op.result, item.item_id)
+            elif item.if_match and op.result.body.get("changeKey") != item.if_match:
+                out[n] = _map_error(412, "ErrorIrresolvableConflict", item_id=item.item_id)
+            elif not item.fields and item.marker is None:
+                out[n] = self._record(mailbox, op.result.body)
+            else:
+                currents[n] = op.result.body
+        # Phase 2: the PATCHes.
+        patches = {
+            n: _Op(
+                "PATCH", self._contact_path(mailbox, folder, items[n].item_id),
+                self._patch_body(items[n].contact, items[n].fields, current, items[n].marker),
+                headers=self._if_match(items[n].if_match),
+            )
+            for n, current in currents.items()
+        }
+        await self._batches.run(mailbox, list(patches.values()))
+        for n, op in patches.items():
+            item = items[n]
+            if isinstance(op.result, _Response):
+                current = currents[n]
+                known = item.marker if item.marker is not None else (
+                    self._record(mailbox, current).marker if "changeKey" in current else None
+                )
+                out[n] = self._record(mailbox, op.result.body, known)
+            else:
+                out[n] = item_error(op.result, item.item_id)
+        return [r if r is not None else _map_error(None, item_id=items[n].item_id) for n, r in enumerate(out)]
+
+    # --- change feed --------------------------------------------------------------------------------------------
+    def changes(self, mailbox: str, checkpoint: str | None) -> Iterator[ChangePage]:
+        """Graph delta on the sync folder; the checkpoint is the deltaLink (module docstring)."""
+        self._check_scope(mailbox)
+        full = checkpoint is None
+        url = checkpoint or self._run(self._delta_start(mailbox))
+        prefer = {"Prefer": f"odata.maxpagesize={self._page_size}"}  # re-sent on every page
+        while True:  # nextLinks are followed here: the SDK's PageIterator stops on an empty page (§7.5)
+            try:
+                resp = self._http.run(self._http.call("GET", url, headers=prefer, mailbox=mailbox))
+            except _Failure as failure:
+                if failure.resync and not full:
+                    logger.info("delta token of mailbox %s expired (%s): full resync", _mb(mailbox), failure.status)
+                    full = True
+                    url = self._run(self._delta_start(mailbox))
+                    continue
+                raise failure.error() from None
+            body = resp.body or {}
+            records: list[SideRecord] = []
+            removed: list[str] = []
+            for doc in body.get("value") or []:
+                if "@removed" in doc:
+                    removed.append(str(doc["id"]))
+                else:
+                    records.append(self._record(mailbox, doc))
+            next_link = body.get("@odata.nextLink")
+            if next_link:
+                if records or removed:
+                    yield ChangePage(records=tuple(records), removed=tuple(removed), full=full)
+                url = next_link
+                continue
+            delta_link = body.get("@odata.deltaLink")
+            if not delta_link:
+                raise _map_error(502, "NoDeltaLink")
+            yield ChangePage(records=tuple(records), removed=tuple(removed), checkpoint=delta_link, full=full)
+            return
+
+    async def _delta_start(self, mailbox: str) -> str:
+        folder = await self._folders.find_or_create(mailbox)
+        delta_select = ",".join(p for p in self._select.split(",") if p != "parentFolderId")
+        return self._contacts_path(mailbox, folder) + "/delta" + odata_query(select=delta_select)
+
