@@ -1,6 +1,6 @@
 """``python -m bench.webhook_ack``: how fast ``POST /api/graph/notifications`` answers through the local host.
 
-Azurite + the real function app on ``emulators.host.LocalHost``; one stored subscription; N notification POSTs (one
+Azurite + the real function app on ``devhost.host.LocalHost``; one stored subscription; N notification POSTs (one
 contact each, the valid clientState) over a keep-alive connection, one at a time, as Graph sends them. Prints p50,
 p90, p99 and max of the time to the 202, and the core count. The queue worker keeps running, as in production.
 Prints numbers only: the < 50 ms target (DESIGN.md flow 1) is for a reader to compare, not asserted here.
@@ -26,15 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import function_app
+    from devhost.host import LocalHost
     from emulators.azurite import running_azurite
-    from emulators.host import LocalHost
     from sync import bootstrap
     from sync.adapters.graph_subscriptions import client_state_digest
     from sync.ports import StoredSubscription
 
     state = "bench-client-state"
     logging.basicConfig(level=logging.WARNING)
-    for name in ("emulators.host", "sync"):
+    for name in ("devhost", "sync"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     with running_azurite() as azurite:

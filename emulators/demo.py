@@ -1,7 +1,7 @@
 """``make demo`` / ``make demo-up``: the real function app on the local functions host, end to end on emulators.
 
 Starts Azurite (queues and tables), the Graph emulator, the Salesforce emulator (REST over TLS, OAuth JWT bearer,
-Pub/Sub CDC over gRPC) and ``emulators.host.LocalHost`` serving ``function_app`` over HTTP on 127.0.0.1, configured
+Pub/Sub CDC over gRPC) and ``devhost.host.LocalHost`` serving ``function_app`` over HTTP on 127.0.0.1, configured
 only through app settings. Then:
 
  1. seeds a small org: 3 reps, ~300 Salesforce contacts spread over them, a few Outlook contacts already in two
@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from devhost.host import LocalHost
 from emulators.azurite import free_port, running_azurite
 from emulators.graph import GraphEmulator
-from emulators.host import LocalHost
 from emulators.salesforce import SalesforceEmulator
 
 ANN, BOB, CAROL = "ann@contoso.com", "bob@contoso.com", "carol@contoso.com"
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # A worker racing the reconcile for the same contact fails once (AlreadyExists / 412) and is retried by the
     # host: expected, counted in the summary, not worth a traceback here.
-    logging.getLogger("emulators.host").setLevel(logging.CRITICAL)
+    logging.getLogger("devhost").setLevel(logging.CRITICAL)
     logging.getLogger("sync.triggers.queue").setLevel(logging.ERROR)
     logging.getLogger("sync.reconcile").setLevel(logging.ERROR)  # the same races, reported from the job row
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # 16 concurrent workers, pool of 10

@@ -19,9 +19,9 @@ import pytest
 import requests
 
 import function_app
+from devhost.host import LocalHost
 from emulators.azurite import free_port
 from emulators.graph import GraphEmulator
-from emulators.host import LocalHost
 from emulators.salesforce import SalesforceEmulator
 from sync import bootstrap
 from sync.adapters.pubsub import sign_events

@@ -7,7 +7,7 @@ Public API:
                                                        ``Report.violations`` lists what broke (empty = pass)
 
 The stack is the one of ``make demo`` (emulators/demo.py): Azurite, the Graph emulator, the Salesforce emulator and
-``emulators.host.LocalHost`` serving ``function_app``; edits travel webhook -> queue -> worker and CDC pull timer ->
+``devhost.host.LocalHost`` serving ``function_app``; edits travel webhook -> queue -> worker and CDC pull timer ->
 queue -> worker, as in Azure. While people act (a thread doing about ``actions_per_second`` user actions: edits,
 creates, deletes on both sides, owner changes), the emulators answer ``throttle_rate`` 429 with Retry-After (Graph;
 Salesforce's equivalent is 403 REQUEST_LIMIT_EXCEEDED, without Retry-After), ``unavailable_rate`` 503 and
@@ -62,9 +62,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from devhost.host import LocalHost
 from emulators.azurite import free_port
 from emulators.graph import GraphEmulator
-from emulators.host import LocalHost
 from emulators.salesforce import SalesforceEmulator
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class LogTap(logging.Handler):
     """The in-process host's log lines (ids only, never personal data: the product's own rule), kept for the
     evidence timelines: which function decided what, and why, around a violation."""
 
-    LOGGERS = ("sync", "function_app", "emulators.host")
+    LOGGERS = ("sync", "function_app", "devhost")
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -683,7 +683,7 @@ class Soak:
         log = Path(tempfile.gettempdir()) / f"{self.prefix}-killed-host.log"
         with log.open("wb") as out:
             child = subprocess.Popen(  # noqa: S603 - our own host module
-                [sys.executable, "-m", "emulators.host", "--app", "function_app", "--port", str(self.port),
+                [sys.executable, "-m", "devhost", "--app", "function_app", "--port", str(self.port),
                  "--host-key", self.host_key, "--master-key", self.master_key,
                  "--message-lease", str(self.p.message_lease_s)],
                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -9,7 +9,7 @@ Public API:
   function_keys=None, enforce_auth=True, message_lease_s=600)`` with ``start()``, ``stop()``, context manager,
   ``base_url``, ``port``, ``host_key``, ``master_key``, ``functions``, ``invocations``, ``wait_idle(timeout)``,
   ``fire_timer(name)``, ``invoke(name, input)``.
-- ``python -m emulators.host --app function_app --port 7071 [--settings local.settings.json]``.
+- ``python -m devhost --app function_app --port 7071 [--settings local.settings.json]``.
 
 What it does (see docs/local-host.md for the mapping to Core Tools and what is not emulated):
 - HTTP on 127.0.0.1: ``/<routePrefix>/<route>`` with route templates, methods and auth levels (function/host/master
@@ -17,9 +17,9 @@ What it does (see docs/local-host.md for the mapping to Core Tools and what is n
 - Queue triggers polled from Azurite with host.json ``extensions.queues`` semantics: base64 or none encoding,
   ``batchSize``, ``visibilityTimeout`` after a failure, ``maxDequeueCount`` then ``<queue>-poison``,
   ``maxPollingInterval`` backoff (azure.md §1.3, §4.7). ``queue_output`` bindings are written after success only.
-- Timer triggers on six-field NCRONTAB schedules in UTC (``emulators.host_ncrontab``), ``run_on_startup``.
+- Timer triggers on six-field NCRONTAB schedules in UTC (``devhost.ncrontab``), ``run_on_startup``.
 - ``%SETTING%`` references in binding values, ``local.settings.json`` ``Values`` and
-  ``AzureFunctionsJobHost__*`` host.json overrides (``emulators.host_settings``).
+  ``AzureFunctionsJobHost__*`` host.json overrides (``devhost.settings``).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from azure.functions.decorators.function_app import FunctionRegister
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 
-from emulators.host_app import (
+from devhost.app import (
     FunctionSpec,
     InvocationContext,
     QueueOut,
@@ -68,9 +68,9 @@ from emulators.host_app import (
     load_module,
     queue_payloads,
 )
-from emulators.host_ncrontab import Schedule
-from emulators.host_ncrontab import parse as parse_ncrontab
-from emulators.host_settings import (
+from devhost.ncrontab import Schedule
+from devhost.ncrontab import parse as parse_ncrontab
+from devhost.settings import (
     QueueOptions,
     SettingNotFound,
     load_host_json,
@@ -1042,7 +1042,7 @@ def _describe(host: LocalHost) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emulators.host", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--app", default="function_app", help="module name or .py path (default: function_app)")
     parser.add_argument(
         "--port", type=int, help="port on 127.0.0.1; 0 picks a free one (default: Host.LocalHttpPort or 7071)"
@@ -1091,6 +1091,3 @@ def main(argv: list[str] | None = None) -> int:
         host.stop()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
