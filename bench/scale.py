@@ -64,8 +64,8 @@ class Stack:
 
 @contextmanager
 def stack(mailboxes: list[str]) -> Iterator[Stack]:
+    from demo.scenario import _keys
     from emulators.azurite import running_azurite
-    from emulators.demo import _keys
     from emulators.graph import GraphEmulator
     from emulators.salesforce import SalesforceEmulator
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from emulators import demo
+import demo
 
 
 @pytest.mark.e2e

@@ -6,7 +6,7 @@ Public API:
     Soak(connection_string, profile).run() -> Report   the whole run; ``Report.render()`` prints the counts,
                                                        ``Report.violations`` lists what broke (empty = pass)
 
-The stack is the one of ``make demo`` (emulators/demo.py): Azurite, the Graph emulator, the Salesforce emulator and
+The stack is the one of ``make demo`` (demo/scenario.py): Azurite, the Graph emulator, the Salesforce emulator and
 ``devhost.host.LocalHost`` serving ``function_app``; edits travel webhook -> queue -> worker and CDC pull timer ->
 queue -> worker, as in Azure. While people act (a thread doing about ``actions_per_second`` user actions: edits,
 creates, deletes on both sides, owner changes), the emulators answer ``throttle_rate`` 429 with Retry-After (Graph;
@@ -326,7 +326,7 @@ class Soak:
             self.graph, self.sf = graph, sf
             sf.faults.seed = self.p.seed
             sf.faults.rng.seed(self.p.seed)
-            from emulators.demo import _keys
+            from demo.scenario import _keys
 
             private, public = _keys()
             self.seed_org(public)
