@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import function_app
     from devhost.host import LocalHost
+    from devhost.stack import app_settings
     from emulators.azurite import running_azurite
     from sync import bootstrap
     from sync.adapters.graph_subscriptions import client_state_digest
@@ -38,10 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     with running_azurite() as azurite:
-        settings = {"AzureWebJobsStorage": azurite.connection_string,
-                    "SYNC_TABLE_PREFIX": "bench" + uuid.uuid4().hex[:8],
-                    "SYNC_MAILBOXES": "ann@contoso.com", "RECONCILE_SCHEDULE": "0 0 0 1 1 *",
-                    "SUBSCRIPTION_SCHEDULE": "0 0 0 1 1 *", "CDC_PULL_SCHEDULE": "0 0 0 1 1 *"}
+        settings = app_settings(azurite.connection_string, ["ann@contoso.com"],
+                                table_prefix="bench" + uuid.uuid4().hex[:8])
         bootstrap.reset()
         with LocalHost(function_app, settings=settings) as host:
             root = bootstrap.current()

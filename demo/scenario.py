@@ -31,8 +31,6 @@ import signal
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from devhost.host import LocalHost
+from devhost.stack import EVERY_SECOND, app_settings, call, jwt_keys
 from emulators.azurite import free_port, running_azurite
 from emulators.graph import GraphEmulator
 from emulators.salesforce import SalesforceEmulator
@@ -49,7 +48,6 @@ MAILBOXES = (ANN, BOB, CAROL)
 REPS = {ANN: "Ann", BOB: "Bob", CAROL: "Carol"}
 JWT_CLIENT = "contact-sync-demo"
 FOLDER = "Salesforce_Sync"
-NEVER = "0 0 0 1 1 *"  # once a year: the demo starts these jobs itself
 DEADLINE = 30.0
 
 FIRST = ("Olivia", "Liam", "Emma", "Noah", "Ava", "Lucas", "Mia", "Ethan", "Zoe", "Omar", "Lea", "Ivan", "Nina",
@@ -75,18 +73,6 @@ def check(ok: bool, claim: str) -> None:
         FAILED.append(claim)
 
 
-def _keys() -> tuple[bytes, str]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
-
-
 @dataclass
 class Demo:
     host: LocalHost
@@ -106,21 +92,7 @@ class Demo:
     def call(self, method: str, route: str, body: Any = None, *,
              key: str | None = None) -> tuple[int, Any, dict[str, str]]:
         """One HTTP request to the host, the way an operator's script would send it."""
-        url = route if route.startswith("http") else self.host.url(route)
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json", "Accept": "application/json",
-                                              **({"x-functions-key": key} if key else {})})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - 127.0.0.1 only
-                raw, status, headers = resp.read(), resp.status, dict(resp.headers.items())
-        except urllib.error.HTTPError as err:
-            raw, status, headers = err.read(), err.code, dict(err.headers.items())
-        text = raw.decode("utf-8", "replace")
-        try:
-            return status, json.loads(text) if text else None, headers
-        except ValueError:
-            return status, text, headers
+        return call(method, route if route.startswith("http") else self.host.url(route), body, key=key)
 
     def settle(self) -> None:
         """Until notifications are delivered and the host's queues are empty (echoes of our writes included)."""
@@ -191,25 +163,9 @@ def services() -> Iterator[tuple[str, GraphEmulator, SalesforceEmulator]]:
 
 def settings_for(conn: str, graph: GraphEmulator, sf: SalesforceEmulator, port: int, private: bytes) -> dict[str, str]:
     """App settings exactly as ``local.settings.json`` would hold them for the emulators (docs/configuration.md)."""
-    return {
-        "AzureWebJobsStorage": conn,
-        "SYNC_TABLE_PREFIX": "demo" + uuid.uuid4().hex[:8],
-        "SYNC_MAILBOXES": ",".join(MAILBOXES),
-        "WEBHOOK_BASE_URL": f"http://127.0.0.1:{port}",
-        "GRAPH_CREDENTIAL": "static",
-        "GRAPH_BASE_URL": graph.base_url,
-        "SF_LOGIN_URL": sf.instance_url,
-        "SF_CLIENT_ID": JWT_CLIENT,
-        "SF_USERNAME": "integration@example.com",
-        "SF_PRIVATE_KEY": private.decode(),
-        "SF_CA_BUNDLE": str(sf.ca_path),
-        "SF_PUBSUB_ENDPOINT": sf.grpc_target,
-        "SF_PUBSUB_INSECURE": "true",
-        "EVENTS_HMAC_SECRET": uuid.uuid4().hex,
-        "CDC_PULL_SCHEDULE": "* * * * * *",  # every second (Azure default: every 30 s)
-        "RECONCILE_SCHEDULE": NEVER,
-        "SUBSCRIPTION_SCHEDULE": NEVER,
-    }
+    return app_settings(conn, MAILBOXES, table_prefix="demo" + uuid.uuid4().hex[:8], graph=graph, salesforce=sf,
+                        jwt_client=JWT_CLIENT, private_key=private, host_port=port, events_secret=uuid.uuid4().hex,
+                        cdc_schedule=EVERY_SECOND)  # every second (Azure default: every 30 s)
 
 
 def add_account(sf: SalesforceEmulator, name: str, website: str | None = None) -> str:
@@ -450,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     say("=" * 100)
     try:
         with services() as (conn, graph, sf):
-            private, public = _keys()
+            private, public = jwt_keys()
             say(f"[{time.perf_counter() - t0:5.1f}s] Azurite, Graph emulator {graph.base_url}, Salesforce emulator "
                 f"{sf.instance_url} + gRPC {sf.grpc_target}")
             users, accounts, people = seed(graph, sf, public)

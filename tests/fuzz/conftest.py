@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from devhost.stack import emulator_settings
 from sync import bootstrap
 from sync.adapters.memory import MemorySide
 from sync.engine import Engine
@@ -51,10 +52,7 @@ def live(services: tuple[Any, Any, dict[str, str]], settings: dict[str, str],  #
 
     g, sf, users = services
     private, _ = rsa_keys()
-    env = {**settings, "GRAPH_CREDENTIAL": "static", "GRAPH_BASE_URL": g.base_url,
-           "SF_LOGIN_URL": sf.instance_url, "SF_CLIENT_ID": EMULATOR_CLIENT_ID,
-           "SF_USERNAME": "integration@example.com", "SF_PRIVATE_KEY": private.decode(),
-           "SF_CA_BUNDLE": str(sf.ca_path)}
+    env = {**settings, **emulator_settings(g, sf, jwt_client=EMULATOR_CLIENT_ID, private_key=private, pubsub=False)}
     r = bootstrap.install(bootstrap.Root(env))
     yield r, g, sf, users
     r.close()
