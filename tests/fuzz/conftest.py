@@ -11,9 +11,9 @@ import pytest
 
 from devhost.stack import emulator_settings
 from sync import bootstrap
-from sync.adapters.memory import MemorySide
 from sync.engine import Engine
 from sync.policy import Side
+from tests.fakes import MemorySide
 from tests.functions.conftest import ANN, BOB, queues, root, settings  # noqa: F401 - fixtures used by this suite
 from tests.fuzz.support import COUNTS, ENDPOINTS
 
