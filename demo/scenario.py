@@ -59,18 +59,29 @@ COMPANIES = ("Northwind Traders", "Adventure Works", "Tailspin Toys", "Wide Worl
 PER_REP = 100
 
 
+@dataclass
+class Run:
+    """What one run has checked so far; with ``--json`` the story goes to stderr and stdout holds only the summary."""
+
+    claims: list[tuple[str, bool]] = field(default_factory=list)
+    json: bool = False
+
+    @property
+    def failed(self) -> list[str]:
+        return [claim for claim, ok in self.claims if not ok]
+
+
+RUN = Run()
+
+
 def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-FAILED: list[str] = []
+    print(text, file=sys.stderr if RUN.json else sys.stdout, flush=True)
 
 
 def check(ok: bool, claim: str) -> None:
     """The demo proves what it shows: a claim that does not hold fails the run."""
     say(f"   {'ok ' if ok else 'FAILED'} {claim}")
-    if not ok:
-        FAILED.append(claim)
+    RUN.claims.append((claim, ok))
 
 
 @dataclass
@@ -81,7 +92,7 @@ class Demo:
     users: dict[str, str]
     accounts: dict[str, str]
     people: dict[str, str] = field(default_factory=dict)
-    latencies: list[tuple[str, float]] = field(default_factory=list)
+    latencies: list[tuple[str, float | None]] = field(default_factory=list)  # None: did not arrive
     live_since: datetime | None = None
     t0: float = field(default_factory=time.perf_counter)
 
@@ -111,6 +122,7 @@ class Demo:
                 return latency
             time.sleep(0.02)
         say(f"   -> did not arrive within {DEADLINE:.0f} s")
+        self.latencies.append((label, None))
         return None
 
     def reconcile(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -348,32 +360,77 @@ def _audit(d: Demo, mailbox: str, since: datetime | None = None) -> list[Any]:
     return [e for e in entries if since is None or e.at >= since]
 
 
-def summary(d: Demo) -> None:
+def facts(d: Demo) -> dict[str, Any]:
+    """What the run shows, as data: latencies of the live edits, their audit trail (ids and reasons only), counts."""
+    sf_counters = d.sf.counters.snapshot()
+    sf_rest = sum(v for k, v in sf_counters.items() if k.startswith("rest.") and k != "rest.requests")
+    return {
+        "edits": [{"edit": label, "arrived": latency is not None,
+                   "ms": None if latency is None else latency * 1000} for label, latency in d.latencies],
+        "audit": [{"rep": REPS[mb], "action": e.action, "m365_id": e.m365_id, "sf_id": e.sf_id, "reason": e.reason,
+                   "rule": e.rule, "outcome": e.outcome}
+                  for mb in MAILBOXES for e in sorted(_audit(d, mb, since=d.live_since), key=lambda e: e.at)
+                  if e.action != "nothing"],
+        "counts": {
+            "folders": {REPS[mb]: len(d.folder(mb)) for mb in MAILBOXES},
+            "salesforce_contacts": len(d.sf.contacts()),
+            "requests": {
+                "graph": d.graph.counters.count(),
+                "salesforce_rest": sf_rest,
+                "pubsub_subscribes": sf_counters.get("grpc.Subscribe", 0),
+                "graph_webhook_posts": len(d.graph.deliveries()),
+            },
+            "function_runs": {name: {"succeeded": s.succeeded, "failed": s.failed}
+                              for name, s in sorted(d.host.invocations.items()) if s.started},
+        },
+        "wall_s": time.perf_counter() - d.t0,
+        "status_page": f"{d.host.url('status')}?code={d.host.host_key}",
+    }
+
+
+def summary(d: Demo) -> dict[str, Any]:
+    """Print the audit trail of the live edits and the summary; return them as ``facts``."""
+    f = facts(d)
     say("\nAudit trail of the live edits (ids and reasons only)")
     say("-" * 100)
-    for mb in MAILBOXES:
-        for e in sorted(_audit(d, mb, since=d.live_since), key=lambda e: e.at):
-            if e.action == "nothing":
-                continue
-            ids = "/".join(x[-8:] for x in (e.m365_id, e.sf_id) if x)
-            rule = f" ({e.rule})" if e.rule else ""
-            say(f"  {REPS[mb]:<6} {e.action:<16} {ids:<18} {e.reason[:70]}{rule}")
+    for row in f["audit"]:
+        ids = "/".join(x[-8:] for x in (row["m365_id"], row["sf_id"]) if x)
+        rule = f" ({row['rule']})" if row["rule"] else ""
+        say(f"  {row['rep']:<6} {row['action']:<16} {ids:<18} {row['reason'][:70]}{rule}")
 
+    counts = f["counts"]
     say("\nSummary")
     say("-" * 100)
     say("  latency from the edit to the other side being written:")
-    for label, latency in d.latencies:
-        say(f"    {label:<32} {latency * 1000:7.0f} ms")
-    say("  folders: " + ", ".join(f"{REPS[mb]} {len(d.folder(mb))}" for mb in MAILBOXES)
-        + f";  Salesforce contacts: {len(d.sf.contacts())}")
-    sf_calls = sum(v for k, v in d.sf.counters.snapshot().items() if k.startswith("rest.") and k != "rest.requests")
-    say(f"  requests: Graph {d.graph.counters.count()}, Salesforce REST {sf_calls}, Pub/Sub subscribes "
-        f"{d.sf.counters.snapshot().get('grpc.Subscribe', 0)}, Graph webhook POSTs {len(d.graph.deliveries())}")
-    runs = ", ".join(f"{name} {s.succeeded}" + (f" ({s.failed} failed)" if s.failed else "")
-                     for name, s in sorted(d.host.invocations.items()) if s.started)
+    for edit in f["edits"]:
+        if edit["arrived"]:
+            say(f"    {edit['edit']:<32} {edit['ms']:7.0f} ms")
+    say("  folders: " + ", ".join(f"{rep} {n}" for rep, n in counts["folders"].items())
+        + f";  Salesforce contacts: {counts['salesforce_contacts']}")
+    calls = counts["requests"]
+    say(f"  requests: Graph {calls['graph']}, Salesforce REST {calls['salesforce_rest']}, Pub/Sub subscribes "
+        f"{calls['pubsub_subscribes']}, Graph webhook POSTs {calls['graph_webhook_posts']}")
+    runs = ", ".join(f"{name} {r['succeeded']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
+                     for name, r in counts["function_runs"].items())
     say(f"  function runs: {runs}")
-    say(f"  wall time {time.perf_counter() - d.t0:.1f} s")
-    say(f"\n  status page: {d.host.url('status')}?code={d.host.host_key}")
+    say(f"  wall time {f['wall_s']:.1f} s")
+    say(f"\n  status page: {f['status_page']}")
+    return f
+
+
+def structured(f: dict[str, Any]) -> dict[str, Any]:
+    """The ``--json`` document: every claim checked with its result, then ``facts``."""
+    failed = RUN.failed
+    return {
+        "passed": not failed,
+        "claims": [{"claim": claim, "ok": ok} for claim, ok in RUN.claims],
+        "failed": failed,
+        **f,
+        "edits": [{**e, "ms": None if e["ms"] is None else round(e["ms"], 1)} for e in f["edits"]],
+        "wall_s": round(f["wall_s"], 1),
+        "counts": {"claims": len(RUN.claims), "held": len(RUN.claims) - len(failed), "failed": len(failed),
+                   **f["counts"]},
+    }
 
 
 def _stop_on_sigterm() -> None:
@@ -388,6 +445,8 @@ def _stop_on_sigterm() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n")[0])
     parser.add_argument("--keep-running", action="store_true", help="leave everything up until Ctrl-C")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON summary (claims checked, pass/fail, counts) on stdout; the story on stderr")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # A worker racing the reconcile for the same contact fails once (AlreadyExists / 412) and is retried by the
@@ -396,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("sync.triggers.queue").setLevel(logging.ERROR)
     logging.getLogger("sync.reconcile").setLevel(logging.ERROR)  # the same races, reported from the job row
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # 16 concurrent workers, pool of 10
-    FAILED.clear()
+    RUN.claims.clear()
+    RUN.json = args.json
     _stop_on_sigterm()
     import function_app
     from sync import bootstrap
@@ -424,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
                 initial(d)
                 live(d)
                 final(d)
-                summary(d)
+                shown = summary(d)
+                if args.json:
+                    print(json.dumps(structured(shown), indent=2), flush=True)
                 if args.keep_running:
                     say("\nEverything keeps running (CDC timer every second, webhooks live). Ctrl-C to stop.")
                     with contextlib.suppress(KeyboardInterrupt):
@@ -437,8 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted: stopped everything")
         return 130
-    if FAILED:
-        say(f"\nDEMO FAILED: {len(FAILED)} claim(s) did not hold: {'; '.join(FAILED)}")
+    if RUN.failed:
+        say(f"\nDEMO FAILED: {len(RUN.failed)} claim(s) did not hold: {'; '.join(RUN.failed)}")
         return 1
     say("\nEvery claim held.")
     return 0
