@@ -3,7 +3,7 @@
 Azurite + the real function app on ``devhost.host.LocalHost``; one stored subscription; N notification POSTs (one
 contact each, the valid clientState) over a keep-alive connection, one at a time, as Graph sends them. Prints p50,
 p90, p99 and max of the time to the 202, and the core count. The queue worker keeps running, as in production.
-Prints numbers only: the < 50 ms target (DESIGN.md flow 1) is for a reader to compare, not asserted here.
+Prints numbers only: the p99 < 50 ms target (docs/performance.md) is for a reader to compare, not asserted here.
 """
 
 from __future__ import annotations

@@ -1,24 +1,14 @@
 """``make demo`` / ``make demo-up``: the real function app on the local functions host, end to end on emulators.
 
-Starts Azurite (queues and tables), the Graph emulator, the Salesforce emulator (REST over TLS, OAuth JWT bearer,
-Pub/Sub CDC over gRPC) and ``devhost.host.LocalHost`` serving ``function_app`` over HTTP on 127.0.0.1, configured
-only through app settings. Then:
+Starts Azurite, the Graph emulator, the Salesforce emulator (REST over TLS, OAuth JWT bearer, Pub/Sub CDC over gRPC)
+and ``devhost.host.LocalHost`` serving ``function_app`` on 127.0.0.1, configured only through app settings
+(``devhost.stack``). Then it seeds a small org, creates the Graph subscriptions (real handshake), runs the initial
+reconcile through ``POST /api/reconcile``, plays six live edits on both sides (each travels as in Azure: webhook or
+CDC timer -> queue -> worker) and measures their latency, and ends with a reconcile that finds nothing to do.
 
- 1. seeds a small org: 3 reps, ~300 Salesforce contacts spread over them, a few Outlook contacts already in two
-    reps' ``Salesforce_Sync`` folders (one the same person as a Salesforce contact, one whose email matches two
-    Salesforce contacts, one whose company is found by its email domain)
- 2. ``subscriptions_timer`` through ``POST /admin/functions/subscriptions_timer`` (master key): folders and Graph
-    subscriptions, with Graph's validation handshake to the host's ``/api/graph/notifications``
- 3. the initial reconcile: ``POST /api/reconcile`` (function key), then ``GET /api/reconcile/<job>`` until done
- 4. people act live; every change travels as it would in Azure (Graph webhook -> queue -> worker, or Salesforce CDC
-    timer -> queue -> worker) and its latency is measured from the edit until the other side is written:
-    Outlook add, Outlook edit, Salesforce edit, the same field edited on both sides, a Salesforce delete, an owner
-    change
- 5. a last reconcile finds nothing to do; the summary shows counts, requests per service, the audit trail of the
-    live edits (ids and reasons only) and the status page URL
-
-Every claim is checked (``check``): a claim that does not hold fails the run. ``--keep-running`` (``make demo-up``)
-leaves everything up until Ctrl-C. Nothing listens beyond 127.0.0.1.
+Every claim is checked (``check``): one that does not hold fails the run. ``--json`` prints a structured summary
+(claims, latencies, the audit of the live edits, counts) on stdout; ``--keep-running`` (``make demo-up``) leaves
+everything up until Ctrl-C. Nothing listens beyond 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -192,6 +182,8 @@ def add_account(sf: SalesforceEmulator, name: str, website: str | None = None) -
 
 def seed(graph: GraphEmulator, sf: SalesforceEmulator, public: str) -> tuple[dict[str, str], dict[str, str],
                                                                               dict[str, str]]:
+    """3 reps with PER_REP Salesforce contacts each, and a few Outlook contacts already in Ann's and Bob's folders: one
+    the same person as a Salesforce contact, one whose email matches two, one whose company is found by its domain."""
     sf.register_jwt_client(JWT_CLIENT, public)
     users = {mb: sf.add_user(f"{mb}.sf", mb, last_name=REPS[mb]) for mb in MAILBOXES}
     accounts = {name: add_account(sf, name) for name in COMPANIES}
