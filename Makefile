@@ -20,7 +20,7 @@ $(AZURITE): package.json package-lock.json
 
 # The product end to end on local emulators: Azurite + Graph and Salesforce emulators, real SDKs, real engine.
 demo: deps
-	$(PY) -m emulators.demo
+	$(PY) -m demo
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -49,7 +49,7 @@ infra-check:
 # The demo without the ending: everything stays up (host, emulators, Azurite, CDC timer) until Ctrl-C.
 .PHONY: demo-up bench soak
 demo-up: deps
-	$(PY) -m emulators.demo --keep-running
+	$(PY) -m demo --keep-running
 
 # Benchmarks print numbers (no pass/fail) and write bench/results.json; method and results: docs/performance.md.
 # scale: 10 mailboxes x 1,000 contacts (calls vs theoretical minimum) and one 100,000-contact mailbox (peak RSS).

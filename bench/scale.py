@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 JWT_CLIENT = "contact-sync-bench"
-NEVER = "0 0 0 1 1 *"
 COMPANIES = ("Northwind Traders", "Adventure Works", "Tailspin Toys", "Wide World Importers", "Litware")
 
 
@@ -48,29 +47,20 @@ class Stack:
 
     def settings(self) -> dict[str, str]:
         """App settings as local.settings.json would hold them for the emulators (docs/configuration.md)."""
-        return {
-            "AzureWebJobsStorage": self.conn,
-            "SYNC_TABLE_PREFIX": "bench" + uuid.uuid4().hex[:8],
-            "SYNC_MAILBOXES": ",".join(self.mailboxes),
-            "GRAPH_CREDENTIAL": "static",
-            "GRAPH_BASE_URL": self.graph.base_url,
-            "SF_LOGIN_URL": self.sf.instance_url,
-            "SF_CLIENT_ID": JWT_CLIENT,
-            "SF_USERNAME": "integration@example.com",
-            "SF_PRIVATE_KEY": self.private.decode(),
-            "SF_CA_BUNDLE": str(self.sf.ca_path),
-            "RECONCILE_SCHEDULE": NEVER, "SUBSCRIPTION_SCHEDULE": NEVER, "CDC_PULL_SCHEDULE": NEVER,
-        }
+        from devhost.stack import app_settings
+
+        return app_settings(self.conn, self.mailboxes, table_prefix="bench" + uuid.uuid4().hex[:8], graph=self.graph,
+                            salesforce=self.sf, jwt_client=JWT_CLIENT, private_key=self.private, pubsub=False)
 
 
 @contextmanager
 def stack(mailboxes: list[str]) -> Iterator[Stack]:
+    from devhost.stack import jwt_keys
     from emulators.azurite import running_azurite
-    from emulators.demo import _keys
     from emulators.graph import GraphEmulator
     from emulators.salesforce import SalesforceEmulator
 
-    private, public = _keys()
+    private, public = jwt_keys()
     with running_azurite() as azurite, GraphEmulator(users=mailboxes) as graph, SalesforceEmulator() as sf:
         graph.faults.notification_drop_rate = 0.0
         sf.register_jwt_client(JWT_CLIENT, public)

@@ -1,6 +1,6 @@
 """``python -m bench.webhook_ack``: how fast ``POST /api/graph/notifications`` answers through the local host.
 
-Azurite + the real function app on ``emulators.host.LocalHost``; one stored subscription; N notification POSTs (one
+Azurite + the real function app on ``devhost.host.LocalHost``; one stored subscription; N notification POSTs (one
 contact each, the valid clientState) over a keep-alive connection, one at a time, as Graph sends them. Prints p50,
 p90, p99 and max of the time to the 202, and the core count. The queue worker keeps running, as in production.
 Prints numbers only: the p99 < 50 ms target (docs/performance.md) is for a reader to compare, not asserted here.
@@ -26,22 +26,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import function_app
+    from devhost.host import LocalHost
+    from devhost.stack import app_settings
     from emulators.azurite import running_azurite
-    from emulators.host import LocalHost
     from sync import bootstrap
     from sync.adapters.graph import client_state_digest
     from sync.ports import StoredSubscription
 
     state = "bench-client-state"
     logging.basicConfig(level=logging.WARNING)
-    for name in ("emulators.host", "sync"):
+    for name in ("devhost", "sync"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     with running_azurite() as azurite:
-        settings = {"AzureWebJobsStorage": azurite.connection_string,
-                    "SYNC_TABLE_PREFIX": "bench" + uuid.uuid4().hex[:8],
-                    "SYNC_MAILBOXES": "ann@contoso.com", "RECONCILE_SCHEDULE": "0 0 0 1 1 *",
-                    "SUBSCRIPTION_SCHEDULE": "0 0 0 1 1 *", "CDC_PULL_SCHEDULE": "0 0 0 1 1 *"}
+        settings = app_settings(azurite.connection_string, ["ann@contoso.com"],
+                                table_prefix="bench" + uuid.uuid4().hex[:8])
         bootstrap.reset()
         with LocalHost(function_app, settings=settings) as host:
             root = bootstrap.current()

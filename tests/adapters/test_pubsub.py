@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sync.adapters.memory import MemoryCheckpoints, MemoryQueue
 from sync.adapters.salesforce.pubsub import (
     BadSignature,
     CdcSubscriber,
@@ -24,6 +23,7 @@ from sync.model import Contact
 from sync.policy import Side
 from sync.ports import ContactChange, ReconcileMailbox
 from tests.contract.salesforce_harness import MAILBOX, OTHER, SalesforceHarness
+from tests.fakes import MemoryCheckpoints, MemoryQueue
 
 ADA = Contact(first_name="Ada", last_name="Byron", emails=["ada@example.com"])
 

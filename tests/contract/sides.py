@@ -6,10 +6,10 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-from sync.adapters.memory import MemorySide
 from sync.model import Contact
 from sync.policy import Side
 from tests.contract.harness import SideHarness
+from tests.fakes import MemorySide
 
 MAILBOX = "ann@contoso.com"
 OTHER = "bob@contoso.com"

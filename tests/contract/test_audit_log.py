@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sync.adapters.memory import MemoryAudit
 from sync.adapters.storage import TableStorage
 from sync.ports import AuditEntry, AuditLog
+from tests.fakes import MemoryAudit
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 

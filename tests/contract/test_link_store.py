@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sync.adapters.memory import MemoryLinkStore
 from sync.adapters.storage import TableStorage
 from sync.errors import AlreadyExists, NotFound, PreconditionFailed
 from sync.policy import Side
 from sync.ports import Link, LinkState, LinkStore, LinkWrite
+from tests.fakes import MemoryLinkStore
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 MAILBOX = "rep@contoso.com"

@@ -10,7 +10,6 @@ import pytest
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 
-from sync.adapters.memory import MemorySide
 from sync.engine import Engine
 from sync.errors import BadData, Throttled, Transient
 from sync.model import Contact
@@ -18,6 +17,7 @@ from sync.policy import Side
 from sync.ports import ContactChange
 from sync.triggers import reconcile, status, worker
 from sync.triggers.errors import MAX_DEQUEUE_COUNT
+from tests.fakes import MemorySide
 from tests.functions.conftest import ANN, BOB, http, user_function
 
 PEOPLE = [("Ada", "Byron", "ada@analytical.example"), ("Grace", "Hopper", "grace@navy.example"),

@@ -19,9 +19,10 @@ import pytest
 import requests
 
 import function_app
+from devhost.host import LocalHost
+from devhost.stack import app_settings
 from emulators.azurite import free_port
 from emulators.graph import GraphEmulator
-from emulators.host import LocalHost
 from emulators.salesforce import SalesforceEmulator
 from sync import bootstrap
 from sync.adapters.salesforce.pubsub import sign_events
@@ -32,7 +33,6 @@ from tests.functions.conftest import ANN, BOB, HMAC_SECRET, Queues
 CAROL = "carol@contoso.com"
 CLIENT_ID = "through-host-client"
 FOLDER = "Salesforce_Sync"
-NEVER = "0 0 0 1 1 *"  # once a year: timers run when a test fires them
 DEADLINE = 15.0
 
 pytestmark = pytest.mark.timeout(120)
@@ -89,19 +89,10 @@ def stack(azurite_connection_string: str) -> Iterator[Stack]:
         sf.register_jwt_client(CLIENT_ID, public)
         users = {mb: sf.add_user(f"{mb}.sf", mb, last_name=mb.split("@")[0].title()) for mb in (ANN, BOB, CAROL)}
         port = free_port()
-        settings = {
-            "AzureWebJobsStorage": azurite_connection_string,
-            "SYNC_TABLE_PREFIX": "h" + uuid.uuid4().hex[:12],
-            "SYNC_MAILBOXES": f"{ANN},{BOB},{CAROL}",
-            "EVENTS_HMAC_SECRET": HMAC_SECRET,
-            "WEBHOOK_BASE_URL": f"http://127.0.0.1:{port}",
-            "GRAPH_CREDENTIAL": "static", "GRAPH_BASE_URL": g.base_url,
-            "SF_LOGIN_URL": sf.instance_url, "SF_CLIENT_ID": CLIENT_ID, "SF_USERNAME": "integration@example.com",
-            "SF_PRIVATE_KEY": private.decode(), "SF_CA_BUNDLE": str(sf.ca_path),
-            "SF_PUBSUB_ENDPOINT": sf.grpc_target, "SF_PUBSUB_INSECURE": "true",
-            "BREAKER_MIN_COUNT": "3",
-            "RECONCILE_SCHEDULE": NEVER, "SUBSCRIPTION_SCHEDULE": NEVER, "CDC_PULL_SCHEDULE": NEVER,
-        }
+        settings = app_settings(
+            azurite_connection_string, [ANN, BOB, CAROL], table_prefix="h" + uuid.uuid4().hex[:12], graph=g,
+            salesforce=sf, jwt_client=CLIENT_ID, private_key=private, host_port=port, events_secret=HMAC_SECRET,
+            overrides={"BREAKER_MIN_COUNT": "3"})  # timers run only when a test fires them
         bootstrap.reset()  # the host's functions build their root from the settings it puts in the environment
         host = LocalHost(function_app, port=port, settings=settings)
         host.start()

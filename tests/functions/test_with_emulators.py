@@ -18,6 +18,7 @@ import pytest
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 
+from devhost.stack import emulator_settings
 from emulators.graph import GraphEmulator
 from emulators.salesforce import SalesforceEmulator
 from sync import bootstrap
@@ -74,10 +75,8 @@ def services() -> Iterator[tuple[GraphEmulator, SalesforceEmulator, str, dict[st
 def live(services, settings, queues):
     g, sf, bridge, users = services
     private, _ = rsa_keys()
-    env = {**settings, "GRAPH_CREDENTIAL": "static", "GRAPH_BASE_URL": g.base_url, "WEBHOOK_BASE_URL": bridge,
-           "SF_LOGIN_URL": sf.instance_url, "SF_CLIENT_ID": CLIENT_ID, "SF_USERNAME": "integration@example.com",
-           "SF_PRIVATE_KEY": private.decode(), "SF_CA_BUNDLE": str(sf.ca_path),
-           "SF_PUBSUB_ENDPOINT": sf.grpc_target, "SF_PUBSUB_INSECURE": "true"}
+    env = {**settings, **emulator_settings(g, sf, jwt_client=CLIENT_ID, private_key=private),
+           "WEBHOOK_BASE_URL": bridge}
     root = bootstrap.install(bootstrap.Root(env))
     yield root, g, sf, users
     bootstrap.reset()

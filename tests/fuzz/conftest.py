@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from devhost.stack import emulator_settings
 from sync import bootstrap
-from sync.adapters.memory import MemorySide
 from sync.engine import Engine
 from sync.policy import Side
+from tests.fakes import MemorySide
 from tests.functions.conftest import ANN, BOB, queues, root, settings  # noqa: F401 - fixtures used by this suite
 from tests.fuzz.support import COUNTS, ENDPOINTS
 
@@ -51,10 +52,7 @@ def live(services: tuple[Any, Any, dict[str, str]], settings: dict[str, str],  #
 
     g, sf, users = services
     private, _ = rsa_keys()
-    env = {**settings, "GRAPH_CREDENTIAL": "static", "GRAPH_BASE_URL": g.base_url,
-           "SF_LOGIN_URL": sf.instance_url, "SF_CLIENT_ID": EMULATOR_CLIENT_ID,
-           "SF_USERNAME": "integration@example.com", "SF_PRIVATE_KEY": private.decode(),
-           "SF_CA_BUNDLE": str(sf.ca_path)}
+    env = {**settings, **emulator_settings(g, sf, jwt_client=EMULATOR_CLIENT_ID, private_key=private, pubsub=False)}
     r = bootstrap.install(bootstrap.Root(env))
     yield r, g, sf, users
     r.close()

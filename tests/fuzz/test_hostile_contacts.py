@@ -19,7 +19,6 @@ from azure.functions.queue import QueueMessage
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from sync.adapters.memory import MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
 from sync.engine import Engine
 from sync.errors import SyncError
 from sync.mapping import GRAPH_MAX_EMAILS, contact_to_graph, fit_salesforce, graph_to_contact, salesforce_to_contact
@@ -28,6 +27,7 @@ from sync.policy import FieldMap, Policy, Side
 from sync.ports import ContactChange
 from sync.triggers import worker
 from sync.triggers.errors import MAX_DEQUEUE_COUNT
+from tests.fakes import MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
 from tests.functions.conftest import ANN, BOB, user_function
 from tests.fuzz.strategies import JUNK, TEXT, people
 from tests.fuzz.support import Person, assert_no_personal_data, count

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from emulators.host_ncrontab import NcrontabError, parse
-from emulators.host_settings import QueueOptions, SettingNotFound, load_host_json, parse_timespan, resolve, route_prefix
+from devhost.ncrontab import NcrontabError, parse
+from devhost.settings import QueueOptions, SettingNotFound, load_host_json, parse_timespan, resolve, route_prefix
 
 
 def at(text: str) -> dt.datetime:

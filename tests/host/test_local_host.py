@@ -1,4 +1,4 @@
-"""The local functions host (emulators/host.py) serving a toy function app over Azurite.
+"""The local functions host (devhost/host.py) serving a toy function app over Azurite.
 
 Expectations follow ../shared/reference/azure.md: §1.1 discovery, §1.3 host.json queue settings and poison queues,
 §1.5 introspection, §4.7 base64 encoding and dequeue_count, §6.1 auth levels and keys.
@@ -23,8 +23,8 @@ import azure.functions as func
 import pytest
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
-from emulators.host import QUEUE_API_VERSION, HostError, LocalHost, compile_route
-from emulators.host_app import find_function_app
+from devhost.app import find_function_app
+from devhost.host import QUEUE_API_VERSION, HostError, LocalHost, compile_route
 from tests.host import toy_app
 
 pytestmark = pytest.mark.azurite
@@ -195,7 +195,7 @@ def test_unknown_routes_are_404_and_wrong_method_is_405(host: LocalHost) -> None
 
 def test_exception_gives_generic_500_and_logs_traceback(host: LocalHost, caplog: pytest.LogCaptureFixture) -> None:
     before = host.invocations["boom"]
-    with caplog.at_level(logging.ERROR, logger="emulators.host"):
+    with caplog.at_level(logging.ERROR, logger="devhost.host"):
         status, _, body = call(host, "GET", "/api/boom")
     assert status == 500
     assert b"secret" not in body and b"Traceback" not in body

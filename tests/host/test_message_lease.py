@@ -16,8 +16,8 @@ import uuid
 
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
+from devhost.host import QUEUE_API_VERSION, LocalHost
 from emulators.azurite import free_port
-from emulators.host import QUEUE_API_VERSION, LocalHost
 from tests.host import toy_app
 from tests.host.test_local_host import FAST_QUEUES, _settings
 
@@ -31,7 +31,7 @@ def test_a_message_of_a_killed_host_is_delivered_again_after_the_lease(azurite_c
     body = f"{toy_app.SLOW_MARKER}-{uuid.uuid4().hex}"
     queue.send_message(body)
     dying = subprocess.Popen(  # noqa: S603 - our own host module
-        [sys.executable, "-m", "emulators.host", "--app", "tests.host.toy_app", "--port", str(free_port()),
+        [sys.executable, "-m", "devhost", "--app", "tests.host.toy_app", "--port", str(free_port()),
          "--message-lease", "1"],
         env={**os.environ, **settings}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

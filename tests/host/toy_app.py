@@ -1,6 +1,6 @@
 """A toy function app for the local host tests: its own ``func.FunctionApp`` and one function per feature.
 
-The functions record what they receive in module-level lists (fakes that record effects, STYLE.md habit 12);
+The functions record what they receive in module-level lists (fakes that record their effects);
 tests tell their calls apart by unique payloads and clear nothing shared.
 """
 

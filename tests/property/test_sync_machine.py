@@ -28,14 +28,6 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from sync.adapters.memory import (
-    LogicalClock,
-    MemoryAudit,
-    MemoryCheckpoints,
-    MemoryLinkStore,
-    MemoryQueue,
-    MemorySide,
-)
 from sync.engine import Engine
 from sync.errors import PreconditionFailed, SyncError, Throttled, Transient
 from sync.mapping import fit_salesforce
@@ -44,6 +36,14 @@ from sync.planner import synced_rules
 from sync.policy import ConflictPolicy, DeletePolicy, Policy, Side
 from sync.ports import ContactChange, LinkState
 from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
+from tests.fakes import (
+    LogicalClock,
+    MemoryAudit,
+    MemoryCheckpoints,
+    MemoryLinkStore,
+    MemoryQueue,
+    MemorySide,
+)
 
 MAILBOXES = ("ann@contoso.com", "bob@contoso.com")
 PEOPLE = [

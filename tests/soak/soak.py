@@ -6,8 +6,8 @@ Public API:
     Soak(connection_string, profile).run() -> Report   the whole run; ``Report.render()`` prints the counts,
                                                        ``Report.violations`` lists what broke (empty = pass)
 
-The stack is the one of ``make demo`` (emulators/demo.py): Azurite, the Graph emulator, the Salesforce emulator and
-``emulators.host.LocalHost`` serving ``function_app``; edits travel webhook -> queue -> worker and CDC pull timer ->
+The stack is the one of ``make demo`` (demo/scenario.py): Azurite, the Graph emulator, the Salesforce emulator and
+``devhost.host.LocalHost`` serving ``function_app``; edits travel webhook -> queue -> worker and CDC pull timer ->
 queue -> worker, as in Azure. While people act (a thread doing about ``actions_per_second`` user actions: edits,
 creates, deletes on both sides, owner changes), the emulators answer ``throttle_rate`` 429 with Retry-After (Graph;
 Salesforce's equivalent is 403 REQUEST_LIMIT_EXCEEDED, without Retry-After), ``unavailable_rate`` 503 and
@@ -51,9 +51,7 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -62,9 +60,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from devhost.host import LocalHost
+from devhost.stack import EVERY_SECOND, app_settings, call, jwt_keys
 from emulators.azurite import free_port
 from emulators.graph import GraphEmulator
-from emulators.host import LocalHost
 from emulators.salesforce import SalesforceEmulator
 
 logger = logging.getLogger(__name__)
@@ -74,7 +73,6 @@ MAILBOXES = ("ann@contoso.com", "bob@contoso.com", "carol@contoso.com")
 FOLDER = "Salesforce_Sync"
 JWT_CLIENT = "contact-sync-soak"
 MARKER_FIELD = "Outlook_Id__c"
-NEVER = "0 0 0 1 1 *"
 COMPANIES = ("Northwind Traders", "Adventure Works", "Tailspin Toys", "Litware", "Proseware", "Woodgrove Bank")
 FIRST = ("Olivia", "Liam", "Emma", "Noah", "Ava", "Lucas", "Mia", "Ethan", "Zoe", "Omar", "Lea", "Ivan")
 LAST = ("Berg", "Costa", "Dubois", "Evans", "Fischer", "Garcia", "Hansen", "Ito", "Jensen", "Kowalski")
@@ -196,7 +194,7 @@ class LogTap(logging.Handler):
     """The in-process host's log lines (ids only, never personal data: the product's own rule), kept for the
     evidence timelines: which function decided what, and why, around a violation."""
 
-    LOGGERS = ("sync", "function_app", "emulators.host")
+    LOGGERS = ("sync", "function_app", "devhost")
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -275,19 +273,7 @@ class Soak:
     def call(self, method: str, route: str, body: Any = None, *,
              key: str | None = None) -> tuple[int, Any, dict[str, str]]:
         url = route if route.startswith("http") else f"http://127.0.0.1:{self.port}/api/{route}"
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method, headers={
-            "Content-Type": "application/json", "x-functions-key": key or self.host_key})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - 127.0.0.1 only
-                raw, status, headers = resp.read(), resp.status, dict(resp.headers.items())
-        except urllib.error.HTTPError as err:
-            raw, status, headers = err.read(), err.code, dict(err.headers.items())
-        text = raw.decode("utf-8", "replace")
-        try:
-            return status, json.loads(text) if text else None, headers
-        except ValueError:
-            return status, text, headers
+        return call(method, url, body, key=key or self.host_key)
 
     def settle(self, timeout: float | None = None) -> bool:
         """Notifications delivered and the host's queues empty (invisible messages included), twice in a row."""
@@ -326,31 +312,13 @@ class Soak:
             self.graph, self.sf = graph, sf
             sf.faults.seed = self.p.seed
             sf.faults.rng.seed(self.p.seed)
-            from emulators.demo import _keys
-
-            private, public = _keys()
+            private, public = jwt_keys()
             self.seed_org(public)
             self.port = free_port()
-            self.settings = {
-                "AzureWebJobsStorage": self.conn,
-                "SYNC_TABLE_PREFIX": self.prefix,
-                "SYNC_MAILBOXES": ",".join(MAILBOXES),
-                "WEBHOOK_BASE_URL": f"http://127.0.0.1:{self.port}",
-                "GRAPH_CREDENTIAL": "static",
-                "GRAPH_BASE_URL": graph.base_url,
-                "SF_LOGIN_URL": sf.instance_url,
-                "SF_CLIENT_ID": JWT_CLIENT,
-                "SF_USERNAME": "integration@example.com",
-                "SF_PRIVATE_KEY": private.decode(),
-                "SF_CA_BUNDLE": str(sf.ca_path),
-                "SF_PUBSUB_ENDPOINT": sf.grpc_target,
-                "SF_PUBSUB_INSECURE": "true",
-                "SF_OUTLOOK_ID_FIELD": MARKER_FIELD,  # markers on both sides: links can be rebuilt
-                "EVENTS_HMAC_SECRET": uuid.uuid4().hex,
-                "CDC_PULL_SCHEDULE": "* * * * * *",
-                "RECONCILE_SCHEDULE": NEVER,
-                "SUBSCRIPTION_SCHEDULE": NEVER,
-            }
+            self.settings = app_settings(
+                self.conn, MAILBOXES, table_prefix=self.prefix, graph=graph, salesforce=sf, jwt_client=JWT_CLIENT,
+                private_key=private, host_port=self.port, events_secret=uuid.uuid4().hex, cdc_schedule=EVERY_SECOND,
+                overrides={"SF_OUTLOOK_ID_FIELD": MARKER_FIELD})  # markers on both sides: links can be rebuilt
             self.clear_queues()
             bootstrap.reset()
             try:
@@ -683,7 +651,7 @@ class Soak:
         log = Path(tempfile.gettempdir()) / f"{self.prefix}-killed-host.log"
         with log.open("wb") as out:
             child = subprocess.Popen(  # noqa: S603 - our own host module
-                [sys.executable, "-m", "emulators.host", "--app", "function_app", "--port", str(self.port),
+                [sys.executable, "-m", "devhost", "--app", "function_app", "--port", str(self.port),
                  "--host-key", self.host_key, "--master-key", self.master_key,
                  "--message-lease", str(self.p.message_lease_s)],
                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)

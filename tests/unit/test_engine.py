@@ -7,14 +7,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from sync.adapters.memory import (
-    LogicalClock,
-    MemoryAudit,
-    MemoryCheckpoints,
-    MemoryLinkStore,
-    MemoryQueue,
-    MemorySide,
-)
 from sync.adapters.storage import TableStorage
 from sync.engine import Engine
 from sync.errors import CircuitBreakerTripped, PreconditionFailed, Throttled, Transient
@@ -22,6 +14,14 @@ from sync.model import Contact
 from sync.policy import CircuitBreaker, Policy, Side
 from sync.ports import ContactChange, CreateRequest, LinkState, LinkStore
 from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
+from tests.fakes import (
+    LogicalClock,
+    MemoryAudit,
+    MemoryCheckpoints,
+    MemoryLinkStore,
+    MemoryQueue,
+    MemorySide,
+)
 
 ANN, BOB = "ann@contoso.com", "bob@contoso.com"
 ADA = Contact(first_name="Ada", last_name="Byron", emails=["ada@example.com"], company="Acme")

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sync.adapters.memory import (
+from sync.engine import Engine
+from sync.model import Contact
+from sync.policy import DeletePolicy, Policy, Side
+from sync.ports import ContactChange, LinkState
+from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
+from tests.fakes import (
     LogicalClock,
     MemoryAudit,
     MemoryCheckpoints,
@@ -13,11 +18,6 @@ from sync.adapters.memory import (
     MemoryQueue,
     MemorySide,
 )
-from sync.engine import Engine
-from sync.model import Contact
-from sync.policy import DeletePolicy, Policy, Side
-from sync.ports import ContactChange, LinkState
-from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
 
 ANN, BOB = "ann@contoso.com", "bob@contoso.com"
 NAMES = ("kept", "gone", "moved", "plain")

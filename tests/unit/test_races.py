@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from sync.adapters.memory import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
 from sync.engine import Engine
 from sync.errors import AlreadyExists, PreconditionFailed, Transient
 from sync.model import Contact
@@ -16,6 +15,7 @@ from sync.planner import plan
 from sync.policy import Policy, Side
 from sync.ports import ContactChange, LinkState
 from sync.reconcile import reconcile_mailbox
+from tests.fakes import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
 
 ANN = "ann@contoso.com"
 ADA = Contact(first_name="Ada", last_name="Byron", emails=["ada@example.com"], job_title="Dev")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from sync import reconcile
-from sync.adapters.memory import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
 from sync.engine import Engine
 from sync.model import Contact
 from sync.policy import Policy, Side
 from sync.reconcile import reconcile_mailbox
+from tests.fakes import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
 
 ANN = "ann@contoso.com"
 

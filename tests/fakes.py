@@ -1,6 +1,6 @@
-"""In-memory adapters: both contact sides, links, checkpoints, audit and queue.
+"""In-memory fakes of the ports: both contact sides, links, checkpoints, audit, queue, jobs and subscriptions.
 
-For unit and property tests (and the offline demo's bookkeeping). They keep the same promises as the real adapters:
+For unit, property and fuzz tests; never deployed. They keep the same promises as the real adapters:
 ``MemoryLinkStore`` passes the same contract suite as the Azure Tables store (tests/contract), ``MemorySide``
 behaves like an Outlook folder (per mailbox) or a Salesforce org (org-wide, owned records, field lengths).
 Fakes record their effects (``side.writes``, ``queue.sent``) and can be told to fail (``side.fail_next``).

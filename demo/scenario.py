@@ -1,24 +1,14 @@
 """``make demo`` / ``make demo-up``: the real function app on the local functions host, end to end on emulators.
 
-Starts Azurite (queues and tables), the Graph emulator, the Salesforce emulator (REST over TLS, OAuth JWT bearer,
-Pub/Sub CDC over gRPC) and ``emulators.host.LocalHost`` serving ``function_app`` over HTTP on 127.0.0.1, configured
-only through app settings. Then:
+Starts Azurite, the Graph emulator, the Salesforce emulator (REST over TLS, OAuth JWT bearer, Pub/Sub CDC over gRPC)
+and ``devhost.host.LocalHost`` serving ``function_app`` on 127.0.0.1, configured only through app settings
+(``devhost.stack``). Then it seeds a small org, creates the Graph subscriptions (real handshake), runs the initial
+reconcile through ``POST /api/reconcile``, plays six live edits on both sides (each travels as in Azure: webhook or
+CDC timer -> queue -> worker) and measures their latency, and ends with a reconcile that finds nothing to do.
 
- 1. seeds a small org: 3 reps, ~300 Salesforce contacts spread over them, a few Outlook contacts already in two
-    reps' ``Salesforce_Sync`` folders (one the same person as a Salesforce contact, one whose email matches two
-    Salesforce contacts, one whose company is found by its email domain)
- 2. ``subscriptions_timer`` through ``POST /admin/functions/subscriptions_timer`` (master key): folders and Graph
-    subscriptions, with Graph's validation handshake to the host's ``/api/graph/notifications``
- 3. the initial reconcile: ``POST /api/reconcile`` (function key), then ``GET /api/reconcile/<job>`` until done
- 4. people act live; every change travels as it would in Azure (Graph webhook -> queue -> worker, or Salesforce CDC
-    timer -> queue -> worker) and its latency is measured from the edit until the other side is written:
-    Outlook add, Outlook edit, Salesforce edit, the same field edited on both sides, a Salesforce delete, an owner
-    change
- 5. a last reconcile finds nothing to do; the summary shows counts, requests per service, the audit trail of the
-    live edits (ids and reasons only) and the status page URL
-
-Every claim is checked (``check``): a claim that does not hold fails the run. ``--keep-running`` (``make demo-up``)
-leaves everything up until Ctrl-C. Nothing listens beyond 127.0.0.1.
+Every claim is checked (``check``): one that does not hold fails the run. ``--json`` prints a structured summary
+(claims, latencies, the audit of the live edits, counts) on stdout; ``--keep-running`` (``make demo-up``) leaves
+everything up until Ctrl-C. Nothing listens beyond 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -31,17 +21,16 @@ import signal
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from devhost.host import LocalHost
+from devhost.stack import EVERY_SECOND, app_settings, call, jwt_keys
 from emulators.azurite import free_port, running_azurite
 from emulators.graph import GraphEmulator
-from emulators.host import LocalHost
 from emulators.salesforce import SalesforceEmulator
 
 ANN, BOB, CAROL = "ann@contoso.com", "bob@contoso.com", "carol@contoso.com"
@@ -49,7 +38,6 @@ MAILBOXES = (ANN, BOB, CAROL)
 REPS = {ANN: "Ann", BOB: "Bob", CAROL: "Carol"}
 JWT_CLIENT = "contact-sync-demo"
 FOLDER = "Salesforce_Sync"
-NEVER = "0 0 0 1 1 *"  # once a year: the demo starts these jobs itself
 DEADLINE = 30.0
 
 FIRST = ("Olivia", "Liam", "Emma", "Noah", "Ava", "Lucas", "Mia", "Ethan", "Zoe", "Omar", "Lea", "Ivan", "Nina",
@@ -61,30 +49,29 @@ COMPANIES = ("Northwind Traders", "Adventure Works", "Tailspin Toys", "Wide Worl
 PER_REP = 100
 
 
+@dataclass
+class Run:
+    """What one run has checked so far; with ``--json`` the story goes to stderr and stdout holds only the summary."""
+
+    claims: list[tuple[str, bool]] = field(default_factory=list)
+    json: bool = False
+
+    @property
+    def failed(self) -> list[str]:
+        return [claim for claim, ok in self.claims if not ok]
+
+
+RUN = Run()
+
+
 def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-FAILED: list[str] = []
+    print(text, file=sys.stderr if RUN.json else sys.stdout, flush=True)
 
 
 def check(ok: bool, claim: str) -> None:
     """The demo proves what it shows: a claim that does not hold fails the run."""
     say(f"   {'ok ' if ok else 'FAILED'} {claim}")
-    if not ok:
-        FAILED.append(claim)
-
-
-def _keys() -> tuple[bytes, str]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
+    RUN.claims.append((claim, ok))
 
 
 @dataclass
@@ -95,7 +82,7 @@ class Demo:
     users: dict[str, str]
     accounts: dict[str, str]
     people: dict[str, str] = field(default_factory=dict)
-    latencies: list[tuple[str, float]] = field(default_factory=list)
+    latencies: list[tuple[str, float | None]] = field(default_factory=list)  # None: did not arrive
     live_since: datetime | None = None
     t0: float = field(default_factory=time.perf_counter)
 
@@ -106,21 +93,7 @@ class Demo:
     def call(self, method: str, route: str, body: Any = None, *,
              key: str | None = None) -> tuple[int, Any, dict[str, str]]:
         """One HTTP request to the host, the way an operator's script would send it."""
-        url = route if route.startswith("http") else self.host.url(route)
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json", "Accept": "application/json",
-                                              **({"x-functions-key": key} if key else {})})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - 127.0.0.1 only
-                raw, status, headers = resp.read(), resp.status, dict(resp.headers.items())
-        except urllib.error.HTTPError as err:
-            raw, status, headers = err.read(), err.code, dict(err.headers.items())
-        text = raw.decode("utf-8", "replace")
-        try:
-            return status, json.loads(text) if text else None, headers
-        except ValueError:
-            return status, text, headers
+        return call(method, route if route.startswith("http") else self.host.url(route), body, key=key)
 
     def settle(self) -> None:
         """Until notifications are delivered and the host's queues are empty (echoes of our writes included)."""
@@ -139,6 +112,7 @@ class Demo:
                 return latency
             time.sleep(0.02)
         say(f"   -> did not arrive within {DEADLINE:.0f} s")
+        self.latencies.append((label, None))
         return None
 
     def reconcile(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -191,25 +165,9 @@ def services() -> Iterator[tuple[str, GraphEmulator, SalesforceEmulator]]:
 
 def settings_for(conn: str, graph: GraphEmulator, sf: SalesforceEmulator, port: int, private: bytes) -> dict[str, str]:
     """App settings exactly as ``local.settings.json`` would hold them for the emulators (docs/configuration.md)."""
-    return {
-        "AzureWebJobsStorage": conn,
-        "SYNC_TABLE_PREFIX": "demo" + uuid.uuid4().hex[:8],
-        "SYNC_MAILBOXES": ",".join(MAILBOXES),
-        "WEBHOOK_BASE_URL": f"http://127.0.0.1:{port}",
-        "GRAPH_CREDENTIAL": "static",
-        "GRAPH_BASE_URL": graph.base_url,
-        "SF_LOGIN_URL": sf.instance_url,
-        "SF_CLIENT_ID": JWT_CLIENT,
-        "SF_USERNAME": "integration@example.com",
-        "SF_PRIVATE_KEY": private.decode(),
-        "SF_CA_BUNDLE": str(sf.ca_path),
-        "SF_PUBSUB_ENDPOINT": sf.grpc_target,
-        "SF_PUBSUB_INSECURE": "true",
-        "EVENTS_HMAC_SECRET": uuid.uuid4().hex,
-        "CDC_PULL_SCHEDULE": "* * * * * *",  # every second (Azure default: every 30 s)
-        "RECONCILE_SCHEDULE": NEVER,
-        "SUBSCRIPTION_SCHEDULE": NEVER,
-    }
+    return app_settings(conn, MAILBOXES, table_prefix="demo" + uuid.uuid4().hex[:8], graph=graph, salesforce=sf,
+                        jwt_client=JWT_CLIENT, private_key=private, host_port=port, events_secret=uuid.uuid4().hex,
+                        cdc_schedule=EVERY_SECOND)  # every second (Azure default: every 30 s)
 
 
 def add_account(sf: SalesforceEmulator, name: str, website: str | None = None) -> str:
@@ -224,6 +182,8 @@ def add_account(sf: SalesforceEmulator, name: str, website: str | None = None) -
 
 def seed(graph: GraphEmulator, sf: SalesforceEmulator, public: str) -> tuple[dict[str, str], dict[str, str],
                                                                               dict[str, str]]:
+    """3 reps with PER_REP Salesforce contacts each, and a few Outlook contacts already in Ann's and Bob's folders: one
+    the same person as a Salesforce contact, one whose email matches two, one whose company is found by its domain."""
     sf.register_jwt_client(JWT_CLIENT, public)
     users = {mb: sf.add_user(f"{mb}.sf", mb, last_name=REPS[mb]) for mb in MAILBOXES}
     accounts = {name: add_account(sf, name) for name in COMPANIES}
@@ -392,32 +352,77 @@ def _audit(d: Demo, mailbox: str, since: datetime | None = None) -> list[Any]:
     return [e for e in entries if since is None or e.at >= since]
 
 
-def summary(d: Demo) -> None:
+def facts(d: Demo) -> dict[str, Any]:
+    """What the run shows, as data: latencies of the live edits, their audit trail (ids and reasons only), counts."""
+    sf_counters = d.sf.counters.snapshot()
+    sf_rest = sum(v for k, v in sf_counters.items() if k.startswith("rest.") and k != "rest.requests")
+    return {
+        "edits": [{"edit": label, "arrived": latency is not None,
+                   "ms": None if latency is None else latency * 1000} for label, latency in d.latencies],
+        "audit": [{"rep": REPS[mb], "action": e.action, "m365_id": e.m365_id, "sf_id": e.sf_id, "reason": e.reason,
+                   "rule": e.rule, "outcome": e.outcome}
+                  for mb in MAILBOXES for e in sorted(_audit(d, mb, since=d.live_since), key=lambda e: e.at)
+                  if e.action != "nothing"],
+        "counts": {
+            "folders": {REPS[mb]: len(d.folder(mb)) for mb in MAILBOXES},
+            "salesforce_contacts": len(d.sf.contacts()),
+            "requests": {
+                "graph": d.graph.counters.count(),
+                "salesforce_rest": sf_rest,
+                "pubsub_subscribes": sf_counters.get("grpc.Subscribe", 0),
+                "graph_webhook_posts": len(d.graph.deliveries()),
+            },
+            "function_runs": {name: {"succeeded": s.succeeded, "failed": s.failed}
+                              for name, s in sorted(d.host.invocations.items()) if s.started},
+        },
+        "wall_s": time.perf_counter() - d.t0,
+        "status_page": f"{d.host.url('status')}?code={d.host.host_key}",
+    }
+
+
+def summary(d: Demo) -> dict[str, Any]:
+    """Print the audit trail of the live edits and the summary; return them as ``facts``."""
+    f = facts(d)
     say("\nAudit trail of the live edits (ids and reasons only)")
     say("-" * 100)
-    for mb in MAILBOXES:
-        for e in sorted(_audit(d, mb, since=d.live_since), key=lambda e: e.at):
-            if e.action == "nothing":
-                continue
-            ids = "/".join(x[-8:] for x in (e.m365_id, e.sf_id) if x)
-            rule = f" ({e.rule})" if e.rule else ""
-            say(f"  {REPS[mb]:<6} {e.action:<16} {ids:<18} {e.reason[:70]}{rule}")
+    for row in f["audit"]:
+        ids = "/".join(x[-8:] for x in (row["m365_id"], row["sf_id"]) if x)
+        rule = f" ({row['rule']})" if row["rule"] else ""
+        say(f"  {row['rep']:<6} {row['action']:<16} {ids:<18} {row['reason'][:70]}{rule}")
 
+    counts = f["counts"]
     say("\nSummary")
     say("-" * 100)
     say("  latency from the edit to the other side being written:")
-    for label, latency in d.latencies:
-        say(f"    {label:<32} {latency * 1000:7.0f} ms")
-    say("  folders: " + ", ".join(f"{REPS[mb]} {len(d.folder(mb))}" for mb in MAILBOXES)
-        + f";  Salesforce contacts: {len(d.sf.contacts())}")
-    sf_calls = sum(v for k, v in d.sf.counters.snapshot().items() if k.startswith("rest.") and k != "rest.requests")
-    say(f"  requests: Graph {d.graph.counters.count()}, Salesforce REST {sf_calls}, Pub/Sub subscribes "
-        f"{d.sf.counters.snapshot().get('grpc.Subscribe', 0)}, Graph webhook POSTs {len(d.graph.deliveries())}")
-    runs = ", ".join(f"{name} {s.succeeded}" + (f" ({s.failed} failed)" if s.failed else "")
-                     for name, s in sorted(d.host.invocations.items()) if s.started)
+    for edit in f["edits"]:
+        if edit["arrived"]:
+            say(f"    {edit['edit']:<32} {edit['ms']:7.0f} ms")
+    say("  folders: " + ", ".join(f"{rep} {n}" for rep, n in counts["folders"].items())
+        + f";  Salesforce contacts: {counts['salesforce_contacts']}")
+    calls = counts["requests"]
+    say(f"  requests: Graph {calls['graph']}, Salesforce REST {calls['salesforce_rest']}, Pub/Sub subscribes "
+        f"{calls['pubsub_subscribes']}, Graph webhook POSTs {calls['graph_webhook_posts']}")
+    runs = ", ".join(f"{name} {r['succeeded']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
+                     for name, r in counts["function_runs"].items())
     say(f"  function runs: {runs}")
-    say(f"  wall time {time.perf_counter() - d.t0:.1f} s")
-    say(f"\n  status page: {d.host.url('status')}?code={d.host.host_key}")
+    say(f"  wall time {f['wall_s']:.1f} s")
+    say(f"\n  status page: {f['status_page']}")
+    return f
+
+
+def structured(f: dict[str, Any]) -> dict[str, Any]:
+    """The ``--json`` document: every claim checked with its result, then ``facts``."""
+    failed = RUN.failed
+    return {
+        "passed": not failed,
+        "claims": [{"claim": claim, "ok": ok} for claim, ok in RUN.claims],
+        "failed": failed,
+        **f,
+        "edits": [{**e, "ms": None if e["ms"] is None else round(e["ms"], 1)} for e in f["edits"]],
+        "wall_s": round(f["wall_s"], 1),
+        "counts": {"claims": len(RUN.claims), "held": len(RUN.claims) - len(failed), "failed": len(failed),
+                   **f["counts"]},
+    }
 
 
 def _stop_on_sigterm() -> None:
@@ -430,17 +435,20 @@ def _stop_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emulators.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n")[0])
     parser.add_argument("--keep-running", action="store_true", help="leave everything up until Ctrl-C")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON summary (claims checked, pass/fail, counts) on stdout; the story on stderr")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # A worker racing the reconcile for the same contact fails once (AlreadyExists / 412) and is retried by the
     # host: expected, counted in the summary, not worth a traceback here.
-    logging.getLogger("emulators.host").setLevel(logging.CRITICAL)
+    logging.getLogger("devhost").setLevel(logging.CRITICAL)
     logging.getLogger("sync.triggers.queue").setLevel(logging.ERROR)
     logging.getLogger("sync.reconcile").setLevel(logging.ERROR)  # the same races, reported from the job row
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # 16 concurrent workers, pool of 10
-    FAILED.clear()
+    RUN.claims.clear()
+    RUN.json = args.json
     _stop_on_sigterm()
     import function_app
     from sync import bootstrap
@@ -450,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     say("=" * 100)
     try:
         with services() as (conn, graph, sf):
-            private, public = _keys()
+            private, public = jwt_keys()
             say(f"[{time.perf_counter() - t0:5.1f}s] Azurite, Graph emulator {graph.base_url}, Salesforce emulator "
                 f"{sf.instance_url} + gRPC {sf.grpc_target}")
             users, accounts, people = seed(graph, sf, public)
@@ -468,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
                 initial(d)
                 live(d)
                 final(d)
-                summary(d)
+                shown = summary(d)
+                if args.json:
+                    print(json.dumps(structured(shown), indent=2), flush=True)
                 if args.keep_running:
                     say("\nEverything keeps running (CDC timer every second, webhooks live). Ctrl-C to stop.")
                     with contextlib.suppress(KeyboardInterrupt):
@@ -481,8 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted: stopped everything")
         return 130
-    if FAILED:
-        say(f"\nDEMO FAILED: {len(FAILED)} claim(s) did not hold: {'; '.join(FAILED)}")
+    if RUN.failed:
+        say(f"\nDEMO FAILED: {len(RUN.failed)} claim(s) did not hold: {'; '.join(RUN.failed)}")
         return 1
     say("\nEvery claim held.")
     return 0

@@ -1,25 +1,14 @@
 """A small local Functions host: serves any azure-functions v2 ``FunctionApp``'s HTTP, queue and timer functions.
 
 Azure Functions Core Tools cannot be installed offline (../shared/reference/azure.md §1.5), so this host stands in for
-``func start`` during development and tests. It knows nothing about our functions: like the Python worker it finds the
-single ``FunctionApp`` in the module (azure.md §1.1) and reads the library's own metadata (``app.get_functions()``).
+``func start`` during development and tests (``python -m devhost``). It knows nothing about our functions: like the
+Python worker it finds the single ``FunctionApp`` in the module (azure.md §1.1) and reads the library's own metadata
+(``app.get_functions()``).
 
-Public API:
-- ``LocalHost(app, *, port=0, host_json=None, settings=None, settings_file=None, host_key=None, master_key=None,
-  function_keys=None, enforce_auth=True, message_lease_s=600)`` with ``start()``, ``stop()``, context manager,
-  ``base_url``, ``port``, ``host_key``, ``master_key``, ``functions``, ``invocations``, ``wait_idle(timeout)``,
-  ``fire_timer(name)``, ``invoke(name, input)``.
-- ``python -m emulators.host --app function_app --port 7071 [--settings local.settings.json]``.
-
-What it does (see docs/local-host.md for the mapping to Core Tools and what is not emulated):
-- HTTP on 127.0.0.1: ``/<routePrefix>/<route>`` with route templates, methods and auth levels (function/host/master
-  keys in ``x-functions-key`` or ``?code=``); ``POST /admin/functions/<name>`` runs a non-HTTP function (master key).
-- Queue triggers polled from Azurite with host.json ``extensions.queues`` semantics: base64 or none encoding,
-  ``batchSize``, ``visibilityTimeout`` after a failure, ``maxDequeueCount`` then ``<queue>-poison``,
-  ``maxPollingInterval`` backoff (azure.md §1.3, §4.7). ``queue_output`` bindings are written after success only.
-- Timer triggers on six-field NCRONTAB schedules in UTC (``emulators.host_ncrontab``), ``run_on_startup``.
-- ``%SETTING%`` references in binding values, ``local.settings.json`` ``Values`` and
-  ``AzureFunctionsJobHost__*`` host.json overrides (``emulators.host_settings``).
+``LocalHost(app, port=..., settings=..., ...)`` is a context manager; tests use ``url(route)``, ``host_key``,
+``master_key``, ``wait_idle(timeout)``, ``fire_timer(name)`` and ``invoke(name, input)``. What is emulated (routes
+and auth levels, queue triggers with host.json ``extensions.queues`` semantics and poison queues, NCRONTAB timers,
+``%SETTING%`` references) and what is not: docs/local-host.md.
 """
 
 from __future__ import annotations
@@ -59,7 +48,7 @@ from azure.functions.decorators.function_app import FunctionRegister
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 
-from emulators.host_app import (
+from devhost.app import (
     FunctionSpec,
     InvocationContext,
     QueueOut,
@@ -68,9 +57,9 @@ from emulators.host_app import (
     load_module,
     queue_payloads,
 )
-from emulators.host_ncrontab import Schedule
-from emulators.host_ncrontab import parse as parse_ncrontab
-from emulators.host_settings import (
+from devhost.ncrontab import Schedule
+from devhost.ncrontab import parse as parse_ncrontab
+from devhost.settings import (
     QueueOptions,
     SettingNotFound,
     load_host_json,
@@ -1042,7 +1031,7 @@ def _describe(host: LocalHost) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emulators.host", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--app", default="function_app", help="module name or .py path (default: function_app)")
     parser.add_argument(
         "--port", type=int, help="port on 127.0.0.1; 0 picks a free one (default: Host.LocalHttpPort or 7071)"
@@ -1091,6 +1080,3 @@ def main(argv: list[str] | None = None) -> int:
         host.stop()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The local stack in one place: the app settings that point ``function_app`` at Azurite and the Graph and Salesforce
+emulators, and the HTTP call an operator's script would send to the host.
+
+``app_settings`` is what ``local.settings.json`` would hold for the running pieces (docs/configuration.md);
+``emulator_settings`` is its Graph and Salesforce part alone, for callers that already hold the storage settings.
+Each caller (the demo, the soak, bench, the tests over emulators) passes only what differs: a setting is left out
+unless asked for, so a caller gets exactly the settings it names.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from emulators.graph import GraphEmulator
+    from emulators.salesforce import SalesforceEmulator
+
+__all__ = ["EVERY_SECOND", "NEVER", "SF_USERNAME", "app_settings", "call", "emulator_settings", "jwt_keys"]
+
+NEVER = "0 0 0 1 1 *"  # once a year: the caller fires the timer itself
+EVERY_SECOND = "* * * * * *"
+SF_USERNAME = "integration@example.com"
+
+
+def jwt_keys() -> tuple[bytes, str]:
+    """A fresh RSA key: (private PEM for ``SF_PRIVATE_KEY``, public PEM for ``register_jwt_client``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public
+
+
+def emulator_settings(graph: GraphEmulator, salesforce: SalesforceEmulator, *, jwt_client: str, private_key: bytes,
+                      pubsub: bool = True) -> dict[str, str]:
+    """Graph (static token, emulator URL) and Salesforce (JWT bearer login, the emulator's test CA); with ``pubsub``
+    also the emulator's plaintext gRPC endpoint for CDC."""
+    settings = {
+        "GRAPH_CREDENTIAL": "static",
+        "GRAPH_BASE_URL": graph.base_url,
+        "SF_LOGIN_URL": salesforce.instance_url,
+        "SF_CLIENT_ID": jwt_client,
+        "SF_USERNAME": SF_USERNAME,
+        "SF_PRIVATE_KEY": private_key.decode(),
+        "SF_CA_BUNDLE": str(salesforce.ca_path),
+    }
+    if pubsub:
+        settings |= {"SF_PUBSUB_ENDPOINT": salesforce.grpc_target, "SF_PUBSUB_INSECURE": "true"}
+    return settings
+
+
+def app_settings(
+    storage: str,
+    mailboxes: Iterable[str],
+    *,
+    table_prefix: str,
+    graph: GraphEmulator | None = None,
+    salesforce: SalesforceEmulator | None = None,
+    jwt_client: str = "",
+    private_key: bytes = b"",
+    pubsub: bool = True,
+    host_port: int | None = None,
+    events_secret: str | None = None,
+    cdc_schedule: str = NEVER,
+    overrides: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Settings for the app on the local host. ``host_port`` sets ``WEBHOOK_BASE_URL`` (Graph calls the host back
+    there); the reconcile and subscription timers never fire by themselves; ``overrides`` win."""
+    settings = {
+        "AzureWebJobsStorage": storage,
+        "SYNC_TABLE_PREFIX": table_prefix,
+        "SYNC_MAILBOXES": ",".join(mailboxes),
+    }
+    if host_port is not None:
+        settings["WEBHOOK_BASE_URL"] = f"http://127.0.0.1:{host_port}"
+    if graph is not None and salesforce is not None:
+        settings |= emulator_settings(graph, salesforce, jwt_client=jwt_client, private_key=private_key,
+                                      pubsub=pubsub)
+    if events_secret is not None:
+        settings["EVENTS_HMAC_SECRET"] = events_secret
+    settings |= {"CDC_PULL_SCHEDULE": cdc_schedule, "RECONCILE_SCHEDULE": NEVER, "SUBSCRIPTION_SCHEDULE": NEVER}
+    return settings | dict(overrides or {})
+
+
+def call(method: str, url: str, body: Any = None, *, key: str | None = None,
+         timeout: float = 30.0) -> tuple[int, Any, dict[str, str]]:
+    """One JSON request to the host: (status, the JSON answer or its text or None, headers). An HTTP error status is
+    an answer, not an exception; ``key`` goes in ``x-functions-key``."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", "Accept": "application/json",
+                                          **({"x-functions-key": key} if key else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - 127.0.0.1 only
+            raw, status, headers = resp.read(), resp.status, dict(resp.headers.items())
+    except urllib.error.HTTPError as err:
+        raw, status, headers = err.read(), err.code, dict(err.headers.items())
+    text = raw.decode("utf-8", "replace")
+    try:
+        return status, json.loads(text) if text else None, headers
+    except ValueError:
+        return status, text, headers
