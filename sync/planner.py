@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import ClassVar
 
 from sync.errors import CircuitBreakerTripped
 from sync.mapping import fit_salesforce
@@ -59,6 +60,11 @@ class Create:
     fields: frozenset[str]
     reason: str
 
+    @property
+    def kind(self) -> str:
+        """The audit's name for this action: the write and its side."""
+        return f"create:{self.side.value}"
+
 
 @dataclass(frozen=True)
 class Update:
@@ -71,6 +77,11 @@ class Update:
     clears: tuple[str, ...] = ()  # fields that had a value and will be emptied (counted by the breaker)
     marker: str | None = None  # stamp the other side's id
 
+    @property
+    def kind(self) -> str:
+        """The audit's name for this action: the write and its side."""
+        return f"update:{self.side.value}"
+
 
 @dataclass(frozen=True)
 class Delete:
@@ -79,11 +90,17 @@ class Delete:
     if_match: str | None
     reason: str
 
+    @property
+    def kind(self) -> str:
+        """The audit's name for this action: the write and its side."""
+        return f"delete:{self.side.value}"
+
 
 @dataclass(frozen=True)
 class Adopt:
     """Link two existing contacts (match before create)."""
 
+    kind: ClassVar[str] = "adopt"  # the audit's name for this action
     m365: SideRecord
     sf: SideRecord
     via: str
@@ -102,6 +119,7 @@ class Adopt:
 class Conflict:
     """A field changed on both sides (or against its direction); ``winner``'s value is kept."""
 
+    kind: ClassVar[str] = "conflict"  # the audit's name for this action
     field: str
     winner: Side
     rule: str
@@ -112,12 +130,14 @@ class Conflict:
 class Review:
     """Nothing is written; a person should decide (e.g. ambiguous match)."""
 
+    kind: ClassVar[str] = "review"  # the audit's name for this action
     reason: str
     candidate_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Skip:
+    kind: ClassVar[str] = "skip"  # the audit's name for this action
     reason: str
 
 
@@ -125,6 +145,7 @@ class Skip:
 class Handoff:
     """The Salesforce owner is another synced mailbox: that mailbox should take the contact."""
 
+    kind: ClassVar[str] = "handoff"  # the audit's name for this action
     sf_id: str
     to_mailbox: str
     reason: str
@@ -134,12 +155,14 @@ class Handoff:
 class Unlink:
     """Forget the pairing but keep ``keep``'s copy; the link stays as a tombstone so nothing comes back."""
 
+    kind: ClassVar[str] = "unlink"  # the audit's name for this action
     keep: Side
     reason: str
 
 
 @dataclass(frozen=True)
 class Nothing:
+    kind: ClassVar[str] = "nothing"  # the audit's name for this action
     reason: str
 
 

@@ -69,12 +69,7 @@ class ReconcileReport:
 
 
 def _kinds(p: Plan) -> list[str]:
-    out = []
-    for a in p.actions:
-        kind = type(a).__name__.lower()
-        side = getattr(a, "side", None)
-        out.append(f"{kind}:{side.value}" if isinstance(side, Side) else kind)
-    return out
+    return [a.kind for a in p.actions]
 
 
 class _Ref:
