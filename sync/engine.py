@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from sync.errors import SyncError
 from sync.execute import Executor, Outcome
 from sync.model import field_digests, fingerprint
-from sync.planner import Candidate, Plan, Situation, plan, synced_rules
-from sync.policy import DeletePolicy, Policy, Side
+from sync.planner import Candidate, Plan, Situation, plan
+from sync.policy import DeletePolicy, MailboxScope, Policy, Side
 from sync.ports import (
     AuditLog,
     ContactChange,
@@ -81,7 +81,15 @@ class Engine:
         self.policy = policy
         self.mailboxes = frozenset(mb.casefold() for mb in mailboxes)
         self.clock = clock
-        self._executor = Executor(self.sides, links, audit, queue, policy, clock)
+        self._scopes: dict[str, MailboxScope] = {}
+        self._executor = Executor(self.sides, links, audit, queue, self.scope, clock)
+
+    def scope(self, mailbox: str) -> MailboxScope:
+        """What ``mailbox`` syncs, and which way: resolved from the policy once per mailbox."""
+        scope = self._scopes.get(mailbox)
+        if scope is None:
+            scope = self._scopes[mailbox] = self.policy.scope(mailbox)
+        return scope
 
     # ------------------------------------------------------------------------------------------ reading
     def _candidates(self, mailbox: str, record: SideRecord) -> tuple[Candidate, ...]:
@@ -117,13 +125,13 @@ class Engine:
             return _Routed([mailbox])
         linked = {mb: self.links.get(mb, Side.SALESFORCE, change.item_id)
                   for mb in sorted(self.links.mailboxes_of(change.item_id))}
-        f = self.sides[Side.SALESFORCE].get("", change.item_id)
+        salesforce = self.sides[Side.SALESFORCE].get("", change.item_id)
         mailboxes = set(linked)
-        if f is not None and f.owner in self.mailboxes:
-            mailboxes.add(f.owner)
+        if salesforce is not None and salesforce.owner in self.mailboxes:
+            mailboxes.add(salesforce.owner)
         # the mailbox that loses the contact goes first, so the new owner's copy is made after the old one left
-        order = sorted(mailboxes, key=lambda mb: (f is not None and mb == f.owner, mb))
-        return _Routed(order, f, linked)
+        order = sorted(mailboxes, key=lambda mb: (salesforce is not None and mb == salesforce.owner, mb))
+        return _Routed(order, salesforce, linked)
 
     def read(self, change: ContactChange, mailbox: str, *, routed: _Routed | None = None) -> Situation | None:
         """Read the current state of both sides and the link, for one hint in one mailbox.
@@ -132,16 +140,16 @@ class Engine:
         worker wrote both in between) and its old values would pass for an edit back to them. ``routed``: what
         ``sync_contact`` read to route a Salesforce hint; its record is reused unless a link turns up that was read
         after it."""
-        m365, sf = self.sides[Side.M365], self.sides[Side.SALESFORCE]
+        outlook_side, sf_side = self.sides[Side.M365], self.sides[Side.SALESFORCE]
         if change.source is Side.M365:
             link = self.links.get(mailbox, Side.M365, change.item_id)
-            m = m365.get(mailbox, change.item_id)
-            f = sf.get(mailbox, link.sf_id) if link is not None and link.sf_id else None
-            if link is None and m is None:
+            outlook = outlook_side.get(mailbox, change.item_id)
+            salesforce = sf_side.get(mailbox, link.sf_id) if link is not None and link.sf_id else None
+            if link is None and outlook is None:
                 return self._lost_delete(mailbox, change.item_id)
-            if link is None and m is not None:
-                return self.rebuilt(mailbox, m) or self.situation(mailbox, link, m, f)
-            return self.situation(mailbox, link, m, f)
+            if link is None and outlook is not None:
+                return self.rebuilt(mailbox, outlook) or self.situation(mailbox, link, outlook, salesforce)
+            return self.situation(mailbox, link, outlook, salesforce)
         known = routed.record if routed is not None else UNREAD
         if routed is not None and mailbox in routed.links:
             link = routed.links[mailbox]  # read before the record
@@ -149,11 +157,11 @@ class Engine:
             link = self.links.get(mailbox, Side.SALESFORCE, change.item_id)
             if link is not None:  # a link made since the record was read (or none read): the record again
                 known = UNREAD
-        f = sf.get(mailbox, change.item_id) if isinstance(known, _Unread) else known
-        m = m365.get(mailbox, link.m365_id) if link is not None and link.m365_id else None
-        if link is None and f is not None:
-            return self.rebuilt(mailbox, f) or self.situation(mailbox, link, m, f)
-        return self.situation(mailbox, link, m, f)
+        salesforce = sf_side.get(mailbox, change.item_id) if isinstance(known, _Unread) else known
+        outlook = outlook_side.get(mailbox, link.m365_id) if link is not None and link.m365_id else None
+        if link is None and salesforce is not None:
+            return self.rebuilt(mailbox, salesforce) or self.situation(mailbox, link, outlook, salesforce)
+        return self.situation(mailbox, link, outlook, salesforce)
 
     def lost_link(self, mailbox: str, record: SideRecord) -> tuple[Link, SideRecord | None] | None:
         """While the links of ``mailbox`` are rebuilt after the links table was lost: the link an unlinked Outlook
@@ -176,22 +184,22 @@ class Engine:
                 return None
         elif partner is not None or record.owner != mailbox or not self.audit.mentions(mailbox, record.marker):
             return None
-        synced = tuple(rule.key for rule, _ in synced_rules(self.policy, mailbox))
-        m, f = (record, partner) if record.side is Side.M365 else (partner, record)
+        synced = self.scope(mailbox).keys
+        outlook, salesforce = (record, partner) if record.side is Side.M365 else (partner, record)
         # What was synced last is unknown. Alone, the record counts as unedited (so the delete policy applies as the
         # lost link would have applied it); with its partner, every field on which they differ counts as edited on
         # both sides (the conflict policy decides, and the audit records it), as when a pair is first linked.
         alone = partner is None
         link = Link(
             mailbox=mailbox,
-            m365_id=m.id if m else record.marker,
-            sf_id=f.id if f else record.marker,
-            m365_base=field_digests(m.contact, synced) if m and alone else {},
-            sf_base=field_digests(f.contact, synced) if f and alone else {},
-            m365_fp=fingerprint(m.contact, synced) if m and alone else None,
-            sf_fp=fingerprint(f.contact, synced) if f and alone else None,
-            m365_version=m.version if m else None,
-            sf_version=f.version if f else None,
+            m365_id=outlook.id if outlook else record.marker,
+            sf_id=salesforce.id if salesforce else record.marker,
+            m365_base=field_digests(outlook.contact, synced) if outlook and alone else {},
+            sf_base=field_digests(salesforce.contact, synced) if salesforce and alone else {},
+            m365_fp=fingerprint(outlook.contact, synced) if outlook and alone else None,
+            sf_fp=fingerprint(salesforce.contact, synced) if salesforce and alone else None,
+            m365_version=outlook.version if outlook else None,
+            sf_version=salesforce.version if salesforce else None,
             synced_at=self.clock(),
             reason="rebuilt from the link marker after the links table was lost",
         )
@@ -204,15 +212,16 @@ class Engine:
         mailbox, so the delete happened here: the delete policy applies as the lost link would have applied it."""
         if not self.links.rebuilding(mailbox):
             return None
-        f = self.sides[Side.SALESFORCE].find_by_marker(mailbox, m365_id)
-        if f is None or f.owner != mailbox or self.links.get(mailbox, Side.SALESFORCE, f.id) is not None:
+        marked = self.sides[Side.SALESFORCE].find_by_marker(mailbox, m365_id)
+        if marked is None or marked.owner != mailbox or self.links.get(mailbox, Side.SALESFORCE, marked.id) is not None:
             return None
-        synced = tuple(rule.key for rule, _ in synced_rules(self.policy, mailbox))
-        link = Link(mailbox=mailbox, m365_id=m365_id, sf_id=f.id, sf_base=field_digests(f.contact, synced),
-                    sf_fp=fingerprint(f.contact, synced), sf_version=f.version, synced_at=self.clock(),
+        synced = self.scope(mailbox).keys
+        link = Link(mailbox=mailbox, m365_id=m365_id, sf_id=marked.id, sf_base=field_digests(marked.contact, synced),
+                    sf_fp=fingerprint(marked.contact, synced), sf_version=marked.version, synced_at=self.clock(),
                     reason="rebuilt from the link marker after the links table was lost")
-        logger.info("Outlook delete of %s matched to salesforce %s by its marker (links table lost)", m365_id, f.id)
-        return self.situation(mailbox, link, None, f)
+        logger.info("Outlook delete of %s matched to salesforce %s by its marker (links table lost)", m365_id,
+                    marked.id)
+        return self.situation(mailbox, link, None, marked)
 
     def rebuilt(self, mailbox: str, record: SideRecord) -> Situation | None:
         """The situation of an unlinked record read with the link its marker proves it lost (``lost_link``)."""
@@ -220,24 +229,24 @@ class Engine:
         if lost is None:
             return None
         link, partner = lost
-        m, f = (record, partner) if record.side is Side.M365 else (partner, record)
-        return self.situation(mailbox, link, m, f)
+        outlook, salesforce = (record, partner) if record.side is Side.M365 else (partner, record)
+        return self.situation(mailbox, link, outlook, salesforce)
 
     def situation(
-        self, mailbox: str, link: Link | None, m: SideRecord | None, f: SideRecord | None
+        self, mailbox: str, link: Link | None, outlook: SideRecord | None, salesforce: SideRecord | None
     ) -> Situation:
-        if f is not None and f.owner is not None and f.owner not in self.mailboxes:
-            f = f.model_copy(update={"owner": None})  # owned by a user we do not sync
+        if salesforce is not None and salesforce.owner is not None and salesforce.owner not in self.mailboxes:
+            salesforce = salesforce.model_copy(update={"owner": None})  # owned by a user we do not sync
         candidates: tuple[Candidate, ...] = ()
-        present = m if m is not None else f
+        present = outlook if outlook is not None else salesforce
         if (
             present is not None
-            and (m is None or f is None)
+            and (outlook is None or salesforce is None)
             and self._may_create(link, present)
             and (present.side is Side.M365 or present.owner == mailbox)
         ):
             candidates = self._candidates(mailbox, present)
-        return Situation(mailbox, link, m, f, candidates)
+        return Situation(mailbox, link, outlook, salesforce, candidates, self.scope(mailbox))
 
     def _may_create(self, link: Link | None, present: SideRecord) -> bool:
         """Whether the plan may create a copy of ``present`` (then it needs match candidates first)."""

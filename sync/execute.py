@@ -2,7 +2,7 @@
 
 Public API:
     Outcome                                                what happened to one person in one mailbox
-    Executor(sides, links, audit, queue, policy, clock)
+    Executor(sides, links, audit, queue, scope, clock)   ``scope``: a mailbox's MailboxScope
     Executor.run(mailbox, items, *, bulk=True) -> list[Outcome | SyncError]    one result per (situation, plan)
 
 A plan's writes run in order; if one fails, its link stays exactly as it was (the next read decides again) and the
@@ -36,9 +36,8 @@ from sync.planner import (
     Situation,
     Skip,
     Update,
-    synced_rules,
 )
-from sync.policy import Policy, Side
+from sync.policy import MailboxScope, Side
 from sync.ports import (
     AuditLog,
     ContactChange,
@@ -116,14 +115,14 @@ class Executor:
         links: LinkStore,
         audit: AuditLog,
         queue: WorkQueue,
-        policy: Policy,
+        scope: Callable[[str], MailboxScope],
         clock: Callable[[], datetime],
     ) -> None:
         self.sides = sides
         self.links = links
         self.audit = audit
         self.queue = queue
-        self.policy = policy
+        self.scope = scope
         self.clock = clock
 
     def run(self, mailbox: str, items: Sequence[tuple[Situation, Plan]], *,
@@ -314,7 +313,7 @@ class Executor:
             return after
         if after.marker is None and marker is None and before.marker:
             after = after.model_copy(update={"marker": before.marker})
-        foreign = {rule.key: before.contact.get(rule.key) for rule, _ in synced_rules(self.policy, mailbox)
+        foreign = {rule.key: before.contact.get(rule.key) for rule, _ in self.scope(mailbox).rules
                    if rule.key not in fields
                    and field_digest(rule.key, before.contact.get(rule.key))
                    != field_digest(rule.key, after.contact.get(rule.key))}
@@ -400,7 +399,7 @@ class Executor:
             now = port.get(mailbox, made.id)
         if now is None:
             return ""
-        synced = [rule.key for rule, _ in synced_rules(self.policy, mailbox)]
+        synced = self.scope(mailbox).keys
         edited = {k: now.contact.get(k) for k in synced
                   if field_digest(k, now.contact.get(k)) != field_digest(k, made.contact.get(k))}
         winner = self.links.get(mailbox, source.side, source.id) if source is not None else None

@@ -41,7 +41,6 @@ from sync.planner import (
     Situation,
     check_breaker,
     plan,
-    synced_rules,
 )
 from sync.policy import Side
 from sync.ports import CheckpointStore, ContactChange, ContactSide, Link, LinkState, SideRecord, row_key
@@ -117,61 +116,64 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
        Salesforce. The breaker judges these plans before any of them is applied.
     """
     mailbox = mailbox.casefold()
-    m365, sf = engine.sides[Side.M365], engine.sides[Side.SALESFORCE]
+    outlook_side, sf_side = engine.sides[Side.M365], engine.sides[Side.SALESFORCE]
     report = ReconcileReport(mailbox, dry_run)
-    synced = tuple(rule.key for rule, _ in synced_rules(engine.policy, mailbox))
+    scope = engine.scope(mailbox)
+    synced = scope.keys
     rebuilding = engine.links.rebuilding(mailbox)
     quiet: Counter[str] = Counter()  # plans that neither write nor audit (unchanged pairs): counted, not kept
 
     # 1. the links, first
-    by_m: dict[str, _Ref] = {}
-    by_f: dict[str, _Ref] = {}
+    by_outlook: dict[str, _Ref] = {}
+    by_sf: dict[str, _Ref] = {}
     for link in engine.links.list(mailbox):
         ref = _Ref(link)
         if ref.m365_id:
-            by_m[ref.m365_id] = ref
+            by_outlook[ref.m365_id] = ref
         if ref.sf_id:
-            by_f[ref.sf_id] = ref
+            by_sf[ref.sf_id] = ref
         report.linked_before += ref.linked
 
     # 2. Outlook
-    m_same: set[str] = set()  # linked copies unchanged since the sync: ids only
-    m_full: dict[str, SideRecord] = {}
-    m_keys = _MatchIndex()  # every copy in the folder
-    for m in m365.stream(mailbox):
-        m_keys.add(m)
-        mref = by_m.get(m.id)
-        if mref is not None and mref.linked and mref.m365_fp == _fp64(fingerprint(m.contact, synced)):
-            m_same.add(m.id)
+    outlook_same: set[str] = set()  # linked copies unchanged since the sync: ids only
+    outlook_kept: dict[str, SideRecord] = {}
+    outlook_index = _MatchIndex()  # every copy in the folder
+    for outlook in outlook_side.stream(mailbox):
+        outlook_index.add(outlook)
+        outlook_ref = by_outlook.get(outlook.id)
+        if (outlook_ref is not None and outlook_ref.linked
+                and outlook_ref.m365_fp == _fp64(fingerprint(outlook.contact, synced))):
+            outlook_same.add(outlook.id)
         else:
-            m_full[m.id] = m
+            outlook_kept[outlook.id] = outlook
 
     # 3. Salesforce
-    f_full: dict[str, SideRecord] = {}
-    f_new = _MatchIndex()  # unlinked contacts of this owner whose Outlook match is decided after the stream
-    f_all: set[str] = set()  # every contact of this owner, only while rebuilding (markers are read then)
+    sf_kept: dict[str, SideRecord] = {}
+    sf_new = _MatchIndex()  # unlinked contacts of this owner whose Outlook match is decided after the stream
+    sf_all: set[str] = set()  # every contact of this owner, only while rebuilding (markers are read then)
     creating = _MatchIndex()  # unlinked records this pass copies to the other side
     early: list[tuple[Situation, Plan]] = []
-    for f in sf.stream(mailbox):
+    for salesforce in sf_side.stream(mailbox):
         if rebuilding:
-            f_all.add(f.id)
-        fref = by_f.get(f.id)
-        if fref is not None:
-            fref.seen = True
-            if f.owner == mailbox and (
-                (fref.linked and fref.m365_id in m_same and fref.sf_fp == _fp64(fingerprint(f.contact, synced)))
-                or (not fref.linked and not fref.m365_id)  # a tombstone that kept this contact, still here
+            sf_all.add(salesforce.id)
+        sf_ref = by_sf.get(salesforce.id)
+        if sf_ref is not None:
+            sf_ref.seen = True
+            if salesforce.owner == mailbox and (
+                (sf_ref.linked and sf_ref.m365_id in outlook_same
+                 and sf_ref.sf_fp == _fp64(fingerprint(salesforce.contact, synced)))
+                or (not sf_ref.linked and not sf_ref.m365_id)  # a tombstone that kept this contact, still here
             ):
                 quiet["nothing"] += 1
             else:
-                f_full[f.id] = f
+                sf_kept[salesforce.id] = salesforce
             continue
-        if rebuilding or m_keys.matches(f):
-            f_full[f.id] = f  # its Outlook match (or lost link) is decided after the stream
-            f_new.add(f)
+        if rebuilding or outlook_index.matches(salesforce):
+            sf_kept[salesforce.id] = salesforce  # its Outlook match (or lost link) is decided after the stream
+            sf_new.add(salesforce)
             continue
-        s = Situation(mailbox, None, None, f, ())
-        p = _unless_twin(plan(s, engine.policy), f, creating)
+        s = Situation(mailbox, None, None, salesforce, (), scope)
+        p = _unless_twin(plan(s, engine.policy), salesforce, creating)
         if _quiet(p, quiet):
             continue
         report.visited += 1
@@ -183,23 +185,24 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
     _apply(engine, mailbox, early, report)
 
     # 4. what changed, planned as a whole
-    refs = [*by_f.values(), *(r for r in by_m.values() if not r.sf_id)]
-    linked_m, linked_f = set(by_m), set(by_f)
-    del by_m, by_f
+    refs = [*by_sf.values(), *(r for r in by_outlook.values() if not r.sf_id)]
+    linked_outlook, linked_sf = set(by_outlook), set(by_sf)
+    del by_outlook, by_sf
     pending: list[_Ref] = []
     for ref in refs:
-        if ref.seen and ref.sf_id not in f_full:
+        if ref.seen and ref.sf_id not in sf_kept:
             continue  # counted above: unchanged
-        if not ref.linked and not ref.sf_id and ref.m365_id in m_full:
+        if not ref.linked and not ref.sf_id and ref.m365_id in outlook_kept:
             quiet["nothing"] += 1  # a tombstone that kept this Outlook copy, still here
             continue
         if ref.sf_id and not ref.seen:
-            moved = sf.get(mailbox, ref.sf_id)  # owner changed, or deleted
+            moved = sf_side.get(mailbox, ref.sf_id)  # owner changed, or deleted
             if moved is not None:
-                f_full[moved.id] = moved
+                sf_kept[moved.id] = moved
         pending.append(ref)
     del refs
-    m_full.update(_fetch(m365, mailbox, {r.m365_id for r in pending if r.m365_id and r.m365_id in m_same}))
+    outlook_kept.update(_fetch(outlook_side, mailbox,
+                               {r.m365_id for r in pending if r.m365_id and r.m365_id in outlook_same}))
     full_links = _relinks(engine, mailbox, pending)
     plans: list[tuple[Situation, Plan]] = []
     rereads: list[ContactChange] = []
@@ -211,12 +214,12 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
             rereads.append(ContactChange(source=Side.M365, item_id=ref.m365_id, mailbox=mailbox) if ref.m365_id
                            else ContactChange(source=Side.SALESFORCE, item_id=ref.sf_id or ""))
             continue
-        mr = m_full.get(full.m365_id) if full.m365_id else None
-        fr = f_full.get(full.sf_id) if full.sf_id else None
-        if (fr is not None and fr.owner != mailbox) or (mr is None) != (fr is None):
-            s = engine.situation(mailbox, full, mr, fr)  # owner change, or a delete to decide on
+        outlook_rec = outlook_kept.get(full.m365_id) if full.m365_id else None
+        sf_rec = sf_kept.get(full.sf_id) if full.sf_id else None
+        if (sf_rec is not None and sf_rec.owner != mailbox) or (outlook_rec is None) != (sf_rec is None):
+            s = engine.situation(mailbox, full, outlook_rec, sf_rec)  # owner change, or a delete to decide on
         else:
-            s = Situation(mailbox, full, mr, fr)
+            s = Situation(mailbox, full, outlook_rec, sf_rec, (), scope)
         p = plan(s, engine.policy)
         survivor = s.m365 if s.m365 is not None else s.sf
         if survivor is not None and any(isinstance(a, Create) for a in p.actions):
@@ -226,43 +229,45 @@ def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, fo
     del full_links, pending
 
     # unlinked records: Outlook first (they may adopt a Salesforce record), then Salesforce ones left over
-    consumed_f: set[str] = set()
-    consumed_m: set[str] = set()
-    unlinked_m = [r for i, r in m_full.items() if i not in linked_m]
-    for rec in unlinked_m:
-        lost = _lost(engine, mailbox, rec, f_all) if rebuilding else None
+    adopted_sf: set[str] = set()
+    decided_outlook: set[str] = set()
+    unlinked_outlook = [r for i, r in outlook_kept.items() if i not in linked_outlook]
+    for rec in unlinked_outlook:
+        lost = _lost(engine, mailbox, rec, sf_all) if rebuilding else None
         if lost is not None:  # its marker names a Salesforce contact deleted or moved away while links were lost
-            consumed_m.add(rec.id)
+            decided_outlook.add(rec.id)
             plans.append((lost, plan(lost, engine.policy)))
             continue
         # this owner's unlinked contacts it may be, then Salesforce's search (org-wide: the linked and the other
         # owners' contacts it may be, so that it is reviewed, never doubled)
-        local = [Candidate(f_full[i]) for i in f_new.matches(rec) if i in f_full]
-        found = {c.id: c for c in sf.find(mailbox, rec.contact) if c.id not in f_new}
-        if rec.marker and rec.marker not in f_new and rec.marker not in found:
-            marked = sf.get(mailbox, rec.marker)  # the contact its marker names (a copy of a linked copy, say)
+        local = [Candidate(sf_kept[i]) for i in sf_new.matches(rec) if i in sf_kept]
+        found = {c.id: c for c in sf_side.find(mailbox, rec.contact) if c.id not in sf_new}
+        if rec.marker and rec.marker not in sf_new and rec.marker not in found:
+            marked = sf_side.get(mailbox, rec.marker)  # the contact its marker names (a copy of a linked copy, say)
             if marked is not None:
                 found[marked.id] = marked
-        remote = [Candidate(c, linked=c.id in linked_f or engine.links.get(mailbox, Side.SALESFORCE, c.id) is not None)
+        remote = [Candidate(c, linked=c.id in linked_sf or engine.links.get(mailbox, Side.SALESFORCE, c.id) is not None)
                   for c in found.values()]
-        s = Situation(mailbox, None, rec, None, tuple(local + remote))
+        s = Situation(mailbox, None, rec, None, tuple(local + remote), scope)
         p = _unless_twin(plan(s, engine.policy), rec, creating)
-        consumed_f.update(a.sf_id for a in p.actions if isinstance(a, Adopt))
-        consumed_m.add(rec.id)
+        adopted_sf.update(a.sf_id for a in p.actions if isinstance(a, Adopt))
+        decided_outlook.add(rec.id)
         plans.append((s, p))
-    unlinked_f = [r for i, r in f_full.items() if i not in linked_f and i not in consumed_f and i in f_new]
-    m_full.update(_fetch(m365, mailbox, {i for r in unlinked_f for i in m_keys.matches(r) if i not in m_full}))
-    for rec in unlinked_f:
-        lost = _lost(engine, mailbox, rec, m_keys) if rebuilding else None
+    unlinked_sf = [r for i, r in sf_kept.items() if i not in linked_sf and i not in adopted_sf and i in sf_new]
+    outlook_kept.update(_fetch(outlook_side, mailbox,
+                               {i for r in unlinked_sf for i in outlook_index.matches(r) if i not in outlook_kept}))
+    for rec in unlinked_sf:
+        lost = _lost(engine, mailbox, rec, outlook_index) if rebuilding else None
         if lost is not None:  # its marker names an Outlook copy deleted from this folder while links were lost
             plans.append((lost, plan(lost, engine.policy)))
             continue
-        cands = tuple(Candidate(m_full[i], linked=i in linked_m or i in consumed_m)
-                      for i in m_keys.matches(rec) if i in m_full)
-        s = Situation(mailbox, None, None, rec, cands)
+        cands = tuple(Candidate(outlook_kept[i], linked=i in linked_outlook or i in decided_outlook)
+                      for i in outlook_index.matches(rec) if i in outlook_kept)
+        s = Situation(mailbox, None, None, rec, cands, scope)
         plans.append((s, _unless_twin(plan(s, engine.policy), rec, creating)))
 
-    del m_full, f_full, m_keys, f_new, f_all, creating, m_same  # what the plans need, their situations hold
+    # what the plans need, their situations hold
+    del outlook_kept, sf_kept, outlook_index, sf_new, sf_all, creating, outlook_same
     report.visited += len(plans) + len(rereads) + sum(quiet.values())
     report.planned.update(quiet)
     for _, p in plans:

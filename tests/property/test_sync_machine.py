@@ -40,7 +40,6 @@ from sync.engine import Engine
 from sync.errors import PreconditionFailed, SyncError, Throttled, Transient
 from sync.mapping import fit_salesforce
 from sync.model import Contact, compare_key
-from sync.planner import synced_rules
 from sync.policy import ConflictPolicy, DeletePolicy, Policy, Side
 from sync.ports import ContactChange, LinkState
 from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
@@ -245,7 +244,7 @@ class SyncMachine(RuleBasedStateMachine):
             m = self.m365.get(link.mailbox, link.m365_id or "")
             f = self.sf.get(link.mailbox, link.sf_id or "")
             assert m is not None and f is not None, f"linked contact missing: {link}"
-            for rule_, _direction in synced_rules(self.policy, link.mailbox):
+            for rule_, _direction in self.policy.scope(link.mailbox).rules:
                 want = fit_salesforce(rule_.key, m.contact.get(rule_.key), self.policy.field_map)
                 got = f.contact.get(rule_.key)
                 assert compare_key(rule_.key, want) == compare_key(rule_.key, got), (
