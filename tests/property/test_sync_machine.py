@@ -28,21 +28,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from sync.adapters.memory import (
-    LogicalClock,
-    MemoryAudit,
-    MemoryCheckpoints,
-    MemoryLinkStore,
-    MemoryQueue,
-    MemorySide,
-)
-from sync.engine import Engine
+from sync.adapters.memory import MemoryCheckpoints
 from sync.errors import PreconditionFailed, SyncError, Throttled, Transient
 from sync.mapping import fit_salesforce
 from sync.model import Contact, compare_key
 from sync.policy import ConflictPolicy, DeletePolicy, Policy, Side
 from sync.ports import ContactChange, LinkState
 from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
+from tests.world import memory_world
 
 MAILBOXES = ("ann@contoso.com", "bob@contoso.com")
 PEOPLE = [
@@ -87,14 +80,9 @@ class SyncMachine(RuleBasedStateMachine):
 
     @initialize()
     def setup(self) -> None:
-        self.clock = LogicalClock()
-        self.m365 = MemorySide(Side.M365, clock=self.clock)
-        self.sf = MemorySide(Side.SALESFORCE, clock=self.clock)
-        self.links = MemoryLinkStore()
-        self.audit = MemoryAudit()
-        self.queue = MemoryQueue()
-        self.engine = Engine(self.m365, self.sf, self.links, self.audit, self.queue, self.policy, MAILBOXES,
-                             clock=self.clock)
+        w = memory_world(self.policy, mailboxes=MAILBOXES)
+        self.clock, self.m365, self.sf, self.links = w.clock, w.m365, w.sf, w.links
+        self.audit, self.queue, self.engine = w.audit, w.queue, w.engine
         self.hints: list[ContactChange] = []
         self.checkpoints = MemoryCheckpoints()
         self.edits: list[Edit] = []
