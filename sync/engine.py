@@ -19,10 +19,11 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sync.actions import Candidate, Plan, Situation
 from sync.errors import SyncError
 from sync.execute import Executor, Outcome
 from sync.model import field_digests, fingerprint
-from sync.planner import Candidate, Plan, Situation, plan
+from sync.planner import plan
 from sync.policy import DeletePolicy, MailboxScope, Policy, Side
 from sync.ports import (
     AuditLog,

@@ -20,9 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sync.errors import AlreadyExists, NotFound, PreconditionFailed, SyncError
-from sync.model import field_digest
-from sync.planner import (
+from sync.actions import (
     Action,
     Adopt,
     Conflict,
@@ -37,6 +35,8 @@ from sync.planner import (
     Skip,
     Update,
 )
+from sync.errors import AlreadyExists, NotFound, PreconditionFailed, SyncError
+from sync.model import field_digest
 from sync.policy import MailboxScope, Side
 from sync.ports import (
     AuditLog,

@@ -4,7 +4,7 @@ Public API:
     plan(situation, policy) -> Plan      every action carries a human-readable reason and its audit ``kind``
     Situation, Candidate                 the input: the link, each side's record, match candidates, mailbox scope
     Plan and its actions                 Create, Update, Delete, Adopt, Conflict, Review, Skip, Handoff, Unlink,
-                                         Nothing
+                                         Nothing (defined in sync.actions, re-exported here)
     check_breaker(mailbox, plans, total, breaker, force)   the circuit breaker over a mailbox's plans
 
 The algorithm is vdirsyncer's status-table sync ("How OfflineIMAP works"), per field instead of per item: the link
@@ -19,189 +19,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import ClassVar
 
+from sync.actions import (
+    Action,
+    Adopt,
+    Candidate,
+    Conflict,
+    Create,
+    Delete,
+    Handoff,
+    LinkAfter,
+    Nothing,
+    Plan,
+    Review,
+    Situation,
+    Skip,
+    Unlink,
+    Update,
+    Write,
+)
 from sync.errors import CircuitBreakerTripped
 from sync.mapping import fit_salesforce
 from sync.model import Contact, compare_key, field_digest, fingerprint
-from sync.policy import CircuitBreaker, ConflictPolicy, DeletePolicy, FieldRule, MailboxScope, Policy, Side
+from sync.policy import CircuitBreaker, ConflictPolicy, DeletePolicy, Direction, FieldRule, MailboxScope, Policy, Side
 from sync.ports import Link, LinkState, SideRecord
-
-# ---------------------------------------------------------------------------------------------- input
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A possible match on the other side. ``linked``: already linked to another contact in this mailbox."""
-
-    record: SideRecord
-    linked: bool = False
-
-
-@dataclass(frozen=True)
-class Situation:
-    """Everything the planner looks at for one person in one mailbox."""
-
-    mailbox: str
-    link: Link | None
-    m365: SideRecord | None
-    sf: SideRecord | None
-    candidates: tuple[Candidate, ...] = ()
-    scope: MailboxScope | None = None  # the mailbox's part of the policy (resolved from it when None)
-
-
-# ---------------------------------------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True)
-class Create:
-    side: Side
-    contact: Contact
-    fields: frozenset[str]
-    reason: str
-
-    @property
-    def kind(self) -> str:
-        """The audit's name for this action: the write and its side."""
-        return f"create:{self.side.value}"
-
-
-@dataclass(frozen=True)
-class Update:
-    side: Side
-    item_id: str
-    contact: Contact  # the target's contact with the new values
-    fields: frozenset[str]  # only these are written
-    if_match: str | None
-    reason: str
-    clears: tuple[str, ...] = ()  # fields that had a value and will be emptied (counted by the breaker)
-    marker: str | None = None  # stamp the other side's id
-
-    @property
-    def kind(self) -> str:
-        """The audit's name for this action: the write and its side."""
-        return f"update:{self.side.value}"
-
-
-@dataclass(frozen=True)
-class Delete:
-    side: Side
-    item_id: str
-    if_match: str | None
-    reason: str
-
-    @property
-    def kind(self) -> str:
-        """The audit's name for this action: the write and its side."""
-        return f"delete:{self.side.value}"
-
-
-@dataclass(frozen=True)
-class Adopt:
-    """Link two existing contacts (match before create)."""
-
-    kind: ClassVar[str] = "adopt"  # the audit's name for this action
-    m365: SideRecord
-    sf: SideRecord
-    via: str
-    reason: str
-
-    @property
-    def m365_id(self) -> str:
-        return self.m365.id
-
-    @property
-    def sf_id(self) -> str:
-        return self.sf.id
-
-
-@dataclass(frozen=True)
-class Conflict:
-    """A field changed on both sides (or against its direction); ``winner``'s value is kept."""
-
-    kind: ClassVar[str] = "conflict"  # the audit's name for this action
-    field: str
-    winner: Side
-    rule: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Review:
-    """Nothing is written; a person should decide (e.g. ambiguous match)."""
-
-    kind: ClassVar[str] = "review"  # the audit's name for this action
-    reason: str
-    candidate_ids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Skip:
-    kind: ClassVar[str] = "skip"  # the audit's name for this action
-    reason: str
-
-
-@dataclass(frozen=True)
-class Handoff:
-    """The Salesforce owner is another synced mailbox: that mailbox should take the contact."""
-
-    kind: ClassVar[str] = "handoff"  # the audit's name for this action
-    sf_id: str
-    to_mailbox: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Unlink:
-    """Forget the pairing but keep ``keep``'s copy; the link stays as a tombstone so nothing comes back."""
-
-    kind: ClassVar[str] = "unlink"  # the audit's name for this action
-    keep: Side
-    reason: str
-
-
-@dataclass(frozen=True)
-class Nothing:
-    kind: ClassVar[str] = "nothing"  # the audit's name for this action
-    reason: str
-
-
-Action = Create | Update | Delete | Adopt | Conflict | Review | Skip | Handoff | Unlink | Nothing
-Write = Create | Update | Delete
-
-
-class LinkAfter(StrEnum):
-    KEEP = "keep"  # the link (or its absence) stays as it is: no table write
-    SAVE = "save"  # write the link with fresh bases and fingerprints
-    REMOVE = "remove"  # delete the link
-
-
-@dataclass(frozen=True)
-class Plan:
-    mailbox: str
-    actions: tuple[Action, ...]
-    link_after: LinkAfter
-    reason: str
-    state: LinkState = LinkState.LINKED
-    # Ids the saved link will carry; None with a Create on that side means "the created id".
-    m365_id: str | None = None
-    sf_id: str | None = None
-    synced_fields: tuple[str, ...] = field(default=())
-
-    @property
-    def writes(self) -> tuple[Write, ...]:
-        return tuple(a for a in self.actions if isinstance(a, Create | Update | Delete))
-
-    @property
-    def destructive(self) -> int:
-        """Deletes plus updates that empty a field that had a value: what the circuit breaker counts."""
-        return sum(1 for a in self.actions if isinstance(a, Delete) or (isinstance(a, Update) and a.clears))
-
-    @property
-    def conflicts(self) -> tuple[Conflict, ...]:
-        return tuple(a for a in self.actions if isinstance(a, Conflict))
-
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -301,37 +142,50 @@ def _merge(
             out.changed_on[Side.M365].append(key)
         if salesforce_changed:
             out.changed_on[Side.SALESFORCE].append(key)
+        conflict: Conflict | None
         if outlook_changed and salesforce_changed:
             if _agree(key, rule, in_outlook, in_salesforce, policy):
                 continue  # the same edit on both sides
-            source, rule_name = _policy_winner(policy, outlook, salesforce)
-            reason = (
-                f"'{key}' changed in both Outlook and Salesforce since the last sync; "
-                f"{source.label} wins by conflict policy {rule_name}"
-            )
-            if not direction.allows(source.other):
-                source, rule_name = source.other, "direction"
-                reason = f"'{key}' changed on both sides; field flows only to {source.other.label}, {source.label} wins"
-            out.conflicts.append(Conflict(key, source, rule_name, reason))
+            conflict = _both_changed(key, direction, outlook, salesforce, policy)
+            source = conflict.winner
         else:
-            source = Side.M365 if outlook_changed else Side.SALESFORCE
-            if not direction.allows(source.other):
-                # One-way field: the edit on the receiving side is reverted to the master's value (and audited).
-                out.conflicts.append(
-                    Conflict(
-                        key, source.other, "direction",
-                        f"'{key}' was edited in {source.label} but flows only {source.other.label} -> "
-                        f"{source.label}; the edit is reverted",
-                    )
-                )
-                source = source.other
-            elif rebuilt:
-                out.conflicts.append(Conflict(
-                    key, source, "rebuilt link",
-                    f"'{key}' is empty in {source.other.label} and what was synced last is unknown (a pair linked "
-                    f"again by its markers): {source.label}'s value fills it"))
+            source, conflict = _one_changed(key, Side.M365 if outlook_changed else Side.SALESFORCE, direction, rebuilt)
+        if conflict is not None:
+            out.conflicts.append(conflict)
         out.push(rule, source, outlook, salesforce, policy)
     return out
+
+
+def _both_changed(key: str, direction: Direction, outlook: SideRecord, salesforce: SideRecord,
+                  policy: Policy) -> Conflict:
+    """A field changed on both sides to different values: the conflict policy picks the winner, unless the field
+    flows one way only (then its master wins)."""
+    source, rule_name = _policy_winner(policy, outlook, salesforce)
+    reason = (
+        f"'{key}' changed in both Outlook and Salesforce since the last sync; "
+        f"{source.label} wins by conflict policy {rule_name}"
+    )
+    if not direction.allows(source.other):
+        source, rule_name = source.other, "direction"
+        reason = f"'{key}' changed on both sides; field flows only to {source.other.label}, {source.label} wins"
+    return Conflict(key, source, rule_name, reason)
+
+
+def _one_changed(key: str, source: Side, direction: Direction, rebuilt: bool) -> tuple[Side, Conflict | None]:
+    """A field changed on ``source`` only: the side whose value is kept, and the conflict to record, if any."""
+    if not direction.allows(source.other):
+        # One-way field: the edit on the receiving side is reverted to the master's value (and audited).
+        return source.other, Conflict(
+            key, source.other, "direction",
+            f"'{key}' was edited in {source.label} but flows only {source.other.label} -> "
+            f"{source.label}; the edit is reverted",
+        )
+    if rebuilt:
+        return source, Conflict(
+            key, source, "rebuilt link",
+            f"'{key}' is empty in {source.other.label} and what was synced last is unknown (a pair linked "
+            f"again by its markers): {source.label}'s value fills it")
+    return source, None
 
 
 def _updates(out: _Merge, outlook: SideRecord, salesforce: SideRecord, reason_for: dict[Side, str],
@@ -405,7 +259,6 @@ def plan(s: Situation, policy: Policy) -> Plan:
     """Decide what to do about one person in one mailbox. Pure: same input, same plan."""
     link, outlook, salesforce = s.link, s.m365, s.sf
     ctx = _Ctx(s, policy, scope_of(s, policy))
-    synced = ctx.synced
     done = ctx.done
 
     # Salesforce says another user owns it (or nobody we sync): it leaves this mailbox.
@@ -447,12 +300,17 @@ def plan(s: Situation, policy: Policy) -> Plan:
     if outlook is None or salesforce is None:  # unreachable: the cases above cover it; keeps the type checker informed
         raise ValueError("planner: inconsistent situation")
 
-    # linked, both present
+    return _linked_pair(ctx, link, outlook, salesforce)
+
+
+def _linked_pair(ctx: _Ctx, link: Link, outlook: SideRecord, salesforce: SideRecord) -> Plan:
+    """Linked, both present: unchanged, or merged field by field against the link's bases."""
+    synced, done = ctx.synced, ctx.done
     if fingerprint(outlook.contact, synced) == link.m365_fp and fingerprint(salesforce.contact, synced) == link.sf_fp:
         # unchanged on both sides since the last sync (this is where echoes of our own writes end)
         reason = "unchanged on both sides since the last sync"
         return done([Nothing(reason)], LinkAfter.KEEP, reason, m365_id=outlook.id, sf_id=salesforce.id)
-    out = _merge(policy, ctx.scope, outlook, salesforce, link)
+    out = _merge(ctx.policy, ctx.scope, outlook, salesforce, link)
     reasons = {
         Side.SALESFORCE: f"changed in Outlook: {_fields_list(out.changed_on[Side.M365])}",
         Side.M365: f"changed in Salesforce: {_fields_list(out.changed_on[Side.SALESFORCE])}",
@@ -665,3 +523,9 @@ def check_breaker(
         return
     report = tuple(p.reason for p in plans if p.destructive)[:20]
     raise CircuitBreakerTripped(mailbox, destructive=destructive, total=total, report=report)
+
+
+__all__ = [
+    "Action", "Adopt", "Candidate", "Conflict", "Create", "Delete", "Handoff", "LinkAfter", "Nothing", "Plan",
+    "Review", "Situation", "Skip", "Unlink", "Update", "Write", "check_breaker", "plan", "scope_of",
+]

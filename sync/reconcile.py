@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sync import planner
+from sync.actions import Adopt, Candidate, Create, LinkAfter, Nothing, Plan, Review, Situation
 from sync.engine import Engine
 from sync.errors import AlreadyExists, PreconditionFailed, SyncError
 from sync.match_index import MatchIndex
 from sync.model import fingerprint
-from sync.planner import Adopt, Candidate, Create, LinkAfter, Nothing, Plan, Review, Situation, check_breaker, plan
+from sync.planner import check_breaker, plan
 from sync.policy import Side
 from sync.ports import CheckpointStore, ContactChange, ContactSide, Link, LinkState, SideRecord, row_key
 

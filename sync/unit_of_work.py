@@ -19,9 +19,9 @@ import contextlib
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
+from sync.actions import Adopt, Conflict, Create, LinkAfter, Nothing, Plan, Review, Situation, Update
 from sync.errors import NotFound, SyncError
 from sync.model import field_digests, fingerprint
-from sync.planner import Adopt, Conflict, Create, LinkAfter, Nothing, Plan, Review, Situation, Update
 from sync.policy import Side
 from sync.ports import AuditEntry, AuditLog, AuditOutcome, Link, LinkState, LinkStore, LinkWrite, SideRecord
 
