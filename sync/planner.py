@@ -1,183 +1,48 @@
-"""The planner: pure decision rules for one person in one mailbox. No I/O.
+"""The planner: what to do about one person in one mailbox. Pure: no I/O, same input, same plan.
 
 Public API:
-    plan(situation, policy) -> Plan      decide what to do; every action carries a human-readable reason
-    Situation, Candidate                 the input: link, the current record on each side, match candidates
-    Plan and the actions                 Create, Update, Delete, Adopt, Conflict, Review, Skip, Handoff, Unlink,
-                                         Nothing
+    plan(situation, policy) -> Plan      every action carries a human-readable reason and its audit ``kind``
+    Situation, Candidate                 the input: the link, each side's record, match candidates, mailbox scope
+    Plan and its actions                 Create, Update, Delete, Adopt, Conflict, Review, Skip, Handoff, Unlink,
+                                         Nothing (defined in sync.actions, re-exported here)
     check_breaker(mailbox, plans, total, breaker, force)   the circuit breaker over a mailbox's plans
 
-The algorithm is the status-table sync of vdirsyncer ("How OfflineIMAP works"), per field instead of per item:
-the link remembers, per side, a digest of every synced field as it was after the last sync (the base). A field that
-differs from its base changed on that side; changed on one side flows to the other, changed on both to different
-values is a conflict settled by the conflict policy and written to the audit. Echoes of our own writes match the base
-and die here. Without a link we match before we create (marker, then email, then name + company); ambiguity goes
-to review, never to a guess. Deletes follow the delete policy of the side they happened on. See docs/sync-rules.md.
+The algorithm is vdirsyncer's status-table sync ("How OfflineIMAP works"), per field instead of per item: the link
+keeps, per side, a digest of each synced field as it was after the last sync (the base). A field that differs from
+its base changed on that side; a change on one side flows to the other, changes on both to different values are a
+conflict settled by the conflict policy and audited. Echoes of our own writes match the base and stop here. Without
+a link we match before we create (marker, then email, then name + company); ambiguity goes to review, never to a
+guess. Deletes follow the delete policy of the side they happened on. See docs/sync-rules.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 
+from sync.actions import (
+    Action,
+    Adopt,
+    Candidate,
+    Conflict,
+    Create,
+    Delete,
+    Handoff,
+    LinkAfter,
+    Nothing,
+    Plan,
+    Review,
+    Situation,
+    Skip,
+    Unlink,
+    Update,
+    Write,
+)
 from sync.errors import CircuitBreakerTripped
 from sync.mapping import fit_salesforce
 from sync.model import Contact, compare_key, field_digest, fingerprint
-from sync.policy import CircuitBreaker, ConflictPolicy, DeletePolicy, Direction, FieldRule, Policy, Side
+from sync.policy import CircuitBreaker, ConflictPolicy, DeletePolicy, Direction, FieldRule, MailboxScope, Policy, Side
 from sync.ports import Link, LinkState, SideRecord
-
-# ---------------------------------------------------------------------------------------------- input
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A possible match on the other side. ``linked``: already linked to another contact in this mailbox."""
-
-    record: SideRecord
-    linked: bool = False
-
-
-@dataclass(frozen=True)
-class Situation:
-    """Everything the planner looks at for one person in one mailbox."""
-
-    mailbox: str
-    link: Link | None
-    m365: SideRecord | None
-    sf: SideRecord | None
-    candidates: tuple[Candidate, ...] = ()
-
-
-# ---------------------------------------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True)
-class Create:
-    side: Side
-    contact: Contact
-    fields: frozenset[str]
-    reason: str
-
-
-@dataclass(frozen=True)
-class Update:
-    side: Side
-    item_id: str
-    contact: Contact  # the target's contact with the new values
-    fields: frozenset[str]  # only these are written
-    if_match: str | None
-    reason: str
-    clears: tuple[str, ...] = ()  # fields that had a value and will be emptied (counted by the breaker)
-    marker: str | None = None  # stamp the other side's id
-
-
-@dataclass(frozen=True)
-class Delete:
-    side: Side
-    item_id: str
-    if_match: str | None
-    reason: str
-
-
-@dataclass(frozen=True)
-class Adopt:
-    """Link two existing contacts (match before create)."""
-
-    m365: SideRecord
-    sf: SideRecord
-    via: str
-    reason: str
-
-    @property
-    def m365_id(self) -> str:
-        return self.m365.id
-
-    @property
-    def sf_id(self) -> str:
-        return self.sf.id
-
-
-@dataclass(frozen=True)
-class Conflict:
-    """A field changed on both sides (or against its direction); ``winner``'s value is kept."""
-
-    field: str
-    winner: Side
-    rule: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Review:
-    """Nothing is written; a person should decide (e.g. ambiguous match)."""
-
-    reason: str
-    candidate_ids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Skip:
-    reason: str
-
-
-@dataclass(frozen=True)
-class Handoff:
-    """The Salesforce owner is another synced mailbox: that mailbox should take the contact."""
-
-    sf_id: str
-    to_mailbox: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Unlink:
-    """Forget the pairing but keep ``keep``'s copy; the link stays as a tombstone so nothing comes back."""
-
-    keep: Side
-    reason: str
-
-
-@dataclass(frozen=True)
-class Nothing:
-    reason: str
-
-
-Action = Create | Update | Delete | Adopt | Conflict | Review | Skip | Handoff | Unlink | Nothing
-Write = Create | Update | Delete
-
-
-class LinkAfter(StrEnum):
-    KEEP = "keep"  # the link (or its absence) stays as it is: no table write
-    SAVE = "save"  # write the link with fresh bases and fingerprints
-    REMOVE = "remove"  # delete the link
-
-
-@dataclass(frozen=True)
-class Plan:
-    mailbox: str
-    actions: tuple[Action, ...]
-    link_after: LinkAfter
-    reason: str
-    state: LinkState = LinkState.LINKED
-    # Ids the saved link will carry; None with a Create on that side means "the created id".
-    m365_id: str | None = None
-    sf_id: str | None = None
-    synced_fields: tuple[str, ...] = field(default=())
-
-    @property
-    def writes(self) -> tuple[Write, ...]:
-        return tuple(a for a in self.actions if isinstance(a, Create | Update | Delete))
-
-    @property
-    def destructive(self) -> int:
-        """Deletes plus updates that empty a field that had a value: what the circuit breaker counts."""
-        return sum(1 for a in self.actions if isinstance(a, Delete) or (isinstance(a, Update) and a.clears))
-
-    @property
-    def conflicts(self) -> tuple[Conflict, ...]:
-        return tuple(a for a in self.actions if isinstance(a, Conflict))
-
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -193,25 +58,30 @@ def _same(key: str, a: str | None, b: str | None) -> bool:
     return compare_key(key, a) == compare_key(key, b)
 
 
-def _record(side: Side, m: SideRecord | None, f: SideRecord | None) -> SideRecord | None:
+def _agree(key: str, rule: FieldRule, in_outlook: str | None, in_salesforce: str | None, policy: Policy) -> bool:
+    """Whether the two sides hold the same value (Outlook's cut to Salesforce's field length, or in full)."""
+    return (_same(key, _value_on(Side.SALESFORCE, rule, in_outlook, policy), in_salesforce)
+            or _same(key, in_outlook, in_salesforce))
+
+
+def _record(side: Side, outlook: SideRecord | None, salesforce: SideRecord | None) -> SideRecord | None:
     """The record of ``side`` (None when that side has none)."""
-    return m if side is Side.M365 else f
+    return outlook if side is Side.M365 else salesforce
 
 
-def _policy_winner(policy: Policy, m: SideRecord, f: SideRecord) -> tuple[Side, str]:
+def _policy_winner(policy: Policy, outlook: SideRecord, salesforce: SideRecord) -> tuple[Side, str]:
     if policy.conflict is ConflictPolicy.M365_WINS:
         return Side.M365, ConflictPolicy.M365_WINS.value
     if policy.conflict is ConflictPolicy.NEWEST_WINS:
-        if m.modified_at and f.modified_at and m.modified_at > f.modified_at:
+        if outlook.modified_at and salesforce.modified_at and outlook.modified_at > salesforce.modified_at:
             return Side.M365, ConflictPolicy.NEWEST_WINS.value
         return Side.SALESFORCE, ConflictPolicy.NEWEST_WINS.value
     return Side.SALESFORCE, ConflictPolicy.SALESFORCE_WINS.value
 
 
-def synced_rules(policy: Policy, mailbox: str) -> tuple[tuple[FieldRule, Direction], ...]:
-    """Each synced field with its effective direction (field direction met with the mailbox's)."""
-    mailbox_dir = policy.direction_for(mailbox)
-    return tuple((r, r.direction.meet(mailbox_dir)) for r in policy.field_map.synced(mailbox_dir))
+def scope_of(s: Situation, policy: Policy) -> MailboxScope:
+    """The situation's mailbox scope (resolved from the policy for a situation built without one)."""
+    return s.scope if s.scope is not None else policy.scope(s.mailbox)
 
 
 @dataclass
@@ -224,9 +94,9 @@ class _Merge:
     changed_on: dict[Side, list[str]] = field(default_factory=lambda: {Side.M365: [], Side.SALESFORCE: []})
     cut: dict[Side, list[str]] = field(default_factory=lambda: {Side.M365: [], Side.SALESFORCE: []})
 
-    def push(self, rule: FieldRule, source: Side, m: SideRecord, f: SideRecord, policy: Policy) -> None:
+    def push(self, rule: FieldRule, source: Side, outlook: SideRecord, salesforce: SideRecord, policy: Policy) -> None:
         target = source.other
-        src, dst = (m, f) if source is Side.M365 else (f, m)
+        src, dst = (outlook, salesforce) if source is Side.M365 else (salesforce, outlook)
         wanted = _value_on(target, rule, src.contact.get(rule.key), policy)
         current = dst.contact.get(rule.key)
         if _same(rule.key, wanted, current):
@@ -240,9 +110,9 @@ class _Merge:
 
 def _merge(
     policy: Policy,
-    mailbox: str,
-    m: SideRecord,
-    f: SideRecord,
+    scope: MailboxScope,
+    outlook: SideRecord,
+    salesforce: SideRecord,
     link: Link | None,
     *,
     by_marker: bool = False,
@@ -254,62 +124,75 @@ def _merge(
     # value still fills an empty side, but an empty side may be a deliberate clear, so the override goes on record
     # as a conflict.
     rebuilt = by_marker or (link is not None and not link.m365_base and not link.sf_base)
-    for rule, direction in synced_rules(policy, mailbox):
+    for rule, direction in scope.rules:
         key = rule.key
-        mv, fv = m.contact.get(key), f.contact.get(key)
+        in_outlook, in_salesforce = outlook.contact.get(key), salesforce.contact.get(key)
         if link is not None and key in link.m365_base and key in link.sf_base:
-            m_changed = field_digest(key, mv) != link.m365_base[key]
-            f_changed = field_digest(key, fv) != link.sf_base[key]
+            outlook_changed = field_digest(key, in_outlook) != link.m365_base[key]
+            salesforce_changed = field_digest(key, in_salesforce) != link.sf_base[key]
         else:
             # No base for this field (first link, or a field newly added to the map): both count as changed
             # unless they already agree or one is empty (then the value fills the empty side).
-            if _same(key, _value_on(Side.SALESFORCE, rule, mv, policy), fv) or _same(key, mv, fv):
+            if _agree(key, rule, in_outlook, in_salesforce, policy):
                 continue
-            m_changed, f_changed = mv is not None, fv is not None
-        if not m_changed and not f_changed:
+            outlook_changed, salesforce_changed = in_outlook is not None, in_salesforce is not None
+        if not outlook_changed and not salesforce_changed:
             continue
-        if m_changed:
+        if outlook_changed:
             out.changed_on[Side.M365].append(key)
-        if f_changed:
+        if salesforce_changed:
             out.changed_on[Side.SALESFORCE].append(key)
-        if m_changed and f_changed:
-            if _same(key, _value_on(Side.SALESFORCE, rule, mv, policy), fv) or _same(key, mv, fv):
+        conflict: Conflict | None
+        if outlook_changed and salesforce_changed:
+            if _agree(key, rule, in_outlook, in_salesforce, policy):
                 continue  # the same edit on both sides
-            source, rule_name = _policy_winner(policy, m, f)
-            reason = (
-                f"'{key}' changed in both Outlook and Salesforce since the last sync; "
-                f"{source.label} wins by conflict policy {rule_name}"
-            )
-            if not direction.allows(source.other):
-                source, rule_name = source.other, "direction"
-                reason = f"'{key}' changed on both sides; field flows only to {source.other.label}, {source.label} wins"
-            out.conflicts.append(Conflict(key, source, rule_name, reason))
+            conflict = _both_changed(key, direction, outlook, salesforce, policy)
+            source = conflict.winner
         else:
-            source = Side.M365 if m_changed else Side.SALESFORCE
-            if not direction.allows(source.other):
-                # One-way field: the edit on the receiving side is reverted to the master's value (and audited).
-                out.conflicts.append(
-                    Conflict(
-                        key, source.other, "direction",
-                        f"'{key}' was edited in {source.label} but flows only {source.other.label} -> "
-                        f"{source.label}; the edit is reverted",
-                    )
-                )
-                source = source.other
-            elif rebuilt:
-                out.conflicts.append(Conflict(
-                    key, source, "rebuilt link",
-                    f"'{key}' is empty in {source.other.label} and what was synced last is unknown (a pair linked "
-                    f"again by its markers): {source.label}'s value fills it"))
-        out.push(rule, source, m, f, policy)
+            source, conflict = _one_changed(key, Side.M365 if outlook_changed else Side.SALESFORCE, direction, rebuilt)
+        if conflict is not None:
+            out.conflicts.append(conflict)
+        out.push(rule, source, outlook, salesforce, policy)
     return out
 
 
-def _updates(out: _Merge, m: SideRecord, f: SideRecord, reason_for: dict[Side, str],
+def _both_changed(key: str, direction: Direction, outlook: SideRecord, salesforce: SideRecord,
+                  policy: Policy) -> Conflict:
+    """A field changed on both sides to different values: the conflict policy picks the winner, unless the field
+    flows one way only (then its master wins)."""
+    source, rule_name = _policy_winner(policy, outlook, salesforce)
+    reason = (
+        f"'{key}' changed in both Outlook and Salesforce since the last sync; "
+        f"{source.label} wins by conflict policy {rule_name}"
+    )
+    if not direction.allows(source.other):
+        source, rule_name = source.other, "direction"
+        reason = f"'{key}' changed on both sides; field flows only to {source.other.label}, {source.label} wins"
+    return Conflict(key, source, rule_name, reason)
+
+
+def _one_changed(key: str, source: Side, direction: Direction, rebuilt: bool) -> tuple[Side, Conflict | None]:
+    """A field changed on ``source`` only: the side whose value is kept, and the conflict to record, if any."""
+    if not direction.allows(source.other):
+        # One-way field: the edit on the receiving side is reverted to the master's value (and audited).
+        return source.other, Conflict(
+            key, source.other, "direction",
+            f"'{key}' was edited in {source.label} but flows only {source.other.label} -> "
+            f"{source.label}; the edit is reverted",
+        )
+    if rebuilt:
+        return source, Conflict(
+            key, source, "rebuilt link",
+            f"'{key}' is empty in {source.other.label} and what was synced last is unknown (a pair linked "
+            f"again by its markers): {source.label}'s value fills it")
+    return source, None
+
+
+def _updates(out: _Merge, outlook: SideRecord, salesforce: SideRecord, reason_for: dict[Side, str],
              markers: dict[Side, str | None]) -> list[Action]:
     actions: list[Action] = []
     for side in (Side.SALESFORCE, Side.M365):
-        rec = m if side is Side.M365 else f
+        rec = outlook if side is Side.M365 else salesforce
         values = out.values[side]
         marker = markers.get(side)
         if not values and marker is None:
@@ -335,9 +218,9 @@ def _cut_note(keys: Sequence[str], side: Side) -> str:
     return f" (cut to fit {side.label}'s field length: {', '.join(keys)})" if keys else ""
 
 
-def _cut_fields(policy: Policy, mailbox: str, contact: Contact, target: Side) -> list[str]:
+def _cut_fields(policy: Policy, scope: MailboxScope, contact: Contact, target: Side) -> list[str]:
     """Fields of ``contact`` that ``target`` cannot hold in full."""
-    return [rule.key for rule, _ in synced_rules(policy, mailbox)
+    return [rule.key for rule, _ in scope.rules
             if not _same(rule.key, _value_on(target, rule, contact.get(rule.key), policy), contact.get(rule.key))]
 
 
@@ -352,7 +235,11 @@ def _fields_list(keys: Sequence[str]) -> str:
 class _Ctx:
     s: Situation
     policy: Policy
-    synced: tuple[str, ...]
+    scope: MailboxScope
+
+    @property
+    def synced(self) -> tuple[str, ...]:
+        return self.scope.keys
 
     def done(
         self,
@@ -370,32 +257,31 @@ class _Ctx:
 
 def plan(s: Situation, policy: Policy) -> Plan:
     """Decide what to do about one person in one mailbox. Pure: same input, same plan."""
-    link, m, f = s.link, s.m365, s.sf
-    synced = tuple(r.key for r, _ in synced_rules(policy, s.mailbox))
-    ctx = _Ctx(s, policy, synced)
+    link, outlook, salesforce = s.link, s.m365, s.sf
+    ctx = _Ctx(s, policy, scope_of(s, policy))
     done = ctx.done
 
     # Salesforce says another user owns it (or nobody we sync): it leaves this mailbox.
-    if f is not None and f.owner != s.mailbox:
+    if salesforce is not None and salesforce.owner != s.mailbox:
         return _leave_mailbox(ctx)
 
     if link is None:
-        if m is not None and f is not None:
+        if outlook is not None and salesforce is not None:
             # both given without a link: the engine found them pointing at each other (markers)
-            return _adopt(ctx, m, f, "link marker")
-        if m is not None:
+            return _adopt(ctx, outlook, salesforce, "link marker")
+        if outlook is not None:
             # new in the Outlook folder: match in Salesforce, else create there
-            return _match_or_create(ctx, m)
-        if f is not None:
+            return _match_or_create(ctx, outlook)
+        if salesforce is not None:
             # new in Salesforce for this owner: match in the folder, else create there
-            return _match_or_create(ctx, f)
+            return _match_or_create(ctx, salesforce)
         # on neither side: a stale hint
         return done([Nothing("not found on either side and never linked: nothing to do")], LinkAfter.KEEP,
                     "nothing to do")
 
     if link.state is LinkState.DETACHED:
         kept = Side.M365 if link.m365_id else Side.SALESFORCE
-        if _record(kept, m, f) is None:
+        if _record(kept, outlook, salesforce) is None:
             # the copy we kept is gone as well: forget the tombstone
             return done([Nothing(f"the kept {kept.label} copy is gone too")], LinkAfter.REMOVE,
                         "detached link removed: both copies gone")
@@ -404,22 +290,27 @@ def plan(s: Situation, policy: Policy) -> Plan:
                   f"not bringing it back")
         return done([Nothing(reason)], LinkAfter.KEEP, reason)
 
-    if m is None and f is None:
+    if outlook is None and salesforce is None:
         # deleted on both sides
         return done([Nothing("deleted on both sides")], LinkAfter.REMOVE, "deleted on both sides: link removed")
-    if m is None and f is not None:
-        return _deleted(ctx, Side.M365, f)
-    if f is None and m is not None:
-        return _deleted(ctx, Side.SALESFORCE, m)
-    if m is None or f is None:  # unreachable: the cases above cover it; keeps the type checker informed
+    if outlook is None and salesforce is not None:
+        return _deleted(ctx, Side.M365, salesforce)
+    if salesforce is None and outlook is not None:
+        return _deleted(ctx, Side.SALESFORCE, outlook)
+    if outlook is None or salesforce is None:  # unreachable: the cases above cover it; keeps the type checker informed
         raise ValueError("planner: inconsistent situation")
 
-    # linked, both present
-    if fingerprint(m.contact, synced) == link.m365_fp and fingerprint(f.contact, synced) == link.sf_fp:
+    return _linked_pair(ctx, link, outlook, salesforce)
+
+
+def _linked_pair(ctx: _Ctx, link: Link, outlook: SideRecord, salesforce: SideRecord) -> Plan:
+    """Linked, both present: unchanged, or merged field by field against the link's bases."""
+    synced, done = ctx.synced, ctx.done
+    if fingerprint(outlook.contact, synced) == link.m365_fp and fingerprint(salesforce.contact, synced) == link.sf_fp:
         # unchanged on both sides since the last sync (this is where echoes of our own writes end)
         reason = "unchanged on both sides since the last sync"
-        return done([Nothing(reason)], LinkAfter.KEEP, reason, m365_id=m.id, sf_id=f.id)
-    out = _merge(policy, s.mailbox, m, f, link)
+        return done([Nothing(reason)], LinkAfter.KEEP, reason, m365_id=outlook.id, sf_id=salesforce.id)
+    out = _merge(ctx.policy, ctx.scope, outlook, salesforce, link)
     reasons = {
         Side.SALESFORCE: f"changed in Outlook: {_fields_list(out.changed_on[Side.M365])}",
         Side.M365: f"changed in Salesforce: {_fields_list(out.changed_on[Side.SALESFORCE])}",
@@ -427,35 +318,36 @@ def plan(s: Situation, policy: Policy) -> Plan:
     for c in out.conflicts:
         if c.rule == "direction":
             reasons[c.winner.other] = c.reason
-    actions: list[Action] = [*out.conflicts, *_updates(out, m, f, reasons, {})]
+    actions: list[Action] = [*out.conflicts, *_updates(out, outlook, salesforce, reasons, {})]
     if not any(isinstance(a, Update) for a in actions):
         # changed, but the other side already holds the same values (or only unsynced properties changed)
         actions.append(Nothing("the other side already agrees; refreshing the link"))
     summary = "; ".join(a.reason for a in actions if isinstance(a, Conflict | Update | Nothing)) or "merged"
-    return done(actions, LinkAfter.SAVE, summary, m365_id=m.id, sf_id=f.id)
+    return done(actions, LinkAfter.SAVE, summary, m365_id=outlook.id, sf_id=salesforce.id)
 
 
 def _leave_mailbox(ctx: _Ctx) -> Plan:
     s, policy, done = ctx.s, ctx.policy, ctx.done
-    f = s.sf
-    if f is None:
+    salesforce = s.sf
+    if salesforce is None:
         raise ValueError("planner: owner change without a Salesforce record")
-    new_owner = f.owner
+    new_owner = salesforce.owner
     where = f"to mailbox {new_owner}" if new_owner else "to a user who is not a synced mailbox"
     handoff: list[Action] = (
-        [Handoff(f.id, new_owner, f"Salesforce owner changed {where}")] if new_owner else []
+        [Handoff(salesforce.id, new_owner, f"Salesforce owner changed {where}")] if new_owner else []
     )
-    link, m = s.link, s.m365
+    link, outlook = s.link, s.m365
     if link is None:
         return done([Nothing("owned in Salesforce by another mailbox; not this mailbox's contact")],
                     LinkAfter.KEEP, "not this mailbox's contact")
-    removes_copy = policy.direction_for(s.mailbox).allows(Side.M365)
+    removes_copy = ctx.scope.direction.allows(Side.M365)
     # the Salesforce marker names this mailbox's copy, which goes away: clear it, so that nobody (a rebuild of lost
     # links in the new owner's mailbox above all) reads the missing copy as one the user deleted there
     unmark: dict[Side, str | None] = {
-        Side.SALESFORCE: "" if f.marker and f.marker == link.m365_id and (m is None or removes_copy) else None}
-    if link.state is LinkState.DETACHED or m is None:
-        clear = [Update(Side.SALESFORCE, f.id, f.contact, frozenset(), f.version,
+        Side.SALESFORCE: "" if (salesforce.marker and salesforce.marker == link.m365_id
+                                and (outlook is None or removes_copy)) else None}
+    if link.state is LinkState.DETACHED or outlook is None:
+        clear = [Update(Side.SALESFORCE, salesforce.id, salesforce.contact, frozenset(), salesforce.version,
                         "clear the link marker: the Outlook copy it names left this mailbox", marker="")
                  ] if unmark[Side.SALESFORCE] is not None and link.state is LinkState.LINKED else []
         return done([*clear, *handoff, Nothing(f"Salesforce owner changed {where}; link removed")],
@@ -463,13 +355,13 @@ def _leave_mailbox(ctx: _Ctx) -> Plan:
     actions: list[Action] = []
     if link.m365_id and link.sf_id:
         # push Outlook edits not yet in Salesforce before the contact leaves this folder (never lose an edit)
-        out = _merge(policy, s.mailbox, m, f, link)
+        out = _merge(policy, ctx.scope, outlook, salesforce, link)
         out.values[Side.M365].clear()
         out.clears[Side.M365].clear()
         saved = {Side.SALESFORCE: "Outlook edits saved before the owner change", Side.M365: ""}
-        actions += [*out.conflicts, *_updates(out, m, f, saved, unmark)]
+        actions += [*out.conflicts, *_updates(out, outlook, salesforce, saved, unmark)]
     if removes_copy:
-        actions.append(Delete(Side.M365, m.id, m.version,
+        actions.append(Delete(Side.M365, outlook.id, outlook.version,
                               f"Salesforce owner changed {where}: removed from this mailbox's sync folder"))
     else:
         actions.append(Nothing("mailbox direction keeps Outlook untouched: the folder copy stays, unlinked"))
@@ -482,7 +374,7 @@ def _deleted(ctx: _Ctx, gone: Side, survivor: SideRecord) -> Plan:
     if link is None:
         raise ValueError("planner: a delete needs a link")
     keep = gone.other
-    direction = policy.direction_for(s.mailbox)
+    direction = ctx.scope.direction
     chosen = policy.delete_policy(gone)
     note = ""
     synced = ctx.synced
@@ -566,7 +458,7 @@ def _match_or_create(ctx: _Ctx, r: SideRecord, why: str | None = None) -> Plan:
         return done([Review(reason, ids)], LinkAfter.KEEP, reason)
 
     # 4. nothing matches: create on the other side, if allowed and complete
-    direction = policy.direction_for(s.mailbox)
+    direction = ctx.scope.direction
     if not direction.allows(other):
         reason = f"mailbox direction is {direction.value}: not creating in {other.label}"
         return done([Skip(reason)], LinkAfter.KEEP, reason)
@@ -574,11 +466,11 @@ def _match_or_create(ctx: _Ctx, r: SideRecord, why: str | None = None) -> Plan:
     if missing:
         reason = f"not created in {other.label}: missing {' and '.join(missing)}"
         return done([Skip(reason)], LinkAfter.KEEP, reason)
-    fields = frozenset(rule.key for rule, d in synced_rules(policy, s.mailbox) if d.allows(other))
+    fields = frozenset(rule.key for rule, d in ctx.scope.rules if d.allows(other))
     contact = Contact().with_values(r.contact.values(fields))
     source = why or ("new in the Outlook sync folder" if r.side is Side.M365 else "new in Salesforce for this owner")
     reason = (f"{source}, no match by marker, email or name and company: created in {other.label}"
-              + _cut_note(_cut_fields(policy, s.mailbox, contact, other), other))
+              + _cut_note(_cut_fields(policy, ctx.scope, contact, other), other))
     m365_id, sf_id = (r.id, None) if r.side is Side.M365 else (None, r.id)
     return done([Create(other, contact, fields, reason)], LinkAfter.SAVE, reason, m365_id=m365_id, sf_id=sf_id)
 
@@ -602,20 +494,21 @@ def _made_twice(r: SideRecord, cands: Sequence[Candidate], synced: Sequence[str]
 
 
 def _adopt(ctx: _Ctx, a: SideRecord, b: SideRecord, via: str) -> Plan:
-    s, policy, done = ctx.s, ctx.policy, ctx.done
-    m, f = (a, b) if a.side is Side.M365 else (b, a)
-    out = _merge(policy, s.mailbox, m, f, None, by_marker=via == "link marker")
+    policy, done = ctx.policy, ctx.done
+    outlook, salesforce = (a, b) if a.side is Side.M365 else (b, a)
+    out = _merge(policy, ctx.scope, outlook, salesforce, None, by_marker=via == "link marker")
     markers: dict[Side, str | None] = {
-        Side.M365: f.id if m.marker != f.id else None,
-        Side.SALESFORCE: m.id if f.marker != m.id else None,
+        Side.M365: salesforce.id if outlook.marker != salesforce.id else None,
+        Side.SALESFORCE: outlook.id if salesforce.marker != outlook.id else None,
     }
     reasons = {
         Side.SALESFORCE: f"linked by {via}; filled from Outlook: {_fields_list(list(out.values[Side.SALESFORCE]))}",
         Side.M365: f"linked by {via}; filled from Salesforce: {_fields_list(list(out.values[Side.M365]))}",
     }
     reason = f"matched an existing {b.side.label} contact by {via}: linked instead of creating a duplicate"
-    actions: list[Action] = [Adopt(m, f, via, reason), *out.conflicts, *_updates(out, m, f, reasons, markers)]
-    return done(actions, LinkAfter.SAVE, reason, m365_id=m.id, sf_id=f.id)
+    actions: list[Action] = [Adopt(outlook, salesforce, via, reason), *out.conflicts,
+                             *_updates(out, outlook, salesforce, reasons, markers)]
+    return done(actions, LinkAfter.SAVE, reason, m365_id=outlook.id, sf_id=salesforce.id)
 
 
 # ---------------------------------------------------------------------------------------------- circuit breaker
@@ -630,3 +523,9 @@ def check_breaker(
         return
     report = tuple(p.reason for p in plans if p.destructive)[:20]
     raise CircuitBreakerTripped(mailbox, destructive=destructive, total=total, report=report)
+
+
+__all__ = [
+    "Action", "Adopt", "Candidate", "Conflict", "Create", "Delete", "Handoff", "LinkAfter", "Nothing", "Plan",
+    "Review", "Situation", "Skip", "Unlink", "Update", "Write", "check_breaker", "plan", "scope_of",
+]

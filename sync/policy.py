@@ -1,11 +1,13 @@
 """Policy vocabulary: sides, directions, conflict and delete policies, the field map and the circuit breaker.
 
-Everything here is data (enums and frozen models); the planner reads it, configuration builds it.
+Everything here is data (enums and frozen models); the planner reads it, configuration builds it. What one mailbox
+syncs, and which way, is resolved once into a ``MailboxScope`` (``Policy.scope``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -214,7 +216,8 @@ class Policy(BaseModel):
 
     field_map: FieldMap = Field(default_factory=FieldMap)
     conflict: ConflictPolicy = ConflictPolicy.SALESFORCE_WINS
-    # What a delete *in* Salesforce does, and what a delete *in* Outlook does (the defaults).
+    # What a delete *in* Salesforce does, and what a delete *in* Outlook does (the defaults: a
+    # Salesforce delete goes to Outlook's Deleted Items, an Outlook delete only unlinks).
     on_salesforce_delete: DeletePolicy = DeletePolicy.PROPAGATE
     on_m365_delete: DeletePolicy = DeletePolicy.UNLINK
     direction: Direction = Direction.BOTH
@@ -228,3 +231,19 @@ class Policy(BaseModel):
 
     def delete_policy(self, deleted_on: Side) -> DeletePolicy:
         return self.on_salesforce_delete if deleted_on is Side.SALESFORCE else self.on_m365_delete
+
+    def scope(self, mailbox: str) -> MailboxScope:
+        """What ``mailbox`` syncs: its direction, and each synced field with its effective direction."""
+        direction = self.direction_for(mailbox)
+        rules = tuple((r, r.direction.meet(direction)) for r in self.field_map.synced(direction))
+        return MailboxScope(mailbox.casefold(), direction, rules, tuple(r.key for r, _ in rules))
+
+
+@dataclass(frozen=True)
+class MailboxScope:
+    """One mailbox's part of the policy, resolved once (``Policy.scope``) and carried on each situation."""
+
+    mailbox: str
+    direction: Direction  # the mailbox's direction
+    rules: tuple[tuple[FieldRule, Direction], ...]  # each synced field with its direction met with the mailbox's
+    keys: tuple[str, ...]  # the synced fields' keys, in field map order

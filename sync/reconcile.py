@@ -2,21 +2,15 @@
 breaker, then apply (or only report, for a dry run).
 
 Public API:
-    reconcile_mailbox(engine, mailbox, *, dry_run=False, force=False) -> ReconcileReport        full pass
-    reconcile_mailbox_delta(engine, mailbox, checkpoints, *, dry_run=False, force=False)       what changed since
-        the last delta pass (Graph delta link, Salesforce SystemModstamp watermark); falls back to a full pass when
-        a change feed starts over (first run, expired delta token, old watermark) or the links are being rebuilt
+    reconcile_mailbox(engine, mailbox, *, dry_run=False, force=False) -> ReconcileReport   a full pass
+    reconcile_mailbox_delta(engine, mailbox, checkpoints, *, dry_run=False, force=False)  what changed since the
+        last delta pass; a full pass when a change feed starts over or the links are being rebuilt
+    MailboxReconcile      the full pass, one method per phase
 
-After the links table was lost (it comes back with the tombstones only; ``LinkStore.rebuilding``), a full pass
-rebuilds the links from the markers: a marker whose partner is here adopts it; an Outlook copy whose Salesforce partner
-was deleted or moved to another owner is read as the lost link (``Engine.lost_link``), so deletes and owner changes
-are not undone. A pass without errors ends the rebuild.
-
-Like vdirsyncer's sync over its status table: every link and every record on either side is visited once.
-The plans are applied together (``Engine.execute_many``): creates and updates go out in bulk (Graph ``$batch``,
-Salesforce sObject Collections), each plan keeping its own all-or-nothing link commit.
-Unlinked records are matched in memory against the other side's unlinked records of this mailbox; unlinked Outlook
-records also ask Salesforce (org-wide) so a contact owned by another rep is reviewed, never duplicated.
+A full pass visits every link and every record once, as vdirsyncer's sync does over its status table, and keeps in
+memory only what changed. After the links table was lost (``LinkStore.rebuilding``), a full pass rebuilds the links
+from the markers without undoing deletes or owner changes (``Engine.lost_link``); a pass without errors ends the
+rebuild. Plans are applied in bulk (``Engine.execute_many``), a chunk at a time.
 """
 
 from __future__ import annotations
@@ -27,22 +21,13 @@ from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sync import planner
+from sync.actions import Adopt, Candidate, Create, LinkAfter, Nothing, Plan, Review, Situation
 from sync.engine import Engine
 from sync.errors import AlreadyExists, PreconditionFailed, SyncError
+from sync.match_index import MatchIndex
 from sync.model import fingerprint
-from sync.planner import (
-    Adopt,
-    Candidate,
-    Create,
-    LinkAfter,
-    Nothing,
-    Plan,
-    Review,
-    Situation,
-    check_breaker,
-    plan,
-    synced_rules,
-)
+from sync.planner import check_breaker, plan
 from sync.policy import Side
 from sync.ports import CheckpointStore, ContactChange, ContactSide, Link, LinkState, SideRecord, row_key
 
@@ -69,12 +54,7 @@ class ReconcileReport:
 
 
 def _kinds(p: Plan) -> list[str]:
-    out = []
-    for a in p.actions:
-        kind = type(a).__name__.lower()
-        side = getattr(a, "side", None)
-        out.append(f"{kind}:{side.value}" if isinstance(side, Side) else kind)
-    return out
+    return [a.kind for a in p.actions]
 
 
 class _Ref:
@@ -107,183 +87,257 @@ FETCH_ONE_BY_ONE = 50  # records or links needed again after the streams: up to 
 
 
 def reconcile_mailbox(engine: Engine, mailbox: str, *, dry_run: bool = False, force: bool = False) -> ReconcileReport:
+    """A full pass over one mailbox (``MailboxReconcile``)."""
+    return MailboxReconcile(engine, mailbox, dry_run=dry_run, force=force).run()
+
+
+class MailboxReconcile:
     """A full pass over one mailbox, streaming: memory grows with the contacts that changed, not with the mailbox.
 
-    1. The links are read first, compactly (``_Ref``): a record read before its link could be older than the link
+    Its phases, in the order ``run`` calls them:
+    1. ``read_links``, first and compactly (``_Ref``): a record read before its link could be older than the link
        (a worker wrote both in between) and its old values would pass for an edit back to them.
-    2. Outlook is streamed: a linked copy whose fingerprint is the one it was synced at is kept as its id only;
+    2. ``stream_outlook``: a linked copy whose fingerprint is the one it was synced at is kept as its id only;
        every other copy is kept whole. Every copy's match keys go into an index (hashes and ids, no values).
-    3. Salesforce is streamed: a linked contact unchanged on both sides is only counted. An unlinked contact that
+    3. ``stream_salesforce``: a linked contact unchanged on both sides is only counted. An unlinked contact that
        matches nothing in Outlook is planned at once (a create, or a skip or review) and applied a chunk at a time
        while the stream is read; the circuit breaker judges deletes and clears, which only linked contacts make,
        and a create is neither. Every other contact is kept whole.
-    4. What was kept is planned as before: links read again (a link that moved on since step 1 is decided again by
-       a fresh read), Outlook copies unchanged but needed read again, unlinked Outlook copies matched against
-       Salesforce. The breaker judges these plans before any of them is applied.
+    4. ``plan_changed``: the links of what was kept, read again (a link that moved on since phase 1 is decided again
+       by a fresh read), and Outlook copies unchanged but needed, read again.
+    5. ``plan_unlinked``: unlinked Outlook copies matched against Salesforce, then unlinked Salesforce contacts
+       against Outlook.
+    6. ``check_breaker`` judges the plans of phases 4 and 5 before ``apply`` applies any of them.
     """
-    mailbox = mailbox.casefold()
-    m365, sf = engine.sides[Side.M365], engine.sides[Side.SALESFORCE]
-    report = ReconcileReport(mailbox, dry_run)
-    synced = tuple(rule.key for rule, _ in synced_rules(engine.policy, mailbox))
-    rebuilding = engine.links.rebuilding(mailbox)
-    quiet: Counter[str] = Counter()  # plans that neither write nor audit (unchanged pairs): counted, not kept
 
-    # 1. the links, first
-    by_m: dict[str, _Ref] = {}
-    by_f: dict[str, _Ref] = {}
-    for link in engine.links.list(mailbox):
-        ref = _Ref(link)
-        if ref.m365_id:
-            by_m[ref.m365_id] = ref
-        if ref.sf_id:
-            by_f[ref.sf_id] = ref
-        report.linked_before += ref.linked
+    def __init__(self, engine: Engine, mailbox: str, *, dry_run: bool = False, force: bool = False) -> None:
+        self.engine = engine
+        self.mailbox = mailbox.casefold()
+        self.dry_run = dry_run
+        self.force = force
+        self.outlook_side, self.sf_side = engine.sides[Side.M365], engine.sides[Side.SALESFORCE]
+        self.report = ReconcileReport(self.mailbox, dry_run)
+        self.scope = engine.scope(self.mailbox)
+        self.rebuilding = engine.links.rebuilding(self.mailbox)
+        self.quiet: Counter[str] = Counter()  # plans that neither write nor audit (unchanged pairs): counted, not kept
+        self.creating = MatchIndex()  # unlinked records this pass copies to the other side
+        # 1. the links
+        self.by_outlook: dict[str, _Ref] = {}
+        self.by_sf: dict[str, _Ref] = {}
+        self.linked_outlook: set[str] = set()
+        self.linked_sf: set[str] = set()
+        # 2. Outlook
+        self.outlook_same: set[str] = set()  # linked copies unchanged since the sync: ids only
+        self.outlook_kept: dict[str, SideRecord] = {}
+        self.outlook_index = MatchIndex()  # every copy in the folder
+        # 3. Salesforce
+        self.sf_kept: dict[str, SideRecord] = {}
+        self.sf_new = MatchIndex()  # unlinked contacts of this owner whose Outlook match is decided after the stream
+        self.sf_all: set[str] = set()  # every contact of this owner, only while rebuilding (markers are read then)
+        # 4, 5. what to do
+        self.plans: list[tuple[Situation, Plan]] = []
+        self.rereads: list[ContactChange] = []  # people whose link moved on during the pass: decided afresh
 
-    # 2. Outlook
-    m_same: set[str] = set()  # linked copies unchanged since the sync: ids only
-    m_full: dict[str, SideRecord] = {}
-    m_keys = _MatchIndex()  # every copy in the folder
-    for m in m365.stream(mailbox):
-        m_keys.add(m)
-        mref = by_m.get(m.id)
-        if mref is not None and mref.linked and mref.m365_fp == _fp64(fingerprint(m.contact, synced)):
-            m_same.add(m.id)
-        else:
-            m_full[m.id] = m
+    def run(self) -> ReconcileReport:
+        self.read_links()
+        self.stream_outlook()
+        self.stream_salesforce()
+        self.plan_changed()
+        self.plan_unlinked()
+        self._let_go()
+        self._count()
+        self.check_breaker()
+        if not self.dry_run:
+            self.apply()
+        return self.report
 
-    # 3. Salesforce
-    f_full: dict[str, SideRecord] = {}
-    f_new = _MatchIndex()  # unlinked contacts of this owner whose Outlook match is decided after the stream
-    f_all: set[str] = set()  # every contact of this owner, only while rebuilding (markers are read then)
-    creating = _MatchIndex()  # unlinked records this pass copies to the other side
-    early: list[tuple[Situation, Plan]] = []
-    for f in sf.stream(mailbox):
-        if rebuilding:
-            f_all.add(f.id)
-        fref = by_f.get(f.id)
-        if fref is not None:
-            fref.seen = True
-            if f.owner == mailbox and (
-                (fref.linked and fref.m365_id in m_same and fref.sf_fp == _fp64(fingerprint(f.contact, synced)))
-                or (not fref.linked and not fref.m365_id)  # a tombstone that kept this contact, still here
-            ):
-                quiet["nothing"] += 1
+    # ------------------------------------------------------------------------------------------ 1-3: reading
+    def read_links(self) -> None:
+        for link in self.engine.links.list(self.mailbox):
+            ref = _Ref(link)
+            if ref.m365_id:
+                self.by_outlook[ref.m365_id] = ref
+            if ref.sf_id:
+                self.by_sf[ref.sf_id] = ref
+            self.report.linked_before += ref.linked
+
+    def stream_outlook(self) -> None:
+        for outlook in self.outlook_side.stream(self.mailbox):
+            self.outlook_index.add(outlook)
+            ref = self.by_outlook.get(outlook.id)
+            if ref is not None and ref.linked and ref.m365_fp == _fp64(fingerprint(outlook.contact, self.scope.keys)):
+                self.outlook_same.add(outlook.id)
             else:
-                f_full[f.id] = f
-            continue
-        if rebuilding or m_keys.matches(f):
-            f_full[f.id] = f  # its Outlook match (or lost link) is decided after the stream
-            f_new.add(f)
-            continue
-        s = Situation(mailbox, None, None, f, ())
-        p = _unless_twin(plan(s, engine.policy), f, creating)
-        if _quiet(p, quiet):
-            continue
-        report.visited += 1
-        report.planned.update(_kinds(p))
-        if not dry_run:
+                self.outlook_kept[outlook.id] = outlook
+
+    def stream_salesforce(self) -> None:
+        early: list[tuple[Situation, Plan]] = []
+        for salesforce in self.sf_side.stream(self.mailbox):
+            if self.rebuilding:
+                self.sf_all.add(salesforce.id)
+            ref = self.by_sf.get(salesforce.id)
+            if ref is not None:
+                ref.seen = True
+                if self._unchanged(ref, salesforce):
+                    self.quiet["nothing"] += 1
+                else:
+                    self.sf_kept[salesforce.id] = salesforce
+                continue
+            if self.rebuilding or self.outlook_index.matches(salesforce):
+                self.sf_kept[salesforce.id] = salesforce  # its Outlook match (or lost link) is decided after the stream
+                self.sf_new.add(salesforce)
+                continue
+            self._plan_new(salesforce, early)
+        _apply(self.engine, self.mailbox, early, self.report)
+
+    def _unchanged(self, ref: _Ref, salesforce: SideRecord) -> bool:
+        """Whether a linked contact of this owner needs no plan: unchanged on both sides, or the copy a tombstone
+        kept, still here."""
+        if salesforce.owner != self.mailbox:
+            return False
+        if not ref.linked:
+            return not ref.m365_id
+        return ref.m365_id in self.outlook_same and ref.sf_fp == _fp64(fingerprint(salesforce.contact, self.scope.keys))
+
+    def _plan_new(self, salesforce: SideRecord, early: list[tuple[Situation, Plan]]) -> None:
+        """An unlinked contact that matches nothing in Outlook, planned at once and applied a chunk at a time."""
+        s = Situation(self.mailbox, None, None, salesforce, (), self.scope)
+        p = _unless_twin(plan(s, self.engine.policy), salesforce, self.creating)
+        if _quiet(p, self.quiet):
+            return
+        self.report.visited += 1
+        self.report.planned.update(_kinds(p))
+        if not self.dry_run:
             early.append((s, p))
             if len(early) >= APPLY_CHUNK:
-                _apply(engine, mailbox, early, report)
-    _apply(engine, mailbox, early, report)
+                _apply(self.engine, self.mailbox, early, self.report)
 
-    # 4. what changed, planned as a whole
-    refs = [*by_f.values(), *(r for r in by_m.values() if not r.sf_id)]
-    linked_m, linked_f = set(by_m), set(by_f)
-    del by_m, by_f
-    pending: list[_Ref] = []
-    for ref in refs:
-        if ref.seen and ref.sf_id not in f_full:
-            continue  # counted above: unchanged
-        if not ref.linked and not ref.sf_id and ref.m365_id in m_full:
-            quiet["nothing"] += 1  # a tombstone that kept this Outlook copy, still here
-            continue
-        if ref.sf_id and not ref.seen:
-            moved = sf.get(mailbox, ref.sf_id)  # owner changed, or deleted
-            if moved is not None:
-                f_full[moved.id] = moved
-        pending.append(ref)
-    del refs
-    m_full.update(_fetch(m365, mailbox, {r.m365_id for r in pending if r.m365_id and r.m365_id in m_same}))
-    full_links = _relinks(engine, mailbox, pending)
-    plans: list[tuple[Situation, Plan]] = []
-    rereads: list[ContactChange] = []
-    for ref in pending:
-        full = full_links.get(ref.key())
-        if full is None or ref.moved_on(full):
-            # the link moved on since the pass read it (a worker synced this person meanwhile): the records read
-            # since may be older than it, so this person is read and decided afresh
-            rereads.append(ContactChange(source=Side.M365, item_id=ref.m365_id, mailbox=mailbox) if ref.m365_id
-                           else ContactChange(source=Side.SALESFORCE, item_id=ref.sf_id or ""))
-            continue
-        mr = m_full.get(full.m365_id) if full.m365_id else None
-        fr = f_full.get(full.sf_id) if full.sf_id else None
-        if (fr is not None and fr.owner != mailbox) or (mr is None) != (fr is None):
-            s = engine.situation(mailbox, full, mr, fr)  # owner change, or a delete to decide on
+    # ------------------------------------------------------------------------------------------ 4: linked
+    def plan_changed(self) -> None:
+        pending = self._pending()
+        self.outlook_kept.update(_fetch(self.outlook_side, self.mailbox,
+                                        {r.m365_id for r in pending if r.m365_id and r.m365_id in self.outlook_same}))
+        full_links = _relinks(self.engine, self.mailbox, pending)
+        for ref in pending:
+            full = full_links.get(ref.key())
+            if full is None or ref.moved_on(full):
+                # the link moved on since the pass read it (a worker synced this person meanwhile): the records read
+                # since may be older than it, so this person is read and decided afresh
+                self.rereads.append(
+                    ContactChange(source=Side.M365, item_id=ref.m365_id, mailbox=self.mailbox) if ref.m365_id
+                    else ContactChange(source=Side.SALESFORCE, item_id=ref.sf_id or ""))
+                continue
+            self._plan_linked(full)
+
+    def _pending(self) -> list[_Ref]:
+        """The links whose people need a plan (the compact links are let go: only their ids are kept)."""
+        refs = [*self.by_sf.values(), *(r for r in self.by_outlook.values() if not r.sf_id)]
+        self.linked_outlook, self.linked_sf = set(self.by_outlook), set(self.by_sf)
+        self.by_outlook, self.by_sf = {}, {}
+        pending: list[_Ref] = []
+        for ref in refs:
+            if ref.seen and ref.sf_id not in self.sf_kept:
+                continue  # counted above: unchanged
+            if not ref.linked and not ref.sf_id and ref.m365_id in self.outlook_kept:
+                self.quiet["nothing"] += 1  # a tombstone that kept this Outlook copy, still here
+                continue
+            if ref.sf_id and not ref.seen:
+                moved = self.sf_side.get(self.mailbox, ref.sf_id)  # owner changed, or deleted
+                if moved is not None:
+                    self.sf_kept[moved.id] = moved
+            pending.append(ref)
+        return pending
+
+    def _plan_linked(self, link: Link) -> None:
+        outlook = self.outlook_kept.get(link.m365_id) if link.m365_id else None
+        salesforce = self.sf_kept.get(link.sf_id) if link.sf_id else None
+        if (salesforce is not None and salesforce.owner != self.mailbox) or (outlook is None) != (salesforce is None):
+            s = self.engine.situation(self.mailbox, link, outlook, salesforce)  # owner change, or a delete to decide
         else:
-            s = Situation(mailbox, full, mr, fr)
-        p = plan(s, engine.policy)
+            s = Situation(self.mailbox, link, outlook, salesforce, (), self.scope)
+        p = plan(s, self.engine.policy)
         survivor = s.m365 if s.m365 is not None else s.sf
         if survivor is not None and any(isinstance(a, Create) for a in p.actions):
-            p = _unless_twin(p, survivor, creating)  # a re-create: an unlinked twin may be copied already
-        if not _quiet(p, quiet):
-            plans.append((s, p))
-    del full_links, pending
+            p = _unless_twin(p, survivor, self.creating)  # a re-create: an unlinked twin may be copied already
+        if not _quiet(p, self.quiet):
+            self.plans.append((s, p))
 
-    # unlinked records: Outlook first (they may adopt a Salesforce record), then Salesforce ones left over
-    consumed_f: set[str] = set()
-    consumed_m: set[str] = set()
-    unlinked_m = [r for i, r in m_full.items() if i not in linked_m]
-    for rec in unlinked_m:
-        lost = _lost(engine, mailbox, rec, f_all) if rebuilding else None
+    # ------------------------------------------------------------------------------------------ 5: unlinked
+    def plan_unlinked(self) -> None:
+        """Unlinked records: Outlook first (they may adopt a Salesforce record), then Salesforce ones left over."""
+        adopted_sf: set[str] = set()
+        decided_outlook: set[str] = set()
+        for outlook in [r for i, r in self.outlook_kept.items() if i not in self.linked_outlook]:
+            adopted_sf.update(self._plan_unlinked_outlook(outlook))
+            decided_outlook.add(outlook.id)
+        unlinked_sf = [r for i, r in self.sf_kept.items()
+                       if i not in self.linked_sf and i not in adopted_sf and i in self.sf_new]
+        self.outlook_kept.update(_fetch(self.outlook_side, self.mailbox, {
+            i for r in unlinked_sf for i in self.outlook_index.matches(r) if i not in self.outlook_kept}))
+        for salesforce in unlinked_sf:
+            lost = _lost(self.engine, self.mailbox, salesforce, self.outlook_index) if self.rebuilding else None
+            if lost is not None:  # its marker names an Outlook copy deleted from this folder while links were lost
+                self.plans.append((lost, plan(lost, self.engine.policy)))
+                continue
+            cands = tuple(Candidate(self.outlook_kept[i], linked=i in self.linked_outlook or i in decided_outlook)
+                          for i in self.outlook_index.matches(salesforce) if i in self.outlook_kept)
+            s = Situation(self.mailbox, None, None, salesforce, cands, self.scope)
+            self.plans.append((s, _unless_twin(plan(s, self.engine.policy), salesforce, self.creating)))
+
+    def _plan_unlinked_outlook(self, outlook: SideRecord) -> list[str]:
+        """Plan an unlinked Outlook copy; returns the Salesforce ids its plan adopts."""
+        lost = _lost(self.engine, self.mailbox, outlook, self.sf_all) if self.rebuilding else None
         if lost is not None:  # its marker names a Salesforce contact deleted or moved away while links were lost
-            consumed_m.add(rec.id)
-            plans.append((lost, plan(lost, engine.policy)))
-            continue
-        # this owner's unlinked contacts it may be, then Salesforce's search (org-wide: the linked and the other
-        # owners' contacts it may be, so that it is reviewed, never doubled)
-        local = [Candidate(f_full[i]) for i in f_new.matches(rec) if i in f_full]
-        found = {c.id: c for c in sf.find(mailbox, rec.contact) if c.id not in f_new}
-        if rec.marker and rec.marker not in f_new and rec.marker not in found:
-            marked = sf.get(mailbox, rec.marker)  # the contact its marker names (a copy of a linked copy, say)
+            self.plans.append((lost, plan(lost, self.engine.policy)))
+            return []
+        s = Situation(self.mailbox, None, outlook, None, self._sf_candidates(outlook), self.scope)
+        p = _unless_twin(plan(s, self.engine.policy), outlook, self.creating)
+        self.plans.append((s, p))
+        return [a.sf_id for a in p.actions if isinstance(a, Adopt)]
+
+    def _sf_candidates(self, outlook: SideRecord) -> tuple[Candidate, ...]:
+        """This owner's unlinked contacts it may be, then Salesforce's search (org-wide: the linked and the other
+        owners' contacts it may be, so that it is reviewed, never doubled)."""
+        local = [Candidate(self.sf_kept[i]) for i in self.sf_new.matches(outlook) if i in self.sf_kept]
+        found = {c.id: c for c in self.sf_side.find(self.mailbox, outlook.contact) if c.id not in self.sf_new}
+        if outlook.marker and outlook.marker not in self.sf_new and outlook.marker not in found:
+            marked = self.sf_side.get(self.mailbox, outlook.marker)  # the contact it names (a copy of a linked copy)
             if marked is not None:
                 found[marked.id] = marked
-        remote = [Candidate(c, linked=c.id in linked_f or engine.links.get(mailbox, Side.SALESFORCE, c.id) is not None)
+        remote = [Candidate(c, linked=c.id in self.linked_sf
+                            or self.engine.links.get(self.mailbox, Side.SALESFORCE, c.id) is not None)
                   for c in found.values()]
-        s = Situation(mailbox, None, rec, None, tuple(local + remote))
-        p = _unless_twin(plan(s, engine.policy), rec, creating)
-        consumed_f.update(a.sf_id for a in p.actions if isinstance(a, Adopt))
-        consumed_m.add(rec.id)
-        plans.append((s, p))
-    unlinked_f = [r for i, r in f_full.items() if i not in linked_f and i not in consumed_f and i in f_new]
-    m_full.update(_fetch(m365, mailbox, {i for r in unlinked_f for i in m_keys.matches(r) if i not in m_full}))
-    for rec in unlinked_f:
-        lost = _lost(engine, mailbox, rec, m_keys) if rebuilding else None
-        if lost is not None:  # its marker names an Outlook copy deleted from this folder while links were lost
-            plans.append((lost, plan(lost, engine.policy)))
-            continue
-        cands = tuple(Candidate(m_full[i], linked=i in linked_m or i in consumed_m)
-                      for i in m_keys.matches(rec) if i in m_full)
-        s = Situation(mailbox, None, None, rec, cands)
-        plans.append((s, _unless_twin(plan(s, engine.policy), rec, creating)))
+        return tuple(local + remote)
 
-    del m_full, f_full, m_keys, f_new, f_all, creating, m_same  # what the plans need, their situations hold
-    report.visited += len(plans) + len(rereads) + sum(quiet.values())
-    report.planned.update(quiet)
-    for _, p in plans:
-        report.planned.update(_kinds(p))
-    check_breaker(mailbox, [p for _, p in plans], report.linked_before, engine.policy.breaker, force=force)
-    if dry_run:
-        return report
-    report.applied.update(quiet)
-    _apply(engine, mailbox, plans, report)
-    for hint in rereads:
-        _decide_again(engine, mailbox, hint, report)
-    if rebuilding and not report.errors:
-        engine.links.mark_rebuilt(mailbox)
-        logger.info("links of mailbox %s rebuilt from the markers", mailbox)
-    logger.info("%s", report.summary())
-    return report
+    # ------------------------------------------------------------------------------------------ 6: judge, apply
+    def _let_go(self) -> None:
+        """What the plans need, their situations hold: the records and indexes kept for planning are let go."""
+        self.outlook_kept, self.sf_kept, self.outlook_same, self.sf_all = {}, {}, set(), set()
+        self.outlook_index, self.sf_new, self.creating = MatchIndex(), MatchIndex(), MatchIndex()
+
+    def _count(self) -> None:
+        report = self.report
+        report.visited += len(self.plans) + len(self.rereads) + sum(self.quiet.values())
+        report.planned.update(self.quiet)
+        for _, p in self.plans:
+            report.planned.update(_kinds(p))
+
+    def check_breaker(self) -> None:
+        """Raise CircuitBreakerTripped if the plans delete or empty too much of the mailbox (unless ``force``)."""
+        planner.check_breaker(self.mailbox, [p for _, p in self.plans], self.report.linked_before,
+                              self.engine.policy.breaker, force=self.force)
+
+    def apply(self) -> None:
+        """Apply the plans in bulk, then decide afresh the people whose link moved on during the pass."""
+        report = self.report
+        report.applied.update(self.quiet)
+        _apply(self.engine, self.mailbox, self.plans, report)
+        for hint in self.rereads:
+            _decide_again(self.engine, self.mailbox, hint, report)
+        if self.rebuilding and not report.errors:
+            self.engine.links.mark_rebuilt(self.mailbox)
+            logger.info("links of mailbox %s rebuilt from the markers", self.mailbox)
+        logger.info("%s", report.summary())
 
 
 def _quiet(p: Plan, quiet: Counter[str]) -> bool:
@@ -388,73 +442,101 @@ def reconcile_mailbox_delta(
     only after a pass without errors, and never on a dry run, so nothing is skipped.
     """
     mailbox = mailbox.casefold()
-    feeds: list[tuple[str, str | None]] = []
-    hints: dict[tuple[Side, str], ContactChange] = {}
-    rebuilding = engine.links.rebuilding(mailbox)
-    gone_m365: list[str] = []  # Outlook removals the feed reports
-    starts_over = rebuilding  # after a links table loss, a full pass rebuilds the links
-    for side in (Side.M365, Side.SALESFORCE):
-        name = f"reconcile-delta:{side.value}"
-        last: str | None = None
-        for page in engine.sides[side].changes(mailbox, checkpoints.get(mailbox, name)):
-            starts_over = starts_over or page.full
-            removed = page.removed
-            if side is Side.M365:
-                gone_m365.extend(removed)
-            if side is Side.SALESFORCE:
-                # the Salesforce feed is org-wide: a removal concerns this mailbox only if the contact is linked here
-                removed = tuple(i for i in removed if engine.links.get(mailbox, side, i) is not None)
-            # a record at the version its link was saved with has not changed since we synced it (our own write
-            # coming back, or a row the feed reports again): nothing to read or decide, no API call
-            fresh = [r.id for r in page.records if not _at_link_version(engine, mailbox, r)]
-            for item_id in [*fresh, *removed]:
-                hints.setdefault((side, item_id), ContactChange(
-                    source=side, item_id=item_id, mailbox=mailbox if side is Side.M365 else None))
-            last = page.checkpoint or last
-        feeds.append((name, last))
-    if starts_over:
-        if rebuilding and not dry_run:
-            # Outlook copies deleted since the last pass, while their links were lost: decided before the full pass
-            # (which would otherwise take their Salesforce contacts for new ones and copy them back)
-            for item_id in gone_m365:
-                try:
-                    engine.sync_contact(ContactChange(source=Side.M365, item_id=item_id, mailbox=mailbox))
-                except SyncError as exc:
-                    logger.warning("reconcile %s: %s on a hint before the rebuild", mailbox, type(exc).__name__)
+    feeds = _Feeds.read(engine, mailbox, checkpoints)
+    if feeds.starts_over:
+        if feeds.rebuilding and not dry_run:
+            _decide_gone(engine, mailbox, feeds.gone_m365)
         report = reconcile_mailbox(engine, mailbox, dry_run=dry_run, force=force)
     else:
-        report = ReconcileReport(mailbox, dry_run, ran="delta")
-        plans: list[tuple[Situation, Plan]] = []
-        creating = _MatchIndex()
-        decided: set[str] = set()
-        for hint in hints.values():
-            s = engine.read(hint, mailbox)
-            if s is not None:
-                # one person can be in both feeds (an Outlook and a Salesforce change of one link): decide it once
-                key = s.link.primary_key() if s.link is not None else row_key(hint.source, hint.item_id)
-                if key in decided:
-                    continue
-                decided.add(key)
-                p = plan(s, engine.policy)
-                source = s.m365 if s.m365 is not None else s.sf
-                plans.append((s, _unless_twin(p, source, creating) if source is not None else p))
-        report.visited = len(plans)
-        for _, p in plans:
-            report.planned.update(_kinds(p))
-        if sum(p.destructive for _, p in plans) >= engine.policy.breaker.min_count:
-            report.linked_before = sum(1 for link in engine.links.list(mailbox) if link.state is LinkState.LINKED)
-            check_breaker(mailbox, [p for _, p in plans], report.linked_before, engine.policy.breaker, force=force)
-        if not dry_run:
-            _apply(engine, mailbox, plans, report)
+        report = _delta_pass(engine, mailbox, list(feeds.hints.values()), dry_run=dry_run, force=force)
     if not dry_run and not report.errors:
-        for name, last in feeds:
+        for name, last in feeds.checkpoints:
             if last is not None:
                 checkpoints.put(mailbox, name, last)
     logger.info("%s", report.summary())
     return report
 
 
-def _unless_twin(p: Plan, rec: SideRecord, creating: _MatchIndex) -> Plan:
+@dataclass
+class _Feeds:
+    """What the two change feeds of a mailbox reported since their checkpoints."""
+
+    rebuilding: bool  # the links of the mailbox are being rebuilt (a full pass does it)
+    starts_over: bool  # a feed starts over, or the links are rebuilt: a full pass instead
+    hints: dict[tuple[Side, str], ContactChange] = field(default_factory=dict)  # one per changed or removed contact
+    gone_m365: list[str] = field(default_factory=list)  # Outlook removals
+    checkpoints: list[tuple[str, str | None]] = field(default_factory=list)  # (name, where the feed ended)
+
+    @classmethod
+    def read(cls, engine: Engine, mailbox: str, checkpoints: CheckpointStore) -> _Feeds:
+        rebuilding = engine.links.rebuilding(mailbox)
+        feeds = cls(rebuilding, starts_over=rebuilding)
+        for side in (Side.M365, Side.SALESFORCE):
+            name = f"reconcile-delta:{side.value}"
+            last: str | None = None
+            for page in engine.sides[side].changes(mailbox, checkpoints.get(mailbox, name)):
+                feeds.starts_over = feeds.starts_over or page.full
+                feeds._add(engine, mailbox, side, page.records, page.removed)
+                last = page.checkpoint or last
+            feeds.checkpoints.append((name, last))
+        return feeds
+
+    def _add(self, engine: Engine, mailbox: str, side: Side, records: Iterable[SideRecord],
+             removed: Iterable[str]) -> None:
+        if side is Side.M365:
+            removed = tuple(removed)
+            self.gone_m365.extend(removed)
+        else:
+            # the Salesforce feed is org-wide: a removal concerns this mailbox only if the contact is linked here
+            removed = tuple(i for i in removed if engine.links.get(mailbox, side, i) is not None)
+        # a record at the version its link was saved with has not changed since we synced it (our own write
+        # coming back, or a row the feed reports again): nothing to read or decide, no API call
+        fresh = [r.id for r in records if not _at_link_version(engine, mailbox, r)]
+        for item_id in [*fresh, *removed]:
+            self.hints.setdefault((side, item_id), ContactChange(
+                source=side, item_id=item_id, mailbox=mailbox if side is Side.M365 else None))
+
+
+def _decide_gone(engine: Engine, mailbox: str, gone_m365: list[str]) -> None:
+    """Outlook copies deleted since the last pass, while their links were lost: decided before the full pass (which
+    would otherwise take their Salesforce contacts for new ones and copy them back)."""
+    for item_id in gone_m365:
+        try:
+            engine.sync_contact(ContactChange(source=Side.M365, item_id=item_id, mailbox=mailbox))
+        except SyncError as exc:
+            logger.warning("reconcile %s: %s on a hint before the rebuild", mailbox, type(exc).__name__)
+
+
+def _delta_pass(engine: Engine, mailbox: str, hints: list[ContactChange], *, dry_run: bool,
+                force: bool) -> ReconcileReport:
+    """Decide every hint of the feeds as a hint would, judge the plans with the breaker, apply them in bulk."""
+    report = ReconcileReport(mailbox, dry_run, ran="delta")
+    plans: list[tuple[Situation, Plan]] = []
+    creating = MatchIndex()
+    decided: set[str] = set()
+    for hint in hints:
+        s = engine.read(hint, mailbox)
+        if s is not None:
+            # one person can be in both feeds (an Outlook and a Salesforce change of one link): decide it once
+            key = s.link.primary_key() if s.link is not None else row_key(hint.source, hint.item_id)
+            if key in decided:
+                continue
+            decided.add(key)
+            p = plan(s, engine.policy)
+            source = s.m365 if s.m365 is not None else s.sf
+            plans.append((s, _unless_twin(p, source, creating) if source is not None else p))
+    report.visited = len(plans)
+    for _, p in plans:
+        report.planned.update(_kinds(p))
+    if sum(p.destructive for _, p in plans) >= engine.policy.breaker.min_count:
+        report.linked_before = sum(1 for link in engine.links.list(mailbox) if link.state is LinkState.LINKED)
+        check_breaker(mailbox, [p for _, p in plans], report.linked_before, engine.policy.breaker, force=force)
+    if not dry_run:
+        _apply(engine, mailbox, plans, report)
+    return report
+
+
+def _unless_twin(p: Plan, rec: SideRecord, creating: MatchIndex) -> Plan:
     """Two unlinked records on one side that look like the same person must not both be copied: the first is,
     the next goes to review (a user's own duplicate stays theirs; we do not double it)."""
     if not any(isinstance(a, Create) for a in p.actions):
@@ -474,56 +556,3 @@ def _hint_for(s: Situation) -> ContactChange:
         return ContactChange(source=Side.M365, item_id=item_id, mailbox=s.mailbox)
     item_id = s.sf.id if s.sf is not None else (s.link.sf_id if s.link else None) or ""
     return ContactChange(source=Side.SALESFORCE, item_id=item_id)
-
-
-class _MatchIndex:
-    """Ids of records by the keys that may make two records one person (id and marker, each email, first + last
-    name + company), so finding the records that may be the same person as another is a few lookups, not a scan of
-    the mailbox (a pairwise scan made a 20,000-contact initial sync quadratic). Keys are kept as hashes, and ids
-    as the record's own strings, so a mailbox's index holds no contact values and little memory; a hash collision
-    only adds a candidate, which the planner's own matching rules then reject. ``matches`` answers in insertion
-    order; ``in`` tells whether a record was added."""
-
-    def __init__(self, records: Iterable[SideRecord] = ()) -> None:
-        self._order: dict[str, int] = {}
-        self._by: dict[int, str | list[str]] = {}
-        for rec in records:
-            self.add(rec)
-
-    def __contains__(self, item_id: object) -> bool:
-        return item_id in self._order
-
-    def add(self, rec: SideRecord) -> None:
-        self._order.setdefault(rec.id, len(self._order))  # also answers the ("id", ...) key
-        keys: list[tuple[str, object]] = [("email", e) for e in rec.contact.email_keys()]
-        if rec.marker:
-            keys.append(("marker", rec.marker))
-        name = rec.contact.name_company_key()
-        if name is not None:
-            keys.append(("name", name))
-        for key in keys:
-            h = hash(key)
-            held = self._by.get(h)
-            if held is None:
-                self._by[h] = rec.id
-            elif isinstance(held, str):
-                if held != rec.id:
-                    self._by[h] = [held, rec.id]
-            elif rec.id not in held:
-                held.append(rec.id)
-
-    def matches(self, a: SideRecord) -> list[str]:
-        """The ids of the records ``b`` that may be ``a``: ``a``'s marker is ``b``'s id or ``b``'s marker is ``a``'s
-        id, they share an email, or they have the same first + last name + company (``a``'s key not None)."""
-        keys: list[tuple[str, object]] = [("marker", a.id), *(("email", e) for e in a.contact.email_keys())]
-        name = a.contact.name_company_key()
-        if name is not None:
-            keys.append(("name", name))
-        found: set[str] = {a.marker} if a.marker and a.marker in self._order else set()
-        for key in keys:
-            held = self._by.get(hash(key))
-            if isinstance(held, str):
-                found.add(held)
-            elif held is not None:
-                found.update(held)
-        return sorted(found, key=self._order.__getitem__)

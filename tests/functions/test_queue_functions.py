@@ -10,15 +10,14 @@ import pytest
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 
-from sync.engine import Engine
 from sync.errors import BadData, Throttled, Transient
 from sync.model import Contact
 from sync.policy import Side
 from sync.ports import ContactChange
 from sync.triggers import reconcile, status, worker
 from sync.triggers.errors import MAX_DEQUEUE_COUNT
-from tests.fakes import MemorySide
 from tests.functions.conftest import ANN, BOB, http, user_function
+from tests.world import memory_engine_in
 
 PEOPLE = [("Ada", "Byron", "ada@analytical.example"), ("Grace", "Hopper", "grace@navy.example"),
           ("Alan", "Turing", "alan@bletchley.example")]
@@ -30,10 +29,7 @@ def person(first: str, last: str, email: str) -> Contact:
 
 @pytest.fixture
 def memory_root(root):
-    m365, sf = MemorySide(Side.M365), MemorySide(Side.SALESFORCE)
-    engine = Engine(m365, sf, root.links, root.audit, root.work_queue, root.policy, root.mailboxes)
-    root.override(engine=engine)
-    return root, m365, sf
+    return (root, *memory_engine_in(root))
 
 
 def message(body: str, dequeue_count: int = 1) -> QueueMessage:
@@ -180,8 +176,7 @@ def test_circuit_breaker_refusal_is_recorded_in_the_job(settings, queues) -> Non
 
     root = bootstrap.install(bootstrap.Root({**settings, "BREAKER_MIN_COUNT": "1"}))
     try:
-        m365, sf = MemorySide(Side.M365), MemorySide(Side.SALESFORCE)
-        root.override(engine=Engine(m365, sf, root.links, root.audit, root.work_queue, root.policy, root.mailboxes))
+        m365, sf = memory_engine_in(root)
         ids = [sf.user_create(ANN, person(*p)) for p in PEOPLE]
         start({"mailboxes": [ANN], "mode": "full"})
         run_reconciles(queues)

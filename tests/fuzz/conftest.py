@@ -11,11 +11,10 @@ import pytest
 
 from devhost.stack import emulator_settings
 from sync import bootstrap
-from sync.engine import Engine
-from sync.policy import Side
 from tests.fakes import MemorySide
 from tests.functions.conftest import ANN, BOB, queues, root, settings  # noqa: F401 - fixtures used by this suite
 from tests.fuzz.support import COUNTS, ENDPOINTS
+from tests.world import memory_engine_in
 
 EMULATOR_CLIENT_ID = "fuzz-test-client"
 
@@ -23,10 +22,7 @@ EMULATOR_CLIENT_ID = "fuzz-test-client"
 @pytest.fixture
 def memory_root(root: bootstrap.Root) -> tuple[bootstrap.Root, MemorySide, MemorySide]:  # noqa: F811
     """The functions' root (Azurite links, audit, queues) with an engine over in-memory Outlook and Salesforce."""
-    m365, sf = MemorySide(Side.M365), MemorySide(Side.SALESFORCE)
-    engine = Engine(m365, sf, root.links, root.audit, root.work_queue, root.policy, root.mailboxes)
-    root.override(engine=engine)
-    return root, m365, sf
+    return (root, *memory_engine_in(root))
 
 
 @pytest.fixture(scope="module")

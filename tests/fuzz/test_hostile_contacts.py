@@ -23,14 +23,15 @@ from sync.engine import Engine
 from sync.errors import SyncError
 from sync.mapping import GRAPH_MAX_EMAILS, contact_to_graph, fit_salesforce, graph_to_contact, salesforce_to_contact
 from sync.model import Contact, compare_key
-from sync.policy import FieldMap, Policy, Side
+from sync.policy import FieldMap, Side
 from sync.ports import ContactChange
 from sync.triggers import worker
 from sync.triggers.errors import MAX_DEQUEUE_COUNT
-from tests.fakes import MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
+from tests.fakes import MemoryAudit, MemorySide
 from tests.functions.conftest import ANN, BOB, user_function
 from tests.fuzz.strategies import JUNK, TEXT, people
 from tests.fuzz.support import Person, assert_no_personal_data, count
+from tests.world import memory_world
 
 FIELD_MAP = FieldMap()
 SYNCED = FIELD_MAP.keys()
@@ -75,10 +76,8 @@ def contacts(draw: st.DrawFn) -> Contact:
 
 
 def memory_engine() -> tuple[Engine, MemorySide, MemorySide, MemoryAudit]:
-    m365, sf = MemorySide(Side.M365), MemorySide(Side.SALESFORCE)
-    audit = MemoryAudit()
-    engine = Engine(m365, sf, MemoryLinkStore(), audit, MemoryQueue(), Policy(), [ANN, BOB])
-    return engine, m365, sf, audit
+    w = memory_world()
+    return w.engine, w.m365, w.sf, w.audit
 
 
 def _synced_on(target: Side, contact: Contact) -> dict[str, str | None]:

@@ -28,22 +28,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from sync.engine import Engine
 from sync.errors import PreconditionFailed, SyncError, Throttled, Transient
 from sync.mapping import fit_salesforce
 from sync.model import Contact, compare_key
-from sync.planner import synced_rules
 from sync.policy import ConflictPolicy, DeletePolicy, Policy, Side
 from sync.ports import ContactChange, LinkState
 from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
-from tests.fakes import (
-    LogicalClock,
-    MemoryAudit,
-    MemoryCheckpoints,
-    MemoryLinkStore,
-    MemoryQueue,
-    MemorySide,
-)
+from tests.fakes import MemoryCheckpoints
+from tests.world import memory_world
 
 MAILBOXES = ("ann@contoso.com", "bob@contoso.com")
 PEOPLE = [
@@ -88,14 +80,9 @@ class SyncMachine(RuleBasedStateMachine):
 
     @initialize()
     def setup(self) -> None:
-        self.clock = LogicalClock()
-        self.m365 = MemorySide(Side.M365, clock=self.clock)
-        self.sf = MemorySide(Side.SALESFORCE, clock=self.clock)
-        self.links = MemoryLinkStore()
-        self.audit = MemoryAudit()
-        self.queue = MemoryQueue()
-        self.engine = Engine(self.m365, self.sf, self.links, self.audit, self.queue, self.policy, MAILBOXES,
-                             clock=self.clock)
+        w = memory_world(self.policy, mailboxes=MAILBOXES)
+        self.clock, self.m365, self.sf, self.links = w.clock, w.m365, w.sf, w.links
+        self.audit, self.queue, self.engine = w.audit, w.queue, w.engine
         self.hints: list[ContactChange] = []
         self.checkpoints = MemoryCheckpoints()
         self.edits: list[Edit] = []
@@ -245,7 +232,7 @@ class SyncMachine(RuleBasedStateMachine):
             m = self.m365.get(link.mailbox, link.m365_id or "")
             f = self.sf.get(link.mailbox, link.sf_id or "")
             assert m is not None and f is not None, f"linked contact missing: {link}"
-            for rule_, _direction in synced_rules(self.policy, link.mailbox):
+            for rule_, _direction in self.policy.scope(link.mailbox).rules:
                 want = fit_salesforce(rule_.key, m.contact.get(rule_.key), self.policy.field_map)
                 got = f.contact.get(rule_.key)
                 assert compare_key(rule_.key, want) == compare_key(rule_.key, got), (

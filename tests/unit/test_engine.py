@@ -3,57 +3,23 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 import pytest
 
 from sync.adapters.storage import TableStorage
-from sync.engine import Engine
 from sync.errors import CircuitBreakerTripped, PreconditionFailed, Throttled, Transient
 from sync.model import Contact
 from sync.policy import CircuitBreaker, Policy, Side
-from sync.ports import ContactChange, CreateRequest, LinkState, LinkStore
+from sync.ports import CreateRequest, LinkState
 from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
-from tests.fakes import (
-    LogicalClock,
-    MemoryAudit,
-    MemoryCheckpoints,
-    MemoryLinkStore,
-    MemoryQueue,
-    MemorySide,
-)
+from tests.fakes import MemoryCheckpoints, MemoryLinkStore
+from tests.world import ANN, BOB, memory_world
 
-ANN, BOB = "ann@contoso.com", "bob@contoso.com"
 ADA = Contact(first_name="Ada", last_name="Byron", emails=["ada@example.com"], company="Acme")
 
 
-@dataclass
-class World:
-    m365: MemorySide
-    sf: MemorySide
-    links: LinkStore
-    audit: MemoryAudit
-    queue: MemoryQueue
-    engine: Engine
-
-    def hint_sf(self, item_id: str) -> list[object]:
-        return list(self.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=item_id)))
-
-    def hint_m365(self, item_id: str, mailbox: str = ANN) -> list[object]:
-        return list(self.engine.sync_contact(ContactChange(source=Side.M365, item_id=item_id, mailbox=mailbox)))
-
-
-def world(policy: Policy | None = None, links: LinkStore | None = None) -> World:
-    clock = LogicalClock()
-    m365, sf = MemorySide(Side.M365, clock=clock), MemorySide(Side.SALESFORCE, clock=clock)
-    links = links or MemoryLinkStore()
-    audit, queue = MemoryAudit(), MemoryQueue()
-    engine = Engine(m365, sf, links, audit, queue, policy or Policy(), [ANN, BOB], clock=clock)
-    return World(m365, sf, links, audit, queue, engine)
-
-
 def test_new_salesforce_contact_appears_in_the_owners_folder_with_a_marker() -> None:
-    w = world()
+    w = memory_world()
     sf_id = w.sf.user_create(ANN, ADA)
     w.hint_sf(sf_id)
     (m,) = w.m365.snapshot().values()
@@ -65,7 +31,7 @@ def test_new_salesforce_contact_appears_in_the_owners_folder_with_a_marker() -> 
 
 
 def test_echo_of_our_own_write_writes_nothing() -> None:
-    w = world()
+    w = memory_world()
     sf_id = w.sf.user_create(ANN, ADA)
     w.hint_sf(sf_id)
     m_id = next(iter(w.m365.snapshot()))
@@ -79,7 +45,7 @@ def test_echo_of_our_own_write_writes_nothing() -> None:
 
 
 def test_out_of_scope_mailbox_and_unknown_contacts_are_ignored() -> None:
-    w = world()
+    w = memory_world()
     assert w.hint_m365("nope", mailbox="stranger@contoso.com") == []
     assert w.hint_sf("003000000000000999") == []
     sf_id = w.sf.user_create("stranger@contoso.com", ADA)  # owned by a user who is not a synced mailbox
@@ -89,7 +55,7 @@ def test_out_of_scope_mailbox_and_unknown_contacts_are_ignored() -> None:
 
 @pytest.mark.parametrize("failure", [Throttled("slow", retry_after=2), Transient("503"), PreconditionFailed("race")])
 def test_a_failed_write_leaves_the_link_untouched_and_the_retry_converges(failure: Exception) -> None:
-    w = world()
+    w = memory_world()
     sf_id = w.sf.user_create(ANN, ADA)
     w.hint_sf(sf_id)
     w.sf.user_edit(sf_id, {"job_title": "Countess"})
@@ -111,7 +77,7 @@ def test_a_failed_write_leaves_the_link_untouched_and_the_retry_converges(failur
 
 
 def test_a_lost_link_write_after_a_create_does_not_duplicate_on_retry() -> None:
-    w = world()
+    w = memory_world()
     m_id = w.m365.user_create(ANN, ADA)
     assert isinstance(w.links, MemoryLinkStore)
     w.links.fail_next.append(Transient("table storage 503"))
@@ -125,7 +91,7 @@ def test_a_lost_link_write_after_a_create_does_not_duplicate_on_retry() -> None:
 
 
 def test_owner_change_moves_the_contact_between_folders() -> None:
-    w = world()
+    w = memory_world()
     sf_id = w.sf.user_create(ANN, ADA)
     w.hint_sf(sf_id)
     w.sf.user_set_owner(sf_id, BOB)
@@ -138,7 +104,7 @@ def test_owner_change_moves_the_contact_between_folders() -> None:
 
 
 def test_user_re_adding_a_deleted_contact_replaces_the_tombstone() -> None:
-    w = world()
+    w = memory_world()
     m_id = w.m365.user_create(ANN, ADA)
     w.hint_m365(m_id)
     w.m365.user_delete(m_id)
@@ -154,7 +120,7 @@ def test_user_re_adding_a_deleted_contact_replaces_the_tombstone() -> None:
 
 
 def test_reconcile_dry_run_plans_without_writing_and_then_applies() -> None:
-    w = world()
+    w = memory_world()
     for i in range(3):
         w.sf.user_create(ANN, Contact(last_name=f"L{i}", emails=[f"l{i}@example.com"]))
     w.m365.user_create(ANN, Contact(last_name="Out", emails=["out@example.com"]))
@@ -169,7 +135,7 @@ def test_reconcile_dry_run_plans_without_writing_and_then_applies() -> None:
 
 
 def test_reconcile_writes_in_bulk_and_a_failed_item_keeps_its_link_unwritten() -> None:
-    w = world()
+    w = memory_world()
     ids = [w.sf.user_create(ANN, Contact(last_name=f"L{i}", emails=[f"l{i}@example.com"])) for i in range(45)]
     w.m365.user_create(ANN, Contact(last_name="Lee", emails=["lee@example.com"]))
     calls: list[str] = []
@@ -192,7 +158,7 @@ def test_reconcile_writes_in_bulk_and_a_failed_item_keeps_its_link_unwritten() -
 
 
 def test_reconcile_re_decides_when_a_worker_linked_the_contact_first() -> None:
-    w = world()
+    w = memory_world()
     sf_id = w.sf.user_create(ANN, ADA)
     real_create_many = w.m365.create_many
 
@@ -208,7 +174,7 @@ def test_reconcile_re_decides_when_a_worker_linked_the_contact_first() -> None:
 
 
 def test_no_marker_stamp_is_sent_to_a_side_that_cannot_carry_it() -> None:
-    w = world()
+    w = memory_world()
     w.m365.carries_markers = False  # e.g. Salesforce without SF_OUTLOOK_ID_FIELD
     sf_ids = [w.sf.user_create(ANN, Contact(last_name=f"L{i}", emails=[f"l{i}@example.com"])) for i in range(3)]
     m_id = w.m365.user_create(ANN, Contact(last_name="Out", emails=["out@example.com"]))
@@ -220,7 +186,7 @@ def test_no_marker_stamp_is_sent_to_a_side_that_cannot_carry_it() -> None:
 
 
 def test_delta_reconcile_starts_full_then_reads_only_what_changed() -> None:
-    w = world()
+    w = memory_world()
     cps = MemoryCheckpoints()
     ids = [w.sf.user_create(ANN, Contact(last_name=f"L{i}", emails=[f"l{i}@example.com"])) for i in range(5)]
     first = reconcile_mailbox_delta(w.engine, ANN, cps)
@@ -245,7 +211,7 @@ def test_delta_reconcile_starts_full_then_reads_only_what_changed() -> None:
 
 
 def test_delta_reconcile_decides_a_person_in_both_feeds_once() -> None:
-    w = world()
+    w = memory_world()
     cps = MemoryCheckpoints()
     sf_id = w.sf.user_create(ANN, ADA)
     reconcile_mailbox_delta(w.engine, ANN, cps)  # full: creates the Outlook copy (in the Outlook feed next time)
@@ -255,7 +221,7 @@ def test_delta_reconcile_decides_a_person_in_both_feeds_once() -> None:
 
 
 def test_delta_reconcile_reviews_twins_too() -> None:
-    w = world()
+    w = memory_world()
     cps = MemoryCheckpoints()
     reconcile_mailbox_delta(w.engine, ANN, cps)
     w.m365.user_create(ANN, ADA)
@@ -266,7 +232,7 @@ def test_delta_reconcile_reviews_twins_too() -> None:
 
 
 def test_reconcile_refuses_a_mass_delete_unless_forced() -> None:
-    w = world(Policy(breaker=CircuitBreaker(min_count=3, max_share=0.5)))
+    w = memory_world(Policy(breaker=CircuitBreaker(min_count=3, max_share=0.5)))
     ids = [w.sf.user_create(ANN, Contact(last_name=f"L{i}", emails=[f"l{i}@example.com"])) for i in range(4)]
     reconcile_mailbox(w.engine, ANN)
     for sf_id in ids:
@@ -280,7 +246,7 @@ def test_reconcile_refuses_a_mass_delete_unless_forced() -> None:
 
 
 def test_reconcile_reviews_twins_instead_of_copying_both() -> None:
-    w = world()
+    w = memory_world()
     w.m365.user_create(ANN, ADA)
     w.m365.user_create(ANN, ADA)  # the rep has the same person twice
     report = reconcile_mailbox(w.engine, ANN)
@@ -291,7 +257,7 @@ def test_reconcile_reviews_twins_instead_of_copying_both() -> None:
 @pytest.mark.azurite
 def test_engine_over_the_azurite_link_store(azurite_connection_string: str) -> None:
     store = TableStorage.from_connection_string(azurite_connection_string, "e" + uuid.uuid4().hex[:10])
-    w = world(links=store.links())
+    w = memory_world(links=store.links())
     sf_id = w.sf.user_create(ANN, ADA)
     w.hint_sf(sf_id)
     w.sf.user_edit(sf_id, {"city": "London"})

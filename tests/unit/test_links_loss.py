@@ -3,34 +3,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sync.engine import Engine
 from sync.model import Contact
 from sync.policy import DeletePolicy, Policy, Side
 from sync.ports import ContactChange, LinkState
 from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
-from tests.fakes import (
-    LogicalClock,
-    MemoryAudit,
-    MemoryCheckpoints,
-    MemoryLinkStore,
-    MemoryQueue,
-    MemorySide,
-)
+from tests.fakes import MemoryAudit, MemoryCheckpoints
+from tests.world import ANN, BOB, World, memory_world
 
-ANN, BOB = "ann@contoso.com", "bob@contoso.com"
 NAMES = ("kept", "gone", "moved", "plain")
 
 
 @dataclass
-class World:
-    m365: MemorySide
-    sf: MemorySide
-    links: MemoryLinkStore
-    queue: MemoryQueue
-    engine: Engine
-    ids: dict[str, str]
+class Lost(World):
+    """A world whose four contacts of Ann's were synced before the links table is lost."""
+
+    ids: dict[str, str] = field(default_factory=dict)
 
     def copies(self, mailbox: str, sf_id: str) -> list[str]:
         return [i for i, r in self.m365.snapshot().items() if r.owner == mailbox and r.marker == sf_id]
@@ -39,15 +28,13 @@ class World:
         return [i for i, r in self.sf.snapshot().items() if f"{name}@example.com" in r.contact.email_keys()]
 
 
-def world(policy: Policy | None = None) -> World:
-    clock = LogicalClock()
-    m365, sf = MemorySide(Side.M365, clock=clock), MemorySide(Side.SALESFORCE, clock=clock)
-    links, queue = MemoryLinkStore(), MemoryQueue()
-    engine = Engine(m365, sf, links, MemoryAudit(), queue, policy or Policy(), [ANN, BOB], clock=clock)
-    ids = {n: sf.user_create(ANN, Contact(first_name=n, last_name="X", emails=[f"{n}@example.com"])) for n in NAMES}
+def world(policy: Policy | None = None) -> Lost:
+    w = memory_world(policy, kind=Lost)
+    w.ids = {n: w.sf.user_create(ANN, Contact(first_name=n, last_name="X", emails=[f"{n}@example.com"]))
+             for n in NAMES}
     for mb in (ANN, BOB):
-        reconcile_mailbox(engine, mb)
-    return World(m365, sf, links, queue, engine, ids)
+        reconcile_mailbox(w.engine, mb)
+    return w
 
 
 def test_an_outlook_copy_deleted_before_the_loss_is_not_brought_back() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sync.match_index import MatchIndex
 from sync.model import Contact
 from sync.policy import Side
 from sync.ports import SideRecord
-from sync.reconcile import _MatchIndex
 
 
 def _matches(a: SideRecord, b: SideRecord) -> bool:
@@ -42,6 +42,6 @@ def records(draw: st.DrawFn) -> list[SideRecord]:
 
 @given(records(), records())
 def test_the_index_finds_what_the_scan_finds(indexed: list[SideRecord], probes: list[SideRecord]) -> None:
-    index = _MatchIndex(indexed)
+    index = MatchIndex(indexed)
     for a in probes:
         assert index.matches(a) == [b.id for b in indexed if _matches(a, b)]

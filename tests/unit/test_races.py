@@ -12,20 +12,18 @@ from sync.engine import Engine
 from sync.errors import AlreadyExists, PreconditionFailed, Transient
 from sync.model import Contact
 from sync.planner import plan
-from sync.policy import Policy, Side
+from sync.policy import Side
 from sync.ports import ContactChange, LinkState
 from sync.reconcile import reconcile_mailbox
-from tests.fakes import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
+from tests.fakes import MemoryAudit, MemoryLinkStore, MemorySide
+from tests.world import ANN, memory_world
 
-ANN = "ann@contoso.com"
 ADA = Contact(first_name="Ada", last_name="Byron", emails=["ada@example.com"], job_title="Dev")
 
 
 def setup() -> tuple[MemorySide, MemorySide, MemoryLinkStore, MemoryAudit, Engine]:
-    clock = LogicalClock()
-    m365, sf = MemorySide(Side.M365, clock=clock), MemorySide(Side.SALESFORCE, clock=clock)
-    links, audit = MemoryLinkStore(), MemoryAudit()
-    return m365, sf, links, audit, Engine(m365, sf, links, audit, MemoryQueue(), Policy(), [ANN], clock=clock)
+    w = memory_world(mailboxes=[ANN])
+    return w.m365, w.sf, w.links, w.audit, w.engine
 
 
 def ada_in(side: MemorySide) -> list[str]:

@@ -5,19 +5,14 @@ from __future__ import annotations
 import pytest
 
 from sync import reconcile
-from sync.engine import Engine
 from sync.model import Contact
-from sync.policy import Policy, Side
 from sync.reconcile import reconcile_mailbox
-from tests.fakes import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
-
-ANN = "ann@contoso.com"
+from tests.world import ANN, memory_world
 
 
 def test_plans_go_out_in_chunks_and_unchanged_pairs_are_only_counted(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = LogicalClock()
-    m365, sf = MemorySide(Side.M365, clock=clock), MemorySide(Side.SALESFORCE, clock=clock)
-    engine = Engine(m365, sf, MemoryLinkStore(), MemoryAudit(), MemoryQueue(), Policy(), [ANN], clock=clock)
+    w = memory_world(mailboxes=[ANN])
+    m365, sf, engine = w.m365, w.sf, w.engine
     for n in range(7):
         sf.user_create(ANN, Contact(first_name=f"P{n}", last_name="X", emails=[f"p{n}@example.com"]))
     chunks: list[int] = []
