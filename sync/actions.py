@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar
 
-from sync.model import Contact
-from sync.policy import MailboxScope, Side
+from sync.model import Contact, Side
+from sync.policy import MailboxScope
 from sync.ports import Link, LinkState, SideRecord
 
 # ---------------------------------------------------------------------------------------------- input

@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 from sync.actions import Candidate, Plan, Situation
 from sync.errors import SyncError
 from sync.execute import Executor, Outcome
-from sync.model import field_digests, fingerprint
+from sync.model import Side, field_digests, fingerprint
 from sync.planner import plan
-from sync.policy import DeletePolicy, MailboxScope, Policy, Side
+from sync.policy import DeletePolicy, MailboxScope, Policy
 from sync.ports import (
     AuditLog,
     ContactChange,

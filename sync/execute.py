@@ -36,8 +36,8 @@ from sync.actions import (
     Update,
 )
 from sync.errors import AlreadyExists, NotFound, PreconditionFailed, SyncError
-from sync.model import field_digest
-from sync.policy import MailboxScope, Side
+from sync.model import Side, field_digest
+from sync.policy import MailboxScope
 from sync.ports import (
     AuditLog,
     ContactChange,

@@ -1,6 +1,7 @@
-"""The canonical contact: what both sides are translated into, compared in, and fingerprinted by.
+"""The core vocabulary: the two sides, and the canonical contact both are translated into and compared in.
 
 Public API:
+    Side               Outlook (``M365``) or Salesforce; ``other`` and ``label``
     Contact            frozen pydantic model of one person, normalised on construction
     FieldKey           names of the comparable fields (``first_name`` ... ``custom.<name>``)
     STANDARD_FIELDS    the standard field keys, in a fixed order
@@ -21,6 +22,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -105,6 +107,21 @@ def is_custom(field: str) -> bool:
 
 def custom_name(field: str) -> str:
     return field[len(CUSTOM_PREFIX):]
+
+
+class Side(StrEnum):
+    """The two systems a contact lives in: Outlook (Microsoft 365) and Salesforce."""
+
+    M365 = "m365"
+    SALESFORCE = "salesforce"
+
+    @property
+    def other(self) -> Side:
+        return Side.SALESFORCE if self is Side.M365 else Side.M365
+
+    @property
+    def label(self) -> str:
+        return "Outlook" if self is Side.M365 else "Salesforce"
 
 
 class Contact(BaseModel):

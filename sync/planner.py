@@ -40,8 +40,8 @@ from sync.actions import (
 )
 from sync.errors import CircuitBreakerTripped
 from sync.mapping import fit_salesforce
-from sync.model import Contact, compare_key, field_digest, fingerprint
-from sync.policy import CircuitBreaker, ConflictPolicy, DeletePolicy, Direction, FieldRule, MailboxScope, Policy, Side
+from sync.model import Contact, Side, compare_key, field_digest, fingerprint
+from sync.policy import CircuitBreaker, ConflictPolicy, DeletePolicy, Direction, FieldRule, MailboxScope, Policy
 from sync.ports import Link, LinkState, SideRecord
 
 # ---------------------------------------------------------------------------------------------- helpers

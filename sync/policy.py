@@ -1,4 +1,4 @@
-"""Policy vocabulary: sides, directions, conflict and delete policies, the field map and the circuit breaker.
+"""Policy vocabulary: directions, conflict and delete policies, the field map and the circuit breaker.
 
 Everything here is data (enums and frozen models); the planner reads it, configuration builds it. What one mailbox
 syncs, and which way, is resolved once into a ``MailboxScope`` (``Policy.scope``).
@@ -12,20 +12,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sync.model import CUSTOM_PREFIX, STANDARD_FIELDS
-
-
-class Side(StrEnum):
-    M365 = "m365"
-    SALESFORCE = "salesforce"
-
-    @property
-    def other(self) -> Side:
-        return Side.SALESFORCE if self is Side.M365 else Side.M365
-
-    @property
-    def label(self) -> str:
-        return "Outlook" if self is Side.M365 else "Salesforce"
+from sync.model import CUSTOM_PREFIX, STANDARD_FIELDS, Side
 
 
 class Direction(StrEnum):

@@ -30,8 +30,7 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from sync.errors import SyncError
-from sync.model import Contact
-from sync.policy import Side
+from sync.model import Contact, Side
 
 
 class SideRecord(BaseModel):

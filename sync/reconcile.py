@@ -26,9 +26,8 @@ from sync.actions import Adopt, Candidate, Create, LinkAfter, Nothing, Plan, Rev
 from sync.engine import Engine
 from sync.errors import AlreadyExists, PreconditionFailed, SyncError
 from sync.match_index import MatchIndex
-from sync.model import fingerprint
+from sync.model import Side, fingerprint
 from sync.planner import check_breaker, plan
-from sync.policy import Side
 from sync.ports import CheckpointStore, ContactChange, ContactSide, Link, LinkState, SideRecord, row_key
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,7 @@ from datetime import datetime
 
 from sync.actions import Adopt, Conflict, Create, LinkAfter, Nothing, Plan, Review, Situation, Update
 from sync.errors import NotFound, SyncError
-from sync.model import field_digests, fingerprint
-from sync.policy import Side
+from sync.model import Side, field_digests, fingerprint
 from sync.ports import AuditEntry, AuditLog, AuditOutcome, Link, LinkState, LinkStore, LinkWrite, SideRecord
 
 Records = dict[Side, SideRecord | None]  # a plan's record on each side, as its writes leave them

@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 
 from sync.errors import AlreadyExists, NotFound, PreconditionFailed, SyncError
 from sync.mapping import fit_salesforce
-from sync.model import Contact
-from sync.policy import DEFAULT_SALESFORCE_LENGTHS, FieldMap, Side
+from sync.model import Contact, Side
+from sync.policy import DEFAULT_SALESFORCE_LENGTHS, FieldMap
 from sync.ports import (
     AuditEntry,
     ChangePage,

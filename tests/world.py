@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from sync.engine import Engine
 from sync.execute import Outcome
-from sync.policy import Policy, Side
+from sync.model import Side
+from sync.policy import Policy
 from sync.ports import ContactChange, LinkStore
 from tests.fakes import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
 

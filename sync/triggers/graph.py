@@ -27,7 +27,7 @@ from typing import Any
 import azure.functions as func
 
 from sync import bootstrap
-from sync.policy import Side
+from sync.model import Side
 from sync.ports import ContactChange, StoredSubscription, SubscriptionStore, WorkQueue
 from sync.subscriptions import handle_lifecycle, maintain_subscriptions
 from sync.triggers.errors import http_response

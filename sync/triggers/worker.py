@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from sync import bootstrap
 from sync.errors import BadData
-from sync.policy import Side
+from sync.model import Side
 from sync.ports import AuditEntry, ContactChange
 from sync.triggers.errors import decide
 from sync.triggers.queue import settle

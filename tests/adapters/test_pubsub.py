@@ -19,8 +19,7 @@ from sync.adapters.salesforce.pubsub import (
     sign_events,
 )
 from sync.errors import BadData, Throttled
-from sync.model import Contact
-from sync.policy import Side
+from sync.model import Contact, Side
 from sync.ports import ContactChange, ReconcileMailbox
 from tests.contract.salesforce_harness import MAILBOX, OTHER, SalesforceHarness
 from tests.fakes import MemoryCheckpoints, MemoryQueue

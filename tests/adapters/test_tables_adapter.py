@@ -56,7 +56,7 @@ def test_a_deleted_links_table_is_a_loss_but_a_first_one_is_not(azurite_connecti
 
 def test_a_link_save_writes_the_index_row_only_for_a_new_salesforce_id(azurite_connection_string: str) -> None:
     from sync.adapters.storage import REQUESTS
-    from sync.policy import Side
+    from sync.model import Side
     from sync.ports import Link
 
     links = TableStorage.from_connection_string(azurite_connection_string, "h" + uuid.uuid4().hex[:10]).links()

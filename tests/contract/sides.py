@@ -6,8 +6,7 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-from sync.model import Contact
-from sync.policy import Side
+from sync.model import Contact, Side
 from tests.contract.harness import SideHarness
 from tests.fakes import MemorySide
 

@@ -13,7 +13,7 @@ import pytest
 
 from sync.adapters.storage import TableStorage
 from sync.errors import AlreadyExists, NotFound, PreconditionFailed
-from sync.policy import Side
+from sync.model import Side
 from sync.ports import Link, LinkState, LinkStore, LinkWrite
 from tests.fakes import MemoryLinkStore
 

@@ -11,8 +11,7 @@ from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 
 from sync.errors import BadData, Throttled, Transient
-from sync.model import Contact
-from sync.policy import Side
+from sync.model import Contact, Side
 from sync.ports import ContactChange
 from sync.triggers import reconcile, status, worker
 from sync.triggers.errors import MAX_DEQUEUE_COUNT

@@ -23,7 +23,7 @@ from emulators.graph import GraphEmulator
 from emulators.salesforce import SalesforceEmulator
 from sync import bootstrap
 from sync.config import ConfigError
-from sync.policy import Side
+from sync.model import Side
 from sync.ports import ContactChange
 from sync.reconcile import reconcile_mailbox
 from sync.triggers import graph, salesforce, worker

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from sync.engine import Engine
 from sync.errors import SyncError
 from sync.mapping import GRAPH_MAX_EMAILS, contact_to_graph, fit_salesforce, graph_to_contact, salesforce_to_contact
-from sync.model import Contact, compare_key
-from sync.policy import FieldMap, Side
+from sync.model import Contact, Side, compare_key
+from sync.policy import FieldMap
 from sync.ports import ContactChange
 from sync.triggers import worker
 from sync.triggers.errors import MAX_DEQUEUE_COUNT

@@ -20,8 +20,7 @@ import pytest
 from azure.functions.queue import QueueMessage
 
 from sync import bootstrap
-from sync.model import Contact
-from sync.policy import Side
+from sync.model import Contact, Side
 from sync.ports import AuditEntry, ContactChange
 from sync.triggers import worker
 from tests.functions.conftest import ANN, Queues, user_function

@@ -30,8 +30,8 @@ from hypothesis.stateful import (
 
 from sync.errors import PreconditionFailed, SyncError, Throttled, Transient
 from sync.mapping import fit_salesforce
-from sync.model import Contact, compare_key
-from sync.policy import ConflictPolicy, DeletePolicy, Policy, Side
+from sync.model import Contact, Side, compare_key
+from sync.policy import ConflictPolicy, DeletePolicy, Policy
 from sync.ports import ContactChange, LinkState
 from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
 from tests.fakes import MemoryCheckpoints

@@ -8,8 +8,8 @@ import pytest
 
 from sync.adapters.storage import TableStorage
 from sync.errors import CircuitBreakerTripped, PreconditionFailed, Throttled, Transient
-from sync.model import Contact
-from sync.policy import CircuitBreaker, Policy, Side
+from sync.model import Contact, Side
+from sync.policy import CircuitBreaker, Policy
 from sync.ports import CreateRequest, LinkState
 from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
 from tests.fakes import MemoryCheckpoints, MemoryLinkStore

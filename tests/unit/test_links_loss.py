@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sync.model import Contact
-from sync.policy import DeletePolicy, Policy, Side
+from sync.model import Contact, Side
+from sync.policy import DeletePolicy, Policy
 from sync.ports import ContactChange, LinkState
 from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
 from tests.fakes import MemoryAudit, MemoryCheckpoints

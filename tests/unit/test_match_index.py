@@ -6,8 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sync.match_index import MatchIndex
-from sync.model import Contact
-from sync.policy import Side
+from sync.model import Contact, Side
 from sync.ports import SideRecord
 
 

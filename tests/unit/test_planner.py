@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sync.errors import CircuitBreakerTripped
-from sync.model import Contact, field_digests, fingerprint
+from sync.model import Contact, Side, field_digests, fingerprint
 from sync.planner import (
     Adopt,
     Candidate,
@@ -27,16 +27,7 @@ from sync.planner import (
     check_breaker,
     plan,
 )
-from sync.policy import (
-    CircuitBreaker,
-    ConflictPolicy,
-    DeletePolicy,
-    Direction,
-    FieldMap,
-    FieldRule,
-    Policy,
-    Side,
-)
+from sync.policy import CircuitBreaker, ConflictPolicy, DeletePolicy, Direction, FieldMap, FieldRule, Policy
 from sync.ports import Link, LinkState, SideRecord
 
 MB = "rep@contoso.com"

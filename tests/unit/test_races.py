@@ -10,9 +10,8 @@ import pytest
 
 from sync.engine import Engine
 from sync.errors import AlreadyExists, PreconditionFailed, Transient
-from sync.model import Contact
+from sync.model import Contact, Side
 from sync.planner import plan
-from sync.policy import Side
 from sync.ports import ContactChange, LinkState
 from sync.reconcile import reconcile_mailbox
 from tests.fakes import MemoryAudit, MemoryLinkStore, MemorySide

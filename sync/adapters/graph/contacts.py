@@ -39,8 +39,8 @@ from sync.adapters.graph.transport import (
 )
 from sync.errors import AuthFailed, NotFound, SyncError
 from sync.mapping import contact_to_graph, graph_to_contact
-from sync.model import STANDARD_FIELDS, Contact
-from sync.policy import FieldMap, Side
+from sync.model import STANDARD_FIELDS, Contact, Side
+from sync.policy import FieldMap
 from sync.ports import ChangePage, CreateRequest, SideRecord, UpdateRequest
 
 logger = logging.getLogger(__name__)

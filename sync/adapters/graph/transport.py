@@ -39,7 +39,7 @@ from sync.errors import (
     Throttled,
     Transient,
 )
-from sync.policy import Side
+from sync.model import Side
 
 logger = logging.getLogger(__name__)
 

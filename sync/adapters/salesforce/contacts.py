@@ -28,8 +28,8 @@ from sync.adapters.salesforce.rest import API_VERSION, MAX_COLLECTION, RestClien
 from sync.adapters.salesforce.soql import parse_dt, soql_quote
 from sync.errors import BadData, NotFound, PreconditionFailed, SyncError, Transient
 from sync.mapping import contact_to_salesforce, salesforce_to_contact
-from sync.model import Contact
-from sync.policy import DEFAULT_SALESFORCE_LENGTHS, FieldMap, Side
+from sync.model import Contact, Side
+from sync.policy import DEFAULT_SALESFORCE_LENGTHS, FieldMap
 from sync.ports import ChangePage, CreateRequest, SideRecord, UpdateRequest
 
 logger = logging.getLogger(__name__)

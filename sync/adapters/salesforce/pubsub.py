@@ -34,7 +34,7 @@ from typing import Any
 from sync.adapters.salesforce.auth import AccessToken, TokenProvider
 from sync.adapters.salesforce.errors import ReplayRejected, SessionExpired, map_error
 from sync.errors import AuthFailed, BadData, SyncError
-from sync.policy import Side
+from sync.model import Side
 from sync.ports import CheckpointStore, ContactChange, ReconcileMailbox, WorkQueue
 
 logger = logging.getLogger(__name__)

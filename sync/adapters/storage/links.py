@@ -24,7 +24,7 @@ from azure.data.tables import TableTransactionError, UpdateMode
 
 from sync.adapters.storage.client import MAX_TRANSACTION, HealingTable, _call, _chunks, _map_error, escape_key
 from sync.errors import BadData, NotFound, PreconditionFailed, SyncError
-from sync.policy import Side
+from sync.model import Side
 from sync.ports import Link, LinkState, LinkWrite, row_key
 
 INDEX_PARTITION = "~sf"
