@@ -2,7 +2,7 @@
 
 Registers the blueprints of ``sync/triggers`` and nothing else. Nothing here imports the Graph, Salesforce or Azure
 storage SDKs or touches the network: clients are built lazily by ``sync.bootstrap`` on first use (cold start,
-azure.md §2; tests/functions checks it in a fresh interpreter).
+docs/reference/azure.md §2; tests/functions checks it in a fresh interpreter).
 """
 
 import azure.functions as func

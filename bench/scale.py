@@ -6,10 +6,11 @@ is counted where it lands: the Graph emulator counts HTTP requests (a ``$batch``
 counts REST API calls (what the org's daily API limit counts), and the table adapter counts its own requests
 (``sync.adapters.storage.REQUESTS``). The counts are compared with the theoretical minimum of the same run:
 
-- Graph: one ``$batch`` per 20 writes (graph.md §5);
-- Salesforce: one query call per 2,000 rows read (salesforce.md §2.2), one sObject Collections call per 200 writes
+- Graph: one ``$batch`` per 20 writes (docs/reference/graph.md §5);
+- Salesforce: one query call per 2,000 rows read (docs/reference/salesforce.md §2.2), one sObject Collections call per
+200 writes
   (§2.5);
-- Table Storage: one transaction per 100 rows (azure.md §4.2), one row per contact.
+- Table Storage: one transaction per 100 rows (docs/reference/azure.md §4.2), one row per contact.
 
 The 100,000-contact reconcile runs in a child process (``--child``) so that its peak RSS is the engine's alone, not
 the emulators'. Prints a table and writes ``bench/results.json`` (``--out``).
@@ -210,8 +211,8 @@ def big_mailbox(contacts: int) -> dict[str, Any]:
     mb = "big@contoso.com"
     out: dict[str, Any] = {"contacts": contacts}
     with stack([mb]) as s:
-        # this run measures memory: Graph's 10,000 requests per 10 minutes per mailbox (graph.md §5; a $batch item
-        # counts) would make 100,000 creates take 100 minutes and the no-change pass wait for the window
+        # this run measures memory: Graph's 10,000 requests per 10 minutes per mailbox (docs/reference/graph.md §5; a
+        # $batch item counts) would make 100,000 creates take 100 minutes and the no-change pass wait for the window
         s.graph.faults.mailbox_rate_limit = 10**9
         t = time.perf_counter()
         seed(s, contacts)

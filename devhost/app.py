@@ -3,7 +3,8 @@
 Public API:
 - ``load_module(spec)``: import ``function_app`` (a module name) or ``path/to/function_app.py``.
 - ``find_function_app(module)``: the single ``FunctionRegister`` (``FunctionApp``/``AsgiFunctionApp``/...) among the
-  module globals; the same rule and messages as the worker's ``loader.index_function_app`` (azure.md §1.1).
+  module globals; the same rule and messages as the worker's ``loader.index_function_app`` (docs/reference/azure.md
+  §1.1).
 - ``discover(app) -> list[FunctionSpec]``: names, trigger, binding dicts and the raw user callables, read from the
   library's own metadata (``app.get_functions()``, ``Function.get_function_json()``, ``get_user_function()``).
 - ``QueueOut``: a ``func.Out`` for ``queue_output`` bindings; ``InvocationContext``: a ``func.Context``.
@@ -91,7 +92,8 @@ class FunctionSpec:
 
 
 def discover(app: FunctionRegister) -> list[FunctionSpec]:
-    """Index ``app`` once. ``get_functions()`` raises on a second call in azure-functions 1.26.0 (azure.md §1.5), so
+    """Index ``app`` once. ``get_functions()`` raises on a second call in azure-functions 1.26.0
+    (docs/reference/azure.md §1.5), so
     ``functions_bindings`` is reset first: a test that indexed the app before does not break the host."""
     if getattr(app, "functions_bindings", None):
         app.functions_bindings = None

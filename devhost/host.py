@@ -1,9 +1,9 @@
 """A small local Functions host: serves any azure-functions v2 ``FunctionApp``'s HTTP, queue and timer functions.
 
-Azure Functions Core Tools cannot be installed offline (../shared/reference/azure.md §1.5), so this host stands in for
+Azure Functions Core Tools cannot be installed offline (docs/reference/azure.md §1.5), so this host stands in for
 ``func start`` during development and tests (``python -m devhost``). It knows nothing about our functions: like the
-Python worker it finds the single ``FunctionApp`` in the module (azure.md §1.1) and reads the library's own metadata
-(``app.get_functions()``).
+Python worker it finds the single ``FunctionApp`` in the module (docs/reference/azure.md §1.1) and reads the library's
+own metadata (``app.get_functions()``).
 
 ``LocalHost(app, port=..., settings=..., ...)`` is a context manager; tests use ``url(route)``, ``host_key``,
 ``master_key``, ``wait_idle(timeout)``, ``fire_timer(name)`` and ``invoke(name, input)``. What is emulated (routes
@@ -75,7 +75,7 @@ __all__ = ["HostError", "InvocationStats", "LocalHost", "main"]
 logger = logging.getLogger(__name__)
 
 # azure-storage-queue 12.18.1 sends 2026-10-06, which Azurite (3.35.0, 3.37.0) rejects without --skipApiVersionCheck;
-# 2025-11-05 works with both Azurite and Azure (azure.md §5).
+# 2025-11-05 works with both Azurite and Azure (docs/reference/azure.md §5).
 QUEUE_API_VERSION = "2025-11-05"
 # While a message is being processed it stays invisible this long (the runtime uses 10 minutes and renews it).
 PROCESSING_VISIBILITY_SECONDS = 600

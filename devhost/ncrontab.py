@@ -1,7 +1,7 @@
 """Six-field NCRONTAB schedules for the local functions host's timer triggers.
 
 Public API: ``parse(expression) -> Schedule`` (raises ``NcrontabError``) and ``Schedule.next_after(moment)``, the next
-occurrence strictly after ``moment``, in UTC (timers run in UTC on Flex, ../shared/reference/azure.md §0.8).
+occurrence strictly after ``moment``, in UTC (timers run in UTC on Flex, docs/reference/azure.md §0.8).
 
 Format (Learn ``functions-bindings-timer``, NCrontab): ``{second} {minute} {hour} {day} {month} {day-of-week}``.
 Each field is ``*``, a value, a range ``a-b``, a step ``*/n``, ``a-b/n`` or ``a/n``, or a comma list of those.

@@ -1,4 +1,4 @@
-"""Settings and host.json for the local functions host (../shared/reference/azure.md §1.3, §1.4).
+"""Settings and host.json for the local functions host (docs/reference/azure.md §1.3, §1.4).
 
 Public API:
 - ``load_local_settings(path) -> dict[str, str]``: the ``Values`` of a ``local.settings.json``;
@@ -92,7 +92,8 @@ def load_host_json(source: str | Path | Mapping[str, Any] | None, environ: Mappi
     """host.json (a path, an already-parsed dict, or None for ``{}``) with app-setting overrides applied.
 
     ``AzureFunctionsJobHost__extensions__queues__maxDequeueCount=2`` overrides ``extensions.queues.maxDequeueCount``
-    (azure.md §1.3). Path segments match existing keys case-insensitively, as the host's configuration does.
+    (docs/reference/azure.md §1.3). Path segments match existing keys case-insensitively, as the host's configuration
+    does.
     """
     if source is None:
         config: dict[str, Any] = {}
@@ -140,7 +141,7 @@ def route_prefix(config: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class QueueOptions:
-    """``extensions.queues`` of host.json; defaults from the Learn table quoted in azure.md §1.3."""
+    """``extensions.queues`` of host.json; defaults from the Learn table quoted in docs/reference/azure.md §1.3."""
 
     max_polling_interval: float = 60.0
     visibility_timeout: float = 0.0

@@ -1,4 +1,5 @@
-"""Offline checks of the Bicep in infra/ (``make infra-check``); no Bicep CLI exists offline (azure.md §7).
+"""Offline checks of the Bicep in infra/ (``make infra-check``); no Bicep CLI exists offline (docs/reference/azure.md
+§7).
 
 1. Installs its pinned tools (infra/check-requirements.txt: checkov 3.3.30 with pycep-parser 0.5.1) into its own
    virtual environment ``.venv-infra`` -- never into the app's ``.venv``, whose dependencies would clash.

@@ -2,13 +2,13 @@
 
 ``current()`` returns the process-wide ``Root``. Each of its parts (``links``, ``graph``, ``salesforce``, ``engine``,
 the queues, ...) is built the first time a function asks for it, under one lock, and kept for the life of the worker
-process (azure.md §2, client reuse). Nothing is built at import and no Azure, Graph or Salesforce SDK is loaded, to
-keep cold starts short; the Graph webhook only ever builds the subscriptions table and a queue. Tests use
+process (docs/reference/azure.md §2, client reuse). Nothing is built at import and no Azure, Graph or Salesforce SDK is
+loaded, to keep cold starts short; the Graph webhook only ever builds the subscriptions table and a queue. Tests use
 ``install(root)`` and ``reset()``.
 
 Storage is ``AzureWebJobsStorage`` (a connection string; locally Azurite's) or the identity-based
 ``AzureWebJobsStorage__tableServiceUri`` / ``__queueServiceUri``, with ``__clientId`` for a user-assigned identity.
-Queue clients pin ``api_version`` 2025-11-05, which both Azure and Azurite accept (azure.md §5).
+Queue clients pin ``api_version`` 2025-11-05, which both Azure and Azurite accept (docs/reference/azure.md §5).
 
 Dev-only switches, refused unless the endpoint is on this machine (127.0.0.1, ::1, localhost):
 ``GRAPH_CREDENTIAL=static`` (a fixed bearer token for the Graph emulator) and ``SF_PUBSUB_INSECURE=true``

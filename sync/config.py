@@ -212,8 +212,8 @@ def mailboxes_in_scope(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
 def setting(name: str, env: Mapping[str, str] | None = None) -> str | None:
     """One setting's value (stripped), or its documented default when unset or blank.
 
-    A Key Vault reference that did not resolve stays in the setting as its literal text (azure.md §3.4); that is
-    refused here, for every setting, so a secret is never the string ``@Microsoft.KeyVault(...)``."""
+    A Key Vault reference that did not resolve stays in the setting as its literal text (docs/reference/azure.md §3.4);
+    that is refused here, for every setting, so a secret is never the string ``@Microsoft.KeyVault(...)``."""
     if name not in SETTING_NAMES:
         raise KeyError(f"{name} is not a known setting (add it to SETTINGS)")
     value = _raw(os.environ if env is None else env, name)

@@ -4,7 +4,7 @@
 ``contact_to_salesforce`` Salesforce ``Contact`` records. A value cut to fit a side (a Salesforce field length, the
 three Graph email addresses) comes back as a ``Truncation``; it is never dropped silently.
 
-Field correspondence (graph.md §1.1, salesforce.md §1.1):
+Field correspondence (docs/reference/graph.md §1.1, docs/reference/salesforce.md §1.1):
     first_name givenName FirstName | last_name surname LastName | email/email_2/email_3 emailAddresses[0..2] Email
     business_phone businessPhones[0] Phone | mobile_phone mobilePhone MobilePhone | home_phone homePhones[0] HomePhone
     company companyName Account.Name | job_title jobTitle Title | department department Department
@@ -93,7 +93,8 @@ def contact_to_graph(
     """The Graph body that writes ``fields`` of ``contact``.
 
     For a create pass ``current=None``. For a PATCH pass the current Graph resource: only the given fields are sent
-    (graph.md §1.4, §7.7: send only what changed), collections are sent whole with the entries we do not sync kept,
+    (docs/reference/graph.md §1.4, §7.7: send only what changed), collections are sent whole with the entries we do not
+    sync kept,
     ``null`` clears a scalar. ``displayName`` is sent with name changes so Outlook does not keep a stale one.
     """
     wanted = set(fields)

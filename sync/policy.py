@@ -71,8 +71,8 @@ class FieldRule(BaseModel):
     graph: str | None = None
 
 
-# The standard Salesforce field of each standard key (salesforce.md §1.1). email_2/3 have none: Outlook-only
-# unless the admin maps them to custom fields.
+# The standard Salesforce field of each standard key (docs/reference/salesforce.md §1.1). email_2/3 have none:
+# Outlook-only unless the admin maps them to custom fields.
 STANDARD_SALESFORCE_FIELDS: Mapping[str, str | None] = {
     "first_name": "FirstName",
     "last_name": "LastName",
@@ -93,7 +93,8 @@ STANDARD_SALESFORCE_FIELDS: Mapping[str, str | None] = {
     "notes": "Description",
 }
 
-# Salesforce Contact field lengths (salesforce.md §1.1; the adapter replaces them with the org's describe()).
+# Salesforce Contact field lengths (docs/reference/salesforce.md §1.1; the adapter replaces them with the org's
+# describe()).
 DEFAULT_SALESFORCE_LENGTHS: Mapping[str, int] = {
     "FirstName": 40,
     "LastName": 80,
@@ -112,7 +113,8 @@ DEFAULT_SALESFORCE_LENGTHS: Mapping[str, int] = {
     "Account.Name": 255,
 }
 
-# Graph properties a custom field may be mapped to (single-valued strings of the contact resource, graph.md §1.1).
+# Graph properties a custom field may be mapped to (single-valued strings of the contact resource,
+# docs/reference/graph.md §1.1).
 GRAPH_CUSTOM_TARGETS: frozenset[str] = frozenset({
     "nickName", "middleName", "title", "generation", "initials", "officeLocation", "profession", "assistantName",
     "manager", "spouseName", "businessHomePage", "yomiGivenName", "yomiSurname", "yomiCompanyName",

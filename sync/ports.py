@@ -5,7 +5,8 @@ Vocabulary
     mailbox     the user principal name (or object id) of a rep's mailbox; also the Table Storage partition of links.
     id          a side's own id: Graph *immutable* id, or the 18-character Salesforce id.
     version     a side's concurrency stamp: Graph ``changeKey`` (sent back as ``If-Match``), Salesforce
-                ``SystemModstamp`` (compared just before a write, Contact has no ETag; salesforce.md §2.7).
+                ``SystemModstamp`` (compared just before a write, Contact has no ETag; docs/reference/salesforce.md
+                §2.7).
     owner       the mailbox a record belongs to: for Outlook the mailbox it lives in; for Salesforce the mailbox of the
                 owning user, or None when that user is not a synced mailbox.
     marker      the other side's id stamped on a record (Graph extended property / optional Salesforce field), so links

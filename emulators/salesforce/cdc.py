@@ -1,4 +1,4 @@
-"""ContactChangeEvent generation: Avro body, ChangeEventHeader, bitmap fields (salesforce.md §4.2–§4.4).
+"""ContactChangeEvent generation: Avro body, ChangeEventHeader, bitmap fields (docs/reference/salesforce.md §4.2–§4.4).
 
 - CREATE / UNDELETE: every non-null field; ``changedFields`` empty (§4.2, §4.3).
 - UPDATE: every schema field present, unchanged ones null; ``changedFields`` lists what changed plus
@@ -39,7 +39,7 @@ class ChangeEventCodec:
             schema["fields"].append({"name": name, "type": ["null", "string"], "default": None})
         self.schema: dict[str, Any] = schema
         self.schema_json = json.dumps(schema, separators=(",", ":"))
-        # Schema ids are opaque fingerprints (salesforce.md §5.1); 22 chars of base64url like real ones.
+        # Schema ids are opaque fingerprints (docs/reference/salesforce.md §5.1); 22 chars of base64url like real ones.
         digest = hashlib.md5(self.schema_json.encode()).digest()  # noqa: S324 (fingerprint, not security)
         self.schema_id = base64.urlsafe_b64encode(digest).decode().rstrip("=")
         self._parsed = fastavro.parse_schema(copy.deepcopy(schema))

@@ -1,10 +1,10 @@
 """Salesforce-shaped ids and timestamps.
 
 Ids: 15-char case-sensitive base id + 3-char case-insensitive suffix = 18 chars; key prefixes 003 Contact, 001 Account,
-005 User, 00D Organization (salesforce.md §1.1 "Id"). The suffix algorithm is the published one: for each 5-char block,
-a 5-bit number whose bit i is set when char i is an upper-case letter, mapped into ``A..Z0..5``
+005 User, 00D Organization (docs/reference/salesforce.md §1.1 "Id"). The suffix algorithm is the published one: for each
+5-char block, a 5-bit number whose bit i is set when char i is an upper-case letter, mapped into ``A..Z0..5``
 (https://help.salesforce.com/s/articleView?id=000385008 "What are Salesforce IDs composed of?").
-Datetimes: REST JSON ``2026-03-01T12:34:56.000+0000`` (salesforce.md §1.1).
+Datetimes: REST JSON ``2026-03-01T12:34:56.000+0000`` (docs/reference/salesforce.md §1.1).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class IdFactory:
 
 
 def fmt_datetime(value: datetime) -> str:
-    """REST wire format, millisecond precision, ``+0000`` (salesforce.md §1.1)."""
+    """REST wire format, millisecond precision, ``+0000`` (docs/reference/salesforce.md §1.1)."""
     value = value.astimezone(UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}+0000"
 

@@ -1,6 +1,6 @@
 """``eventbus.v1.PubSub`` servicer: GetTopic, GetSchema, Subscribe over the org's ContactChangeEvent log.
 
-Behaviour follows salesforce.md §5.1 and §7.2 and Appendix A:
+Behaviour follows docs/reference/salesforce.md §5.1 and §7.2 and Appendix A:
 - auth from metadata ``accesstoken`` / ``instanceurl`` / ``tenantid``; failure -> ``UNAUTHENTICATED``;
 - errors carry an ``error-code`` trailer (``sfdc.platform.eventbus.grpc...``) and ``rpc-id``;
 - Subscribe is pull-based: outstanding = sum(num_requested) - delivered, capped at 100; replay preset and id are read
@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TOPICS = ("/data/ContactChangeEvent", "/data/ChangeEvents")  # per-entity and standard channel, salesforce.md §4.1
-MAX_REQUESTED = 100  # salesforce.md §5.1
+# per-entity and standard channel, docs/reference/salesforce.md §4.1
+TOPICS = ("/data/ContactChangeEvent", "/data/ChangeEvents")
+MAX_REQUESTED = 100  # docs/reference/salesforce.md §5.1
 ERR = "sfdc.platform.eventbus.grpc."
 
 

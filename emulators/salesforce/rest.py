@@ -1,7 +1,7 @@
 """HTTPS handler: OAuth token endpoint, REST ``/services/data/vXX.X/...``, and the ``/_admin`` API.
 
-Follows salesforce.md §7.1 (emulator checklist) and the sections cited per route. Paths with and without a trailing
-slash are the same route (§3.4 "Emulator rule"). Errors are JSON arrays (§2.1); the token endpoint answers
+Follows docs/reference/salesforce.md §7.1 (emulator checklist) and the sections cited per route. Paths with and without
+a trailing slash are the same route (§3.4 "Emulator rule"). Errors are JSON arrays (§2.1); the token endpoint answers
 ``{"error", "error_description"}`` (§3.1, §7.1).
 """
 
@@ -33,9 +33,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-VERSIONS = [("Winter '26", "65.0"), ("Spring '26", "66.0"), ("Summer '26", "67.0")]  # salesforce.md §0
+VERSIONS = [("Winter '26", "65.0"), ("Spring '26", "66.0"), ("Summer '26", "67.0")]  # docs/reference/salesforce.md §0
 _DATA = re.compile(r"^/services/data/v(\d+\.\d+)(/.*)?$")
-MAX_COLLECTION = 200  # sObject Collections, salesforce.md §2.5
+MAX_COLLECTION = 200  # sObject Collections, docs/reference/salesforce.md §2.5
 
 
 class OAuthError(Exception):
@@ -45,7 +45,7 @@ class OAuthError(Exception):
 
 
 class _Rollback(Exception):
-    """allOrNone=true with a failing record: undo the transaction (salesforce.md §2.5)."""
+    """allOrNone=true with a failing record: undo the transaction (docs/reference/salesforce.md §2.5)."""
 
 
 class _ConnectionDropped(Exception):
@@ -143,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif path in ("/services/oauth2/userinfo",) or path.startswith("/id/"):
                 self._identity(path)
             elif path == "/services/data":
-                # Versions resource: no auth, no Sforce-Limit-Info (salesforce.md §2.8, §7.1)
+                # Versions resource: no auth, no Sforce-Limit-Info (docs/reference/salesforce.md §2.8, §7.1)
                 self._send(200, [{"label": label, "url": f"/services/data/v{v}", "version": v}
                                  for label, v in VERSIONS])
             elif path.startswith("/_admin"):
@@ -179,8 +179,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, self.emulator.token_response(tok))
 
     def _jwt_grant(self, assertion: str) -> Token:
-        # JWT bearer flow, salesforce.md §3.1: RS256, iss = consumer key, sub = username, aud = login/test/My Domain,
-        # exp a few minutes ahead. Error texts: see docs/emulator-fidelity-salesforce.md.
+        # JWT bearer flow, docs/reference/salesforce.md §3.1: RS256, iss = consumer key, sub = username, aud =
+        # login/test/My Domain, exp a few minutes ahead. Error texts: see docs/emulator-fidelity-salesforce.md.
         try:
             header = jwt.get_unverified_header(assertion)
             claims = jwt.decode(assertion, options={"verify_signature": False})
@@ -210,7 +210,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self.org.issue_token(user["Id"], client["client_id"])
 
     def _client_credentials(self, form: dict[str, str]) -> Token:
-        # Client credentials flow, salesforce.md §3.2: Basic auth or form fields; tokens run as the app's user.
+        # Client credentials flow, docs/reference/salesforce.md §3.2: Basic auth or form fields; tokens run as the app's
+        # user.
         cid, secret = form.get("client_id", ""), form.get("client_secret", "")
         auth = self.headers.get("Authorization", "")
         if auth.lower().startswith("basic "):
@@ -238,7 +239,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- REST ------------------------------------------------------------------------------------------------------
     def _limit_header(self) -> dict[str, str]:
-        return {"Sforce-Limit-Info": f"api-usage={self.org.api_used}/{self.org.api_max}"}  # salesforce.md §2.8
+        # docs/reference/salesforce.md §2.8
+        return {"Sforce-Limit-Info": f"api-usage={self.org.api_used}/{self.org.api_max}"}
 
     def _data(self, method: str, version: str, rest: str, params: dict[str, str]) -> None:
         org = self.org
@@ -249,7 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
             if forced_401:
                 org.faults.invalid_session_next -= 1
         if tok is None or forced_401:
-            # salesforce.md §2.1 / §3.6: the 401 body must be the array form.
+            # docs/reference/salesforce.md §2.1 / §3.6: the 401 body must be the array form.
             org.counters.inc("rest.401")
             self._send(401, [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}])
             return
@@ -286,7 +288,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, body, {**self._limit_header(), **extra})
 
     def _ctx(self, version: str, tok: Token) -> WriteContext:
-        # changeOrigin "com/salesforce/api/rest/<ver>;client=<id>" from Sforce-Call-Options (salesforce.md §2.9, §4.2)
+        # changeOrigin "com/salesforce/api/rest/<ver>;client=<id>" from Sforce-Call-Options
+        # (docs/reference/salesforce.md §2.9, §4.2)
         origin = f"com/salesforce/api/rest/{version}"
         m = re.search(r"client=([^,;\s]+)", self.headers.get("Sforce-Call-Options", ""))
         if m:
@@ -296,7 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
                             include_record_details="includerecorddetails=true" in dup)
 
     def _batch_size(self) -> int:
-        # Sforce-Query-Options: batchSize=N, 200..2000, default 2000 (salesforce.md §2.2)
+        # Sforce-Query-Options: batchSize=N, 200..2000, default 2000 (docs/reference/salesforce.md §2.2)
         m = re.search(r"batchSize=(\d+)", self.headers.get("Sforce-Query-Options", ""), re.I)
         return min(2000, max(200, int(m.group(1)))) if m else 2000
 
@@ -309,7 +312,7 @@ class _Handler(BaseHTTPRequestHandler):
                                                                    "composite")}, {}
         if head in ("query", "queryAll") and method == "GET":
             org.counters.inc(f"rest.{head}")
-            if len(seg) == 2:  # nextRecordsUrl (salesforce.md §2.2; queryAll pages still say /query/)
+            if len(seg) == 2:  # nextRecordsUrl (docs/reference/salesforce.md §2.2; queryAll pages still say /query/)
                 org.counters.inc("rest.query_more")
                 return 200, org.query_more(seg[1], v, self._batch_size()), {}
             if "q" not in params:
@@ -347,7 +350,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body = self._json_body() or {}
                 with org.transaction(self._ctx(v, tok)) as txn:
                     rid = org.create(txn, sobject, body)
-                return 201, {"id": rid, "success": True, "errors": []}, {}  # salesforce.md §2.4
+                return 201, {"id": rid, "success": True, "errors": []}, {}  # docs/reference/salesforce.md §2.4
             return 200, {"objectDescribe": {"name": sobject}, "recentItems": []}, {}
         if len(seg) == 2 and seg[1] == "describe":
             org.counters.inc("rest.describe")
@@ -383,7 +386,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _by_external_id(self, method: str, v: str, sobject: str, field_name: str, value: str,
                         params: dict[str, str], tok: Token) -> tuple[int, Any, dict[str, str]]:
-        # salesforce.md §2.4: GET/PATCH /sobjects/Contact/{ExtIdField}/{value}; 201 created / 200 updated / 300.
+        # docs/reference/salesforce.md §2.4: GET/PATCH /sobjects/Contact/{ExtIdField}/{value}; 201 created / 200 updated
+        # / 300.
         org = self.org
         f = org.types[sobject].field(field_name)
         if f is None or not (f.external_id or f.name == "Id"):
@@ -411,7 +415,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return 201, {"id": rid, "success": True, "errors": [], "created": True}, {}
 
     def _replication(self, sobject: str, kind: str, params: dict[str, str]) -> dict[str, Any]:
-        # getUpdated (30 days) / getDeleted (15 days), minute granularity (salesforce.md §2.3)
+        # getUpdated (30 days) / getDeleted (15 days), minute granularity (docs/reference/salesforce.md §2.3)
         org = self.org
         try:
             start = parse_datetime(params["start"]).replace(second=0, microsecond=0)
@@ -432,7 +436,7 @@ class _Handler(BaseHTTPRequestHandler):
                                    for r in recs if r["IsDeleted"] and start <= r["SystemModstamp"] < end],
                 "earliestDateAvailable": fmt_datetime(now - window), "latestDateCovered": fmt_datetime(min(end, now))}
 
-    # -- sObject Collections (salesforce.md §2.5) -------------------------------------------------------------------
+    # -- sObject Collections (docs/reference/salesforce.md §2.5) -------------------------------------------------------
     def _collections(self, method: str, v: str, seg: list[str], params: dict[str, str],
                      tok: Token) -> tuple[int, Any, dict[str, str]]:
         org = self.org

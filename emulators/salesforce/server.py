@@ -3,7 +3,7 @@
 Python API (tests, demo)::
 
     emu = SalesforceEmulator().start()            # free 127.0.0.1 ports; or port=, grpc_port=
-    emu.register_jwt_client("cid", public_pem)    # JWT bearer (salesforce.md §3.1)
+    emu.register_jwt_client("cid", public_pem)    # JWT bearer (docs/reference/salesforce.md §3.1)
     emu.register_client_credentials("cid", "secret")  # client credentials (§3.2), runs as the integration user
     token = emu.issue_token()                     # or POST {emu.token_url}
     s = emu.requests_session()                    # verify=ca_path, trust_env=False (REQUESTS_CA_BUNDLE pitfall)
@@ -41,7 +41,7 @@ from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2_grpc as pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-LOGIN_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")  # salesforce.md §3.1
+LOGIN_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")  # docs/reference/salesforce.md §3.1
 
 
 class _Server(ThreadingHTTPServer):
@@ -171,7 +171,7 @@ class SalesforceEmulator:
         return self.org.issue_token(user_id or self.integration_user_id).access_token
 
     def token_response(self, tok: Token) -> dict[str, Any]:
-        # salesforce.md §3.1/§3.2: `id` carries orgId/userId (Pub/Sub tenantid).
+        # docs/reference/salesforce.md §3.1/§3.2: `id` carries orgId/userId (Pub/Sub tenantid).
         issued = str(int(tok.issued.timestamp() * 1000))
         ident = f"{self.instance_url}/id/{self.org_id}/{tok.user_id}"
         return {"access_token": tok.access_token, "signature": sign(self._signing_secret, ident, issued),
@@ -235,7 +235,7 @@ class SalesforceEmulator:
             self.org.undelete(txn, "Contact", contact_id)
 
     def merge_contacts(self, master_id: str, loser_ids: list[str], *, as_user: str | None = None) -> None:
-        """Losers get MasterRecordId and are deleted; the master is updated (salesforce.md §1.2)."""
+        """Losers get MasterRecordId and are deleted; the master is updated (docs/reference/salesforce.md §1.2)."""
         with self.org.transaction(self._ctx(as_user, UI_ORIGIN)) as txn:
             self.org.update(txn, "Contact", master_id, {})
             for lid in loser_ids:

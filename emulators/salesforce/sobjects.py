@@ -1,8 +1,8 @@
 """Field definitions of the emulated sObjects (Contact, Account, User) and the describe payload built from them.
 
-Contact lengths follow salesforce.md §1.1 (field reference); the ones marked ⚠ VERIFY there are listed as guesses in
-docs/emulator-fidelity-salesforce.md. An optional custom text field (e.g. ``Outlook_Id__c``, Text(255), External ID,
-salesforce.md §2.4) is added per emulator.
+Contact lengths follow docs/reference/salesforce.md §1.1 (field reference); the ones marked ⚠ VERIFY there are listed as
+guesses in docs/emulator-fidelity-salesforce.md. An optional custom text field (e.g. ``Outlook_Id__c``, Text(255),
+External ID, docs/reference/salesforce.md §2.4) is added per emulator.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class SObjectType:
         return self.by_lower.get(name.lower())
 
     def describe(self, version: str) -> dict[str, object]:
-        """A describe payload with the keys sync code reads (salesforce.md §1.1); not a full capture."""
+        """A describe payload with the keys sync code reads (docs/reference/salesforce.md §1.1); not a full capture."""
         base = f"/services/data/v{version}/sobjects/{self.name}"
         return {
             "name": self.name, "label": self.name, "custom": False, "createable": True, "updateable": True,
@@ -142,7 +142,7 @@ def _prefix(name: str) -> str:
 def build_types(custom_text_fields: tuple[str, ...] = ()) -> dict[str, SObjectType]:
     contact = SObjectType.build("Contact", CONTACT_FIELDS)
     for name in custom_text_fields:
-        # Text(255), External ID, Unique (salesforce.md §2.4 recommendation for the Outlook id marker).
+        # Text(255), External ID, Unique (docs/reference/salesforce.md §2.4 recommendation for the Outlook id marker).
         contact.add(FieldDef(name, "string", name.removesuffix("__c").replace("_", " "), 255, custom=True,
                              external_id=True, id_lookup=True))
     return {

@@ -4,7 +4,7 @@ Grammar (SOQL and SOSL Reference, https://developer.salesforce.com/docs/atlas.en
 SELECT field[, field...] FROM Object [WHERE cond] [ORDER BY f [ASC|DESC] [NULLS FIRST|LAST], ...]
 [LIMIT n] [OFFSET n]. Fields may be relationship paths (Account.Name, Owner.Email). Conditions use AND, OR,
 NOT, parentheses, = != <> < <= > >=, LIKE, IN (...) and NOT IN (...). Literals are quoted strings, numbers,
-true/false/null and unquoted datetime literals (2026-03-01T12:34:56Z, salesforce.md §1.1).
+true/false/null and unquoted datetime literals (2026-03-01T12:34:56Z, docs/reference/salesforce.md §1.1).
 String comparisons are case-insensitive, as in SOQL. ORDER BY defaults to ASC NULLS FIRST.
 """
 
@@ -140,7 +140,8 @@ class _Parser:
             self.take()
             q.offset = int(self.expect("num"))
         if self.is_kw("all"):
-            # ALL ROWS is Apex-only; REST callers use /queryAll (salesforce.md §2.2). Guess: MALFORMED_QUERY.
+            # ALL ROWS is Apex-only; REST callers use /queryAll (docs/reference/salesforce.md §2.2). Guess:
+            # MALFORMED_QUERY.
             raise SoqlError("MALFORMED_QUERY", "ALL ROWS not allowed in this context")
         if self.peek()[0] != "eof":
             raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{self.peek()[1]}'")
@@ -206,7 +207,7 @@ class _Parser:
 
 
 def parse(text: str) -> Query:
-    if len(text) > 100_000:  # SOQL length limit, salesforce.md §2.2
+    if len(text) > 100_000:  # SOQL length limit, docs/reference/salesforce.md §2.2
         raise SoqlError("MALFORMED_QUERY", "Query string is too long")
     return _Parser(tokenize(text)).query()
 

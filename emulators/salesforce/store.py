@@ -1,9 +1,9 @@
 """In-memory org: records, users, tokens, query cursors, the CDC event log, limits, faults and counters.
 
 Every write (REST, collections, admin API) goes through :class:`Org` inside a :meth:`Org.transaction`, which validates
-(salesforce.md §1.1, §1.3, §2.1), stamps system fields (§1.1), and on commit publishes ContactChangeEvents (§4.2–§4.5)
-into the replayable log read by the Pub/Sub servicer. One lock guards everything; ``changed`` (a Condition on that
-lock) wakes subscribers.
+(docs/reference/salesforce.md §1.1, §1.3, §2.1), stamps system fields (§1.1), and on commit publishes
+ContactChangeEvents (§4.2–§4.5) into the replayable log read by the Pub/Sub servicer. One lock guards everything;
+``changed`` (a Condition on that lock) wakes subscribers.
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ from emulators.salesforce.ids import PREFIX_TYPE, IdFactory, fmt_datetime, looks
 from emulators.salesforce.sobjects import SObjectType, build_types
 from emulators.salesforce.soql import Evaluator, SoqlError, parse
 
-RETENTION = timedelta(hours=72)  # event bus retention, salesforce.md §4.5
-CURSOR_LIFETIME = timedelta(days=2)  # query cursor lifetime, salesforce.md §2.2
-SESSION_LIFETIME = timedelta(hours=2)  # default org session timeout, salesforce.md §3.2
-# What Lightning Experience edits carry (example header in salesforce.md §4.2); used for admin "UI" writes.
+RETENTION = timedelta(hours=72)  # event bus retention, docs/reference/salesforce.md §4.5
+CURSOR_LIFETIME = timedelta(days=2)  # query cursor lifetime, docs/reference/salesforce.md §2.2
+SESSION_LIFETIME = timedelta(hours=2)  # default org session timeout, docs/reference/salesforce.md §3.2
+# What Lightning Experience edits carry (example header in docs/reference/salesforce.md §4.2); used for admin "UI"
+# writes.
 UI_ORIGIN = "com/salesforce/api/soap/67.0;client=SfdcInternalAPI/"
 
 
 class SfError(Exception):
-    """A REST error: HTTP status + the error array of salesforce.md §2.1 (``errorCode``; collections use
+    """A REST error: HTTP status + the error array of docs/reference/salesforce.md §2.1 (``errorCode``; collections use
     ``statusCode``, see :meth:`as_collection_errors`)."""
 
     def __init__(self, status: int, code: str, message: str, fields: list[str] | None = None,
@@ -80,7 +81,8 @@ class StoredEvent:
 
 
 def replay_bytes(n: int) -> bytes:
-    """Replay ids are opaque bytes to clients (salesforce.md §4.5); here an 8-byte big-endian counter (§7.2)."""
+    """Replay ids are opaque bytes to clients (docs/reference/salesforce.md §4.5); here an 8-byte big-endian counter
+    (§7.2)."""
     return n.to_bytes(8, "big")
 
 
@@ -93,13 +95,13 @@ class Faults:
     latency_seconds: float = 0.0
     drop_next_events: int = 0  # lost events (no replay id assigned)
     duplicate_next_events: int = 0  # each is stored twice (two replay ids)
-    gap_next_events: int = 0  # turned into GAP_<type> with header only (salesforce.md §4.3)
-    overflow_threshold: int = 100_000  # changes per transaction before GAP_OVERFLOW (salesforce.md §4.3)
+    gap_next_events: int = 0  # turned into GAP_<type> with header only (docs/reference/salesforce.md §4.3)
+    overflow_threshold: int = 100_000  # changes per transaction before GAP_OVERFLOW (docs/reference/salesforce.md §4.3)
     grpc_failures: list[dict[str, Any]] = field(default_factory=list)
-    duplicate_rule: bool = True  # Email duplicate rule, salesforce.md §1.3
+    duplicate_rule: bool = True  # Email duplicate rule, docs/reference/salesforce.md §1.3
     # Random faults for soak tests, probabilities in [0, 1], each counted in ``Counters``:
-    # REST (/services/data): 403 REQUEST_LIMIT_EXCEEDED (salesforce.md §2.1, §6: "Salesforce may allow temporary
-    # overage, then returns 403 REQUEST_LIMIT_EXCEEDED"; Salesforce sends no Retry-After) -> "rest.fault.403";
+    # REST (/services/data): 403 REQUEST_LIMIT_EXCEEDED (docs/reference/salesforce.md §2.1, §6: "Salesforce may allow
+    # temporary overage, then returns 403 REQUEST_LIMIT_EXCEEDED"; Salesforce sends no Retry-After) -> "rest.fault.403";
     # 503 SERVER_UNAVAILABLE (§2.1 status list) -> "rest.fault.503"; a connection reset (the socket is closed without
     # an answer; a share ``reset_after_share`` after the request ran: an ambiguous write) -> "rest.reset.before" /
     # "rest.reset.after".
@@ -194,7 +196,7 @@ class Counters:
 class WriteContext:
     user_id: str
     origin: str = ""
-    allow_save: bool = False  # Sforce-Duplicate-Rule-Header allowSave=true (salesforce.md §1.3)
+    allow_save: bool = False  # Sforce-Duplicate-Rule-Header allowSave=true (docs/reference/salesforce.md §1.3)
     include_record_details: bool = False
     validate_duplicates: bool = True
 
@@ -206,7 +208,7 @@ class _Change:
     body: dict[str, Any]
     changed: list[str]
     nulled: list[str]
-    weight: int  # changes counted toward the overflow threshold (salesforce.md §4.3)
+    weight: int  # changes counted toward the overflow threshold (docs/reference/salesforce.md §4.3)
 
 
 class Transaction:
@@ -278,7 +280,7 @@ class Org:
     def issue_token(self, user_id: str, client_id: str = "emulator") -> Token:
         with self.lock:
             now = self.now()
-            # Session ids look like "<orgId>!<random>" (salesforce.md §3.1 example "00D...!AR...").
+            # Session ids look like "<orgId>!<random>" (docs/reference/salesforce.md §3.1 example "00D...!AR...").
             tok = Token(f"{self.org_id[:15]}!AR{secrets.token_urlsafe(40)}", user_id, client_id, now,
                         now + SESSION_LIFETIME)
             self.tokens[tok.access_token] = tok
@@ -336,7 +338,8 @@ class Org:
             if len(parts) == 1:
                 out[parts[0]] = _wire(rec.get(parts[0]))
                 continue
-            # Relationship fields nest as {"Account": {"attributes": ..., "Name": ...}} or null (salesforce.md §2.2).
+            # Relationship fields nest as {"Account": {"attributes": ..., "Name": ...}} or null
+            # (docs/reference/salesforce.md §2.2).
             holder, cur_rec, cur_type = out, rec, sobject
             for rel in parts[:-1]:
                 ref = self.types[cur_type].relationships[rel.lower()]
@@ -458,7 +461,7 @@ class Org:
                 if not r["IsDeleted"] and r["Id"] != merged.get("Id") and (r.get("Email") or "").lower() == email]
         if not dups:
             return
-        # Shape from salesforce.md §1.3 (⚠ VERIFY there): error array item + duplicateResult.
+        # Shape from docs/reference/salesforce.md §1.3 (⚠ VERIFY there): error array item + duplicateResult.
         v = "67.0"
         match_records = []
         for r in dups:
@@ -491,7 +494,7 @@ class Org:
         rec.update({"Id": rid, "IsDeleted": False, "CreatedDate": txn.now, "CreatedById": txn.ctx.user_id,
                     "LastModifiedDate": txn.now, "LastModifiedById": txn.ctx.user_id, "SystemModstamp": txn.now})
         if "OwnerId" in t.fields and not rec.get("OwnerId"):
-            rec["OwnerId"] = txn.ctx.user_id  # defaults to the creating user (salesforce.md §1.1)
+            rec["OwnerId"] = txn.ctx.user_id  # defaults to the creating user (docs/reference/salesforce.md §1.1)
         _compute_name(sobject, rec)
         self.records[sobject][rid] = rec
         if sobject == "Contact":
@@ -553,7 +556,8 @@ class Org:
         if not txn.changes:
             return
         # Merged change events: the same change on several records of one transaction -> one event with all ids
-        # (salesforce.md §4.2 recordIds). Overflow: changes beyond the threshold -> one GAP_OVERFLOW (§4.3).
+        # (docs/reference/salesforce.md §4.2 recordIds). Overflow: changes beyond the threshold -> one GAP_OVERFLOW
+        # (§4.3).
         merged: list[tuple[_Change, list[str]]] = []
         index: dict[str, int] = {}
         budget = self.faults.overflow_threshold
@@ -571,7 +575,7 @@ class Org:
                 merged.append((ch, [ch.record_id]))
         txn_key = str(uuid.uuid4())
         ts = txn.now
-        self.commit_number += 7  # increases with commit order, not contiguous (salesforce.md §4.2)
+        self.commit_number += 7  # increases with commit order, not contiguous (docs/reference/salesforce.md §4.2)
         specs: list[tuple[str, list[str], dict[str, Any], list[str], list[str]]] = [
             (ch.change_type, ids, ch.body, ch.changed, ch.nulled) for ch, ids in merged]
         if overflow:
@@ -624,7 +628,7 @@ class Org:
 
     def publish_header_only(self, change_type: str, record_ids: list[str], user_id: str | None = None,
                             origin: str = "") -> None:
-        """Knob: emit a GAP_* / GAP_OVERFLOW event (header only, salesforce.md §4.3)."""
+        """Knob: emit a GAP_* / GAP_OVERFLOW event (header only, docs/reference/salesforce.md §4.3)."""
         with self.lock:
             self.commit_number += 7
             header = {"entityName": "Contact", "recordIds": record_ids, "changeType": change_type,
@@ -636,7 +640,7 @@ class Org:
             self.changed.notify_all()
 
     def purge_expired_events(self) -> None:
-        """72-hour retention (salesforce.md §4.5)."""
+        """72-hour retention (docs/reference/salesforce.md §4.5)."""
         with self.lock:
             cutoff = self.now() - RETENTION
             if not self.events or self.events[0].created > cutoff:

@@ -1,7 +1,8 @@
 """A throw-away test CA and a server certificate for 127.0.0.1 / localhost, made at emulator start.
 
-simple-salesforce always builds ``https://`` URLs (salesforce.md §3.4), so the emulator serves TLS and clients trust
-this CA through ``requests.Session.verify`` (never by patching the library). EC P-256 keys keep start-up fast.
+simple-salesforce always builds ``https://`` URLs (docs/reference/salesforce.md §3.4), so the emulator serves TLS and
+clients trust this CA through ``requests.Session.verify`` (never by patching the library). EC P-256 keys keep start-up
+fast.
 """
 
 from __future__ import annotations

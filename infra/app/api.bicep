@@ -1,7 +1,7 @@
 // Flex Consumption plan + Python 3.11 Function App. Runs as the user-assigned identity for host storage, Key Vault
 // references, Application Insights and (as a federated credential of the Entra app) Microsoft Graph.
 // On Flex the runtime lives in functionAppConfig.runtime: FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION
-// must NOT be app settings (azure.md §1.4).
+// must NOT be app settings (docs/reference/azure.md §1.4).
 
 @description('Azure region.')
 param location string
@@ -49,7 +49,7 @@ param instanceMemoryMB int = 2048
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
-@description('Concurrent HTTP requests per instance (Python defaults to 1 on Flex; handlers are short, see azure.md §2).')
+@description('Concurrent HTTP requests per instance (Python defaults to 1 on Flex; handlers are short, see docs/reference/azure.md §2).')
 @minValue(1)
 @maxValue(1000)
 param httpPerInstanceConcurrency int = 4

@@ -49,7 +49,7 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
 }
 
 resource hmacSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(eventsHmacSecret)) {
-  // checkov:skip=CKV_AZURE_114: contentType is set below; checkov does not look inside conditional (if) resources (azure.md §6.2)
+  // checkov:skip=CKV_AZURE_114: contentType is set below; checkov does not look inside conditional (if) resources (docs/reference/azure.md §6.2)
   // checkov:skip=CKV_AZURE_41: the relay shares this secret; an expiry date would silently break signed events, rotate it with the script instead
   parent: vault
   name: eventsHmacSecretName

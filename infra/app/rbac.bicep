@@ -27,7 +27,7 @@ param adminPrincipalType string = 'User'
 ])
 param hostBlobRoleScope string = 'containers'
 
-// Built-in role definition ids (azure.md §3.2)
+// Built-in role definition ids (docs/reference/azure.md §3.2)
 var roles = {
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'

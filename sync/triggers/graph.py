@@ -1,4 +1,4 @@
-"""The HTTP and timer functions of Graph change notifications (graph.md §4).
+"""The HTTP and timer functions of Graph change notifications (docs/reference/graph.md §4).
 
 Functions:
     graph_notifications   POST /api/graph/notifications (anonymous: protected by clientState)
@@ -161,7 +161,7 @@ def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
         counts = accept_notifications(body, root.subscriptions, root.contact_queue)
     except BadPayload as exc:
         return func.HttpResponse(json.dumps({"error": str(exc)}), status_code=400, mimetype="application/json")
-    except Exception as exc:  # storage down: 5xx so Graph retries (graph.md §4.5)
+    except Exception as exc:  # storage down: 5xx so Graph retries (docs/reference/graph.md §4.5)
         return http_response(exc)
     logger.info("graph notifications: %s", dict(counts))
     return func.HttpResponse(status_code=202)

@@ -13,7 +13,7 @@ MAX_EVENTS_BODY = 1024 * 1024
 
 
 def validation_token(req: func.HttpRequest) -> str | None:
-    """The URL-decoded ``validationToken`` of a Graph handshake (graph.md §4.3), or None."""
+    """The URL-decoded ``validationToken`` of a Graph handshake (docs/reference/graph.md §4.3), or None."""
     token = req.params.get("validationToken")
     if token is not None:
         return str(token)
@@ -22,7 +22,7 @@ def validation_token(req: func.HttpRequest) -> str | None:
 
 
 def handshake(token: str) -> func.HttpResponse:
-    """200, text/plain, exactly the decoded token (graph.md §4.3)."""
+    """200, text/plain, exactly the decoded token (docs/reference/graph.md §4.3)."""
     return func.HttpResponse(token, status_code=200, mimetype="text/plain", charset="utf-8")
 
 

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 REPLAY_WINDOW_S = 300.0
-PULL_MAX_SECONDS = 20.0  # well inside a 30 s schedule; the timer never overlaps itself (azure.md §1.2)
+PULL_MAX_SECONDS = 20.0  # well inside a 30 s schedule; the timer never overlaps itself (docs/reference/azure.md §1.2)
 PULL_MAX_EVENTS = 2000
 PULL_IDLE_SECONDS = 3.0
 _RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")

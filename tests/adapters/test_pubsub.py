@@ -1,5 +1,5 @@
-"""CDC in: bitmap decoding (salesforce.md §4.4), the gRPC subscriber against the emulator end to end (hints,
-resume, keep-alive, gaps, overflow, rejected replay id, errors) and the HMAC-signed push parser."""
+"""CDC in: bitmap decoding (docs/reference/salesforce.md §4.4), the gRPC subscriber against the emulator end to end
+(hints, resume, keep-alive, gaps, overflow, rejected replay id, errors) and the HMAC-signed push parser."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_bitmap_worked_example_with_the_served_schema() -> None:
     h = SalesforceHarness()
     try:
         schema = h.emu.org.codec.schema
-        # salesforce.md §4.4: ['0xC','1-0x2'] -> Email, LastModifiedDate, Name.FirstName
+        # docs/reference/salesforce.md §4.4: ['0xC','1-0x2'] -> Email, LastModifiedDate, Name.FirstName
         assert decode_bitmap_fields(schema, ["0xC", "1-0x2"]) == ["Email", "LastModifiedDate", "Name.FirstName"]
     finally:
         h.close()

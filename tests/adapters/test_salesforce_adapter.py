@@ -403,7 +403,7 @@ def test_streaming_10000_contacts_pages_with_5_query_calls(h: SalesforceHarness)
     calls = h.emu.counters["rest.query"] - before
     print(f"\nstreaming 10,000 contacts: {calls} query calls")
     assert len(ids) == 10_000
-    assert calls == 5  # 2,000 per page (salesforce.md §2.2)
+    assert calls == 5  # 2,000 per page (docs/reference/salesforce.md §2.2)
 
 
 # -- owners, accounts, duplicates -----------------------------------------------------------------------------

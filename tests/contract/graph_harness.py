@@ -27,7 +27,7 @@ OTHER = "bob@contoso.com"
 
 
 class FakeCredential:
-    """A TokenCredential that never talks to Entra (graph.md §7.8 b)."""
+    """A TokenCredential that never talks to Entra (docs/reference/graph.md §7.8 b)."""
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         return AccessToken("emulator-token", int(time.time()) + 3600)

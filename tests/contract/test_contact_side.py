@@ -1,4 +1,4 @@
-"""The ContactSide contract: the same tests for every side (STYLE.md habit 11).
+"""The ContactSide contract: the same tests for every side.
 
 Parametrised over harnesses; each real adapter's test module adds its own harness factory to ``HARNESSES`` through
 ``tests/contract/sides.py`` so the in-memory fakes and the real adapters over the emulators keep one promise.

@@ -1,6 +1,6 @@
 """The LinkStore contract: the same tests against the in-memory store and the Azure Tables store on Azurite.
 
-An in-memory fake is only allowed because it passes exactly these tests (STYLE.md habit 11).
+An in-memory fake is only allowed because it passes exactly these tests.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The random fault knobs of both emulators (used by the soak test, tests/soak/): rates of 429 / 503 / connection
 resets per request, lost, duplicated and reordered CDC events, and the counters that say how many were injected.
 
-Each knob is set to 0 or 1 here so the outcome is certain. Expectations cite ../shared/reference/graph.md (§5 429 with
-Retry-After, §7.4 503 and ambiguous writes) and salesforce.md (§2.1 error shapes, §6 REQUEST_LIMIT_EXCEEDED, §4.5
-at-least-once delivery).
+Each knob is set to 0 or 1 here so the outcome is certain. Expectations cite docs/reference/graph.md (§5 429 with
+Retry-After, §7.4 503 and ambiguous writes) and docs/reference/salesforce.md (§2.1 error shapes, §6
+REQUEST_LIMIT_EXCEEDED, §4.5 at-least-once delivery).
 """
 
 from __future__ import annotations

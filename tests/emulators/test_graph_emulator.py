@@ -47,7 +47,7 @@ MARKER = "String {66f5a359-4659-4830-9070-00047ec6ac6e} Name SalesforceId"
 
 
 class _FakeCredential:
-    """graph.md §7.8(b): keeps an Authorization header on every request."""
+    """docs/reference/graph.md §7.8(b): keeps an Authorization header on every request."""
 
     async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         return AccessToken("emulator-token", int(time.time()) + 3600)
@@ -575,7 +575,7 @@ def test_notification_delivery_is_retried_after_failure(emu: GraphEmulator, fold
 
 
 async def raw_batch(client: GraphServiceClient, requests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """graph.md §7.8(f): $batch as raw JSON through the SDK's adapter."""
+    """docs/reference/graph.md §7.8(f): $batch as raw JSON through the SDK's adapter."""
     ri = RequestInformation(Method.POST, "{+baseurl}/$batch", {})
     ri.set_stream_content(json.dumps({"requests": requests}).encode(), "application/json")
     ri.headers.try_add("Accept", "application/json")

@@ -1,7 +1,7 @@
-"""The Graph emulator's payloads against the example payloads of ../shared/reference/graph.md, field for field.
+"""The Graph emulator's payloads against the example payloads of docs/reference/graph.md, field for field.
 
-Each DOC_* constant is copied from graph.md (section named); the test compares key sets recursively and the JSON
-type of every value (values themselves are ids, dates and secrets, so they differ).
+Each DOC_* constant is copied from docs/reference/graph.md (section named); the test compares key sets recursively and
+the JSON type of every value (values themselves are ids, dates and secrets, so they differ).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def test_notification_lifecycle_and_subscription_shapes(emu: GraphEmulator, http
         })
         assert created.status_code == 201
         sub = created.json()
-        # notificationContentType is not in the CSDL (graph.md §4.2); the emulator leaves it out.
+        # notificationContentType is not in the CSDL (docs/reference/graph.md §4.2); the emulator leaves it out.
         doc_sub = {k: v for k, v in DOC_SUBSCRIPTION.items() if k != "notificationContentType"}
         assert same_shape(sub, doc_sub) == []
 

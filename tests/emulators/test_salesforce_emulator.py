@@ -1,6 +1,6 @@
 """The Salesforce emulator driven by the real clients: simple-salesforce 1.12.10 (direct mode over TLS with the
 emulator's CA), plain requests for OAuth, and the generated Pub/Sub gRPC stubs. Expectations cite
-../shared/reference/salesforce.md sections."""
+docs/reference/salesforce.md sections."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def _assertion(emu: SalesforceEmulator, *, key: bytes = KEY, aud: str = "https:/
     return jwt.encode({"iss": iss, "sub": sub, "aud": aud, "exp": int(time.time()) + exp_in}, key, algorithm="RS256")
 
 
-# -- OAuth (salesforce.md §3.1, §3.2) ------------------------------------------------------------------------
+# -- OAuth (docs/reference/salesforce.md §3.1, §3.2) -------------------------------------------------------------------
 
 def test_jwt_bearer_grant_returns_token_whose_id_url_carries_org_and_user(emu, http):
     r = http.post(emu.token_url, data={"grant_type": JWT_GRANT, "assertion": _assertion(emu)})
@@ -121,7 +121,7 @@ def test_rest_requires_an_issued_token(emu, http):
     token_sf.query("SELECT Id FROM Contact")  # a fresh token works
 
 
-# -- query (salesforce.md §2.2) ------------------------------------------------------------------------------
+# -- query (docs/reference/salesforce.md §2.2) -------------------------------------------------------------------------
 
 def test_query_pages_with_next_records_url_and_batch_size_header(emu, sf):
     emu.bulk_create_contacts([{"LastName": f"L{i:04d}"} for i in range(450)])
@@ -186,7 +186,7 @@ def test_query_all_shows_recycle_bin_rows(emu, sf):
     assert sf.query("SELECT Id FROM Contact")["totalSize"] == 1
 
 
-# -- CRUD, validation, duplicates (salesforce.md §1.1, §1.3, §2.4) -------------------------------------------
+# -- CRUD, validation, duplicates (docs/reference/salesforce.md §1.1, §1.3, §2.4) --------------------------------------
 
 def test_crud_with_custom_outlook_id_field_and_upsert(emu, sf):
     created = sf.Contact.create({"LastName": "Lovelace", "FirstName": "Ada", "Outlook_Id__c": "AAMk-1"})
@@ -233,7 +233,7 @@ def test_duplicate_rule_on_email_and_allow_save_header(emu, sf):
     assert sf.query("SELECT Id FROM Contact WHERE Email = 'same@example.com'")["totalSize"] == 2
 
 
-# -- sObject Collections (salesforce.md §2.5) ----------------------------------------------------------------
+# -- sObject Collections (docs/reference/salesforce.md §2.5) -----------------------------------------------------------
 
 def test_collections_all_or_none_false_and_true(emu, sf):
     recs = [{"attributes": {"type": "Contact"}, "LastName": "Ok"},
@@ -261,7 +261,7 @@ def test_collections_all_or_none_false_and_true(emu, sf):
     assert deleted[0]["success"] is True and deleted[1]["success"] is False
 
 
-# -- limits, headers, faults (salesforce.md §2.8) ------------------------------------------------------------
+# -- limits, headers, faults (docs/reference/salesforce.md §2.8) -------------------------------------------------------
 
 def test_limit_header_limits_resource_and_request_limit_exceeded(emu, sf, http):
     r = http.get(f"{emu.instance_url}/services/data/v67.0/limits/",
@@ -287,7 +287,7 @@ def test_injected_5xx_then_recovers(emu, sf):
         sf.query("SELECT Id FROM Contact")
 
 
-# -- Pub/Sub API (salesforce.md §4, §5.1, Appendix A) --------------------------------------------------------
+# -- Pub/Sub API (docs/reference/salesforce.md §4, §5.1, Appendix A) ---------------------------------------------------
 
 class Subscription:
     """Runs Subscribe in a thread; ``more(n)`` sends a FetchRequest; ``next()`` returns the next FetchResponse."""
@@ -379,7 +379,7 @@ def test_rest_update_arrives_as_change_event_with_bitmaps_and_change_origin(emu,
     u = update["ChangeEventHeader"]
     assert u["changeType"] == "UPDATE" and u["commitTimestamp"] >= h["commitTimestamp"]
     assert u["commitNumber"] > h["commitNumber"] and u["transactionKey"] != h["transactionKey"]
-    # The salesforce.md §4.4 worked example: ['0xC', '1-0x2'] -> Email, LastModifiedDate, Name.FirstName
+    # The docs/reference/salesforce.md §4.4 worked example: ['0xC', '1-0x2'] -> Email, LastModifiedDate, Name.FirstName
     assert u["changedFields"] == ["0xC", "1-0x2"]
     assert pubsub.fields(u["changedFields"]) == ["Email", "LastModifiedDate", "Name.FirstName"]
     assert update["Email"] == "augusta@example.com" and update["Name"]["FirstName"] == "Augusta"
@@ -489,7 +489,8 @@ def test_the_service_clock_counts_each_answered_request(emu, sf):
 
 
 def test_an_update_lists_last_modified_date_even_within_the_same_millisecond(emu):
-    """Every update sets LastModifiedDate (salesforce.md §4.4), also when two writes share a millisecond stamp."""
+    """Every update sets LastModifiedDate (docs/reference/salesforce.md §4.4), also when two writes share a millisecond
+    stamp."""
     codec = emu.org.codec
     stamp = emu.org.now()
     old = {"LastName": "Lovelace", "Phone": "+1 555 0100", "LastModifiedDate": stamp}

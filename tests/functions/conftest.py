@@ -25,7 +25,7 @@ HMAC_SECRET = "test-relay-secret"
 
 
 def user_function(fb: Any) -> Callable[..., Any]:
-    """The official unit-test pattern (azure.md §1.5)."""
+    """The official unit-test pattern (docs/reference/azure.md §1.5)."""
     return fb.build().get_user_function()  # type: ignore[no-any-return]
 
 

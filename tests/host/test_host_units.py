@@ -98,7 +98,7 @@ def test_bad_timespan() -> None:
 
 def test_queue_options_defaults_and_project_host_json() -> None:
     assert QueueOptions.from_host_config({}) == QueueOptions()
-    assert QueueOptions().max_concurrency == 24  # batchSize + newBatchThreshold (azure.md §1.3)
+    assert QueueOptions().max_concurrency == 24  # batchSize + newBatchThreshold (docs/reference/azure.md §1.3)
     config = load_host_json("host.json", {})
     options = QueueOptions.from_host_config(config)
     assert (options.max_dequeue_count, options.batch_size, options.message_encoding) == (5, 16, "base64")

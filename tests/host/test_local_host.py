@@ -1,6 +1,6 @@
 """The local functions host (devhost/host.py) serving a toy function app over Azurite.
 
-Expectations follow ../shared/reference/azure.md: §1.1 discovery, §1.3 host.json queue settings and poison queues,
+Expectations follow docs/reference/azure.md: §1.1 discovery, §1.3 host.json queue settings and poison queues,
 §1.5 introspection, §4.7 base64 encoding and dequeue_count, §6.1 auth levels and keys.
 """
 
@@ -128,7 +128,7 @@ def test_find_function_app_requires_exactly_one() -> None:
 
 
 def test_loads_app_by_module_name_and_host_starts_twice_on_same_app(azurite_connection_string: str) -> None:
-    # get_functions() may be called only once per app instance (azure.md §1.5); the host resets it
+    # get_functions() may be called only once per app instance (docs/reference/azure.md §1.5); the host resets it
     if not toy_app.app.functions_bindings:
         toy_app.app.get_functions()
     with LocalHost("tests.host.toy_app", settings=_settings(azurite_connection_string), host_json=FAST_QUEUES) as h:

@@ -1,7 +1,8 @@
 """Static checks of infra/ (Bicep, azure.yaml, parameters) and of docs/configuration.md against sync.config.
 
-No Bicep compiler exists offline (azure.md §7), and pycep lives in its own venv (.venv-infra, `make infra-check`), so
-these tests read the Bicep text with small regexes: literal property values, the app-settings block between the
+No Bicep compiler exists offline (docs/reference/azure.md §7), and pycep lives in its own venv (.venv-infra, `make
+infra-check`), so these tests read the Bicep text with small regexes: literal property values, the app-settings block
+between the
 `// app-settings:begin` / `// app-settings:end` markers of infra/app/api.bicep, role GUIDs, parameters.
 """
 
@@ -27,7 +28,7 @@ PLATFORM_SETTINGS = frozenset({
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
     "AZURE_CLIENT_ID",
 })
-# Never app settings on Flex Consumption (azure.md §1.4).
+# Never app settings on Flex Consumption (docs/reference/azure.md §1.4).
 FORBIDDEN_ON_FLEX = ("FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION")
 
 ROLE_IDS = {

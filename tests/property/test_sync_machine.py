@@ -1,4 +1,4 @@
-"""Stateful property test of the whole engine over the in-memory adapters (STYLE.md habit 13).
+"""Stateful property test of the whole engine over the in-memory adapters.
 
 Random users act on both sides (create, edit, delete, change owner), change hints are duplicated, reordered and
 dropped, calls fail (throttled, transient, 412 races on contacts and on links), and syncs run in between. After every

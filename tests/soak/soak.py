@@ -13,12 +13,12 @@ creates, deletes on both sides, owner changes), the emulators answer ``throttle_
 Salesforce's equivalent is 403 REQUEST_LIMIT_EXCEEDED, without Retry-After), ``unavailable_rate`` 503 and
 ``reset_rate`` connection resets (half of them after the request ran), drop, duplicate and reorder Graph
 notifications and CDC events; and at fixed points of the run:
-    missed       a Graph ``missed`` lifecycle notification for one mailbox (graph.md §4.6)
+    missed       a Graph ``missed`` lifecycle notification for one mailbox (docs/reference/graph.md §4.6)
     links-loss   the links table is deleted in Azurite while the host runs
     kill         the host is stopped, a host in a child process takes over the same port and queues, and is killed
                  with SIGKILL while it writes (a worker dying mid-batch); its messages come back after the lease
                  (``--message-lease``), a new host takes over
-    overflow     a CDC ``GAP_OVERFLOW`` event (salesforce.md §4.3)
+    overflow     a CDC ``GAP_OVERFLOW`` event (docs/reference/salesforce.md §4.3)
 Then faults stop, the queues drain, ``POST /api/reconcile`` (full) runs until a pass applies nothing (at most
 ``max_final_passes``), and the check reads both emulators, the audit table and the poison queues:
     agreement       every pair (a folder contact and a live Salesforce contact of that rep, joined by the marker on
@@ -35,7 +35,7 @@ Then faults stop, the queues drain, ``POST /api/reconcile`` (full) runs until a 
                     copy a rep deleted, that went to another owner and came back to that rep without the product
                     seeing it leave (lost CDC events; no hand-off in the audit) may stay deleted: its tombstone holds
     throttling      the Graph emulator never refused a request for going over 4 concurrent requests or 10,000 per
-                    10 minutes per mailbox (graph.md §5)
+                    10 minutes per mailbox (docs/reference/graph.md §5)
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class Profile:
     actions_per_second: float = 4.0
     seed: int = 1
     clear_share: float = 0.08  # share of edits that empty the field
-    # faults (graph.md §5, §7.4; salesforce.md §2.1, §4.5, §6)
+    # faults (docs/reference/graph.md §5, §7.4; docs/reference/salesforce.md §2.1, §4.5, §6)
     throttle_rate: float = 0.10
     throttle_retry_after: int = 1
     unavailable_rate: float = 0.03

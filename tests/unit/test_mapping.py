@@ -8,7 +8,7 @@ from sync.mapping import contact_to_graph, contact_to_salesforce, graph_to_conta
 from sync.model import Contact
 from sync.policy import Direction, FieldMap, FieldRule
 
-# The response example of the Graph docs' update-contact page (graph.md §1.3), trimmed to what we map.
+# The response example of the Graph docs' update-contact page (docs/reference/graph.md §1.3), trimmed to what we map.
 GRAPH_DOC = {
     "id": "AAMkAGI2THk0AAA=", "changeKey": "EQAAABYAAACd9nJ/tVysQos2hTfspaWRAAADTIa4",
     "givenName": "Garth", "surname": "Fort", "displayName": "Garth Fort", "nickName": "Garth",

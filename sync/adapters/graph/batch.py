@@ -8,7 +8,7 @@ re-queues all its items the same way.
 A create is never re-sent blindly: after an ambiguous answer (5xx, no answer) an op with a create key is first
 looked up by that key (``find_created``) and re-sent only when nothing was created; a create without a key fails
 ``Transient`` at once (the engine's match-before-create protects its retry).
-Section numbers (§) refer to ../shared/reference/graph.md.
+Section numbers (§) refer to docs/reference/graph.md.
 """
 
 from __future__ import annotations

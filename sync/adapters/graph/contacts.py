@@ -12,7 +12,7 @@ HTTP and retries are ``transport``'s job, ``$batch`` scheduling ``batch``'s. Wha
 * ``changes`` returns the ``@odata.deltaLink`` as the checkpoint and starts over with ``full=True`` when Graph
   dropped the token (410, ``syncStateNotFound``, ``resyncRequired``; §3.3).
 Logs carry contact ids, statuses and a digest of the mailbox, never names, emails or UPNs.
-Section numbers (§) refer to ../shared/reference/graph.md.
+Section numbers (§) refer to docs/reference/graph.md.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ _T = TypeVar("_T")
 
 MARKER_PROPERTY_ID = "String {0463b54a-5dcb-4781-9d3f-29b43773c27c} Name SalesforceId"
 # A fresh value per create call, so a create whose answer was lost finds *its own* contact, not another worker's
-# copy of the same person (which carries the same marker); graph.md §7.4 "stamp a sync key ... look it up".
+# copy of the same person (which carries the same marker); docs/reference/graph.md §7.4 "stamp a sync key ... look it
+# up".
 CREATE_KEY_PROPERTY_ID = "String {0463b54a-5dcb-4781-9d3f-29b43773c27c} Name SyncCreateKey"
 DEFAULT_BASE_URL = "https://graph.microsoft.com/v1.0"
 DEFAULT_FOLDER_NAME = "Salesforce_Sync"
@@ -77,7 +78,7 @@ class GraphContactSide:
     """
 
     side = Side.M365
-    carries_markers = True  # a single-value extended property (graph.md §2.4)
+    carries_markers = True  # a single-value extended property (docs/reference/graph.md §1.1)
 
     def __init__(
         self,
@@ -168,7 +169,8 @@ class GraphContactSide:
         return self._run(self._folders.find_or_create(mailbox))
 
     def user_object_id(self, mailbox: str) -> str:
-        """The Entra object id of ``mailbox`` (subscriptions want it rather than the UPN, graph.md §4.1)."""
+        """The Entra object id of ``mailbox`` (subscriptions want it rather than the UPN, docs/reference/graph.md
+        §4.1)."""
         self._check_scope(mailbox)
         return self._run(self._folders.user_object_id(mailbox))
 

@@ -2,7 +2,7 @@
 
 Both are looked up once per mailbox and kept for the life of the adapter. Two workers may create the folder at the
 same moment: when the create answers ``ErrorFolderExists`` (or ambiguously), the folder is looked up again instead of
-failing (§2.2). Section numbers (§) refer to ../shared/reference/graph.md.
+failing (§2.2). Section numbers (§) refer to docs/reference/graph.md.
 """
 
 from __future__ import annotations

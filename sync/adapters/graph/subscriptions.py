@@ -1,4 +1,4 @@
-"""Graph change-notification subscriptions on each mailbox's sync folder (../shared/reference/graph.md §4).
+"""Graph change-notification subscriptions on each mailbox's sync folder (docs/reference/graph.md §4).
 
 ``GraphSubscriptions`` creates, renews, reauthorizes and deletes them, and ``on_lifecycle`` says what a lifecycle
 event calls for. It keeps no state: the caller stores the ``SubscriptionRecord``s. What a reader must know:

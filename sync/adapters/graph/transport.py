@@ -11,7 +11,7 @@ with kiota's ``NativeResponseHandler``, and carries ``Prefer: IdType="ImmutableI
 * At most 4 requests per mailbox are in flight (§5): a FIFO pool of permits per mailbox; a ``$batch`` takes
   min(4, items) of them because Graph runs up to four of its items at once against the mailbox.
 ``_map_error`` is the only place a Graph answer becomes a ``sync.errors`` type; its messages carry the status and
-error code only (Graph's message text may quote a UPN). Section numbers (§) refer to ../shared/reference/graph.md.
+error code only (Graph's message text may quote a UPN). Section numbers (§) refer to docs/reference/graph.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""OAuth 2.0 access tokens for a server integration (salesforce.md §3.1, §3.2): no SOAP login, no refresh tokens.
+"""OAuth 2.0 access tokens for a server integration (docs/reference/salesforce.md §3.1, §3.2): no SOAP login, no refresh
+tokens.
 
 JWT bearer (an RS256 assertion) when a private key and a username are given, client credentials when a client secret
 is, against ``<login url>/services/oauth2/token`` (the My Domain host for client credentials). The org id and user id
@@ -32,7 +33,8 @@ class AccessToken:
 
 
 class TokenProvider:
-    """OAuth 2.0 tokens for a server integration (salesforce.md §3.1, §3.2). No SOAP login, no refresh tokens.
+    """OAuth 2.0 tokens for a server integration (docs/reference/salesforce.md §3.1, §3.2). No SOAP login, no refresh
+    tokens.
 
     JWT bearer when ``private_key`` and ``username`` are given: an RS256 assertion ``iss`` = client id, ``sub`` =
     username, ``aud`` = ``audience`` (login/test URL), ``exp`` = now + ``assertion_ttl_s``. Client credentials when
@@ -114,7 +116,8 @@ class TokenProvider:
         if resp.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
             code, message, _ = first_error(body if isinstance(body, dict) else {})
             raise map_error(status=resp.status_code, code=code, message=message, oauth=True)
-        # id = https://login.salesforce.com/id/<orgId>/<userId> (salesforce.md §3.1): Pub/Sub needs the org id.
+        # id = https://login.salesforce.com/id/<orgId>/<userId> (docs/reference/salesforce.md §3.1): Pub/Sub needs the
+        # org id.
         parts = str(body.get("id", "")).rstrip("/").split("/")
         org_id, user_id = (parts[-2], parts[-1]) if len(parts) >= 2 else ("", "")
         issued = float(body["issued_at"]) / 1000 if str(body.get("issued_at", "")).isdigit() else self._clock()

@@ -26,7 +26,7 @@ from sync.ports import ChangePage, SideRecord
 
 logger = logging.getLogger(__name__)
 
-RECYCLE_BIN_DAYS = 15  # queryAll sees deleted rows this long (salesforce.md §2.3)
+RECYCLE_BIN_DAYS = 15  # queryAll sees deleted rows this long (docs/reference/salesforce.md §2.3)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -1,6 +1,7 @@
 """The Salesforce org as a ``ContactSide`` (``sync.ports``): Contact records read and written over REST.
 
-- Version = ``SystemModstamp`` (Contact has no ETag, salesforce.md §2.7). An update/delete with ``if_match`` compares
+- Version = ``SystemModstamp`` (Contact has no ETag, docs/reference/salesforce.md §2.7). An update/delete with
+``if_match`` compares
   it just before the write and before each retry, and raises ``PreconditionFailed`` on a mismatch. A write landing
   between that read and ours (milliseconds) is overwritten; the next CDC event or reconcile repairs what it can.
   Writes in the same millisecond share a stamp and cannot be told apart.
@@ -135,7 +136,7 @@ class SalesforceContactSide:
 
     def _is_us(self, user_id: object) -> bool | None:
         """Whether a CreatedById / LastModifiedById is the integration user (15- or 18-character ids compared on
-        their first 15 characters, salesforce.md §1.1); None when it or our own user id is unknown."""
+        their first 15 characters, docs/reference/salesforce.md §1.1); None when it or our own user id is unknown."""
         token = self._rest.token
         me = token.user_id if token is not None else ""
         by = str(user_id or "")
@@ -237,8 +238,9 @@ class SalesforceContactSide:
         """The record as our write left it, from the re-read after it. Salesforce answers a write with the id only,
         so the values and the new SystemModstamp come from a re-read, and a user's write between ours and the
         re-read would be in it: taken as what we wrote, their value would pass for synced and never reach the
-        other side. ``LastModifiedById`` tells (salesforce.md §1.1): when it is not the integration user, the fields
-        we wrote are taken as we wrote them and the record has no version, so the next pass sees their edit."""
+        other side. ``LastModifiedById`` tells (docs/reference/salesforce.md §1.1): when it is not the integration user,
+        the fields we wrote are taken as we wrote them and the record has no version, so the next pass sees their
+        edit."""
         record = self._record(row)
         if self._is_us(row.get("LastModifiedById")) is not False:  # ours, or unknown: as read
             return record

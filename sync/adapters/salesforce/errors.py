@@ -28,8 +28,8 @@ class SessionExpired(AuthFailed):
 
 
 class ReplayRejected(SyncError):
-    """The Pub/Sub replay id is invalid or older than the 72 h retention (salesforce.md §4.5): events were lost,
-    a full reconcile is needed."""
+    """The Pub/Sub replay id is invalid or older than the 72 h retention (docs/reference/salesforce.md §4.5): events
+    were lost, a full reconcile is needed."""
 
 
 _BAD_DATA_CODES = frozenset({
@@ -63,9 +63,9 @@ def map_error(
 
     ``status``/``code``: REST HTTP status and ``errorCode`` (or a collection item's ``statusCode``); ``oauth``: the
     token endpoint answered (``code`` = the OAuth ``error``); ``grpc_status``: a Pub/Sub status name with ``code`` =
-    its ``error-code`` trailer (salesforce.md §5.1). Service-level errors keep the code and a cut message. An error
-    about a record's content keeps the code and the field names only: Salesforce's message quotes the value
-    ("Email: invalid email address: <the address>", "data value too large: <the value>", "duplicate value found:
+    its ``error-code`` trailer (docs/reference/salesforce.md §5.1). Service-level errors keep the code and a cut
+    message. An error about a record's content keeps the code and the field names only: Salesforce's message quotes the
+    value ("Email: invalid email address: <the address>", "data value too large: <the value>", "duplicate value found:
     ..."), and the error text reaches the audit table and the status page, which hold ids and field names, never values.
     """
     code = code or ""

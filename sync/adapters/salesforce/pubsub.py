@@ -1,9 +1,9 @@
 """Salesforce Change Data Capture in: a Pub/Sub API (gRPC) subscriber and the parser of HMAC-signed pushed events.
 
-``CdcSubscriber.pull`` is one bounded burst (salesforce.md §5.1, §5.5): it subscribes from the stored replay id (else
-the configured LATEST/EARLIEST), keeps at most 100 events outstanding, and ends after ``max_events``, ``max_seconds``
-or ``idle_seconds`` without events. Payloads are Avro, decoded with the schema fetched by its id; changed-field
-bitmaps are decoded with that schema (salesforce.md §4.4), never by fixed position.
+``CdcSubscriber.pull`` is one bounded burst (docs/reference/salesforce.md §5.1, §5.5): it subscribes from the stored
+replay id (else the configured LATEST/EARLIEST), keeps at most 100 events outstanding, and ends after ``max_events``,
+``max_seconds`` or ``idle_seconds`` without events. Payloads are Avro, decoded with the schema fetched by its id;
+changed-field bitmaps are decoded with that schema (docs/reference/salesforce.md §4.4), never by fixed position.
 
 Events become hints, never content: one ``ContactChange`` per record id through the ``WorkQueue`` (the worker always
 re-reads); a gap overflow or a wildcard id becomes a ``ReconcileMailbox`` for every mailbox. The replay id (also a
@@ -40,7 +40,7 @@ from sync.ports import CheckpointStore, ContactChange, ReconcileMailbox, WorkQue
 logger = logging.getLogger(__name__)
 
 TOPIC = "/data/ContactChangeEvent"
-MAX_OUTSTANDING = 100  # num_requested cap (salesforce.md §5.1)
+MAX_OUTSTANDING = 100  # num_requested cap (docs/reference/salesforce.md §5.1)
 SIGNATURE_HEADER = "X-Sync-Signature"
 TIMESTAMP_HEADER = "X-Sync-Timestamp"
 _PRESET_PREFIX = "preset:"
@@ -61,7 +61,8 @@ class BadSignature(AuthFailed):
 
 
 def decode_bitmap_fields(schema: Mapping[str, Any], bitmaps: Sequence[str]) -> list[str]:
-    """Field names of a Pub/Sub ``changedFields``/``nulledFields``/``diffFields`` bitmap list (salesforce.md §4.4).
+    """Field names of a Pub/Sub ``changedFields``/``nulledFields``/``diffFields`` bitmap list
+    (docs/reference/salesforce.md §4.4).
 
     ``"0x…"``: bit i (LSB first) = ``schema.fields[i]``; ``"{pos}-0x…"``: bits of the nested record of top-level
     field ``pos`` -> ``Parent.Child``. Anything else (plain names, as CometD sends) is passed through.

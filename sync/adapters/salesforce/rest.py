@@ -1,10 +1,11 @@
 """The REST connection to one org: session, token, retries, SOQL pages and sObject Collections calls.
 
-simple-salesforce in direct mode (``Salesforce(instance_url=, session_id=, session=<ours>)``, salesforce.md §3.3).
-Headers sit on ``session.headers`` so they survive simple-salesforce's retries (§3.6): ``Sforce-Call-Options:
-client=<name>`` (the CDC ``changeOrigin`` echo marker, §2.9) and, by default, ``Sforce-Duplicate-Rule-Header:
-allowSave=true`` (§1.3: the engine matches before it creates, so a duplicate alert on our write tells nothing new).
-Without it, or under a Block rule, ``DUPLICATES_DETECTED`` is ``BadData``: not retried, the item goes to review.
+simple-salesforce in direct mode (``Salesforce(instance_url=, session_id=, session=<ours>)``,
+docs/reference/salesforce.md §3.3). Headers sit on ``session.headers`` so they survive simple-salesforce's retries
+(§3.6): ``Sforce-Call-Options: client=<name>`` (the CDC ``changeOrigin`` echo marker, §2.9) and, by default,
+``Sforce-Duplicate-Rule-Header: allowSave=true`` (§1.3: the engine matches before it creates, so a duplicate alert on
+our write tells nothing new). Without it, or under a Block rule, ``DUPLICATES_DETECTED`` is ``BadData``: not retried,
+the item goes to review.
 
 Retries (``call``): ``REQUEST_LIMIT_EXCEEDED`` / 503 mean "not processed", so even a POST gets a bounded exponential
 backoff, then ``Throttled``. A connection error on a POST is NOT retried (it may have been processed: a retry could
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 API_VERSION = "67.0"
-MAX_COLLECTION = 200  # sObject Collections records per request (salesforce.md §2.5)
+MAX_COLLECTION = 200  # sObject Collections records per request (docs/reference/salesforce.md §2.5)
 # Kept-alive connections per host. A Functions instance works on up to batchSize + newBatchThreshold (16 + 8, host.json)
 # queue messages at once; requests keeps 10 by default and discards the rest after each call, so every call past
 # the 10th would open a new TLS connection to Salesforce.
@@ -75,9 +76,10 @@ class RestClient:
             session.verify = verify
             for scheme in ("https://", "http://"):
                 session.mount(scheme, requests.adapters.HTTPAdapter(pool_maxsize=HTTP_POOL_SIZE))
-        session.headers["Sforce-Call-Options"] = f"client={client_name}"  # salesforce.md §2.9 (echo marker)
+        # docs/reference/salesforce.md §2.9 (echo marker)
+        session.headers["Sforce-Call-Options"] = f"client={client_name}"
         if allow_duplicates:
-            session.headers["Sforce-Duplicate-Rule-Header"] = "allowSave=true"  # salesforce.md §1.3
+            session.headers["Sforce-Duplicate-Rule-Header"] = "allowSave=true"  # docs/reference/salesforce.md §1.3
         self.session = session
         self._version = api_version
         self._max_retries, self._backoff, self._backoff_cap, self._sleep = max_retries, backoff_s, backoff_cap_s, sleep

@@ -41,7 +41,7 @@ from sync.errors import (
 )
 
 _T = TypeVar("_T")
-MAX_TRANSACTION = 100  # entity group transaction limit (azure.md §4.2); the SDK does not check it
+MAX_TRANSACTION = 100  # entity group transaction limit (docs/reference/azure.md §4.2); the SDK does not check it
 _FORBIDDEN = set("/\\#?%") | {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
 
 

@@ -2,9 +2,9 @@
 ``<prefix>tombstones`` so that a lost links table can be seeded with them.
 
 A link is two rows in its mailbox's partition, ``m365|<id>`` and ``sf|<id>``, each carrying the whole link and
-written in ONE entity-group transaction (azure.md §4). Every write touches all rows, so a condition on one row's
-ETag catches any concurrent write: ``Link.etag`` is "<row key>\\n<ETag>" of the row it was read through. A stale
-ETag gives PreconditionFailed, creating a row that exists AlreadyExists.
+written in ONE entity-group transaction (docs/reference/azure.md §4). Every write touches all rows, so a condition on
+one row's ETag catches any concurrent write: ``Link.etag`` is "<row key>\\n<ETag>" of the row it was read through. A
+stale ETag gives PreconditionFailed, creating a row that exists AlreadyExists.
 
 Two more partitions: ``~sf`` maps a Salesforce id to the mailboxes holding it (row ``<sf id>|<mailbox>``; a stale
 row only costs a lookup that finds nothing), and ``~meta`` records that the table was lost and made again (``lost``)
@@ -138,8 +138,8 @@ class TableLinkStore:
         return saved
 
     def save_many(self, items: Sequence[LinkWrite]) -> list[Link | SyncError]:
-        """Many saves of one partition packed into transactions of up to 100 operations (azure.md §4.2). A
-        transaction is all or nothing: when one fails, its saves are sent again one by one, so each item gets its
+        """Many saves of one partition packed into transactions of up to 100 operations (docs/reference/azure.md §4.2).
+        A transaction is all or nothing: when one fails, its saves are sent again one by one, so each item gets its
         own result. Then the Salesforce-id index rows, 100 upserts per transaction."""
         out: list[Link | SyncError | None] = [None] * len(items)
         planned: list[tuple[int, list[Any]]] = []

@@ -1,13 +1,13 @@
 """Azure Queue Storage as the ``WorkQueue`` port (azure-storage-queue 12.x).
 
 A message is the work item's JSON, base64-encoded: the Functions queue trigger expects base64 (host.json
-``messageEncoding``; ../shared/reference/azure.md §4.7: a plain-text message lands in ``-poison``). The text may be
+``messageEncoding``; docs/reference/azure.md §4.7: a plain-text message lands in ``-poison``). The text may be
 at most 48 KiB (64 KiB once encoded); a bigger one raises ``QueueMessageTooLarge`` before anything is sent.
 ``delay`` becomes the message's visibility timeout (0 s .. 7 days).
 
 The SDK is imported, the client built and the queue created on first use, once per process. ``api_version``
-defaults to 2025-11-05, which Azurite (3.35, 3.37) and Azure accept (azure.md §5). Failures become ``sync.errors``
-through the Table Storage error map (``client._map_error``).
+defaults to 2025-11-05, which Azurite (3.35, 3.37) and Azure accept (docs/reference/azure.md §5). Failures become
+``sync.errors`` through the Table Storage error map (``client._map_error``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from sync.errors import BadData, SyncError
 from sync.ports import WorkItem
 
-MAX_MESSAGE_TEXT = 48 * 1024  # 64 KiB after base64 (azure.md §4.7, observed on Azurite)
+MAX_MESSAGE_TEXT = 48 * 1024  # 64 KiB after base64 (docs/reference/azure.md §4.7, observed on Azurite)
 MAX_DELAY_S = 7 * 24 * 3600
 DEFAULT_API_VERSION = "2025-11-05"
 
