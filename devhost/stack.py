@@ -70,10 +70,12 @@ def app_settings(
     host_port: int | None = None,
     events_secret: str | None = None,
     cdc_schedule: str = NEVER,
+    subscriptions_on_start: bool = False,
     overrides: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Settings for the app on the local host. ``host_port`` sets ``WEBHOOK_BASE_URL`` (Graph calls the host back
-    there); the reconcile and subscription timers never fire by themselves; ``overrides`` win."""
+    there); the reconcile and subscription timers never fire by themselves, and the start-up upkeep creates
+    subscriptions only with ``subscriptions_on_start``; ``overrides`` win."""
     settings = {
         "AzureWebJobsStorage": storage,
         "SYNC_TABLE_PREFIX": table_prefix,
@@ -86,7 +88,8 @@ def app_settings(
                                       pubsub=pubsub)
     if events_secret is not None:
         settings["EVENTS_HMAC_SECRET"] = events_secret
-    settings |= {"CDC_PULL_SCHEDULE": cdc_schedule, "RECONCILE_SCHEDULE": NEVER, "SUBSCRIPTION_SCHEDULE": NEVER}
+    settings |= {"CDC_PULL_SCHEDULE": cdc_schedule, "RECONCILE_SCHEDULE": NEVER, "SUBSCRIPTION_SCHEDULE": NEVER,
+                 "SUBSCRIPTIONS_ON_START": "true" if subscriptions_on_start else "false"}
     return settings | dict(overrides or {})
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from sync.config import (
+    LOOPBACK_HOSTS,
     ConfigError,
     GraphCredential,
     SalesforceAuth,
@@ -33,9 +34,10 @@ from sync.config import (
     mailboxes_in_scope,
     setting,
     setting_flag,
+    webhook_base_url,
 )
 from sync.policy import Policy
-from sync.ports import ContactChange, WorkItem, WorkQueue
+from sync.ports import ContactChange, LifecycleNotice, WorkItem, WorkQueue
 
 if TYPE_CHECKING:  # only for the type checker: no SDK import at run time
     from sync.adapters.graph import GraphContactSide, GraphSubscriptions
@@ -58,7 +60,7 @@ _T = TypeVar("_T")
 
 CONTACT_QUEUE = "contact-changes"
 RECONCILE_QUEUE = "reconcile"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+LIFECYCLE_QUEUE = "graph-lifecycle"
 NOTIFICATIONS_ROUTE = "/api/graph/notifications"
 LIFECYCLE_ROUTE = "/api/graph/lifecycle"
 
@@ -87,12 +89,17 @@ class StaticTokenCredential:
 
 class RoutingQueue:
     """The engine's and the CDC subscriber's ``WorkQueue``: contact hints to ``contact-changes``, mailbox
-    reconciles to ``reconcile``."""
+    reconciles to ``reconcile``, Graph lifecycle events to ``graph-lifecycle``."""
 
-    def __init__(self, contacts: WorkQueue, reconciles: WorkQueue) -> None:
-        self._contacts, self._reconciles = contacts, reconciles
+    def __init__(self, contacts: WorkQueue, reconciles: WorkQueue, lifecycle: WorkQueue | None = None) -> None:
+        self._contacts, self._reconciles, self._lifecycle = contacts, reconciles, lifecycle
 
     def send(self, item: WorkItem, *, delay: float = 0.0) -> None:
+        if isinstance(item, LifecycleNotice):
+            if self._lifecycle is None:
+                raise ValueError("no lifecycle queue")
+            self._lifecycle.send(item, delay=delay)
+            return
         target = self._contacts if isinstance(item, ContactChange) else self._reconciles
         target.send(item, delay=delay)
 
@@ -216,13 +223,18 @@ class Root:
     def reconcile_queue(self) -> StorageQueue:
         return self._queue(RECONCILE_QUEUE)
 
+    @property
+    def lifecycle_queue(self) -> StorageQueue:
+        return self._queue(LIFECYCLE_QUEUE)
+
     def poison_queue(self, name: str) -> StorageQueue:
         """``<name>-poison``: where the functions put a message they gave up on, with the reason."""
         return self._queue(f"{name}-poison")
 
     @property
     def work_queue(self) -> RoutingQueue:
-        return self._once("work_queue", lambda: RoutingQueue(self.contact_queue, self.reconcile_queue))
+        return self._once("work_queue", lambda: RoutingQueue(self.contact_queue, self.reconcile_queue,
+                                                             self.lifecycle_queue))
 
     # --- Microsoft Graph ---------------------------------------------------------------------------------------
     def _graph_credential(self) -> Any:
@@ -278,7 +290,10 @@ class Root:
         def build() -> GraphSubscriptions:
             from sync.adapters.graph import GraphSubscriptions
 
-            base = self._require("WEBHOOK_BASE_URL", "to create Graph subscriptions").rstrip("/")
+            base = webhook_base_url(self.env)
+            if base is None:
+                raise ConfigError(
+                    "invalid app settings:\n  - WEBHOOK_BASE_URL is required to create Graph subscriptions")
             return GraphSubscriptions(
                 self.graph, notification_url=base + NOTIFICATIONS_ROUTE, lifecycle_url=base + LIFECYCLE_ROUTE
             )
@@ -406,6 +421,7 @@ def reset() -> None:
 
 __all__ = [
     "CONTACT_QUEUE",
+    "LIFECYCLE_QUEUE",
     "RECONCILE_QUEUE",
     "Root",
     "RoutingQueue",

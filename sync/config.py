@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -74,7 +75,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SYNC_FOLDER_NAME", "Salesforce_Sync", "display name of the contact folder created in each mailbox"),
     Setting("SYNC_MAILBOXES", "", "comma-separated mailbox UPNs in scope (the only scope read in this version)"),
     Setting("SYNC_MAILBOX_GROUP_ID", None, "reserved, not read yet: Entra group whose members are the mailboxes"),
-    Setting("WEBHOOK_BASE_URL", None, "public https base of this app, e.g. https://<app>.azurewebsites.net"),
+    Setting("WEBHOOK_BASE_URL", None,
+            "public https base of this app, e.g. https://<app>.azurewebsites.net (http only on 127.0.0.1/localhost)"),
+    Setting("SUBSCRIPTIONS_ON_START", "true", "true | false: create missing Graph subscriptions when the app starts"),
     # Salesforce
     Setting("SF_LOGIN_URL", "https://login.salesforce.com", "OAuth host (https://test.salesforce.com for sandboxes)"),
     Setting("SF_AUTH_FLOW", "jwt_bearer", "jwt_bearer | client_credentials"),
@@ -220,6 +223,30 @@ def setting(name: str, env: Mapping[str, str] | None = None) -> str | None:
     if value is not None and value.startswith(KEY_VAULT_PREFIX):
         raise ConfigError(f"{name}: the Key Vault reference did not resolve (check the identity's access)")
     return value
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def webhook_base_url(env: Mapping[str, str] | None = None) -> str | None:
+    """``WEBHOOK_BASE_URL`` without its trailing slash, or None when unset. Graph delivers only to https
+    (docs/reference/graph.md §4.2); plain http is accepted for a loopback host only (the local Graph emulator)."""
+    value = setting("WEBHOOK_BASE_URL", env)
+    if not value:
+        return None
+    try:
+        parts = urlsplit(value)
+        host = (parts.hostname or "").casefold()
+    except ValueError:
+        parts, host = None, ""
+    ok = parts is not None and host and not parts.query and not parts.fragment and (
+        parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS))
+    if not ok:
+        raise ConfigError(
+            f"invalid app settings:\n  - WEBHOOK_BASE_URL={value!r}: Graph only calls https notification URLs; "
+            "use https://<host> (plain http is allowed only on 127.0.0.1 or localhost, for the local emulator)"
+        )
+    return value.rstrip("/")
 
 
 def setting_flag(name: str, env: Mapping[str, str] | None = None) -> bool:

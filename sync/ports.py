@@ -296,7 +296,19 @@ class ReconcileMailbox(BaseModel):
     force: bool = False
 
 
-WorkItem = ContactChange | ReconcileMailbox
+class LifecycleNotice(BaseModel):
+    """A Graph lifecycle event (docs/reference/graph.md §4.6) whose clientState matched, queued for the upkeep worker;
+    the webhook only acknowledges it. The mailbox comes from the stored subscription, never from the payload."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["lifecycle"] = "lifecycle"
+    event: Literal["missed", "subscriptionRemoved", "reauthorizationRequired"]
+    subscription_id: str
+    mailbox: str
+
+
+WorkItem = ContactChange | ReconcileMailbox | LifecycleNotice
 
 
 class WorkQueue(Protocol):

@@ -1,27 +1,38 @@
 """Subscription upkeep: one live Graph subscription per mailbox in scope, and what lifecycle events call for.
 
-``maintain_subscriptions`` (run by the subscriptions timer) makes sure each mailbox in scope has its sync folder and
-one live subscription: it creates missing ones, renews those expiring within a day, re-creates those Graph no longer
-has, and deletes duplicates and the subscriptions of mailboxes that left the scope. ``handle_lifecycle`` (run by the
-lifecycle webhook once the clientState matched) enqueues a delta reconcile for ``missed`` and ``subscriptionRemoved``,
-re-creates a removed subscription and renews one that needs reauthorization.
+``maintain_subscriptions`` (the 6-hourly timer, the app's start when a mailbox lacks one, ``POST
+/api/subscriptions/refresh``) makes sure each mailbox in scope has its sync folder and one live subscription: it
+creates missing ones, renews those expiring within a day, re-creates those Graph no longer has, and deletes
+duplicates and the subscriptions of mailboxes that left the scope. ``handle_notice`` (the ``graph-lifecycle`` queue
+worker; the webhook only acknowledges) acts on one lifecycle event: ``missed`` and ``subscriptionRemoved`` enqueue a
+delta reconcile, ``subscriptionRemoved`` then ``ensure_mailbox``es, ``reauthorizationRequired`` renews.
 
-What a reader must know: a failed Graph call is counted and logged, never raised. The next timer run repairs what is
-missing or expiring, and an error answer to a lifecycle event would only make Graph send it again. Both functions
-take their parts from ``UpkeepParts`` (``bootstrap.Root`` is one), read only when an event needs them, so a
-``missed`` event never builds a Graph client.
+What a reader must know: lifecycle handling is idempotent and order-free. It never acts on the subscription id an
+event names except to renew it; everything else is ``ensure_mailbox``, which asks Graph which stored subscriptions
+are alive, keeps the newest, and creates one only when none is alive. So a resent or late event never deletes the
+subscription just made. Per mailbox the outcome of the last upkeep (``lastError`` or success) and the time of the
+last notification are kept as checkpoints (scope = mailbox) for the status page.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from datetime import timedelta
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sync.errors import SyncError
-from sync.ports import ReconcileMailbox, StoredSubscription, SubscriptionStore, WorkQueue
+from sync.errors import NotFound, SyncError
+from sync.ports import (
+    CheckpointStore,
+    LifecycleNotice,
+    ReconcileMailbox,
+    StoredSubscription,
+    SubscriptionStore,
+    WorkQueue,
+)
 
 if TYPE_CHECKING:
     from sync.adapters.graph import GraphContactSide, GraphSubscriptions, SubscriptionRecord
@@ -30,6 +41,11 @@ logger = logging.getLogger(__name__)
 
 RENEW_WITHIN = timedelta(days=1)
 LIFECYCLE_EVENTS = ("missed", "subscriptionRemoved", "reauthorizationRequired")
+UPKEEP_STATE = "graph.subscription.upkeep"  # checkpoint name: {"lastError", "lastErrorAt", "lastOkAt"}
+LAST_NOTIFICATION = "graph.subscription.lastNotification"  # checkpoint name: ISO time
+# One upkeep at a time per process (the start-up run, the timer, the refresh endpoint and the lifecycle worker may
+# overlap). Across instances they can still overlap: a duplicate made then is deleted by the next run.
+UPKEEP_LOCK = threading.RLock()
 
 
 class UpkeepParts(Protocol):
@@ -40,6 +56,9 @@ class UpkeepParts(Protocol):
 
     @property
     def work_queue(self) -> WorkQueue: ...
+
+    @property
+    def checkpoints(self) -> CheckpointStore: ...
 
     @property
     def graph(self) -> GraphContactSide: ...
@@ -63,40 +82,124 @@ def to_stored(record: SubscriptionRecord) -> StoredSubscription:
                               expires_at=record.expires_at, client_state_digest=record.client_state_digest)
 
 
-def handle_lifecycle(events: Iterable[tuple[str, StoredSubscription]], parts: UpkeepParts) -> Counter[str]:
-    """Act on lifecycle ``events`` (event name, the stored subscription it is for); the reconcile is enqueued first."""
-    counts: Counter[str] = Counter()
-    manager: GraphSubscriptions | None = None
-    for event, stored in events:
-        if event in ("missed", "subscriptionRemoved"):
-            parts.work_queue.send(ReconcileMailbox(mailbox=stored.mailbox, mode="delta"))
-            counts["reconcile"] += 1
-        if event not in LIFECYCLE_EVENTS:
-            counts["invalid"] += 1
-            continue
-        if event == "missed":
-            continue
-        try:
-            manager = manager or parts.graph_subscriptions
-            outcome = manager.on_lifecycle(event, to_record(stored))
-            if outcome.record is not None:
-                parts.subscriptions.put(to_stored(outcome.record))
-                counts["renewed"] += 1
-            if outcome.created is not None:
-                parts.subscriptions.put(to_stored(outcome.created.record))
+# ---------------------------------------------------------------------------------------------- per-mailbox state
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def record_outcome(checkpoints: CheckpointStore, mailbox: str, exc: BaseException | None = None) -> None:
+    """Keep the last upkeep outcome of ``mailbox`` (an error keeps its text: ids and codes only, never names)."""
+    now = datetime.now(UTC).isoformat()
+    try:
+        raw = checkpoints.get(mailbox, UPKEEP_STATE)
+        state: dict[str, Any] = json.loads(raw) if raw else {}
+        if exc is None:
+            state |= {"lastOkAt": now, "lastError": None}
+        else:
+            state |= {"lastError": _error_text(exc)[:300], "lastErrorAt": now}
+        checkpoints.put(mailbox, UPKEEP_STATE, json.dumps(state))
+    except (SyncError, ValueError) as failure:  # the state is for people: never fail the upkeep because of it
+        logger.warning("subscription upkeep state not written: %s", type(failure).__name__)
+
+
+def mailbox_state(checkpoints: CheckpointStore, mailbox: str) -> dict[str, Any]:
+    """``{"lastNotification", "lastError", "lastErrorAt", "lastOkAt"}`` of ``mailbox`` (None where unknown)."""
+    raw = checkpoints.get(mailbox, UPKEEP_STATE)
+    try:
+        state = json.loads(raw) if raw else {}
+    except ValueError:
+        state = {}
+    return {"lastNotification": checkpoints.get(mailbox, LAST_NOTIFICATION) or None,
+            "lastError": state.get("lastError"), "lastErrorAt": state.get("lastErrorAt"),
+            "lastOkAt": state.get("lastOkAt")}
+
+
+# ---------------------------------------------------------------------------------------------- upkeep
+
+
+def needs_upkeep(parts: UpkeepParts, now: datetime | None = None) -> bool:
+    """Whether a mailbox in scope lacks a stored subscription (or has one expiring within a day), or a mailbox out of
+    scope still has one: the app's start runs ``maintain_subscriptions`` only then (one Table query otherwise)."""
+    horizon = (now or datetime.now(UTC)) + RENEW_WITHIN
+    newest: dict[str, datetime] = {}
+    for sub in parts.subscriptions.list_all():
+        newest[sub.mailbox] = max(newest.get(sub.mailbox, sub.expires_at), sub.expires_at)
+    scope = set(parts.mailboxes)
+    return set(newest) != scope or any(expiry <= horizon for expiry in newest.values())
+
+
+def ensure_mailbox(parts: UpkeepParts, mailbox: str, stored: Sequence[StoredSubscription] | None = None) -> str:
+    """One live subscription for ``mailbox``: keep the newest stored one Graph still has (renewed when it expires
+    within a day), drop the records of dead ones, delete live extras, create one when none is alive.
+    Returns ``kept`` | ``renewed`` | ``created``. ``stored``: the mailbox's stored subscriptions, when known."""
+    store, manager = parts.subscriptions, parts.graph_subscriptions
+    mine = stored if stored is not None else [s for s in store.list_all() if s.mailbox == mailbox]
+    live: list[StoredSubscription] = []
+    for sub in sorted(mine, key=lambda s: s.expires_at, reverse=True):
+        if manager.exists(sub.id):
+            live.append(sub)
+        else:
+            store.delete(sub.id)
+    for extra in live[1:]:
+        manager.delete(extra.id)
+        store.delete(extra.id)
+    if not live:
+        created = manager.create(mailbox)
+        store.put(to_stored(created.record))
+        return "created"
+    current = live[0]
+    if current.expires_at > datetime.now(UTC) + RENEW_WITHIN:
+        return "kept"
+    try:
+        store.put(to_stored(manager.renew(to_record(current))))
+        return "renewed"
+    except NotFound:  # expired between the two calls
+        store.delete(current.id)
+        store.put(to_stored(manager.create(mailbox).record))
+        return "created"
+
+
+def handle_notice(notice: LifecycleNotice, parts: UpkeepParts) -> str:
+    """Act on one lifecycle event (docs/reference/graph.md §4.6); idempotent. Raises SyncError for the queue's
+    retry policy after recording it on the mailbox's state."""
+    with UPKEEP_LOCK:
+        return _handle_notice(notice, parts)
+
+
+def _handle_notice(notice: LifecycleNotice, parts: UpkeepParts) -> str:
+    if notice.event in ("missed", "subscriptionRemoved"):
+        parts.work_queue.send(ReconcileMailbox(mailbox=notice.mailbox, mode="delta"))
+    if notice.event == "missed":
+        return "reconcile"
+    try:
+        stored = parts.subscriptions.get(notice.subscription_id)
+        outcome = ""
+        if notice.event == "reauthorizationRequired" and stored is not None:
+            try:  # a PATCH of the expiry reauthorizes too (never both within 10 minutes)
+                parts.subscriptions.put(to_stored(parts.graph_subscriptions.renew(to_record(stored))))
+                outcome = "renewed"
+            except NotFound:
                 parts.subscriptions.delete(stored.id)
-                counts["recreated"] += 1
-        except SyncError as exc:  # the subscriptions timer repairs it; Graph must not resend the event
-            counts["failed"] += 1
-            logger.warning("lifecycle %s for subscription %s failed: %s", event, stored.id, type(exc).__name__)
-    return counts
+        if not outcome:
+            outcome = ensure_mailbox(parts, notice.mailbox)
+    except SyncError as exc:
+        record_outcome(parts.checkpoints, notice.mailbox, exc)
+        raise
+    record_outcome(parts.checkpoints, notice.mailbox)
+    return outcome
 
 
 def maintain_subscriptions(parts: UpkeepParts) -> Counter[str]:
-    """Ensure each mailbox in scope has its folder and one live subscription; renew those expiring within a day;
-    delete subscriptions of mailboxes that left the scope (and duplicates)."""
-    from sync.adapters.graph import NewSubscription
+    """Ensure each mailbox in scope has its folder and one live subscription (``ensure_mailbox``: Graph is asked
+    whether the stored ones still exist); delete subscriptions of mailboxes that left the scope. Failures are
+    counted, logged and kept on the mailbox's state, never raised: the next run repairs what is missing."""
+    with UPKEEP_LOCK:
+        return _maintain(parts)
 
+
+def _maintain(parts: UpkeepParts) -> Counter[str]:
     store, manager = parts.subscriptions, parts.graph_subscriptions
     counts: Counter[str] = Counter()
     by_mailbox: dict[str, list[StoredSubscription]] = {}
@@ -104,8 +207,9 @@ def maintain_subscriptions(parts: UpkeepParts) -> Counter[str]:
         by_mailbox.setdefault(sub.mailbox, []).append(sub)
     scope = set(parts.mailboxes)
     for mailbox, subs in by_mailbox.items():
-        extra = subs if mailbox not in scope else sorted(subs, key=lambda s: s.expires_at)[:-1]
-        for sub in extra:
+        if mailbox in scope:
+            continue  # duplicates are ensure_mailbox's
+        for sub in subs:
             try:
                 manager.delete(sub.id)
                 store.delete(sub.id)
@@ -116,23 +220,11 @@ def maintain_subscriptions(parts: UpkeepParts) -> Counter[str]:
     for mailbox in parts.mailboxes:
         try:
             parts.graph.folder_id(mailbox)  # creates the sync folder when missing
-            subs = by_mailbox.get(mailbox, [])
-            if not subs:
-                created = manager.create(mailbox)
-                store.put(to_stored(created.record))
-                counts["created"] += 1
-                continue
-            current = max(subs, key=lambda s: s.expires_at)
-            for changed in manager.renew_expiring([to_record(current)], within=RENEW_WITHIN):
-                record = changed.record if isinstance(changed, NewSubscription) else changed
-                store.put(to_stored(record))
-                if record.id != current.id:
-                    store.delete(current.id)
-                    counts["recreated"] += 1
-                else:
-                    counts["renewed"] += 1
+            counts[ensure_mailbox(parts, mailbox, by_mailbox.get(mailbox, []))] += 1
         except SyncError as exc:
             counts["failed"] += 1
-            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            logger.warning("subscription upkeep failed for a mailbox: %s", detail)
+            record_outcome(parts.checkpoints, mailbox, exc)
+            logger.warning("subscription upkeep failed for a mailbox: %s", _error_text(exc))
+        else:
+            record_outcome(parts.checkpoints, mailbox)
     return counts

@@ -7,6 +7,7 @@ Runs the real ``msgraph-sdk`` against ``GraphEmulator.base_url``. Public API:
   (``Counters``), ``deliveries()``, and admin helpers acting "as the user in Outlook" (``create_contact``,
   ``update_contact``, ``move_contact``, ``delete_contact``, ``create_folder``, ``send_lifecycle``,
   ``expire_delta_tokens``, …). The same actions are exposed over HTTP under ``/_admin/``.
+- ``grants`` (``Grants``): what the app may do; by default ``ADMIN_GUIDE_GRANTS``, the admin guide's grants.
 - ``python -m emulators.graph --port N --user alice@contoso.com``.
 
 Behaviour follows docs/reference/graph.md (cited as §n in the code); guesses are listed in
@@ -14,8 +15,12 @@ docs/emulator-fidelity-graph.md.
 """
 
 from .faults import Counters, FaultRule, Faults
+from .grants import ADMIN_GUIDE_GRANTS, TENANT_WIDE_CONTACTS, Grants
 from .server import GraphEmulator
 from .store import GraphError
 from .webhooks import Delivery
 
-__all__ = ["Counters", "Delivery", "FaultRule", "Faults", "GraphEmulator", "GraphError"]
+__all__ = [
+    "ADMIN_GUIDE_GRANTS", "TENANT_WIDE_CONTACTS", "Counters", "Delivery", "FaultRule", "Faults", "GraphEmulator",
+    "GraphError", "Grants",
+]

@@ -62,6 +62,8 @@ class Faults:
     notification_duplicate_rate: float = 0.0
     notification_reorder: bool = False  # deliver queued batches newest first
     notification_delay_s: float = 0.0
+    # POST /subscriptions: seconds added before the validation handshake (a slow create; issue 15 point 3).
+    subscription_create_delay_s: float = 0.0
     # $batch: answer items in reverse order (§5 "Responses may come out of order").
     batch_reverse_responses: bool = True
     # Random faults per request, probabilities in [0, 1]. Each request (and each $batch item, §5 "evaluated

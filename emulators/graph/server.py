@@ -27,6 +27,7 @@ from urllib.parse import quote, unquote, urlsplit
 from emulators.clock import ServiceClock
 
 from .faults import Counters, FaultRule, Faults, MailboxGate
+from .grants import ADMIN_GUIDE_GRANTS, DIRECTORY_DENIED, MAILBOX_DENIED, Grants
 from .odata import ODataSyntaxError, compile_filter, parse_expand, parse_select
 from .store import ChangeEvent, Contact, GraphError, Mailbox, Store
 from .webhooks import Notifier, validate_endpoint
@@ -189,8 +190,10 @@ class GraphEmulator:
         notification_retry_base_delay_s: float = 0.5,
         notification_max_attempts: int = 4,
         seed: int = 0,
+        grants: Grants = ADMIN_GUIDE_GRANTS,
     ) -> None:
         self.host = host
+        self.grants = grants  # what the app may do (grants.py); tokens from the token endpoint carry its app roles
         self._port = port
         self.tenant_id = tenant_id or str(uuid.uuid4())
         self.require_auth = require_auth
@@ -443,7 +446,7 @@ class GraphEmulator:
             except (KeyError, ValueError) as e:
                 return self._error(GraphError(400, "BadRequest", str(e)), req)
         if len(segs) == 4 and segs[1:] == ["oauth2", "v2.0", "token"] and req.method == "POST":
-            return self._token()
+            return self._token(self.grants)
         if len(segs) == 4 and segs[1:] == ["v2.0", ".well-known", "openid-configuration"]:
             return self._openid(segs[0])
         if segs[:1] != ["v1.0"]:
@@ -547,6 +550,7 @@ class GraphEmulator:
 
     # ---- Graph handlers ------------------------------------------------------------------------------------
     def _execute(self, endpoint: str, p: dict[str, Any], req: Request) -> Response:
+        self._authorize(endpoint, p, req)
         if endpoint.startswith("subscription"):
             return self._subscriptions(endpoint, p, req)
         if endpoint == "contacts.delta":
@@ -815,7 +819,12 @@ class GraphEmulator:
             raise GraphError(400, "InvalidRequest", "clientState must be at most 128 characters.")  # §4.2
         expiration = self._check_expiration(body.get("expirationDateTime"))
         mailbox_id, folder_id = self._parse_resource(body.get("resource"))
+        with self.store.lock:
+            owner = self.store.user(mailbox_id)
+        self._check_mailbox(self._roles(req), owner, write=False)  # Contacts.Read on that mailbox (§4.1)
         resource = str(body["resource"]).lstrip("/")
+        if self.faults.subscription_create_delay_s:  # a slow Graph: the lifecycle webhook must not wait for it
+            time.sleep(self.faults.subscription_create_delay_s)
         self._check_duplicate(types, resource, mailbox_id)
         # §4.3: validation handshake to each URL (twice if both are the same), synchronously, before creating.
         token = f"Validation: Testing client application reachability for subscription Request-Id: {uuid.uuid4()}"
@@ -907,17 +916,47 @@ class GraphEmulator:
 
     # ---- fake identity endpoints -----------------------------------------------------------------------------
     @staticmethod
-    def _token() -> Response:
+    def _token(grants: Grants) -> Response:
+        # An app-only token names its application permissions in the ``roles`` claim (§6.4). Unsigned: only this
+        # emulator reads it.
+        claims = {"roles": sorted(grants.app_roles), "idtyp": "app", "jti": uuid.uuid4().hex}
+        parts = [{"alg": "none", "typ": "JWT"}, claims]
+        token = ".".join(base64.urlsafe_b64encode(json.dumps(p).encode()).decode().rstrip("=") for p in parts) + "."
         return Response(
             200,
-            {
-                "token_type": "Bearer",
-                "expires_in": 3599,
-                "ext_expires_in": 3599,
-                "access_token": "emulator-" + uuid.uuid4().hex,
-            },
+            {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token},
             content_type="application/json",
         )
+
+    def _roles(self, req: Request) -> frozenset[str]:
+        """The app roles of the request's token; a token not issued here (a fixed dev token) has the emulator's."""
+        token = req.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        parts = token.split(".")
+        if len(parts) == 3:
+            try:
+                claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+                return frozenset(str(r) for r in claims.get("roles") or [])
+            except (ValueError, AttributeError):
+                pass
+        return self.grants.app_roles
+
+    def _authorize(self, endpoint: str, p: dict[str, Any], req: Request) -> None:
+        """§6.4: Entra decides directory reads, Exchange (or a tenant-wide Entra role) decides mailbox data."""
+        roles = self._roles(req)
+        if endpoint in ("users.list", "user.get"):
+            if not self.grants.reads_directory(roles):
+                raise GraphError(403, *DIRECTORY_DENIED)
+            return
+        if endpoint.startswith("subscription") or p.get("user") is None:
+            return
+        with self.store.lock:
+            mb = self.store.find_user(p["user"])
+        if mb is not None:
+            self._check_mailbox(roles, mb, write=req.method != "GET")
+
+    def _check_mailbox(self, roles: frozenset[str], mb: Mailbox, *, write: bool) -> None:
+        if not self.grants.reaches_mailbox(roles, (mb.upn, mb.id), write):
+            raise GraphError(403, *MAILBOX_DENIED)
 
     def _openid(self, tenant: str) -> Response:
         root = f"{self.root_url}/{tenant}"

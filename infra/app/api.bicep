@@ -150,6 +150,7 @@ var productSettings = {
   BREAKER_MAX_COUNT: string(breakerMaxCount)
   RECONCILE_SCHEDULE: reconcileSchedule
   SUBSCRIPTION_SCHEDULE: subscriptionSchedule
+  SUBSCRIPTIONS_ON_START: 'true'
   CDC_PULL_SCHEDULE: cdcPullSchedule
 }
 

@@ -1,9 +1,14 @@
 """The HTTP and timer functions of Graph change notifications (docs/reference/graph.md §4).
 
 Functions:
-    graph_notifications   POST /api/graph/notifications (anonymous: protected by clientState)
-    graph_lifecycle       POST /api/graph/lifecycle (anonymous: protected by clientState)
-    subscriptions_timer   %SUBSCRIPTION_SCHEDULE%: ``sync.subscriptions.maintain_subscriptions``
+    graph_notifications     POST /api/graph/notifications (anonymous: protected by clientState)
+    graph_lifecycle         POST /api/graph/lifecycle (anonymous: protected by clientState): enqueues, answers 202
+    graph_lifecycle_worker  queue ``graph-lifecycle``: ``sync.subscriptions.handle_notice``, one event a message
+    subscriptions_timer     %SUBSCRIPTION_SCHEDULE%: ``sync.subscriptions.maintain_subscriptions``
+    subscriptions_startup   once when the app starts: validates WEBHOOK_BASE_URL, then (SUBSCRIPTIONS_ON_START)
+                            ``maintain_subscriptions`` when a mailbox in scope lacks a live stored subscription
+    subscriptions_refresh   POST /api/subscriptions/refresh (function key): ``maintain_subscriptions`` now, the
+                            counts and each mailbox's subscription state as JSON
 
 The notification webhook does no Graph or Salesforce I/O (Graph wants an answer within 3 s): per item it reads the
 stored subscription (one Table point read per subscription id, kept 60 s per process), compares the digest of the
@@ -11,7 +16,9 @@ item's clientState with the stored one in constant time, and enqueues one ``Cont
 per distinct contact, the mailbox taken from the stored subscription, never from the payload. Other items are
 dropped and counted (``COUNTERS``); the answer is 202 whatever the mix, so a caller learns nothing about our
 subscriptions. Bad JSON (or no ``value`` list) is 400, a body over 1 MiB is 413. The lifecycle webhook makes the same
-checks and hands the events to ``sync.subscriptions.handle_lifecycle``.
+checks and only enqueues one ``LifecycleNotice`` per valid event (Graph wants the 202 first, §4.6): creating a
+subscription runs Graph's validation handshake and can take seconds. The time of the last accepted notification is
+kept per mailbox (at most one Table write per mailbox a minute per process) for the status page.
 """
 
 from __future__ import annotations
@@ -19,18 +26,36 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import azure.functions as func
 
 from sync import bootstrap
+from sync.config import ConfigError, setting_flag, webhook_base_url
 from sync.model import Side
-from sync.ports import ContactChange, StoredSubscription, SubscriptionStore, WorkQueue
-from sync.subscriptions import handle_lifecycle, maintain_subscriptions
-from sync.triggers.errors import http_response
+from sync.ports import (
+    CheckpointStore,
+    ContactChange,
+    LifecycleNotice,
+    StoredSubscription,
+    SubscriptionStore,
+    WorkQueue,
+)
+from sync.subscriptions import (
+    LAST_NOTIFICATION,
+    LIFECYCLE_EVENTS,
+    handle_notice,
+    mailbox_state,
+    maintain_subscriptions,
+    needs_upkeep,
+)
+from sync.triggers.errors import decide, http_response, json_response
 from sync.triggers.http import MAX_NOTIFICATION_BODY, bounded_body, handshake, validation_token
 
 logger = logging.getLogger(__name__)
@@ -122,7 +147,8 @@ def _raw_contact_id(item: Mapping[str, Any]) -> str | None:
     return None
 
 
-def accept_notifications(body: bytes, subscriptions: SubscriptionStore, queue: WorkQueue) -> Counter[str]:
+def accept_notifications(body: bytes, subscriptions: SubscriptionStore, queue: WorkQueue,
+                         checkpoints: CheckpointStore | None = None) -> Counter[str]:
     """Validate a notification batch and enqueue one hint per distinct contact. Raises BadPayload."""
     checked = check_items(_items(body), subscriptions)
     counts = Counter(checked.dropped)
@@ -141,6 +167,42 @@ def accept_notifications(body: bytes, subscriptions: SubscriptionStore, queue: W
         queue.send(ContactChange(source=Side.M365, item_id=contact_id, mailbox=stored.mailbox))
         counts["accepted"] += 1
     COUNTERS["accepted"] += counts["accepted"]
+    if checkpoints is not None:
+        note_arrivals(checkpoints, {stored.mailbox for _, stored in checked.valid})
+    return counts
+
+
+_NOTED: dict[str, float] = {}  # mailbox -> monotonic time its last notification was written (per process)
+_NOTED_LOCK = threading.Lock()
+NOTE_EVERY_S = 60.0
+
+
+def note_arrivals(checkpoints: CheckpointStore, mailboxes: set[str]) -> None:
+    """Keep the time of the last notification per mailbox; at most once a minute per mailbox, never raising."""
+    now = time.monotonic()
+    for mailbox in mailboxes:
+        with _NOTED_LOCK:
+            if now - _NOTED.get(mailbox, -NOTE_EVERY_S) < NOTE_EVERY_S:
+                continue
+            _NOTED[mailbox] = now
+        try:
+            checkpoints.put(mailbox, LAST_NOTIFICATION, datetime.now(UTC).isoformat())
+        except Exception as exc:  # a status detail: the hints are already queued
+            logger.warning("last notification time not written: %s", type(exc).__name__)
+
+
+def accept_lifecycle(body: bytes, subscriptions: SubscriptionStore, queue: WorkQueue) -> Counter[str]:
+    """Validate lifecycle events and enqueue one ``LifecycleNotice`` per valid one (no Graph call). Raises
+    BadPayload."""
+    checked = check_items(_items(body), subscriptions)
+    counts = Counter(checked.dropped)
+    for item, stored in checked.valid:
+        event = item.get("lifecycleEvent")
+        if event not in LIFECYCLE_EVENTS:
+            counts["invalid"] += 1
+            continue
+        queue.send(LifecycleNotice(event=event, subscription_id=stored.id, mailbox=stored.mailbox))
+        counts["queued"] += 1
     return counts
 
 
@@ -158,7 +220,7 @@ def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
         return body
     root = bootstrap.current()
     try:
-        counts = accept_notifications(body, root.subscriptions, root.contact_queue)
+        counts = accept_notifications(body, root.subscriptions, root.contact_queue, root.checkpoints)
     except BadPayload as exc:
         return func.HttpResponse(json.dumps({"error": str(exc)}), status_code=400, mimetype="application/json")
     except Exception as exc:  # storage down: 5xx so Graph retries (docs/reference/graph.md §4.5)
@@ -178,16 +240,86 @@ def graph_lifecycle(req: func.HttpRequest) -> func.HttpResponse:
         return body
     root = bootstrap.current()
     try:
-        checked = check_items(_items(body), root.subscriptions)
-        events = [(str(item.get("lifecycleEvent") or ""), stored) for item, stored in checked.valid]
-        counts = Counter(checked.dropped)
-        counts.update(handle_lifecycle(events, root))
+        counts = accept_lifecycle(body, root.subscriptions, root.lifecycle_queue)
     except BadPayload as exc:
         return func.HttpResponse(json.dumps({"error": str(exc)}), status_code=400, mimetype="application/json")
     except Exception as exc:
         return http_response(exc)
     logger.info("graph lifecycle: %s", dict(counts))
     return func.HttpResponse(status_code=202)
+
+
+@bp.function_name("graph_lifecycle_worker")
+@bp.queue_trigger(arg_name="msg", queue_name="graph-lifecycle", connection="AzureWebJobsStorage")
+def graph_lifecycle_worker(msg: func.QueueMessage) -> None:
+    process_lifecycle_message(bootstrap.current(), msg.get_body().decode("utf-8", "replace"),
+                              dequeue_count=int(getattr(msg, "dequeue_count", 1) or 1), message_id=msg.id)
+
+
+def process_lifecycle_message(root: bootstrap.Root, body: str, *, dequeue_count: int = 1,
+                              message_id: str | None = None) -> str | None:
+    """Run one lifecycle event; raises to have the host retry (``sync.triggers.errors.decide``)."""
+    from pydantic import ValidationError
+
+    from sync.errors import BadData
+    from sync.triggers.queue import settle
+
+    notice: LifecycleNotice | None = None
+    try:
+        try:
+            notice = LifecycleNotice.model_validate_json(body)
+        except ValidationError as exc:
+            raise BadData("unreadable graph-lifecycle message", code="BAD_MESSAGE", side="queue") from exc
+        outcome = handle_notice(notice, root)
+    except Exception as exc:
+        settle(root, bootstrap.LIFECYCLE_QUEUE, decide(exc, dequeue_count), exc, body=body, item=notice,
+               dequeue_count=dequeue_count, message_id=message_id)
+        return None
+    logger.info("lifecycle %s for subscription %s: %s", notice.event, notice.subscription_id, outcome)
+    return outcome
+
+
+@bp.function_name("subscriptions_startup")
+@bp.timer_trigger(arg_name="timer", schedule="0 0 0 1 1 *", run_on_startup=True)
+def subscriptions_startup(timer: func.TimerRequest) -> None:
+    startup_upkeep(bootstrap.current())
+
+
+def startup_upkeep(root: bootstrap.Root) -> dict[str, int] | None:
+    """At the app's start: a clear error for a bad WEBHOOK_BASE_URL, then the subscriptions of mailboxes that lack
+    one (the first start after deploy, and every change of SYNC_MAILBOXES, which restarts the app)."""
+    try:
+        webhook_base_url(root.env)
+        if not setting_flag("SUBSCRIPTIONS_ON_START", root.env) or not root.mailboxes:
+            return None
+        if not needs_upkeep(root):
+            logger.info("subscriptions at start: every mailbox has one")
+            return {}
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return None
+    except Exception as exc:  # storage down at start: the 6-hourly timer repairs it
+        logger.warning("subscriptions at start skipped: %s", type(exc).__name__)
+        return None
+    counts = dict(maintain_subscriptions(root))
+    logger.info("subscriptions at start: %s", counts)
+    return counts
+
+
+@bp.function_name("subscriptions_refresh")
+@bp.route(route="subscriptions/refresh", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def subscriptions_refresh(req: func.HttpRequest) -> func.HttpResponse:
+    root = bootstrap.current()
+    try:
+        counts = maintain_subscriptions(root)
+        subs = {s.mailbox: s for s in root.subscriptions.list_all()}
+        mailboxes = [{"mailbox": m, "subscriptionId": subs[m].id if m in subs else None,
+                      "expires": subs[m].expires_at.isoformat() if m in subs else None,
+                      **mailbox_state(root.checkpoints, m)} for m in root.mailboxes]
+    except Exception as exc:
+        return http_response(exc)
+    logger.info("subscriptions refresh: %s", dict(counts))
+    return json_response({"counts": dict(counts), "mailboxes": mailboxes})
 
 
 @bp.function_name("subscriptions_timer")

@@ -39,8 +39,7 @@ def settle(root: bootstrap.Root, queue_name: str, decision: Decision, exc: BaseE
                        type(exc).__name__)
         raise exc
     if decision.disposition is Disposition.DEFER and item is not None:
-        target = root.contact_queue if queue_name == bootstrap.CONTACT_QUEUE else root.reconcile_queue
-        target.send(item, delay=decision.delay)
+        root.work_queue.send(item, delay=decision.delay)
         logger.info("message %s throttled: sent again, visible in %.0f s", message_id, decision.delay)
         return
     if audit is not None:

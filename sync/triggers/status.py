@@ -3,6 +3,10 @@
 Per mailbox in scope: last sync (newest applied audit row), lag (now - last sync), the Graph subscription's id and
 expiry, failures and pending review items among the recent audit rows, and those recent rows themselves as ids,
 actions, outcomes and field names. Never contact names, emails, phones or the audit reasons (which may quote them).
+
+The ``subscriptions`` block (JSON key and its own HTML table, kept apart so the page can be redesigned around it):
+per mailbox the Graph subscription id and expiry, the last notification and the last upkeep error with its cause
+(e.g. "the mailbox is outside the app's Exchange RBAC for Applications scope (ErrorAccessDenied)").
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import azure.functions as func
 
 from sync import bootstrap
 from sync.ports import StoredSubscription
+from sync.subscriptions import mailbox_state
 from sync.triggers.errors import http_response, json_response
 
 logger = logging.getLogger(__name__)
@@ -52,7 +57,28 @@ def collect(root: bootstrap.Root, now: datetime | None = None) -> dict[str, Any]
                 for e in entries[:SHOWN]
             ],
         })
-    return {"generated": now.isoformat(), "mailboxes": out}
+    return {"generated": now.isoformat(), "mailboxes": out, "subscriptions": subscription_block(root, subs)}
+
+
+def subscription_block(root: bootstrap.Root, subs: dict[str, StoredSubscription]) -> list[dict[str, Any]]:
+    """Per mailbox: subscription id, expiry, last notification, last upkeep error (ids and codes only)."""
+    rows = []
+    for mailbox in root.mailboxes:
+        sub = subs.get(mailbox)
+        rows.append({"mailbox": mailbox, "id": sub.id if sub else None,
+                     "expires": sub.expires_at.isoformat() if sub else None,
+                     **mailbox_state(root.checkpoints, mailbox)})
+    return rows
+
+
+def _subscriptions_html(rows: list[dict[str, Any]]) -> str:
+    e = html.escape
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{e(str(r[k] or '-'))}</td>" for k in
+                         ("mailbox", "id", "expires", "lastNotification", "lastError", "lastErrorAt")) + "</tr>"
+        for r in rows)
+    return ("<h2>Graph subscriptions</h2><table border='1'><tr><th>mailbox</th><th>subscription</th><th>expires</th>"
+            "<th>last notification</th><th>last error</th><th>error at</th></tr>" + cells + "</table>")
 
 
 def render_html(doc: dict[str, Any]) -> str:
@@ -81,7 +107,7 @@ def render_html(doc: dict[str, Any]) -> str:
         "<th>subscription</th><th>expires</th><th>errors</th><th>pending review</th></tr>"
         + "".join(rows) + "</table><h2>Recent audit rows</h2><table border='1'><tr><th>mailbox</th><th>at</th>"
         "<th>action</th><th>outcome</th><th>Outlook id</th><th>Salesforce id</th><th>fields</th><th>error</th></tr>"
-        + "".join(audit) + "</table></body></html>"
+        + "".join(audit) + "</table>" + _subscriptions_html(doc["subscriptions"]) + "</body></html>"
     )
 
 

@@ -493,7 +493,9 @@ def test_subscription_create_renew_recreate(emu: GraphEmulator, side: GraphConta
     record = new.record
     assert len(receiver.validations) == 2  # notification and lifecycle URLs were both validated
     assert record.client_state_digest == client_state_digest(new.client_state)
-    assert record.resource == f"users/{emu.user_id(MAILBOX)}/contactFolders/{side.folder_id(MAILBOX)}/contacts"
+    # the UPN with AAD-UPN: (§4.1), not the object id: GET /users/{upn} would need an Entra directory role (§6.4)
+    assert record.resource == f"users/AAD-UPN:{MAILBOX}/contactFolders/{side.folder_id(MAILBOX)}/contacts"
+    assert not [r for r in emu.counters.snapshot()["requests"] if r["endpoint"].startswith("user")]
     assert record.expires_at > datetime.now(UTC) + timedelta(days=6)
 
     side.create(MAILBOX, person(1))

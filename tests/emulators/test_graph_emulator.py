@@ -39,7 +39,7 @@ from msgraph.generated.users.item.contact_folders.item.contacts.item.contact_ite
     ContactItemRequestBuilder,
 )
 
-from emulators.graph import GraphEmulator
+from emulators.graph import TENANT_WIDE_CONTACTS, Grants, GraphEmulator
 
 USER = "alice@contoso.example"
 OTHER = "bob@contoso.example"
@@ -167,17 +167,69 @@ def contacts(client: GraphServiceClient, folder_id: str, user: str = USER) -> An
 
 
 def test_authorization_header_is_required_and_errors_use_graph_shape(emu: GraphEmulator) -> None:
+    emu.grants = Grants(app_roles=frozenset({"User.Read.All", "Contacts.ReadWrite"}))
     with httpx.Client(trust_env=False) as http:
         anonymous = http.get(f"{emu.base_url}/users/{USER}")
-        authed = http.get(f"{emu.base_url}//users/{USER.replace('@', '%40')}", headers={"Authorization": "Bearer x"})
-        unknown = http.get(f"{emu.base_url}/users/nobody@x.example", headers={"Authorization": "Bearer x"})
         token = http.post(f"{emu.root_url}/{emu.tenant_id}/oauth2/v2.0/token", data={"grant_type": "x"})
+        bearer = {"Authorization": "Bearer " + token.json()["access_token"]}
+        authed = http.get(f"{emu.base_url}//users/{USER.replace('@', '%40')}", headers=bearer)
+        unknown = http.get(f"{emu.base_url}/users/nobody@x.example", headers=bearer)
     assert anonymous.status_code == 401
     assert anonymous.json()["error"]["code"] == "InvalidAuthenticationToken"
     assert set(anonymous.json()["error"]["innerError"]) >= {"request-id", "date"}
     assert authed.status_code == 200 and authed.json()["userPrincipalName"] == USER
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "ErrorInvalidUser"
-    assert token.json()["access_token"].startswith("emulator-")
+
+
+def _token_roles(token: str) -> list[str]:
+    import base64
+
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["roles"]
+
+
+def test_directory_reads_need_an_entra_role_and_mailbox_data_the_exchange_scope(emu: GraphEmulator) -> None:
+    """§6.4: Entra decides /users (403 Authorization_RequestDenied), Exchange decides mailbox data (403
+    ErrorAccessDenied); a tenant-wide Contacts role reaches every mailbox; the grants add up."""
+    emu.grants = Grants(exchange_roles=frozenset({"Application Contacts.ReadWrite"}), mailbox_scope=frozenset({USER}))
+    with httpx.Client(trust_env=False) as http:
+        token = http.post(f"{emu.root_url}/{emu.tenant_id}/oauth2/v2.0/token", data={"grant_type": "x"}).json()
+        bearer = {"Authorization": "Bearer " + token["access_token"]}
+        user = http.get(f"{emu.base_url}/users/{USER}?$select=id", headers=bearer)
+        users = http.get(f"{emu.base_url}/users", headers=bearer)
+        inside = http.get(f"{emu.base_url}/users/{USER}/contactFolders", headers=bearer)
+        outside = http.get(f"{emu.base_url}/users/{OTHER}/contactFolders", headers=bearer)
+        write_out = http.post(f"{emu.base_url}/users/{OTHER}/contacts", headers=bearer, json={"givenName": "x"})
+        emu.grants = TENANT_WIDE_CONTACTS
+        wide = http.post(f"{emu.root_url}/{emu.tenant_id}/oauth2/v2.0/token", data={"grant_type": "x"}).json()
+        wide_bearer = {"Authorization": "Bearer " + wide["access_token"]}
+        other_wide = http.get(f"{emu.base_url}/users/{OTHER}/contactFolders", headers=wide_bearer)
+        user_wide = http.get(f"{emu.base_url}/users/{USER}", headers=wide_bearer)
+    assert _token_roles(token["access_token"]) == [] and _token_roles(wide["access_token"]) == ["Contacts.ReadWrite"]
+    for denied in (user, users):
+        assert denied.status_code == 403
+        assert denied.json()["error"] | {"innerError": None} == {
+            "code": "Authorization_RequestDenied", "message": "Insufficient privileges to complete the operation.",
+            "innerError": None}
+    assert inside.status_code == 200
+    for denied in (outside, write_out):
+        assert denied.status_code == 403 and denied.json()["error"]["code"] == "ErrorAccessDenied"
+    assert other_wide.status_code == 200
+    assert user_wide.status_code == 403  # Contacts.ReadWrite is no directory permission
+
+
+def test_subscription_on_a_mailbox_outside_the_scope_is_refused(emu: GraphEmulator, receiver: Receiver) -> None:
+    emu.grants = Grants(exchange_roles=frozenset({"Application Contacts.ReadWrite"}), mailbox_scope=frozenset({USER}))
+    expiry = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    body = {"changeType": "updated", "notificationUrl": receiver.url, "expirationDateTime": expiry}
+    with httpx.Client(trust_env=False) as http:
+        bearer = {"Authorization": "Bearer x"}
+        out = http.post(f"{emu.base_url}/subscriptions", headers=bearer,
+                        json=body | {"resource": f"users/AAD-UPN:{OTHER}/contacts"})
+        ok = http.post(f"{emu.base_url}/subscriptions", headers=bearer,
+                       json=body | {"resource": f"users/AAD-UPN:{USER}/contacts"})
+    assert out.status_code == 403 and out.json()["error"]["code"] == "ErrorAccessDenied"
+    assert ok.status_code == 201 and ok.json()["resource"] == f"users/AAD-UPN:{USER}/contacts"
 
 
 def test_folder_find_or_create_with_filter_and_child_folders(emu: GraphEmulator) -> None:
@@ -751,8 +803,8 @@ def test_cli_starts_and_serves() -> None:
         line = proc.stdout.readline()
         base = line.split()[2]
         assert base.startswith("http://127.0.0.1:") and base.endswith("/v1.0")
-        r = httpx.get(f"{base}/users/{USER}", headers={"Authorization": "Bearer x"}, trust_env=False)
-        assert r.status_code == 200 and r.json()["userPrincipalName"] == USER
+        r = httpx.get(f"{base}/users/{USER}/contactFolders", headers={"Authorization": "Bearer x"}, trust_env=False)
+        assert r.status_code == 200 and r.json()["value"] == []
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -762,8 +814,9 @@ def test_cli_starts_and_serves() -> None:
 def test_the_service_clock_counts_each_answered_request(emu: GraphEmulator) -> None:
     before_n, before_s = emu.service.requests, emu.service.seconds
     with httpx.Client(trust_env=False) as http:
-        assert http.get(f"{emu.base_url}/users/{USER}", headers={"Authorization": "Bearer x"}).status_code == 200
-        assert http.get(f"{emu.base_url}/users/nobody@x.example",
+        assert http.get(f"{emu.base_url}/users/{USER}/contactFolders",
+                        headers={"Authorization": "Bearer x"}).status_code == 200
+        assert http.get(f"{emu.base_url}/users/nobody@x.example/contactFolders",
                         headers={"Authorization": "Bearer x"}).status_code == 404
     assert emu.service.settle()  # the answer reaches the client before the server thread counts it
     assert emu.service.requests - before_n == 2

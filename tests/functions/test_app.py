@@ -30,6 +30,11 @@ EXPECTED = {
     "reconcile_timer": {"type": "timerTrigger", "schedule": "%RECONCILE_SCHEDULE%"},
     "mailbox_reconciler": {"type": "queueTrigger", "queueName": "reconcile", "connection": "AzureWebJobsStorage"},
     "subscriptions_timer": {"type": "timerTrigger", "schedule": "%SUBSCRIPTION_SCHEDULE%"},
+    "subscriptions_startup": {"type": "timerTrigger", "schedule": "0 0 0 1 1 *", "runOnStartup": True},
+    "subscriptions_refresh": {"type": "httpTrigger", "route": "subscriptions/refresh", "methods": ["POST"],
+                              "authLevel": "FUNCTION"},
+    "graph_lifecycle_worker": {"type": "queueTrigger", "queueName": "graph-lifecycle",
+                               "connection": "AzureWebJobsStorage"},
     "status_page": {"type": "httpTrigger", "route": "status", "methods": ["GET"], "authLevel": "FUNCTION"},
 }
 
@@ -45,8 +50,8 @@ def test_functions_names_triggers_routes_and_auth_levels() -> None:
         found[fn.get_function_name()] = trigger
         if trigger["type"] == "httpTrigger":
             assert any(b["type"] == "http" and b["direction"] == "OUT" for b in bindings)
-        if trigger["type"] == "timerTrigger":
-            assert trigger.get("runOnStartup") is False
+        if trigger["type"] == "timerTrigger":  # only the start-up upkeep runs at start (issue 15 point 2)
+            assert trigger.get("runOnStartup") is (fn.get_function_name() == "subscriptions_startup")
     assert set(found) == set(EXPECTED)
     for name, want in EXPECTED.items():
         assert {k: found[name].get(k) for k in want} == want, name

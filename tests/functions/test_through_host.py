@@ -322,3 +322,45 @@ def test_status_page_html_and_json_show_ids_but_no_personal_data(subscribed: Sta
                         "navy.example", "mit.example", "Professor", "Rear Admiral"):
             assert private not in text, private
     assert "Contact sync status" in page.text
+
+    blocks = {m["mailbox"]: m for m in doc.json()["subscriptions"]}  # the upkeep block (issue 15 point 2)
+    assert blocks[ANN]["id"] == mailboxes[ANN]["subscription"]["id"] and blocks[ANN]["lastError"] is None
+    assert blocks[ANN]["lastNotification"] and "Graph subscriptions" in page.text
+
+
+# ------------------------------------------------------------------------------------------------ lifecycle, refresh
+
+
+def test_lifecycle_is_acknowledged_in_time_while_the_create_takes_five_seconds(subscribed: Stack) -> None:
+    """§4.6 / §4.5: 202 first (Graph's 3-s clock), the re-create from the graph-lifecycle queue afterwards."""
+    s = subscribed
+    s.settle()
+    old = next(x for x in bootstrap.current().subscriptions.list_all() if x.mailbox == BOB)
+    s.graph.faults.subscription_create_delay_s = 5.0
+    try:
+        s.graph.send_lifecycle(old.id, "subscriptionRemoved")
+        assert s.graph.wait_notifications(DEADLINE)
+        (delivery,) = [d for d in s.graph.deliveries() if d.payload["value"][0].get("subscriptionId") == old.id
+                       and d.payload["value"][0].get("lifecycleEvent") == "subscriptionRemoved"]
+        # the emulator gives up on an answer after Graph's 3 s (status None): this one came in time
+        assert delivery.status == 202 and delivery.attempt == 1
+        new = poll(lambda: [x for x in bootstrap.current().subscriptions.list_all()
+                            if x.mailbox == BOB and x.id != old.id], "the lifecycle worker re-created it", 30)
+    finally:
+        s.graph.faults.subscription_create_delay_s = 0.0
+    assert [x["id"] for x in s.graph.list_subscriptions() if BOB in x["resource"]] == [new[0].id]
+    s.settle()
+
+
+def test_refresh_endpoint_repairs_a_lost_subscription_and_reports_each_mailbox(subscribed: Stack) -> None:
+    s = subscribed
+    ann = next(x for x in bootstrap.current().subscriptions.list_all() if x.mailbox == ANN)
+    s.graph.expire_subscription(ann.id)  # Graph forgot it (expired)
+    assert s.http.post(s.url("subscriptions/refresh")).status_code == 401
+    resp = s.http.post(s.url("subscriptions/refresh"), headers=s.keyed())
+    assert resp.status_code == 200
+    doc = resp.json()
+    rows = {r["mailbox"]: r for r in doc["mailboxes"]}
+    assert set(rows) == {ANN, BOB, CAROL} and all(r["lastError"] is None for r in rows.values())
+    assert rows[ANN]["subscriptionId"] in {x["id"] for x in s.graph.list_subscriptions()}
+    assert sum(doc["counts"].values()) >= 3

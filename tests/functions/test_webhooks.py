@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 
+from sync import bootstrap
 from sync.adapters.graph import client_state_digest
 from sync.adapters.salesforce.pubsub import sign_events
 from sync.ports import StoredSubscription
@@ -84,6 +86,11 @@ def test_lifecycle_missed_enqueues_a_reconcile_and_a_wrong_state_nothing(root, q
     good = {"value": [{"subscriptionId": "sub-1", "clientState": SECRET_STATE, "lifecycleEvent": "missed",
                        "tenantId": "t", "subscriptionExpirationDateTime": "2030-01-01T00:00:00Z"}]}
     assert fn(http("POST", "http://localhost/api/graph/lifecycle", json.dumps(good).encode())).status_code == 202
+    assert queues.take("reconcile") == []  # the webhook only acknowledges and enqueues (§4.6)
+    (notice,) = queues.take("graph-lifecycle")
+    assert json.loads(notice.get_body()) == {"kind": "lifecycle", "event": "missed", "subscription_id": "sub-1",
+                                             "mailbox": ANN}
+    assert graph.process_lifecycle_message(root, notice.get_body().decode()) == "reconcile"
     (msg,) = queues.bodies("reconcile")
     assert msg["mailbox"] == ANN and msg["mode"] == "delta"
 
@@ -114,3 +121,31 @@ def test_bad_signature_or_stale_timestamp_is_401_and_enqueues_nothing(root, queu
     assert fn(http("POST", "http://localhost/api/salesforce/events", signed_garbage,
                    headers=headers)).status_code == 400
     assert queues.take("contact-changes") == []
+
+
+def test_startup_names_an_http_webhook_base_url_and_creates_nothing(settings, caplog) -> None:
+    root = bootstrap.install(bootstrap.Root({**settings, "WEBHOOK_BASE_URL": "http://contoso.example"}))
+    try:
+        with caplog.at_level(logging.ERROR):
+            assert graph.startup_upkeep(root) is None
+    finally:
+        bootstrap.reset()
+    assert any("WEBHOOK_BASE_URL='http://contoso.example': Graph only calls https" in r.getMessage()
+               for r in caplog.records)
+    assert root.subscriptions.list_all() == []
+
+
+def test_startup_skips_upkeep_when_every_mailbox_has_a_live_subscription(root) -> None:
+    for i, mailbox in enumerate(root.mailboxes):
+        _subscribe(root, f"sub-{i}", mailbox)
+    assert graph.startup_upkeep(root) == {}  # one Table query, no Graph call
+
+
+def test_last_notification_time_is_kept_per_mailbox_for_the_status_page(root) -> None:
+    _subscribe(root)
+    graph._NOTED.clear()
+    resp = user_function(graph.graph_notifications)(
+        http("POST", "http://localhost/api/graph/notifications", json.dumps({"value": [_item("c1")]}).encode()))
+    assert resp.status_code == 202
+    noted = root.checkpoints.get(ANN, "graph.subscription.lastNotification")
+    assert noted and datetime.fromisoformat(noted) > datetime.now(UTC) - timedelta(minutes=1)

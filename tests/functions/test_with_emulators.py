@@ -24,7 +24,7 @@ from emulators.salesforce import SalesforceEmulator
 from sync import bootstrap
 from sync.config import ConfigError
 from sync.model import Side
-from sync.ports import ContactChange
+from sync.ports import ContactChange, LifecycleNotice
 from sync.reconcile import reconcile_mailbox
 from sync.triggers import graph, salesforce, worker
 from tests.contract.salesforce_harness import rsa_keys
@@ -155,20 +155,34 @@ def test_dev_only_switches_are_refused_off_loopback(settings) -> None:
         _ = root.cdc
 
 
+def _run_lifecycle_queue(queues) -> list[str | None]:
+    """The graph-lifecycle worker over every queued event (the webhook only enqueues them)."""
+    return [graph.process_lifecycle_message(bootstrap.current(), m.get_body().decode())
+            for m in queues.take("graph-lifecycle")]
+
+
 def test_lifecycle_events_renew_recreate_and_reconcile(live, queues) -> None:
     root, g, sf, users = live
     user_function(graph.subscriptions_timer)(TimerRequest(past_due=False))
     (ann_sub,) = [s for s in root.subscriptions.list_all() if s.mailbox == ANN]
     g.send_lifecycle(ann_sub.id, "reauthorizationRequired")
     g.wait_notifications(5.0)
-    renewed = wait_for(lambda: root.subscriptions.get(ann_sub.id), 2.0)
+    assert wait_for(lambda: len(queues.raw("graph-lifecycle")) == 1, 2.0)
+    assert _run_lifecycle_queue(queues) == ["renewed"]
+    renewed = root.subscriptions.get(ann_sub.id)
     assert renewed is not None and renewed.expires_at >= ann_sub.expires_at
     assert queues.take("reconcile") == []
 
     g.send_lifecycle(ann_sub.id, "subscriptionRemoved")
     g.wait_notifications(5.0)
-    assert wait_for(lambda: root.subscriptions.get(ann_sub.id) is None, 2.0)
+    assert wait_for(lambda: len(queues.raw("graph-lifecycle")) == 1, 2.0)
+    assert _run_lifecycle_queue(queues) == ["created"]
+    assert root.subscriptions.get(ann_sub.id) is None
     (new_sub,) = [s for s in root.subscriptions.list_all() if s.mailbox == ANN]
     assert new_sub.id != ann_sub.id and new_sub.id in {s["id"] for s in g.list_subscriptions()}
     (msg,) = queues.bodies("reconcile")
     assert msg["mailbox"] == ANN and msg["mode"] == "delta"
+    # the same event again (Graph resends it): the new subscription stays, nothing else is created
+    again = LifecycleNotice(event="subscriptionRemoved", subscription_id=ann_sub.id, mailbox=ANN)
+    assert graph.process_lifecycle_message(root, again.model_dump_json()) == "kept"
+    assert [s["id"] for s in g.list_subscriptions() if "ann" in s["resource"].lower()] == [new_sub.id]

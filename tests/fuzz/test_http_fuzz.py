@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync import bootstrap
-from sync.adapters.graph import LifecycleOutcome, SubscriptionRecord, client_state_digest
+from sync.adapters.graph import client_state_digest
 from sync.adapters.salesforce.pubsub import sign_events
 from sync.ports import AuditEntry, StoredSubscription
 from sync.triggers import graph, reconcile, salesforce, status
@@ -83,7 +83,7 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 
 def _nothing_enqueued(queues: Queues) -> None:
-    for name in ("contact-changes", "reconcile"):
+    for name in ("contact-changes", "reconcile", "graph-lifecycle"):
         assert queues.client(name).peek_messages(max_messages=1) == [], f"rejected input enqueued into {name}"
 
 
@@ -200,16 +200,14 @@ def check_graph_notifications(root, queues, logs, case) -> None:
 
 
 class FakeSubscriptions:
-    """Stands in for the Graph subscription manager: records lifecycle calls, changes nothing."""
+    """Stands in for the Graph subscription manager: the lifecycle webhook must never call it (it only enqueues)."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def on_lifecycle(self, event: str, record: SubscriptionRecord) -> LifecycleOutcome:
-        self.calls.append(event)
-        from sync.adapters.graph import LifecycleEvent
-
-        return LifecycleOutcome(LifecycleEvent(event))
+    def __getattr__(self, name: str) -> Any:
+        self.calls.append(name)
+        raise AssertionError(f"the lifecycle webhook called Graph ({name})")
 
 
 def check_graph_lifecycle(root, queues, logs, case) -> None:
@@ -221,25 +219,23 @@ def check_graph_lifecycle(root, queues, logs, case) -> None:
     logs.clear()
     resp = user_function(graph.graph_lifecycle)(req)
     assert resp.status_code < 500
+    assert manager.calls == []
     token = _expected_token(req.url, dict(req.params))
     if token is not None:
         _check_handshake(resp, token)
-        assert manager.calls == []
         _nothing_enqueued(queues)
     elif resp.status_code >= 400:
         assert resp.status_code in (400, 413)
         assert_json_error(resp)
-        assert manager.calls == []
         _nothing_enqueued(queues)
     else:
         assert resp.status_code == 202
         valid = _valid_items(doc)
         events = [i.get("lifecycleEvent") for i in valid]
-        reconciles = queues.bodies("reconcile")
-        assert len(reconciles) == sum(e in ("missed", "subscriptionRemoved") for e in events)
-        assert all(m["mailbox"] == ANN and m["mode"] == "delta" for m in reconciles)
-        assert sorted(manager.calls) == sorted(e for e in events if e in ("subscriptionRemoved",
-                                                                          "reauthorizationRequired"))
+        notices = queues.bodies("graph-lifecycle")
+        assert sorted(n["event"] for n in notices) == sorted(
+            e for e in events if e in ("missed", "subscriptionRemoved", "reauthorizationRequired"))
+        assert all(n["mailbox"] == ANN and n["subscription_id"] == SUB for n in notices)
         _nothing_enqueued(queues)
     assert root.subscriptions.get(SUB) is not None  # never dropped by a bad request
     assert_no_personal_data(logs.records, [person])

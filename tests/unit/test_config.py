@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sync.config import SETTINGS, ConfigError, load_policy, mailboxes_in_scope
+from sync.config import SETTINGS, ConfigError, load_policy, mailboxes_in_scope, webhook_base_url
 from sync.policy import ConflictPolicy, DeletePolicy, Direction
 
 
@@ -64,3 +64,21 @@ def test_mailbox_directions_and_field_map_parse() -> None:
 def test_mailboxes_in_scope_are_lower_cased_and_unique() -> None:
     assert mailboxes_in_scope({"SYNC_MAILBOXES": " Ann@Contoso.com, bob@contoso.com,,ann@contoso.com "}) == (
         "ann@contoso.com", "bob@contoso.com")
+
+
+@pytest.mark.parametrize("url", ["http://contoso.example", "ftp://x.example", "https://", "not a url",
+                                 "https://x.example/?q=1", "http://10.0.0.1:7071"])
+def test_webhook_base_url_must_be_https_off_loopback(url: str) -> None:
+    with pytest.raises(ConfigError, match="WEBHOOK_BASE_URL=.*only calls https"):
+        webhook_base_url({"WEBHOOK_BASE_URL": url})
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("https://func-abc.azurewebsites.net/", "https://func-abc.azurewebsites.net"),
+    ("http://127.0.0.1:7071", "http://127.0.0.1:7071"),
+    ("http://localhost:8080/", "http://localhost:8080"),
+    ("http://[::1]:9", "http://[::1]:9"),
+])
+def test_webhook_base_url_accepts_https_and_loopback_http(url: str, expected: str) -> None:
+    assert webhook_base_url({"WEBHOOK_BASE_URL": url}) == expected
+    assert webhook_base_url({}) is None

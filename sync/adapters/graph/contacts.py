@@ -168,12 +168,6 @@ class GraphContactSide:
         self._check_scope(mailbox)
         return self._run(self._folders.find_or_create(mailbox))
 
-    def user_object_id(self, mailbox: str) -> str:
-        """The Entra object id of ``mailbox`` (subscriptions want it rather than the UPN, docs/reference/graph.md
-        §4.1)."""
-        self._check_scope(mailbox)
-        return self._run(self._folders.user_object_id(mailbox))
-
     # --- reads --------------------------------------------------------------------------------------------------
     def get(self, mailbox: str, item_id: str) -> SideRecord | None:
         self._check_scope(mailbox)

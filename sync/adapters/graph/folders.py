@@ -1,6 +1,6 @@
-"""The sync folder of each mailbox, found by name or created when missing, and each mailbox's Entra object id.
+"""The sync folder of each mailbox, found by name or created when missing.
 
-Both are looked up once per mailbox and kept for the life of the adapter. Two workers may create the folder at the
+It is looked up once per mailbox and kept for the life of the adapter. Two workers may create the folder at the
 same moment: when the create answers ``ErrorFolderExists`` (or ambiguously), the folder is looked up again instead of
 failing (§2.2). Section numbers (§) refer to docs/reference/graph.md.
 """
@@ -16,21 +16,13 @@ logger = logging.getLogger(__name__)
 
 
 class _Folders:
-    """Folder ids and user object ids per mailbox (casefolded), fetched through ``http`` on first use."""
+    """Folder ids per mailbox (casefolded), fetched through ``http`` on first use."""
 
     def __init__(self, http: _GraphHttp, folder_name: str) -> None:
         self._http = http
         self._name = folder_name
         self._ids: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._user_ids: dict[str, str] = {}
-
-    async def user_object_id(self, mailbox: str) -> str:
-        key = mailbox.casefold()
-        if key not in self._user_ids:
-            resp = await self._http.call("GET", user_path(mailbox) + odata_query(select="id"), mailbox=mailbox)
-            self._user_ids[key] = str(resp.body["id"])
-        return self._user_ids[key]
 
     async def find_or_create(self, mailbox: str) -> str:
         key = mailbox.casefold()

@@ -8,8 +8,9 @@ event calls for. It keeps no state: the caller stores the ``SubscriptionRecord``
   on the same resource are deleted and the create is sent once more. ``reauthorizationRequired`` is answered with a
   PATCH of the expiry, which reauthorizes and extends at once, never with both a PATCH and a reauthorize (§4.6);
   ``subscriptionRemoved`` re-creates and asks for a delta resync, ``missed`` only asks for the resync.
-The resource names the user's object id, not the UPN (§4.1); ``lifecycleNotificationUrl`` is set at creation
-because a PATCH cannot add it (§4.2).
+The resource names the mailbox as ``users/AAD-UPN:<upn>/...`` (§4.1): Exchange resolves the UPN itself, so the app
+needs no Entra directory permission (looking up the object id with ``GET /users/{upn}`` would need User.Read.All,
+§6.4). ``lifecycleNotificationUrl`` is set at creation because a PATCH cannot add it (§4.2).
 """
 
 from __future__ import annotations
@@ -121,8 +122,16 @@ class GraphSubscriptions:
 
     def resource(self, mailbox: str) -> str:
         folder = self._side.folder_id(mailbox)
-        user = self._side.user_object_id(mailbox)
-        return f"users/{user}/contactFolders/{folder}/contacts"
+        return f"users/AAD-UPN:{mailbox}/contactFolders/{folder}/contacts"
+
+    def exists(self, subscription_id: str) -> bool:
+        """Whether Graph still has the subscription (GET; 404 is False)."""
+        try:
+            self._side._run(self._http.call("GET", f"/subscriptions/{quote(subscription_id, safe='')}"),
+                            subscription_id)
+        except NotFound:
+            return False
+        return True
 
     def create(self, mailbox: str) -> NewSubscription:
         resource = self.resource(mailbox)

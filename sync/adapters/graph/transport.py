@@ -101,7 +101,7 @@ def _map_error(
     if status == 409 or low == "errorfolderexists":
         return AlreadyExists(f"already exists ({what})", side=side, item_id=item_id)
     if status in (401, 403):
-        return AuthFailed(f"Graph refused the credentials or the mailbox is out of scope ({what})", side=side)
+        return AuthFailed(f"{_auth_cause(status, low)} ({what})", side=side)
     if status in (429, 503):
         return Throttled(f"Graph is throttling ({what})", retry_after=retry_after, side=side, item_id=item_id)
     if status >= 500 or status in (408, 410, 424):
@@ -109,6 +109,17 @@ def _map_error(
     if 400 <= status < 500:
         return BadData(f"Graph refused the request ({what})", code=code or None, side=side, item_id=item_id)
     return Transient(f"unexpected Graph answer ({what})", side=side, item_id=item_id)
+
+
+def _auth_cause(status: int, low_code: str) -> str:
+    """What a 401/403 means for an admin (§6.4): a directory permission, the Exchange scope, or the credentials."""
+    if low_code == "authorization_requestdenied":
+        return "the app lacks an Entra directory permission for this call (Authorization_RequestDenied)"
+    if low_code == "erroraccessdenied":
+        return "the mailbox is outside the app's Exchange RBAC for Applications scope (ErrorAccessDenied)"
+    if status == 401:
+        return "Graph refused the app's token"
+    return "Graph refused the call"
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
