@@ -56,6 +56,7 @@ demo-up: deps
 bench: deps
 	$(PY) -m bench.import_time
 	$(PY) -m bench.webhook_ack
+	$(PY) -m bench.cold_start
 	$(PY) -m bench.latency
 	$(PY) -m bench.scale
 

@@ -39,7 +39,7 @@ param maximumInstanceCount int = 40
 param httpPerInstanceConcurrency int = 4
 
 @minValue(0)
-param alwaysReadyHttpInstances int = 0
+param alwaysReadyHttpInstances int = 1
 
 @allowed([
   'Standard_LRS'

@@ -54,9 +54,9 @@ param maximumInstanceCount int = 40
 @maxValue(1000)
 param httpPerInstanceConcurrency int = 4
 
-@description('Always-ready instances for the HTTP group (0 = scale to zero; 1 removes cold starts on webhooks).')
+@description('Always-ready instances for the HTTP group: 1 keeps Graph webhooks inside 3 s after idle periods (docs/performance.md, cold start); 0 = scale to zero.')
 @minValue(0)
-param alwaysReadyHttpInstances int = 0
+param alwaysReadyHttpInstances int = 1
 
 @description('Public https base URL of the app used in Graph subscriptions; empty: https://<app name>.azurewebsites.net.')
 param webhookBaseUrl string = ''
