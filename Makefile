@@ -56,6 +56,7 @@ demo-up: deps
 bench: deps
 	$(PY) -m bench.import_time
 	$(PY) -m bench.webhook_ack
+	$(PY) -m bench.webhook_flood
 	$(PY) -m bench.latency
 	$(PY) -m bench.scale
 

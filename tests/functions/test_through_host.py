@@ -265,8 +265,10 @@ def test_reconcile_needs_the_function_key_and_progresses_to_done(subscribed: Sta
     doc = _job(s, {"mailboxes": [ANN], "mode": "full"})
     assert doc["state"] == "done" and doc["progress"] == {"total": 1, "done": 1}
     assert [c for c in s.outlook(ANN) if c.get("surname") == "Turing"]
-    resp = s.http.post(s.url("reconcile"), json={}, params={"code": s.host.master_key})
+    assert s.http.post(s.url("reconcile"), json={}, params={"code": s.host.master_key}).status_code == 400
+    resp = s.http.post(s.url("reconcile"), json={"mailboxes": "all"}, params={"code": s.host.master_key})
     assert resp.status_code == 202 and resp.json()["mailboxes"] == 3
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_dry_run_reports_the_plan_and_writes_nothing(subscribed: Stack) -> None:
