@@ -57,6 +57,7 @@ bench: deps
 	$(PY) -m bench.import_time
 	$(PY) -m bench.webhook_ack
 	$(PY) -m bench.cold_start
+	$(PY) -m bench.webhook_flood
 	$(PY) -m bench.latency
 	$(PY) -m bench.scale
 

@@ -243,7 +243,7 @@ def initial(d: Demo) -> None:
 
     d.phase(f"Initial reconcile of {len(MAILBOXES)} mailboxes ({len(d.sf.contacts())} Salesforce contacts, "
             f"{sum(len(d.folder(mb)) for mb in MAILBOXES)} Outlook contacts)")
-    job = d.reconcile({"mode": "full"})
+    job = d.reconcile({"mailboxes": "all", "mode": "full"})
     d.settle()
     say(f"   planned {job.get('planned')}; applied {job.get('applied')}")
     races = sum(len(m.get("errors", [])) for m in job.get("mailboxes", []))
@@ -328,7 +328,7 @@ def live(d: Demo) -> None:
 
 def final(d: Demo) -> None:
     d.phase("A last reconcile of every mailbox (what the timer does every 30 minutes)")
-    job = d.reconcile({})
+    job = d.reconcile({"mailboxes": "all"})
     d.settle()
     applied = {k: v for k, v in job.get("applied", {}).items() if k not in ("nothing", "review")}
     say(f"   applied {job.get('applied')}")

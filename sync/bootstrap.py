@@ -10,6 +10,11 @@ Storage is ``AzureWebJobsStorage`` (a connection string; locally Azurite's) or t
 ``AzureWebJobsStorage__tableServiceUri`` / ``__queueServiceUri``, with ``__clientId`` for a user-assigned identity.
 Queue clients pin ``api_version`` 2025-11-05, which both Azure and Azurite accept (docs/reference/azure.md §5).
 
+``quiet_third_party_loggers()`` (called by ``function_app`` at import, before any function runs) is the one place
+that sets the levels of the SDKs' loggers: Azure runs at Information (host.json), where httpx logs whole Graph URLs
+(mailbox UPNs, ``$filter`` on email addresses) and azure-core logs every storage request (UPNs in row keys). Our own
+log lines name a mailbox by ``sync.model.mailbox_ref`` only (docs/operations.md "What the logs contain").
+
 Dev-only switches, refused unless the endpoint is on this machine (127.0.0.1, ::1, localhost):
 ``GRAPH_CREDENTIAL=static`` (a fixed bearer token for the Graph emulator) and ``SF_PUBSUB_INSECURE=true``
 (plaintext gRPC for the Salesforce emulator). ``SF_CA_BUNDLE`` names an extra CA trusted for Salesforce TLS.
@@ -63,6 +68,19 @@ RECONCILE_QUEUE = "reconcile"
 LIFECYCLE_QUEUE = "graph-lifecycle"
 NOTIFICATIONS_ROUTE = "/api/graph/notifications"
 LIFECYCLE_ROUTE = "/api/graph/lifecycle"
+
+
+# Loggers of the libraries under the app. They log request URLs (and with them mailbox UPNs, email addresses in
+# queries and storage keys) at Information or Debug; only their warnings and errors reach the host's log.
+THIRD_PARTY_LOGGERS = ("azure", "httpx", "httpcore", "urllib3", "requests", "grpc", "msal", "msgraph", "msgraph_core",
+                       "kiota_abstractions", "kiota_http", "kiota_authentication_azure", "simple_salesforce", "hpack",
+                       "h2", "hishel")
+
+
+def quiet_third_party_loggers(level: int = logging.WARNING) -> None:
+    """Set every logger of ``THIRD_PARTY_LOGGERS`` to ``level`` (imports nothing: a logger exists by name)."""
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
 
 
 def is_loopback(url_or_host: str) -> bool:
@@ -423,11 +441,13 @@ __all__ = [
     "CONTACT_QUEUE",
     "LIFECYCLE_QUEUE",
     "RECONCILE_QUEUE",
+    "THIRD_PARTY_LOGGERS",
     "Root",
     "RoutingQueue",
     "StaticTokenCredential",
     "current",
     "install",
     "is_loopback",
+    "quiet_third_party_loggers",
     "reset",
 ]

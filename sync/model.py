@@ -8,6 +8,7 @@ Public API:
     compare_key()      the value a field is *compared* by (phones by digits, emails case-folded)
     fingerprint()      sha256 of the canonical JSON of the compared values of the synced fields
     VOLATILE_FIELDS    side properties never fingerprinted, each with the reason
+    mailbox_ref()      how a log line names a mailbox: a short digest of its UPN, never the UPN
 
 Normalisation (applied to every value on construction): unicode NFC; trimmed; runs of spaces and tabs collapsed to
 one space in single-line fields; line endings unified to ``\\n`` in multi-line fields (street, notes); empty strings
@@ -249,6 +250,12 @@ class Contact(BaseModel):
         if not self.emails and not (self.business_phone or self.mobile_phone or self.home_phone):
             missing.append("an email address or a phone number")
         return tuple(missing)
+
+
+def mailbox_ref(mailbox: str) -> str:
+    """A mailbox as log lines name it: the first 10 hex digits of sha256 of the case-folded UPN (docs/operations.md
+    "What the logs contain" shows how to compute it for a given mailbox)."""
+    return hashlib.sha256(mailbox.casefold().encode()).hexdigest()[:10]
 
 
 def fingerprint(contact: Contact, fields: Iterable[str]) -> str:

@@ -26,7 +26,7 @@ from sync.actions import Adopt, Candidate, Create, LinkAfter, Nothing, Plan, Rev
 from sync.engine import Engine
 from sync.errors import AlreadyExists, PreconditionFailed, SyncError
 from sync.match_index import MatchIndex
-from sync.model import Side, fingerprint
+from sync.model import Side, fingerprint, mailbox_ref
 from sync.planner import check_breaker, plan
 from sync.ports import CheckpointStore, ContactChange, ContactSide, Link, LinkState, SideRecord, row_key
 
@@ -48,8 +48,8 @@ class ReconcileReport:
         counts = self.planned if self.dry_run else self.applied
         done = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"
         mode = "dry run, planned" if self.dry_run else "applied"
-        return (f"mailbox {self.mailbox} ({self.ran} pass): {self.visited} visited, {self.linked_before} linked "
-                f"before; {mode}: {done}; {len(self.errors)} error(s)")
+        return (f"mailbox {mailbox_ref(self.mailbox)} ({self.ran} pass): {self.visited} visited, "
+                f"{self.linked_before} linked before; {mode}: {done}; {len(self.errors)} error(s)")
 
 
 def _kinds(p: Plan) -> list[str]:
@@ -335,7 +335,7 @@ class MailboxReconcile:
             _decide_again(self.engine, self.mailbox, hint, report)
         if self.rebuilding and not report.errors:
             self.engine.links.mark_rebuilt(self.mailbox)
-            logger.info("links of mailbox %s rebuilt from the markers", self.mailbox)
+            logger.info("links of mailbox %s rebuilt from the markers", mailbox_ref(self.mailbox))
         logger.info("%s", report.summary())
 
 
@@ -426,7 +426,7 @@ def _decide_again(engine: Engine, mailbox: str, hint: ContactChange, report: Rec
 
 def _failed(mailbox: str, exc: SyncError, ids: str, report: ReconcileReport) -> None:
     report.errors.append(f"{type(exc).__name__} {ids}: {exc}")
-    logger.warning("reconcile %s: %s on %s", mailbox, type(exc).__name__, ids)
+    logger.warning("reconcile %s: %s on %s", mailbox_ref(mailbox), type(exc).__name__, ids)
 
 
 def reconcile_mailbox_delta(
@@ -503,7 +503,8 @@ def _decide_gone(engine: Engine, mailbox: str, gone_m365: list[str]) -> None:
         try:
             engine.sync_contact(ContactChange(source=Side.M365, item_id=item_id, mailbox=mailbox))
         except SyncError as exc:
-            logger.warning("reconcile %s: %s on a hint before the rebuild", mailbox, type(exc).__name__)
+            logger.warning("reconcile %s: %s on a hint before the rebuild", mailbox_ref(mailbox),
+                           type(exc).__name__)
 
 
 def _delta_pass(engine: Engine, mailbox: str, hints: list[ContactChange], *, dry_run: bool,

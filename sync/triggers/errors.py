@@ -71,9 +71,18 @@ def decide(exc: BaseException, dequeue_count: int, max_dequeue: int = MAX_DEQUEU
     return Decision(Disposition.RETRY, describe(exc))
 
 
+# on every answer of every HTTP function: browsers must not guess a type from the content (the audit keeps foreign
+# error codes verbatim, and a handshake echoes the caller's token)
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+
+
 def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(body, default=str), status_code=status, mimetype="application/json",
-                             headers=headers)
+                             headers={**NOSNIFF, **(headers or {})})
+
+
+def empty_response(status: int) -> func.HttpResponse:
+    return func.HttpResponse(status_code=status, headers=dict(NOSNIFF))
 
 
 def http_status(exc: BaseException) -> int:
@@ -114,4 +123,5 @@ def http_response(exc: BaseException) -> func.HttpResponse:
     return json_response({"error": message}, status, headers or None)
 
 
-__all__ = ["MAX_DEQUEUE_COUNT", "Decision", "Disposition", "decide", "describe", "http_response", "json_response"]
+__all__ = ["MAX_DEQUEUE_COUNT", "NOSNIFF", "Decision", "Disposition", "decide", "describe", "empty_response",
+           "http_response", "json_response"]

@@ -11,25 +11,31 @@ Functions:
                             counts and each mailbox's subscription state as JSON
 
 The notification webhook does no Graph or Salesforce I/O (Graph wants an answer within 3 s): per item it reads the
-stored subscription (one Table point read per subscription id, kept 60 s per process), compares the digest of the
-item's clientState with the stored one in constant time, and enqueues one ``ContactChange(source=m365, mailbox, id)``
-per distinct contact, the mailbox taken from the stored subscription, never from the payload. Other items are
-dropped and counted (``COUNTERS``); the answer is 202 whatever the mix, so a caller learns nothing about our
-subscriptions. Bad JSON (or no ``value`` list) is 400, a body over 1 MiB is 413. The lifecycle webhook makes the same
-checks and only enqueues one ``LifecycleNotice`` per valid event (Graph wants the 202 first, §4.6): creating a
-subscription runs Graph's validation handshake and can take seconds. The time of the last accepted notification is
-kept per mailbox (at most one Table write per mailbox a minute per process) for the status page.
+stored subscription, compares the digest of the item's clientState with the stored one in constant time, and
+enqueues one ``ContactChange(source=m365, mailbox, id)`` per distinct contact, the mailbox taken from the stored
+subscription, never from the payload. Other items are dropped and counted (``COUNTERS``, and one log line per
+request); the answer is 202 whatever the mix, so a caller learns nothing about our subscriptions. The time of the
+last accepted notification is kept per mailbox (at most one Table write per mailbox a minute per process) for the
+status page.
+
+What an anonymous caller can make it cost is bounded before any storage read: a body over 1 MiB is 413, more than
+``MAX_NOTIFICATIONS`` items is 413, more distinct subscription ids than ``distinct_limit`` (what our own
+subscriptions could ever produce) is 400; so one request costs at most ``distinct_limit`` Table point reads. Found
+subscriptions are kept 60 s by the store; unknown ids are remembered ``UNKNOWN_TTL_S`` per process (``UnknownIds``),
+so repeating them costs nothing. Bad JSON, duplicate keys or no ``value`` list is 400. The lifecycle webhook makes
+the same checks and only enqueues one ``LifecycleNotice`` per valid event (Graph wants the 202 first, §4.6):
+creating a subscription runs Graph's validation handshake and can take seconds.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
 import time
+import weakref
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -55,8 +61,8 @@ from sync.subscriptions import (
     maintain_subscriptions,
     needs_upkeep,
 )
-from sync.triggers.errors import decide, http_response, json_response
-from sync.triggers.http import MAX_NOTIFICATION_BODY, bounded_body, handshake, validation_token
+from sync.triggers.errors import decide, empty_response, http_response, json_response
+from sync.triggers.http import MAX_NOTIFICATION_BODY, BadJson, bounded_body, handshake, load_json, validation_token
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +72,54 @@ COUNTERS: Counter[str] = Counter()  # per process: accepted, unknown_subscriptio
 # Graph subscription ids are GUIDs: anything else is counted invalid without a storage read or a log of its text.
 _SUBSCRIPTION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 MAX_CONTACT_ID = 1024  # Graph contact ids are about 150 characters; a longer one would not fit a queue message
+# Graph documents no batch maximum (docs/reference/graph.md §4.4); its batches are small. Past these bounds a request
+# is one Graph could never send, refused before any storage read.
+MAX_NOTIFICATIONS = 1000
+MIN_DISTINCT_SUBSCRIPTIONS = 50
+UNKNOWN_TTL_S = 30.0
+MAX_UNKNOWN = 10_000
+
+
+def distinct_limit(mailboxes: int) -> int:
+    """The most distinct subscription ids one request may name: we hold one subscription per mailbox in scope (two
+    while one is being replaced), with a floor for small deployments."""
+    return max(MIN_DISTINCT_SUBSCRIPTIONS, 2 * mailboxes)
+
+
+class UnknownIds:
+    """Subscription ids the store did not have, remembered ``ttl_s`` seconds (negative cache; at most ``size``, then
+    it starts over). A subscription stored within ``ttl_s`` after a notification named it before it was stored loses
+    its hints for that long; the scheduled delta reconcile repairs what they would have said."""
+
+    def __init__(self, ttl_s: float = UNKNOWN_TTL_S, size: int = MAX_UNKNOWN,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl_s, self._size, self._clock = ttl_s, size, clock
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, sub_id: object) -> bool:
+        with self._lock:
+            at = self._seen.get(str(sub_id))
+        return at is not None and self._clock() - at < self._ttl_s
+
+    def add(self, sub_id: str) -> None:
+        with self._lock:
+            if len(self._seen) >= self._size:
+                self._seen.clear()
+            self._seen[sub_id] = self._clock()
+
+
+_UNKNOWN: weakref.WeakKeyDictionary[SubscriptionStore, UnknownIds] = weakref.WeakKeyDictionary()
+_UNKNOWN_LOCK = threading.Lock()
+
+
+def unknown_ids(store: SubscriptionStore) -> UnknownIds:
+    """The negative cache of one subscription store (a new store, e.g. a new root, starts empty)."""
+    with _UNKNOWN_LOCK:
+        found = _UNKNOWN.get(store)
+        if found is None:
+            found = _UNKNOWN[store] = UnknownIds()
+        return found
 
 
 def _text(value: object) -> str | None:
@@ -80,17 +134,23 @@ def _text(value: object) -> str | None:
 
 
 class BadPayload(ValueError):
-    """The body is not a Graph notification collection."""
+    """The body is not a Graph notification collection (or not one Graph could send): answered with ``status``."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _items(body: bytes) -> list[Mapping[str, Any]]:
     try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the decoder's recursion limit
-        raise BadPayload("body is not JSON") from exc
+        doc = load_json(body)
+    except BadJson as exc:
+        raise BadPayload(str(exc)) from exc
     value = doc.get("value") if isinstance(doc, dict) else None
     if not isinstance(value, list):
         raise BadPayload("body has no 'value' list")
+    if len(value) > MAX_NOTIFICATIONS:
+        raise BadPayload(f"{len(value)} notifications in one request; at most {MAX_NOTIFICATIONS}", 413)
     return [item if isinstance(item, Mapping) else {} for item in value]
 
 
@@ -102,25 +162,34 @@ class Checked:
     dropped: Counter[str] = field(default_factory=Counter)
 
 
-def check_items(items: list[Mapping[str, Any]], subscriptions: SubscriptionStore) -> Checked:
+def check_items(items: list[Mapping[str, Any]], subscriptions: SubscriptionStore, limit: int) -> Checked:
+    """Items with a known subscription and its clientState; raises BadPayload (400) before any read when the items
+    name more than ``limit`` distinct subscription ids."""
     from sync.adapters.graph import client_state_matches
 
     out = Checked()
-    cache: dict[str, StoredSubscription | None] = {}
-    for item in items:
-        sub_id = item.get("subscriptionId")
-        if not isinstance(sub_id, str) or not _SUBSCRIPTION_ID.fullmatch(sub_id):
-            out.dropped["invalid"] += 1
+    ids = [sub_id if isinstance(sub_id, str) and _SUBSCRIPTION_ID.fullmatch(sub_id) else None
+           for sub_id in (item.get("subscriptionId") for item in items)]
+    distinct = {sub_id for sub_id in ids if sub_id is not None}
+    if len(distinct) > limit:
+        raise BadPayload(f"{len(distinct)} distinct subscriptions in one request; at most {limit}")
+    unknown = unknown_ids(subscriptions)
+    found: dict[str, StoredSubscription | None] = {}
+    for sub_id in distinct:
+        if sub_id in unknown:  # remembered: no read, and the entry still expires on time
+            found[sub_id] = None
             continue
-        if sub_id not in cache:
-            cache[sub_id] = subscriptions.get(sub_id)
-        stored = cache[sub_id]
-        if stored is None:
+        found[sub_id] = subscriptions.get(sub_id)
+        if found[sub_id] is None:
+            unknown.add(sub_id)
+    for item, maybe_id in zip(items, ids, strict=True):
+        stored = found[maybe_id] if maybe_id is not None else None
+        if maybe_id is None:
+            out.dropped["invalid"] += 1
+        elif stored is None:
             out.dropped["unknown_subscription"] += 1
-            logger.warning("notification for unknown subscription %s dropped", sub_id[:64])
         elif not client_state_matches(_text(item.get("clientState")), stored.client_state_digest):
             out.dropped["bad_client_state"] += 1
-            logger.warning("notification with a wrong clientState for subscription %s dropped", sub_id)
         else:
             out.valid.append((item, stored))
     COUNTERS.update(out.dropped)
@@ -148,9 +217,10 @@ def _raw_contact_id(item: Mapping[str, Any]) -> str | None:
 
 
 def accept_notifications(body: bytes, subscriptions: SubscriptionStore, queue: WorkQueue,
-                         checkpoints: CheckpointStore | None = None) -> Counter[str]:
+                         checkpoints: CheckpointStore | None = None,
+                         limit: int = MIN_DISTINCT_SUBSCRIPTIONS) -> Counter[str]:
     """Validate a notification batch and enqueue one hint per distinct contact. Raises BadPayload."""
-    checked = check_items(_items(body), subscriptions)
+    checked = check_items(_items(body), subscriptions, limit)
     counts = Counter(checked.dropped)
     seen: set[tuple[str, str]] = set()
     for item, stored in checked.valid:
@@ -191,10 +261,11 @@ def note_arrivals(checkpoints: CheckpointStore, mailboxes: set[str]) -> None:
             logger.warning("last notification time not written: %s", type(exc).__name__)
 
 
-def accept_lifecycle(body: bytes, subscriptions: SubscriptionStore, queue: WorkQueue) -> Counter[str]:
+def accept_lifecycle(body: bytes, subscriptions: SubscriptionStore, queue: WorkQueue,
+                     limit: int = MIN_DISTINCT_SUBSCRIPTIONS) -> Counter[str]:
     """Validate lifecycle events and enqueue one ``LifecycleNotice`` per valid one (no Graph call). Raises
     BadPayload."""
-    checked = check_items(_items(body), subscriptions)
+    checked = check_items(_items(body), subscriptions, limit)
     counts = Counter(checked.dropped)
     for item, stored in checked.valid:
         event = item.get("lifecycleEvent")
@@ -204,6 +275,17 @@ def accept_lifecycle(body: bytes, subscriptions: SubscriptionStore, queue: WorkQ
         queue.send(LifecycleNotice(event=event, subscription_id=stored.id, mailbox=stored.mailbox))
         counts["queued"] += 1
     return counts
+
+
+def _log_counts(what: str, counts: Counter[str]) -> None:
+    """One line per request: a warning when anything was dropped (counts only, never the dropped ids)."""
+    dropped = sum(counts[k] for k in ("invalid", "unknown_subscription", "bad_client_state"))
+    (logger.warning if dropped else logger.info)("%s: %s", what, dict(counts))
+
+
+def _refused(what: str, exc: BadPayload) -> func.HttpResponse:
+    logger.warning("%s: refused with %s (%s)", what, exc.status, exc)
+    return json_response({"error": str(exc)}, exc.status)
 
 
 # ---------------------------------------------------------------------------------------------- functions
@@ -220,13 +302,14 @@ def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
         return body
     root = bootstrap.current()
     try:
-        counts = accept_notifications(body, root.subscriptions, root.contact_queue, root.checkpoints)
+        counts = accept_notifications(body, root.subscriptions, root.contact_queue, root.checkpoints,
+                                      distinct_limit(len(root.mailboxes)))
     except BadPayload as exc:
-        return func.HttpResponse(json.dumps({"error": str(exc)}), status_code=400, mimetype="application/json")
+        return _refused("graph notifications", exc)
     except Exception as exc:  # storage down: 5xx so Graph retries (docs/reference/graph.md §4.5)
         return http_response(exc)
-    logger.info("graph notifications: %s", dict(counts))
-    return func.HttpResponse(status_code=202)
+    _log_counts("graph notifications", counts)
+    return empty_response(202)
 
 
 @bp.function_name("graph_lifecycle")
@@ -240,13 +323,13 @@ def graph_lifecycle(req: func.HttpRequest) -> func.HttpResponse:
         return body
     root = bootstrap.current()
     try:
-        counts = accept_lifecycle(body, root.subscriptions, root.lifecycle_queue)
+        counts = accept_lifecycle(body, root.subscriptions, root.lifecycle_queue, distinct_limit(len(root.mailboxes)))
     except BadPayload as exc:
-        return func.HttpResponse(json.dumps({"error": str(exc)}), status_code=400, mimetype="application/json")
+        return _refused("graph lifecycle", exc)
     except Exception as exc:
         return http_response(exc)
-    logger.info("graph lifecycle: %s", dict(counts))
-    return func.HttpResponse(status_code=202)
+    _log_counts("graph lifecycle", counts)
+    return empty_response(202)
 
 
 @bp.function_name("graph_lifecycle_worker")

@@ -1,8 +1,10 @@
 """Reconcile jobs: started by API or timer, one mailbox per queue message, status by API.
 
 Functions:
-    reconcile_start      POST /api/reconcile ``{"mailboxes"?, "mode": "delta"|"full", "dryRun", "force"}`` -> 202 and
-                         ``Location: /api/reconcile/<job>``; 400 with the reason for a bad body
+    reconcile_start      POST /api/reconcile ``{"mailboxes": "all"|[...], "mode": "delta"|"full", "dryRun", "force"}``
+                         -> 202 and ``Location: /api/reconcile/<job>``; 400 with the reason for a bad body (the
+                         scope is required: no body, ``{}`` or a typo never becomes a run over every mailbox; a
+                         duplicate key is refused); over 64 KiB -> 413
     reconcile_status     GET /api/reconcile/{job} -> the job as JSON; 404 for an unknown job
     reconcile_timer      %RECONCILE_SCHEDULE%: every mailbox in scope, ``full`` when the last full pass is 7 days old
     mailbox_reconciler   queue ``reconcile``: one mailbox, delta or full; the result goes to the job row
@@ -14,7 +16,6 @@ and completes the message: re-run with ``force: true`` to apply it.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections import Counter
@@ -28,6 +29,7 @@ from sync import bootstrap
 from sync.errors import BadData, CircuitBreakerTripped
 from sync.ports import MailboxJob, ReconcileJob, ReconcileMailbox
 from sync.triggers.errors import Disposition, decide, describe, http_response, json_response
+from sync.triggers.http import MAX_RECONCILE_BODY, BadJson, bounded_body, load_json
 from sync.triggers.queue import settle
 
 logger = logging.getLogger(__name__)
@@ -36,22 +38,48 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 FULL_EVERY = timedelta(days=7)
 _KEYS = frozenset({"mailboxes", "mode", "dryRun", "force"})
+ALL = "all"
+SHOWN = 5  # names quoted in a refusal; the rest are counted
 
 
 class BadRequest(ValueError):
     """A reconcile request body that cannot be accepted (the message is the 400 answer)."""
 
 
+def _quote(names: list[str]) -> str:
+    """At most ``SHOWN`` names, each cut to 64 characters, and how many more: an answer never echoes the body."""
+    shown = ", ".join(n if len(n) <= 64 else n[:64] + "..." for n in names[:SHOWN])
+    return shown + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
+
+
+def _scope(value: object, scope: tuple[str, ...]) -> list[str]:
+    if value is None:
+        raise BadRequest('name the scope: "mailboxes": "all" or a list of mailbox addresses')
+    if not scope:
+        raise BadRequest("no mailboxes are in scope (SYNC_MAILBOXES is empty)")
+    if value == ALL:
+        return list(scope)
+    if not isinstance(value, list) or not all(isinstance(m, str) and m.strip() for m in value):
+        raise BadRequest('mailboxes must be "all" or a list of mailbox addresses')
+    if not value:
+        raise BadRequest('mailboxes is empty: send "mailboxes": "all" to reconcile every mailbox in scope')
+    chosen = list(dict.fromkeys(m.strip().casefold() for m in value))
+    outside = [m for m in chosen if m not in scope]
+    if outside:
+        raise BadRequest(f"{len(outside)} mailbox(es) not in scope: {_quote(outside)}")
+    return chosen
+
+
 def parse_request(body: bytes, scope: tuple[str, ...]) -> tuple[list[str], Literal["delta", "full"], bool, bool]:
     try:
-        doc = json.loads(body or b"{}")
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than the decoder's recursion limit
-        raise BadRequest("body is not JSON") from None
+        doc = load_json(body)
+    except BadJson as exc:
+        raise BadRequest(str(exc)) from None
     if not isinstance(doc, dict):
         raise BadRequest("body must be a JSON object")
     unknown = sorted(set(doc) - _KEYS)
     if unknown:
-        raise BadRequest(f"unknown key(s): {', '.join(unknown)}; allowed: mailboxes, mode, dryRun, force")
+        raise BadRequest(f"unknown key(s): {_quote(unknown)}; allowed: mailboxes, mode, dryRun, force")
     mode = doc.get("mode", "delta")
     if mode not in ("delta", "full"):
         raise BadRequest("mode must be 'delta' or 'full'")
@@ -61,21 +89,7 @@ def parse_request(body: bytes, scope: tuple[str, ...]) -> tuple[list[str], Liter
         if not isinstance(value, bool):
             raise BadRequest(f"{key} must be true or false")
         flags.append(value)
-    if not scope:
-        raise BadRequest("no mailboxes are in scope (SYNC_MAILBOXES is empty)")
-    mailboxes = doc.get("mailboxes")
-    if mailboxes is None:
-        chosen = list(scope)
-    else:
-        if not isinstance(mailboxes, list) or not all(isinstance(m, str) and m.strip() for m in mailboxes):
-            raise BadRequest("mailboxes must be a list of mailbox addresses")
-        if not mailboxes:
-            raise BadRequest("mailboxes is empty: leave it out to reconcile every mailbox in scope")
-        chosen = list(dict.fromkeys(m.strip().casefold() for m in mailboxes))
-        outside = [m for m in chosen if m not in scope]
-        if outside:
-            raise BadRequest(f"mailbox(es) not in scope: {', '.join(outside)}")
-    return chosen, mode, flags[0], flags[1]
+    return _scope(doc.get("mailboxes"), scope), mode, flags[0], flags[1]
 
 
 def start_job(root: bootstrap.Root, mailboxes: list[str], mode: Literal["delta", "full"], *, dry_run: bool = False,
@@ -203,9 +217,12 @@ def timer_mode(root: bootstrap.Root, now: datetime) -> Literal["delta", "full"]:
 @bp.function_name("reconcile_start")
 @bp.route(route="reconcile", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def reconcile_start(req: func.HttpRequest) -> func.HttpResponse:
+    body = bounded_body(req, MAX_RECONCILE_BODY)
+    if isinstance(body, func.HttpResponse):
+        return body
     root = bootstrap.current()
     try:
-        mailboxes, mode, dry_run, force = parse_request(req.get_body() or b"", root.mailboxes)
+        mailboxes, mode, dry_run, force = parse_request(body, root.mailboxes)
         job = start_job(root, mailboxes, mode, dry_run=dry_run, force=force)
     except BadRequest as exc:
         return json_response({"error": str(exc)}, 400)

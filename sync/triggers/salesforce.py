@@ -5,7 +5,8 @@ Functions:
                           X-Sync-Signature, Unix time in X-Sync-Timestamp, 300 s replay window): one hint per record
                           id -> 202 ``{"accepted": n}``; bad or missing signature, stale timestamp, or no
                           EVENTS_HMAC_SECRET configured -> 401; signed but malformed (not change events, a record
-                          id that is not a Salesforce id) -> 400 and nothing enqueued; over 1 MiB -> 413
+                          id that is not a Salesforce id, a duplicate JSON key) -> 400 and nothing enqueued; over
+                          1 MiB -> 413
     salesforce_cdc_pull   %CDC_PULL_SCHEDULE%: one bounded Pub/Sub pull from the stored replay id (at most
                           ``PULL_MAX_SECONDS``, ends early after ``PULL_IDLE_SECONDS`` without events), hints to
                           ``contact-changes``, GAP_OVERFLOW / replay-rejected -> reconciles to ``reconcile``
@@ -22,7 +23,7 @@ import azure.functions as func
 from sync import bootstrap
 from sync.errors import BadData, SyncError
 from sync.triggers.errors import describe, http_response, json_response
-from sync.triggers.http import MAX_EVENTS_BODY, bounded_body
+from sync.triggers.http import MAX_EVENTS_BODY, BadJson, bounded_body, load_json
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,10 @@ def accept_events(root: bootstrap.Root, body: bytes, headers: dict[str, str], no
         raise BadSignature("signature timestamp outside the replay window", side="salesforce") from exc
     except (TypeError, RecursionError) as exc:  # well signed, but e.g. recordIds is not a list, or absurdly nested
         raise BadData("pushed change events are malformed", code="BAD_EVENTS", side="salesforce") from exc
+    try:
+        load_json(body)  # well signed and JSON: refuse duplicate keys too (the last one would win silently)
+    except BadJson as exc:
+        raise BadData(f"pushed change events: {exc}", code="BAD_EVENTS", side="salesforce") from exc
     # every id is checked before any hint is sent: a refused batch enqueues nothing
     bad = sum(1 for hint in hints if not _RECORD_ID.fullmatch(hint.item_id))
     if bad:

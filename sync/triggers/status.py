@@ -21,7 +21,7 @@ import azure.functions as func
 from sync import bootstrap
 from sync.ports import StoredSubscription
 from sync.subscriptions import mailbox_state
-from sync.triggers.errors import http_response, json_response
+from sync.triggers.errors import NOSNIFF, http_response, json_response
 
 logger = logging.getLogger(__name__)
 
@@ -120,4 +120,5 @@ def status_page(req: func.HttpRequest) -> func.HttpResponse:
         return http_response(exc)
     if "application/json" in (req.headers.get("accept") or "").lower():  # media types ignore case (RFC 9110 §8.3.1)
         return json_response(doc)
-    return func.HttpResponse(render_html(doc), status_code=200, mimetype="text/html", charset="utf-8")
+    return func.HttpResponse(render_html(doc), status_code=200, mimetype="text/html", charset="utf-8",
+                             headers=dict(NOSNIFF))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,14 @@ def test_import_function_app_is_light() -> None:
     print(f"\nimport function_app: {result['seconds'] * 1000:.0f} ms; SDKs loaded: {result['loaded']}")
     assert result["loaded"] == []
     assert result["seconds"] < 5.0
+
+
+def test_import_function_app_sets_the_third_party_log_levels_in_a_fresh_interpreter() -> None:
+    probe = ("import logging, json, function_app\n"
+             "from sync.bootstrap import THIRD_PARTY_LOGGERS\n"
+             "print(json.dumps({n: logging.getLogger(n).level for n in THIRD_PARTY_LOGGERS}))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=True)
+    levels = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"azure", "httpx", "urllib3", "grpc"} <= set(levels)
+    assert set(levels.values()) == {logging.WARNING}

@@ -116,18 +116,40 @@ def run_reconciles(queues) -> int:
 
 @pytest.mark.parametrize(("body", "fragment"), [
     ({"mode": "sideways"}, "mode must be"),
-    ({"mailboxes": "ann@contoso.com"}, "must be a list"),
-    ({"mailboxes": ["carol@contoso.com"]}, "not in scope: carol@contoso.com"),
-    ({"dryRun": "yes"}, "dryRun must be true or false"),
+    ({"mailboxes": "ann@contoso.com"}, 'must be "all" or a list'),
+    ({"mailboxes": ["carol@contoso.com"]}, "1 mailbox(es) not in scope: carol@contoso.com"),
+    ({"mailboxes": "all", "dryRun": "yes"}, "dryRun must be true or false"),
     ({"mailbox": [ANN]}, "unknown key"),
     (b"[1]", "JSON object"),
     (b"{oops", "not JSON"),
+    # the scope is named explicitly: no body, {} or a flag alone never reconciles every mailbox
+    (b"", "not JSON"),
+    ({}, 'name the scope: "mailboxes": "all"'),
+    ({"dryRun": True, "mode": "full"}, "name the scope"),
+    ({"mailboxes": []}, 'send "mailboxes": "all"'),
+    # the last duplicate would win in Python's decoder: {"dryRun": true, "dryRun": false} would be a real run
+    (b'{"mailboxes": "all", "dryRun": true, "dryRun": false}', "duplicate key"),
+    (b'{"mailboxes": "all", "mode": {"a": 1, "a": 2}}', "duplicate key"),
 ])
 def test_reconcile_start_rejects_bad_requests(root, queues, body, fragment) -> None:
     resp = start(body)
     assert resp.status_code == 400
     assert fragment in json.loads(resp.get_body())["error"]
     assert queues.take("reconcile") == []
+
+
+def test_reconcile_refusals_never_echo_unbounded_input_and_big_bodies_are_413(root, queues) -> None:
+    many = [f"{'x' * 500}{i}@nowhere.example" for i in range(100)]
+    resp = start({"mailboxes": many, "dryRun": True})
+    error = json.loads(resp.get_body())["error"]
+    assert resp.status_code == 400 and error.startswith("100 mailbox(es) not in scope: ")
+    assert error.endswith(" and 95 more") and len(error) < 600
+    keys = {f"k{i}{'y' * 300}": 1 for i in range(50)}
+    error = json.loads(start({"mailboxes": "all", **keys}).get_body())["error"]
+    assert "and 45 more" in error and len(error) < 600
+    resp = start(json.dumps({"mailboxes": "all", "mode": "full", "pad": " " * 70_000}).encode())
+    assert resp.status_code == 413 and queues.take("reconcile") == []
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_dry_run_reconcile_plans_and_writes_nothing(memory_root, queues) -> None:
@@ -152,7 +174,7 @@ def test_job_progresses_and_a_first_delta_says_it_ran_full(memory_root, queues) 
     root, m365, sf = memory_root
     sf.user_create(ANN, person(*PEOPLE[0]))
     sf.user_create(BOB, person(*PEOPLE[1]))
-    job = json.loads(start({"mode": "delta"}).get_body())
+    job = json.loads(start({"mailboxes": "all", "mode": "delta"}).get_body())
     assert job["mailboxes"] == 2
     _, doc = status_of(job["id"])
     assert doc["state"] == "queued" and doc["mode"] == "delta" and doc["ran"] is None
@@ -162,7 +184,7 @@ def test_job_progresses_and_a_first_delta_says_it_ran_full(memory_root, queues) 
     assert doc["state"] == "done" and doc["progress"] == {"total": 2, "done": 2}
     assert doc["ran"] == "full"  # no checkpoint yet: the change feeds start over, so the whole mailbox ran
     assert doc["applied"].get("create:m365") == 2
-    again = json.loads(start({"mode": "delta"}).get_body())
+    again = json.loads(start({"mailboxes": "all", "mode": "delta"}).get_body())
     assert run_reconciles(queues) == 2
     _, doc = status_of(again["id"])
     assert doc["ran"] == "delta" and doc["state"] == "done"

@@ -9,11 +9,13 @@ nothing else. Timers are scheduled once a year: they run only when a test fires 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -265,8 +267,10 @@ def test_reconcile_needs_the_function_key_and_progresses_to_done(subscribed: Sta
     doc = _job(s, {"mailboxes": [ANN], "mode": "full"})
     assert doc["state"] == "done" and doc["progress"] == {"total": 1, "done": 1}
     assert [c for c in s.outlook(ANN) if c.get("surname") == "Turing"]
-    resp = s.http.post(s.url("reconcile"), json={}, params={"code": s.host.master_key})
+    assert s.http.post(s.url("reconcile"), json={}, params={"code": s.host.master_key}).status_code == 400
+    resp = s.http.post(s.url("reconcile"), json={"mailboxes": "all"}, params={"code": s.host.master_key})
     assert resp.status_code == 202 and resp.json()["mailboxes"] == 3
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_dry_run_reports_the_plan_and_writes_nothing(subscribed: Stack) -> None:
@@ -364,3 +368,65 @@ def test_refresh_endpoint_repairs_a_lost_subscription_and_reports_each_mailbox(s
     assert set(rows) == {ANN, BOB, CAROL} and all(r["lastError"] is None for r in rows.values())
     assert rows[ANN]["subscriptionId"] in {x["id"] for x in s.graph.list_subscriptions()}
     assert sum(doc["counts"].values()) >= 3
+
+
+
+# ------------------------------------------------------------------------------------------------ logs (issue 19)
+
+
+class _Everything(logging.Handler):
+    """Every record of every logger at Information and above, formatted as an operator would read it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        self.lines.append((record.name, text))
+
+
+def test_a_full_sync_at_information_logs_no_personal_data(subscribed: Stack) -> None:
+    """Azure logs at Information (host.json): a full reconcile, then live edits both ways, with every logger
+    captured (ours, the host's, httpx, azure-core, urllib3, grpc, msal, ...; only the emulated services' own loggers
+    are left out), and no name, email, phone or mailbox UPN (also URL-encoded, as in storage keys and Graph URLs)
+    of the seeded people may appear. The app's start-up (``function_app`` import) set the third-party levels."""
+    s = subscribed
+    s.settle()
+    people = [("Philippa", "Wetherington", "philippa.w@quietmail.example", "+44 7700 900 123"),
+              ("Bartholomew", "Quicksilver", "b.quicksilver@hushmail.example", "+44 7700 900 456")]
+    handler, root = _Everything(), logging.getLogger()
+    before = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        s.sf.create_contact({"FirstName": people[0][0], "LastName": people[0][1], "Email": people[0][2],
+                             "Phone": people[0][3], "OwnerId": s.users[ANN]}, as_user=s.users[ANN])
+        s.graph.create_contact(BOB, {"givenName": people[1][0], "surname": people[1][1],
+                                     "emailAddresses": [{"address": people[1][2]}],
+                                     "businessPhones": [people[1][3]]}, s.folder(BOB))
+        assert _job(s, {"mailboxes": "all", "mode": "full"})["state"] == "done"
+        s.settle()
+        outlook = next(c for c in s.outlook(ANN) if c.get("surname") == people[0][1])
+        s.graph.update_contact(ANN, outlook["id"], {"jobTitle": "Quartermaster"})  # webhook -> worker
+        sf = poll(lambda: [c for c in s.sf.contacts() if c.get("LastName") == people[1][1]], "Bartholomew in SF")
+        s.host.fire_timer("salesforce_cdc_pull")
+        s.sf.update_contact(sf[0]["Id"], {"Title": "Harbourmaster"}, as_user=s.users[BOB])
+        s.host.fire_timer("salesforce_cdc_pull")  # CDC -> worker
+        poll(lambda: (s.graph.get_contact(BOB, next(c["id"] for c in s.outlook(BOB)
+                                                     if c.get("surname") == people[1][1])) or {}).get("jobTitle")
+             == "Harbourmaster", "the Salesforce edit in Outlook")
+        s.settle()
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(before)
+    lines = [(name, text) for name, text in handler.lines if not name.startswith("emulators")]
+    assert len(lines) > 20 and {n.split(".")[0] for n, _ in lines} >= {"sync", "devhost"}
+    private = [v for p in people for v in (*p, f"{p[0]} {p[1]}", p[2].split("@")[0], p[3].replace(" ", ""))]
+    for mailbox in (ANN, BOB):
+        private += [mailbox, quote(mailbox), mailbox.replace("@", "%40"), mailbox.split("@")[0] + "@"]
+    for name, text in lines:
+        leaked = [v for v in private if v.casefold() in text.casefold()]
+        assert not leaked, f"{leaked[0]!r} in a log line of {name}: {text[:300]!r}"

@@ -149,3 +149,96 @@ def test_last_notification_time_is_kept_per_mailbox_for_the_status_page(root) ->
     assert resp.status_code == 202
     noted = root.checkpoints.get(ANN, "graph.subscription.lastNotification")
     assert noted and datetime.fromisoformat(noted) > datetime.now(UTC) - timedelta(minutes=1)
+
+
+# ---------------------------------------------------------------------------------------------- bounds (issue 19)
+
+
+NOTIFY = "http://localhost/api/graph/notifications"
+
+
+def _reads() -> int:
+    from sync.adapters.storage import REQUESTS
+
+    return REQUESTS.snapshot().get("read", 0)
+
+
+def _made_up(n: int, prefix: str) -> bytes:
+    return json.dumps({"value": [{"subscriptionId": f"{prefix}{i:08d}"} for i in range(n)]}).encode()
+
+
+def test_a_flood_graph_could_never_send_is_refused_before_any_table_read(root, queues) -> None:
+    fn = user_function(graph.graph_notifications)
+    for route in ("graph/notifications", "graph/lifecycle"):
+        before = _reads()
+        flood = fn(http("POST", f"http://localhost/api/{route}", _made_up(20_000, "flood")))
+        assert flood.status_code == 413 and "20000 notifications" in json.loads(flood.get_body())["error"]
+        wide = fn(http("POST", f"http://localhost/api/{route}", _made_up(graph.MAX_NOTIFICATIONS, "wide")))
+        assert wide.status_code == 400 and "1000 distinct subscriptions" in json.loads(wide.get_body())["error"]
+        assert _reads() == before
+    assert queues.take("contact-changes") == [] and queues.take("reconcile") == []
+
+
+def test_unknown_subscription_ids_are_read_once_and_drops_are_logged_in_one_line(root, queues, caplog) -> None:
+    _subscribe(root)
+    fn = user_function(graph.graph_notifications)
+    limit = graph.distinct_limit(len(root.mailboxes))
+    body = {"value": [{"subscriptionId": f"made-up-{i}"} for i in range(limit - 1)] + [_item("c-1")]}
+    caplog.set_level("INFO", logger="sync")
+    before = _reads()
+    assert fn(http("POST", NOTIFY, json.dumps(body).encode())).status_code == 202
+    assert _reads() - before <= limit  # the known subscription may come from the store's own cache
+    lines = [r for r in caplog.records if r.name == "sync.triggers.graph"]
+    assert len(lines) == 1 and lines[0].levelname == "WARNING"
+    assert f"'unknown_subscription': {limit - 1}" in lines[0].message
+    caplog.clear()
+    before = _reads()
+    body["value"][-1] = _item("c-2")
+    assert fn(http("POST", NOTIFY, json.dumps(body).encode())).status_code == 202
+    assert _reads() == before  # the unknown ids are remembered, the known one is cached by the store
+    assert [m["item_id"] for m in queues.bodies("contact-changes")] == ["c-1", "c-2"]
+    assert len([r for r in caplog.records if r.name == "sync.triggers.graph"]) == 1
+
+
+def test_unknown_ids_are_forgotten_after_their_ttl() -> None:
+    now = [0.0]
+    unknown = graph.UnknownIds(ttl_s=30.0, size=3, clock=lambda: now[0])
+    unknown.add("a")
+    assert "a" in unknown and "b" not in unknown
+    now[0] = 29.9
+    assert "a" in unknown
+    now[0] = 30.0
+    assert "a" not in unknown
+    for sub_id in ("b", "c", "d"):
+        unknown.add(sub_id)
+    assert "d" in unknown and "b" not in unknown  # full: it started over
+
+
+def test_duplicate_json_keys_are_400_on_both_webhooks(root, queues) -> None:
+    _subscribe(root)
+    item = json.dumps(_item("c-1"))[1:-1]
+    for body in (b'{"value": [], "value": [{' + item.encode() + b"}]}",
+                 b'{"value": [{' + item.encode() + b', "subscriptionId": "other"}]}'):
+        resp = user_function(graph.graph_notifications)(http("POST", NOTIFY, body))
+        assert resp.status_code == 400 and json.loads(resp.get_body()) == {"error": "body has a duplicate key"}
+    events = (b'[{"ChangeEventHeader": {"entityName": "Contact", "changeType": "UPDATE", '
+              b'"recordIds": ["003000000000001AAA"], "recordIds": []}}]')
+    resp = user_function(salesforce.salesforce_events)(http(
+        "POST", "http://localhost/api/salesforce/events", events, headers=sign_events(events, HMAC_SECRET,
+                                                                                       int(time.time()))))
+    assert resp.status_code == 400 and "duplicate key" in json.loads(resp.get_body())["error"]
+    assert queues.take("contact-changes") == []
+
+
+def test_every_answer_of_the_webhooks_says_nosniff(root, queues) -> None:
+    _subscribe(root)
+    fn = user_function(graph.graph_notifications)
+    answers = [
+        fn(http("POST", NOTIFY + "?validationToken=%3Cscript%3E")),
+        fn(http("POST", NOTIFY, json.dumps({"value": [_item("c-1")]}).encode())),
+        fn(http("POST", NOTIFY, b"{oops")),
+        fn(http("POST", NOTIFY, b" " * (1024 * 1024 + 1))),
+        user_function(salesforce.salesforce_events)(http("POST", "http://localhost/api/salesforce/events", b"[]")),
+    ]
+    assert [r.status_code for r in answers] == [200, 202, 400, 413, 401]
+    assert all(r.headers.get("X-Content-Type-Options") == "nosniff" for r in answers)

@@ -70,10 +70,16 @@ def encode(doc: Any, how: str) -> bytes:
     if how == "truncated":
         raw = json.dumps(doc).encode()
         return raw[: max(len(raw) // 2, 1)]
+    if how == "dupkey":  # the first key of an object twice, the real value last (Python's decoder would keep it)
+        raw = json.dumps(doc)
+        if isinstance(doc, dict) and doc:
+            return ("{" + json.dumps(next(iter(doc))) + ": null, " + raw[1:]).encode()
+        return raw.encode()
     raise ValueError(how)
 
 
-ENCODINGS = st.sampled_from(["ascii", "ascii", "ascii", "utf-8", "utf-8", "utf-16", "bom", "trailing", "truncated"])
+ENCODINGS = st.sampled_from(["ascii", "ascii", "ascii", "utf-8", "utf-8", "utf-16", "bom", "trailing", "truncated",
+                             "dupkey"])
 
 
 def nested(depth: int, open_: str = "[", close: str = "]") -> bytes:

@@ -25,7 +25,8 @@ def count(name: str, *, explicit: bool = False) -> None:
 
 
 def outcome(resp: func.HttpResponse) -> None:
-    """Note the answer's status in Hypothesis' statistics (``--hypothesis-show-statistics``)."""
+    """Every answer says ``nosniff``; note its status in Hypothesis' statistics (``--hypothesis-show-statistics``)."""
+    assert resp.headers.get("X-Content-Type-Options") == "nosniff", resp.status_code
     if currently_in_test_context():
         event(f"status {resp.status_code}")
 
@@ -68,13 +69,34 @@ def assert_no_personal_data(records: Iterable[logging.LogRecord], people: Iterab
             assert not leaked, f"personal value {token!r} appears in a log line: {leaked[0][:300]!r}"
 
 
+MAX_ERROR = 600  # an error text never echoes unbounded input: names are cut and counted
+
+
 def assert_json_error(resp: func.HttpResponse) -> str:
-    """A 4xx answer: JSON ``{"error": "<non-empty text>"}``; returns the error text."""
+    """A 4xx answer: JSON ``{"error": "<non-empty, bounded text>"}``; returns the error text."""
     assert 400 <= resp.status_code < 500, resp.status_code
     assert resp.mimetype == "application/json", resp.mimetype
     doc = json.loads(resp.get_body())
     assert isinstance(doc, dict) and isinstance(doc.get("error"), str) and doc["error"].strip(), doc
+    assert len(doc["error"]) <= MAX_ERROR, doc["error"][:100]
     return str(doc["error"])
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise KeyError("duplicate")
+    return dict(pairs)
+
+
+def duplicate_keys(body: bytes) -> bool:
+    """Whether ``body`` is JSON with the same key twice in some object (a request every endpoint must refuse)."""
+    try:
+        json.loads(body, object_pairs_hook=_unique)
+    except KeyError:
+        return True
+    except (ValueError, RecursionError):
+        return False
+    return False
 
 
 def body_json(resp: func.HttpResponse) -> Any:

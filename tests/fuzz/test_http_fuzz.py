@@ -44,7 +44,15 @@ from tests.fuzz.strategies import (
     people,
     queries,
 )
-from tests.fuzz.support import Person, assert_json_error, assert_no_personal_data, body_json, count, outcome
+from tests.fuzz.support import (
+    Person,
+    assert_json_error,
+    assert_no_personal_data,
+    body_json,
+    count,
+    duplicate_keys,
+    outcome,
+)
 
 SUB, STATE = "7f3c1a52-0d6e-4c8b-9a11-2b5e6f0c9d3e", "fuzz-client-state-secret-value"
 
@@ -143,9 +151,16 @@ def graph_items(draw: st.DrawFn, person: Person, *, lifecycle: bool) -> Any:
 def graph_requests(draw: st.DrawFn, route: str, *, lifecycle: bool) -> tuple[Any, Person, Any]:
     """(request, person embedded, the parsed document or None)."""
     person = draw(people())
-    kind = draw(st.sampled_from(["doc", "doc", "doc", "doc", "doc", "raw", "raw", "oversize"]))
+    kind = draw(st.sampled_from(["doc", "doc", "doc", "doc", "doc", "raw", "raw", "oversize", "flood"]))
     doc: Any = None
-    if kind == "doc":
+    if kind == "flood":  # many items naming distinct made-up subscriptions, maybe a valid one among them
+        n, tag = draw(st.integers(1, 3 * graph.MAX_NOTIFICATIONS)), draw(st.from_regex(r"[a-z]{6}", fullmatch=True))
+        items = [{"subscriptionId": f"{tag}-{i}", "clientState": STATE} for i in range(n)]
+        if draw(st.booleans()):
+            items.insert(draw(st.integers(0, n)), draw(graph_items(person, lifecycle=lifecycle)))
+        doc = {"value": items}
+        body = encode(doc, "ascii")
+    elif kind == "doc":
         items = draw(st.lists(graph_items(person, lifecycle=lifecycle), max_size=5))
         doc = draw(st.sampled_from([{"value": items}, {"value": items, "extra": person.email}, items,
                                     {"value": {"0": items}}, {"Value": items}]))
@@ -170,17 +185,42 @@ def _valid_items(doc: Any) -> list[dict[str, Any]]:
             if isinstance(i, dict) and i.get("subscriptionId") == SUB and i.get("clientState") == STATE]
 
 
+def _reads() -> int:
+    from sync.adapters.storage import REQUESTS
+
+    return REQUESTS.snapshot().get("read", 0)
+
+
+def _graph_bounds(resp: Any, req: Any, doc: Any, reads: int, limit: int) -> None:
+    """What an anonymous request may cost: at most ``limit`` point reads; a batch Graph could never send, or JSON
+    with a duplicate key, is refused."""
+    assert reads <= limit, f"{reads} table reads for one request"
+    value = doc.get("value") if isinstance(doc, dict) else None
+    if isinstance(value, list) and len(value) > graph.MAX_NOTIFICATIONS:
+        assert resp.status_code in (400, 413)
+    items = value if isinstance(value, list) else []
+    ids = {i.get("subscriptionId") for i in items if isinstance(i, dict) and isinstance(i.get("subscriptionId"), str)}
+    if len(ids - {""}) > limit + 1:  # +1: a generated item among made-up ids may carry one the pattern refuses
+        assert resp.status_code in (400, 413)
+    if duplicate_keys(req.get_body()):
+        assert resp.status_code in (400, 413)
+
+
 def check_graph_notifications(root, queues, logs, case) -> None:
     req, person, doc = case
     if root.subscriptions.get(SUB) is None:
         _subscribe(root)
     logs.clear()
+    before = _reads()
     resp = user_function(graph.graph_notifications)(req)
     assert resp.status_code < 500
     token = _expected_token(req.url, dict(req.params))
+    if token is None:
+        _graph_bounds(resp, req, doc, _reads() - before, graph.distinct_limit(len(root.mailboxes)))
     if token is not None:
         _check_handshake(resp, token)
         _nothing_enqueued(queues)
+        assert _reads() == before
     elif resp.status_code >= 400:
         assert resp.status_code in (400, 413)
         assert_json_error(resp)
@@ -227,6 +267,9 @@ def check_graph_lifecycle(root, queues, logs, case) -> None:
     elif resp.status_code >= 400:
         assert resp.status_code in (400, 413)
         assert_json_error(resp)
+        assert manager.calls == []
+    elif duplicate_keys(req.get_body()):
+        raise AssertionError("JSON with a duplicate key was accepted")
         _nothing_enqueued(queues)
     else:
         assert resp.status_code == 202
@@ -283,7 +326,8 @@ def sf_requests(draw: st.DrawFn) -> tuple[Any, Person, Any, str]:
     if kind == "doc":
         events = draw(st.lists(sf_events(person), max_size=4))
         doc = draw(st.sampled_from([events, {"events": events}, events[0] if events else {}, {"events": {}}]))
-        body = encode(doc, draw(st.sampled_from(["ascii", "ascii", "ascii", "utf-8", "trailing", "truncated"])))
+        body = encode(doc, draw(st.sampled_from(["ascii", "ascii", "ascii", "utf-8", "trailing", "truncated",
+                                                 "dupkey"])))
     elif kind == "raw":
         body = draw(RAW_BODIES)
     else:
@@ -351,6 +395,8 @@ def check_salesforce_events(root, queues, logs, case) -> None:
         _nothing_enqueued(queues)
     if not signing.startswith("valid"):
         assert resp.status_code in (401, 413), "an unauthenticated batch must be refused before its body is read"
+    elif duplicate_keys(req.get_body()):
+        assert resp.status_code in (400, 413), "a signed batch with a duplicate JSON key was accepted"
     assert_no_personal_data(logs.records, [person])
     outcome(resp)
 
@@ -370,6 +416,8 @@ def _job_rows(table: TableClient) -> int:
 
 MAILBOX_VALUES = st.one_of(st.sampled_from([ANN, BOB, " Ann@Contoso.com ", "BOB@CONTOSO.COM", "carol@contoso.com"]),
                            TEXT, JUNK)
+SCOPES = st.one_of(st.just("all"), st.lists(st.sampled_from([ANN, BOB, " Ann@Contoso.com ", "BOB@CONTOSO.COM"]),
+                                            min_size=1, max_size=3))
 
 
 @st.composite
@@ -378,9 +426,9 @@ def reconcile_requests(draw: st.DrawFn) -> tuple[Any, Person]:
     kind = draw(st.sampled_from(["valid", "valid", "valid", "doc", "doc", "doc", "raw"]))
     if kind == "valid":  # a request an operator could send, sometimes with one value spoiled
         doc: dict[str, Any] = {}
+        if draw(st.integers(0, 5)) > 0:  # the scope is required; now and then it is left out
+            doc["mailboxes"] = draw(SCOPES)
         for key, strategy in {
-            "mailboxes": st.lists(st.sampled_from([ANN, BOB, " Ann@Contoso.com ", "BOB@CONTOSO.COM"]), min_size=1,
-                                  max_size=3),
             "mode": st.sampled_from(["delta", "full"]), "dryRun": st.booleans(), "force": st.booleans(),
         }.items():
             if draw(st.booleans()):
@@ -388,12 +436,12 @@ def reconcile_requests(draw: st.DrawFn) -> tuple[Any, Person]:
         if draw(st.sampled_from([False, False, True])):
             spoiled = draw(st.sampled_from(["mailboxes", "mode", "dryRun", "force", "mailbox", person.email]))
             doc[spoiled] = draw(st.one_of(st.just(person.email), st.just([person.email]), JUNK))
-        body = encode(doc, draw(st.sampled_from(["ascii", "utf-8", "utf-16", "bom"])))
+        body = encode(doc, draw(st.sampled_from(["ascii", "utf-8", "utf-16", "bom", "dupkey"])))
     elif kind == "doc":
         doc = {}
         fields = {
             "mailboxes": st.one_of(st.lists(st.one_of(MAILBOX_VALUES, st.just(person.email)), max_size=4),
-                                   st.just(person.email), JUNK),
+                                   st.just(person.email), st.sampled_from(["all", "ALL", " all", "every"]), JUNK),
             "mode": st.one_of(st.sampled_from(["delta", "full", "FULL", "sideways", ""]), JUNK),
             "dryRun": st.one_of(st.booleans(), st.sampled_from(["true", 1, 0, None]), JUNK),
             "force": st.one_of(st.booleans(), st.sampled_from(["false", 1, None]), JUNK),
@@ -423,7 +471,7 @@ def check_reconcile_start(root, queues, logs, case) -> None:
     resp = user_function(reconcile.reconcile_start)(req)
     assert resp.status_code < 500
     if resp.status_code >= 400:
-        assert resp.status_code == 400
+        assert resp.status_code in (400, 413)
         assert_json_error(resp)
         _nothing_enqueued(queues)
         assert _job_rows(table) == before, "a rejected request wrote a job row"
@@ -437,6 +485,9 @@ def check_reconcile_start(root, queues, logs, case) -> None:
         assert all(m["job_id"] == doc["id"] and m["mode"] == doc["mode"] for m in messages)
         assert _job_rows(table) == before + 1
         _nothing_enqueued(queues)
+        sent = _as_doc(req.get_body())
+        assert isinstance(sent, dict) and sent.get("mailboxes"), "a request without a scope started a job"
+        assert not duplicate_keys(req.get_body()), "JSON with a duplicate key started a job"
     assert_no_personal_data(logs.records, [person])
     outcome(resp)
 
@@ -575,6 +626,14 @@ GRAPH_EXPLICIT = {
     "invalid utf-8": b'{"value": [{"subscriptionId": "\xff\xfe"}]}',
     "value is an object": {"value": {"0": _item()}},
     "items are lists": {"value": [[SUB, STATE]]},
+    "20,000 distinct made-up subscriptions": {"value": [{"subscriptionId": f"{i:020d}"} for i in range(20_000)]},
+    "1,000 distinct made-up subscriptions and a valid item": {
+        "value": [{"subscriptionId": f"{i:020d}"} for i in range(999)] + [_item()]},
+    "as many made-up subscriptions as allowed and a valid item": {
+        "value": [{"subscriptionId": f"m{i:019d}"} for i in range(graph.MIN_DISTINCT_SUBSCRIPTIONS - 1)] + [_item()]},
+    "duplicate value, the valid one last": b'{"value": [], "value": [' + json.dumps(_item()).encode() + b"]}",
+    "duplicate clientState in an item": (b'{"value": [{"clientState": "guess", ' + json.dumps(_item()).encode()[1:]
+                                         + b"]}"),
 }
 
 
@@ -688,9 +747,14 @@ RECONCILE_EXPLICIT: dict[str, Any] = {
     "mode is a list": {"mode": ["full"]},
     "dryRun is a string": {"dryRun": "true"},
     "in-scope mailboxes, odd spelling": {"mailboxes": [" Ann@Contoso.com ", "ann@contoso.com"], "dryRun": True},
-    "utf-16 body": json.dumps({"dryRun": True}).encode("utf-16"),
+    "utf-16 body": json.dumps({"mailboxes": "all", "dryRun": True}).encode("utf-16"),
     "empty body": b"",
     "invalid utf-8": b'{"mode": "\xff"}',
+    "no scope, dry run": {"dryRun": True, "mode": "full"},
+    "duplicate dryRun, the real run last": b'{"mailboxes": "all", "dryRun": true, "dryRun": false}',
+    "duplicate key in a nested object": b'{"mailboxes": "all", "mode": {"x": 1, "x": 2}}',
+    "10,000 out-of-scope mailboxes": {"mailboxes": [f"{ME.last}{i}@nowhere.example" for i in range(10_000)]},
+    "2,000 unknown keys": {f"key{i}{ME.email}": 1 for i in range(2000)},
 }
 
 

@@ -406,7 +406,7 @@ class Soak:
         subs = self.graph.list_subscriptions()
         if len(subs) != len(MAILBOXES):
             raise AssertionError(f"expected {len(MAILBOXES)} Graph subscriptions, got {len(subs)}")
-        job = self.reconcile({"mode": "full"})
+        job = self.reconcile({"mailboxes": "all", "mode": "full"})
         if job.get("state") != "done":
             raise AssertionError(f"initial reconcile: {job}")
         if not self.settle():
@@ -728,11 +728,11 @@ class Soak:
     def final_reconcile(self) -> None:
         writes = ("create", "update", "delete")
         for attempt in range(1, self.p.max_final_passes + 1):
-            job = self.reconcile({"mode": "full"})
+            job = self.reconcile({"mailboxes": "all", "mode": "full"})
             refused = list(job.get("refusals") or [])
             if refused:  # the circuit breaker: an operator reviews the report, then forces (docs/operations.md)
                 self.report.events.append(f"final reconcile refused by the breaker for {refused}; forced")
-                job = self.reconcile({"mode": "full", "force": True})
+                job = self.reconcile({"mailboxes": "all", "mode": "full", "force": True})
             applied = {k: v for k, v in (job.get("applied") or {}).items() if k.split(":")[0] in writes and v}
             errors = sum(len(m.get("errors") or []) for m in job.get("mailboxes") or [])
             self.report.final[f"reconcile pass {attempt}"] = (

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import hashlib
 import json
 import logging
 import threading
@@ -39,7 +38,7 @@ from sync.errors import (
     Throttled,
     Transient,
 )
-from sync.model import Side
+from sync.model import Side, mailbox_ref
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +154,7 @@ def user_path(mailbox: str) -> str:
 
 def _mb(mailbox: str) -> str:
     """A mailbox as it may appear in logs: a short digest, not the UPN."""
-    return hashlib.sha256(mailbox.casefold().encode()).hexdigest()[:10]
+    return mailbox_ref(mailbox)
 
 
 @dataclass

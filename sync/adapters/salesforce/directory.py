@@ -21,7 +21,7 @@ from sync.adapters.salesforce.errors import SIDE, collection_error
 from sync.adapters.salesforce.rest import MAX_COLLECTION, RestClient, chunks
 from sync.adapters.salesforce.soql import soql_quote
 from sync.errors import BadData, SyncError
-from sync.model import Contact
+from sync.model import Contact, mailbox_ref
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ class Directory:
                 users[key] = next(iter(chosen))
             else:
                 users[key] = None
-                logger.warning("mailbox %s has %s Salesforce users", mailbox, "no" if not chosen else "several")
+                logger.warning("mailbox %s has %s Salesforce users", mailbox_ref(mailbox),
+                               "no" if not chosen else "several")
         with self._lock:
             self._users = users
             self._owners = {uid: m for m, uid in zip(boxes, (users[b.casefold()] for b in boxes), strict=True) if uid}
