@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # only for the type checker: no SDK import at run time
         TableCheckpoints,
         TableJobs,
         TableLinkStore,
+        TableReviews,
         TableStorage,
         TableSubscriptions,
     )
@@ -191,6 +192,10 @@ class Root:
     @property
     def jobs(self) -> TableJobs:
         return self._once("jobs", lambda: self.storage.jobs())
+
+    @property
+    def reviews(self) -> TableReviews:
+        return self._once("reviews", lambda: self.storage.reviews())
 
     @property
     def subscriptions(self) -> TableSubscriptions:
@@ -367,7 +372,7 @@ class Root:
             from sync.engine import Engine
 
             return Engine(self.graph, self.salesforce, self.links, self.audit, self.work_queue, self.policy,
-                          self.mailboxes)
+                          self.mailboxes, reviews=self.reviews)
 
         return self._once("engine", build)
 

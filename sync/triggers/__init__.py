@@ -7,6 +7,7 @@ Modules (function names and routes are a contract, see README and tests/function
     worker      contact_worker (queue contact-changes)
     reconcile   reconcile_start (POST reconcile), reconcile_status (GET reconcile/{job}),
                 reconcile_timer (%RECONCILE_SCHEDULE%), mailbox_reconciler (queue reconcile)
+    review      review_list (GET review), review_decide (POST review/{id})
     status      status_page (GET status)
     errors      the one place typed errors become HTTP statuses and queue dispositions
 
@@ -15,4 +16,4 @@ Importing these modules imports no SDK: every client comes from ``sync.bootstrap
 
 from __future__ import annotations
 
-BLUEPRINT_MODULES = ("graph", "salesforce", "worker", "reconcile", "status")
+BLUEPRINT_MODULES = ("graph", "salesforce", "worker", "reconcile", "review", "status")

@@ -31,6 +31,8 @@ EXPECTED = {
     "mailbox_reconciler": {"type": "queueTrigger", "queueName": "reconcile", "connection": "AzureWebJobsStorage"},
     "subscriptions_timer": {"type": "timerTrigger", "schedule": "%SUBSCRIPTION_SCHEDULE%"},
     "status_page": {"type": "httpTrigger", "route": "status", "methods": ["GET"], "authLevel": "FUNCTION"},
+    "review_list": {"type": "httpTrigger", "route": "review", "methods": ["GET"], "authLevel": "FUNCTION"},
+    "review_decide": {"type": "httpTrigger", "route": "review/{id}", "methods": ["POST"], "authLevel": "FUNCTION"},
 }
 
 
