@@ -340,6 +340,13 @@ class Root:
 
         return self._once("salesforce", build)
 
+    def _cdc_reconcile(self, reason: str, mode: str) -> None:
+        """A CDC gap or a rejected replay id: a reconcile job over every mailbox in scope."""
+        from sync.jobs import start_job
+
+        logger.info("cdc asks for a %s reconcile: %s", mode, reason)
+        start_job(self.jobs, self.work_queue, list(self.mailboxes), "full" if mode == "full" else "delta", origin="cdc")
+
     @property
     def cdc(self) -> CdcSubscriber:
         def build() -> CdcSubscriber:
@@ -360,7 +367,7 @@ class Root:
             return CdcSubscriber(
                 self.tokens, target=target, queue=self.work_queue, checkpoints=self.checkpoints,
                 mailboxes=self.mailboxes, secure=not insecure, root_certificates=roots,
-                client_name=self.get("SF_CLIENT_NAME") or "m365-contact-sync",
+                client_name=self.get("SF_CLIENT_NAME") or "m365-contact-sync", on_reconcile=self._cdc_reconcile,
             )
 
         return self._once("cdc", build)

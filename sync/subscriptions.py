@@ -3,7 +3,7 @@
 ``maintain_subscriptions`` (run by the subscriptions timer) makes sure each mailbox in scope has its sync folder and
 one live subscription: it creates missing ones, renews those expiring within a day, re-creates those Graph no longer
 has, and deletes duplicates and the subscriptions of mailboxes that left the scope. ``handle_lifecycle`` (run by the
-lifecycle webhook once the clientState matched) enqueues a delta reconcile for ``missed`` and ``subscriptionRemoved``,
+lifecycle webhook once the clientState matched) starts a delta reconcile job for ``missed`` and ``subscriptionRemoved``,
 re-creates a removed subscription and renews one that needs reauthorization.
 
 What a reader must know: a failed Graph call is counted and logged, never raised. The next timer run repairs what is
@@ -21,7 +21,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from sync.errors import SyncError
-from sync.ports import ReconcileMailbox, StoredSubscription, SubscriptionStore, WorkQueue
+from sync.jobs import start_job
+from sync.ports import JobStore, StoredSubscription, SubscriptionStore, WorkQueue
 
 if TYPE_CHECKING:
     from sync.adapters.graph import GraphContactSide, GraphSubscriptions, SubscriptionRecord
@@ -40,6 +41,9 @@ class UpkeepParts(Protocol):
 
     @property
     def work_queue(self) -> WorkQueue: ...
+
+    @property
+    def jobs(self) -> JobStore: ...
 
     @property
     def graph(self) -> GraphContactSide: ...
@@ -69,7 +73,7 @@ def handle_lifecycle(events: Iterable[tuple[str, StoredSubscription]], parts: Up
     manager: GraphSubscriptions | None = None
     for event, stored in events:
         if event in ("missed", "subscriptionRemoved"):
-            parts.work_queue.send(ReconcileMailbox(mailbox=stored.mailbox, mode="delta"))
+            start_job(parts.jobs, parts.work_queue, [stored.mailbox], "delta", origin="lifecycle")
             counts["reconcile"] += 1
         if event not in LIFECYCLE_EVENTS:
             counts["invalid"] += 1

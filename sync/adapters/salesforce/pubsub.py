@@ -136,7 +136,7 @@ class CdcSubscriber:
         root_certificates: bytes | None = None,
         start: ReplayStart = ReplayStart.LATEST,
         on_replay_rejected: ReplayStart = ReplayStart.EARLIEST,
-        on_reconcile: Callable[[str], None] | None = None,
+        on_reconcile: Callable[[str, str], None] | None = None,
         client_name: str = "m365-sync",
         batch_size: int = MAX_OUTSTANDING,
         checkpoint_scope: str = "salesforce",
@@ -167,7 +167,7 @@ class CdcSubscriber:
     def _reconcile_all(self, reason: str, mode: str, result: PullResult) -> None:
         result.reconciles += 1
         if self._on_reconcile is not None:
-            self._on_reconcile(reason)
+            self._on_reconcile(reason, mode)
             return
         boxes = self._mailboxes() if callable(self._mailboxes) else self._mailboxes
         for mailbox in boxes:
