@@ -7,8 +7,8 @@ docs/reference/azure.md §2; tests/functions checks it in a fresh interpreter).
 
 import azure.functions as func
 
-from sync.triggers import graph, reconcile, review, salesforce, status, worker
+from sync.triggers import graph, ops, reconcile, review, salesforce, status, worker
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-for _module in (graph, salesforce, worker, reconcile, review, status):
+for _module in (graph, salesforce, worker, reconcile, review, ops, status):
     app.register_functions(_module.bp)

@@ -352,13 +352,18 @@ class ReconcileJob(BaseModel):
 
 class JobStore(Protocol):
     """Reconcile jobs. ``create`` writes the job and its mailboxes; ``put_mailbox`` replaces one mailbox's row
-    (each mailbox has its own row, so concurrent mailbox reconciles never overwrite each other)."""
+    (each mailbox has its own row, so concurrent mailbox reconciles never overwrite each other); ``recent`` lists
+    the newest."""
 
     def create(self, job: ReconcileJob) -> None: ...
 
     def get(self, job_id: str) -> ReconcileJob | None: ...
 
     def put_mailbox(self, job_id: str, state: MailboxJob) -> None: ...
+
+    def recent(self, limit: int = 20) -> list[ReconcileJob]:
+        """The newest jobs of the last week, newest first, with their mailboxes."""
+        ...
 
 
 ReviewDecision = Literal["link", "create", "separate", "ignore"]

@@ -140,3 +140,22 @@ def maintain_subscriptions(parts: UpkeepParts) -> Counter[str]:
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             logger.warning("subscription upkeep failed for a mailbox: %s", detail)
     return counts
+
+
+def remove_subscriptions(parts: UpkeepParts, mailboxes: Sequence[str]) -> Counter[str]:
+    """Delete the Graph subscriptions of ``mailboxes`` (and their rows) now: for an uninstall, or a mailbox taken
+    out of scope, without waiting for the subscriptions timer. A mailbox still in scope gets a new one on its next
+    run."""
+    counts: Counter[str] = Counter()
+    wanted = {m.casefold() for m in mailboxes}
+    for sub in parts.subscriptions.list_all():
+        if sub.mailbox not in wanted:
+            continue
+        try:
+            parts.graph_subscriptions.delete(sub.id)
+            parts.subscriptions.delete(sub.id)
+            counts["deleted"] += 1
+        except SyncError as exc:
+            counts["failed"] += 1
+            logger.warning("deleting subscription %s failed: %s", sub.id, type(exc).__name__)
+    return counts

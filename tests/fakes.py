@@ -484,6 +484,9 @@ class MemoryJobs:
                 raise NotFound("no such job", item_id=job_id)
             self._jobs[job_id] = job.model_copy(update={"mailboxes": {**job.mailboxes, state.mailbox: state}})
 
+    def recent(self, limit: int = 20) -> builtins.list[ReconcileJob]:
+        return sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)[:limit]
+
 
 class MemoryReviews:
     """Review items in memory (same promises as ``TableReviews``)."""

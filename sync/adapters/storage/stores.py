@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -133,6 +133,15 @@ class TableJobs:
     def put_mailbox(self, job_id: str, state: MailboxJob) -> None:
         row = self._row(job_id, state)
         _call(lambda: self._table.upsert_entity(row, mode=UpdateMode.REPLACE), job_id)
+
+    def recent(self, limit: int = 20) -> list[ReconcileJob]:
+        """A scan of the job heads of the last 7 days (a few per hour at most), then each job's rows."""
+        since = datetime.now(UTC) - timedelta(days=7)
+        rows = self._table.query_entities("RowKey eq @rk and Timestamp ge @since", select=["PartitionKey", "Job"],
+                                          parameters={"rk": JOB_ROW, "since": since})
+        heads = _call(lambda: [ReconcileJob.model_validate_json(r["Job"]) for r in rows], "jobs")
+        heads.sort(key=lambda j: j.created, reverse=True)
+        return [job for job in (self.get(h.id) for h in heads[:limit]) if job is not None]
 
 
 SUBSCRIPTION_PARTITION = "graph"
