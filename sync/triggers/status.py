@@ -203,7 +203,8 @@ STYLE = (
     "table{border-collapse:collapse;width:100%;table-layout:fixed;margin-bottom:8px}"
     "th,td{border:1px solid #c9c9c9;padding:4px 6px;text-align:left;vertical-align:top;overflow-wrap:anywhere}"
     "th{background:#f1f1f1}caption{text-align:left;font-weight:600;padding:4px 0}"
-    ".bad{color:#b3261e;font-weight:600}small{color:#555}"
+    "small{color:#555}table.mailboxes th:first-child,table.audit th:nth-child(5){width:18%}"
+    "table.mailboxes th:nth-child(n+5){width:8%}table.audit th:nth-child(-n+2){width:14%}"
 )
 CSP = ("default-src 'none'; style-src 'sha256-" + base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
        + "'; img-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -215,13 +216,12 @@ def _e(value: object) -> str:
     return html.escape("-" if value is None or value == "" else str(value), quote=True)
 
 
-def _table(caption: str, head: list[str], rows: list[list[object]], *, widths: list[int] | None = None) -> str:
-    cols = "".join(f"<col style='width:{w}%'>" for w in widths) if widths else ""
-    cols = f"<colgroup>{cols}</colgroup>" if cols else ""
+def _table(caption: str, head: list[str], rows: list[list[object]], *, kind: str = "") -> str:
     th = "".join(f"<th scope='col'>{_e(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows) or (
         f"<tr><td colspan='{len(head)}'>none</td></tr>")
-    return f"<table><caption>{_e(caption)}</caption>{cols}<thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    cls = f" class='{kind}'" if kind else ""
+    return f"<table{cls}><caption>{_e(caption)}</caption><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _mailbox_rows(doc: dict[str, Any]) -> list[list[object]]:
@@ -246,7 +246,7 @@ def render_html(doc: dict[str, Any]) -> str:
         "<h2>Mailboxes</h2>",
         _table("Per mailbox", ["mailbox", "subscription expires", "last delta pass", "last reconcile", "lag (s)",
                                "failures (1 h)", "open review", "breaker refusals"], _mailbox_rows(doc),
-               widths=[17, 16, 16, 19, 7, 8, 8, 9]),
+               kind="mailboxes"),
     ]
     for mb in doc["mailboxes"]:
         for block in mb["blocks"]:
@@ -286,7 +286,7 @@ def _other_sections(doc: dict[str, Any]) -> str:
         "<h2>Recent audit rows</h2>",
         _table("Newest audit rows per mailbox (ids only)", ["mailbox", "at", "action", "outcome", "Outlook id",
                                                             "Salesforce id", "fields", "error"], audit,
-               widths=[14, 14, 10, 8, 18, 14, 12, 10]),
+               kind="audit"),
     ])
 
 
