@@ -283,7 +283,11 @@ class Root:
         def build() -> GraphSubscriptions:
             from sync.adapters.graph import GraphSubscriptions
 
-            base = self._require("WEBHOOK_BASE_URL", "to create Graph subscriptions").rstrip("/")
+            # the platform's own default host name (WEBSITE_HOSTNAME, docs/reference/azure.md §8) when the
+            # deployment names no other: it may be a unique name, not <app>.azurewebsites.net
+            hostname = self.env.get("WEBSITE_HOSTNAME")  # a platform variable, not an app setting
+            base = (self.get("WEBHOOK_BASE_URL") or (f"https://{hostname}" if hostname else "")
+                    or self._require("WEBHOOK_BASE_URL", "to create Graph subscriptions")).rstrip("/")
             return GraphSubscriptions(
                 self.graph, notification_url=base + NOTIFICATIONS_ROUTE, lifecycle_url=base + LIFECYCLE_ROUTE
             )

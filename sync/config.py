@@ -74,7 +74,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SYNC_FOLDER_NAME", "Salesforce_Sync", "display name of the contact folder created in each mailbox"),
     Setting("SYNC_MAILBOXES", "", "comma-separated mailbox UPNs in scope (the only scope read in this version)"),
     Setting("SYNC_MAILBOX_GROUP_ID", None, "reserved, not read yet: Entra group whose members are the mailboxes"),
-    Setting("WEBHOOK_BASE_URL", None, "public https base of this app, e.g. https://<app>.azurewebsites.net"),
+    Setting("WEBHOOK_BASE_URL", None, "public https base of this app; empty: https://$WEBSITE_HOSTNAME"),
     # Salesforce
     Setting("SF_LOGIN_URL", "https://login.salesforce.com", "OAuth host (https://test.salesforce.com for sandboxes)"),
     Setting("SF_AUTH_FLOW", "jwt_bearer", "jwt_bearer | client_credentials"),

@@ -133,15 +133,24 @@ def _queues(root: bootstrap.Root, ages: dict[str | None, float]) -> dict[str, An
     }
 
 
+def missing_settings(root: bootstrap.Root) -> list[str]:
+    """Settings without which one side cannot work (e.g. SF_CLIENT_ID before the second deployment)."""
+    required = ["GRAPH_CLIENT_ID", "SF_CLIENT_ID"]
+    if (root.get("SF_AUTH_FLOW") or "jwt_bearer") == "jwt_bearer":
+        required.append("SF_USERNAME")
+    return [f"{name} is not set" for name in required if not root.get(name)]
+
+
 def collect(root: bootstrap.Root, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     doc: dict[str, Any] = {"generated": now.isoformat(), "unavailable": [], "config": {"errors": []},
                            "mailboxes": []}
+    doc["config"]["errors"] = missing_settings(root)
     try:
         _ = root.policy
         mailboxes = list(root.mailboxes)
     except Exception as exc:  # a ConfigError lists every bad setting at once
-        doc["config"]["errors"] = [line.strip(" -") for line in str(exc).splitlines()[1:] or [str(exc)]]
+        doc["config"]["errors"] += [line.strip(" -") for line in str(exc).splitlines()[1:] or [str(exc)]]
         doc["verdict"] = verdict(doc, now)
         return doc
     subs: dict[str, StoredSubscription] = {}

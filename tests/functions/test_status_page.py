@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from sync import bootstrap
 from sync.model import Contact, Side
 from sync.ports import AuditEntry, ContactChange, StoredSubscription
 from sync.triggers import status
@@ -12,6 +15,16 @@ from tests.functions.conftest import ANN, BOB, http, user_function
 from tests.world import memory_engine_in
 
 MARKUP = "<img src=x onerror=alert(1)><script>window.pwned=1</script>"
+IDS = {"GRAPH_CLIENT_ID": "00000000-0000-0000-0000-000000000001", "SF_CLIENT_ID": "consumer-key",
+       "SF_USERNAME": "integration@example.com"}
+
+
+@pytest.fixture
+def root(settings, queues):
+    """The functions root with the app ids a deployment has (the shared fixture leaves them out)."""
+    r = bootstrap.install(bootstrap.Root({**settings, **IDS}))
+    yield r
+    bootstrap.reset()
 
 
 def page(**params: str):
@@ -86,3 +99,14 @@ def test_status_html_escapes_every_string_and_sets_a_strict_policy(root, queues)
     assert "default-src 'none'" in csp and "'unsafe-inline'" not in csp and "script-src" not in csp
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
     assert "http-equiv='refresh'" in text and "http://" not in text and "https://" not in text
+
+
+def test_status_reports_a_missing_setting_as_a_config_error(settings, queues) -> None:
+    root = bootstrap.install(bootstrap.Root({**settings, **IDS, "SF_CLIENT_ID": ""}))
+    try:
+        memory_engine_in(root)
+        doc = json.loads(page(format="json").get_body())
+    finally:
+        bootstrap.reset()
+    assert doc["config"]["errors"] == ["SF_CLIENT_ID is not set"] and doc["verdict"]["state"] == "failing"
+    assert "config error: SF_CLIENT_ID is not set" in doc["verdict"]["reasons"]
