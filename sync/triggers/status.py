@@ -135,7 +135,9 @@ def _queues(root: bootstrap.Root, ages: dict[str | None, float]) -> dict[str, An
 
 def missing_settings(root: bootstrap.Root) -> list[str]:
     """Settings without which one side cannot work (e.g. SF_CLIENT_ID before the second deployment)."""
-    required = ["GRAPH_CLIENT_ID", "SF_CLIENT_ID"]
+    required = ["SF_CLIENT_ID"]
+    if (root.get("GRAPH_CREDENTIAL") or "managed_identity") != "static":  # static: the local Graph emulator
+        required.append("GRAPH_CLIENT_ID")
     if (root.get("SF_AUTH_FLOW") or "jwt_bearer") == "jwt_bearer":
         required.append("SF_USERNAME")
     return [f"{name} is not set" for name in required if not root.get(name)]
