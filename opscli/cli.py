@@ -241,29 +241,22 @@ def poison_list(api: Api, queue: str, as_json: bool) -> None:
     _emit(as_json, doc, human)
 
 
-def _poison_act(api: Api, queue: str, message_id: str, action: str, as_json: bool) -> None:
-    doc = api.call("POST", f"ops/poison/{queue}/{message_id}", {"action": action})
-    _emit(as_json, doc, lambda: console.print(f"{message_id}: {action}d", highlight=False))
+def _poison_command(action: str, help_text: str) -> None:
+    """``poison requeue`` and ``poison discard``: the same call with another action."""
+
+    @click.argument("queue", type=QUEUE)
+    @click.argument("message_id")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_obj
+    def command(api: Api, queue: str, message_id: str, as_json: bool) -> None:
+        doc = api.call("POST", f"ops/poison/{queue}/{message_id}", {"action": action})
+        _emit(as_json, doc, lambda: console.print(f"{message_id}: {action}d", highlight=False))
+
+    poison.command(action, help=help_text)(command)
 
 
-@poison.command("requeue")
-@click.argument("queue", type=QUEUE)
-@click.argument("message_id")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def poison_requeue(api: Api, queue: str, message_id: str, as_json: bool) -> None:
-    """Send the original message back to its queue."""
-    _poison_act(api, queue, message_id, "requeue", as_json)
-
-
-@poison.command("discard")
-@click.argument("queue", type=QUEUE)
-@click.argument("message_id")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def poison_discard(api: Api, queue: str, message_id: str, as_json: bool) -> None:
-    """Drop the message."""
-    _poison_act(api, queue, message_id, "discard", as_json)
+_poison_command("requeue", "Send the original message back to its queue.")
+_poison_command("discard", "Drop the message.")
 
 
 @cli.command()

@@ -74,3 +74,5 @@ def test_cli_status_and_exit_codes(subscribed: Stack) -> None:
     assert ops(s, "status", url="").returncode == 5
     assert ops(s, "review", "resolve", "0" * 24, "ignore").returncode == 4
     assert ops(s, "poison", "list", "nope").returncode == 2  # a usage error (click)
+    assert ops_json(s, "poison", "list", "reconcile")["queue"] == "reconcile"
+    assert ops(s, "poison", "discard", "reconcile", "no-such-id").returncode == 4  # 404 from the API
