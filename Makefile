@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 AZURITE := node_modules/.bin/azurite-table
 
-.PHONY: demo test lint typecheck unit deps clean proto soak soak-short
+.PHONY: demo test lint typecheck unit deps clean proto soak soak-short browser-deps
 
 deps: $(VENV)/.installed $(AZURITE)
 
@@ -32,7 +32,17 @@ typecheck: $(VENV)/.installed
 unit: deps
 	$(PY) -m pytest
 
-test: deps lint typecheck infra-check unit
+test: deps browser-deps lint typecheck infra-check unit
+
+# Headless Chromium and its driver for the status page's browser test (tests/ops/test_status_browser.py), from
+# Debian's packages (CI runs as root). When they cannot be installed the test fails and says so; it never skips.
+.PHONY: browser-deps
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+		|| echo "browser-deps: apt-get could not install chromium chromium-driver; the browser test will fail"; \
+	else echo "browser-deps: install chromium and chromium-driver (as root: apt-get install chromium chromium-driver); the browser test fails without them"; fi
 
 clean:
 	rm -rf $(VENV) .venv-infra node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -9,10 +9,10 @@ docs/reference/azure.md §2; tests/functions checks it in a fresh interpreter).
 import azure.functions as func
 
 from sync import bootstrap
-from sync.triggers import graph, reconcile, salesforce, status, worker
+from sync.triggers import graph, ops, reconcile, review, salesforce, status, worker
 
 bootstrap.quiet_third_party_loggers()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-for _module in (graph, salesforce, worker, reconcile, status):
+for _module in (graph, salesforce, worker, reconcile, review, ops, status):
     app.register_functions(_module.bp)

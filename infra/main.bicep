@@ -54,9 +54,9 @@ param storageSkuName string = 'Standard_LRS'
   'account'
 ])
 @description('Scope of Storage Blob Data Owner for the host besides the deployment container (see infra/app/rbac.bicep).')
-param hostBlobRoleScope string = 'containers'
+param hostBlobRoleScope string = 'account'
 
-@description('Public https base URL used in Graph subscriptions. Empty: https://<function app>.azurewebsites.net.')
+@description('Public https base URL used in Graph subscriptions. Empty: the app uses its default host name (WEBSITE_HOSTNAME).')
 param webhookBaseUrl string = ''
 
 // ---------------------------------------------------------------- Microsoft Graph (Entra app)
@@ -96,8 +96,8 @@ param sfLoginUrl string = 'https://login.salesforce.com'
 ])
 param sfAuthFlow string = 'jwt_bearer'
 
-@description('Consumer key of the connected app / external client app (SF_CLIENT_ID).')
-param sfClientId string
+@description('Consumer key of the connected app / external client app (SF_CLIENT_ID). Empty on the first deployment (the Key Vault that makes its certificate comes from it): set it and deploy again.')
+param sfClientId string = ''
 
 @description('Integration user username (SF_USERNAME); required with jwt_bearer.')
 param sfUsername string = ''

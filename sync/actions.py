@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from sync.model import Contact, Side
 from sync.policy import MailboxScope
-from sync.ports import Link, LinkState, SideRecord
+from sync.ports import Link, LinkState, ReviewItem, SideRecord
 
 # ---------------------------------------------------------------------------------------------- input
 
@@ -41,6 +41,7 @@ class Situation:
     sf: SideRecord | None
     candidates: tuple[Candidate, ...] = ()
     scope: MailboxScope | None = None  # the mailbox's part of the policy (resolved from it when None)
+    review: ReviewItem | None = None  # the unlinked record's review item, with a person's decision if any
 
 
 # ---------------------------------------------------------------------------------------------- actions

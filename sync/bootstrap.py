@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # only for the type checker: no SDK import at run time
         TableCheckpoints,
         TableJobs,
         TableLinkStore,
+        TableReviews,
         TableStorage,
         TableSubscriptions,
     )
@@ -218,6 +219,10 @@ class Root:
         return self._once("jobs", lambda: self.storage.jobs())
 
     @property
+    def reviews(self) -> TableReviews:
+        return self._once("reviews", lambda: self.storage.reviews())
+
+    @property
     def subscriptions(self) -> TableSubscriptions:
         return self._once("subscriptions", lambda: self.storage.subscriptions())
 
@@ -368,6 +373,13 @@ class Root:
 
         return self._once("salesforce", build)
 
+    def _cdc_reconcile(self, reason: str, mode: str) -> None:
+        """A CDC gap or a rejected replay id: a reconcile job over every mailbox in scope."""
+        from sync.jobs import start_job
+
+        logger.info("cdc asks for a %s reconcile: %s", mode, reason)
+        start_job(self.jobs, self.work_queue, list(self.mailboxes), "full" if mode == "full" else "delta", origin="cdc")
+
     @property
     def cdc(self) -> CdcSubscriber:
         def build() -> CdcSubscriber:
@@ -388,7 +400,7 @@ class Root:
             return CdcSubscriber(
                 self.tokens, target=target, queue=self.work_queue, checkpoints=self.checkpoints,
                 mailboxes=self.mailboxes, secure=not insecure, root_certificates=roots,
-                client_name=self.get("SF_CLIENT_NAME") or "m365-contact-sync",
+                client_name=self.get("SF_CLIENT_NAME") or "m365-contact-sync", on_reconcile=self._cdc_reconcile,
             )
 
         return self._once("cdc", build)
@@ -400,7 +412,7 @@ class Root:
             from sync.engine import Engine
 
             return Engine(self.graph, self.salesforce, self.links, self.audit, self.work_queue, self.policy,
-                          self.mailboxes)
+                          self.mailboxes, reviews=self.reviews)
 
         return self._once("engine", build)
 

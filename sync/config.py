@@ -76,7 +76,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SYNC_MAILBOXES", "", "comma-separated mailbox UPNs in scope (the only scope read in this version)"),
     Setting("SYNC_MAILBOX_GROUP_ID", None, "reserved, not read yet: Entra group whose members are the mailboxes"),
     Setting("WEBHOOK_BASE_URL", None,
-            "public https base of this app, e.g. https://<app>.azurewebsites.net (http only on 127.0.0.1/localhost)"),
+            "public https base of this app; empty: https://$WEBSITE_HOSTNAME (http only on 127.0.0.1/localhost)"),
     Setting("SUBSCRIPTIONS_ON_START", "true", "true | false: create missing Graph subscriptions when the app starts"),
     # Salesforce
     Setting("SF_LOGIN_URL", "https://login.salesforce.com", "OAuth host (https://test.salesforce.com for sandboxes)"),
@@ -229,9 +229,14 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 def webhook_base_url(env: Mapping[str, str] | None = None) -> str | None:
-    """``WEBHOOK_BASE_URL`` without its trailing slash, or None when unset. Graph delivers only to https
-    (docs/reference/graph.md §4.2); plain http is accepted for a loopback host only (the local Graph emulator)."""
+    """``WEBHOOK_BASE_URL`` without its trailing slash; unset: ``https://`` + the platform's own default host name
+    (``WEBSITE_HOSTNAME``, which may be a unique name, docs/reference/azure.md §8); None when neither is set. Graph
+    delivers only to https (docs/reference/graph.md §4.2); plain http is accepted for a loopback host only (the local
+    Graph emulator)."""
     value = setting("WEBHOOK_BASE_URL", env)
+    if not value:
+        hostname = ((os.environ if env is None else env).get("WEBSITE_HOSTNAME") or "").strip()
+        value = f"https://{hostname}" if hostname else None
     if not value:
         return None
     try:

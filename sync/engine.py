@@ -32,6 +32,8 @@ from sync.ports import (
     Link,
     LinkState,
     LinkStore,
+    ReviewItem,
+    ReviewStore,
     SideRecord,
     WorkQueue,
 )
@@ -74,6 +76,7 @@ class Engine:
         mailboxes: Collection[str],
         *,
         clock: Callable[[], datetime] = utcnow,
+        reviews: ReviewStore | None = None,
     ) -> None:
         self.sides: dict[Side, ContactSide] = {Side.M365: m365, Side.SALESFORCE: salesforce}
         self.links = links
@@ -82,8 +85,9 @@ class Engine:
         self.policy = policy
         self.mailboxes = frozenset(mb.casefold() for mb in mailboxes)
         self.clock = clock
+        self.reviews = reviews
         self._scopes: dict[str, MailboxScope] = {}
-        self._executor = Executor(self.sides, links, audit, queue, self.scope, clock)
+        self._executor = Executor(self.sides, links, audit, queue, self.scope, clock, reviews)
 
     def scope(self, mailbox: str) -> MailboxScope:
         """What ``mailbox`` syncs, and which way: resolved from the policy once per mailbox."""
@@ -239,6 +243,7 @@ class Engine:
         if salesforce is not None and salesforce.owner is not None and salesforce.owner not in self.mailboxes:
             salesforce = salesforce.model_copy(update={"owner": None})  # owned by a user we do not sync
         candidates: tuple[Candidate, ...] = ()
+        review: ReviewItem | None = None
         present = outlook if outlook is not None else salesforce
         if (
             present is not None
@@ -247,7 +252,9 @@ class Engine:
             and (present.side is Side.M365 or present.owner == mailbox)
         ):
             candidates = self._candidates(mailbox, present)
-        return Situation(mailbox, link, outlook, salesforce, candidates, self.scope(mailbox))
+            if link is None and self.reviews is not None:
+                review = self.reviews.get(mailbox, present.side, present.id)
+        return Situation(mailbox, link, outlook, salesforce, candidates, self.scope(mailbox), review)
 
     def _may_create(self, link: Link | None, present: SideRecord) -> bool:
         """Whether the plan may create a copy of ``present`` (then it needs match candidates first)."""

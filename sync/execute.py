@@ -46,10 +46,12 @@ from sync.ports import (
     Link,
     LinkState,
     LinkStore,
+    ReviewStore,
     SideRecord,
     UpdateRequest,
     WorkQueue,
 )
+from sync.review import settle
 from sync.unit_of_work import Records, UnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -117,7 +119,9 @@ class Executor:
         queue: WorkQueue,
         scope: Callable[[str], MailboxScope],
         clock: Callable[[], datetime],
+        reviews: ReviewStore | None = None,
     ) -> None:
+        self.reviews = reviews
         self.sides = sides
         self.links = links
         self.audit = audit
@@ -141,6 +145,13 @@ class Executor:
         if batch.records:
             for i, result in self._grouped(batch).items():
                 results[i] = result
+        if self.reviews is not None:
+            for (s, p), done in zip(items, results, strict=True):
+                if isinstance(done, Outcome):
+                    try:
+                        settle(self.reviews, s, p, self.clock())
+                    except SyncError as exc:  # the inbox catches up on the next plan of this record
+                        logger.warning("review item of %s not updated: %s", s.mailbox, type(exc).__name__)
         return [r if r is not None else SyncError("not executed") for r in results]
 
     # ------------------------------------------------------------------------------------------ one plan

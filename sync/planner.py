@@ -43,6 +43,7 @@ from sync.mapping import fit_salesforce
 from sync.model import Contact, Side, compare_key, field_digest, fingerprint
 from sync.policy import CircuitBreaker, ConflictPolicy, DeletePolicy, Direction, FieldRule, MailboxScope, Policy
 from sync.ports import Link, LinkState, SideRecord
+from sync.review import holding
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -417,6 +418,18 @@ def _match_or_create(ctx: _Ctx, r: SideRecord, why: str | None = None) -> Plan:
     s, policy, done = ctx.s, ctx.policy, ctx.done
     other = r.side.other
     cands = [c for c in s.candidates if c.record.side is other]
+    decided = holding(s.review, r, ctx.synced)
+    if decided is not None:  # a person's decision in the review inbox, made on the record as it is now
+        by = f"decided in review by {decided.decided_by or 'an operator'}"
+        if decided.decision == "ignore":
+            return done([Skip(f"ignored: {by}")], LinkAfter.KEEP, f"ignored: {by}")
+        chosen = [c for c in cands if c.record.id in decided.chosen and _eligible(c, s.mailbox)]
+        if decided.decision == "link" and len(chosen) == 1:
+            return _adopt(ctx, r, chosen[0].record, by)
+        if decided.decision == "create":
+            cands = []
+        elif decided.decision == "separate":
+            cands = [c for c in cands if c.record.id not in decided.chosen]
 
     # 0. a second copy of a contact that is synced with another copy on this side, holding nothing of its own
     twin = _made_twice(r, cands, ctx.synced)

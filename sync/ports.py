@@ -22,6 +22,7 @@ Every port raises only ``sync.errors`` types.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -363,13 +364,69 @@ class ReconcileJob(BaseModel):
 
 class JobStore(Protocol):
     """Reconcile jobs. ``create`` writes the job and its mailboxes; ``put_mailbox`` replaces one mailbox's row
-    (each mailbox has its own row, so concurrent mailbox reconciles never overwrite each other)."""
+    (each mailbox has its own row, so concurrent mailbox reconciles never overwrite each other); ``recent`` lists
+    the newest."""
 
     def create(self, job: ReconcileJob) -> None: ...
 
     def get(self, job_id: str) -> ReconcileJob | None: ...
 
     def put_mailbox(self, job_id: str, state: MailboxJob) -> None: ...
+
+    def recent(self, limit: int = 20) -> list[ReconcileJob]:
+        """The newest jobs of the last week, newest first, with their mailboxes."""
+        ...
+
+
+ReviewDecision = Literal["link", "create", "separate", "ignore"]
+
+
+class ReviewItem(BaseModel):
+    """An unlinked contact the planner sent to review (ambiguous match, duplicates), and a person's decision on it.
+
+    Ids only. ``decision``: ``link`` the record with ``chosen[0]``; ``create`` a new contact on the other side;
+    ``separate``: never match it with ``chosen``; ``ignore`` the record. A decision holds while the record's synced
+    fields still have the fingerprint ``decided_fp`` they had when it was made (sync/review.py).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mailbox: str
+    side: Side
+    record_id: str
+    reason: str
+    candidate_ids: tuple[str, ...] = ()
+    first_seen: datetime
+    last_seen: datetime
+    decision: ReviewDecision | None = None
+    chosen: tuple[str, ...] = ()
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decided_fp: str | None = None
+
+    @property
+    def id(self) -> str:
+        """A stable id for the API: a digest of mailbox, side and record id."""
+        return hashlib.sha256(f"{self.mailbox}|{self.side.value}|{self.record_id}".encode()).hexdigest()[:24]
+
+    @property
+    def open(self) -> bool:
+        """Waiting for a person (no decision yet)."""
+        return self.decision is None
+
+
+class ReviewStore(Protocol):
+    """Review items per mailbox, one per unlinked record. ``by_id`` finds an item by ``ReviewItem.id``."""
+
+    def get(self, mailbox: str, side: Side, record_id: str) -> ReviewItem | None: ...
+
+    def by_id(self, item_id: str) -> ReviewItem | None: ...
+
+    def items(self, mailbox: str | None = None) -> list[ReviewItem]: ...
+
+    def put(self, item: ReviewItem) -> None: ...
+
+    def delete(self, item: ReviewItem) -> None: ...
 
 
 class StoredSubscription(BaseModel):

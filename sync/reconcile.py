@@ -28,7 +28,7 @@ from sync.errors import AlreadyExists, PreconditionFailed, SyncError
 from sync.match_index import MatchIndex
 from sync.model import Side, fingerprint, mailbox_ref
 from sync.planner import check_breaker, plan
-from sync.ports import CheckpointStore, ContactChange, ContactSide, Link, LinkState, SideRecord, row_key
+from sync.ports import CheckpointStore, ContactChange, ContactSide, Link, LinkState, ReviewItem, SideRecord, row_key
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,9 @@ class MailboxReconcile:
         self.report = ReconcileReport(self.mailbox, dry_run)
         self.scope = engine.scope(self.mailbox)
         self.rebuilding = engine.links.rebuilding(self.mailbox)
+        # the review items of the mailbox (one query): a person's decisions reach the planner through them
+        self.reviews = {(i.side, i.record_id): i for i in engine.reviews.items(self.mailbox)} if engine.reviews else {}
+        self.unlinked: set[tuple[Side, str]] = set()  # records planned as unlinked: the others' items are closed
         self.quiet: Counter[str] = Counter()  # plans that neither write nor audit (unchanged pairs): counted, not kept
         self.creating = MatchIndex()  # unlinked records this pass copies to the other side
         # 1. the links
@@ -200,7 +203,7 @@ class MailboxReconcile:
 
     def _plan_new(self, salesforce: SideRecord, early: list[tuple[Situation, Plan]]) -> None:
         """An unlinked contact that matches nothing in Outlook, planned at once and applied a chunk at a time."""
-        s = Situation(self.mailbox, None, None, salesforce, (), self.scope)
+        s = Situation(self.mailbox, None, None, salesforce, (), self.scope, self._review(salesforce))
         p = _unless_twin(plan(s, self.engine.policy), salesforce, self.creating)
         if _quiet(p, self.quiet):
             return
@@ -280,7 +283,7 @@ class MailboxReconcile:
                 continue
             cands = tuple(Candidate(self.outlook_kept[i], linked=i in self.linked_outlook or i in decided_outlook)
                           for i in self.outlook_index.matches(salesforce) if i in self.outlook_kept)
-            s = Situation(self.mailbox, None, None, salesforce, cands, self.scope)
+            s = Situation(self.mailbox, None, None, salesforce, cands, self.scope, self._review(salesforce))
             self.plans.append((s, _unless_twin(plan(s, self.engine.policy), salesforce, self.creating)))
 
     def _plan_unlinked_outlook(self, outlook: SideRecord) -> list[str]:
@@ -289,10 +292,22 @@ class MailboxReconcile:
         if lost is not None:  # its marker names a Salesforce contact deleted or moved away while links were lost
             self.plans.append((lost, plan(lost, self.engine.policy)))
             return []
-        s = Situation(self.mailbox, None, outlook, None, self._sf_candidates(outlook), self.scope)
+        s = Situation(self.mailbox, None, outlook, None, self._sf_candidates(outlook), self.scope,
+                      self._review(outlook))
         p = _unless_twin(plan(s, self.engine.policy), outlook, self.creating)
         self.plans.append((s, p))
         return [a.sf_id for a in p.actions if isinstance(a, Adopt)]
+
+    def _review(self, record: SideRecord) -> ReviewItem | None:
+        self.unlinked.add((record.side, record.id))
+        return self.reviews.get((record.side, record.id))
+
+    def close_reviews(self) -> None:
+        """Close the items of records this pass did not plan as unlinked: linked since, or gone."""
+        store = self.engine.reviews
+        for key, item in self.reviews.items():
+            if store is not None and key not in self.unlinked:
+                store.delete(item)
 
     def _sf_candidates(self, outlook: SideRecord) -> tuple[Candidate, ...]:
         """This owner's unlinked contacts it may be, then Salesforce's search (org-wide: the linked and the other
@@ -333,6 +348,8 @@ class MailboxReconcile:
         _apply(self.engine, self.mailbox, self.plans, report)
         for hint in self.rereads:
             _decide_again(self.engine, self.mailbox, hint, report)
+        if not report.errors:
+            self.close_reviews()
         if self.rebuilding and not report.errors:
             self.engine.links.mark_rebuilt(self.mailbox)
             logger.info("links of mailbox %s rebuilt from the markers", mailbox_ref(self.mailbox))

@@ -4,8 +4,8 @@
 /api/subscriptions/refresh``) makes sure each mailbox in scope has its sync folder and one live subscription: it
 creates missing ones, renews those expiring within a day, re-creates those Graph no longer has, and deletes
 duplicates and the subscriptions of mailboxes that left the scope. ``handle_notice`` (the ``graph-lifecycle`` queue
-worker; the webhook only acknowledges) acts on one lifecycle event: ``missed`` and ``subscriptionRemoved`` enqueue a
-delta reconcile, ``subscriptionRemoved`` then ``ensure_mailbox``es, ``reauthorizationRequired`` renews.
+worker; the webhook only acknowledges) acts on one lifecycle event: ``missed`` and ``subscriptionRemoved`` start a
+delta reconcile job, ``subscriptionRemoved`` then ``ensure_mailbox``es, ``reauthorizationRequired`` renews.
 
 What a reader must know: lifecycle handling is idempotent and order-free. It never acts on the subscription id an
 event names except to renew it; everything else is ``ensure_mailbox``, which asks Graph which stored subscriptions
@@ -25,10 +25,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sync.errors import NotFound, SyncError
+from sync.jobs import start_job
 from sync.ports import (
     CheckpointStore,
+    JobStore,
     LifecycleNotice,
-    ReconcileMailbox,
     StoredSubscription,
     SubscriptionStore,
     WorkQueue,
@@ -59,6 +60,9 @@ class UpkeepParts(Protocol):
 
     @property
     def checkpoints(self) -> CheckpointStore: ...
+
+    @property
+    def jobs(self) -> JobStore: ...
 
     @property
     def graph(self) -> GraphContactSide: ...
@@ -170,7 +174,7 @@ def handle_notice(notice: LifecycleNotice, parts: UpkeepParts) -> str:
 
 def _handle_notice(notice: LifecycleNotice, parts: UpkeepParts) -> str:
     if notice.event in ("missed", "subscriptionRemoved"):
-        parts.work_queue.send(ReconcileMailbox(mailbox=notice.mailbox, mode="delta"))
+        start_job(parts.jobs, parts.work_queue, [notice.mailbox], "delta", origin="lifecycle")
     if notice.event == "missed":
         return "reconcile"
     try:
@@ -227,4 +231,23 @@ def _maintain(parts: UpkeepParts) -> Counter[str]:
             logger.warning("subscription upkeep failed for a mailbox: %s", _error_text(exc))
         else:
             record_outcome(parts.checkpoints, mailbox)
+    return counts
+
+
+def remove_subscriptions(parts: UpkeepParts, mailboxes: Sequence[str]) -> Counter[str]:
+    """Delete the Graph subscriptions of ``mailboxes`` (and their rows) now: for an uninstall, or a mailbox taken
+    out of scope, without waiting for the subscriptions timer. A mailbox still in scope gets a new one on its next
+    run."""
+    counts: Counter[str] = Counter()
+    wanted = {m.casefold() for m in mailboxes}
+    for sub in parts.subscriptions.list_all():
+        if sub.mailbox not in wanted:
+            continue
+        try:
+            parts.graph_subscriptions.delete(sub.id)
+            parts.subscriptions.delete(sub.id)
+            counts["deleted"] += 1
+        except SyncError as exc:
+            counts["failed"] += 1
+            logger.warning("deleting subscription %s failed: %s", sub.id, type(exc).__name__)
     return counts

@@ -29,6 +29,7 @@ from sync.ports import (
     LinkWrite,
     MailboxJob,
     ReconcileJob,
+    ReviewItem,
     SideRecord,
     StoredSubscription,
     UpdateRequest,
@@ -483,6 +484,32 @@ class MemoryJobs:
                 raise NotFound("no such job", item_id=job_id)
             self._jobs[job_id] = job.model_copy(update={"mailboxes": {**job.mailboxes, state.mailbox: state}})
 
+    def recent(self, limit: int = 20) -> builtins.list[ReconcileJob]:
+        return sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)[:limit]
+
+
+class MemoryReviews:
+    """Review items in memory (same promises as ``TableReviews``)."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, Side, str], ReviewItem] = {}
+
+    def get(self, mailbox: str, side: Side, record_id: str) -> ReviewItem | None:
+        return self._items.get((mailbox, side, record_id))
+
+    def by_id(self, item_id: str) -> ReviewItem | None:
+        return next((i for i in self._items.values() if i.id == item_id), None)
+
+    def items(self, mailbox: str | None = None) -> builtins.list[ReviewItem]:
+        return sorted((i for i in self._items.values() if mailbox is None or i.mailbox == mailbox),
+                      key=lambda i: (i.mailbox, i.first_seen, i.id))
+
+    def put(self, item: ReviewItem) -> None:
+        self._items[(item.mailbox, item.side, item.record_id)] = item
+
+    def delete(self, item: ReviewItem) -> None:
+        self._items.pop((item.mailbox, item.side, item.record_id), None)
+
 
 class MemorySubscriptions:
     """Graph subscriptions in memory (same promises as ``TableSubscriptions``)."""
@@ -511,6 +538,7 @@ __all__ = [
     "MemoryJobs",
     "MemoryLinkStore",
     "MemoryQueue",
+    "MemoryReviews",
     "MemorySide",
     "MemorySubscriptions",
     "WriteRecord",

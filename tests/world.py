@@ -17,7 +17,7 @@ from sync.execute import Outcome
 from sync.model import Side
 from sync.policy import Policy
 from sync.ports import ContactChange, LinkStore
-from tests.fakes import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
+from tests.fakes import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemoryReviews, MemorySide
 
 ANN, BOB = "ann@contoso.com", "bob@contoso.com"
 
@@ -33,6 +33,7 @@ class World:
     queue: MemoryQueue
     engine: Engine
     clock: LogicalClock
+    reviews: MemoryReviews
 
     def hint_sf(self, item_id: str) -> list[Outcome]:
         return list(self.engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=item_id)))
@@ -50,14 +51,15 @@ def memory_world(policy: Policy | None = None, *, links: LinkStore | None = None
     clock = LogicalClock()
     m365, sf = MemorySide(Side.M365, clock=clock), MemorySide(Side.SALESFORCE, clock=clock)
     links = links or MemoryLinkStore()
-    audit, queue = MemoryAudit(), MemoryQueue()
-    engine = Engine(m365, sf, links, audit, queue, policy or Policy(), list(mailboxes), clock=clock)
-    return kind(m365, sf, links, audit, queue, engine, clock)
+    audit, queue, reviews = MemoryAudit(), MemoryQueue(), MemoryReviews()
+    engine = Engine(m365, sf, links, audit, queue, policy or Policy(), list(mailboxes), clock=clock, reviews=reviews)
+    return kind(m365, sf, links, audit, queue, engine, clock, reviews)
 
 
 def memory_engine_in(root: Any) -> tuple[MemorySide, MemorySide]:
     """Replace ``root``'s engine (a ``bootstrap.Root``) by one over in-memory sides, with the root's own links,
     audit, queue, policy and mailboxes; returns the two sides."""
     m365, sf = MemorySide(Side.M365), MemorySide(Side.SALESFORCE)
-    root.override(engine=Engine(m365, sf, root.links, root.audit, root.work_queue, root.policy, root.mailboxes))
+    root.override(engine=Engine(m365, sf, root.links, root.audit, root.work_queue, root.policy, root.mailboxes,
+                                reviews=root.reviews))
     return m365, sf

@@ -58,7 +58,7 @@ param httpPerInstanceConcurrency int = 4
 @minValue(0)
 param alwaysReadyHttpInstances int = 1
 
-@description('Public https base URL of the app used in Graph subscriptions; empty: https://<app name>.azurewebsites.net.')
+@description('Public https base URL of the app used in Graph subscriptions; empty: the app uses WEBSITE_HOSTNAME, its default host name (which may be a unique name).')
 param webhookBaseUrl string = ''
 
 // ---- product settings (names and meaning: sync/config.py SETTINGS, docs/configuration.md) ----
@@ -102,7 +102,6 @@ param graphClientSecretName string
 param graphCertificateSecretName string
 param salesforceClientSecretName string
 
-var effectiveWebhookBaseUrl = empty(webhookBaseUrl) ? 'https://${functionAppName}.azurewebsites.net' : webhookBaseUrl
 
 // app-settings:begin (tests/infra/test_infra.py reads the setting names between these markers)
 var platformSettings = {
@@ -126,7 +125,7 @@ var productSettings = {
   SYNC_FOLDER_NAME: syncFolderName
   SYNC_MAILBOXES: syncMailboxes
   SYNC_MAILBOX_GROUP_ID: syncMailboxGroupId
-  WEBHOOK_BASE_URL: effectiveWebhookBaseUrl
+  WEBHOOK_BASE_URL: webhookBaseUrl // empty: the app uses the platform's WEBSITE_HOSTNAME (its real default host name)
   SF_LOGIN_URL: sfLoginUrl
   SF_AUTH_FLOW: sfAuthFlow
   SF_CLIENT_ID: sfClientId
@@ -290,4 +289,4 @@ resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2
 
 output functionAppName string = functionApp.name
 output defaultHostName string = functionApp.properties.defaultHostName
-output webhookBaseUrl string = effectiveWebhookBaseUrl
+output webhookBaseUrl string = empty(webhookBaseUrl) ? 'https://${functionApp.properties.defaultHostName}' : webhookBaseUrl

@@ -25,7 +25,7 @@ param adminPrincipalType string = 'User'
   'containers'
   'account'
 ])
-param hostBlobRoleScope string = 'containers'
+param hostBlobRoleScope string = 'account'
 
 // Built-in role definition ids (docs/reference/azure.md §3.2)
 var roles = {

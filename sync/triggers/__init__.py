@@ -7,6 +7,9 @@ Modules (function names and routes are a contract, see README and tests/function
     worker      contact_worker (queue contact-changes)
     reconcile   reconcile_start (POST reconcile), reconcile_status (GET reconcile/{job}),
                 reconcile_timer (%RECONCILE_SCHEDULE%), mailbox_reconciler (queue reconcile)
+    review      review_list (GET review), review_decide (POST review/{id})
+    ops         ops_jobs (GET ops/jobs), ops_poison_list (GET ops/poison/{queue}), ops_poison_act
+                (POST ops/poison/{queue}/{id}), ops_subscriptions (POST ops/subscriptions): what the ops CLI uses
     status      status_page (GET status)
     errors      the one place typed errors become HTTP statuses and queue dispositions
 
@@ -15,4 +18,4 @@ Importing these modules imports no SDK: every client comes from ``sync.bootstrap
 
 from __future__ import annotations
 
-BLUEPRINT_MODULES = ("graph", "salesforce", "worker", "reconcile", "status")
+BLUEPRINT_MODULES = ("graph", "salesforce", "worker", "reconcile", "review", "ops", "status")

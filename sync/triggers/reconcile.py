@@ -17,7 +17,6 @@ and completes the message: re-run with ``force: true`` to apply it.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -25,8 +24,9 @@ from typing import Any, Literal
 import azure.functions as func
 from pydantic import ValidationError
 
-from sync import bootstrap
+from sync import bootstrap, jobs
 from sync.errors import BadData, CircuitBreakerTripped
+from sync.jobs import Origin
 from sync.ports import MailboxJob, ReconcileJob, ReconcileMailbox
 from sync.triggers.errors import Disposition, decide, describe, http_response, json_response
 from sync.triggers.http import MAX_RECONCILE_BODY, BadJson, bounded_body, load_json
@@ -93,16 +93,10 @@ def parse_request(body: bytes, scope: tuple[str, ...]) -> tuple[list[str], Liter
 
 
 def start_job(root: bootstrap.Root, mailboxes: list[str], mode: Literal["delta", "full"], *, dry_run: bool = False,
-              force: bool = False, origin: Literal["api", "timer", "lifecycle", "cdc"] = "api") -> ReconcileJob:
-    """Write the job row, then enqueue one ``ReconcileMailbox`` per mailbox."""
-    job = ReconcileJob(id=uuid.uuid4().hex, created=datetime.now(UTC), mode=mode, dry_run=dry_run, force=force,
-                       origin=origin, mailboxes={m: MailboxJob(mailbox=m) for m in mailboxes})
-    root.jobs.create(job)
-    for mailbox in mailboxes:
-        root.reconcile_queue.send(ReconcileMailbox(mailbox=mailbox, job_id=job.id, mode=mode, dry_run=dry_run,
-                                                   force=force))
-    logger.info("reconcile job %s (%s, %s): %s mailbox(es)", job.id, origin, mode, len(mailboxes))
-    return job
+              force: bool = False, origin: Origin = "api") -> ReconcileJob:
+    """Write the job row, then enqueue one ``ReconcileMailbox`` per mailbox (``sync.jobs.start_job``)."""
+    return jobs.start_job(root.jobs, root.reconcile_queue, mailboxes, mode, dry_run=dry_run, force=force,
+                          origin=origin)
 
 
 def job_json(job: ReconcileJob) -> dict[str, Any]:

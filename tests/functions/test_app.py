@@ -37,6 +37,15 @@ EXPECTED = {
     "graph_lifecycle_worker": {"type": "queueTrigger", "queueName": "graph-lifecycle",
                                "connection": "AzureWebJobsStorage"},
     "status_page": {"type": "httpTrigger", "route": "status", "methods": ["GET"], "authLevel": "FUNCTION"},
+    "review_list": {"type": "httpTrigger", "route": "review", "methods": ["GET"], "authLevel": "FUNCTION"},
+    "review_decide": {"type": "httpTrigger", "route": "review/{id}", "methods": ["POST"], "authLevel": "FUNCTION"},
+    "ops_jobs": {"type": "httpTrigger", "route": "ops/jobs", "methods": ["GET"], "authLevel": "FUNCTION"},
+    "ops_poison_list": {"type": "httpTrigger", "route": "ops/poison/{queue}", "methods": ["GET"],
+                        "authLevel": "FUNCTION"},
+    "ops_poison_act": {"type": "httpTrigger", "route": "ops/poison/{queue}/{id}", "methods": ["POST"],
+                       "authLevel": "FUNCTION"},
+    "ops_subscriptions": {"type": "httpTrigger", "route": "ops/subscriptions", "methods": ["POST"],
+                          "authLevel": "FUNCTION"},
 }
 
 

@@ -240,7 +240,7 @@ def test_status_page_shows_ids_but_no_names_or_emails(memory_root, queues) -> No
     assert shouted.mimetype == "application/json"  # media types are case-insensitive (RFC 9110 §8.3.1)
     doc = json.loads(doc_resp.get_body())
     (ann,) = [m for m in doc["mailboxes"] if m["mailbox"] == ANN]
-    assert ann["lastSync"] is not None and ann["errors"] == 0 and ann["recent"]
+    assert ann["lastSync"] is not None and ann["failures"] == [] and ann["recent"]
     some_id = next(r["sfId"] for r in ann["recent"] if r["sfId"])
     assert some_id in text and some_id in doc_resp.get_body().decode()
     for first, last, email in PEOPLE:

@@ -93,6 +93,8 @@ def test_lifecycle_missed_enqueues_a_reconcile_and_a_wrong_state_nothing(root, q
     assert graph.process_lifecycle_message(root, notice.get_body().decode()) == "reconcile"
     (msg,) = queues.bodies("reconcile")
     assert msg["mailbox"] == ANN and msg["mode"] == "delta"
+    job = root.jobs.get(msg["job_id"])  # a job like the API's: visible on the status page and in the CLI
+    assert job is not None and job.origin == "lifecycle" and list(job.mailboxes) == [ANN]
 
 
 def _events(*ids: str) -> bytes:

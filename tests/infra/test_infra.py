@@ -263,10 +263,11 @@ def test_role_assignments_use_builtin_ids_and_guid_names() -> None:
     assert "Owner'" not in rbac and "Contributor'" not in rbac.replace("DataContributor'", "")
 
 
-def test_blob_owner_is_scoped_to_containers_by_default() -> None:
+def test_blob_owner_is_on_the_account_by_default_as_in_the_official_flex_samples() -> None:
     rbac = read("app/rbac.bicep")
     assert "scope: deploymentContainer" in rbac
-    assert "param hostBlobRoleScope string = 'containers'" in rbac
+    assert "param hostBlobRoleScope string = 'account'" in rbac
+    assert "param hostBlobRoleScope string = 'account'" in read("main.bicep")
     assert re.search(r"accountBlobOwner .*= if \(hostBlobRoleScope == 'account'\)", rbac)
 
 

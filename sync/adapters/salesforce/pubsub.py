@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -136,7 +136,7 @@ class CdcSubscriber:
         root_certificates: bytes | None = None,
         start: ReplayStart = ReplayStart.LATEST,
         on_replay_rejected: ReplayStart = ReplayStart.EARLIEST,
-        on_reconcile: Callable[[str], None] | None = None,
+        on_reconcile: Callable[[str, str], None] | None = None,
         client_name: str = "m365-sync",
         batch_size: int = MAX_OUTSTANDING,
         checkpoint_scope: str = "salesforce",
@@ -159,15 +159,21 @@ class CdcSubscriber:
             return None, ReplayStart(value[len(_PRESET_PREFIX):])
         return base64.b64decode(value), None
 
-    def _save(self, replay_id: bytes, result: PullResult) -> None:
+    def _save(self, replay_id: bytes, result: PullResult, *, events: bool = False) -> None:
+        """The replay id, then when it was saved (``<name>:saved``) and, after events, when they came
+        (``<name>:event``): the status page's stream state."""
         self._checkpoints.put(self._scope, self._name, base64.b64encode(replay_id).decode())
         result.replay_id = replay_id
+        now = datetime.now(UTC).isoformat()
+        self._checkpoints.put(self._scope, f"{self._name}:saved", now)
+        if events:
+            self._checkpoints.put(self._scope, f"{self._name}:event", now)
 
     # --- reconcile --------------------------------------------------------------------------------------------
     def _reconcile_all(self, reason: str, mode: str, result: PullResult) -> None:
         result.reconciles += 1
         if self._on_reconcile is not None:
-            self._on_reconcile(reason)
+            self._on_reconcile(reason, mode)
             return
         boxes = self._mailboxes() if callable(self._mailboxes) else self._mailboxes
         for mailbox in boxes:
@@ -249,7 +255,7 @@ class CdcSubscriber:
         if overflow:
             logger.warning("cdc GAP_OVERFLOW: enqueuing a reconcile of every mailbox")
             self._reconcile_all("GAP_OVERFLOW", "delta", result)
-        self._save(bytes(response.events[-1].replay_id), result)
+        self._save(bytes(response.events[-1].replay_id), result, events=True)
 
     def _subscribe(self, stub: Any, md: Any, preset: ReplayStart | None, replay: bytes | None, result: PullResult,
                    deadline: float, max_events: int, idle_seconds: float) -> None:

@@ -22,7 +22,13 @@ if TYPE_CHECKING:
         QueueMessageTooLarge,
         StorageQueue,
     )
-    from sync.adapters.storage.stores import TableAudit, TableCheckpoints, TableJobs, TableSubscriptions
+    from sync.adapters.storage.stores import (
+        TableAudit,
+        TableCheckpoints,
+        TableJobs,
+        TableReviews,
+        TableSubscriptions,
+    )
     from sync.adapters.storage.tables import TableStorage
 
 # public name -> the module defining it, imported on first use (importing the package loads no Azure SDK)
@@ -35,6 +41,7 @@ _WHERE = {
     "TableCheckpoints": "stores",
     "TableJobs": "stores",
     "TableLinkStore": "links",
+    "TableReviews": "stores",
     "TableStorage": "tables",
     "TableSubscriptions": "stores",
     "escape_key": "client",
@@ -57,6 +64,7 @@ __all__ = [
     "TableCheckpoints",
     "TableJobs",
     "TableLinkStore",
+    "TableReviews",
     "TableStorage",
     "TableSubscriptions",
     "escape_key",

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sync.errors import BadData, SyncError
@@ -104,5 +106,52 @@ class StorageQueue:
         except AzureError as exc:
             raise _map(exc, self.name) from exc
 
+    def depth(self) -> int:
+        """The approximate number of messages (the service's own count, visible or not)."""
+        from azure.core.exceptions import AzureError
 
-__all__ = ["DEFAULT_API_VERSION", "MAX_MESSAGE_TEXT", "QueueMessageTooLarge", "StorageQueue"]
+        try:
+            return int(self.client().get_queue_properties().approximate_message_count or 0)
+        except AzureError as exc:
+            raise _map(exc, self.name) from exc
+
+    def peek(self, limit: int = 32) -> list[Peeked]:
+        """Up to ``limit`` (at most 32) visible messages, oldest first, without taking them."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            found = self.client().peek_messages(max_messages=max(1, min(limit, 32)))
+        except AzureError as exc:
+            raise _map(exc, self.name) from exc
+        return [Peeked(m.id, m.inserted_on, int(m.dequeue_count or 0), str(m.content)) for m in found]
+
+    def take(self, message_id: str) -> str | None:
+        """Remove the visible message ``message_id`` and return its text (None when it is not among the first 32
+        visible messages). The other messages received on the way are made visible again at once."""
+        from azure.core.exceptions import AzureError
+
+        client = self.client()
+        try:
+            found = None
+            for msg in client.receive_messages(messages_per_page=32, visibility_timeout=30, max_messages=32):
+                if msg.id == message_id and found is None:
+                    client.delete_message(msg)
+                    found = str(msg.content)
+                else:
+                    client.update_message(msg, visibility_timeout=0)
+            return found
+        except AzureError as exc:
+            raise _map(exc, self.name) from exc
+
+
+@dataclass(frozen=True)
+class Peeked:
+    """A message as ``peek`` shows it."""
+
+    id: str
+    inserted_on: datetime | None
+    dequeue_count: int
+    text: str
+
+
+__all__ = ["DEFAULT_API_VERSION", "MAX_MESSAGE_TEXT", "Peeked", "QueueMessageTooLarge", "StorageQueue"]

@@ -1,5 +1,5 @@
 """The small Table Storage stores, one table each: checkpoints (a named value per scope, e.g. a change-feed
-watermark), the audit log, reconcile jobs and Graph subscriptions.
+watermark), the audit log, reconcile jobs, Graph subscriptions and the review inbox.
 
 ``TableStorage`` hands each its ``HealingTable``; failures become ``sync.errors`` through ``client._call``. A
 subscription read is cached per process for up to a minute (see ``TableSubscriptions``).
@@ -11,14 +11,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
 from sync.adapters.storage.client import HealingTable, _call, _chunks, _map_error, escape_key
-from sync.ports import AuditEntry, MailboxJob, ReconcileJob, StoredSubscription
+from sync.model import Side
+from sync.ports import AuditEntry, MailboxJob, ReconcileJob, ReviewItem, StoredSubscription
 
 
 class TableCheckpoints:
@@ -133,6 +134,15 @@ class TableJobs:
         row = self._row(job_id, state)
         _call(lambda: self._table.upsert_entity(row, mode=UpdateMode.REPLACE), job_id)
 
+    def recent(self, limit: int = 20) -> list[ReconcileJob]:
+        """A scan of the job heads of the last 7 days (a few per hour at most), then each job's rows."""
+        since = datetime.now(UTC) - timedelta(days=7)
+        rows = self._table.query_entities("RowKey eq @rk and Timestamp ge @since", select=["PartitionKey", "Job"],
+                                          parameters={"rk": JOB_ROW, "since": since})
+        heads = _call(lambda: [ReconcileJob.model_validate_json(r["Job"]) for r in rows], "jobs")
+        heads.sort(key=lambda j: j.created, reverse=True)
+        return [job for job in (self.get(h.id) for h in heads[:limit]) if job is not None]
+
 
 SUBSCRIPTION_PARTITION = "graph"
 
@@ -196,3 +206,50 @@ class TableSubscriptions:
         rows = self._table.query_entities("PartitionKey eq @pk", parameters={"pk": SUBSCRIPTION_PARTITION})
         return _call(lambda: sorted((StoredSubscription.model_validate_json(r["Subscription"]) for r in rows),
                                     key=lambda s: (s.mailbox, s.id)))
+
+
+class TableReviews:
+    """Review items: PartitionKey = mailbox, RowKey = the item id (a digest of mailbox, side and record id; ids
+    only, no contact data). The inbox is small: listing and ``by_id`` query the table."""
+
+    def __init__(self, table: HealingTable) -> None:
+        self._table = table
+
+    @staticmethod
+    def _key(mailbox: str, side: Side, record_id: str) -> str:
+        return ReviewItem(mailbox=mailbox, side=side, record_id=record_id, reason="", first_seen=datetime.min,
+                          last_seen=datetime.min).id
+
+    def get(self, mailbox: str, side: Side, record_id: str) -> ReviewItem | None:
+        try:
+            entity = self._table.get_entity(escape_key(mailbox), self._key(mailbox, side, record_id))
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise _map_error(exc, record_id) from exc
+        return ReviewItem.model_validate_json(entity["Item"])
+
+    def by_id(self, item_id: str) -> ReviewItem | None:
+        rows = self._table.query_entities("RowKey eq @rk", parameters={"rk": item_id})
+        return _call(lambda: next((ReviewItem.model_validate_json(r["Item"]) for r in rows), None), item_id)
+
+    def items(self, mailbox: str | None = None) -> list[ReviewItem]:
+        if mailbox is None:
+            rows = self._table.query_entities("RowKey ne ''")
+        else:
+            rows = self._table.query_entities("PartitionKey eq @pk", parameters={"pk": escape_key(mailbox)})
+        found = _call(lambda: [ReviewItem.model_validate_json(r["Item"]) for r in rows], mailbox or "review")
+        return sorted(found, key=lambda i: (i.mailbox, i.first_seen, i.id))
+
+    def put(self, item: ReviewItem) -> None:
+        row = {"PartitionKey": escape_key(item.mailbox), "RowKey": item.id, "Open": item.open,
+               "Item": item.model_dump_json()}
+        _call(lambda: self._table.upsert_entity(row, mode=UpdateMode.REPLACE), item.record_id)
+
+    def delete(self, item: ReviewItem) -> None:
+        try:
+            self._table.delete_entity(escape_key(item.mailbox), item.id)
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise _map_error(exc, item.record_id) from exc

@@ -1,6 +1,7 @@
 """``TableStorage``: the factory of the Table Storage side of the sync state.
 
-It creates each table (``<prefix>links``, ``tombstones``, ``checkpoints``, ``audit``, ``jobs``, ``subscriptions``)
+It creates each table (``<prefix>links``, ``tombstones``, ``checkpoints``, ``audit``, ``jobs``, ``subscriptions``,
+``reviews``)
 on first use and again whenever it was deleted under a running process, and hands out the stores. Build it with
 ``from_connection_string`` or ``from_endpoint`` (identity-based); both count requests in ``client.REQUESTS``.
 A links table missing although this deployment had one was lost: the class says how it is restored.
@@ -18,7 +19,7 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from sync.adapters.storage.client import REQUESTS, HealingTable, _call, _chunks, _map_error, escape_key
 from sync.adapters.storage.links import INDEX_PARTITION, LOST_ROW, META_PARTITION, TableLinkStore
-from sync.adapters.storage.stores import TableAudit, TableCheckpoints, TableJobs, TableSubscriptions
+from sync.adapters.storage.stores import TableAudit, TableCheckpoints, TableJobs, TableReviews, TableSubscriptions
 from sync.ports import Link
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,9 @@ class TableStorage:
 
     def subscriptions(self) -> TableSubscriptions:
         return TableSubscriptions(self._table("subscriptions"))
+
+    def reviews(self) -> TableReviews:
+        return TableReviews(self._table("reviews"))
 
     @classmethod
     def from_connection_string(cls, conn: str, prefix: str = "sync") -> TableStorage:

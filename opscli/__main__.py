@@ -1,0 +1,5 @@
+"""``python -m opscli``."""
+
+from opscli.cli import main
+
+main()
