@@ -17,7 +17,8 @@ import re
 import socket
 import struct
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -298,6 +299,20 @@ class _Handler(BaseHTTPRequestHandler):
         return WriteContext(user_id=tok.user_id, origin=origin, allow_save="allowsave=true" in dup,
                             include_record_details="includerecorddetails=true" in dup)
 
+    def _unmodified_since(self) -> datetime | None:
+        """``If-Unmodified-Since`` (an HTTP-date, whole seconds) on a single-record PATCH: compared with the record's
+        LastModifiedDate; a value that is not an HTTP-date -> 400 (docs/reference/salesforce.md §2.7)."""
+        raw = self.headers.get("If-Unmodified-Since")
+        if raw is None:
+            return None
+        try:
+            since = parsedate_to_datetime(raw)
+        except (TypeError, ValueError) as e:
+            raise SfError(400, "INVALID_HEADER_VALUE", "If-Unmodified-Since is not a valid HTTP-date") from e
+        if since.tzinfo is None:
+            raise SfError(400, "INVALID_HEADER_VALUE", "If-Unmodified-Since is not a valid HTTP-date")
+        return since
+
     def _batch_size(self) -> int:
         # Sforce-Query-Options: batchSize=N, 200..2000, default 2000 (docs/reference/salesforce.md §2.2)
         m = re.search(r"batchSize=(\d+)", self.headers.get("Sforce-Query-Options", ""), re.I)
@@ -370,7 +385,12 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "PATCH":
                 org.counters.inc("rest.update")
                 body = self._json_body() or {}
+                since = self._unmodified_since()
                 with org.transaction(self._ctx(v, tok)) as txn:
+                    if since is not None and org._live(sobject, rid)["LastModifiedDate"] > since:
+                        org.counters.inc("rest.412")
+                        raise SfError(412, "PRECONDITION_FAILED", "The requested resource has been modified since "
+                                      "the If-Unmodified-Since date")
                     org.update(txn, sobject, rid, body)
                 return 204, None, {}
             if method == "DELETE":

@@ -211,6 +211,21 @@ class _Change:
     weight: int  # changes counted toward the overflow threshold (docs/reference/salesforce.md §4.3)
 
 
+@dataclass
+class OrgSettings:
+    """Org switches (Setup choices a real org makes), read under the org lock. Defaults are a new org's:
+
+    - ``state_country_picklists``: State and Country/Territory Picklists (docs/reference/salesforce.md §1.4).
+    - ``whole_seconds``: system timestamps keep whole seconds (§1.1); False keeps milliseconds.
+    - ``duplicate_rule``: the standard Contact duplicate rule's action, ``"alert"`` (allow with the
+      ``allowSave=true`` header), ``"block"`` or ``"off"`` (§1.3).
+    """
+
+    state_country_picklists: bool = True
+    whole_seconds: bool = True
+    duplicate_rule: str = "alert"
+
+
 class Transaction:
     def __init__(self, ctx: WriteContext, now: datetime) -> None:
         self.ctx = ctx
@@ -220,7 +235,9 @@ class Transaction:
 
 class Org:
     def __init__(self, *, custom_fields: tuple[str, ...] = ("Outlook_Id__c",), api_max: int = 15_000,
-                 delivery_max: int = 10_000, instance_url: str = "https://127.0.0.1") -> None:
+                 delivery_max: int = 10_000, instance_url: str = "https://127.0.0.1",
+                 settings: OrgSettings | None = None) -> None:
+        self.settings = settings or OrgSettings()
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.types: dict[str, SObjectType] = build_types(custom_fields)
@@ -253,7 +270,11 @@ class Org:
 
     # -- clock ----------------------------------------------------------------------------------------------------
     def now(self) -> datetime:
+        """Salesforce keeps whole seconds in CreatedDate / LastModifiedDate / SystemModstamp (``.000`` on the wire,
+        docs/reference/salesforce.md §1.1); ``settings.whole_seconds=False`` keeps milliseconds (the old emulator)."""
         t = datetime.now(UTC) + self.time_offset
+        if self.settings.whole_seconds:
+            return t.replace(microsecond=0)
         return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
     # -- users, accounts, auth ------------------------------------------------------------------------------------

@@ -497,12 +497,12 @@ def test_change_feed_steps_past_a_bulk_load_sharing_one_stamp_instead_of_reporti
         h: SalesforceHarness) -> None:
     owner = h.users[MAILBOX]
     h.emu.bulk_create_contacts([{"LastName": f"Bulk{i}", "Email": f"b{i}@example.com", "OwnerId": owner}
-                                for i in range(700)], as_user=owner)  # one transaction: one SystemModstamp
+                                for i in range(2_100)], as_user=owner)  # one transaction: one SystemModstamp
     first = list(h.side.changes(MAILBOX, None))
-    assert first[-1].full and sum(len(p.records) for p in first) == 700
+    assert first[-1].full and sum(len(p.records) for p in first) == 2_100
     checkpoint = first[-1].checkpoint
     again = list(h.side.changes(MAILBOX, checkpoint))
-    assert sum(len(p.records) + len(p.removed) for p in again) == 0  # not the 700 once more
+    assert sum(len(p.records) + len(p.removed) for p in again) == 0  # not the 2,100 once more
     edited = next(iter(first[0].records)).id
     h.user_edit(edited, {"job_title": "CTO"})
     after = list(h.side.changes(MAILBOX, again[-1].checkpoint))
@@ -521,3 +521,60 @@ def test_the_session_keeps_a_connection_for_every_message_a_host_works_on_at_onc
     for url in ("https://example.my.salesforce.com/", "http://127.0.0.1:1/"):
         pool = side._rest.session.get_adapter(url)._pool_maxsize
         assert pool >= at_once, f"{pool} kept-alive connections for {at_once} messages at once"
+
+
+# -- Salesforce's clock: whole-second stamps (docs/reference/salesforce.md §1.1, §2.7) ---------------------------
+
+def test_an_edit_in_the_same_second_as_our_read_is_not_overwritten(h: SalesforceHarness) -> None:
+    made = h.side.create(MAILBOX, ADA)
+    before = h.side.get(MAILBOX, made.id)
+    assert before is not None and before.version
+    stamp = h.emu.get_record(made.id)["SystemModstamp"]  # type: ignore[index]
+    h.user_edit(made.id, {"department": "Research"})
+    with h.emu.org.lock:  # the edit came in the second of our read: same stamp (pinned, not left to the clock)
+        for stamped in ("SystemModstamp", "LastModifiedDate"):
+            h.emu.org.records["Contact"][made.id][stamped] = stamp
+    with pytest.raises(PreconditionFailed):
+        h.side.update(MAILBOX, made.id, ADA.with_values({"job_title": "CTO"}), fields=frozenset({"job_title"}),
+                      if_match=before.version)
+    [result] = h.side.update_many(MAILBOX, [UpdateRequest(item_id=made.id, contact=ADA, fields=frozenset({"email"}),
+                                                          if_match=before.version)])
+    assert isinstance(result, PreconditionFailed)
+
+
+def test_a_single_update_sends_if_unmodified_since_so_an_edit_after_the_check_is_refused(
+        h: SalesforceHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = h.side.create(MAILBOX, ADA)
+    before = h.side.get(MAILBOX, made.id)
+    assert before is not None
+    check = h.side._check_version
+
+    def edit_right_after_the_check(item_id: str, if_match: str | None) -> dict[str, object]:
+        row = check(item_id, if_match)
+        h.emu.advance_time(2)
+        h.user_edit(item_id, {"department": "Research"})  # lands between our check and our PATCH
+        return row
+
+    monkeypatch.setattr(h.side, "_check_version", edit_right_after_the_check)
+    with pytest.raises(PreconditionFailed):
+        h.side.update(MAILBOX, made.id, ADA.with_values({"department": "Sales"}), fields=frozenset({"department"}),
+                      if_match=before.version)
+    assert h.emu.counters["rest.412"] == 1
+    assert h.emu.get_record(made.id)["Department"] == "Research"  # type: ignore[index]
+
+
+def test_change_feed_with_more_than_a_page_of_rows_in_one_second_reports_each_once(h: SalesforceHarness) -> None:
+    owner = h.users[MAILBOX]
+    first = list(h.side.changes(MAILBOX, None))
+    h.emu.bulk_create_contacts([{"LastName": f"Bulk{i}", "OwnerId": owner} for i in range(2_100)],
+                               as_user=owner)  # one transaction: one SystemModstamp, more than one 2,000-row page
+    delta = list(h.side.changes(MAILBOX, first[-1].checkpoint))
+    ids = [r.id for p in delta for r in p.records]
+    assert len(ids) == len(set(ids)) == 2_100
+    again = list(h.side.changes(MAILBOX, delta[-1].checkpoint))
+    assert sum(len(p.records) + len(p.removed) for p in again) == 0  # not re-reported
+    edited = ids[0]  # the first in (SystemModstamp, Id) order, edited in a later second
+    h.emu.advance_time(1)
+    h.user_edit(edited, {"job_title": "CTO"})
+    after = list(h.side.changes(MAILBOX, again[-1].checkpoint))
+    assert [r.id for p in after for r in p.records] == [edited]

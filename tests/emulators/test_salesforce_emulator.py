@@ -497,3 +497,40 @@ def test_an_update_lists_last_modified_date_even_within_the_same_millisecond(emu
     _, changed, nulled = codec.update_body(old, {**old, "Phone": None})
     assert set(decode_bitmap(codec.schema, changed)) == {"Phone", "LastModifiedDate"}
     assert decode_bitmap(codec.schema, nulled) == ["Phone"]
+
+
+# -- Salesforce's clock: whole seconds (docs/reference/salesforce.md §1.1, §2.2, §2.7) ---------------------------------
+
+def test_system_stamps_keep_whole_seconds_and_soql_compares_at_second_precision(emu, sf):
+    cid = sf.Contact.create({"LastName": "Clock"})["id"]
+    stamp = sf.Contact.get(cid)["SystemModstamp"]
+    assert stamp.endswith(".000+0000")
+    at = stamp[:19]
+    for literal in (f"{at}Z", f"{at}.999Z"):  # the fraction of a second is ignored
+        assert sf.query(f"SELECT Id FROM Contact WHERE SystemModstamp = {literal}")["totalSize"] == 1
+        assert sf.query(f"SELECT Id FROM Contact WHERE SystemModstamp > {literal}")["totalSize"] == 0
+
+
+def test_if_unmodified_since_on_a_single_record_patch(emu, sf):
+    from email.utils import format_datetime
+
+    from emulators.salesforce.ids import parse_datetime
+
+    cid = sf.Contact.create({"LastName": "Guarded"})["id"]
+    modified = parse_datetime(sf.Contact.get(cid)["LastModifiedDate"])
+    same = {"If-Unmodified-Since": format_datetime(modified, usegmt=True)}
+    assert sf.Contact.update(cid, {"Title": "A"}, headers=same) == 204  # modified at, not after: allowed
+    emu.advance_time(2)
+    emu.update_contact(cid, {"Title": "B"})  # a later second
+    with pytest.raises(SalesforceGeneralError) as e:
+        sf.Contact.update(cid, {"Title": "C"}, headers=same)
+    assert e.value.status == 412 and sf.Contact.get(cid)["Title"] == "B"
+    with pytest.raises(SalesforceMalformedRequest):
+        sf.Contact.update(cid, {"Title": "C"}, headers={"If-Unmodified-Since": "yesterday"})
+
+
+def test_the_millisecond_clock_is_an_org_switch(emu, sf):
+    emu.org.settings.whole_seconds = False
+    stamps = {sf.Contact.get(sf.Contact.create({"LastName": f"M{i}"})["id"])["SystemModstamp"][-9:-5]
+              for i in range(5)}
+    assert stamps != {".000"}

@@ -1,10 +1,12 @@
 """The Salesforce org as a ``ContactSide`` (``sync.ports``): Contact records read and written over REST.
 
-- Version = ``SystemModstamp`` (Contact has no ETag, docs/reference/salesforce.md §2.7). An update/delete with
-``if_match`` compares
-  it just before the write and before each retry, and raises ``PreconditionFailed`` on a mismatch. A write landing
-  between that read and ours (milliseconds) is overwritten; the next CDC event or reconcile repairs what it can.
-  Writes in the same millisecond share a stamp and cannot be told apart.
+- Version = ``SystemModstamp`` + a digest of the row we read (``row_version``): Contact has no ETag and the stamp
+  keeps whole seconds (docs/reference/salesforce.md §1.1, §2.7), so an edit in the same second as our read keeps the
+  stamp but changes the digest. An update/delete with ``if_match`` re-reads and compares it just before the write and
+  before each retry (``PreconditionFailed`` on a mismatch); a single-record update also sends ``If-Unmodified-Since``
+  (the LastModifiedDate of that check), so an edit in a later second between the check and the PATCH is refused by
+  Salesforce (412). What remains: an edit in the same second between that check and our PATCH (milliseconds) is
+  overwritten, and collection PATCHes have no such header; the next CDC event or reconcile repairs what it can.
 - Salesforce answers a write with the id only: every write is followed by a re-read (``_as_left``).
 - Owner: a record belongs to the mailbox whose User owns it (``directory``); anyone else's has ``owner=None``.
 - Company: ``Account.Name`` is read with every record; on write the name is resolved to an Account (``directory``)
@@ -19,10 +21,11 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from email.utils import format_datetime
 from typing import Any
 
 from sync.adapters.salesforce.auth import TokenProvider
-from sync.adapters.salesforce.changes import ChangeFeed
+from sync.adapters.salesforce.changes import ChangeFeed, row_version
 from sync.adapters.salesforce.directory import Directory, domain_hints
 from sync.adapters.salesforce.errors import SIDE, collection_error
 from sync.adapters.salesforce.rest import API_VERSION, MAX_COLLECTION, RestClient, chunks
@@ -129,7 +132,7 @@ class SalesforceContactSide:
         marker = row.get(self._marker_field) if self._marker_field else None
         return SideRecord(
             side=Side.SALESFORCE, id=str(row["Id"]), contact=salesforce_to_contact(row, self._field_map),
-            version=str(row["SystemModstamp"]), owner=self._directory.mailbox_of(row.get("OwnerId")),
+            version=row_version(row), owner=self._directory.mailbox_of(row.get("OwnerId")),
             modified_at=parse_dt(row.get("LastModifiedDate")), marker=str(marker) if marker else None,
             untouched=self._is_us(row.get("CreatedById")) is True and self._is_us(row.get("LastModifiedById")) is True,
         )
@@ -221,12 +224,14 @@ class SalesforceContactSide:
     def _all_fields(self) -> list[str]:
         return list(self._field_map.salesforce_fields())
 
-    def _check_version(self, item_id: str, if_match: str | None) -> None:
+    def _check_version(self, item_id: str, if_match: str | None) -> dict[str, Any]:
+        """The row now; ``PreconditionFailed`` when its version is not ``if_match``."""
         row = self._rows_by_id([item_id]).get(item_id)
         if row is None:
             raise NotFound("contact not found", side=SIDE, item_id=item_id)
-        if if_match is not None and str(row["SystemModstamp"]) != if_match:
+        if if_match is not None and row_version(row) != if_match:
             raise PreconditionFailed("changed since it was read (SystemModstamp)", side=SIDE, item_id=item_id)
+        return row
 
     def _reread(self, item_id: str, written: Mapping[str, Any]) -> SideRecord:
         row = self._rows_by_id([item_id]).get(item_id)
@@ -266,14 +271,17 @@ class SalesforceContactSide:
         if_match: str | None,
         marker: str | None = None,
     ) -> SideRecord:
+        headers: dict[str, str] = {}
         if if_match is not None:
-            self._check_version(item_id, if_match)
+            checked = parse_dt(self._check_version(item_id, if_match).get("LastModifiedDate"))
+            if checked is not None:  # docs/reference/salesforce.md §2.7: 412 when modified after this date
+                headers["If-Unmodified-Since"] = format_datetime(checked, usegmt=True)
         values = self._values(contact, fields, item_id, creating=False)
         if marker is not None and self._marker_field:
             values[self._marker_field] = marker
         if values:
-            self._rest.call("write", lambda sf: sf.Contact.update(item_id, values), item_id=item_id,
-                       before_retry=self._version_guard(item_id, if_match))
+            self._rest.call("write", lambda sf: sf.Contact.update(item_id, values, headers=headers or None),
+                            item_id=item_id, before_retry=self._version_guard(item_id, if_match))
         return self._reread(item_id, values)
 
     def delete(self, mailbox: str, item_id: str, *, if_match: str | None) -> None:
@@ -283,7 +291,7 @@ class SalesforceContactSide:
         self._rest.call("write", lambda sf: sf.Contact.delete(item_id), item_id=item_id,
                    before_retry=self._version_guard(item_id, if_match))
 
-    def _version_guard(self, item_id: str, if_match: str | None) -> Callable[[], None] | None:
+    def _version_guard(self, item_id: str, if_match: str | None) -> Callable[[], object] | None:
         """The ``before_retry`` of a guarded write: compare SystemModstamp again (None when unguarded). An edit made
         during the backoff gives ``PreconditionFailed`` instead of being overwritten; so does a failed attempt that in
         fact ran (our own write moved the stamp), and the engine re-reads."""
@@ -353,7 +361,7 @@ class SalesforceContactSide:
             if row is None:
                 results.append(NotFound("contact not found", side=SIDE, item_id=item.item_id))
                 continue
-            if item.if_match is not None and str(row["SystemModstamp"]) != item.if_match:
+            if item.if_match is not None and row_version(row) != item.if_match:
                 results.append(PreconditionFailed("changed since it was read (SystemModstamp)", side=SIDE,
                                                   item_id=item.item_id))
                 continue
@@ -385,7 +393,7 @@ class SalesforceContactSide:
                 item, row = items[index], rows.get(rec["Id"])
                 if row is None:
                     results[index] = NotFound("contact not found", side=SIDE, item_id=item.item_id)
-                elif item.if_match is not None and str(row["SystemModstamp"]) != item.if_match:
+                elif item.if_match is not None and row_version(row) != item.if_match:
                     results[index] = PreconditionFailed("changed since it was read (SystemModstamp)",
                                                         side=SIDE, item_id=item.item_id)
                 else:
@@ -414,4 +422,4 @@ class SalesforceContactSide:
         yield from self._feed.pages(mailbox, self._directory.user_of(mailbox), checkpoint)
 
 
-__all__ = ["SalesforceContactSide"]
+__all__ = ["SalesforceContactSide", "row_version"]

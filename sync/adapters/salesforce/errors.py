@@ -15,6 +15,7 @@ from sync.errors import (
     AuthFailed,
     BadData,
     NotFound,
+    PreconditionFailed,
     SyncError,
     Throttled,
     Transient,
@@ -93,6 +94,8 @@ def map_error(
                          retry_after=retry_after)
     if code == "INVALID_SESSION_ID" or status == 401:
         return SessionExpired(f"session expired or invalid: {text}", side=SIDE)
+    if status == 412:  # If-Unmodified-Since refused (docs/reference/salesforce.md §2.7)
+        return PreconditionFailed(f"changed since it was read: {text}", side=SIDE, item_id=item_id)
     if code in _NOT_FOUND_CODES or status == 404:
         return NotFound(f"record not found: {text}", side=SIDE, item_id=item_id)
     if code in ("DUPLICATE_VALUE", "DUPLICATE_EXTERNAL_ID"):

@@ -112,7 +112,7 @@ class RestClient:
         *,
         item_id: str | None = None,
         idempotent: bool = True,
-        before_retry: Callable[[], None] | None = None,
+        before_retry: Callable[[], object] | None = None,
     ) -> _T:
         """Run one REST call with the retry rules of the module docstring; raise only ``sync.errors`` types.
 
@@ -164,7 +164,7 @@ class RestClient:
         return [r for page in self.query_pages(soql, include_deleted=include_deleted) for r in page]
 
     def restful(self, method: str, body: dict[str, Any] | Callable[[], dict[str, Any]],
-                before_retry: Callable[[], None] | None = None) -> list[Any]:
+                before_retry: Callable[[], object] | None = None) -> list[Any]:
         """One sObject Collections call (POST is retried only on "not processed" answers, see ``call``).
 
         ``body`` may be a callable, evaluated on every attempt (``before_retry`` may shrink what is re-sent)."""
