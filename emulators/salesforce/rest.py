@@ -136,7 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, method: str) -> None:
         self._request_body: bytes | None = None
         parts = urlsplit(self.path)
-        path = unquote(parts.path).rstrip("/") or "/"
+        raw_path = parts.path.rstrip("/") or "/"
+        path = unquote(raw_path)
         params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         try:
             if path == "/services/oauth2/token":
@@ -149,7 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
                                  for label, v in VERSIONS])
             elif path.startswith("/_admin"):
                 self._admin(method, path, params)
-            elif m := _DATA.match(path):
+            elif m := _DATA.match(raw_path):  # segments are decoded one by one: an id value may hold "%2F"
                 self._data(method, m.group(1), (m.group(2) or "").strip("/"), params)
             else:
                 self._send(404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}])
@@ -278,7 +279,8 @@ class _Handler(BaseHTTPRequestHandler):
                        self._limit_header())
             return
         try:
-            status, body, extra = self._route(method, version, rest.split("/") if rest else [], params, tok)
+            seg = [unquote(x) for x in rest.split("/")] if rest else []
+            status, body, extra = self._route(method, version, seg, params, tok)
         except SoqlError as e:
             status, body, extra = 400, [{"message": e.message, "errorCode": e.code}], {}
         except SfError as e:
@@ -461,6 +463,8 @@ class _Handler(BaseHTTPRequestHandler):
                      tok: Token) -> tuple[int, Any, dict[str, str]]:
         org = self.org
         org.counters.inc("rest.composite_sobjects")
+        if len(seg) == 2 and method == "PATCH":
+            return self._collection_upsert(v, self._type(seg[0]), seg[1], tok)
         if seg:  # retrieve: GET ?ids=&fields= or POST {"ids","fields"}
             sobject = self._type(seg[0])
             if method == "GET":
@@ -512,6 +516,41 @@ class _Handler(BaseHTTPRequestHandler):
                        {"id": r.get("id"), "success": False, "errors": [
                            {"statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK", "message": msg, "fields": []}]}
                        for r in results]
+        return 200, results, {}
+
+    def _collection_upsert(self, v: str, sobject: str, field_name: str, tok: Token) -> tuple[int, Any, dict[str, str]]:
+        """PATCH /composite/sobjects/{type}/{ExternalIdField}: upsert each record on that field, allOrNone as in the
+        body; results carry ``created`` (docs/reference/salesforce.md §2.5)."""
+        org = self.org
+        f = org.types[sobject].field(field_name)
+        if f is None or not f.external_id:
+            raise SfError(400, "INVALID_FIELD", f"Field {field_name} is not an External ID or does not exist")
+        body = self._json_body() or {}
+        records = body.get("records") or []
+        if len(records) > MAX_COLLECTION:
+            raise SfError(400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into "
+                          "this call")
+        results: list[dict[str, Any]] = []
+        with org.transaction(self._ctx(v, tok), all_or_none=bool(body.get("allOrNone", False))) as txn:
+            for item in records:
+                values = {k: val for k, val in item.items() if k != "attributes"}
+                key = values.get(f.name)
+                try:
+                    if not key:
+                        raise SfError(400, "MISSING_ARGUMENT", f"{f.name} not specified", [f.name])
+                    matches = [r for r in org.records[sobject].values() if not r["IsDeleted"] and r.get(f.name) == key]
+                    if len(matches) > 1:
+                        raise SfError(300, "DUPLICATE_EXTERNAL_ID", f"{f.name}: more than one record found for "
+                                      "external id field", [f.name])
+                    if matches:
+                        rid = org.update(txn, sobject, matches[0]["Id"], {k: x for k, x in values.items()
+                                                                          if k != f.name})
+                        results.append({"id": rid, "success": True, "errors": [], "created": False})
+                    else:
+                        results.append({"id": org.create(txn, sobject, values), "success": True, "errors": [],
+                                        "created": True})
+                except SfError as e:
+                    results.append({"success": False, "errors": e.as_collection_errors()})
         return 200, results, {}
 
     def _collection_item(self, txn: Any, op: str, item: Any) -> dict[str, Any]:

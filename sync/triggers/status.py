@@ -52,7 +52,18 @@ def collect(root: bootstrap.Root, now: datetime | None = None) -> dict[str, Any]
                 for e in entries[:SHOWN]
             ],
         })
-    return {"generated": now.isoformat(), "mailboxes": out}
+    return {"generated": now.isoformat(), "mailboxes": out, "problems": _problems(root)}
+
+
+def _problems(root: bootstrap.Root) -> list[str]:
+    """Set-up problems a side found on its own (the Salesforce marker field, from Contact's describe): the setting
+    and what is wrong, never a value."""
+    try:
+        check = getattr(root.salesforce, "check", None)
+        problem = check() if callable(check) else None
+    except Exception as exc:  # noqa: BLE001 - the page must render; the error is shown, not raised
+        problem = f"Salesforce: {type(exc).__name__}"
+    return [problem] if isinstance(problem, str) and problem else []
 
 
 def render_html(doc: dict[str, Any]) -> str:
@@ -77,7 +88,8 @@ def render_html(doc: dict[str, Any]) -> str:
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Contact sync status</title></head><body>"
         f"<h1>Contact sync status</h1><p>generated {e(doc['generated'])}</p>"
-        "<h2>Mailboxes</h2><table border='1'><tr><th>mailbox</th><th>last sync</th><th>lag (s)</th>"
+        + "".join(f"<p><strong>problem:</strong> {e(p)}</p>" for p in doc.get("problems", []))
+        + "<h2>Mailboxes</h2><table border='1'><tr><th>mailbox</th><th>last sync</th><th>lag (s)</th>"
         "<th>subscription</th><th>expires</th><th>errors</th><th>pending review</th></tr>"
         + "".join(rows) + "</table><h2>Recent audit rows</h2><table border='1'><tr><th>mailbox</th><th>at</th>"
         "<th>action</th><th>outcome</th><th>Outlook id</th><th>Salesforce id</th><th>fields</th><th>error</th></tr>"

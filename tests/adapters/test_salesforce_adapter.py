@@ -45,6 +45,7 @@ def h() -> Iterator[SalesforceHarness]:
     ({"status": 400, "code": "STRING_TOO_LONG", "fields": ["Title"]}, BadData),
     ({"status": 400, "code": "REQUIRED_FIELD_MISSING", "fields": ["LastName"]}, BadData),
     ({"status": 400, "code": "DUPLICATE_VALUE"}, AlreadyExists),
+    ({"status": 412, "code": "PRECONDITION_FAILED"}, PreconditionFailed),  # If-Unmodified-Since
     ({"status": 403, "code": "INSUFFICIENT_ACCESS"}, AuthFailed),
     ({"code": "UNABLE_TO_LOCK_ROW"}, Transient),
     ({"status": 500, "code": "UNKNOWN_EXCEPTION"}, Transient),
@@ -504,6 +505,7 @@ def test_change_feed_steps_past_a_bulk_load_sharing_one_stamp_instead_of_reporti
     again = list(h.side.changes(MAILBOX, checkpoint))
     assert sum(len(p.records) + len(p.removed) for p in again) == 0  # not the 2,100 once more
     edited = next(iter(first[0].records)).id
+    h.emu.advance_time(1)  # the same second as the load would be the known gap (changes.py _Watermark)
     h.user_edit(edited, {"job_title": "CTO"})
     after = list(h.side.changes(MAILBOX, again[-1].checkpoint))
     assert [r.id for p in after for r in p.records] == [edited]
@@ -578,3 +580,59 @@ def test_change_feed_with_more_than_a_page_of_rows_in_one_second_reports_each_on
     h.user_edit(edited, {"job_title": "CTO"})
     after = list(h.side.changes(MAILBOX, again[-1].checkpoint))
     assert [r.id for p in after for r in p.records] == [edited]
+
+
+# -- the marker field, checked by describing Contact (docs/reference/salesforce.md §1.1, §2.4) --------------------
+
+def _marker_def(h: SalesforceHarness, **changes: object) -> None:
+    import dataclasses
+
+    contact = h.emu.org.types["Contact"]
+    f = contact.fields.pop("Outlook_Id__c")
+    contact.by_lower.pop("outlook_id__c")
+    contact.add(dataclasses.replace(f, **changes))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("changes", "says"), [
+    ({"name": "Other_Id__c"}, "no such field"),  # what an unreadable field looks like: absent from describe
+    ({"type": "textarea"}, "must be Text"),
+    ({"length": 80}, "holds 80 characters"),
+    ({"updateable": False}, "cannot edit it"),
+])
+def test_an_unusable_marker_field_is_a_clear_config_error_before_any_read(
+        changes: dict[str, object], says: str) -> None:
+    from sync.config import ConfigError
+
+    h = SalesforceHarness()
+    try:
+        _marker_def(h, **changes)
+        queries = h.emu.counters["rest.query"]
+        assert says in (h.side.check() or "")
+        with pytest.raises(ConfigError, match="SF_OUTLOOK_ID_FIELD=Outlook_Id__c"):
+            h.side.get(MAILBOX, "003000000000001AAA")
+        with pytest.raises(ConfigError):
+            list(h.side.changes(MAILBOX, None))
+        assert h.emu.counters["rest.query"] == queries  # refused before Salesforce answers INVALID_FIELD
+    finally:
+        h.close()
+
+
+def test_a_unique_external_id_marker_makes_creates_upserts_so_a_second_copy_cannot_be_made(
+        h: SalesforceHarness) -> None:
+    assert h.side.check() is None
+    first = h.side.create(MAILBOX, ADA, marker="AAMk-outlook-1=")
+    again = h.side.create(MAILBOX, ADA.with_values({"job_title": "CTO"}), marker="AAMk-outlook-1=")
+    assert again.id == first.id and again.contact.job_title == "CTO"
+    many = h.side.create_many(MAILBOX, [CreateRequest(contact=ADA, marker="AAMk-outlook-1="),
+                                        CreateRequest(contact=ADA.with_values({"email": "x@example.com"}),
+                                                      marker="AAMk-outlook-2/")])
+    assert isinstance(many[0], SideRecord) and many[0].id == first.id
+    assert isinstance(many[1], SideRecord) and many[1].marker == "AAMk-outlook-2/"
+    assert len(h.emu.contacts()) == 2
+
+
+def test_a_marker_field_that_is_not_unique_keeps_plain_creates(h: SalesforceHarness) -> None:
+    _marker_def(h, external_id=False)
+    h.side.create(MAILBOX, ADA, marker="AAMk-outlook-1=")
+    h.side.create(MAILBOX, ADA, marker="AAMk-outlook-1=")
+    assert len(h.emu.contacts()) == 2 and h.emu.counters["rest.upsert"] == 0

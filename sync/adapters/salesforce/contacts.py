@@ -23,13 +23,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import quote
 
 from sync.adapters.salesforce.auth import TokenProvider
 from sync.adapters.salesforce.changes import ChangeFeed, row_version
 from sync.adapters.salesforce.directory import Directory, domain_hints
 from sync.adapters.salesforce.errors import SIDE, collection_error
 from sync.adapters.salesforce.rest import API_VERSION, MAX_COLLECTION, RestClient, chunks
+from sync.adapters.salesforce.schema import ContactSchema
 from sync.adapters.salesforce.soql import parse_dt, soql_quote
+from sync.config import ConfigError
 from sync.errors import BadData, NotFound, PreconditionFailed, SyncError, Transient
 from sync.mapping import contact_to_salesforce, salesforce_to_contact
 from sync.model import Contact, Side
@@ -87,7 +90,9 @@ class SalesforceContactSide:
         self._marker_field = marker_field
         self.carries_markers = bool(marker_field)  # the Outlook id needs a Contact text field (SF_OUTLOOK_ID_FIELD)
         self._lengths: Mapping[str, int] = dict(lengths or DEFAULT_SALESFORCE_LENGTHS)
-        self._describe_pending = use_describe_lengths and lengths is None
+        self._use_describe_lengths = use_describe_lengths and lengths is None
+        self._describe_pending = self._use_describe_lengths or bool(marker_field)
+        self._schema = ContactSchema()
         self.unresolved_accounts: list[str | None] = []  # item ids (None: not created yet) whose company failed
         fields = ["Id", "OwnerId", "SystemModstamp", "LastModifiedDate", "CreatedById", "LastModifiedById", "IsDeleted",
                   "AccountId",
@@ -113,18 +118,34 @@ class SalesforceContactSide:
         """Re-read the Users of the synced mailboxes (see ``Directory.refresh_users``)."""
         self._directory.refresh_users()
 
-    def _lengths_now(self) -> Mapping[str, int]:
+    def _schema_now(self) -> ContactSchema:
+        """Contact's describe, read once (again after a failed read when the marker field still needs checking).
+        Raises ``ConfigError`` when the marker field cannot be used (``ContactSchema``): every read selects it."""
         if self._describe_pending:
-            self._describe_pending = False
             try:
                 desc = self._rest.call("describe", lambda sf: sf.Contact.describe())
-                lengths = dict(self._lengths)
-                for f in desc.get("fields") or []:
-                    if f.get("type") in ("string", "textarea", "email", "phone", "url") and f.get("length"):
-                        lengths[str(f["name"])] = int(f["length"])
-                self._lengths = lengths
+                self._describe_pending = False
+                self._schema = ContactSchema.of(desc, self._marker_field)
+                if self._use_describe_lengths:
+                    self._lengths = {**self._lengths, **self._schema.lengths}
+                if self._schema.marker_problem:
+                    logger.error("salesforce marker field unusable: %s", self._schema.marker_problem)
             except SyncError as exc:
+                self._describe_pending = bool(self._marker_field)
                 logger.warning("Contact describe failed (%s); using the default field lengths", type(exc).__name__)
+        self._schema.raise_for_marker()
+        return self._schema
+
+    def check(self) -> str | None:
+        """What stops this side from working, for the status page (None: nothing known)."""
+        try:
+            self._schema_now()
+        except ConfigError as exc:
+            return str(exc).rpartition("- ")[2]
+        return None
+
+    def _lengths_now(self) -> Mapping[str, int]:
+        self._schema_now()
         return self._lengths
 
     # --- reading ----------------------------------------------------------------------------------------------
@@ -146,6 +167,7 @@ class SalesforceContactSide:
         return by[:15] == me[:15] if me and by else None
 
     def _rows_by_id(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        self._schema_now()
         out: dict[str, dict[str, Any]] = {}
         valid = [i for i in ids if _ID.match(i)]
         for chunk in chunks(valid, MAX_IDS_PER_SOQL):
@@ -171,6 +193,7 @@ class SalesforceContactSide:
                            f"Account.Name = {soql_quote(contact.company)})")
         if not clauses:
             return []
+        self._schema_now()
         rows = self._rest.query(f"SELECT {self._select} FROM Contact WHERE {' OR '.join(clauses)} ORDER BY Id")
         emails = contact.email_keys()
         out = []
@@ -184,11 +207,13 @@ class SalesforceContactSide:
         """The contact whose marker field holds ``marker`` (an Outlook id), org-wide; None without a marker field."""
         if not self._marker_field or not marker:
             return None
+        self._schema_now()
         rows = self._rest.query(f"SELECT {self._select} FROM Contact WHERE {self._marker_field} = {soql_quote(marker)} "
                            "ORDER BY Id LIMIT 1")
         return self._record(rows[0]) if rows else None
 
     def stream(self, mailbox: str) -> Iterator[SideRecord]:
+        self._schema_now()
         uid = self._directory.user_of(mailbox)
         soql = f"SELECT {self._select} FROM Contact WHERE OwnerId = {soql_quote(uid)} ORDER BY Id"
         for page in self._rest.query_pages(soql):
@@ -258,8 +283,22 @@ class SalesforceContactSide:
         values["OwnerId"] = self._directory.user_of(mailbox)
         if marker is not None and self._marker_field:
             values[self._marker_field] = marker
+            if self._schema_now().marker_upsert:
+                return self._reread(self._upsert(marker, values), values)
         result = self._rest.call("write", lambda sf: sf.Contact.create(values), idempotent=False)
         return self._reread(str(result["id"]), values)
+
+    def _upsert(self, marker: str, values: Mapping[str, Any]) -> str:
+        """Create on the unique marker field (docs/reference/salesforce.md §2.4): a contact that already carries this
+        Outlook id (our earlier create whose answer was lost) is updated instead of doubled, so the call is safe to
+        retry after a connection error."""
+        key = f"{self._marker_field}/{quote(marker, safe='')}"
+        body = {k: v for k, v in values.items() if k != self._marker_field}
+
+        def send(sf: Any) -> Any:
+            return sf.Contact.upsert(key, body, raw_response=True).json()
+
+        return str(self._rest.call("write", send)["id"])
 
     def update(
         self,
@@ -334,16 +373,26 @@ class SalesforceContactSide:
                 values[self._marker_field] = item.marker
             pending.append((len(results), {"attributes": {"type": "Contact"}, **values}))
             results.append(Transient("not attempted", side=SIDE))
-        for chunk in chunks(pending, MAX_COLLECTION):
-            try:
-                answers = self._rest.collection("POST", [rec for _, rec in chunk])
-            except SyncError as exc:
-                for index, _ in chunk:
-                    results[index] = exc
-                continue
-            for (index, _), res in zip(chunk, answers, strict=False):
-                results[index] = str(res["id"]) if res.get("success") else collection_error(res, None)
+        upsert = self._marker_field if self._marker_field and self._schema_now().marker_upsert else None
+        by_marker = [p for p in pending if upsert and p[1].get(upsert)]
+        plain = [p for p in pending if not (upsert and p[1].get(upsert))]
+        for group, on in ((plain, None), (by_marker, upsert)):
+            for chunk in chunks(group, MAX_COLLECTION):
+                self._create_chunk(chunk, results, on)
         return self._finish(results, dict(pending))
+
+    def _create_chunk(self, chunk: Sequence[tuple[int, dict[str, Any]]], results: list[SideRecord | SyncError | str],
+                      upsert_on: str | None) -> None:
+        """One sObject Collections create (POST), or upsert on the marker field (PATCH, safe to retry)."""
+        body = {"allOrNone": False, "records": [rec for _, rec in chunk]}
+        try:
+            answers = self._rest.restful("PATCH" if upsert_on else "POST", body, upsert_on=upsert_on)
+        except SyncError as exc:
+            for index, _ in chunk:
+                results[index] = exc
+            return
+        for (index, _), res in zip(chunk, answers, strict=False):
+            results[index] = str(res["id"]) if res.get("success") else collection_error(res, None)
 
     def update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]:
         """Versions checked with one SOQL per 200 ids, then sObject Collections PATCH (≤ 200, allOrNone=false).
@@ -419,6 +468,7 @@ class SalesforceContactSide:
 
     # --- change feed ------------------------------------------------------------------------------------------
     def changes(self, mailbox: str, checkpoint: str | None) -> Iterator[ChangePage]:
+        self._schema_now()
         yield from self._feed.pages(mailbox, self._directory.user_of(mailbox), checkpoint)
 
 
