@@ -23,10 +23,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from emulators.salesforce.cdc import ChangeEventCodec
+from emulators.salesforce.duplicates import duplicates_of
 from emulators.salesforce.ids import PREFIX_TYPE, IdFactory, fmt_datetime, looks_like_id, to18
 from emulators.salesforce.sobjects import SObjectType, build_types
 from emulators.salesforce.soql import Evaluator, SoqlError, parse
 
+# Fields the standard Contact matching rule reads: an edit touching none of them is not checked again
+MATCH_FIELDS = ("FirstName", "LastName", "Email", "Phone", "Title", "AccountId", "MailingStreet", "MailingCity",
+                "MailingPostalCode")
 RETENTION = timedelta(hours=72)  # event bus retention, docs/reference/salesforce.md §4.5
 CURSOR_LIFETIME = timedelta(days=2)  # query cursor lifetime, docs/reference/salesforce.md §2.2
 SESSION_LIFETIME = timedelta(hours=2)  # default org session timeout, docs/reference/salesforce.md §3.2
@@ -98,7 +102,7 @@ class Faults:
     gap_next_events: int = 0  # turned into GAP_<type> with header only (docs/reference/salesforce.md §4.3)
     overflow_threshold: int = 100_000  # changes per transaction before GAP_OVERFLOW (docs/reference/salesforce.md §4.3)
     grpc_failures: list[dict[str, Any]] = field(default_factory=list)
-    duplicate_rule: bool = True  # Email duplicate rule, docs/reference/salesforce.md §1.3
+    duplicate_rule: bool = True  # False: the duplicate rule is off whatever ``OrgSettings.duplicate_rule`` says
     # Random faults for soak tests, probabilities in [0, 1], each counted in ``Counters``:
     # REST (/services/data): 403 REQUEST_LIMIT_EXCEEDED (docs/reference/salesforce.md §2.1, §6: "Salesforce may allow
     # temporary overage, then returns 403 REQUEST_LIMIT_EXCEEDED"; Salesforce sends no Retry-After) -> "rest.fault.403";
@@ -470,16 +474,21 @@ class Org:
         if missing:
             raise SfError(400, "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]",
                           missing)
-        if (sobject == "Contact" and ctx.validate_duplicates and self.faults.duplicate_rule and not ctx.allow_save
-                and clean.get("Email") and (current is None or
-                                            str(current.get("Email") or "").lower() != clean["Email"].lower())):
-            self._check_duplicates(merged, ctx)
+        mode = self.settings.duplicate_rule if self.faults.duplicate_rule else "off"
+        if (sobject == "Contact" and ctx.validate_duplicates and mode != "off"
+                and not (mode == "alert" and ctx.allow_save)
+                and (current is None or any(clean[k] != current.get(k) for k in MATCH_FIELDS if k in clean))):
+            self._check_duplicates(merged, ctx, block=mode == "block")
         return clean
 
-    def _check_duplicates(self, merged: dict[str, Any], ctx: WriteContext) -> None:
-        email = merged["Email"].lower()
-        dups = [r for r in self.records["Contact"].values()
-                if not r["IsDeleted"] and r["Id"] != merged.get("Id") and (r.get("Email") or "").lower() == email]
+    def _check_duplicates(self, merged: dict[str, Any], ctx: WriteContext, *, block: bool) -> None:
+        """The standard Contact duplicate rule (``duplicates.py``): Alert refuses unless ``allowSave=true`` was sent
+        (the caller checked), Block always refuses (docs/reference/salesforce.md §1.3)."""
+        def account_name(account_id: Any) -> str | None:
+            found = self.find(account_id) if account_id else None
+            return found[1].get("Name") if found else None
+
+        dups = duplicates_of(merged, self.records["Contact"].values(), account_name)
         if not dups:
             return
         # Shape from docs/reference/salesforce.md §1.3 (⚠ VERIFY there): error array item + duplicateResult.
@@ -493,9 +502,10 @@ class Org:
                 rec.update({"Name": r.get("Name"), "Email": r.get("Email")})
             match_records.append({"additionalInformation": [], "fieldDiffs": [], "matchConfidence": 100.0,
                                   "record": rec})
-        message = "Use one of these records?"
+        message = "You're creating a duplicate record. We recommend you use an existing record instead." if block \
+            else "Use one of these records?"
         raise SfError(400, "DUPLICATES_DETECTED", message, [], {"duplicateResult": {
-            "allowSave": True, "duplicateRule": "Standard_Contact_Duplicate_Rule",
+            "allowSave": not block, "duplicateRule": "Standard_Contact_Duplicate_Rule",
             "duplicateRuleEntityType": "Contact", "errorMessage": message,
             "matchResults": [{"entityType": "Contact", "errors": [], "matchEngine": "FuzzyMatchEngine",
                               "matchRecords": match_records, "rule": "Standard_Contact_Match_Rule_v1_1",

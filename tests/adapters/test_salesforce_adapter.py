@@ -636,3 +636,31 @@ def test_a_marker_field_that_is_not_unique_keeps_plain_creates(h: SalesforceHarn
     h.side.create(MAILBOX, ADA, marker="AAMk-outlook-1=")
     h.side.create(MAILBOX, ADA, marker="AAMk-outlook-1=")
     assert len(h.emu.contacts()) == 2 and h.emu.counters["rest.upsert"] == 0
+
+
+# -- duplicate rules (docs/reference/salesforce.md §1.3) ------------------------------------------------------------
+
+def test_an_alert_duplicate_rule_saves_and_notes_the_matched_ids(h: SalesforceHarness) -> None:
+    first = h.side.create(MAILBOX, ADA)
+    second = h.side.create(MAILBOX, ADA.with_values({"first_name": "A."}))  # fuzzy: an initial, same email
+    assert second.id != first.id and len(second.notes) == 1 and first.id in second.notes[0]
+    [bulk] = h.side.create_many(MAILBOX, [CreateRequest(contact=ADA)])
+    assert isinstance(bulk, SideRecord) and first.id in bulk.notes[0]
+    other = h.side.create(MAILBOX, Contact(first_name="Ada", last_name="Byron", emails=["other@example.com"]))
+    assert other.notes == ()  # same name, nothing else shared: no match
+    [moved] = h.side.update_many(MAILBOX, [UpdateRequest(item_id=other.id, contact=ADA, fields=frozenset({"email"}),
+                                                         if_match=other.version)])
+    assert isinstance(moved, SideRecord) and list(moved.contact.emails) == ["ada@example.com"] and moved.notes
+
+
+def test_a_block_duplicate_rule_refuses_with_the_matched_ids(h: SalesforceHarness) -> None:
+    from sync.adapters.salesforce.errors import DuplicateFound
+
+    first = h.side.create(MAILBOX, ADA)
+    h.emu.org.settings.duplicate_rule = "block"
+    with pytest.raises(DuplicateFound) as info:
+        h.side.create(MAILBOX, ADA)
+    assert info.value.matches == (first.id,) and not info.value.allow_save and first.id in str(info.value)
+    [bulk] = h.side.create_many(MAILBOX, [CreateRequest(contact=ADA)])
+    assert isinstance(bulk, DuplicateFound) and bulk.matches == (first.id,)
+    assert len(h.emu.contacts()) == 1

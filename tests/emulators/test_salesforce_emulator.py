@@ -221,16 +221,36 @@ def test_field_too_long_and_required_field_missing(sf):
     assert sf.query("SELECT Id FROM Contact")["totalSize"] == 0
 
 
-def test_duplicate_rule_on_email_and_allow_save_header(emu, sf):
-    first = sf.Contact.create({"LastName": "One", "Email": "same@example.com"})["id"]
-    with pytest.raises(SalesforceMalformedRequest) as e:
-        sf.Contact.create({"LastName": "Two", "Email": "SAME@example.com"})
+def test_duplicate_rule_alert_refuses_unless_allow_save_and_matches_fuzzy_name_with_email(emu, sf):
+    first = sf.Contact.create({"FirstName": "Katherine", "LastName": "Johnson", "Email": "kj@example.com"})["id"]
+    with pytest.raises(SalesforceMalformedRequest) as e:  # name typo + initial, same email (any case)
+        sf.Contact.create({"FirstName": "K", "LastName": "Jonson", "Email": "KJ@example.com"})
     err = e.value.content[0]
-    assert err["errorCode"] == "DUPLICATES_DETECTED"
+    assert err["errorCode"] == "DUPLICATES_DETECTED" and err["duplicateResult"]["allowSave"] is True
     assert err["duplicateResult"]["matchResults"][0]["matchRecords"][0]["record"]["Id"] == first
+    assert sf.Contact.create({"FirstName": "Other", "LastName": "Person", "Email": "kj@example.com"})["success"]
+    assert sf.Contact.create({"FirstName": "Katherine", "LastName": "Johnson"})["success"]  # name alone: no match
     sf.session.headers["Sforce-Duplicate-Rule-Header"] = "allowSave=true"
-    assert sf.Contact.create({"LastName": "Two", "Email": "SAME@example.com"})["success"] is True
-    assert sf.query("SELECT Id FROM Contact WHERE Email = 'same@example.com'")["totalSize"] == 2
+    assert sf.Contact.create({"FirstName": "Kathy", "LastName": "Johnson", "Email": "kj@example.com"})["success"]
+
+
+def test_duplicate_rule_matches_name_with_account_and_title_and_block_mode_refuses_always(emu, sf):
+    acme = emu.add_account("Acme, Inc.")
+    acme2 = emu.add_account("ACME")
+    emu.org.settings.duplicate_rule = "block"
+    first = sf.Contact.create({"FirstName": "Grace", "LastName": "Hopper", "Title": "Admiral", "AccountId": acme})["id"]
+    sf.session.headers["Sforce-Duplicate-Rule-Header"] = "allowSave=true"
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.Contact.create({"FirstName": "Grace", "LastName": "Hopper", "Title": "admiral", "AccountId": acme2})
+    result = e.value.content[0]["duplicateResult"]
+    assert result["allowSave"] is False and result["matchResults"][0]["matchRecords"][0]["record"]["Id"] == first
+    other = sf.Contact.create({"FirstName": "Grace", "LastName": "Hopper", "Title": "Professor"})["id"]
+    with pytest.raises(SalesforceMalformedRequest):  # an edit into a duplicate is checked too
+        sf.Contact.update(other, {"Title": "Admiral", "AccountId": acme})
+    assert sf.Contact.update(other, {"Department": "Navy"}) == 204  # an edit touching no matched field is not
+    emu.org.settings.duplicate_rule = "off"
+    assert sf.Contact.create({"FirstName": "Grace", "LastName": "Hopper", "Title": "Admiral",
+                              "AccountId": acme})["success"]
 
 
 # -- sObject Collections (docs/reference/salesforce.md §2.5) -----------------------------------------------------------

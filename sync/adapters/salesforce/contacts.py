@@ -28,6 +28,7 @@ from urllib.parse import quote
 from sync.adapters.salesforce.auth import TokenProvider
 from sync.adapters.salesforce.changes import ChangeFeed, row_version
 from sync.adapters.salesforce.directory import Directory, domain_hints
+from sync.adapters.salesforce.duplicates import ALLOW_SAVE, alert_note, alerted, alerts, noted
 from sync.adapters.salesforce.errors import SIDE, collection_error
 from sync.adapters.salesforce.rest import API_VERSION, MAX_COLLECTION, RestClient, chunks
 from sync.adapters.salesforce.schema import ContactSchema
@@ -81,11 +82,12 @@ class SalesforceContactSide:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rest = RestClient(tokens, session=session, verify=verify, client_name=client_name,
-                                allow_duplicates=allow_duplicates, api_version=api_version, max_retries=max_retries,
+                                api_version=api_version, max_retries=max_retries,
                                 backoff_s=backoff_s, backoff_cap_s=backoff_cap_s, sleep=sleep)
         self._directory = Directory(self._rest, mailboxes, create_missing_accounts=create_missing_accounts,
                                     user_cache_ttl_s=user_cache_ttl_s, clock=clock)
         self.client_name = client_name
+        self._allow_duplicates = allow_duplicates
         self._field_map = field_map or FieldMap()
         self._marker_field = marker_field
         self.carries_markers = bool(marker_field)  # the Outlook id needs a Contact text field (SF_OUTLOOK_ID_FIELD)
@@ -283,12 +285,14 @@ class SalesforceContactSide:
         values["OwnerId"] = self._directory.user_of(mailbox)
         if marker is not None and self._marker_field:
             values[self._marker_field] = marker
-            if self._schema_now().marker_upsert:
-                return self._reread(self._upsert(marker, values), values)
-        result = self._rest.call("write", lambda sf: sf.Contact.create(values), idempotent=False)
-        return self._reread(str(result["id"]), values)
+        if marker is not None and self._marker_field and self._schema_now().marker_upsert:
+            rid, note = alerted(self._allow_duplicates, None, lambda h: self._upsert(marker, values, h))
+        else:
+            rid, note = alerted(self._allow_duplicates, None, lambda h: str(self._rest.call(
+                "write", lambda sf: sf.Contact.create(values, headers=h), idempotent=False)["id"]))
+        return noted(self._reread(rid, values), note)
 
-    def _upsert(self, marker: str, values: Mapping[str, Any]) -> str:
+    def _upsert(self, marker: str, values: Mapping[str, Any], headers: dict[str, str]) -> str:
         """Create on the unique marker field (docs/reference/salesforce.md §2.4): a contact that already carries this
         Outlook id (our earlier create whose answer was lost) is updated instead of doubled, so the call is safe to
         retry after a connection error."""
@@ -296,7 +300,7 @@ class SalesforceContactSide:
         body = {k: v for k, v in values.items() if k != self._marker_field}
 
         def send(sf: Any) -> Any:
-            return sf.Contact.upsert(key, body, raw_response=True).json()
+            return sf.Contact.upsert(key, body, raw_response=True, headers=headers).json()
 
         return str(self._rest.call("write", send)["id"])
 
@@ -318,10 +322,12 @@ class SalesforceContactSide:
         values = self._values(contact, fields, item_id, creating=False)
         if marker is not None and self._marker_field:
             values[self._marker_field] = marker
+        note = None
         if values:
-            self._rest.call("write", lambda sf: sf.Contact.update(item_id, values, headers=headers or None),
-                            item_id=item_id, before_retry=self._version_guard(item_id, if_match))
-        return self._reread(item_id, values)
+            _, note = alerted(self._allow_duplicates, item_id, lambda h: self._rest.call(
+                "write", lambda sf: sf.Contact.update(item_id, values, headers={**headers, **h}), item_id=item_id,
+                before_retry=self._version_guard(item_id, if_match)))
+        return noted(self._reread(item_id, values), note)
 
     def delete(self, mailbox: str, item_id: str, *, if_match: str | None) -> None:
         """Soft delete (Recycle Bin). With ``if_match`` the SystemModstamp is compared first (and before each retry)."""
@@ -338,8 +344,8 @@ class SalesforceContactSide:
             return None
         return lambda: self._check_version(item_id, if_match)
 
-    def _finish(self, results: list[SideRecord | SyncError | str],
-                written: Mapping[int, Mapping[str, Any]]) -> list[SideRecord | SyncError]:
+    def _finish(self, results: list[SideRecord | SyncError | str], written: Mapping[int, Mapping[str, Any]],
+                notes: Mapping[int, str] | None = None) -> list[SideRecord | SyncError]:
         """Replace the written ids by the records as our writes left them (one SOQL per 200 ids; ``_as_left``).
         ``written``: the values sent, by index in ``results``."""
         ids = [r for r in results if isinstance(r, str)]
@@ -348,7 +354,7 @@ class SalesforceContactSide:
         for n, r in enumerate(results):
             if isinstance(r, str):
                 row = rows.get(r)
-                out.append(self._as_left(row, written.get(n, {})) if row
+                out.append(noted(self._as_left(row, written.get(n, {})), (notes or {}).get(n)) if row
                            else NotFound("vanished after the write", side=SIDE, item_id=r))
             else:
                 out.append(r)
@@ -376,17 +382,23 @@ class SalesforceContactSide:
         upsert = self._marker_field if self._marker_field and self._schema_now().marker_upsert else None
         by_marker = [p for p in pending if upsert and p[1].get(upsert)]
         plain = [p for p in pending if not (upsert and p[1].get(upsert))]
+        notes: dict[int, str] = {}
         for group, on in ((plain, None), (by_marker, upsert)):
             for chunk in chunks(group, MAX_COLLECTION):
-                self._create_chunk(chunk, results, on)
-        return self._finish(results, dict(pending))
+                self._create_chunk(chunk, results, on, {})
+                again = alerts(self._allow_duplicates, chunk, results)
+                if again:
+                    self._create_chunk([(i, rec) for i, rec, _ in again], results, on, dict(ALLOW_SAVE))
+                    notes.update({i: alert_note(dup) for i, _, dup in again})
+        return self._finish(results, dict(pending), notes)
 
     def _create_chunk(self, chunk: Sequence[tuple[int, dict[str, Any]]], results: list[SideRecord | SyncError | str],
-                      upsert_on: str | None) -> None:
+                      upsert_on: str | None, headers: dict[str, str]) -> None:
         """One sObject Collections create (POST), or upsert on the marker field (PATCH, safe to retry)."""
         body = {"allOrNone": False, "records": [rec for _, rec in chunk]}
         try:
-            answers = self._rest.restful("PATCH" if upsert_on else "POST", body, upsert_on=upsert_on)
+            answers = self._rest.restful("PATCH" if upsert_on else "POST", body, upsert_on=upsert_on,
+                                         headers=headers)
         except SyncError as exc:
             for index, _ in chunk:
                 results[index] = exc
@@ -426,12 +438,17 @@ class SalesforceContactSide:
                 continue
             pending.append((len(results), {"attributes": {"type": "Contact"}, "Id": str(row["Id"]), **values}))
             results.append(Transient("not attempted", side=SIDE, item_id=item.item_id))
+        notes: dict[int, str] = {}
         for chunk in chunks(pending, MAX_COLLECTION):
-            self._patch_chunk(items, chunk, results)
-        return self._finish(results, dict(pending))
+            self._patch_chunk(items, chunk, results, {})
+            again = alerts(self._allow_duplicates, chunk, results)
+            if again:
+                self._patch_chunk(items, [(i, rec) for i, rec, _ in again], results, dict(ALLOW_SAVE))
+                notes.update({i: alert_note(dup) for i, _, dup in again})
+        return self._finish(results, dict(pending), notes)
 
     def _patch_chunk(self, items: Sequence[UpdateRequest], chunk: Sequence[tuple[int, dict[str, Any]]],
-                     results: list[SideRecord | SyncError | str]) -> None:
+                     results: list[SideRecord | SyncError | str], headers: dict[str, str]) -> None:
         """One sObject Collections PATCH of ``update_many``; fills ``results`` at the chunk's indexes."""
         sent = list(chunk)  # what the next attempt sends (a retry drops the records changed meanwhile)
 
@@ -455,7 +472,7 @@ class SalesforceContactSide:
             return {"allOrNone": False, "records": [rec for _, rec in sent]}
 
         try:
-            answers = self._rest.restful("PATCH", body, before_retry=recheck)
+            answers = self._rest.restful("PATCH", body, before_retry=recheck, headers=headers)
         except _NothingToRetry:
             return
         except SyncError as exc:
