@@ -219,13 +219,12 @@ class _Change:
 class OrgSettings:
     """Org switches (Setup choices a real org makes), read under the org lock. Defaults are a new org's:
 
-    - ``state_country_picklists``: State and Country/Territory Picklists (docs/reference/salesforce.md §1.4).
-    - ``whole_seconds``: system timestamps keep whole seconds (§1.1); False keeps milliseconds.
+    - ``whole_seconds``: system timestamps keep whole seconds (docs/reference/salesforce.md §1.1); False keeps
+      milliseconds.
     - ``duplicate_rule``: the standard Contact duplicate rule's action, ``"alert"`` (allow with the
       ``allowSave=true`` header), ``"block"`` or ``"off"`` (§1.3).
     """
 
-    state_country_picklists: bool = True
     whole_seconds: bool = True
     duplicate_rule: str = "alert"
 
