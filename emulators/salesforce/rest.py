@@ -389,7 +389,8 @@ class _Handler(BaseHTTPRequestHandler):
                 body = self._json_body() or {}
                 since = self._unmodified_since()
                 with org.transaction(self._ctx(v, tok)) as txn:
-                    if since is not None and org._live(sobject, rid)["LastModifiedDate"] > since:
+                    modified = org._live(sobject, rid)["LastModifiedDate"].replace(microsecond=0)  # HTTP-date: s
+                    if since is not None and modified > since:
                         org.counters.inc("rest.412")
                         raise SfError(412, "PRECONDITION_FAILED", "The requested resource has been modified since "
                                       "the If-Unmodified-Since date")

@@ -554,3 +554,15 @@ def test_the_millisecond_clock_is_an_org_switch(emu, sf):
     stamps = {sf.Contact.get(sf.Contact.create({"LastName": f"M{i}"})["id"])["SystemModstamp"][-9:-5]
               for i in range(5)}
     assert stamps != {".000"}
+
+
+def test_if_unmodified_since_compares_whole_seconds_on_a_millisecond_clock(emu, sf):
+    from email.utils import format_datetime
+
+    from emulators.salesforce.ids import parse_datetime
+
+    emu.org.settings.whole_seconds = False
+    cid = sf.Contact.create({"LastName": "Millis"})["id"]
+    modified = parse_datetime(sf.Contact.get(cid)["LastModifiedDate"])
+    assert sf.Contact.update(cid, {"Title": "A"}, headers={
+        "If-Unmodified-Since": format_datetime(modified, usegmt=True)}) == 204  # an HTTP-date has no fraction
