@@ -35,11 +35,12 @@ from sync.actions import (
     Skip,
     Update,
 )
-from sync.errors import AlreadyExists, NotFound, PreconditionFailed, SyncError
+from sync.errors import AlreadyExists, BadData, NotFound, PreconditionFailed, SyncError
 from sync.model import Side, field_digest
 from sync.policy import MailboxScope
 from sync.ports import (
     AuditLog,
+    AuditOutcome,
     ContactChange,
     ContactSide,
     CreateRequest,
@@ -78,6 +79,12 @@ def _vanished(exc: SyncError) -> SyncError:
         raced.__cause__ = exc
         return raced
     return exc
+
+
+def _failed(exc: SyncError) -> AuditOutcome:
+    """The audit outcome of a plan a write failed for: ``review`` when a person must decide (a duplicate rule in
+    Block mode refused the write; its message names the matched ids), else ``failed``."""
+    return "review" if isinstance(exc, BadData) and exc.code == "DUPLICATES_DETECTED" else "failed"
 
 
 def _plain(p: Plan) -> bool:
@@ -175,7 +182,7 @@ class Executor:
                     records[rec.side] = self._stamp(s.mailbox, rec, other_id)
         except SyncError as exc:
             raced = _vanished(exc)
-            uow.note(s, p, records, "failed", error=f"{type(raced).__name__}: {raced}")
+            uow.note(s, p, records, _failed(raced), error=f"{type(raced).__name__}: {raced}")
             uow.write_audit()
             return raced
         try:
@@ -235,7 +242,7 @@ class Executor:
                 note = ""
                 if i not in batch.failed and isinstance(outcome, AlreadyExists | PreconditionFailed):
                     note = self._undo_creates(s, p, records, {side for j, side in batch.made if j == i})
-                uow.note(s, p, records, "failed", error=f"{type(outcome).__name__}: {outcome}{note}")
+                uow.note(s, p, records, _failed(outcome), error=f"{type(outcome).__name__}: {outcome}{note}")
                 results[i] = outcome
                 continue
             uow.note(s, p, records, "applied")

@@ -51,6 +51,9 @@ class SideRecord(BaseModel):
     # integration user). False when the side cannot tell. The planner removes such a record when it is a second copy
     # of an Outlook contact already synced (a create whose answer was lost, made again by another worker).
     untouched: bool = False
+    # What the write that returned this record wants on record (e.g. a duplicate rule's alert naming the matched
+    # ids): one audit row each, ids and field names only.
+    notes: tuple[str, ...] = ()
 
 
 class CreateRequest(BaseModel):

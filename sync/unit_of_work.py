@@ -64,6 +64,10 @@ class UnitOfWork:
                     outcome="review" if isinstance(a, Review) else outcome, error=error,
                 )
             )
+        for record in (outlook, salesforce):
+            for text in record.notes if record is not None and outcome == "applied" else ():
+                entries.append(AuditEntry(at=now, mailbox=s.mailbox, m365_id=m365_id, sf_id=sf_id, action="note",
+                                          reason=text[:500], outcome=outcome))
         if not entries:
             entries.append(
                 AuditEntry(at=now, mailbox=s.mailbox, m365_id=m365_id, sf_id=sf_id, action=p.link_after.value,

@@ -17,7 +17,8 @@ import re
 import socket
 import struct
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -135,7 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, method: str) -> None:
         self._request_body: bytes | None = None
         parts = urlsplit(self.path)
-        path = unquote(parts.path).rstrip("/") or "/"
+        raw_path = parts.path.rstrip("/") or "/"
+        path = unquote(raw_path)
         params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         try:
             if path == "/services/oauth2/token":
@@ -148,7 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
                                  for label, v in VERSIONS])
             elif path.startswith("/_admin"):
                 self._admin(method, path, params)
-            elif m := _DATA.match(path):
+            elif m := _DATA.match(raw_path):  # segments are decoded one by one: an id value may hold "%2F"
                 self._data(method, m.group(1), (m.group(2) or "").strip("/"), params)
             else:
                 self._send(404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}])
@@ -277,7 +279,8 @@ class _Handler(BaseHTTPRequestHandler):
                        self._limit_header())
             return
         try:
-            status, body, extra = self._route(method, version, rest.split("/") if rest else [], params, tok)
+            seg = [unquote(x) for x in rest.split("/")] if rest else []
+            status, body, extra = self._route(method, version, seg, params, tok)
         except SoqlError as e:
             status, body, extra = 400, [{"message": e.message, "errorCode": e.code}], {}
         except SfError as e:
@@ -297,6 +300,20 @@ class _Handler(BaseHTTPRequestHandler):
         dup = self.headers.get("Sforce-Duplicate-Rule-Header", "").replace(" ", "").lower()
         return WriteContext(user_id=tok.user_id, origin=origin, allow_save="allowsave=true" in dup,
                             include_record_details="includerecorddetails=true" in dup)
+
+    def _unmodified_since(self) -> datetime | None:
+        """``If-Unmodified-Since`` (an HTTP-date, whole seconds) on a single-record PATCH: compared with the record's
+        LastModifiedDate; a value that is not an HTTP-date -> 400 (docs/reference/salesforce.md §2.7)."""
+        raw = self.headers.get("If-Unmodified-Since")
+        if raw is None:
+            return None
+        try:
+            since = parsedate_to_datetime(raw)
+        except (TypeError, ValueError) as e:
+            raise SfError(400, "INVALID_HEADER_VALUE", "If-Unmodified-Since is not a valid HTTP-date") from e
+        if since.tzinfo is None:
+            raise SfError(400, "INVALID_HEADER_VALUE", "If-Unmodified-Since is not a valid HTTP-date")
+        return since
 
     def _batch_size(self) -> int:
         # Sforce-Query-Options: batchSize=N, 200..2000, default 2000 (docs/reference/salesforce.md §2.2)
@@ -370,7 +387,13 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "PATCH":
                 org.counters.inc("rest.update")
                 body = self._json_body() or {}
+                since = self._unmodified_since()
                 with org.transaction(self._ctx(v, tok)) as txn:
+                    modified = org._live(sobject, rid)["LastModifiedDate"].replace(microsecond=0)  # HTTP-date: s
+                    if since is not None and modified > since:
+                        org.counters.inc("rest.412")
+                        raise SfError(412, "PRECONDITION_FAILED", "The requested resource has been modified since "
+                                      "the If-Unmodified-Since date")
                     org.update(txn, sobject, rid, body)
                 return 204, None, {}
             if method == "DELETE":
@@ -441,6 +464,8 @@ class _Handler(BaseHTTPRequestHandler):
                      tok: Token) -> tuple[int, Any, dict[str, str]]:
         org = self.org
         org.counters.inc("rest.composite_sobjects")
+        if len(seg) == 2 and method == "PATCH":
+            return self._collection_upsert(v, self._type(seg[0]), seg[1], tok)
         if seg:  # retrieve: GET ?ids=&fields= or POST {"ids","fields"}
             sobject = self._type(seg[0])
             if method == "GET":
@@ -492,6 +517,41 @@ class _Handler(BaseHTTPRequestHandler):
                        {"id": r.get("id"), "success": False, "errors": [
                            {"statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK", "message": msg, "fields": []}]}
                        for r in results]
+        return 200, results, {}
+
+    def _collection_upsert(self, v: str, sobject: str, field_name: str, tok: Token) -> tuple[int, Any, dict[str, str]]:
+        """PATCH /composite/sobjects/{type}/{ExternalIdField}: upsert each record on that field, allOrNone as in the
+        body; results carry ``created`` (docs/reference/salesforce.md §2.5)."""
+        org = self.org
+        f = org.types[sobject].field(field_name)
+        if f is None or not f.external_id:
+            raise SfError(400, "INVALID_FIELD", f"Field {field_name} is not an External ID or does not exist")
+        body = self._json_body() or {}
+        records = body.get("records") or []
+        if len(records) > MAX_COLLECTION:
+            raise SfError(400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into "
+                          "this call")
+        results: list[dict[str, Any]] = []
+        with org.transaction(self._ctx(v, tok), all_or_none=bool(body.get("allOrNone", False))) as txn:
+            for item in records:
+                values = {k: val for k, val in item.items() if k != "attributes"}
+                key = values.get(f.name)
+                try:
+                    if not key:
+                        raise SfError(400, "MISSING_ARGUMENT", f"{f.name} not specified", [f.name])
+                    matches = [r for r in org.records[sobject].values() if not r["IsDeleted"] and r.get(f.name) == key]
+                    if len(matches) > 1:
+                        raise SfError(300, "DUPLICATE_EXTERNAL_ID", f"{f.name}: more than one record found for "
+                                      "external id field", [f.name])
+                    if matches:
+                        rid = org.update(txn, sobject, matches[0]["Id"], {k: x for k, x in values.items()
+                                                                          if k != f.name})
+                        results.append({"id": rid, "success": True, "errors": [], "created": False})
+                    else:
+                        results.append({"id": org.create(txn, sobject, values), "success": True, "errors": [],
+                                        "created": True})
+                except SfError as e:
+                    results.append({"success": False, "errors": e.as_collection_errors()})
         return 200, results, {}
 
     def _collection_item(self, txn: Any, op: str, item: Any) -> dict[str, Any]:

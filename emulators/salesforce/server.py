@@ -387,6 +387,10 @@ class SalesforceEmulator:
                               ("eventDuplicateRate", "event_duplicate_rate"),
                               ("eventReorderRate", "event_reorder_rate"), ("reorderHoldSeconds", "reorder_hold_s")):
                 if key in body:
+                    if key == "duplicateRule" and isinstance(body[key], str):  # "alert" / "block" / "off"
+                        self.org.settings.duplicate_rule = body[key]
+                        f.duplicate_rule = True
+                        continue
                     setattr(f, attr, body[key])
 
 

@@ -4,7 +4,8 @@ Grammar (SOQL and SOSL Reference, https://developer.salesforce.com/docs/atlas.en
 SELECT field[, field...] FROM Object [WHERE cond] [ORDER BY f [ASC|DESC] [NULLS FIRST|LAST], ...]
 [LIMIT n] [OFFSET n]. Fields may be relationship paths (Account.Name, Owner.Email). Conditions use AND, OR,
 NOT, parentheses, = != <> < <= > >=, LIKE, IN (...) and NOT IN (...). Literals are quoted strings, numbers,
-true/false/null and unquoted datetime literals (2026-03-01T12:34:56Z, docs/reference/salesforce.md §1.1).
+true/false/null and unquoted datetime literals (2026-03-01T12:34:56Z, docs/reference/salesforce.md §1.1); dateTime
+comparisons ignore fractions of a second (§2.2).
 String comparisons are case-insensitive, as in SOQL. ORDER BY defaults to ASC NULLS FIRST.
 """
 
@@ -327,8 +328,8 @@ def _norm(ftype: str, v: Any) -> Any:
         return to18(v).lower() if looks_like_id(v) else v.lower()
     if isinstance(v, str):
         return v.lower()
-    if isinstance(v, date) and not isinstance(v, datetime):
-        return v
+    if isinstance(v, datetime):
+        return v.replace(microsecond=0)  # second precision (docs/reference/salesforce.md §2.2)
     return v
 
 

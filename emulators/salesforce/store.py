@@ -23,10 +23,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from emulators.salesforce.cdc import ChangeEventCodec
+from emulators.salesforce.duplicates import duplicates_of
 from emulators.salesforce.ids import PREFIX_TYPE, IdFactory, fmt_datetime, looks_like_id, to18
 from emulators.salesforce.sobjects import SObjectType, build_types
 from emulators.salesforce.soql import Evaluator, SoqlError, parse
 
+# Fields the standard Contact matching rule reads: an edit touching none of them is not checked again
+MATCH_FIELDS = ("FirstName", "LastName", "Email", "Phone", "Title", "AccountId", "MailingStreet", "MailingCity",
+                "MailingPostalCode")
 RETENTION = timedelta(hours=72)  # event bus retention, docs/reference/salesforce.md §4.5
 CURSOR_LIFETIME = timedelta(days=2)  # query cursor lifetime, docs/reference/salesforce.md §2.2
 SESSION_LIFETIME = timedelta(hours=2)  # default org session timeout, docs/reference/salesforce.md §3.2
@@ -98,7 +102,7 @@ class Faults:
     gap_next_events: int = 0  # turned into GAP_<type> with header only (docs/reference/salesforce.md §4.3)
     overflow_threshold: int = 100_000  # changes per transaction before GAP_OVERFLOW (docs/reference/salesforce.md §4.3)
     grpc_failures: list[dict[str, Any]] = field(default_factory=list)
-    duplicate_rule: bool = True  # Email duplicate rule, docs/reference/salesforce.md §1.3
+    duplicate_rule: bool = True  # False: the duplicate rule is off whatever ``OrgSettings.duplicate_rule`` says
     # Random faults for soak tests, probabilities in [0, 1], each counted in ``Counters``:
     # REST (/services/data): 403 REQUEST_LIMIT_EXCEEDED (docs/reference/salesforce.md §2.1, §6: "Salesforce may allow
     # temporary overage, then returns 403 REQUEST_LIMIT_EXCEEDED"; Salesforce sends no Retry-After) -> "rest.fault.403";
@@ -211,6 +215,20 @@ class _Change:
     weight: int  # changes counted toward the overflow threshold (docs/reference/salesforce.md §4.3)
 
 
+@dataclass
+class OrgSettings:
+    """Org switches (Setup choices a real org makes), read under the org lock. Defaults are a new org's:
+
+    - ``whole_seconds``: system timestamps keep whole seconds (docs/reference/salesforce.md §1.1); False keeps
+      milliseconds.
+    - ``duplicate_rule``: the standard Contact duplicate rule's action, ``"alert"`` (allow with the
+      ``allowSave=true`` header), ``"block"`` or ``"off"`` (§1.3).
+    """
+
+    whole_seconds: bool = True
+    duplicate_rule: str = "alert"
+
+
 class Transaction:
     def __init__(self, ctx: WriteContext, now: datetime) -> None:
         self.ctx = ctx
@@ -220,7 +238,9 @@ class Transaction:
 
 class Org:
     def __init__(self, *, custom_fields: tuple[str, ...] = ("Outlook_Id__c",), api_max: int = 15_000,
-                 delivery_max: int = 10_000, instance_url: str = "https://127.0.0.1") -> None:
+                 delivery_max: int = 10_000, instance_url: str = "https://127.0.0.1",
+                 settings: OrgSettings | None = None) -> None:
+        self.settings = settings or OrgSettings()
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.types: dict[str, SObjectType] = build_types(custom_fields)
@@ -253,7 +273,11 @@ class Org:
 
     # -- clock ----------------------------------------------------------------------------------------------------
     def now(self) -> datetime:
+        """Salesforce keeps whole seconds in CreatedDate / LastModifiedDate / SystemModstamp (``.000`` on the wire,
+        docs/reference/salesforce.md §1.1); ``settings.whole_seconds=False`` keeps milliseconds (the old emulator)."""
         t = datetime.now(UTC) + self.time_offset
+        if self.settings.whole_seconds:
+            return t.replace(microsecond=0)
         return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
     # -- users, accounts, auth ------------------------------------------------------------------------------------
@@ -449,16 +473,21 @@ class Org:
         if missing:
             raise SfError(400, "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]",
                           missing)
-        if (sobject == "Contact" and ctx.validate_duplicates and self.faults.duplicate_rule and not ctx.allow_save
-                and clean.get("Email") and (current is None or
-                                            str(current.get("Email") or "").lower() != clean["Email"].lower())):
-            self._check_duplicates(merged, ctx)
+        mode = self.settings.duplicate_rule if self.faults.duplicate_rule else "off"
+        if (sobject == "Contact" and ctx.validate_duplicates and mode != "off"
+                and not (mode == "alert" and ctx.allow_save)
+                and (current is None or any(clean[k] != current.get(k) for k in MATCH_FIELDS if k in clean))):
+            self._check_duplicates(merged, ctx, block=mode == "block")
         return clean
 
-    def _check_duplicates(self, merged: dict[str, Any], ctx: WriteContext) -> None:
-        email = merged["Email"].lower()
-        dups = [r for r in self.records["Contact"].values()
-                if not r["IsDeleted"] and r["Id"] != merged.get("Id") and (r.get("Email") or "").lower() == email]
+    def _check_duplicates(self, merged: dict[str, Any], ctx: WriteContext, *, block: bool) -> None:
+        """The standard Contact duplicate rule (``duplicates.py``): Alert refuses unless ``allowSave=true`` was sent
+        (the caller checked), Block always refuses (docs/reference/salesforce.md §1.3)."""
+        def account_name(account_id: Any) -> str | None:
+            found = self.find(account_id) if account_id else None
+            return found[1].get("Name") if found else None
+
+        dups = duplicates_of(merged, self.records["Contact"].values(), account_name)
         if not dups:
             return
         # Shape from docs/reference/salesforce.md §1.3 (⚠ VERIFY there): error array item + duplicateResult.
@@ -472,9 +501,10 @@ class Org:
                 rec.update({"Name": r.get("Name"), "Email": r.get("Email")})
             match_records.append({"additionalInformation": [], "fieldDiffs": [], "matchConfidence": 100.0,
                                   "record": rec})
-        message = "Use one of these records?"
+        message = "You're creating a duplicate record. We recommend you use an existing record instead." if block \
+            else "Use one of these records?"
         raise SfError(400, "DUPLICATES_DETECTED", message, [], {"duplicateResult": {
-            "allowSave": True, "duplicateRule": "Standard_Contact_Duplicate_Rule",
+            "allowSave": not block, "duplicateRule": "Standard_Contact_Duplicate_Rule",
             "duplicateRuleEntityType": "Contact", "errorMessage": message,
             "matchResults": [{"entityType": "Contact", "errors": [], "matchEngine": "FuzzyMatchEngine",
                               "matchRecords": match_records, "rule": "Standard_Contact_Match_Rule_v1_1",

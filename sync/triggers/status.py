@@ -152,6 +152,7 @@ def collect(root: bootstrap.Root, now: datetime | None = None) -> dict[str, Any]
     doc: dict[str, Any] = {"generated": now.isoformat(), "unavailable": [], "config": {"errors": []},
                            "mailboxes": []}
     doc["config"]["errors"] = missing_settings(root)
+    doc["config"]["errors"] += _problems(root)
     try:
         _ = root.policy
         mailboxes = list(root.mailboxes)
@@ -190,6 +191,17 @@ def subscription_block(root: bootstrap.Root, subs: dict[str, StoredSubscription]
                      "expires": sub.expires_at.isoformat() if sub else None,
                      **mailbox_state(root.checkpoints, mailbox)})
     return rows
+
+
+def _problems(root: bootstrap.Root) -> list[str]:
+    """Set-up problems a side found on its own (the Salesforce marker field, from Contact's describe): the setting
+    and what is wrong, never a value."""
+    try:
+        check = getattr(root.salesforce, "check", None)
+        problem = check() if callable(check) else None
+    except Exception as exc:  # noqa: BLE001 - the page must render; the error is shown, not raised
+        problem = f"Salesforce: {type(exc).__name__}"
+    return [problem] if isinstance(problem, str) and problem else []
 
 
 def verdict(doc: dict[str, Any], now: datetime) -> dict[str, Any]:

@@ -45,6 +45,7 @@ def h() -> Iterator[SalesforceHarness]:
     ({"status": 400, "code": "STRING_TOO_LONG", "fields": ["Title"]}, BadData),
     ({"status": 400, "code": "REQUIRED_FIELD_MISSING", "fields": ["LastName"]}, BadData),
     ({"status": 400, "code": "DUPLICATE_VALUE"}, AlreadyExists),
+    ({"status": 412, "code": "PRECONDITION_FAILED"}, PreconditionFailed),  # If-Unmodified-Since
     ({"status": 403, "code": "INSUFFICIENT_ACCESS"}, AuthFailed),
     ({"code": "UNABLE_TO_LOCK_ROW"}, Transient),
     ({"status": 500, "code": "UNKNOWN_EXCEPTION"}, Transient),
@@ -497,13 +498,14 @@ def test_change_feed_steps_past_a_bulk_load_sharing_one_stamp_instead_of_reporti
         h: SalesforceHarness) -> None:
     owner = h.users[MAILBOX]
     h.emu.bulk_create_contacts([{"LastName": f"Bulk{i}", "Email": f"b{i}@example.com", "OwnerId": owner}
-                                for i in range(700)], as_user=owner)  # one transaction: one SystemModstamp
+                                for i in range(2_100)], as_user=owner)  # one transaction: one SystemModstamp
     first = list(h.side.changes(MAILBOX, None))
-    assert first[-1].full and sum(len(p.records) for p in first) == 700
+    assert first[-1].full and sum(len(p.records) for p in first) == 2_100
     checkpoint = first[-1].checkpoint
     again = list(h.side.changes(MAILBOX, checkpoint))
-    assert sum(len(p.records) + len(p.removed) for p in again) == 0  # not the 700 once more
+    assert sum(len(p.records) + len(p.removed) for p in again) == 0  # not the 2,100 once more
     edited = next(iter(first[0].records)).id
+    h.emu.advance_time(1)  # the same second as the load would be the known gap (changes.py _Watermark)
     h.user_edit(edited, {"job_title": "CTO"})
     after = list(h.side.changes(MAILBOX, again[-1].checkpoint))
     assert [r.id for p in after for r in p.records] == [edited]
@@ -521,3 +523,144 @@ def test_the_session_keeps_a_connection_for_every_message_a_host_works_on_at_onc
     for url in ("https://example.my.salesforce.com/", "http://127.0.0.1:1/"):
         pool = side._rest.session.get_adapter(url)._pool_maxsize
         assert pool >= at_once, f"{pool} kept-alive connections for {at_once} messages at once"
+
+
+# -- Salesforce's clock: whole-second stamps (docs/reference/salesforce.md §1.1, §2.7) ---------------------------
+
+def test_an_edit_in_the_same_second_as_our_read_is_not_overwritten(h: SalesforceHarness) -> None:
+    made = h.side.create(MAILBOX, ADA)
+    before = h.side.get(MAILBOX, made.id)
+    assert before is not None and before.version
+    stamp = h.emu.get_record(made.id)["SystemModstamp"]  # type: ignore[index]
+    h.user_edit(made.id, {"department": "Research"})
+    with h.emu.org.lock:  # the edit came in the second of our read: same stamp (pinned, not left to the clock)
+        for stamped in ("SystemModstamp", "LastModifiedDate"):
+            h.emu.org.records["Contact"][made.id][stamped] = stamp
+    with pytest.raises(PreconditionFailed):
+        h.side.update(MAILBOX, made.id, ADA.with_values({"job_title": "CTO"}), fields=frozenset({"job_title"}),
+                      if_match=before.version)
+    [result] = h.side.update_many(MAILBOX, [UpdateRequest(item_id=made.id, contact=ADA, fields=frozenset({"email"}),
+                                                          if_match=before.version)])
+    assert isinstance(result, PreconditionFailed)
+
+
+def test_a_single_update_sends_if_unmodified_since_so_an_edit_after_the_check_is_refused(
+        h: SalesforceHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = h.side.create(MAILBOX, ADA)
+    before = h.side.get(MAILBOX, made.id)
+    assert before is not None
+    check = h.side._check_version
+
+    def edit_right_after_the_check(item_id: str, if_match: str | None) -> dict[str, object]:
+        row = check(item_id, if_match)
+        h.emu.advance_time(2)
+        h.user_edit(item_id, {"department": "Research"})  # lands between our check and our PATCH
+        return row
+
+    monkeypatch.setattr(h.side, "_check_version", edit_right_after_the_check)
+    with pytest.raises(PreconditionFailed):
+        h.side.update(MAILBOX, made.id, ADA.with_values({"department": "Sales"}), fields=frozenset({"department"}),
+                      if_match=before.version)
+    assert h.emu.counters["rest.412"] == 1
+    assert h.emu.get_record(made.id)["Department"] == "Research"  # type: ignore[index]
+
+
+def test_change_feed_with_more_than_a_page_of_rows_in_one_second_reports_each_once(h: SalesforceHarness) -> None:
+    owner = h.users[MAILBOX]
+    first = list(h.side.changes(MAILBOX, None))
+    h.emu.bulk_create_contacts([{"LastName": f"Bulk{i}", "OwnerId": owner} for i in range(2_100)],
+                               as_user=owner)  # one transaction: one SystemModstamp, more than one 2,000-row page
+    delta = list(h.side.changes(MAILBOX, first[-1].checkpoint))
+    ids = [r.id for p in delta for r in p.records]
+    assert len(ids) == len(set(ids)) == 2_100
+    again = list(h.side.changes(MAILBOX, delta[-1].checkpoint))
+    assert sum(len(p.records) + len(p.removed) for p in again) == 0  # not re-reported
+    edited = ids[0]  # the first in (SystemModstamp, Id) order, edited in a later second
+    h.emu.advance_time(1)
+    h.user_edit(edited, {"job_title": "CTO"})
+    after = list(h.side.changes(MAILBOX, again[-1].checkpoint))
+    assert [r.id for p in after for r in p.records] == [edited]
+
+
+# -- the marker field, checked by describing Contact (docs/reference/salesforce.md §1.1, §2.4) --------------------
+
+def _marker_def(h: SalesforceHarness, **changes: object) -> None:
+    import dataclasses
+
+    contact = h.emu.org.types["Contact"]
+    f = contact.fields.pop("Outlook_Id__c")
+    contact.by_lower.pop("outlook_id__c")
+    contact.add(dataclasses.replace(f, **changes))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("changes", "says"), [
+    ({"name": "Other_Id__c"}, "no such field"),  # what an unreadable field looks like: absent from describe
+    ({"type": "textarea"}, "must be Text"),
+    ({"length": 80}, "holds 80 characters"),
+    ({"updateable": False}, "cannot edit it"),
+])
+def test_an_unusable_marker_field_is_a_clear_config_error_before_any_read(
+        changes: dict[str, object], says: str) -> None:
+    from sync.config import ConfigError
+
+    h = SalesforceHarness()
+    try:
+        _marker_def(h, **changes)
+        queries = h.emu.counters["rest.query"]
+        assert says in (h.side.check() or "")
+        with pytest.raises(ConfigError, match="SF_OUTLOOK_ID_FIELD=Outlook_Id__c"):
+            h.side.get(MAILBOX, "003000000000001AAA")
+        with pytest.raises(ConfigError):
+            list(h.side.changes(MAILBOX, None))
+        assert h.emu.counters["rest.query"] == queries  # refused before Salesforce answers INVALID_FIELD
+    finally:
+        h.close()
+
+
+def test_a_unique_external_id_marker_makes_creates_upserts_so_a_second_copy_cannot_be_made(
+        h: SalesforceHarness) -> None:
+    assert h.side.check() is None
+    first = h.side.create(MAILBOX, ADA, marker="AAMk-outlook-1=")
+    again = h.side.create(MAILBOX, ADA.with_values({"job_title": "CTO"}), marker="AAMk-outlook-1=")
+    assert again.id == first.id and again.contact.job_title == "CTO"
+    many = h.side.create_many(MAILBOX, [CreateRequest(contact=ADA, marker="AAMk-outlook-1="),
+                                        CreateRequest(contact=ADA.with_values({"email": "x@example.com"}),
+                                                      marker="AAMk-outlook-2/")])
+    assert isinstance(many[0], SideRecord) and many[0].id == first.id
+    assert isinstance(many[1], SideRecord) and many[1].marker == "AAMk-outlook-2/"
+    assert len(h.emu.contacts()) == 2
+
+
+def test_a_marker_field_that_is_not_unique_keeps_plain_creates(h: SalesforceHarness) -> None:
+    _marker_def(h, external_id=False)
+    h.side.create(MAILBOX, ADA, marker="AAMk-outlook-1=")
+    h.side.create(MAILBOX, ADA, marker="AAMk-outlook-1=")
+    assert len(h.emu.contacts()) == 2 and h.emu.counters["rest.upsert"] == 0
+
+
+# -- duplicate rules (docs/reference/salesforce.md §1.3) ------------------------------------------------------------
+
+def test_an_alert_duplicate_rule_saves_and_notes_the_matched_ids(h: SalesforceHarness) -> None:
+    first = h.side.create(MAILBOX, ADA)
+    second = h.side.create(MAILBOX, ADA.with_values({"first_name": "A."}))  # fuzzy: an initial, same email
+    assert second.id != first.id and len(second.notes) == 1 and first.id in second.notes[0]
+    [bulk] = h.side.create_many(MAILBOX, [CreateRequest(contact=ADA)])
+    assert isinstance(bulk, SideRecord) and first.id in bulk.notes[0]
+    other = h.side.create(MAILBOX, Contact(first_name="Ada", last_name="Byron", emails=["other@example.com"]))
+    assert other.notes == ()  # same name, nothing else shared: no match
+    [moved] = h.side.update_many(MAILBOX, [UpdateRequest(item_id=other.id, contact=ADA, fields=frozenset({"email"}),
+                                                         if_match=other.version)])
+    assert isinstance(moved, SideRecord) and list(moved.contact.emails) == ["ada@example.com"] and moved.notes
+
+
+def test_a_block_duplicate_rule_refuses_with_the_matched_ids(h: SalesforceHarness) -> None:
+    from sync.adapters.salesforce.errors import DuplicateFound
+
+    first = h.side.create(MAILBOX, ADA)
+    h.emu.org.settings.duplicate_rule = "block"
+    with pytest.raises(DuplicateFound) as info:
+        h.side.create(MAILBOX, ADA)
+    assert info.value.matches == (first.id,) and not info.value.allow_save and first.id in str(info.value)
+    [bulk] = h.side.create_many(MAILBOX, [CreateRequest(contact=ADA)])
+    assert isinstance(bulk, DuplicateFound) and bulk.matches == (first.id,)
+    assert len(h.emu.contacts()) == 1

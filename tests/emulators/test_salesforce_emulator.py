@@ -221,16 +221,36 @@ def test_field_too_long_and_required_field_missing(sf):
     assert sf.query("SELECT Id FROM Contact")["totalSize"] == 0
 
 
-def test_duplicate_rule_on_email_and_allow_save_header(emu, sf):
-    first = sf.Contact.create({"LastName": "One", "Email": "same@example.com"})["id"]
-    with pytest.raises(SalesforceMalformedRequest) as e:
-        sf.Contact.create({"LastName": "Two", "Email": "SAME@example.com"})
+def test_duplicate_rule_alert_refuses_unless_allow_save_and_matches_fuzzy_name_with_email(emu, sf):
+    first = sf.Contact.create({"FirstName": "Katherine", "LastName": "Johnson", "Email": "kj@example.com"})["id"]
+    with pytest.raises(SalesforceMalformedRequest) as e:  # name typo + initial, same email (any case)
+        sf.Contact.create({"FirstName": "K", "LastName": "Jonson", "Email": "KJ@example.com"})
     err = e.value.content[0]
-    assert err["errorCode"] == "DUPLICATES_DETECTED"
+    assert err["errorCode"] == "DUPLICATES_DETECTED" and err["duplicateResult"]["allowSave"] is True
     assert err["duplicateResult"]["matchResults"][0]["matchRecords"][0]["record"]["Id"] == first
+    assert sf.Contact.create({"FirstName": "Other", "LastName": "Person", "Email": "kj@example.com"})["success"]
+    assert sf.Contact.create({"FirstName": "Katherine", "LastName": "Johnson"})["success"]  # name alone: no match
     sf.session.headers["Sforce-Duplicate-Rule-Header"] = "allowSave=true"
-    assert sf.Contact.create({"LastName": "Two", "Email": "SAME@example.com"})["success"] is True
-    assert sf.query("SELECT Id FROM Contact WHERE Email = 'same@example.com'")["totalSize"] == 2
+    assert sf.Contact.create({"FirstName": "Kathy", "LastName": "Johnson", "Email": "kj@example.com"})["success"]
+
+
+def test_duplicate_rule_matches_name_with_account_and_title_and_block_mode_refuses_always(emu, sf):
+    acme = emu.add_account("Acme, Inc.")
+    acme2 = emu.add_account("ACME")
+    emu.org.settings.duplicate_rule = "block"
+    first = sf.Contact.create({"FirstName": "Grace", "LastName": "Hopper", "Title": "Admiral", "AccountId": acme})["id"]
+    sf.session.headers["Sforce-Duplicate-Rule-Header"] = "allowSave=true"
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.Contact.create({"FirstName": "Grace", "LastName": "Hopper", "Title": "admiral", "AccountId": acme2})
+    result = e.value.content[0]["duplicateResult"]
+    assert result["allowSave"] is False and result["matchResults"][0]["matchRecords"][0]["record"]["Id"] == first
+    other = sf.Contact.create({"FirstName": "Grace", "LastName": "Hopper", "Title": "Professor"})["id"]
+    with pytest.raises(SalesforceMalformedRequest):  # an edit into a duplicate is checked too
+        sf.Contact.update(other, {"Title": "Admiral", "AccountId": acme})
+    assert sf.Contact.update(other, {"Department": "Navy"}) == 204  # an edit touching no matched field is not
+    emu.org.settings.duplicate_rule = "off"
+    assert sf.Contact.create({"FirstName": "Grace", "LastName": "Hopper", "Title": "Admiral",
+                              "AccountId": acme})["success"]
 
 
 # -- sObject Collections (docs/reference/salesforce.md §2.5) -----------------------------------------------------------
@@ -497,3 +517,52 @@ def test_an_update_lists_last_modified_date_even_within_the_same_millisecond(emu
     _, changed, nulled = codec.update_body(old, {**old, "Phone": None})
     assert set(decode_bitmap(codec.schema, changed)) == {"Phone", "LastModifiedDate"}
     assert decode_bitmap(codec.schema, nulled) == ["Phone"]
+
+
+# -- Salesforce's clock: whole seconds (docs/reference/salesforce.md §1.1, §2.2, §2.7) ---------------------------------
+
+def test_system_stamps_keep_whole_seconds_and_soql_compares_at_second_precision(emu, sf):
+    cid = sf.Contact.create({"LastName": "Clock"})["id"]
+    stamp = sf.Contact.get(cid)["SystemModstamp"]
+    assert stamp.endswith(".000+0000")
+    at = stamp[:19]
+    for literal in (f"{at}Z", f"{at}.999Z"):  # the fraction of a second is ignored
+        assert sf.query(f"SELECT Id FROM Contact WHERE SystemModstamp = {literal}")["totalSize"] == 1
+        assert sf.query(f"SELECT Id FROM Contact WHERE SystemModstamp > {literal}")["totalSize"] == 0
+
+
+def test_if_unmodified_since_on_a_single_record_patch(emu, sf):
+    from email.utils import format_datetime
+
+    from emulators.salesforce.ids import parse_datetime
+
+    cid = sf.Contact.create({"LastName": "Guarded"})["id"]
+    modified = parse_datetime(sf.Contact.get(cid)["LastModifiedDate"])
+    same = {"If-Unmodified-Since": format_datetime(modified, usegmt=True)}
+    assert sf.Contact.update(cid, {"Title": "A"}, headers=same) == 204  # modified at, not after: allowed
+    emu.advance_time(2)
+    emu.update_contact(cid, {"Title": "B"})  # a later second
+    with pytest.raises(SalesforceGeneralError) as e:
+        sf.Contact.update(cid, {"Title": "C"}, headers=same)
+    assert e.value.status == 412 and sf.Contact.get(cid)["Title"] == "B"
+    with pytest.raises(SalesforceMalformedRequest):
+        sf.Contact.update(cid, {"Title": "C"}, headers={"If-Unmodified-Since": "yesterday"})
+
+
+def test_the_millisecond_clock_is_an_org_switch(emu, sf):
+    emu.org.settings.whole_seconds = False
+    stamps = {sf.Contact.get(sf.Contact.create({"LastName": f"M{i}"})["id"])["SystemModstamp"][-9:-5]
+              for i in range(5)}
+    assert stamps != {".000"}
+
+
+def test_if_unmodified_since_compares_whole_seconds_on_a_millisecond_clock(emu, sf):
+    from email.utils import format_datetime
+
+    from emulators.salesforce.ids import parse_datetime
+
+    emu.org.settings.whole_seconds = False
+    cid = sf.Contact.create({"LastName": "Millis"})["id"]
+    modified = parse_datetime(sf.Contact.get(cid)["LastModifiedDate"])
+    assert sf.Contact.update(cid, {"Title": "A"}, headers={
+        "If-Unmodified-Since": format_datetime(modified, usegmt=True)}) == 204  # an HTTP-date has no fraction

@@ -119,6 +119,9 @@ class Profile:
     settle_timeout_s: float = 120.0
     max_final_passes: int = 3
     evidence: int = 8  # timelines printed for the first N violations
+    # The org as Salesforce ships it (emulators/salesforce/store.py OrgSettings): whole-second stamps and the
+    # standard Contact duplicate rule in Alert mode. False: millisecond stamps, no duplicate rule (the old emulator).
+    strict_org: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- what people did
@@ -312,6 +315,8 @@ class Soak:
             self.graph, self.sf = graph, sf
             sf.faults.seed = self.p.seed
             sf.faults.rng.seed(self.p.seed)
+            sf.org.settings.whole_seconds = self.p.strict_org
+            sf.org.settings.duplicate_rule = "alert" if self.p.strict_org else "off"
             private, public = jwt_keys()
             self.seed_org(public)
             self.port = free_port()

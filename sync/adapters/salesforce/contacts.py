@@ -1,10 +1,12 @@
 """The Salesforce org as a ``ContactSide`` (``sync.ports``): Contact records read and written over REST.
 
-- Version = ``SystemModstamp`` (Contact has no ETag, docs/reference/salesforce.md §2.7). An update/delete with
-``if_match`` compares
-  it just before the write and before each retry, and raises ``PreconditionFailed`` on a mismatch. A write landing
-  between that read and ours (milliseconds) is overwritten; the next CDC event or reconcile repairs what it can.
-  Writes in the same millisecond share a stamp and cannot be told apart.
+- Version = ``SystemModstamp`` + a digest of the row we read (``row_version``): Contact has no ETag and the stamp
+  keeps whole seconds (docs/reference/salesforce.md §1.1, §2.7), so an edit in the same second as our read keeps the
+  stamp but changes the digest. An update/delete with ``if_match`` re-reads and compares it just before the write and
+  before each retry (``PreconditionFailed`` on a mismatch); a single-record update also sends ``If-Unmodified-Since``
+  (the LastModifiedDate of that check), so an edit in a later second between the check and the PATCH is refused by
+  Salesforce (412). What remains: an edit in the same second between that check and our PATCH (milliseconds) is
+  overwritten, and collection PATCHes have no such header; the next CDC event or reconcile repairs what it can.
 - Salesforce answers a write with the id only: every write is followed by a re-read (``_as_left``).
 - Owner: a record belongs to the mailbox whose User owns it (``directory``); anyone else's has ``owner=None``.
 - Company: ``Account.Name`` is read with every record; on write the name is resolved to an Account (``directory``)
@@ -19,14 +21,19 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from email.utils import format_datetime
 from typing import Any
+from urllib.parse import quote
 
 from sync.adapters.salesforce.auth import TokenProvider
-from sync.adapters.salesforce.changes import ChangeFeed
+from sync.adapters.salesforce.changes import ChangeFeed, row_version
 from sync.adapters.salesforce.directory import Directory, domain_hints
+from sync.adapters.salesforce.duplicates import ALLOW_SAVE, alert_note, alerted, alerts, noted
 from sync.adapters.salesforce.errors import SIDE, collection_error
 from sync.adapters.salesforce.rest import API_VERSION, MAX_COLLECTION, RestClient, chunks
+from sync.adapters.salesforce.schema import ContactSchema
 from sync.adapters.salesforce.soql import parse_dt, soql_quote
+from sync.config import ConfigError
 from sync.errors import BadData, NotFound, PreconditionFailed, SyncError, Transient
 from sync.mapping import contact_to_salesforce, salesforce_to_contact
 from sync.model import Contact, Side
@@ -75,16 +82,19 @@ class SalesforceContactSide:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rest = RestClient(tokens, session=session, verify=verify, client_name=client_name,
-                                allow_duplicates=allow_duplicates, api_version=api_version, max_retries=max_retries,
+                                api_version=api_version, max_retries=max_retries,
                                 backoff_s=backoff_s, backoff_cap_s=backoff_cap_s, sleep=sleep)
         self._directory = Directory(self._rest, mailboxes, create_missing_accounts=create_missing_accounts,
                                     user_cache_ttl_s=user_cache_ttl_s, clock=clock)
         self.client_name = client_name
+        self._allow_duplicates = allow_duplicates
         self._field_map = field_map or FieldMap()
         self._marker_field = marker_field
         self.carries_markers = bool(marker_field)  # the Outlook id needs a Contact text field (SF_OUTLOOK_ID_FIELD)
         self._lengths: Mapping[str, int] = dict(lengths or DEFAULT_SALESFORCE_LENGTHS)
-        self._describe_pending = use_describe_lengths and lengths is None
+        self._use_describe_lengths = use_describe_lengths and lengths is None
+        self._describe_pending = self._use_describe_lengths or bool(marker_field)
+        self._schema = ContactSchema()
         self.unresolved_accounts: list[str | None] = []  # item ids (None: not created yet) whose company failed
         fields = ["Id", "OwnerId", "SystemModstamp", "LastModifiedDate", "CreatedById", "LastModifiedById", "IsDeleted",
                   "AccountId",
@@ -110,18 +120,34 @@ class SalesforceContactSide:
         """Re-read the Users of the synced mailboxes (see ``Directory.refresh_users``)."""
         self._directory.refresh_users()
 
-    def _lengths_now(self) -> Mapping[str, int]:
+    def _schema_now(self) -> ContactSchema:
+        """Contact's describe, read once (again after a failed read when the marker field still needs checking).
+        Raises ``ConfigError`` when the marker field cannot be used (``ContactSchema``): every read selects it."""
         if self._describe_pending:
-            self._describe_pending = False
             try:
                 desc = self._rest.call("describe", lambda sf: sf.Contact.describe())
-                lengths = dict(self._lengths)
-                for f in desc.get("fields") or []:
-                    if f.get("type") in ("string", "textarea", "email", "phone", "url") and f.get("length"):
-                        lengths[str(f["name"])] = int(f["length"])
-                self._lengths = lengths
+                self._describe_pending = False
+                self._schema = ContactSchema.of(desc, self._marker_field)
+                if self._use_describe_lengths:
+                    self._lengths = {**self._lengths, **self._schema.lengths}
+                if self._schema.marker_problem:
+                    logger.error("salesforce marker field unusable: %s", self._schema.marker_problem)
             except SyncError as exc:
+                self._describe_pending = bool(self._marker_field)
                 logger.warning("Contact describe failed (%s); using the default field lengths", type(exc).__name__)
+        self._schema.raise_for_marker()
+        return self._schema
+
+    def check(self) -> str | None:
+        """What stops this side from working, for the status page (None: nothing known)."""
+        try:
+            self._schema_now()
+        except ConfigError as exc:
+            return str(exc).rpartition("- ")[2]
+        return None
+
+    def _lengths_now(self) -> Mapping[str, int]:
+        self._schema_now()
         return self._lengths
 
     # --- reading ----------------------------------------------------------------------------------------------
@@ -129,7 +155,7 @@ class SalesforceContactSide:
         marker = row.get(self._marker_field) if self._marker_field else None
         return SideRecord(
             side=Side.SALESFORCE, id=str(row["Id"]), contact=salesforce_to_contact(row, self._field_map),
-            version=str(row["SystemModstamp"]), owner=self._directory.mailbox_of(row.get("OwnerId")),
+            version=row_version(row), owner=self._directory.mailbox_of(row.get("OwnerId")),
             modified_at=parse_dt(row.get("LastModifiedDate")), marker=str(marker) if marker else None,
             untouched=self._is_us(row.get("CreatedById")) is True and self._is_us(row.get("LastModifiedById")) is True,
         )
@@ -143,6 +169,7 @@ class SalesforceContactSide:
         return by[:15] == me[:15] if me and by else None
 
     def _rows_by_id(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        self._schema_now()
         out: dict[str, dict[str, Any]] = {}
         valid = [i for i in ids if _ID.match(i)]
         for chunk in chunks(valid, MAX_IDS_PER_SOQL):
@@ -168,6 +195,7 @@ class SalesforceContactSide:
                            f"Account.Name = {soql_quote(contact.company)})")
         if not clauses:
             return []
+        self._schema_now()
         rows = self._rest.query(f"SELECT {self._select} FROM Contact WHERE {' OR '.join(clauses)} ORDER BY Id")
         emails = contact.email_keys()
         out = []
@@ -181,11 +209,13 @@ class SalesforceContactSide:
         """The contact whose marker field holds ``marker`` (an Outlook id), org-wide; None without a marker field."""
         if not self._marker_field or not marker:
             return None
+        self._schema_now()
         rows = self._rest.query(f"SELECT {self._select} FROM Contact WHERE {self._marker_field} = {soql_quote(marker)} "
                            "ORDER BY Id LIMIT 1")
         return self._record(rows[0]) if rows else None
 
     def stream(self, mailbox: str) -> Iterator[SideRecord]:
+        self._schema_now()
         uid = self._directory.user_of(mailbox)
         soql = f"SELECT {self._select} FROM Contact WHERE OwnerId = {soql_quote(uid)} ORDER BY Id"
         for page in self._rest.query_pages(soql):
@@ -221,12 +251,14 @@ class SalesforceContactSide:
     def _all_fields(self) -> list[str]:
         return list(self._field_map.salesforce_fields())
 
-    def _check_version(self, item_id: str, if_match: str | None) -> None:
+    def _check_version(self, item_id: str, if_match: str | None) -> dict[str, Any]:
+        """The row now; ``PreconditionFailed`` when its version is not ``if_match``."""
         row = self._rows_by_id([item_id]).get(item_id)
         if row is None:
             raise NotFound("contact not found", side=SIDE, item_id=item_id)
-        if if_match is not None and str(row["SystemModstamp"]) != if_match:
+        if if_match is not None and row_version(row) != if_match:
             raise PreconditionFailed("changed since it was read (SystemModstamp)", side=SIDE, item_id=item_id)
+        return row
 
     def _reread(self, item_id: str, written: Mapping[str, Any]) -> SideRecord:
         row = self._rows_by_id([item_id]).get(item_id)
@@ -253,8 +285,24 @@ class SalesforceContactSide:
         values["OwnerId"] = self._directory.user_of(mailbox)
         if marker is not None and self._marker_field:
             values[self._marker_field] = marker
-        result = self._rest.call("write", lambda sf: sf.Contact.create(values), idempotent=False)
-        return self._reread(str(result["id"]), values)
+        if marker is not None and self._marker_field and self._schema_now().marker_upsert:
+            rid, note = alerted(self._allow_duplicates, None, lambda h: self._upsert(marker, values, h))
+        else:
+            rid, note = alerted(self._allow_duplicates, None, lambda h: str(self._rest.call(
+                "write", lambda sf: sf.Contact.create(values, headers=h), idempotent=False)["id"]))
+        return noted(self._reread(rid, values), note)
+
+    def _upsert(self, marker: str, values: Mapping[str, Any], headers: dict[str, str]) -> str:
+        """Create on the unique marker field (docs/reference/salesforce.md §2.4): a contact that already carries this
+        Outlook id (our earlier create whose answer was lost) is updated instead of doubled, so the call is safe to
+        retry after a connection error."""
+        key = f"{self._marker_field}/{quote(marker, safe='')}"
+        body = {k: v for k, v in values.items() if k != self._marker_field}
+
+        def send(sf: Any) -> Any:
+            return sf.Contact.upsert(key, body, raw_response=True, headers=headers).json()
+
+        return str(self._rest.call("write", send)["id"])
 
     def update(
         self,
@@ -266,15 +314,20 @@ class SalesforceContactSide:
         if_match: str | None,
         marker: str | None = None,
     ) -> SideRecord:
+        headers: dict[str, str] = {}
         if if_match is not None:
-            self._check_version(item_id, if_match)
+            checked = parse_dt(self._check_version(item_id, if_match).get("LastModifiedDate"))
+            if checked is not None:  # docs/reference/salesforce.md §2.7: 412 when modified after this date
+                headers["If-Unmodified-Since"] = format_datetime(checked, usegmt=True)
         values = self._values(contact, fields, item_id, creating=False)
         if marker is not None and self._marker_field:
             values[self._marker_field] = marker
+        note = None
         if values:
-            self._rest.call("write", lambda sf: sf.Contact.update(item_id, values), item_id=item_id,
-                       before_retry=self._version_guard(item_id, if_match))
-        return self._reread(item_id, values)
+            _, note = alerted(self._allow_duplicates, item_id, lambda h: self._rest.call(
+                "write", lambda sf: sf.Contact.update(item_id, values, headers={**headers, **h}), item_id=item_id,
+                before_retry=self._version_guard(item_id, if_match)))
+        return noted(self._reread(item_id, values), note)
 
     def delete(self, mailbox: str, item_id: str, *, if_match: str | None) -> None:
         """Soft delete (Recycle Bin). With ``if_match`` the SystemModstamp is compared first (and before each retry)."""
@@ -283,7 +336,7 @@ class SalesforceContactSide:
         self._rest.call("write", lambda sf: sf.Contact.delete(item_id), item_id=item_id,
                    before_retry=self._version_guard(item_id, if_match))
 
-    def _version_guard(self, item_id: str, if_match: str | None) -> Callable[[], None] | None:
+    def _version_guard(self, item_id: str, if_match: str | None) -> Callable[[], object] | None:
         """The ``before_retry`` of a guarded write: compare SystemModstamp again (None when unguarded). An edit made
         during the backoff gives ``PreconditionFailed`` instead of being overwritten; so does a failed attempt that in
         fact ran (our own write moved the stamp), and the engine re-reads."""
@@ -291,8 +344,8 @@ class SalesforceContactSide:
             return None
         return lambda: self._check_version(item_id, if_match)
 
-    def _finish(self, results: list[SideRecord | SyncError | str],
-                written: Mapping[int, Mapping[str, Any]]) -> list[SideRecord | SyncError]:
+    def _finish(self, results: list[SideRecord | SyncError | str], written: Mapping[int, Mapping[str, Any]],
+                notes: Mapping[int, str] | None = None) -> list[SideRecord | SyncError]:
         """Replace the written ids by the records as our writes left them (one SOQL per 200 ids; ``_as_left``).
         ``written``: the values sent, by index in ``results``."""
         ids = [r for r in results if isinstance(r, str)]
@@ -301,7 +354,7 @@ class SalesforceContactSide:
         for n, r in enumerate(results):
             if isinstance(r, str):
                 row = rows.get(r)
-                out.append(self._as_left(row, written.get(n, {})) if row
+                out.append(noted(self._as_left(row, written.get(n, {})), (notes or {}).get(n)) if row
                            else NotFound("vanished after the write", side=SIDE, item_id=r))
             else:
                 out.append(r)
@@ -326,16 +379,32 @@ class SalesforceContactSide:
                 values[self._marker_field] = item.marker
             pending.append((len(results), {"attributes": {"type": "Contact"}, **values}))
             results.append(Transient("not attempted", side=SIDE))
-        for chunk in chunks(pending, MAX_COLLECTION):
-            try:
-                answers = self._rest.collection("POST", [rec for _, rec in chunk])
-            except SyncError as exc:
-                for index, _ in chunk:
-                    results[index] = exc
-                continue
-            for (index, _), res in zip(chunk, answers, strict=False):
-                results[index] = str(res["id"]) if res.get("success") else collection_error(res, None)
-        return self._finish(results, dict(pending))
+        upsert = self._marker_field if self._marker_field and self._schema_now().marker_upsert else None
+        by_marker = [p for p in pending if upsert and p[1].get(upsert)]
+        plain = [p for p in pending if not (upsert and p[1].get(upsert))]
+        notes: dict[int, str] = {}
+        for group, on in ((plain, None), (by_marker, upsert)):
+            for chunk in chunks(group, MAX_COLLECTION):
+                self._create_chunk(chunk, results, on, {})
+                again = alerts(self._allow_duplicates, chunk, results)
+                if again:
+                    self._create_chunk([(i, rec) for i, rec, _ in again], results, on, dict(ALLOW_SAVE))
+                    notes.update({i: alert_note(dup) for i, _, dup in again})
+        return self._finish(results, dict(pending), notes)
+
+    def _create_chunk(self, chunk: Sequence[tuple[int, dict[str, Any]]], results: list[SideRecord | SyncError | str],
+                      upsert_on: str | None, headers: dict[str, str]) -> None:
+        """One sObject Collections create (POST), or upsert on the marker field (PATCH, safe to retry)."""
+        body = {"allOrNone": False, "records": [rec for _, rec in chunk]}
+        try:
+            answers = self._rest.restful("PATCH" if upsert_on else "POST", body, upsert_on=upsert_on,
+                                         headers=headers)
+        except SyncError as exc:
+            for index, _ in chunk:
+                results[index] = exc
+            return
+        for (index, _), res in zip(chunk, answers, strict=False):
+            results[index] = str(res["id"]) if res.get("success") else collection_error(res, None)
 
     def update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]:
         """Versions checked with one SOQL per 200 ids, then sObject Collections PATCH (≤ 200, allOrNone=false).
@@ -353,7 +422,7 @@ class SalesforceContactSide:
             if row is None:
                 results.append(NotFound("contact not found", side=SIDE, item_id=item.item_id))
                 continue
-            if item.if_match is not None and str(row["SystemModstamp"]) != item.if_match:
+            if item.if_match is not None and row_version(row) != item.if_match:
                 results.append(PreconditionFailed("changed since it was read (SystemModstamp)", side=SIDE,
                                                   item_id=item.item_id))
                 continue
@@ -369,12 +438,17 @@ class SalesforceContactSide:
                 continue
             pending.append((len(results), {"attributes": {"type": "Contact"}, "Id": str(row["Id"]), **values}))
             results.append(Transient("not attempted", side=SIDE, item_id=item.item_id))
+        notes: dict[int, str] = {}
         for chunk in chunks(pending, MAX_COLLECTION):
-            self._patch_chunk(items, chunk, results)
-        return self._finish(results, dict(pending))
+            self._patch_chunk(items, chunk, results, {})
+            again = alerts(self._allow_duplicates, chunk, results)
+            if again:
+                self._patch_chunk(items, [(i, rec) for i, rec, _ in again], results, dict(ALLOW_SAVE))
+                notes.update({i: alert_note(dup) for i, _, dup in again})
+        return self._finish(results, dict(pending), notes)
 
     def _patch_chunk(self, items: Sequence[UpdateRequest], chunk: Sequence[tuple[int, dict[str, Any]]],
-                     results: list[SideRecord | SyncError | str]) -> None:
+                     results: list[SideRecord | SyncError | str], headers: dict[str, str]) -> None:
         """One sObject Collections PATCH of ``update_many``; fills ``results`` at the chunk's indexes."""
         sent = list(chunk)  # what the next attempt sends (a retry drops the records changed meanwhile)
 
@@ -385,7 +459,7 @@ class SalesforceContactSide:
                 item, row = items[index], rows.get(rec["Id"])
                 if row is None:
                     results[index] = NotFound("contact not found", side=SIDE, item_id=item.item_id)
-                elif item.if_match is not None and str(row["SystemModstamp"]) != item.if_match:
+                elif item.if_match is not None and row_version(row) != item.if_match:
                     results[index] = PreconditionFailed("changed since it was read (SystemModstamp)",
                                                         side=SIDE, item_id=item.item_id)
                 else:
@@ -398,7 +472,7 @@ class SalesforceContactSide:
             return {"allOrNone": False, "records": [rec for _, rec in sent]}
 
         try:
-            answers = self._rest.restful("PATCH", body, before_retry=recheck)
+            answers = self._rest.restful("PATCH", body, before_retry=recheck, headers=headers)
         except _NothingToRetry:
             return
         except SyncError as exc:
@@ -411,7 +485,8 @@ class SalesforceContactSide:
 
     # --- change feed ------------------------------------------------------------------------------------------
     def changes(self, mailbox: str, checkpoint: str | None) -> Iterator[ChangePage]:
+        self._schema_now()
         yield from self._feed.pages(mailbox, self._directory.user_of(mailbox), checkpoint)
 
 
-__all__ = ["SalesforceContactSide"]
+__all__ = ["SalesforceContactSide", "row_version"]

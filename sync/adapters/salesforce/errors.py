@@ -15,6 +15,7 @@ from sync.errors import (
     AuthFailed,
     BadData,
     NotFound,
+    PreconditionFailed,
     SyncError,
     Throttled,
     Transient,
@@ -30,6 +31,29 @@ class SessionExpired(AuthFailed):
 class ReplayRejected(SyncError):
     """The Pub/Sub replay id is invalid or older than the 72 h retention (docs/reference/salesforce.md §4.5): events
     were lost, a full reconcile is needed."""
+
+
+class DuplicateFound(BadData):
+    """400 ``DUPLICATES_DETECTED``: a duplicate rule matched (docs/reference/salesforce.md §1.3). ``allow_save``: an
+    Alert rule (the save goes through with ``Sforce-Duplicate-Rule-Header: allowSave=true``), else Block;
+    ``matches``: the ids of the matched records."""
+
+    def __init__(self, *, allow_save: bool, matches: tuple[str, ...], item_id: str | None = None) -> None:
+        rule = "alert" if allow_save else "block"
+        super().__init__(f"salesforce duplicate rule ({rule}) matched {', '.join(matches) or 'records'}",
+                         code="DUPLICATES_DETECTED", side=SIDE, item_id=item_id)
+        self.allow_save, self.matches = allow_save, matches
+
+
+def duplicate_of(item: Any, item_id: str | None) -> DuplicateFound | None:
+    """The ``DuplicateFound`` in a REST error item (``errorCode`` / ``statusCode`` DUPLICATES_DETECTED), if any."""
+    item = item[0] if isinstance(item, list) and item else item
+    if not isinstance(item, Mapping) or "DUPLICATES_DETECTED" not in (item.get("errorCode"), item.get("statusCode")):
+        return None
+    result = item.get("duplicateResult") or {}
+    ids = tuple(str(rec.get("record", {}).get("Id")) for match in result.get("matchResults") or []
+                for rec in match.get("matchRecords") or [] if rec.get("record", {}).get("Id"))
+    return DuplicateFound(allow_save=bool(result.get("allowSave")), matches=ids, item_id=item_id)
 
 
 _BAD_DATA_CODES = frozenset({
@@ -93,6 +117,8 @@ def map_error(
                          retry_after=retry_after)
     if code == "INVALID_SESSION_ID" or status == 401:
         return SessionExpired(f"session expired or invalid: {text}", side=SIDE)
+    if status == 412:  # If-Unmodified-Since refused (docs/reference/salesforce.md §2.7)
+        return PreconditionFailed(f"changed since it was read: {text}", side=SIDE, item_id=item_id)
     if code in _NOT_FOUND_CODES or status == 404:
         return NotFound(f"record not found: {text}", side=SIDE, item_id=item_id)
     if code in ("DUPLICATE_VALUE", "DUPLICATE_EXTERNAL_ID"):
@@ -126,6 +152,9 @@ def error_of(exc: BaseException, item_id: str | None) -> SyncError | None:
     if isinstance(exc, SyncError):
         return exc
     if isinstance(exc, SalesforceError):
+        duplicate = duplicate_of(exc.content, item_id)
+        if duplicate is not None:
+            return duplicate
         code, message, fields = first_error(exc.content)
         return map_error(status=exc.status, code=code, message=message, fields=fields, item_id=item_id)
     if isinstance(exc, requests.Timeout | requests.ConnectionError):
@@ -134,5 +163,8 @@ def error_of(exc: BaseException, item_id: str | None) -> SyncError | None:
 
 
 def collection_error(result: Mapping[str, Any], item_id: str | None) -> SyncError:
+    duplicate = duplicate_of(result.get("errors") or [], item_id)
+    if duplicate is not None:
+        return duplicate
     code, message, fields = first_error(result.get("errors") or [])
     return map_error(status=None, code=code, message=message, fields=fields, item_id=item_id)

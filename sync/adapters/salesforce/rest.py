@@ -2,10 +2,9 @@
 
 simple-salesforce in direct mode (``Salesforce(instance_url=, session_id=, session=<ours>)``,
 docs/reference/salesforce.md §3.3). Headers sit on ``session.headers`` so they survive simple-salesforce's retries
-(§3.6): ``Sforce-Call-Options: client=<name>`` (the CDC ``changeOrigin`` echo marker, §2.9) and, by default,
-``Sforce-Duplicate-Rule-Header: allowSave=true`` (§1.3: the engine matches before it creates, so a duplicate alert on
-our write tells nothing new). Without it, or under a Block rule, ``DUPLICATES_DETECTED`` is ``BadData``: not retried,
-the item goes to review.
+(§3.6): ``Sforce-Call-Options: client=<name>`` (the CDC ``changeOrigin`` echo marker, §2.9). Duplicate rules (§1.3)
+are the contact side's business: a write goes without ``Sforce-Duplicate-Rule-Header`` first, and
+``DUPLICATES_DETECTED`` is ``DuplicateFound`` (``errors.py``).
 
 Retries (``call``): ``REQUEST_LIMIT_EXCEEDED`` / 503 mean "not processed", so even a POST gets a bounded exponential
 backoff, then ``Throttled``. A connection error on a POST is NOT retried (it may have been processed: a retry could
@@ -60,7 +59,6 @@ class RestClient:
         session: Any = None,
         verify: bool | str = True,
         client_name: str = "m365-sync",
-        allow_duplicates: bool = True,
         api_version: str = API_VERSION,
         max_retries: int = 4,
         backoff_s: float = 0.5,
@@ -78,8 +76,6 @@ class RestClient:
                 session.mount(scheme, requests.adapters.HTTPAdapter(pool_maxsize=HTTP_POOL_SIZE))
         # docs/reference/salesforce.md §2.9 (echo marker)
         session.headers["Sforce-Call-Options"] = f"client={client_name}"
-        if allow_duplicates:
-            session.headers["Sforce-Duplicate-Rule-Header"] = "allowSave=true"  # docs/reference/salesforce.md §1.3
         self.session = session
         self._version = api_version
         self._max_retries, self._backoff, self._backoff_cap, self._sleep = max_retries, backoff_s, backoff_cap_s, sleep
@@ -112,7 +108,7 @@ class RestClient:
         *,
         item_id: str | None = None,
         idempotent: bool = True,
-        before_retry: Callable[[], None] | None = None,
+        before_retry: Callable[[], object] | None = None,
     ) -> _T:
         """Run one REST call with the retry rules of the module docstring; raise only ``sync.errors`` types.
 
@@ -164,13 +160,16 @@ class RestClient:
         return [r for page in self.query_pages(soql, include_deleted=include_deleted) for r in page]
 
     def restful(self, method: str, body: dict[str, Any] | Callable[[], dict[str, Any]],
-                before_retry: Callable[[], None] | None = None) -> list[Any]:
+                before_retry: Callable[[], object] | None = None, *, upsert_on: str | None = None,
+                headers: dict[str, str] | None = None) -> list[Any]:
         """One sObject Collections call (POST is retried only on "not processed" answers, see ``call``).
 
-        ``body`` may be a callable, evaluated on every attempt (``before_retry`` may shrink what is re-sent)."""
+        ``body`` may be a callable, evaluated on every attempt (``before_retry`` may shrink what is re-sent).
+        ``upsert_on``: a Contact External ID field: PATCH upserts on it (docs/reference/salesforce.md §2.5)."""
+        path = f"composite/sobjects/Contact/{upsert_on}" if upsert_on else "composite/sobjects"
 
         def send(sf: Any) -> Any:
-            return sf.restful("composite/sobjects", method=method, json=body() if callable(body) else body)
+            return sf.restful(path, method=method, json=body() if callable(body) else body, headers=headers or {})
 
         return list(self.call("composite", send, idempotent=method == "PATCH", before_retry=before_retry) or [])
 
