@@ -81,6 +81,21 @@ class GraphError(Exception):
         self.headers = headers or {}
 
 
+# §3.3 delta resets, the three codes clients meet: status and message per code. 410 syncStateNotFound and
+# resyncRequired are Graph's documented codes (errors page); 400 SyncStateInvalid is seen in the wild (corso).
+DELTA_RESETS: dict[str, tuple[int, str]] = {
+    "SyncStateNotFound": (410, "The sync state generation is not found. The delta token is expired and data must be "
+                               "synchronized again."),
+    "SyncStateInvalid": (400, "The sync state is invalid. Synchronize again without a token."),
+    "resyncRequired": (410, "The delta token is no longer valid, and the app must reset the sync state."),
+}
+
+
+def delta_reset_error(code: str) -> GraphError:
+    status, message = DELTA_RESETS[code]
+    return GraphError(status, code, message)
+
+
 def not_found(what: str) -> GraphError:
     # §8.3: unknown id → 404 ErrorItemNotFound ([OBSERVED-IN-WILD]).
     return GraphError(404, "ErrorItemNotFound", f"The specified object was not found in the store. ({what})")
@@ -162,6 +177,7 @@ class Store:
         self.tenant_id = tenant_id
         self.mailboxes: dict[str, Mailbox] = {}
         self.tokens: OrderedDict[str, DeltaToken] = OrderedDict()
+        self.dead_tokens: dict[str, str] = {}  # token -> the delta reset code it answers (expire_tokens)
         self._order = itertools.count()
 
     # ---- users ---------------------------------------------------------------------------------------------
@@ -435,15 +451,12 @@ class Store:
         return DeltaToken(rnd, 0, mb.id, folder_id, mb.seq, select)
 
     def token(self, key: str) -> DeltaToken:
+        dead = self.dead_tokens.get(key)
+        if dead is not None:
+            raise delta_reset_error(dead)
         tok = self.tokens.get(key)
         if tok is None:
-            # §3.3: expired/evicted token → 410 SyncStateNotFound.
-            raise GraphError(
-                410,
-                "SyncStateNotFound",
-                "The sync state generation is not found. The delta token is expired and "
-                "data must be synchronized again.",
-            )
+            raise delta_reset_error("SyncStateNotFound")  # §3.3: expired/evicted token
         return tok
 
     def skip_token(self, rnd: DeltaRound, offset: int) -> str:
@@ -452,8 +465,14 @@ class Store:
     def delta_token(self, rnd: DeltaRound) -> str:
         return self._remember(DeltaToken(None, 0, rnd.mailbox_id, rnd.folder_id, rnd.next_since, rnd.select))
 
-    def expire_tokens(self, mailbox_id: str | None = None) -> int:
+    def expire_tokens(self, mailbox_id: str | None = None, code: str = "SyncStateNotFound") -> int:
+        """Every token (of one mailbox or all) answers the delta reset ``code`` from now on (``DELTA_RESETS``)."""
+        if code not in DELTA_RESETS:
+            raise ValueError(f"unknown delta reset code {code!r}")
         doomed = [k for k, t in self.tokens.items() if mailbox_id is None or t.mailbox_id == mailbox_id]
         for k in doomed:
             del self.tokens[k]
+            self.dead_tokens[k] = code
+        while len(self.dead_tokens) > self.MAX_TOKENS:
+            del self.dead_tokens[next(iter(self.dead_tokens))]
         return len(doomed)

@@ -92,6 +92,8 @@ def person(i: int) -> Contact:
         (502, "BadGateway", Transient),
         (504, "GatewayTimeout", Transient),
         (410, "SyncStateNotFound", Transient),
+        (400, "SyncStateInvalid", Transient),
+        (410, "resyncRequired", Transient),
         (424, "FailedDependency", Transient),
         (400, "RequestBodyRead", BadData),
         (400, "ErrorInvalidUrlQueryFilter", BadData),
@@ -426,6 +428,50 @@ def test_delta_follows_empty_pages_and_resyncs_on_410(emu: GraphEmulator) -> Non
         assert again and all(p.full for p in again)  # started over
         assert {r.id for p in again for r in p.records} == ids
         assert emu.counters.count(endpoint="contacts.delta", status=410) == 1
+    finally:
+        side.close()
+
+
+@pytest.mark.parametrize("code", ["SyncStateNotFound", "SyncStateInvalid", "resyncRequired"])
+def test_a_dropped_delta_token_starts_a_fresh_full_round(emu: GraphEmulator, side: GraphContactSide,
+                                                         code: str) -> None:
+    ids = {side.create(MAILBOX, person(i)).id for i in range(3)}
+    checkpoint = list(side.changes(MAILBOX, None))[-1].checkpoint
+    assert checkpoint is not None
+    emu.expire_delta_tokens(MAILBOX, code)
+    for _ in range(2):  # the dead token never fails a pass, the first or the next
+        again = list(side.changes(MAILBOX, checkpoint))
+        assert again and all(p.full for p in again)  # the caller runs a full pass of the mailbox
+        assert {r.id for p in again for r in p.records} == ids and again[-1].checkpoint != checkpoint
+
+
+def test_a_delta_reset_in_the_middle_of_a_full_round_starts_it_again(emu: GraphEmulator) -> None:
+    side = make_side(emu, page_size=2)
+    try:
+        ids = {side.create(MAILBOX, person(i)).id for i in range(5)}
+        pages = side.changes(MAILBOX, None)
+        first = next(pages)
+        emu.expire_delta_tokens(MAILBOX, "SyncStateInvalid")  # the skip token of the next page is gone
+        rest = list(pages)
+        assert first.full and all(p.full for p in rest) and rest[-1].checkpoint
+        assert {r.id for p in rest for r in p.records} == ids  # the fresh round lists everything again
+    finally:
+        side.close()
+
+
+def test_delta_resets_on_every_page_give_up_after_a_few_fresh_rounds(emu: GraphEmulator) -> None:
+    side = make_side(emu, page_size=1)
+    try:
+        for i in range(2):
+            side.create(MAILBOX, person(i))
+        checkpoint = list(side.changes(MAILBOX, None))[-1].checkpoint
+        assert checkpoint is not None
+        emu.faults.delta_reset_rate = 1.0  # every request with a token: no round can finish
+        with pytest.raises(Transient):
+            list(side.changes(MAILBOX, checkpoint))
+        assert emu.counters.count(endpoint="contacts.delta", status=200) == 2 + 3  # bounded: 3 fresh rounds
+        emu.faults.delta_reset_rate = 0.0
+        assert list(side.changes(MAILBOX, checkpoint))[-1].full  # the next pass is fine
     finally:
         side.close()
 

@@ -404,6 +404,46 @@ def test_delta_expired_token_gives_410_sync_state_not_found(emu: GraphEmulator, 
     run(body, emu)
 
 
+@pytest.mark.parametrize(("code", "status"),
+                         [("SyncStateNotFound", 410), ("SyncStateInvalid", 400), ("resyncRequired", 410)])
+def test_delta_resets_answer_each_code_and_410_carries_a_fresh_location(emu: GraphEmulator, folder: str, code: str,
+                                                                         status: int) -> None:
+    # docs/reference/graph.md §3.3: the three codes clients meet; 410 comes with a Location of an empty $deltaToken
+    emu.create_contact(USER, {"surname": "X"}, folder)
+
+    async def body(client: GraphServiceClient) -> None:
+        _, _, link = await _delta_round(client, folder, None)
+        assert emu.expire_delta_tokens(USER, code) >= 1
+        raw = httpx.get(link, headers={"Authorization": "Bearer t"})
+        assert raw.status_code == status and raw.json()["error"]["code"] == code
+        if status == 410:
+            assert raw.headers["Location"].endswith("/delta()?$deltatoken=")
+            again = httpx.get(raw.headers["Location"], headers={"Authorization": "Bearer t"})
+            assert again.status_code == 200 and len(again.json()["value"]) == 1  # the Location starts over
+        else:
+            assert "Location" not in raw.headers
+
+    run(body, emu)
+
+
+def test_delta_reset_rate_cycles_through_the_three_codes(emu: GraphEmulator, folder: str) -> None:
+    emu.create_contact(USER, {"surname": "X"}, folder)
+    emu.faults.delta_reset_rate = 1.0
+    seen = []
+
+    async def body(client: GraphServiceClient) -> None:
+        for _ in range(3):
+            _, _, link = await _delta_round(client, folder, None)  # an initial round carries no token: never reset
+            with pytest.raises(ODataError) as reset:
+                await _delta_round(client, folder, link)
+            seen.append((reset.value.response_status_code, reset.value.error.code))
+
+    run(body, emu)
+    assert seen == [(410, "SyncStateNotFound"), (400, "SyncStateInvalid"), (410, "resyncRequired")]
+    assert emu.faults.snapshot()["injected"] == {"delta.SyncStateNotFound": 1, "delta.SyncStateInvalid": 1,
+                                                 "delta.resyncRequired": 1}
+
+
 # ---- subscriptions and notifications ----------------------------------------------------------------------------
 
 

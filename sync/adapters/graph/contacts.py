@@ -10,7 +10,8 @@ HTTP and retries are ``transport``'s job, ``$batch`` scheduling ``batch``'s. Wha
   not the marker: two workers creating the same person stamp the same marker, and a lookup by marker would hand one
   of them the other's copy. A create without a marker raises ``Transient`` (the engine matches before it creates).
 * ``changes`` returns the ``@odata.deltaLink`` as the checkpoint and starts over with ``full=True`` when Graph
-  dropped the token (410, ``syncStateNotFound``, ``resyncRequired``; §3.3).
+  dropped the token (410, or the code ``syncStateNotFound`` / ``SyncStateInvalid`` / ``resyncRequired`` in any case;
+  §3.3), also in the middle of a round, up to ``MAX_DELTA_RESTARTS`` times a call.
 Logs carry contact ids, statuses and a digest of the mailbox, never names, emails or UPNs.
 Section numbers (§) refer to docs/reference/graph.md.
 """
@@ -55,6 +56,7 @@ CREATE_KEY_PROPERTY_ID = "String {0463b54a-5dcb-4781-9d3f-29b43773c27c} Name Syn
 DEFAULT_BASE_URL = "https://graph.microsoft.com/v1.0"
 DEFAULT_FOLDER_NAME = "Salesforce_Sync"
 LIST_PAGE_SIZE = 500  # §5: $top <= 999 recommended
+MAX_DELTA_RESTARTS = 3  # fresh delta rounds per ``changes`` call after Graph dropped the token (§3.3)
 # Contact properties read everywhere (mapping.py's correspondence plus the version and bookkeeping ones).
 _SELECT_BASE: tuple[str, ...] = (
     "id", "changeKey", "lastModifiedDateTime", "parentFolderId", "displayName", "givenName", "surname",
@@ -465,12 +467,17 @@ class GraphContactSide:
         full = checkpoint is None
         url = checkpoint or self._run(self._delta_start(mailbox))
         prefer = {"Prefer": f"odata.maxpagesize={self._page_size}"}  # re-sent on every page
+        restarts = 0
         while True:  # nextLinks are followed here: the SDK's PageIterator stops on an empty page (§7.5)
             try:
                 resp = self._http.run(self._http.call("GET", url, headers=prefer, mailbox=mailbox))
             except _Failure as failure:
-                if failure.resync and not full:
-                    logger.info("delta token of mailbox %s expired (%s): full resync", _mb(mailbox), failure.status)
+                if failure.resync and restarts < MAX_DELTA_RESTARTS:
+                    # §3.3: the token is gone (also a skip token in the middle of a full round): drop it, start a
+                    # fresh round; the pages say ``full`` so the caller runs a full pass of the mailbox
+                    restarts += 1
+                    logger.info("delta token of mailbox %s dropped by Graph (%s %s): full resync", _mb(mailbox),
+                                failure.status, failure.code)
                     full = True
                     url = self._run(self._delta_start(mailbox))
                     continue
