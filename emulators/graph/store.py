@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .odata import PropertyId, property_id_key
+
 # §1.1 contact properties (CSDL). Value is the default rendered for an unset property (§1.3 canonical JSON).
 STRING_PROPS = [
     "assistantName",
@@ -117,7 +119,7 @@ class Contact:
     created: str
     modified: str
     seq: int
-    ext: dict[str, tuple[str, str]] = field(default_factory=dict)  # casefolded id -> (id as given, value)
+    ext: dict[tuple[str, ...], tuple[str, str]] = field(default_factory=dict)  # property_id_key -> (id, value)
 
     @property
     def etag(self) -> str:
@@ -286,7 +288,7 @@ class Store:
                     if not isinstance(ep, dict) or not isinstance(ep.get("id"), str):
                         raise GraphError(400, "ErrorInvalidExtendedProperty", "Extended property needs an id.")
                     val = ep.get("value")
-                    c.ext[ep["id"].casefold()] = (ep["id"], val if val is None else str(val))
+                    c.ext[property_id_key(ep["id"])] = (ep["id"], val if val is None else str(val))
                 continue
             if key == "multiValueExtendedProperties":
                 continue  # accepted, not modelled
@@ -414,7 +416,7 @@ class Store:
                 )
             full = {k: v for k, v in full.items() if k in ("@odata.etag", "id") or k.lower() in wanted}
         if expand:
-            eps = [{"id": i, "value": v} for i, v in c.ext.values()]
+            eps = [{"id": PropertyId(i), "value": v} for i, v in c.ext.values()]
             full["singleValueExtendedProperties"] = [ep for ep in eps if expand_filter is None or expand_filter(ep)]
         return full
 
@@ -422,7 +424,7 @@ class Store:
     def filter_view(c: Contact) -> dict[str, Any]:
         """The object a $filter sees: properties plus extended properties."""
         view = Store.render_contact(c)
-        view["singleValueExtendedProperties"] = [{"id": i, "value": v} for i, v in c.ext.values()]
+        view["singleValueExtendedProperties"] = [{"id": PropertyId(i), "value": v} for i, v in c.ext.values()]
         return view
 
     # ---- delta (§3) ----------------------------------------------------------------------------------------

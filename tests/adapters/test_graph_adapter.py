@@ -33,6 +33,7 @@ from sync.adapters.graph import (
     credential_from_settings,
     parse_retry_after,
 )
+from sync.adapters.graph.contacts import same_property
 from sync.adapters.graph.credentials import _federated_assertion
 from sync.adapters.graph.transport import _map_error
 from sync.errors import (
@@ -45,7 +46,7 @@ from sync.errors import (
     Throttled,
     Transient,
 )
-from sync.model import Contact
+from sync.model import Contact, case_safe_id
 from sync.ports import CreateRequest, SideRecord, UpdateRequest
 from tests.contract.graph_harness import MAILBOX, OTHER, make_side
 
@@ -586,6 +587,38 @@ def test_subscription_create_renew_recreate(emu: GraphEmulator, side: GraphConta
     subs.delete(fresh.record.id)
     subs.delete(fresh.record.id)  # already gone is fine
     assert emu.list_subscriptions() == []
+
+
+def test_markers_hold_case_safe_ids_so_ids_differing_only_in_case_are_told_apart(emu: GraphEmulator,
+                                                                                 side: GraphContactSide) -> None:
+    # Graph compares extended property values case-insensitively (docs/reference/graph.md §1.7); Salesforce's
+    # 15-character ids are case-sensitive, their 18-character forms are not (docs/reference/salesforce.md §1.1).
+    lower, upper = "003000000000abc", "003000000000ABC"
+    assert case_safe_id(lower) == "003000000000abcAAA" and case_safe_id(upper) == "003000000000ABCAA2"
+    a = side.create(MAILBOX, person(1), marker=lower)
+    (b,) = side.create_many(MAILBOX, [CreateRequest(contact=person(2), marker=upper)])
+    assert isinstance(b, SideRecord)
+    assert (a.marker, b.marker) == (case_safe_id(lower), case_safe_id(upper))
+    stored = {c["id"]: c["singleValueExtendedProperties"][0]["value"] for c in folder_contacts(emu)}
+    assert stored == {a.id: "003000000000abcAAA", b.id: "003000000000ABCAA2"}
+    for marker, want in ((lower, a.id), (upper, b.id), (case_safe_id(lower), a.id), (case_safe_id(upper), b.id)):
+        found = side.find_by_marker(MAILBOX, marker)
+        assert found is not None and found.id == want
+    # a legacy 15-character marker written by hand reads back case-safe
+    emu.update_contact(MAILBOX, a.id, {"singleValueExtendedProperties": [{"id": MARKER_PROPERTY_ID, "value": lower}]})
+    got = side.get(MAILBOX, a.id)
+    assert got is not None and got.marker == case_safe_id(lower)
+
+
+def test_the_marker_property_name_is_matched_case_sensitively(emu: GraphEmulator, side: GraphContactSide) -> None:
+    rec = side.create(MAILBOX, person(1))
+    other_name = MARKER_PROPERTY_ID.replace("Name SalesforceId", "Name salesforceid")
+    emu.update_contact(MAILBOX, rec.id, {"singleValueExtendedProperties": [{"id": other_name, "value": "003X"}]})
+    got = side.get(MAILBOX, rec.id)
+    assert got is not None and got.marker is None  # another property, not our marker
+    assert side.find_by_marker(MAILBOX, "003X") is None
+    assert same_property(MARKER_PROPERTY_ID.upper().replace("SALESFORCEID", "SalesforceId"), MARKER_PROPERTY_ID)
+    assert not same_property(other_name, MARKER_PROPERTY_ID)
 
 
 def test_marker_property_id_is_in_the_string_namespace_with_a_fixed_guid() -> None:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -302,6 +302,35 @@ def test_extended_properties_expand_and_filters(emu: GraphEmulator, folder: str)
         assert [c.id for c in (await coll.get(request_configuration=q(flt))).value] == []
 
     run(body, emu)
+
+
+def test_extended_property_name_is_case_sensitive_and_the_value_is_not(emu: GraphEmulator, folder: str) -> None:
+    # singlevaluelegacyextendedproperty-get: "Filtering the string name (Name) in the id of an extended property is
+    # case-sensitive. Filtering the value property of an extended property is case-insensitive."
+    lower_name = MARKER.replace("Name SalesforceId", "Name salesforceid")
+    upper_guid = MARKER.replace("66f5a359", "66F5A359").replace("String", "STRING")
+    a = emu.create_contact(USER, {"surname": "A", "singleValueExtendedProperties": [
+        {"id": MARKER, "value": "003000000000abc"}, {"id": lower_name, "value": "other"}]}, folder)["id"]
+    b = emu.create_contact(USER, {"surname": "B", "singleValueExtendedProperties": [
+        {"id": MARKER, "value": "003000000000ABC"}]}, folder)["id"]
+
+    def ids(prop: str, value: str) -> set[str]:
+        flt = f"singleValueExtendedProperties/any(ep: ep/id eq {odata_str(prop)} and ep/value eq {odata_str(value)})"
+        raw = httpx.get(f"{emu.base_url}/users/{USER}/contactFolders/{folder}/contacts?$filter={quote(flt)}",
+                        headers={"Authorization": "Bearer t"})
+        assert raw.status_code == 200
+        return {c["id"] for c in raw.json()["value"]}
+
+    assert ids(MARKER, "003000000000abc") == {a, b}  # values differing only in case are the same to the filter
+    assert ids(upper_guid, "003000000000ABC") == {a, b}  # type and GUID are not case-sensitive
+    assert ids(lower_name, "other") == {a} and ids(lower_name, "003000000000abc") == set()  # another property
+    # two properties whose names differ only in case are two properties on one contact
+    stored = emu.get_contact(USER, a)
+    assert stored is not None and len(stored["singleValueExtendedProperties"]) == 2
+    # 18-character (case-safe) ids tell the two apart (docs/reference/salesforce.md §1.1)
+    emu.update_contact(USER, a, {"singleValueExtendedProperties": [{"id": MARKER, "value": "003000000000abcAAA"}]})
+    emu.update_contact(USER, b, {"singleValueExtendedProperties": [{"id": MARKER, "value": "003000000000ABCAA2"}]})
+    assert ids(MARKER, "003000000000abcAAA") == {a} and ids(MARKER, "003000000000ABCAA2") == {b}
 
 
 def test_list_paging_with_maxpagesize_and_top(emu: GraphEmulator, folder: str) -> None:

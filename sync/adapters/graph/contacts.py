@@ -40,7 +40,7 @@ from sync.adapters.graph.transport import (
 )
 from sync.errors import AuthFailed, NotFound, SyncError
 from sync.mapping import contact_to_graph, graph_to_contact
-from sync.model import STANDARD_FIELDS, Contact, Side
+from sync.model import STANDARD_FIELDS, Contact, Side, case_safe_id
 from sync.policy import FieldMap
 from sync.ports import ChangePage, CreateRequest, SideRecord, UpdateRequest
 
@@ -67,6 +67,16 @@ _SELECT_BASE: tuple[str, ...] = (
 _NEEDS_CURRENT = frozenset({
     "email", "email_2", "email_3", "business_phone", "home_phone", "street", "city", "state", "postal_code", "country",
 })
+
+
+def same_property(a: str, b: str) -> bool:
+    """Whether two extended property ids name one property: ``"<Type> {<GUID>} Name <name>"`` with the type and the
+    GUID compared case-insensitively and the name exactly (§1.7: "Filtering the string name (Name) ... is
+    case-sensitive")."""
+    pa, pb = a.split(maxsplit=3), b.split(maxsplit=3)
+    if len(pa) != 4 or len(pb) != 4 or pa[2].casefold() != "name":
+        return a.casefold() == b.casefold()
+    return [p.casefold() for p in pa[:3]] == [p.casefold() for p in pb[:3]] and pa[3] == pb[3]
 
 
 class GraphContactSide:
@@ -149,7 +159,7 @@ class GraphContactSide:
             etag = str(doc.get("@odata.etag") or "")
             version = etag[3:-1] if etag.startswith('W/"') else etag or None
         for prop in doc.get("singleValueExtendedProperties") or []:
-            if isinstance(prop, Mapping) and str(prop.get("id", "")).casefold() == self._marker_id.casefold():
+            if isinstance(prop, Mapping) and same_property(str(prop.get("id", "")), self._marker_id):
                 marker = prop.get("value")
         modified = None
         if doc.get("lastModifiedDateTime"):
@@ -161,7 +171,7 @@ class GraphContactSide:
             modified = modified.replace(tzinfo=UTC)
         return SideRecord(
             side=Side.M365, id=str(doc["id"]), contact=graph_to_contact(doc, self._field_map), version=version,
-            owner=mailbox, modified_at=modified, marker=marker,
+            owner=mailbox, modified_at=modified, marker=case_safe_id(marker) if marker else marker,
         )
 
     # --- folder and user --------------------------------------------------------------------------------------
@@ -245,7 +255,8 @@ class GraphContactSide:
                 yield self._record(mailbox, doc)
 
     async def _by_marker(self, mailbox: str, marker: str) -> dict[str, Any] | None:
-        return await self._by_property(mailbox, self._marker_id, marker)
+        # Graph compares the value case-insensitively (§1.7): only the 18-character id tells two Salesforce ids apart
+        return await self._by_property(mailbox, self._marker_id, case_safe_id(marker))
 
     async def _by_property(self, mailbox: str, property_id: str, value: str) -> dict[str, Any] | None:
         """The first contact of the folder whose extended property ``property_id`` holds ``value``."""
@@ -273,7 +284,7 @@ class GraphContactSide:
             logger.info("create: %d value(s) did not fit Outlook and were cut", len(truncations))
         body = {k: v for k, v in body.items() if v is not None}
         if marker is not None:
-            body["singleValueExtendedProperties"] = [{"id": self._marker_id, "value": marker}]
+            body["singleValueExtendedProperties"] = [{"id": self._marker_id, "value": case_safe_id(marker)}]
             if key is not None:
                 body["singleValueExtendedProperties"].append({"id": CREATE_KEY_PROPERTY_ID, "value": key})
         return body
@@ -285,7 +296,7 @@ class GraphContactSide:
         if truncations:
             logger.info("update: %d value(s) did not fit Outlook and were cut", len(truncations))
         if marker is not None:
-            body["singleValueExtendedProperties"] = [{"id": self._marker_id, "value": marker}]
+            body["singleValueExtendedProperties"] = [{"id": self._marker_id, "value": case_safe_id(marker)}]
         return body
 
     @staticmethod
