@@ -78,6 +78,9 @@ class Faults:
     # Delta resets (§3.3): the probability that a request with a skip or delta token finds every token of the mailbox
     # gone, answered with the next of 410 SyncStateNotFound, 400 SyncStateInvalid, 410 resyncRequired in turn.
     delta_reset_rate: float = 0.0
+    # If-Match on contacts is undocumented (§1.5): True ignores it on PATCH and DELETE (last write wins), as Exchange
+    # may; the client must guard its writes another way.
+    ignore_if_match: bool = False
     rules: list[FaultRule] = field(default_factory=list)
     # Faults injected so far by kind: "429", "503", "reset.before", "reset.after", "notification.dropped",
     # "notification.duplicated", "notification.reordered" (counted rules are in ``Counters.statuses``).

@@ -598,16 +598,20 @@ class GraphEmulator:
                 resp = Response(200, {"@odata.context": f"{ctx}/contacts/$entity", **self._render(c, req)})
             elif endpoint == "contact.update":
                 c, events = self.store.update_contact(
-                    mb, p["contact"], req.json(), p.get("folder"), req.headers.get("if-match")
+                    mb, p["contact"], req.json(), p.get("folder"), self._if_match(req)
                 )
                 resp = Response(200, {"@odata.context": f"{ctx}/contacts/$entity", **self._render(c, req)})
             elif endpoint in ("contact.delete", "contact.permanentDelete"):
-                events = self.store.delete_contact(mb, p["contact"], p.get("folder"), req.headers.get("if-match"))
+                events = self.store.delete_contact(mb, p["contact"], p.get("folder"), self._if_match(req))
                 resp = Response(204)
             else:  # pragma: no cover - route() only yields known endpoints
                 raise GraphError(400, "BadRequest", "Unsupported endpoint.")
         self._notify(events)
         return resp
+
+    def _if_match(self, req: Request) -> str | None:
+        """§1.5: If-Match on contacts is undocumented; ``faults.ignore_if_match`` ignores it, as Exchange may."""
+        return None if self.faults.ignore_if_match else req.headers.get("if-match")
 
     @staticmethod
     def _render(c: Contact, req: Request) -> dict[str, Any]:

@@ -259,9 +259,12 @@ class Store:
 
     # ---- contacts ------------------------------------------------------------------------------------------
     def contact(self, mb: Mailbox, contact_id: str, folder_id: str | None = None) -> Contact:
+        # Item ids are mailbox-wide (§1.8): a folder-scoped item path finds the item in any folder (the folder must
+        # exist); the answer's parentFolderId says where it is. GET, PATCH and DELETE alike.
+        if folder_id is not None:
+            self.folder(mb, folder_id)
         c = mb.contacts.get(contact_id)
-        # A folder-scoped item path only finds items in that folder (guess, see fidelity doc).
-        if c is None or (folder_id is not None and c.folder_id != folder_id):
+        if c is None:
             raise not_found("contact")
         return c
 

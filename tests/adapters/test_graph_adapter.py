@@ -36,6 +36,7 @@ from sync.adapters.graph import (
 from sync.adapters.graph.contacts import same_property
 from sync.adapters.graph.credentials import _federated_assertion
 from sync.adapters.graph.transport import _map_error
+from sync.engine import Engine
 from sync.errors import (
     AlreadyExists,
     AuthFailed,
@@ -46,9 +47,11 @@ from sync.errors import (
     Throttled,
     Transient,
 )
-from sync.model import Contact, case_safe_id
-from sync.ports import CreateRequest, SideRecord, UpdateRequest
+from sync.model import Contact, Side, case_safe_id
+from sync.policy import Policy
+from sync.ports import ContactChange, CreateRequest, SideRecord, UpdateRequest
 from tests.contract.graph_harness import MAILBOX, OTHER, make_side
+from tests.fakes import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
 
 
 @pytest.fixture
@@ -409,6 +412,69 @@ def test_thousand_contacts_take_about_fifty_batches(emu: GraphEmulator, side: Gr
     print(f"\n1,000 creates: {batches} $batch calls, {emu.counters.count(endpoint='contacts.create')} items")
     assert batches <= 55
     assert len(folder_contacts(emu)) == 1000
+
+
+# ---- writes stay in the sync folder ----------------------------------------------------------------------------------
+
+
+def test_a_contact_moved_out_of_the_folder_is_gone_and_never_written(emu: GraphEmulator,
+                                                                     side: GraphContactSide) -> None:
+    # ids are mailbox-wide (docs/reference/graph.md §1.8): the folder path still finds the moved contact
+    rec = side.create(MAILBOX, person(1), marker="003000000000001")
+    moved = emu.move_contact(MAILBOX, rec.id)  # the rep drags it to the default Contacts folder
+    emu.counters.reset()
+    assert side.get(MAILBOX, rec.id) is None  # it left the folder: the Outlook removal rule applies
+    scalar = frozenset({"job_title"})
+    with pytest.raises(NotFound):
+        side.update(MAILBOX, rec.id, Contact(first_name="P1", job_title="X"), fields=scalar, if_match=None)
+    with pytest.raises(NotFound):
+        side.update(MAILBOX, rec.id, Contact(first_name="P1"), fields=frozenset(), if_match=None, marker="")
+    (err,) = side.update_many(MAILBOX, [UpdateRequest(item_id=rec.id, contact=Contact(job_title="X"), fields=scalar)])
+    assert isinstance(err, NotFound)
+    with pytest.raises(NotFound):
+        side.delete(MAILBOX, rec.id, if_match=None)
+    assert emu.counters.count(endpoint="contact.update") == emu.counters.count(endpoint="contact.delete") == 0
+    after = emu.get_contact(MAILBOX, rec.id)
+    assert after is not None and after["changeKey"] == moved["changeKey"]  # never written again
+
+
+def test_with_if_match_ignored_the_guard_read_still_refuses_a_stale_write(emu: GraphEmulator,
+                                                                          side: GraphContactSide) -> None:
+    emu.faults.ignore_if_match = True  # as Exchange may (§1.5)
+    rec = side.create(MAILBOX, person(1))
+    emu.update_contact(MAILBOX, rec.id, {"jobTitle": "Rep's edit"})  # lands after our read
+    with pytest.raises(PreconditionFailed):
+        side.update(MAILBOX, rec.id, Contact(first_name="P1", job_title="Ours"), fields=frozenset({"job_title"}),
+                    if_match=rec.version)
+    (err,) = side.update_many(MAILBOX, [UpdateRequest(item_id=rec.id, contact=Contact(job_title="Ours"),
+                                                      fields=frozenset({"job_title"}), if_match=rec.version)])
+    assert isinstance(err, PreconditionFailed)
+    with pytest.raises(PreconditionFailed):
+        side.delete(MAILBOX, rec.id, if_match=rec.version)
+    now = emu.get_contact(MAILBOX, rec.id)
+    assert now is not None and now["jobTitle"] == "Rep's edit"
+
+
+def test_the_engine_never_writes_a_linked_contact_moved_to_the_default_folder(emu: GraphEmulator,
+                                                                               side: GraphContactSide) -> None:
+    clock = LogicalClock()
+    sf = MemorySide(Side.SALESFORCE, clock=clock)
+    links, audit = MemoryLinkStore(), MemoryAudit()
+    engine = Engine(side, sf, links, audit, MemoryQueue(), Policy(), [MAILBOX], clock=clock)
+    sf_id = sf.user_create(MAILBOX, Contact(first_name="Ada", last_name="Moved", emails=["ada@example.com"]))
+    list(engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id)))
+    (copy,) = folder_contacts(emu)
+    moved = emu.move_contact(MAILBOX, copy["id"])
+    list(engine.sync_contact(ContactChange(source=Side.M365, item_id=copy["id"], mailbox=MAILBOX)))
+    for values in ({"job_title": "CTO"}, {"city": "Oslo"}):
+        sf.user_edit(sf_id, values)
+        list(engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id)))
+    sf.user_delete(sf_id)
+    list(engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id)))
+    after = emu.get_contact(MAILBOX, copy["id"])
+    assert after is not None and after["changeKey"] == moved["changeKey"]  # never written, never deleted
+    assert folder_contacts(emu) == []  # and not copied back into the folder either
+    assert any("deleted in Outlook" in e.reason for e in audit.entries)  # the removal rule, audited
 
 
 # ---- delta ---------------------------------------------------------------------------------------------------------

@@ -333,6 +333,30 @@ def test_extended_property_name_is_case_sensitive_and_the_value_is_not(emu: Grap
     assert ids(MARKER, "003000000000abcAAA") == {a} and ids(MARKER, "003000000000ABCAA2") == {b}
 
 
+def test_item_ids_are_mailbox_wide_a_moved_contact_answers_through_the_old_folder(emu: GraphEmulator,
+                                                                                    folder: str) -> None:
+    # docs/reference/graph.md §1.8: Exchange resolves an item id in the whole mailbox; parentFolderId tells where
+    cid = emu.create_contact(USER, {"surname": "Mover"}, folder)["id"]
+    emu.move_contact(USER, cid)  # to the default Contacts folder
+    url = f"{emu.base_url}/users/{USER}/contactFolders/{folder}/contacts/{cid}"
+    auth = {"Authorization": "Bearer t"}
+    got = httpx.get(url, headers=auth)
+    assert got.status_code == 200 and got.json()["parentFolderId"] == emu.default_folder_id(USER)
+    patched = httpx.patch(url, json={"jobTitle": "Written"}, headers=auth)  # a PATCH lands there too
+    assert patched.status_code == 200 and patched.json()["parentFolderId"] == emu.default_folder_id(USER)
+    assert httpx.get(f"{emu.base_url}/users/{USER}/contactFolders/nope/contacts/{cid}", headers=auth).status_code == 404
+
+
+def test_ignore_if_match_switch_lets_a_stale_write_through(emu: GraphEmulator, folder: str) -> None:
+    cid = emu.create_contact(USER, {"surname": "Raced"}, folder)["id"]
+    stale = {"Authorization": "Bearer t", "If-Match": 'W/"stale"'}
+    url = f"{emu.base_url}/users/{USER}/contactFolders/{folder}/contacts/{cid}"
+    assert httpx.patch(url, json={"jobTitle": "A"}, headers=stale).status_code == 412  # §1.5 by default
+    emu.faults.ignore_if_match = True  # as Exchange may (If-Match on contacts is undocumented)
+    assert httpx.patch(url, json={"jobTitle": "B"}, headers=stale).status_code == 200
+    assert httpx.delete(url, headers=stale).status_code == 204
+
+
 def test_list_paging_with_maxpagesize_and_top(emu: GraphEmulator, folder: str) -> None:
     for i in range(7):
         emu.create_contact(USER, {"surname": f"S{i}"}, folder)

@@ -9,6 +9,10 @@ HTTP and retries are ``transport``'s job, ``$batch`` scheduling ``batch``'s. Wha
   a fresh create key (``CREATE_KEY_PROPERTY_ID``), looks it up and re-sends only when nothing was created. The key,
   not the marker: two workers creating the same person stamp the same marker, and a lookup by marker would hand one
   of them the other's copy. A create without a marker raises ``Transient`` (the engine matches before it creates).
+* Item ids are mailbox-wide (§1.8): the folder path finds a contact the rep moved elsewhere. A read of one that is
+  not in the sync folder (``parentFolderId``) is None, and every PATCH and DELETE is guarded by a read just before
+  it (in the folder, at the ``changeKey`` decided on; If-Match is sent too but is undocumented for contacts, §1.5),
+  and the PATCH answer's folder is checked again.
 * ``changes`` returns the ``@odata.deltaLink`` as the checkpoint and starts over with ``full=True`` when Graph
   dropped the token (410, or the code ``syncStateNotFound`` / ``SyncStateInvalid`` / ``resyncRequired`` in any case;
   §3.3), also in the middle of a round, up to ``MAX_DELTA_RESTARTS`` times a call.
@@ -63,10 +67,22 @@ _SELECT_BASE: tuple[str, ...] = (
     "emailAddresses", "businessPhones", "homePhones", "mobilePhone", "companyName", "jobTitle", "department",
     "personalNotes", "businessAddress",
 )
-# Field keys whose Graph body depends on the current resource (collections and the address keep what we don't sync).
-_NEEDS_CURRENT = frozenset({
-    "email", "email_2", "email_3", "business_phone", "home_phone", "street", "city", "state", "postal_code", "country",
-})
+
+
+def _in_folder(doc: Mapping[str, Any], folder: str) -> bool:
+    """Whether a contact read or written through the folder's path is in that folder (ids are mailbox-wide, §1.8)."""
+    parent = doc.get("parentFolderId")
+    return parent is None or parent == folder
+
+
+def _check_landed(mailbox: str, folder: str, doc: Mapping[str, Any], *, raise_: bool = True) -> None:
+    """A PATCH answer whose contact is not in the folder: the rep moved it between our guard read and our write."""
+    if _in_folder(doc, folder):
+        return
+    logger.warning("contact %s of mailbox %s was moved out of the sync folder while we wrote it", doc.get("id"),
+                   _mb(mailbox))
+    if raise_:
+        raise _Failure(404, "ErrorItemNotFound")
 
 
 def same_property(a: str, b: str) -> bool:
@@ -199,9 +215,13 @@ class GraphContactSide:
             )
         except _Failure as failure:
             if isinstance(failure.error(), NotFound):
-                return None  # deleted, never existed, or moved out of the sync folder
+                return None  # deleted or never existed
             raise
         doc: dict[str, Any] = resp.body
+        if not _in_folder(doc, folder):
+            # ids are mailbox-wide (§1.8): a contact moved to another folder still answers here; it left the folder
+            logger.info("contact %s left the sync folder of mailbox %s", item_id, _mb(mailbox))
+            return None
         return doc
 
     async def _get(self, mailbox: str, item_id: str) -> SideRecord | None:
@@ -355,22 +375,20 @@ class GraphContactSide:
         marker: str | None,
     ) -> SideRecord:
         folder = await self._folders.find_or_create(mailbox)
-        current: Mapping[str, Any] = {"id": item_id}  # scalar-only PATCH: the body does not depend on the resource
-        if fields & _NEEDS_CURRENT or not fields:
-            doc = await self._get_doc(mailbox, item_id)
-            if doc is None:
-                raise _Failure(404, "ErrorItemNotFound")
-            if if_match and doc.get("changeKey") != if_match:
-                raise _Failure(412, "ErrorIrresolvableConflict")
-            if not fields and marker is None:
-                return self._record(mailbox, doc)
-            current = doc
+        current = await self._get_doc(mailbox, item_id)  # the write guard: in the folder, at our version
+        if current is None:
+            raise _Failure(404, "ErrorItemNotFound")
+        if if_match and current.get("changeKey") != if_match:
+            raise _Failure(412, "ErrorIrresolvableConflict")
+        if not fields and marker is None:
+            return self._record(mailbox, current)
         body = self._patch_body(contact, fields, current, marker)
         resp = await self._http.call(
             "PATCH", self._contact_path(mailbox, folder, item_id), body=body, headers=self._if_match(if_match),
             mailbox=mailbox,
         )
-        if marker is None and "changeKey" in current:  # a full resource was read: it knows the marker
+        _check_landed(mailbox, folder, resp.body)
+        if marker is None:  # the resource read knows the marker (a PATCH answer carries none)
             marker = self._record(mailbox, current).marker
         return self._record(mailbox, resp.body, marker)
 
@@ -380,6 +398,11 @@ class GraphContactSide:
 
     async def _delete(self, mailbox: str, item_id: str, if_match: str | None) -> None:
         folder = await self._folders.find_or_create(mailbox)
+        current = await self._get_doc(mailbox, item_id)  # the write guard: never a contact outside the folder
+        if current is None:
+            raise _Failure(404, "ErrorItemNotFound")
+        if if_match and current.get("changeKey") != if_match:
+            raise _Failure(412, "ErrorIrresolvableConflict")
         path = self._contact_path(mailbox, folder, item_id)
         attempt = 0
         while True:
@@ -429,20 +452,20 @@ class GraphContactSide:
     async def _update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]:
         folder = await self._folders.find_or_create(mailbox)
         out: list[SideRecord | SyncError | None] = [None] * len(items)
-        # Phase 1: read the current resource where the PATCH body depends on it (collections, the address).
+        # Phase 1: the write guard (in the folder, at our version; the PATCH body of collections and the address
+        # depends on the current resource too).
         reads = {
             n: _Op("GET", self._contact_path(mailbox, folder, i.item_id) + self._read_query())
             for n, i in enumerate(items)
-            if i.fields & _NEEDS_CURRENT or not i.fields
         }
         await self._batches.run(mailbox, list(reads.values()))
         currents: dict[int, Mapping[str, Any]] = {}
         for n, item in enumerate(items):
-            op = reads.get(n)
-            if op is None:
-                currents[n] = {"id": item.item_id}
-            elif not isinstance(op.result, _Response):
+            op = reads[n]
+            if not isinstance(op.result, _Response):
                 out[n] = item_error(op.result, item.item_id)
+            elif not _in_folder(op.result.body, folder):
+                out[n] = _map_error(404, "ErrorItemNotFound", item_id=item.item_id)
             elif item.if_match and op.result.body.get("changeKey") != item.if_match:
                 out[n] = _map_error(412, "ErrorIrresolvableConflict", item_id=item.item_id)
             elif not item.fields and item.marker is None:
@@ -461,11 +484,11 @@ class GraphContactSide:
         await self._batches.run(mailbox, list(patches.values()))
         for n, op in patches.items():
             item = items[n]
-            if isinstance(op.result, _Response):
-                current = currents[n]
-                known = item.marker if item.marker is not None else (
-                    self._record(mailbox, current).marker if "changeKey" in current else None
-                )
+            if isinstance(op.result, _Response) and not _in_folder(op.result.body, folder):
+                _check_landed(mailbox, folder, op.result.body, raise_=False)
+                out[n] = _map_error(404, "ErrorItemNotFound", item_id=item.item_id)
+            elif isinstance(op.result, _Response):
+                known = item.marker if item.marker is not None else self._record(mailbox, currents[n]).marker
                 out[n] = self._record(mailbox, op.result.body, known)
             else:
                 out[n] = item_error(op.result, item.item_id)
