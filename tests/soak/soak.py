@@ -19,6 +19,8 @@ notifications and CDC events; and at fixed points of the run:
                  with SIGKILL while it writes (a worker dying mid-batch); its messages come back after the lease
                  (``--message-lease``), a new host takes over
     overflow     a CDC ``GAP_OVERFLOW`` event (docs/reference/salesforce.md §4.3)
+With ``strict_graph`` (``--strict-graph``) the Graph emulator also ignores If-Match on contacts and drops delta tokens
+at random (``delta_reset_rate``; docs/emulator-fidelity-graph.md).
 Then faults stop, the queues drain, ``POST /api/reconcile`` (full) runs until a pass applies nothing (at most
 ``max_final_passes``), and the check reads both emulators, the audit table and the poison queues:
     agreement       every pair (a folder contact and a live Salesforce contact of that rep, joined by the marker on
@@ -113,6 +115,10 @@ class Profile:
     event_drop_rate: float = 0.20
     event_duplicate_rate: float = 0.10
     event_reorder_rate: float = 0.10
+    # the strict Graph switches (docs/emulator-fidelity-graph.md): If-Match ignored on contacts, delta tokens dropped
+    # at random (410 SyncStateNotFound, 400 SyncStateInvalid, 410 resyncRequired in turn)
+    strict_graph: bool = False
+    delta_reset_rate: float = 0.05
     at: tuple[tuple[str, float], ...] = (("missed", 0.15), ("links-loss", 0.30), ("kill", 0.50), ("overflow", 0.70))
     skip: frozenset[str] = frozenset()  # events (EVENTS) left out, e.g. to tell which one a failure needs
     message_lease_s: float = 8.0  # the killed host's messages reappear after this
@@ -145,6 +151,7 @@ class Report:
     failed_actions: Counter[str] = field(default_factory=Counter)  # the target vanished under the user
     faults: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
+    guards: Counter[str] = field(default_factory=Counter)  # Graph writes refused by the adapter's guard read
     events: list[str] = field(default_factory=list)
     event_times: list[tuple[datetime, str]] = field(default_factory=list)  # events and links rebuilds, for timelines
     invocations: Counter[str] = field(default_factory=Counter)  # successful runs of the main functions
@@ -171,6 +178,8 @@ class Report:
             f"  events            {'; '.join(self.events) or 'none'}",
             f"  function runs     {counts(self.invocations)}",
             f"  retries           {counts(self.retries)}",
+            f"  strict Graph      {'on' if self.profile.strict_graph else 'off'}; guard reads refused: "
+            f"{counts(self.guards)}",
             f"  conflicts         {self.conflicts} (audit: {counts(self.audit)})",
             f"  poisoned messages {sum(self.poisoned.values())}: {counts(self.poisoned)}",
             f"  final state       {counts(self.final)}",
@@ -396,6 +405,8 @@ class Soak:
         if "graph" in parts:
             for key in ("retries", "throttled"):
                 self.report.retries[f"graph adapter {key}"] += int(parts["graph"].stats.get(key, 0))
+            for key in ("guard: changed since read", "guard: not in the folder"):  # writes the guard read refused
+                self.report.guards[key] += int(parts["graph"].stats.get(key, 0))
         if "salesforce" in parts:
             self.report.retries["salesforce adapter retries"] += int(parts["salesforce"].retries)
 
@@ -436,6 +447,8 @@ class Soak:
         g.notification_drop_rate = p.notification_drop_rate
         g.notification_duplicate_rate = p.notification_duplicate_rate
         g.notification_reorder = True
+        if p.strict_graph:
+            g.ignore_if_match, g.delta_reset_rate = True, p.delta_reset_rate
         with self.sf.org.lock:
             f.limit_rate, f.unavailable_rate, f.reset_rate = p.throttle_rate, p.unavailable_rate, p.reset_rate
             f.event_drop_rate, f.event_duplicate_rate = p.event_drop_rate, p.event_duplicate_rate
@@ -446,7 +459,7 @@ class Soak:
         g.throttle_rate = g.unavailable_rate = g.reset_rate = 0.0
         g.notification_drop_rate = g.notification_duplicate_rate = 0.0
         g.notification_reorder = False
-        g.delay_s = 0.0
+        g.delay_s = g.delta_reset_rate = 0.0  # ignore_if_match stays: it is how that Graph behaves, not a fault
         with self.sf.org.lock:
             f.limit_rate = f.unavailable_rate = f.reset_rate = 0.0
             f.event_drop_rate = f.event_duplicate_rate = f.event_reorder_rate = 0.0

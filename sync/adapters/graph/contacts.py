@@ -220,6 +220,7 @@ class GraphContactSide:
         doc: dict[str, Any] = resp.body
         if not _in_folder(doc, folder):
             # ids are mailbox-wide (§1.8): a contact moved to another folder still answers here; it left the folder
+            self.stats["guard: not in the folder"] += 1
             logger.info("contact %s left the sync folder of mailbox %s", item_id, _mb(mailbox))
             return None
         return doc
@@ -319,6 +320,15 @@ class GraphContactSide:
             body["singleValueExtendedProperties"] = [{"id": self._marker_id, "value": case_safe_id(marker)}]
         return body
 
+    def _guard(self, current: dict[str, Any] | None, if_match: str | None) -> dict[str, Any]:
+        """The read before a write: gone or out of the folder → 404, another ``changeKey`` → 412 (counted)."""
+        if current is None:
+            raise _Failure(404, "ErrorItemNotFound")
+        if if_match and current.get("changeKey") != if_match:
+            self.stats["guard: changed since read"] += 1
+            raise _Failure(412, "ErrorIrresolvableConflict")
+        return current
+
     @staticmethod
     def _if_match(version: str | None) -> dict[str, str]:
         return {"If-Match": f'W/"{version}"'} if version else {}
@@ -375,11 +385,7 @@ class GraphContactSide:
         marker: str | None,
     ) -> SideRecord:
         folder = await self._folders.find_or_create(mailbox)
-        current = await self._get_doc(mailbox, item_id)  # the write guard: in the folder, at our version
-        if current is None:
-            raise _Failure(404, "ErrorItemNotFound")
-        if if_match and current.get("changeKey") != if_match:
-            raise _Failure(412, "ErrorIrresolvableConflict")
+        current = self._guard(await self._get_doc(mailbox, item_id), if_match)  # in the folder, at our version
         if not fields and marker is None:
             return self._record(mailbox, current)
         body = self._patch_body(contact, fields, current, marker)
@@ -398,11 +404,7 @@ class GraphContactSide:
 
     async def _delete(self, mailbox: str, item_id: str, if_match: str | None) -> None:
         folder = await self._folders.find_or_create(mailbox)
-        current = await self._get_doc(mailbox, item_id)  # the write guard: never a contact outside the folder
-        if current is None:
-            raise _Failure(404, "ErrorItemNotFound")
-        if if_match and current.get("changeKey") != if_match:
-            raise _Failure(412, "ErrorIrresolvableConflict")
+        self._guard(await self._get_doc(mailbox, item_id), if_match)  # never a contact outside the folder
         path = self._contact_path(mailbox, folder, item_id)
         attempt = 0
         while True:
@@ -465,8 +467,10 @@ class GraphContactSide:
             if not isinstance(op.result, _Response):
                 out[n] = item_error(op.result, item.item_id)
             elif not _in_folder(op.result.body, folder):
+                self.stats["guard: not in the folder"] += 1
                 out[n] = _map_error(404, "ErrorItemNotFound", item_id=item.item_id)
             elif item.if_match and op.result.body.get("changeKey") != item.if_match:
+                self.stats["guard: changed since read"] += 1
                 out[n] = _map_error(412, "ErrorIrresolvableConflict", item_id=item.item_id)
             elif not item.fields and item.marker is None:
                 out[n] = self._record(mailbox, op.result.body)
