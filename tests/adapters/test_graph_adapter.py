@@ -33,8 +33,8 @@ from sync.adapters.graph import (
     credential_from_settings,
     parse_retry_after,
 )
-from sync.adapters.graph.contacts import same_property
 from sync.adapters.graph.credentials import _federated_assertion
+from sync.adapters.graph.items import same_property
 from sync.adapters.graph.transport import _map_error
 from sync.engine import Engine
 from sync.errors import (

@@ -26,12 +26,12 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 from sync.adapters.graph.batch import _Batches, _Op, item_error
 from sync.adapters.graph.folders import _Folders
+from sync.adapters.graph.items import check_landed, in_folder, marker_of, modified_at
 from sync.adapters.graph.transport import (
     _Failure,
     _GraphHttp,
@@ -68,31 +68,6 @@ _SELECT_BASE: tuple[str, ...] = (
     "personalNotes", "businessAddress",
 )
 
-
-def _in_folder(doc: Mapping[str, Any], folder: str) -> bool:
-    """Whether a contact read or written through the folder's path is in that folder (ids are mailbox-wide, §1.8)."""
-    parent = doc.get("parentFolderId")
-    return parent is None or parent == folder
-
-
-def _check_landed(mailbox: str, folder: str, doc: Mapping[str, Any], *, raise_: bool = True) -> None:
-    """A PATCH answer whose contact is not in the folder: the rep moved it between our guard read and our write."""
-    if _in_folder(doc, folder):
-        return
-    logger.warning("contact %s of mailbox %s was moved out of the sync folder while we wrote it", doc.get("id"),
-                   _mb(mailbox))
-    if raise_:
-        raise _Failure(404, "ErrorItemNotFound")
-
-
-def same_property(a: str, b: str) -> bool:
-    """Whether two extended property ids name one property: ``"<Type> {<GUID>} Name <name>"`` with the type and the
-    GUID compared case-insensitively and the name exactly (§1.7: "Filtering the string name (Name) ... is
-    case-sensitive")."""
-    pa, pb = a.split(maxsplit=3), b.split(maxsplit=3)
-    if len(pa) != 4 or len(pb) != 4 or pa[2].casefold() != "name":
-        return a.casefold() == b.casefold()
-    return [p.casefold() for p in pa[:3]] == [p.casefold() for p in pb[:3]] and pa[3] == pb[3]
 
 
 class GraphContactSide:
@@ -174,20 +149,10 @@ class GraphContactSide:
         if not version:
             etag = str(doc.get("@odata.etag") or "")
             version = etag[3:-1] if etag.startswith('W/"') else etag or None
-        for prop in doc.get("singleValueExtendedProperties") or []:
-            if isinstance(prop, Mapping) and same_property(str(prop.get("id", "")), self._marker_id):
-                marker = prop.get("value")
-        modified = None
-        if doc.get("lastModifiedDateTime"):
-            try:
-                modified = datetime.fromisoformat(str(doc["lastModifiedDateTime"]).replace("Z", "+00:00"))
-            except ValueError:
-                modified = None
-        if modified is not None and modified.tzinfo is None:
-            modified = modified.replace(tzinfo=UTC)
+        marker = marker_of(doc, self._marker_id, marker)
         return SideRecord(
             side=Side.M365, id=str(doc["id"]), contact=graph_to_contact(doc, self._field_map), version=version,
-            owner=mailbox, modified_at=modified, marker=case_safe_id(marker) if marker else marker,
+            owner=mailbox, modified_at=modified_at(doc), marker=case_safe_id(marker) if marker else marker,
         )
 
     # --- folder and user --------------------------------------------------------------------------------------
@@ -218,7 +183,7 @@ class GraphContactSide:
                 return None  # deleted or never existed
             raise
         doc: dict[str, Any] = resp.body
-        if not _in_folder(doc, folder):
+        if not in_folder(doc, folder):
             # ids are mailbox-wide (§1.8): a contact moved to another folder still answers here; it left the folder
             self.stats["guard: not in the folder"] += 1
             logger.info("contact %s left the sync folder of mailbox %s", item_id, _mb(mailbox))
@@ -393,7 +358,7 @@ class GraphContactSide:
             "PATCH", self._contact_path(mailbox, folder, item_id), body=body, headers=self._if_match(if_match),
             mailbox=mailbox,
         )
-        _check_landed(mailbox, folder, resp.body)
+        check_landed(mailbox, folder, resp.body)
         if marker is None:  # the resource read knows the marker (a PATCH answer carries none)
             marker = self._record(mailbox, current).marker
         return self._record(mailbox, resp.body, marker)
@@ -466,7 +431,7 @@ class GraphContactSide:
             op = reads[n]
             if not isinstance(op.result, _Response):
                 out[n] = item_error(op.result, item.item_id)
-            elif not _in_folder(op.result.body, folder):
+            elif not in_folder(op.result.body, folder):
                 self.stats["guard: not in the folder"] += 1
                 out[n] = _map_error(404, "ErrorItemNotFound", item_id=item.item_id)
             elif item.if_match and op.result.body.get("changeKey") != item.if_match:
@@ -488,8 +453,8 @@ class GraphContactSide:
         await self._batches.run(mailbox, list(patches.values()))
         for n, op in patches.items():
             item = items[n]
-            if isinstance(op.result, _Response) and not _in_folder(op.result.body, folder):
-                _check_landed(mailbox, folder, op.result.body, raise_=False)
+            if isinstance(op.result, _Response) and not in_folder(op.result.body, folder):
+                check_landed(mailbox, folder, op.result.body, raise_=False)
                 out[n] = _map_error(404, "ErrorItemNotFound", item_id=item.item_id)
             elif isinstance(op.result, _Response):
                 known = item.marker if item.marker is not None else self._record(mailbox, currents[n]).marker
