@@ -118,7 +118,8 @@ class Profile:
     # the strict Graph switches (docs/emulator-fidelity-graph.md): If-Match ignored on contacts, delta tokens dropped
     # at random (410 SyncStateNotFound, 400 SyncStateInvalid, 410 resyncRequired in turn)
     strict_graph: bool = False
-    delta_reset_rate: float = 0.05
+    delta_reset_rate: float = 0.2
+    delta_every_s: float = 15.0  # strict: a delta reconcile of every mailbox this often, so delta tokens are used
     at: tuple[tuple[str, float], ...] = (("missed", 0.15), ("links-loss", 0.30), ("kill", 0.50), ("overflow", 0.70))
     skip: frozenset[str] = frozenset()  # events (EVENTS) left out, e.g. to tell which one a failure needs
     message_lease_s: float = 8.0  # the killed host's messages reappear after this
@@ -152,6 +153,7 @@ class Report:
     faults: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
     guards: Counter[str] = field(default_factory=Counter)  # Graph writes refused by the adapter's guard read
+    delta_jobs: Counter[str] = field(default_factory=Counter)  # strict: delta reconciles while people act, by state
     events: list[str] = field(default_factory=list)
     event_times: list[tuple[datetime, str]] = field(default_factory=list)  # events and links rebuilds, for timelines
     invocations: Counter[str] = field(default_factory=Counter)  # successful runs of the main functions
@@ -179,7 +181,7 @@ class Report:
             f"  function runs     {counts(self.invocations)}",
             f"  retries           {counts(self.retries)}",
             f"  strict Graph      {'on' if self.profile.strict_graph else 'off'}; guard reads refused: "
-            f"{counts(self.guards)}",
+            f"{counts(self.guards)}; delta reconciles while acting: {counts(self.delta_jobs)}",
             f"  conflicts         {self.conflicts} (audit: {counts(self.audit)})",
             f"  poisoned messages {sum(self.poisoned.values())}: {counts(self.poisoned)}",
             f"  final state       {counts(self.final)}",
@@ -713,6 +715,8 @@ class Soak:
             self.faults_on()
             users = threading.Thread(target=self.users_loop, name="soak-users", daemon=True)
             users.start()
+            if self.p.strict_graph:
+                threading.Thread(target=self.delta_loop, name="soak-delta", daemon=True).start()
             t_start = time.monotonic()
             for name, share in sorted(self.p.at, key=lambda x: x[1]):
                 if name in self.p.skip:
@@ -737,6 +741,15 @@ class Soak:
             self.read_audit_and_poison()
         self.report.wall_s = time.monotonic() - started
         return self.report
+
+    def delta_loop(self) -> None:
+        """Strict Graph: delta reconciles while people act, so delta tokens are used (and dropped at random)."""
+        while not self._stop_users.wait(self.p.delta_every_s):
+            try:
+                job = self.reconcile({"mode": "delta"})
+            except Exception as exc:  # the host is being replaced (the kill event): the next round will do
+                job = {"state": type(exc).__name__}
+            self.report.delta_jobs[str(job.get("state"))] += 1
 
     def final_reconcile(self) -> None:
         writes = ("create", "update", "delete")
