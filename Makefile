@@ -73,10 +73,10 @@ bench: deps
 
 # The soak with faults (tests/soak/): minutes of random edits on both sides under injected faults, then a reconcile
 # and the checks (agreement, no duplicates, no lost edits, no resurrections, throttling limits). `make soak-short` is
-# the 40-second profile (tests/soak/test_soak.py), also part of `make test`; `make soak` the 5-minute one (SEED=n for
-# another random run).
+# the 40-second profile (tests/soak/test_soak.py), also part of `make test`; `make soak` the 5-minute one with the
+# strict Graph switches (If-Match ignored, random delta resets; SEED=n for another random run).
 SEED ?= 1
 soak-short: deps
 	$(PY) -m pytest -m soak tests/soak
 soak: deps
-	$(PY) -m tests.soak.run --minutes 5 --seed $(SEED)
+	$(PY) -m tests.soak.run --minutes 5 --seed $(SEED) --strict-graph --strict-org

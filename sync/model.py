@@ -7,6 +7,7 @@ Public API:
     STANDARD_FIELDS    the standard field keys, in a fixed order
     compare_key()      the value a field is *compared* by (phones by digits, emails case-folded)
     fingerprint()      sha256 of the canonical JSON of the compared values of the synced fields
+    case_safe_id()     a Salesforce id in its 18-character case-safe form (what markers hold)
     VOLATILE_FIELDS    side properties never fingerprinted, each with the reason
     mailbox_ref()      how a log line names a mailbox: a short digest of its UPN, never the UPN
 
@@ -83,6 +84,20 @@ def normalise_text(value: object, *, multiline: bool = False) -> str | None:
     else:
         text = _SPACES.sub(" ", text.replace("\r", " ").replace("\n", " ")).strip()
     return text or None
+
+
+_ID15 = re.compile(r"[0-9A-Za-z]{15}")
+_ID_SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+
+
+def case_safe_id(value: str) -> str:
+    """A 15-character Salesforce id with its 3-character suffix (per 5-character block, one bit per upper-case
+    letter; docs/reference/salesforce.md §1.1), so it survives a case-insensitive comparison (Graph compares extended
+    property values that way, docs/reference/graph.md §1.7). Anything else is returned unchanged."""
+    if not _ID15.fullmatch(value):
+        return value
+    blocks = (value[i:i + 5] for i in range(0, 15, 5))
+    return value + "".join(_ID_SUFFIX[sum(1 << n for n, c in enumerate(b) if c.isupper())] for b in blocks)
 
 
 def phone_key(value: str) -> str:

@@ -77,6 +77,12 @@ class Faults:
     # executed" - a lost connection is the same for the client).
     reset_rate: float = 0.0
     reset_after_share: float = 0.5
+    # Delta resets (§3.3): the probability that a request with a skip or delta token finds every token of the mailbox
+    # gone, answered with the next of 410 SyncStateNotFound, 400 SyncStateInvalid, 410 resyncRequired in turn.
+    delta_reset_rate: float = 0.0
+    # If-Match on contacts is undocumented (§1.5): True ignores it on PATCH and DELETE (last write wins), as Exchange
+    # may; the client must guard its writes another way.
+    ignore_if_match: bool = False
     rules: list[FaultRule] = field(default_factory=list)
     # Faults injected so far by kind: "429", "503", "reset.before", "reset.after", "notification.dropped",
     # "notification.duplicated", "notification.reordered" (counted rules are in ``Counters.statuses``).
@@ -135,6 +141,16 @@ class Faults:
                 self.delta_empty_pages -= 1
                 return True
         return False
+
+    def roll_delta_reset(self) -> str | None:
+        """The delta reset code to answer now (``delta_reset_rate``), counted as ``delta.<code>``; None mostly."""
+        if not self.chance(self.delta_reset_rate):
+            return None
+        codes = ("SyncStateNotFound", "SyncStateInvalid", "resyncRequired")
+        with self._lock:
+            code = codes[sum(self.injected[f"delta.{c}"] for c in codes) % len(codes)]
+        self.count(f"delta.{code}")
+        return code
 
     def chance(self, p: float) -> bool:
         with self._lock:

@@ -12,7 +12,10 @@ Supported ``$filter`` grammar (case-insensitive keywords)::
 String comparisons are case-insensitive (Exchange behaviour for extended property values per
 https://learn.microsoft.com/en-us/graph/api/singlevaluelegacyextendedproperty-get "Filtering the value property of an
 extended property is case-insensitive"; applied to every string here, which is a guess, see
-docs/emulator-fidelity-graph.md). ``emailAddresses/any`` only allows ``a/address eq '…'`` as documented in
+docs/emulator-fidelity-graph.md), except an extended property's id (``PropertyId``): the same page says "Filtering the
+string name (Name) in the id of an extended property is case-sensitive", so its type and GUID compare
+case-insensitively and its ``Name`` part exactly.
+``emailAddresses/any`` only allows ``a/address eq '…'`` as documented in
 https://learn.microsoft.com/en-us/graph/api/user-list-contacts ("you can use $filter, any, and the eq operator on only
 the address sub-property of instances in an emailAddresses collection").
 """
@@ -77,11 +80,33 @@ def _get(obj: Any, key: str) -> Any:
     return None
 
 
+_PROPERTY_ID = re.compile(r"^\s*(\w+)\s+(\{[0-9a-fA-F-]+\})\s+(name|id)\s+(.+?)\s*$", re.I)
+
+
+def property_id_key(text: str) -> tuple[str, ...]:
+    """The identity of an extended property id ``"<Type> {<GUID>} Name <name>"``: the name case-sensitive, the rest
+    not (a numeric ``Id 0x…`` form and anything unparsed compare case-insensitively)."""
+    m = _PROPERTY_ID.match(text)
+    if not m:
+        return (text.casefold(),)
+    kind, guid, form, name = m.groups()
+    return kind.casefold(), guid.casefold(), form.casefold(), name if form.casefold() == "name" else name.casefold()
+
+
+class PropertyId(str):
+    """An extended property's id as a ``$filter`` sees it: ``eq`` / ``ne`` compare ``property_id_key``s."""
+
+    __slots__ = ()
+
+
 def _norm(v: Any) -> Any:
     return v.casefold() if isinstance(v, str) else v
 
 
 def _compare(op: str, left: Any, right: Any) -> bool:
+    if op in ("eq", "ne") and isinstance(left, str) and isinstance(right, str) and (
+            isinstance(left, PropertyId) or isinstance(right, PropertyId)):
+        return (property_id_key(left) == property_id_key(right)) == (op == "eq")
     left, right = _norm(left), _norm(right)
     if op == "eq":
         return bool(left == right)

@@ -340,10 +340,11 @@ class GraphEmulator:
                 for c in self.store.contacts_in(mb, folder_id or mb.root_folder_id)
             ]
 
-    def expire_delta_tokens(self, mailbox: str | None = None) -> int:
-        """§3.3 test hook: every delta/skip token (of one mailbox or all) now answers 410 SyncStateNotFound."""
+    def expire_delta_tokens(self, mailbox: str | None = None, code: str = "SyncStateNotFound") -> int:
+        """§3.3 test hook: every delta/skip token (of one mailbox or all) now answers the delta reset ``code``:
+        410 ``SyncStateNotFound`` (default), 400 ``SyncStateInvalid`` or 410 ``resyncRequired``."""
         with self.store.lock:
-            return self.store.expire_tokens(self.store.user(mailbox).id if mailbox else None)
+            return self.store.expire_tokens(self.store.user(mailbox).id if mailbox else None, code)
 
     def list_subscriptions(self) -> list[dict[str, Any]]:
         with self.store.lock:
@@ -601,16 +602,20 @@ class GraphEmulator:
                 resp = Response(200, {"@odata.context": f"{ctx}/contacts/$entity", **self._render(c, req)})
             elif endpoint == "contact.update":
                 c, events = self.store.update_contact(
-                    mb, p["contact"], req.json(), p.get("folder"), req.headers.get("if-match")
+                    mb, p["contact"], req.json(), p.get("folder"), self._if_match(req)
                 )
                 resp = Response(200, {"@odata.context": f"{ctx}/contacts/$entity", **self._render(c, req)})
             elif endpoint in ("contact.delete", "contact.permanentDelete"):
-                events = self.store.delete_contact(mb, p["contact"], p.get("folder"), req.headers.get("if-match"))
+                events = self.store.delete_contact(mb, p["contact"], p.get("folder"), self._if_match(req))
                 resp = Response(204)
             else:  # pragma: no cover - route() only yields known endpoints
                 raise GraphError(400, "BadRequest", "Unsupported endpoint.")
         self._notify(events)
         return resp
+
+    def _if_match(self, req: Request) -> str | None:
+        """§1.5: If-Match on contacts is undocumented; ``faults.ignore_if_match`` ignores it, as Exchange may."""
+        return None if self.faults.ignore_if_match else req.headers.get("if-match")
 
     @staticmethod
     def _render(c: Contact, req: Request) -> dict[str, Any]:
@@ -683,12 +688,25 @@ class GraphEmulator:
                            lambda c: self._render(c, req))
 
     def _delta(self, p: dict[str, Any], req: Request) -> Response:
+        try:
+            return self._delta_page(p, req)
+        except GraphError as e:
+            if e.status == 410:
+                # §3.3 "Synchronization reset": 410 with a Location header, the request URL with an empty $deltaToken
+                path = "/".join(quote(s, safe="$()'=") for s in split_path(req.path)[1:])
+                e.headers = {**e.headers, "Location": f"{self.base_url}/{path}?$deltatoken="}
+            raise
+
+    def _delta_page(self, p: dict[str, Any], req: Request) -> Response:
         """§3: per-folder delta with opaque skip/delta tokens, @removed, empty pages, 410 for expired tokens."""
         with self.store.lock:
             mb = self.store.user(p["user"])
             folder = self.store.folder(mb, p.get("folder"))
             size = self._page_size(req)
             skip, dtok = req.query.get("skiptoken"), req.query.get("deltatoken")
+            reset = self.faults.roll_delta_reset() if skip or dtok else None
+            if reset:
+                self.store.expire_tokens(mb.id, reset)  # a random reset (soak): this mailbox's tokens all go
             if skip:
                 tok = self.store.token(skip)
                 if tok.round is None or tok.folder_id != folder.id:
@@ -1022,7 +1040,8 @@ class GraphEmulator:
             if len(rest) == 3 and rest[0] == "contacts" and rest[2] == "move" and m == "POST":
                 return Response(200, self.move_contact(user, rest[1], body.get("folderId")))
         if segs == ["delta", "expire"] and m == "POST":
-            return Response(200, {"expired": self.expire_delta_tokens(body.get("mailbox"))})
+            code = body.get("code") or "SyncStateNotFound"
+            return Response(200, {"expired": self.expire_delta_tokens(body.get("mailbox"), code)})
         if segs == ["subscriptions"] and m == "GET":
             return Response(200, {"value": self.list_subscriptions()})
         if len(segs) == 3 and segs[0] == "subscriptions" and m == "POST":

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .odata import PropertyId, property_id_key
+
 # §1.1 contact properties (CSDL). Value is the default rendered for an unset property (§1.3 canonical JSON).
 STRING_PROPS = [
     "assistantName",
@@ -81,6 +83,21 @@ class GraphError(Exception):
         self.headers = headers or {}
 
 
+# §3.3 delta resets, the three codes clients meet: status and message per code. 410 syncStateNotFound and
+# resyncRequired are Graph's documented codes (errors page); 400 SyncStateInvalid is seen in the wild (corso).
+DELTA_RESETS: dict[str, tuple[int, str]] = {
+    "SyncStateNotFound": (410, "The sync state generation is not found. The delta token is expired and data must be "
+                               "synchronized again."),
+    "SyncStateInvalid": (400, "The sync state is invalid. Synchronize again without a token."),
+    "resyncRequired": (410, "The delta token is no longer valid, and the app must reset the sync state."),
+}
+
+
+def delta_reset_error(code: str) -> GraphError:
+    status, message = DELTA_RESETS[code]
+    return GraphError(status, code, message)
+
+
 def not_found(what: str) -> GraphError:
     # §8.3: unknown id → 404 ErrorItemNotFound ([OBSERVED-IN-WILD]).
     return GraphError(404, "ErrorItemNotFound", f"The specified object was not found in the store. ({what})")
@@ -102,7 +119,7 @@ class Contact:
     created: str
     modified: str
     seq: int
-    ext: dict[str, tuple[str, str]] = field(default_factory=dict)  # casefolded id -> (id as given, value)
+    ext: dict[tuple[str, ...], tuple[str, str]] = field(default_factory=dict)  # property_id_key -> (id, value)
 
     @property
     def etag(self) -> str:
@@ -162,6 +179,7 @@ class Store:
         self.tenant_id = tenant_id
         self.mailboxes: dict[str, Mailbox] = {}
         self.tokens: OrderedDict[str, DeltaToken] = OrderedDict()
+        self.dead_tokens: dict[str, str] = {}  # token -> the delta reset code it answers (expire_tokens)
         self._order = itertools.count()
 
     # ---- users ---------------------------------------------------------------------------------------------
@@ -241,9 +259,12 @@ class Store:
 
     # ---- contacts ------------------------------------------------------------------------------------------
     def contact(self, mb: Mailbox, contact_id: str, folder_id: str | None = None) -> Contact:
+        # Item ids are mailbox-wide (§1.8): a folder-scoped item path finds the item in any folder (the folder must
+        # exist); the answer's parentFolderId says where it is. GET, PATCH and DELETE alike.
+        if folder_id is not None:
+            self.folder(mb, folder_id)
         c = mb.contacts.get(contact_id)
-        # A folder-scoped item path only finds items in that folder (guess, see fidelity doc).
-        if c is None or (folder_id is not None and c.folder_id != folder_id):
+        if c is None:
             raise not_found("contact")
         return c
 
@@ -270,7 +291,7 @@ class Store:
                     if not isinstance(ep, dict) or not isinstance(ep.get("id"), str):
                         raise GraphError(400, "ErrorInvalidExtendedProperty", "Extended property needs an id.")
                     val = ep.get("value")
-                    c.ext[ep["id"].casefold()] = (ep["id"], val if val is None else str(val))
+                    c.ext[property_id_key(ep["id"])] = (ep["id"], val if val is None else str(val))
                 continue
             if key == "multiValueExtendedProperties":
                 continue  # accepted, not modelled
@@ -398,7 +419,7 @@ class Store:
                 )
             full = {k: v for k, v in full.items() if k in ("@odata.etag", "id") or k.lower() in wanted}
         if expand:
-            eps = [{"id": i, "value": v} for i, v in c.ext.values()]
+            eps = [{"id": PropertyId(i), "value": v} for i, v in c.ext.values()]
             full["singleValueExtendedProperties"] = [ep for ep in eps if expand_filter is None or expand_filter(ep)]
         return full
 
@@ -406,7 +427,7 @@ class Store:
     def filter_view(c: Contact) -> dict[str, Any]:
         """The object a $filter sees: properties plus extended properties."""
         view = Store.render_contact(c)
-        view["singleValueExtendedProperties"] = [{"id": i, "value": v} for i, v in c.ext.values()]
+        view["singleValueExtendedProperties"] = [{"id": PropertyId(i), "value": v} for i, v in c.ext.values()]
         return view
 
     # ---- delta (§3) ----------------------------------------------------------------------------------------
@@ -435,15 +456,12 @@ class Store:
         return DeltaToken(rnd, 0, mb.id, folder_id, mb.seq, select)
 
     def token(self, key: str) -> DeltaToken:
+        dead = self.dead_tokens.get(key)
+        if dead is not None:
+            raise delta_reset_error(dead)
         tok = self.tokens.get(key)
         if tok is None:
-            # §3.3: expired/evicted token → 410 SyncStateNotFound.
-            raise GraphError(
-                410,
-                "SyncStateNotFound",
-                "The sync state generation is not found. The delta token is expired and "
-                "data must be synchronized again.",
-            )
+            raise delta_reset_error("SyncStateNotFound")  # §3.3: expired/evicted token
         return tok
 
     def skip_token(self, rnd: DeltaRound, offset: int) -> str:
@@ -452,8 +470,14 @@ class Store:
     def delta_token(self, rnd: DeltaRound) -> str:
         return self._remember(DeltaToken(None, 0, rnd.mailbox_id, rnd.folder_id, rnd.next_since, rnd.select))
 
-    def expire_tokens(self, mailbox_id: str | None = None) -> int:
+    def expire_tokens(self, mailbox_id: str | None = None, code: str = "SyncStateNotFound") -> int:
+        """Every token (of one mailbox or all) answers the delta reset ``code`` from now on (``DELTA_RESETS``)."""
+        if code not in DELTA_RESETS:
+            raise ValueError(f"unknown delta reset code {code!r}")
         doomed = [k for k, t in self.tokens.items() if mailbox_id is None or t.mailbox_id == mailbox_id]
         for k in doomed:
             del self.tokens[k]
+            self.dead_tokens[k] = code
+        while len(self.dead_tokens) > self.MAX_TOKENS:
+            del self.dead_tokens[next(iter(self.dead_tokens))]
         return len(doomed)

@@ -34,7 +34,9 @@ from sync.adapters.graph import (
     parse_retry_after,
 )
 from sync.adapters.graph.credentials import _federated_assertion
+from sync.adapters.graph.items import same_property
 from sync.adapters.graph.transport import _map_error
+from sync.engine import Engine
 from sync.errors import (
     AlreadyExists,
     AuthFailed,
@@ -45,9 +47,11 @@ from sync.errors import (
     Throttled,
     Transient,
 )
-from sync.model import Contact
-from sync.ports import CreateRequest, SideRecord, UpdateRequest
+from sync.model import Contact, Side, case_safe_id
+from sync.policy import Policy
+from sync.ports import ContactChange, CreateRequest, SideRecord, UpdateRequest
 from tests.contract.graph_harness import MAILBOX, OTHER, make_side
+from tests.fakes import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
 
 
 @pytest.fixture
@@ -92,6 +96,8 @@ def person(i: int) -> Contact:
         (502, "BadGateway", Transient),
         (504, "GatewayTimeout", Transient),
         (410, "SyncStateNotFound", Transient),
+        (400, "SyncStateInvalid", Transient),
+        (410, "resyncRequired", Transient),
         (424, "FailedDependency", Transient),
         (400, "RequestBodyRead", BadData),
         (400, "ErrorInvalidUrlQueryFilter", BadData),
@@ -408,6 +414,69 @@ def test_thousand_contacts_take_about_fifty_batches(emu: GraphEmulator, side: Gr
     assert len(folder_contacts(emu)) == 1000
 
 
+# ---- writes stay in the sync folder ----------------------------------------------------------------------------------
+
+
+def test_a_contact_moved_out_of_the_folder_is_gone_and_never_written(emu: GraphEmulator,
+                                                                     side: GraphContactSide) -> None:
+    # ids are mailbox-wide (docs/reference/graph.md §1.8): the folder path still finds the moved contact
+    rec = side.create(MAILBOX, person(1), marker="003000000000001")
+    moved = emu.move_contact(MAILBOX, rec.id)  # the rep drags it to the default Contacts folder
+    emu.counters.reset()
+    assert side.get(MAILBOX, rec.id) is None  # it left the folder: the Outlook removal rule applies
+    scalar = frozenset({"job_title"})
+    with pytest.raises(NotFound):
+        side.update(MAILBOX, rec.id, Contact(first_name="P1", job_title="X"), fields=scalar, if_match=None)
+    with pytest.raises(NotFound):
+        side.update(MAILBOX, rec.id, Contact(first_name="P1"), fields=frozenset(), if_match=None, marker="")
+    (err,) = side.update_many(MAILBOX, [UpdateRequest(item_id=rec.id, contact=Contact(job_title="X"), fields=scalar)])
+    assert isinstance(err, NotFound)
+    with pytest.raises(NotFound):
+        side.delete(MAILBOX, rec.id, if_match=None)
+    assert emu.counters.count(endpoint="contact.update") == emu.counters.count(endpoint="contact.delete") == 0
+    after = emu.get_contact(MAILBOX, rec.id)
+    assert after is not None and after["changeKey"] == moved["changeKey"]  # never written again
+
+
+def test_with_if_match_ignored_the_guard_read_still_refuses_a_stale_write(emu: GraphEmulator,
+                                                                          side: GraphContactSide) -> None:
+    emu.faults.ignore_if_match = True  # as Exchange may (§1.5)
+    rec = side.create(MAILBOX, person(1))
+    emu.update_contact(MAILBOX, rec.id, {"jobTitle": "Rep's edit"})  # lands after our read
+    with pytest.raises(PreconditionFailed):
+        side.update(MAILBOX, rec.id, Contact(first_name="P1", job_title="Ours"), fields=frozenset({"job_title"}),
+                    if_match=rec.version)
+    (err,) = side.update_many(MAILBOX, [UpdateRequest(item_id=rec.id, contact=Contact(job_title="Ours"),
+                                                      fields=frozenset({"job_title"}), if_match=rec.version)])
+    assert isinstance(err, PreconditionFailed)
+    with pytest.raises(PreconditionFailed):
+        side.delete(MAILBOX, rec.id, if_match=rec.version)
+    now = emu.get_contact(MAILBOX, rec.id)
+    assert now is not None and now["jobTitle"] == "Rep's edit"
+
+
+def test_the_engine_never_writes_a_linked_contact_moved_to_the_default_folder(emu: GraphEmulator,
+                                                                               side: GraphContactSide) -> None:
+    clock = LogicalClock()
+    sf = MemorySide(Side.SALESFORCE, clock=clock)
+    links, audit = MemoryLinkStore(), MemoryAudit()
+    engine = Engine(side, sf, links, audit, MemoryQueue(), Policy(), [MAILBOX], clock=clock)
+    sf_id = sf.user_create(MAILBOX, Contact(first_name="Ada", last_name="Moved", emails=["ada@example.com"]))
+    list(engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id)))
+    (copy,) = folder_contacts(emu)
+    moved = emu.move_contact(MAILBOX, copy["id"])
+    list(engine.sync_contact(ContactChange(source=Side.M365, item_id=copy["id"], mailbox=MAILBOX)))
+    for values in ({"job_title": "CTO"}, {"city": "Oslo"}):
+        sf.user_edit(sf_id, values)
+        list(engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id)))
+    sf.user_delete(sf_id)
+    list(engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id)))
+    after = emu.get_contact(MAILBOX, copy["id"])
+    assert after is not None and after["changeKey"] == moved["changeKey"]  # never written, never deleted
+    assert folder_contacts(emu) == []  # and not copied back into the folder either
+    assert any("deleted in Outlook" in e.reason for e in audit.entries)  # the removal rule, audited
+
+
 # ---- delta ---------------------------------------------------------------------------------------------------------
 
 
@@ -426,6 +495,50 @@ def test_delta_follows_empty_pages_and_resyncs_on_410(emu: GraphEmulator) -> Non
         assert again and all(p.full for p in again)  # started over
         assert {r.id for p in again for r in p.records} == ids
         assert emu.counters.count(endpoint="contacts.delta", status=410) == 1
+    finally:
+        side.close()
+
+
+@pytest.mark.parametrize("code", ["SyncStateNotFound", "SyncStateInvalid", "resyncRequired"])
+def test_a_dropped_delta_token_starts_a_fresh_full_round(emu: GraphEmulator, side: GraphContactSide,
+                                                         code: str) -> None:
+    ids = {side.create(MAILBOX, person(i)).id for i in range(3)}
+    checkpoint = list(side.changes(MAILBOX, None))[-1].checkpoint
+    assert checkpoint is not None
+    emu.expire_delta_tokens(MAILBOX, code)
+    for _ in range(2):  # the dead token never fails a pass, the first or the next
+        again = list(side.changes(MAILBOX, checkpoint))
+        assert again and all(p.full for p in again)  # the caller runs a full pass of the mailbox
+        assert {r.id for p in again for r in p.records} == ids and again[-1].checkpoint != checkpoint
+
+
+def test_a_delta_reset_in_the_middle_of_a_full_round_starts_it_again(emu: GraphEmulator) -> None:
+    side = make_side(emu, page_size=2)
+    try:
+        ids = {side.create(MAILBOX, person(i)).id for i in range(5)}
+        pages = side.changes(MAILBOX, None)
+        first = next(pages)
+        emu.expire_delta_tokens(MAILBOX, "SyncStateInvalid")  # the skip token of the next page is gone
+        rest = list(pages)
+        assert first.full and all(p.full for p in rest) and rest[-1].checkpoint
+        assert {r.id for p in rest for r in p.records} == ids  # the fresh round lists everything again
+    finally:
+        side.close()
+
+
+def test_delta_resets_on_every_page_give_up_after_a_few_fresh_rounds(emu: GraphEmulator) -> None:
+    side = make_side(emu, page_size=1)
+    try:
+        for i in range(2):
+            side.create(MAILBOX, person(i))
+        checkpoint = list(side.changes(MAILBOX, None))[-1].checkpoint
+        assert checkpoint is not None
+        emu.faults.delta_reset_rate = 1.0  # every request with a token: no round can finish
+        with pytest.raises(Transient):
+            list(side.changes(MAILBOX, checkpoint))
+        assert emu.counters.count(endpoint="contacts.delta", status=200) == 2 + 3  # bounded: 3 fresh rounds
+        emu.faults.delta_reset_rate = 0.0
+        assert list(side.changes(MAILBOX, checkpoint))[-1].full  # the next pass is fine
     finally:
         side.close()
 
@@ -542,6 +655,38 @@ def test_subscription_create_renew_recreate(emu: GraphEmulator, side: GraphConta
     subs.delete(fresh.record.id)
     subs.delete(fresh.record.id)  # already gone is fine
     assert emu.list_subscriptions() == []
+
+
+def test_markers_hold_case_safe_ids_so_ids_differing_only_in_case_are_told_apart(emu: GraphEmulator,
+                                                                                 side: GraphContactSide) -> None:
+    # Graph compares extended property values case-insensitively (docs/reference/graph.md §1.7); Salesforce's
+    # 15-character ids are case-sensitive, their 18-character forms are not (docs/reference/salesforce.md §1.1).
+    lower, upper = "003000000000abc", "003000000000ABC"
+    assert case_safe_id(lower) == "003000000000abcAAA" and case_safe_id(upper) == "003000000000ABCAA2"
+    a = side.create(MAILBOX, person(1), marker=lower)
+    (b,) = side.create_many(MAILBOX, [CreateRequest(contact=person(2), marker=upper)])
+    assert isinstance(b, SideRecord)
+    assert (a.marker, b.marker) == (case_safe_id(lower), case_safe_id(upper))
+    stored = {c["id"]: c["singleValueExtendedProperties"][0]["value"] for c in folder_contacts(emu)}
+    assert stored == {a.id: "003000000000abcAAA", b.id: "003000000000ABCAA2"}
+    for marker, want in ((lower, a.id), (upper, b.id), (case_safe_id(lower), a.id), (case_safe_id(upper), b.id)):
+        found = side.find_by_marker(MAILBOX, marker)
+        assert found is not None and found.id == want
+    # a legacy 15-character marker written by hand reads back case-safe
+    emu.update_contact(MAILBOX, a.id, {"singleValueExtendedProperties": [{"id": MARKER_PROPERTY_ID, "value": lower}]})
+    got = side.get(MAILBOX, a.id)
+    assert got is not None and got.marker == case_safe_id(lower)
+
+
+def test_the_marker_property_name_is_matched_case_sensitively(emu: GraphEmulator, side: GraphContactSide) -> None:
+    rec = side.create(MAILBOX, person(1))
+    other_name = MARKER_PROPERTY_ID.replace("Name SalesforceId", "Name salesforceid")
+    emu.update_contact(MAILBOX, rec.id, {"singleValueExtendedProperties": [{"id": other_name, "value": "003X"}]})
+    got = side.get(MAILBOX, rec.id)
+    assert got is not None and got.marker is None  # another property, not our marker
+    assert side.find_by_marker(MAILBOX, "003X") is None
+    assert same_property(MARKER_PROPERTY_ID.upper().replace("SALESFORCEID", "SalesforceId"), MARKER_PROPERTY_ID)
+    assert not same_property(other_name, MARKER_PROPERTY_ID)
 
 
 def test_marker_property_id_is_in_the_string_namespace_with_a_fixed_guid() -> None:

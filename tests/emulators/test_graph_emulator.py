@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -356,6 +356,59 @@ def test_extended_properties_expand_and_filters(emu: GraphEmulator, folder: str)
     run(body, emu)
 
 
+def test_extended_property_name_is_case_sensitive_and_the_value_is_not(emu: GraphEmulator, folder: str) -> None:
+    # singlevaluelegacyextendedproperty-get: "Filtering the string name (Name) in the id of an extended property is
+    # case-sensitive. Filtering the value property of an extended property is case-insensitive."
+    lower_name = MARKER.replace("Name SalesforceId", "Name salesforceid")
+    upper_guid = MARKER.replace("66f5a359", "66F5A359").replace("String", "STRING")
+    a = emu.create_contact(USER, {"surname": "A", "singleValueExtendedProperties": [
+        {"id": MARKER, "value": "003000000000abc"}, {"id": lower_name, "value": "other"}]}, folder)["id"]
+    b = emu.create_contact(USER, {"surname": "B", "singleValueExtendedProperties": [
+        {"id": MARKER, "value": "003000000000ABC"}]}, folder)["id"]
+
+    def ids(prop: str, value: str) -> set[str]:
+        flt = f"singleValueExtendedProperties/any(ep: ep/id eq {odata_str(prop)} and ep/value eq {odata_str(value)})"
+        raw = httpx.get(f"{emu.base_url}/users/{USER}/contactFolders/{folder}/contacts?$filter={quote(flt)}",
+                        headers={"Authorization": "Bearer t"})
+        assert raw.status_code == 200
+        return {c["id"] for c in raw.json()["value"]}
+
+    assert ids(MARKER, "003000000000abc") == {a, b}  # values differing only in case are the same to the filter
+    assert ids(upper_guid, "003000000000ABC") == {a, b}  # type and GUID are not case-sensitive
+    assert ids(lower_name, "other") == {a} and ids(lower_name, "003000000000abc") == set()  # another property
+    # two properties whose names differ only in case are two properties on one contact
+    stored = emu.get_contact(USER, a)
+    assert stored is not None and len(stored["singleValueExtendedProperties"]) == 2
+    # 18-character (case-safe) ids tell the two apart (docs/reference/salesforce.md §1.1)
+    emu.update_contact(USER, a, {"singleValueExtendedProperties": [{"id": MARKER, "value": "003000000000abcAAA"}]})
+    emu.update_contact(USER, b, {"singleValueExtendedProperties": [{"id": MARKER, "value": "003000000000ABCAA2"}]})
+    assert ids(MARKER, "003000000000abcAAA") == {a} and ids(MARKER, "003000000000ABCAA2") == {b}
+
+
+def test_item_ids_are_mailbox_wide_a_moved_contact_answers_through_the_old_folder(emu: GraphEmulator,
+                                                                                    folder: str) -> None:
+    # docs/reference/graph.md §1.8: Exchange resolves an item id in the whole mailbox; parentFolderId tells where
+    cid = emu.create_contact(USER, {"surname": "Mover"}, folder)["id"]
+    emu.move_contact(USER, cid)  # to the default Contacts folder
+    url = f"{emu.base_url}/users/{USER}/contactFolders/{folder}/contacts/{cid}"
+    auth = {"Authorization": "Bearer t"}
+    got = httpx.get(url, headers=auth)
+    assert got.status_code == 200 and got.json()["parentFolderId"] == emu.default_folder_id(USER)
+    patched = httpx.patch(url, json={"jobTitle": "Written"}, headers=auth)  # a PATCH lands there too
+    assert patched.status_code == 200 and patched.json()["parentFolderId"] == emu.default_folder_id(USER)
+    assert httpx.get(f"{emu.base_url}/users/{USER}/contactFolders/nope/contacts/{cid}", headers=auth).status_code == 404
+
+
+def test_ignore_if_match_switch_lets_a_stale_write_through(emu: GraphEmulator, folder: str) -> None:
+    cid = emu.create_contact(USER, {"surname": "Raced"}, folder)["id"]
+    stale = {"Authorization": "Bearer t", "If-Match": 'W/"stale"'}
+    url = f"{emu.base_url}/users/{USER}/contactFolders/{folder}/contacts/{cid}"
+    assert httpx.patch(url, json={"jobTitle": "A"}, headers=stale).status_code == 412  # §1.5 by default
+    emu.faults.ignore_if_match = True  # as Exchange may (If-Match on contacts is undocumented)
+    assert httpx.patch(url, json={"jobTitle": "B"}, headers=stale).status_code == 200
+    assert httpx.delete(url, headers=stale).status_code == 204
+
+
 def test_list_paging_with_maxpagesize_and_top(emu: GraphEmulator, folder: str) -> None:
     for i in range(7):
         emu.create_contact(USER, {"surname": f"S{i}"}, folder)
@@ -454,6 +507,46 @@ def test_delta_expired_token_gives_410_sync_state_not_found(emu: GraphEmulator, 
         assert len(items) == 1
 
     run(body, emu)
+
+
+@pytest.mark.parametrize(("code", "status"),
+                         [("SyncStateNotFound", 410), ("SyncStateInvalid", 400), ("resyncRequired", 410)])
+def test_delta_resets_answer_each_code_and_410_carries_a_fresh_location(emu: GraphEmulator, folder: str, code: str,
+                                                                         status: int) -> None:
+    # docs/reference/graph.md §3.3: the three codes clients meet; 410 comes with a Location of an empty $deltaToken
+    emu.create_contact(USER, {"surname": "X"}, folder)
+
+    async def body(client: GraphServiceClient) -> None:
+        _, _, link = await _delta_round(client, folder, None)
+        assert emu.expire_delta_tokens(USER, code) >= 1
+        raw = httpx.get(link, headers={"Authorization": "Bearer t"})
+        assert raw.status_code == status and raw.json()["error"]["code"] == code
+        if status == 410:
+            assert raw.headers["Location"].endswith("/delta()?$deltatoken=")
+            again = httpx.get(raw.headers["Location"], headers={"Authorization": "Bearer t"})
+            assert again.status_code == 200 and len(again.json()["value"]) == 1  # the Location starts over
+        else:
+            assert "Location" not in raw.headers
+
+    run(body, emu)
+
+
+def test_delta_reset_rate_cycles_through_the_three_codes(emu: GraphEmulator, folder: str) -> None:
+    emu.create_contact(USER, {"surname": "X"}, folder)
+    emu.faults.delta_reset_rate = 1.0
+    seen = []
+
+    async def body(client: GraphServiceClient) -> None:
+        for _ in range(3):
+            _, _, link = await _delta_round(client, folder, None)  # an initial round carries no token: never reset
+            with pytest.raises(ODataError) as reset:
+                await _delta_round(client, folder, link)
+            seen.append((reset.value.response_status_code, reset.value.error.code))
+
+    run(body, emu)
+    assert seen == [(410, "SyncStateNotFound"), (400, "SyncStateInvalid"), (410, "resyncRequired")]
+    assert emu.faults.snapshot()["injected"] == {"delta.SyncStateNotFound": 1, "delta.SyncStateInvalid": 1,
+                                                 "delta.resyncRequired": 1}
 
 
 # ---- subscriptions and notifications ----------------------------------------------------------------------------

@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="keep the logs of the host and the adapters")
     parser.add_argument("--strict-org", action="store_true",
                         help="the Salesforce org as shipped: whole-second stamps, the standard duplicate rule (alert)")
+    parser.add_argument("--strict-graph", action="store_true",
+                        help="the strict Graph switches on: If-Match ignored on contacts, random delta resets")
     args = parser.parse_args(argv)
     skip = frozenset(s.strip() for s in args.skip.split(",") if s.strip())
     if skip - set(EVENTS):
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         quiet_logs()
     profile = Profile(seconds=args.minutes * 60, per_rep=args.per_rep, actions_per_second=args.rate, seed=args.seed,
-                      skip=skip, evidence=args.evidence, strict_org=args.strict_org)
+                      skip=skip, evidence=args.evidence, strict_org=args.strict_org,
+                      strict_graph=args.strict_graph)
     with _azurite() as conn:
         report = run_profile(conn, profile)
     print(report.render(), flush=True)

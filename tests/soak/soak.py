@@ -19,6 +19,8 @@ notifications and CDC events; and at fixed points of the run:
                  with SIGKILL while it writes (a worker dying mid-batch); its messages come back after the lease
                  (``--message-lease``), a new host takes over
     overflow     a CDC ``GAP_OVERFLOW`` event (docs/reference/salesforce.md §4.3)
+With ``strict_graph`` (``--strict-graph``) the Graph emulator also ignores If-Match on contacts and drops delta tokens
+at random (``delta_reset_rate``; docs/emulator-fidelity-graph.md).
 Then faults stop, the queues drain, ``POST /api/reconcile`` (full) runs until a pass applies nothing (at most
 ``max_final_passes``), and the check reads both emulators, the audit table and the poison queues:
     agreement       every pair (a folder contact and a live Salesforce contact of that rep, joined by the marker on
@@ -113,6 +115,11 @@ class Profile:
     event_drop_rate: float = 0.20
     event_duplicate_rate: float = 0.10
     event_reorder_rate: float = 0.10
+    # the strict Graph switches (docs/emulator-fidelity-graph.md): If-Match ignored on contacts, delta tokens dropped
+    # at random (410 SyncStateNotFound, 400 SyncStateInvalid, 410 resyncRequired in turn)
+    strict_graph: bool = False
+    delta_reset_rate: float = 0.2
+    delta_every_s: float = 15.0  # strict: a delta reconcile of every mailbox this often, so delta tokens are used
     at: tuple[tuple[str, float], ...] = (("missed", 0.15), ("links-loss", 0.30), ("kill", 0.50), ("overflow", 0.70))
     skip: frozenset[str] = frozenset()  # events (EVENTS) left out, e.g. to tell which one a failure needs
     message_lease_s: float = 8.0  # the killed host's messages reappear after this
@@ -148,6 +155,8 @@ class Report:
     failed_actions: Counter[str] = field(default_factory=Counter)  # the target vanished under the user
     faults: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
+    guards: Counter[str] = field(default_factory=Counter)  # Graph writes refused by the adapter's guard read
+    delta_jobs: Counter[str] = field(default_factory=Counter)  # strict: delta reconciles while people act, by state
     events: list[str] = field(default_factory=list)
     event_times: list[tuple[datetime, str]] = field(default_factory=list)  # events and links rebuilds, for timelines
     invocations: Counter[str] = field(default_factory=Counter)  # successful runs of the main functions
@@ -174,6 +183,8 @@ class Report:
             f"  events            {'; '.join(self.events) or 'none'}",
             f"  function runs     {counts(self.invocations)}",
             f"  retries           {counts(self.retries)}",
+            f"  strict Graph      {'on' if self.profile.strict_graph else 'off'}; guard reads refused: "
+            f"{counts(self.guards)}; delta reconciles while acting: {counts(self.delta_jobs)}",
             f"  conflicts         {self.conflicts} (audit: {counts(self.audit)})",
             f"  poisoned messages {sum(self.poisoned.values())}: {counts(self.poisoned)}",
             f"  final state       {counts(self.final)}",
@@ -401,6 +412,8 @@ class Soak:
         if "graph" in parts:
             for key in ("retries", "throttled"):
                 self.report.retries[f"graph adapter {key}"] += int(parts["graph"].stats.get(key, 0))
+            for key in ("guard: changed since read", "guard: not in the folder"):  # writes the guard read refused
+                self.report.guards[key] += int(parts["graph"].stats.get(key, 0))
         if "salesforce" in parts:
             self.report.retries["salesforce adapter retries"] += int(parts["salesforce"].retries)
 
@@ -441,6 +454,8 @@ class Soak:
         g.notification_drop_rate = p.notification_drop_rate
         g.notification_duplicate_rate = p.notification_duplicate_rate
         g.notification_reorder = True
+        if p.strict_graph:
+            g.ignore_if_match, g.delta_reset_rate = True, p.delta_reset_rate
         with self.sf.org.lock:
             f.limit_rate, f.unavailable_rate, f.reset_rate = p.throttle_rate, p.unavailable_rate, p.reset_rate
             f.event_drop_rate, f.event_duplicate_rate = p.event_drop_rate, p.event_duplicate_rate
@@ -451,7 +466,7 @@ class Soak:
         g.throttle_rate = g.unavailable_rate = g.reset_rate = 0.0
         g.notification_drop_rate = g.notification_duplicate_rate = 0.0
         g.notification_reorder = False
-        g.delay_s = 0.0
+        g.delay_s = g.delta_reset_rate = 0.0  # ignore_if_match stays: it is how that Graph behaves, not a fault
         with self.sf.org.lock:
             f.limit_rate = f.unavailable_rate = f.reset_rate = 0.0
             f.event_drop_rate = f.event_duplicate_rate = f.event_reorder_rate = 0.0
@@ -705,6 +720,8 @@ class Soak:
             self.faults_on()
             users = threading.Thread(target=self.users_loop, name="soak-users", daemon=True)
             users.start()
+            if self.p.strict_graph:
+                threading.Thread(target=self.delta_loop, name="soak-delta", daemon=True).start()
             t_start = time.monotonic()
             for name, share in sorted(self.p.at, key=lambda x: x[1]):
                 if name in self.p.skip:
@@ -729,6 +746,15 @@ class Soak:
             self.read_audit_and_poison()
         self.report.wall_s = time.monotonic() - started
         return self.report
+
+    def delta_loop(self) -> None:
+        """Strict Graph: delta reconciles while people act, so delta tokens are used (and dropped at random)."""
+        while not self._stop_users.wait(self.p.delta_every_s):
+            try:
+                job = self.reconcile({"mode": "delta"})
+            except Exception as exc:  # the host is being replaced (the kill event): the next round will do
+                job = {"state": type(exc).__name__}
+            self.report.delta_jobs[str(job.get("state"))] += 1
 
     def final_reconcile(self) -> None:
         writes = ("create", "update", "delete")

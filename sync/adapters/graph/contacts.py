@@ -9,8 +9,13 @@ HTTP and retries are ``transport``'s job, ``$batch`` scheduling ``batch``'s. Wha
   a fresh create key (``CREATE_KEY_PROPERTY_ID``), looks it up and re-sends only when nothing was created. The key,
   not the marker: two workers creating the same person stamp the same marker, and a lookup by marker would hand one
   of them the other's copy. A create without a marker raises ``Transient`` (the engine matches before it creates).
+* Item ids are mailbox-wide (§1.8): the folder path finds a contact the rep moved elsewhere. A read of one that is
+  not in the sync folder (``parentFolderId``) is None, and every PATCH and DELETE is guarded by a read just before
+  it (in the folder, at the ``changeKey`` decided on; If-Match is sent too but is undocumented for contacts, §1.5),
+  and the PATCH answer's folder is checked again.
 * ``changes`` returns the ``@odata.deltaLink`` as the checkpoint and starts over with ``full=True`` when Graph
-  dropped the token (410, ``syncStateNotFound``, ``resyncRequired``; §3.3).
+  dropped the token (410, or the code ``syncStateNotFound`` / ``SyncStateInvalid`` / ``resyncRequired`` in any case;
+  §3.3), also in the middle of a round, up to ``MAX_DELTA_RESTARTS`` times a call.
 Logs carry contact ids, statuses and a digest of the mailbox, never names, emails or UPNs.
 Section numbers (§) refer to docs/reference/graph.md.
 """
@@ -21,12 +26,12 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 from sync.adapters.graph.batch import _Batches, _Op, item_error
 from sync.adapters.graph.folders import _Folders
+from sync.adapters.graph.items import check_landed, in_folder, marker_of, modified_at
 from sync.adapters.graph.transport import (
     _Failure,
     _GraphHttp,
@@ -39,7 +44,7 @@ from sync.adapters.graph.transport import (
 )
 from sync.errors import AuthFailed, NotFound, SyncError
 from sync.mapping import contact_to_graph, graph_to_contact
-from sync.model import STANDARD_FIELDS, Contact, Side
+from sync.model import STANDARD_FIELDS, Contact, Side, case_safe_id
 from sync.policy import FieldMap
 from sync.ports import ChangePage, CreateRequest, SideRecord, UpdateRequest
 
@@ -55,16 +60,14 @@ CREATE_KEY_PROPERTY_ID = "String {0463b54a-5dcb-4781-9d3f-29b43773c27c} Name Syn
 DEFAULT_BASE_URL = "https://graph.microsoft.com/v1.0"
 DEFAULT_FOLDER_NAME = "Salesforce_Sync"
 LIST_PAGE_SIZE = 500  # §5: $top <= 999 recommended
+MAX_DELTA_RESTARTS = 3  # fresh delta rounds per ``changes`` call after Graph dropped the token (§3.3)
 # Contact properties read everywhere (mapping.py's correspondence plus the version and bookkeeping ones).
 _SELECT_BASE: tuple[str, ...] = (
     "id", "changeKey", "lastModifiedDateTime", "parentFolderId", "displayName", "givenName", "surname",
     "emailAddresses", "businessPhones", "homePhones", "mobilePhone", "companyName", "jobTitle", "department",
     "personalNotes", "businessAddress",
 )
-# Field keys whose Graph body depends on the current resource (collections and the address keep what we don't sync).
-_NEEDS_CURRENT = frozenset({
-    "email", "email_2", "email_3", "business_phone", "home_phone", "street", "city", "state", "postal_code", "country",
-})
+
 
 
 class GraphContactSide:
@@ -146,20 +149,10 @@ class GraphContactSide:
         if not version:
             etag = str(doc.get("@odata.etag") or "")
             version = etag[3:-1] if etag.startswith('W/"') else etag or None
-        for prop in doc.get("singleValueExtendedProperties") or []:
-            if isinstance(prop, Mapping) and str(prop.get("id", "")).casefold() == self._marker_id.casefold():
-                marker = prop.get("value")
-        modified = None
-        if doc.get("lastModifiedDateTime"):
-            try:
-                modified = datetime.fromisoformat(str(doc["lastModifiedDateTime"]).replace("Z", "+00:00"))
-            except ValueError:
-                modified = None
-        if modified is not None and modified.tzinfo is None:
-            modified = modified.replace(tzinfo=UTC)
+        marker = marker_of(doc, self._marker_id, marker)
         return SideRecord(
             side=Side.M365, id=str(doc["id"]), contact=graph_to_contact(doc, self._field_map), version=version,
-            owner=mailbox, modified_at=modified, marker=marker,
+            owner=mailbox, modified_at=modified_at(doc), marker=case_safe_id(marker) if marker else marker,
         )
 
     # --- folder and user --------------------------------------------------------------------------------------
@@ -181,9 +174,14 @@ class GraphContactSide:
             )
         except _Failure as failure:
             if isinstance(failure.error(), NotFound):
-                return None  # deleted, never existed, or moved out of the sync folder
+                return None  # deleted or never existed
             raise
         doc: dict[str, Any] = resp.body
+        if not in_folder(doc, folder):
+            # ids are mailbox-wide (§1.8): a contact moved to another folder still answers here; it left the folder
+            self.stats["guard: not in the folder"] += 1
+            logger.info("contact %s left the sync folder of mailbox %s", item_id, _mb(mailbox))
+            return None
         return doc
 
     async def _get(self, mailbox: str, item_id: str) -> SideRecord | None:
@@ -237,7 +235,8 @@ class GraphContactSide:
                 yield self._record(mailbox, doc)
 
     async def _by_marker(self, mailbox: str, marker: str) -> dict[str, Any] | None:
-        return await self._by_property(mailbox, self._marker_id, marker)
+        # Graph compares the value case-insensitively (§1.7): only the 18-character id tells two Salesforce ids apart
+        return await self._by_property(mailbox, self._marker_id, case_safe_id(marker))
 
     async def _by_property(self, mailbox: str, property_id: str, value: str) -> dict[str, Any] | None:
         """The first contact of the folder whose extended property ``property_id`` holds ``value``."""
@@ -265,7 +264,7 @@ class GraphContactSide:
             logger.info("create: %d value(s) did not fit Outlook and were cut", len(truncations))
         body = {k: v for k, v in body.items() if v is not None}
         if marker is not None:
-            body["singleValueExtendedProperties"] = [{"id": self._marker_id, "value": marker}]
+            body["singleValueExtendedProperties"] = [{"id": self._marker_id, "value": case_safe_id(marker)}]
             if key is not None:
                 body["singleValueExtendedProperties"].append({"id": CREATE_KEY_PROPERTY_ID, "value": key})
         return body
@@ -277,8 +276,17 @@ class GraphContactSide:
         if truncations:
             logger.info("update: %d value(s) did not fit Outlook and were cut", len(truncations))
         if marker is not None:
-            body["singleValueExtendedProperties"] = [{"id": self._marker_id, "value": marker}]
+            body["singleValueExtendedProperties"] = [{"id": self._marker_id, "value": case_safe_id(marker)}]
         return body
+
+    def _guard(self, current: dict[str, Any] | None, if_match: str | None) -> dict[str, Any]:
+        """The read before a write: gone or out of the folder → 404, another ``changeKey`` → 412 (counted)."""
+        if current is None:
+            raise _Failure(404, "ErrorItemNotFound")
+        if if_match and current.get("changeKey") != if_match:
+            self.stats["guard: changed since read"] += 1
+            raise _Failure(412, "ErrorIrresolvableConflict")
+        return current
 
     @staticmethod
     def _if_match(version: str | None) -> dict[str, str]:
@@ -336,22 +344,16 @@ class GraphContactSide:
         marker: str | None,
     ) -> SideRecord:
         folder = await self._folders.find_or_create(mailbox)
-        current: Mapping[str, Any] = {"id": item_id}  # scalar-only PATCH: the body does not depend on the resource
-        if fields & _NEEDS_CURRENT or not fields:
-            doc = await self._get_doc(mailbox, item_id)
-            if doc is None:
-                raise _Failure(404, "ErrorItemNotFound")
-            if if_match and doc.get("changeKey") != if_match:
-                raise _Failure(412, "ErrorIrresolvableConflict")
-            if not fields and marker is None:
-                return self._record(mailbox, doc)
-            current = doc
+        current = self._guard(await self._get_doc(mailbox, item_id), if_match)  # in the folder, at our version
+        if not fields and marker is None:
+            return self._record(mailbox, current)
         body = self._patch_body(contact, fields, current, marker)
         resp = await self._http.call(
             "PATCH", self._contact_path(mailbox, folder, item_id), body=body, headers=self._if_match(if_match),
             mailbox=mailbox,
         )
-        if marker is None and "changeKey" in current:  # a full resource was read: it knows the marker
+        check_landed(mailbox, folder, resp.body)
+        if marker is None:  # the resource read knows the marker (a PATCH answer carries none)
             marker = self._record(mailbox, current).marker
         return self._record(mailbox, resp.body, marker)
 
@@ -361,6 +363,7 @@ class GraphContactSide:
 
     async def _delete(self, mailbox: str, item_id: str, if_match: str | None) -> None:
         folder = await self._folders.find_or_create(mailbox)
+        self._guard(await self._get_doc(mailbox, item_id), if_match)  # never a contact outside the folder
         path = self._contact_path(mailbox, folder, item_id)
         attempt = 0
         while True:
@@ -410,21 +413,23 @@ class GraphContactSide:
     async def _update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]:
         folder = await self._folders.find_or_create(mailbox)
         out: list[SideRecord | SyncError | None] = [None] * len(items)
-        # Phase 1: read the current resource where the PATCH body depends on it (collections, the address).
+        # Phase 1: the write guard (in the folder, at our version; the PATCH body of collections and the address
+        # depends on the current resource too).
         reads = {
             n: _Op("GET", self._contact_path(mailbox, folder, i.item_id) + self._read_query())
             for n, i in enumerate(items)
-            if i.fields & _NEEDS_CURRENT or not i.fields
         }
         await self._batches.run(mailbox, list(reads.values()))
         currents: dict[int, Mapping[str, Any]] = {}
         for n, item in enumerate(items):
-            op = reads.get(n)
-            if op is None:
-                currents[n] = {"id": item.item_id}
-            elif not isinstance(op.result, _Response):
+            op = reads[n]
+            if not isinstance(op.result, _Response):
                 out[n] = item_error(op.result, item.item_id)
+            elif not in_folder(op.result.body, folder):
+                self.stats["guard: not in the folder"] += 1
+                out[n] = _map_error(404, "ErrorItemNotFound", item_id=item.item_id)
             elif item.if_match and op.result.body.get("changeKey") != item.if_match:
+                self.stats["guard: changed since read"] += 1
                 out[n] = _map_error(412, "ErrorIrresolvableConflict", item_id=item.item_id)
             elif not item.fields and item.marker is None:
                 out[n] = self._record(mailbox, op.result.body)
@@ -442,11 +447,11 @@ class GraphContactSide:
         await self._batches.run(mailbox, list(patches.values()))
         for n, op in patches.items():
             item = items[n]
-            if isinstance(op.result, _Response):
-                current = currents[n]
-                known = item.marker if item.marker is not None else (
-                    self._record(mailbox, current).marker if "changeKey" in current else None
-                )
+            if isinstance(op.result, _Response) and not in_folder(op.result.body, folder):
+                check_landed(mailbox, folder, op.result.body, raise_=False)
+                out[n] = _map_error(404, "ErrorItemNotFound", item_id=item.item_id)
+            elif isinstance(op.result, _Response):
+                known = item.marker if item.marker is not None else self._record(mailbox, currents[n]).marker
                 out[n] = self._record(mailbox, op.result.body, known)
             else:
                 out[n] = item_error(op.result, item.item_id)
@@ -459,12 +464,17 @@ class GraphContactSide:
         full = checkpoint is None
         url = checkpoint or self._run(self._delta_start(mailbox))
         prefer = {"Prefer": f"odata.maxpagesize={self._page_size}"}  # re-sent on every page
+        restarts = 0
         while True:  # nextLinks are followed here: the SDK's PageIterator stops on an empty page (§7.5)
             try:
                 resp = self._http.run(self._http.call("GET", url, headers=prefer, mailbox=mailbox))
             except _Failure as failure:
-                if failure.resync and not full:
-                    logger.info("delta token of mailbox %s expired (%s): full resync", _mb(mailbox), failure.status)
+                if failure.resync and restarts < MAX_DELTA_RESTARTS:
+                    # §3.3: the token is gone (also a skip token in the middle of a full round): drop it, start a
+                    # fresh round; the pages say ``full`` so the caller runs a full pass of the mailbox
+                    restarts += 1
+                    logger.info("delta token of mailbox %s dropped by Graph (%s %s): full resync", _mb(mailbox),
+                                failure.status, failure.code)
                     full = True
                     url = self._run(self._delta_start(mailbox))
                     continue

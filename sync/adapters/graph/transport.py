@@ -48,7 +48,9 @@ GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 IMMUTABLE_ID = 'IdType="ImmutableId"'
 MAILBOX_CONCURRENCY = 4  # §5 Outlook: 4 concurrent requests per app + mailbox
 _RETRY_STATUSES = frozenset({429, 503, 504})
-_RESYNC_CODES = frozenset({"syncstatenotfound", "resyncrequired"})
+# §3.3: a delta token Graph dropped. Compared case-insensitively (the docs write syncStateNotFound, Exchange answers
+# SyncStateNotFound), on the error code or any innerError code.
+_RESYNC_CODES = frozenset({"syncstatenotfound", "syncstateinvalid", "resyncrequired"})
 _NOT_FOUND_CODES = frozenset({"erroritemnotfound", "itemnotfound", "errorinvalididmalformed", "resourcenotfound"})
 
 
@@ -93,6 +95,8 @@ def _map_error(
     if status is None:
         kind = type(exc).__name__ if exc is not None else "no response"
         return Transient(f"graph request failed: {kind}", side=side, item_id=item_id)
+    if low in _RESYNC_CODES:
+        return Transient(f"Graph dropped the delta token ({what})", side=side, item_id=item_id)
     if status == 412 or low == "errorirresolvableconflict":
         return PreconditionFailed(f"contact changed since it was read ({what})", side=side, item_id=item_id)
     if status == 404 or low in _NOT_FOUND_CODES:
@@ -311,6 +315,12 @@ class _GraphHttp:
     def failure(status: int, headers: Mapping[str, str], body: Any) -> _Failure:
         err = body.get("error") if isinstance(body, dict) else None
         code = str(err.get("code") or "") if isinstance(err, dict) else ""
+        inner, depth = err, 0
+        while isinstance(inner, dict) and depth < 5 and code.casefold() not in _RESYNC_CODES:
+            # the errors page: "loop through all the error codes" - a delta reset may be an innerError's code
+            inner, depth = inner.get("innerError") or inner.get("innererror"), depth + 1
+            if isinstance(inner, dict) and str(inner.get("code") or "").casefold() in _RESYNC_CODES:
+                code = str(inner["code"])
         lowered = {k.lower(): v for k, v in headers.items()}
         return _Failure(status, code, parse_retry_after(lowered.get("retry-after")))
 
