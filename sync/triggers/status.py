@@ -28,6 +28,7 @@ from typing import Any
 import azure.functions as func
 
 from sync import bootstrap
+from sync.config import ConfigError
 from sync.ports import AuditEntry, ContactChange, MailboxJob, ReconcileJob, StoredSubscription
 from sync.subscriptions import mailbox_state
 from sync.triggers.errors import json_response
@@ -199,6 +200,8 @@ def _problems(root: bootstrap.Root) -> list[str]:
     try:
         check = getattr(root.salesforce, "check", None)
         problem = check() if callable(check) else None
+    except ConfigError:  # settings missing or invalid: already listed by missing_settings / the policy
+        return []
     except Exception as exc:  # noqa: BLE001 - the page must render; the error is shown, not raised
         problem = f"Salesforce: {type(exc).__name__}"
     return [problem] if isinstance(problem, str) and problem else []

@@ -20,7 +20,7 @@ from sync.adapters.graph import NewSubscription, SubscriptionRecord
 from sync.errors import NotFound
 from sync.ports import LifecycleNotice, StoredSubscription
 from sync.subscriptions import handle_notice, maintain_subscriptions
-from tests.fakes import MemoryCheckpoints, MemorySubscriptions
+from tests.fakes import MemoryCheckpoints, MemoryJobs, MemorySubscriptions
 
 MAILBOXES = ("ann@contoso.com", "bob@contoso.com")
 
@@ -72,6 +72,7 @@ class Parts:
     graph_subscriptions: FakeGraph = field(default_factory=FakeGraph)
     subscriptions: MemorySubscriptions = field(default_factory=MemorySubscriptions)
     checkpoints: MemoryCheckpoints = field(default_factory=MemoryCheckpoints)
+    jobs: MemoryJobs = field(default_factory=MemoryJobs)
     sent: list[object] = field(default_factory=list)
     graph: FakeFolders = field(default_factory=FakeFolders)
     mailboxes: tuple[str, ...] = MAILBOXES
