@@ -87,8 +87,11 @@ param syncMailboxes string = ''
 param syncMailboxGroupId string = ''
 
 // ---------------------------------------------------------------- Salesforce
-@description('OAuth host (SF_LOGIN_URL): https://login.salesforce.com, https://test.salesforce.com or the My Domain URL.')
+@description('Token host (SF_LOGIN_URL): the My Domain URL https://<name>.my.salesforce.com (required for client_credentials), or https://login.salesforce.com / https://test.salesforce.com (jwt_bearer only).')
 param sfLoginUrl string = 'https://login.salesforce.com'
+
+@description('JWT audience (SF_JWT_AUDIENCE): production (https://login.salesforce.com) or sandbox (https://test.salesforce.com); never the My Domain URL.')
+param sfJwtAudience string = 'production'
 
 @allowed([
   'jwt_bearer'
@@ -269,6 +272,7 @@ module api 'app/api.bicep' = {
     syncMailboxes: syncMailboxes
     syncMailboxGroupId: syncMailboxGroupId
     sfLoginUrl: sfLoginUrl
+    sfJwtAudience: sfJwtAudience
     sfAuthFlow: sfAuthFlow
     sfClientId: sfClientId
     sfUsername: sfUsername

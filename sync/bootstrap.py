@@ -31,6 +31,7 @@ from sync.config import (
     SalesforceAuth,
     load_policy,
     mailboxes_in_scope,
+    salesforce_oauth,
     setting,
     setting_flag,
 )
@@ -294,7 +295,6 @@ class Root:
         def build() -> TokenProvider:
             from sync.adapters.salesforce import TokenProvider
 
-            login = (self.get("SF_LOGIN_URL") or "").rstrip("/")
             client_id = self._require("SF_CLIENT_ID", "for Salesforce")
             raw = self.get("SF_AUTH_FLOW") or ""
             try:
@@ -304,15 +304,16 @@ class Root:
                 raise ConfigError(
                     f"invalid app settings:\n  - SF_AUTH_FLOW={raw!r}: expected one of {allowed}"
                 ) from None
-            common: dict[str, Any] = {"audience": login, "verify": self._sf_verify()}
+            token_url, audience = salesforce_oauth(self.env, flow)
+            common: dict[str, Any] = {"audience": audience, "verify": self._sf_verify()}
             if flow is SalesforceAuth.JWT_BEARER:
                 return TokenProvider(
-                    f"{login}/services/oauth2/token", client_id,
+                    token_url, client_id,
                     username=self._require("SF_USERNAME", "with SF_AUTH_FLOW=jwt_bearer"),
                     private_key=self._require("SF_PRIVATE_KEY", "with SF_AUTH_FLOW=jwt_bearer"), **common,
                 )
             return TokenProvider(
-                f"{login}/services/oauth2/token", client_id,
+                token_url, client_id,
                 client_secret=self._require("SF_CLIENT_SECRET", "with SF_AUTH_FLOW=client_credentials"), **common,
             )
 

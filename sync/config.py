@@ -76,7 +76,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SYNC_MAILBOX_GROUP_ID", None, "reserved, not read yet: Entra group whose members are the mailboxes"),
     Setting("WEBHOOK_BASE_URL", None, "public https base of this app, e.g. https://<app>.azurewebsites.net"),
     # Salesforce
-    Setting("SF_LOGIN_URL", "https://login.salesforce.com", "OAuth host (https://test.salesforce.com for sandboxes)"),
+    Setting("SF_LOGIN_URL", "https://login.salesforce.com",
+            "token host: https://<name>.my.salesforce.com (My Domain; required for client_credentials), or "
+            "https://login.salesforce.com / https://test.salesforce.com (jwt_bearer only)"),
+    Setting("SF_JWT_AUDIENCE", "production",
+            "jwt_bearer aud: production (https://login.salesforce.com) | sandbox (https://test.salesforce.com) | "
+            "an Experience Cloud site URL; never the My Domain URL"),
     Setting("SF_AUTH_FLOW", "jwt_bearer", "jwt_bearer | client_credentials"),
     Setting("SF_CLIENT_ID", None, "consumer key of the connected app / external client app"),
     Setting("SF_CLIENT_SECRET", None, "consumer secret; only with client_credentials", secret=True),
@@ -207,6 +212,31 @@ def mailboxes_in_scope(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
         if mailbox and mailbox not in out:
             out.append(mailbox)
     return tuple(out)
+
+
+LOGIN_HOSTS = {"production": "https://login.salesforce.com", "sandbox": "https://test.salesforce.com"}
+
+
+def salesforce_oauth(env: Mapping[str, str], flow: SalesforceAuth) -> tuple[str, str]:
+    """(token URL, JWT audience) from SF_LOGIN_URL and SF_JWT_AUDIENCE (docs/reference/salesforce.md §3.1, §3.2).
+
+    Salesforce refuses a My Domain ``aud`` ("audience is invalid") and client credentials on the login and test hosts
+    ("request not supported on this domain"): both are ``ConfigError`` here, before any call."""
+    login = (_raw(env, "SF_LOGIN_URL") or "").rstrip("/")
+    raw_aud = _raw(env, "SF_JWT_AUDIENCE") or ""
+    audience = LOGIN_HOSTS.get(raw_aud.casefold(), raw_aud.rstrip("/"))
+    errors: list[str] = []
+    if not login.startswith("https://") and "127.0.0.1" not in login and "localhost" not in login:
+        errors.append(f"SF_LOGIN_URL={login!r}: expected https://<name>.my.salesforce.com")
+    if flow is SalesforceAuth.CLIENT_CREDENTIALS and login in LOGIN_HOSTS.values():
+        errors.append(f"SF_LOGIN_URL={login!r}: client_credentials works only on your My Domain host "
+                      "(https://<name>.my.salesforce.com); Salesforce answers 'request not supported on this domain'")
+    if flow is SalesforceAuth.JWT_BEARER and (".my.salesforce.com" in audience or not audience.startswith("https://")):
+        errors.append(f"SF_JWT_AUDIENCE={raw_aud!r}: expected production, sandbox or an Experience Cloud site URL; "
+                      "Salesforce answers 'audience is invalid' to a My Domain audience")
+    if errors:
+        raise ConfigError("invalid app settings:\n  - " + "\n  - ".join(errors))
+    return f"{login}/services/oauth2/token", audience
 
 
 def setting(name: str, env: Mapping[str, str] | None = None) -> str | None:

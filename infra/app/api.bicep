@@ -71,6 +71,7 @@ param syncFolderName string
 param syncMailboxes string
 param syncMailboxGroupId string
 param sfLoginUrl string
+param sfJwtAudience string
 param sfAuthFlow string
 param sfClientId string
 param sfUsername string
@@ -128,6 +129,7 @@ var productSettings = {
   SYNC_MAILBOX_GROUP_ID: syncMailboxGroupId
   WEBHOOK_BASE_URL: effectiveWebhookBaseUrl
   SF_LOGIN_URL: sfLoginUrl
+  SF_JWT_AUDIENCE: sfJwtAudience
   SF_AUTH_FLOW: sfAuthFlow
   SF_CLIENT_ID: sfClientId
   SF_USERNAME: sfUsername

@@ -3,6 +3,8 @@
 Per mailbox in scope: last sync (newest applied audit row), lag (now - last sync), the Graph subscription's id and
 expiry, failures and pending review items among the recent audit rows, and those recent rows themselves as ids,
 actions, outcomes and field names. Never contact names, emails, phones or the audit reasons (which may quote them).
+Above them, ``salesforce``: whether the OAuth setup works (a wrong token host or audience is shown here as the
+setting to fix, docs/configuration.md), from a cached token or one token request.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 import azure.functions as func
 
 from sync import bootstrap
+from sync.config import ConfigError
+from sync.errors import SyncError
 from sync.ports import StoredSubscription
 from sync.triggers.errors import http_response, json_response
 
@@ -52,7 +56,20 @@ def collect(root: bootstrap.Root, now: datetime | None = None) -> dict[str, Any]
                 for e in entries[:SHOWN]
             ],
         })
-    return {"generated": now.isoformat(), "mailboxes": out}
+    return {"generated": now.isoformat(), "salesforce": salesforce_auth(root), "mailboxes": out}
+
+
+def salesforce_auth(root: bootstrap.Root) -> dict[str, Any]:
+    """``{"ok", "flow", "error"}``: the settings' problem or the token endpoint's refusal, never a secret."""
+    try:
+        tokens = root.tokens
+    except ConfigError as exc:
+        return {"ok": False, "flow": None, "error": str(exc)}
+    try:
+        tokens.token()
+    except SyncError as exc:
+        return {"ok": False, "flow": tokens.flow, "error": str(exc)}
+    return {"ok": True, "flow": tokens.flow, "error": None}
 
 
 def render_html(doc: dict[str, Any]) -> str:
@@ -77,6 +94,7 @@ def render_html(doc: dict[str, Any]) -> str:
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Contact sync status</title></head><body>"
         f"<h1>Contact sync status</h1><p>generated {e(doc['generated'])}</p>"
+        f"<p>Salesforce sign-in: {'ok' if doc['salesforce']['ok'] else 'FAILED: ' + e(doc['salesforce']['error'])}</p>"
         "<h2>Mailboxes</h2><table border='1'><tr><th>mailbox</th><th>last sync</th><th>lag (s)</th>"
         "<th>subscription</th><th>expires</th><th>errors</th><th>pending review</th></tr>"
         + "".join(rows) + "</table><h2>Recent audit rows</h2><table border='1'><tr><th>mailbox</th><th>at</th>"

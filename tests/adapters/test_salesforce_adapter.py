@@ -521,3 +521,37 @@ def test_the_session_keeps_a_connection_for_every_message_a_host_works_on_at_onc
     for url in ("https://example.my.salesforce.com/", "http://127.0.0.1:1/"):
         pool = side._rest.session.get_adapter(url)._pool_maxsize
         assert pool >= at_once, f"{pool} kept-alive connections for {at_once} messages at once"
+
+
+# -- OAuth setup errors (docs/reference/salesforce.md §3.1, §3.2) ------------------------------------------------------
+
+def test_a_refused_token_setup_is_remembered_not_retried_and_names_the_fix(h: SalesforceHarness) -> None:
+    from devhost.stack import jwt_keys
+    from sync.adapters.salesforce import TokenProvider
+
+    private, public = jwt_keys()
+    h.emu.register_jwt_client("cid-aud", public)
+    now = [1000.0]
+    tokens = TokenProvider(h.emu.token_url, "cid-aud", username="integration@example.com", private_key=private,
+                           audience=h.emu.instance_url, session=h.emu.requests_session(), clock=lambda: now[0])
+    before = h.emu.counters["oauth.token"]
+    for _ in range(3):
+        with pytest.raises(AuthFailed, match="audience is invalid.*SF_JWT_AUDIENCE"):
+            tokens.token()
+    assert h.emu.counters["oauth.token"] - before == 1  # asked once: the refusal is held, no retry loop
+    now[0] += 301
+    with pytest.raises(AuthFailed):
+        tokens.token()
+    assert h.emu.counters["oauth.token"] - before == 2
+
+
+def test_client_credentials_on_the_login_host_is_refused_with_the_fix(h: SalesforceHarness) -> None:
+    from sync.adapters.salesforce import TokenProvider
+
+    h.emu.register_client_credentials("cid-cc", "s3cret")
+    wrong = TokenProvider(f"{h.emu.login_url}/services/oauth2/token", "cid-cc", client_secret="s3cret",
+                          session=h.emu.requests_session())
+    with pytest.raises(AuthFailed, match="request not supported on this domain.*My Domain"):
+        wrong.token()
+    right = TokenProvider(h.emu.token_url, "cid-cc", client_secret="s3cret", session=h.emu.requests_session())
+    assert right.token().user_id == h.emu.integration_user_id

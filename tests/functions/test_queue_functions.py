@@ -234,3 +234,15 @@ def test_storage_queue_refuses_messages_over_48_kib(root, queues) -> None:
     with pytest.raises(QueueMessageTooLarge, match="exceeds"):
         q.send_text("x" * (MAX_MESSAGE_TEXT + 1))
     assert len(queues.take("contact-changes")) == 1
+
+
+def test_status_page_names_a_salesforce_setup_salesforce_would_refuse() -> None:
+    from sync import bootstrap
+
+    wrong = bootstrap.Root({"SF_AUTH_FLOW": "client_credentials", "SF_CLIENT_ID": "cid", "SF_CLIENT_SECRET": "s3cret",
+                            "SF_LOGIN_URL": "https://login.salesforce.com"})
+    doc = status.salesforce_auth(wrong)
+    assert doc["ok"] is False and "SF_LOGIN_URL" in doc["error"] and "My Domain" in doc["error"]
+    assert "s3cret" not in doc["error"]
+    html = status.render_html({"generated": "now", "salesforce": doc, "mailboxes": []})
+    assert "Salesforce sign-in: FAILED" in html and "SF_LOGIN_URL" in html
