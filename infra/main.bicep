@@ -168,7 +168,10 @@ param syncTablePrefix string = 'sync'
 // ---------------------------------------------------------------- schedules (6-field NCRONTAB, UTC)
 param reconcileSchedule string = '0 */30 * * * *'
 param subscriptionSchedule string = '0 0 */6 * * *'
-param cdcPullSchedule string = '*/30 * * * * *'
+param cdcPullSchedule string = '0 * * * * *'
+
+@description('Seconds one CDC pull holds the Pub/Sub subscription (CDC_PULL_HOLD_SECONDS): a little under the schedule period.')
+param cdcPullHoldSeconds string = '57'
 
 // ---------------------------------------------------------------- names
 var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName, location))
@@ -293,6 +296,7 @@ module api 'app/api.bicep' = {
     reconcileSchedule: reconcileSchedule
     subscriptionSchedule: subscriptionSchedule
     cdcPullSchedule: cdcPullSchedule
+    cdcPullHoldSeconds: cdcPullHoldSeconds
     enableEventsRelay: enableEventsRelay
     salesforceKeySecretName: keyVaultSecretNames.salesforceKey
     eventsHmacSecretName: keyVaultSecretNames.eventsHmac

@@ -337,6 +337,19 @@ class Root:
         return self._once("salesforce", build)
 
     @property
+    def cdc_hold_seconds(self) -> float:
+        """CDC_PULL_HOLD_SECONDS: how long one pull holds the Pub/Sub subscription (1 to 570 s)."""
+        raw = self.get("CDC_PULL_HOLD_SECONDS") or ""
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 1 <= value <= 570:
+            raise ConfigError(f"invalid app settings:\n  - CDC_PULL_HOLD_SECONDS={raw!r}: expected seconds from 1 "
+                              "to 570, a little under the CDC_PULL_SCHEDULE period")
+        return value
+
+    @property
     def cdc(self) -> CdcSubscriber:
         def build() -> CdcSubscriber:
             from sync.adapters.salesforce.pubsub import CdcSubscriber

@@ -109,7 +109,9 @@ SETTINGS: tuple[Setting, ...] = (
     # Schedules (6-field NCRONTAB, UTC)
     Setting("RECONCILE_SCHEDULE", "0 */30 * * * *", "NCRONTAB"),
     Setting("SUBSCRIPTION_SCHEDULE", "0 0 */6 * * *", "NCRONTAB"),
-    Setting("CDC_PULL_SCHEDULE", "*/30 * * * * *", "NCRONTAB"),
+    Setting("CDC_PULL_SCHEDULE", "0 * * * * *", "NCRONTAB; each run holds the subscription 57 s, so once a minute"),
+    Setting("CDC_PULL_HOLD_SECONDS", "57", "seconds one CDC pull holds the subscription open: a little under the "
+            "CDC_PULL_SCHEDULE period (1 to 570)"),
 )
 SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS)
 _DEFAULTS: Mapping[str, str | None] = {s.name: s.default for s in SETTINGS}

@@ -92,6 +92,7 @@ param breakerMaxCount int
 param reconcileSchedule string
 param subscriptionSchedule string
 param cdcPullSchedule string
+param cdcPullHoldSeconds string
 
 @description('Write EVENTS_HMAC_SECRET (Key Vault reference) for the signed POST /api/salesforce/events relay.')
 param enableEventsRelay bool = false
@@ -153,6 +154,7 @@ var productSettings = {
   RECONCILE_SCHEDULE: reconcileSchedule
   SUBSCRIPTION_SCHEDULE: subscriptionSchedule
   CDC_PULL_SCHEDULE: cdcPullSchedule
+  CDC_PULL_HOLD_SECONDS: cdcPullHoldSeconds
 }
 
 // Secrets are Key Vault references, written only for the credential in use: an unresolved reference makes the app
