@@ -234,6 +234,22 @@ class SalesforceEmulator:
         with self.org.transaction(self._ctx(as_user, origin)) as txn:
             self.org.update(txn, "Contact", contact_id, fields)
 
+    @property
+    def automated_process_user_id(self) -> str:
+        return self.org.automated_process_user_id
+
+    def run_flow(self, contact_ids: list[str], fields: dict[str, Any]) -> None:
+        """A scheduled / platform-event flow: one transaction as the Automated Process user, no Call Options
+        (``changeOrigin`` empty), one UPDATE event per record with ``commitUser`` = that user."""
+        with self.org.transaction(self._ctx(self.automated_process_user_id, "")) as txn:
+            for contact_id in contact_ids:
+                self.org.update(txn, "Contact", contact_id, fields)
+
+    def bump_system_modstamp(self, contact_ids: list[str]) -> None:
+        """Automation that changes no field (roll-up, sharing recalculation): ``SystemModstamp`` moves, nothing
+        else, no change event."""
+        self.org.touch("Contact", contact_ids)
+
     def change_owner(self, contact_id: str, owner_id: str, *, as_user: str | None = None) -> None:
         self.update_contact(contact_id, {"OwnerId": owner_id}, as_user=as_user)
 

@@ -190,7 +190,8 @@ def test_where_order_limit_owner_and_account_relationship(emu, sf):
         sf.query("SELECT Nope FROM Contact")
     assert e.value.content[0]["errorCode"] == "INVALID_FIELD"
     users = sf.query("SELECT Id, Email, FederationIdentifier FROM User WHERE IsActive = true")
-    assert {u["Email"] for u in users["records"]} == {"integration@example.com", "rep@example.com"}
+    assert {u["Email"] for u in users["records"]} == {"integration@example.com", "rep@example.com",
+                                                      "autoproc@example.com"}  # Automated Process is a User too
 
 
 def test_query_all_shows_recycle_bin_rows(emu, sf):

@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help=f"comma-separated events to leave out: {', '.join(EVENTS)}")
     parser.add_argument("--evidence", type=int, default=8, help="print the timelines of the first N mismatches")
     parser.add_argument("--verbose", action="store_true", help="keep the logs of the host and the adapters")
+    parser.add_argument("--no-automation", action="store_true",
+                        help="leave out flows (Automated Process writes) and SystemModstamp bumps")
     args = parser.parse_args(argv)
     skip = frozenset(s.strip() for s in args.skip.split(",") if s.strip())
     if skip - set(EVENTS):
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         quiet_logs()
     profile = Profile(seconds=args.minutes * 60, per_rep=args.per_rep, actions_per_second=args.rate, seed=args.seed,
-                      skip=skip, evidence=args.evidence)
+                      skip=skip, evidence=args.evidence, automation=not args.no_automation)
     with _azurite() as conn:
         report = run_profile(conn, profile)
     print(report.render(), flush=True)

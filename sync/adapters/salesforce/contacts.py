@@ -10,6 +10,7 @@
 - Company: ``Account.Name`` is read with every record; on write the name is resolved to an Account (``directory``)
   and never silently dropped: an unresolved company fails the item with ``BadData`` and its id is appended to
   ``unresolved_accounts``. ``company=None`` clears AccountId.
+- ``untouched``: created by the integration user and last modified by it or by Automated Process (flows).
 - Marker: the Outlook id in ``marker_field`` (e.g. ``Outlook_Id__c``) when configured, ignored otherwise.
 """
 
@@ -37,6 +38,16 @@ logger = logging.getLogger(__name__)
 
 MAX_IDS_PER_SOQL = 200  # ids in one ``WHERE Id IN (...)`` (keeps the GET URL short)
 _ID = re.compile(r"^[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?$")
+
+
+def written_since(row: Mapping[str, Any], version: str) -> bool:
+    """Whether someone wrote the record after we read it at ``version`` (its SystemModstamp). A moved
+    SystemModstamp with a LastModifiedDate not after ``version`` is automation that changed no field (roll-ups,
+    sharing, bounce processing): not a write, so it fails no guard and is never reported as a conflict."""
+    if str(row["SystemModstamp"]) == version:
+        return False
+    modified, read = parse_dt(row.get("LastModifiedDate")), parse_dt(version)
+    return modified is None or read is None or modified > read
 
 
 class _NothingToRetry(SyncError):
@@ -87,7 +98,7 @@ class SalesforceContactSide:
         self._describe_pending = use_describe_lengths and lengths is None
         self.unresolved_accounts: list[str | None] = []  # item ids (None: not created yet) whose company failed
         fields = ["Id", "OwnerId", "SystemModstamp", "LastModifiedDate", "CreatedById", "LastModifiedById", "IsDeleted",
-                  "AccountId",
+                  "AccountId", "LastModifiedBy.UserType",
                   *self._field_map.salesforce_fields().values()]
         if marker_field:
             fields.append(marker_field)
@@ -131,8 +142,16 @@ class SalesforceContactSide:
             side=Side.SALESFORCE, id=str(row["Id"]), contact=salesforce_to_contact(row, self._field_map),
             version=str(row["SystemModstamp"]), owner=self._directory.mailbox_of(row.get("OwnerId")),
             modified_at=parse_dt(row.get("LastModifiedDate")), marker=str(marker) if marker else None,
-            untouched=self._is_us(row.get("CreatedById")) is True and self._is_us(row.get("LastModifiedById")) is True,
+            untouched=self._is_us(row.get("CreatedById")) is True and self._by_us_or_automation(row),
         )
+
+    def _by_us_or_automation(self, row: Mapping[str, Any]) -> bool:
+        """Last written by us, or by the Automated Process user (a scheduled or event-triggered flow): automation
+        holds no one's work, and what it derived it derives again on the copy that stays. A ``SystemModstamp``-only
+        bump (roll-ups, sharing) leaves ``LastModifiedById`` alone, so it never counts as a write."""
+        by = row.get("LastModifiedBy")
+        return self._is_us(row.get("LastModifiedById")) is True or (
+            isinstance(by, Mapping) and by.get("UserType") == "AutomatedProcess")
 
     def _is_us(self, user_id: object) -> bool | None:
         """Whether a CreatedById / LastModifiedById is the integration user (15- or 18-character ids compared on
@@ -225,7 +244,7 @@ class SalesforceContactSide:
         row = self._rows_by_id([item_id]).get(item_id)
         if row is None:
             raise NotFound("contact not found", side=SIDE, item_id=item_id)
-        if if_match is not None and str(row["SystemModstamp"]) != if_match:
+        if if_match is not None and written_since(row, if_match):
             raise PreconditionFailed("changed since it was read (SystemModstamp)", side=SIDE, item_id=item_id)
 
     def _reread(self, item_id: str, written: Mapping[str, Any]) -> SideRecord:
@@ -353,7 +372,7 @@ class SalesforceContactSide:
             if row is None:
                 results.append(NotFound("contact not found", side=SIDE, item_id=item.item_id))
                 continue
-            if item.if_match is not None and str(row["SystemModstamp"]) != item.if_match:
+            if item.if_match is not None and written_since(row, item.if_match):
                 results.append(PreconditionFailed("changed since it was read (SystemModstamp)", side=SIDE,
                                                   item_id=item.item_id))
                 continue
@@ -385,7 +404,7 @@ class SalesforceContactSide:
                 item, row = items[index], rows.get(rec["Id"])
                 if row is None:
                     results[index] = NotFound("contact not found", side=SIDE, item_id=item.item_id)
-                elif item.if_match is not None and str(row["SystemModstamp"]) != item.if_match:
+                elif item.if_match is not None and written_since(row, item.if_match):
                     results[index] = PreconditionFailed("changed since it was read (SystemModstamp)",
                                                         side=SIDE, item_id=item.item_id)
                 else:
