@@ -57,6 +57,7 @@ bench: deps
 	$(PY) -m bench.import_time
 	$(PY) -m bench.webhook_ack
 	$(PY) -m bench.latency
+	$(PY) -m bench.cdc_latency
 	$(PY) -m bench.scale
 
 # The soak with faults (tests/soak/): minutes of random edits on both sides under injected faults, then a reconcile
