@@ -69,6 +69,7 @@ bench: deps
 	$(PY) -m bench.cold_start
 	$(PY) -m bench.webhook_flood
 	$(PY) -m bench.latency
+	$(PY) -m bench.cdc_latency
 	$(PY) -m bench.scale
 
 # The soak with faults (tests/soak/): minutes of random edits on both sides under injected faults, then a reconcile

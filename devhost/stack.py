@@ -71,11 +71,13 @@ def app_settings(
     events_secret: str | None = None,
     cdc_schedule: str = NEVER,
     subscriptions_on_start: bool = False,
+    cdc_hold_seconds: float = 3.0,
     overrides: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Settings for the app on the local host. ``host_port`` sets ``WEBHOOK_BASE_URL`` (Graph calls the host back
     there); the reconcile and subscription timers never fire by themselves, and the start-up upkeep creates
-    subscriptions only with ``subscriptions_on_start``; ``overrides`` win."""
+    subscriptions only with ``subscriptions_on_start``; a CDC pull holds its subscription ``cdc_hold_seconds`` (short,
+    so a test that fires the timer gets on; the deployed default is 57); ``overrides`` win."""
     settings = {
         "AzureWebJobsStorage": storage,
         "SYNC_TABLE_PREFIX": table_prefix,
@@ -88,7 +90,8 @@ def app_settings(
                                       pubsub=pubsub)
     if events_secret is not None:
         settings["EVENTS_HMAC_SECRET"] = events_secret
-    settings |= {"CDC_PULL_SCHEDULE": cdc_schedule, "RECONCILE_SCHEDULE": NEVER, "SUBSCRIPTION_SCHEDULE": NEVER,
+    settings |= {"CDC_PULL_SCHEDULE": cdc_schedule, "CDC_PULL_HOLD_SECONDS": str(cdc_hold_seconds),
+                 "RECONCILE_SCHEDULE": NEVER, "SUBSCRIPTION_SCHEDULE": NEVER,
                  "SUBSCRIPTIONS_ON_START": "true" if subscriptions_on_start else "false"}
     return settings | dict(overrides or {})
 

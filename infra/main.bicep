@@ -87,8 +87,11 @@ param syncMailboxes string = ''
 param syncMailboxGroupId string = ''
 
 // ---------------------------------------------------------------- Salesforce
-@description('OAuth host (SF_LOGIN_URL): https://login.salesforce.com, https://test.salesforce.com or the My Domain URL.')
+@description('Token host (SF_LOGIN_URL): the My Domain URL https://<name>.my.salesforce.com (required for client_credentials), or https://login.salesforce.com / https://test.salesforce.com (jwt_bearer only).')
 param sfLoginUrl string = 'https://login.salesforce.com'
+
+@description('JWT audience (SF_JWT_AUDIENCE): production (https://login.salesforce.com) or sandbox (https://test.salesforce.com); never the My Domain URL.')
+param sfJwtAudience string = 'production'
 
 @allowed([
   'jwt_bearer'
@@ -165,7 +168,10 @@ param syncTablePrefix string = 'sync'
 // ---------------------------------------------------------------- schedules (6-field NCRONTAB, UTC)
 param reconcileSchedule string = '0 */30 * * * *'
 param subscriptionSchedule string = '0 0 */6 * * *'
-param cdcPullSchedule string = '*/30 * * * * *'
+param cdcPullSchedule string = '0 * * * * *'
+
+@description('Seconds one CDC pull holds the Pub/Sub subscription (CDC_PULL_HOLD_SECONDS): a little under the schedule period.')
+param cdcPullHoldSeconds string = '57'
 
 // ---------------------------------------------------------------- names
 var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName, location))
@@ -269,6 +275,7 @@ module api 'app/api.bicep' = {
     syncMailboxes: syncMailboxes
     syncMailboxGroupId: syncMailboxGroupId
     sfLoginUrl: sfLoginUrl
+    sfJwtAudience: sfJwtAudience
     sfAuthFlow: sfAuthFlow
     sfClientId: sfClientId
     sfUsername: sfUsername
@@ -289,6 +296,7 @@ module api 'app/api.bicep' = {
     reconcileSchedule: reconcileSchedule
     subscriptionSchedule: subscriptionSchedule
     cdcPullSchedule: cdcPullSchedule
+    cdcPullHoldSeconds: cdcPullHoldSeconds
     enableEventsRelay: enableEventsRelay
     salesforceKeySecretName: keyVaultSecretNames.salesforceKey
     eventsHmacSecretName: keyVaultSecretNames.eventsHmac

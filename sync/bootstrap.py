@@ -37,6 +37,7 @@ from sync.config import (
     SalesforceAuth,
     load_policy,
     mailboxes_in_scope,
+    salesforce_oauth,
     setting,
     setting_flag,
     webhook_base_url,
@@ -332,7 +333,6 @@ class Root:
         def build() -> TokenProvider:
             from sync.adapters.salesforce import TokenProvider
 
-            login = (self.get("SF_LOGIN_URL") or "").rstrip("/")
             client_id = self._require("SF_CLIENT_ID", "for Salesforce")
             raw = self.get("SF_AUTH_FLOW") or ""
             try:
@@ -342,15 +342,16 @@ class Root:
                 raise ConfigError(
                     f"invalid app settings:\n  - SF_AUTH_FLOW={raw!r}: expected one of {allowed}"
                 ) from None
-            common: dict[str, Any] = {"audience": login, "verify": self._sf_verify()}
+            token_url, audience = salesforce_oauth(self.env, flow)
+            common: dict[str, Any] = {"audience": audience, "verify": self._sf_verify()}
             if flow is SalesforceAuth.JWT_BEARER:
                 return TokenProvider(
-                    f"{login}/services/oauth2/token", client_id,
+                    token_url, client_id,
                     username=self._require("SF_USERNAME", "with SF_AUTH_FLOW=jwt_bearer"),
                     private_key=self._require("SF_PRIVATE_KEY", "with SF_AUTH_FLOW=jwt_bearer"), **common,
                 )
             return TokenProvider(
-                f"{login}/services/oauth2/token", client_id,
+                token_url, client_id,
                 client_secret=self._require("SF_CLIENT_SECRET", "with SF_AUTH_FLOW=client_credentials"), **common,
             )
 
@@ -379,6 +380,19 @@ class Root:
 
         logger.info("cdc asks for a %s reconcile: %s", mode, reason)
         start_job(self.jobs, self.work_queue, list(self.mailboxes), "full" if mode == "full" else "delta", origin="cdc")
+
+    @property
+    def cdc_hold_seconds(self) -> float:
+        """CDC_PULL_HOLD_SECONDS: how long one pull holds the Pub/Sub subscription (1 to 570 s)."""
+        raw = self.get("CDC_PULL_HOLD_SECONDS") or ""
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 1 <= value <= 570:
+            raise ConfigError(f"invalid app settings:\n  - CDC_PULL_HOLD_SECONDS={raw!r}: expected seconds from 1 "
+                              "to 570, a little under the CDC_PULL_SCHEDULE period")
+        return value
 
     @property
     def cdc(self) -> CdcSubscriber:

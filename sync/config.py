@@ -79,7 +79,12 @@ SETTINGS: tuple[Setting, ...] = (
             "public https base of this app; empty: https://$WEBSITE_HOSTNAME (http only on 127.0.0.1/localhost)"),
     Setting("SUBSCRIPTIONS_ON_START", "true", "true | false: create missing Graph subscriptions when the app starts"),
     # Salesforce
-    Setting("SF_LOGIN_URL", "https://login.salesforce.com", "OAuth host (https://test.salesforce.com for sandboxes)"),
+    Setting("SF_LOGIN_URL", "https://login.salesforce.com",
+            "token host: https://<name>.my.salesforce.com (My Domain; required for client_credentials), or "
+            "https://login.salesforce.com / https://test.salesforce.com (jwt_bearer only)"),
+    Setting("SF_JWT_AUDIENCE", "production",
+            "jwt_bearer aud: production (https://login.salesforce.com) | sandbox (https://test.salesforce.com) | "
+            "an Experience Cloud site URL; never the My Domain URL"),
     Setting("SF_AUTH_FLOW", "jwt_bearer", "jwt_bearer | client_credentials"),
     Setting("SF_CLIENT_ID", None, "consumer key of the connected app / external client app"),
     Setting("SF_CLIENT_SECRET", None, "consumer secret; only with client_credentials", secret=True),
@@ -107,7 +112,9 @@ SETTINGS: tuple[Setting, ...] = (
     # Schedules (6-field NCRONTAB, UTC)
     Setting("RECONCILE_SCHEDULE", "0 */30 * * * *", "NCRONTAB"),
     Setting("SUBSCRIPTION_SCHEDULE", "0 0 */6 * * *", "NCRONTAB"),
-    Setting("CDC_PULL_SCHEDULE", "*/30 * * * * *", "NCRONTAB"),
+    Setting("CDC_PULL_SCHEDULE", "0 * * * * *", "NCRONTAB; each run holds the subscription 57 s, so once a minute"),
+    Setting("CDC_PULL_HOLD_SECONDS", "57", "seconds one CDC pull holds the subscription open: a little under the "
+            "CDC_PULL_SCHEDULE period (1 to 570)"),
 )
 SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS)
 _DEFAULTS: Mapping[str, str | None] = {s.name: s.default for s in SETTINGS}
@@ -210,6 +217,31 @@ def mailboxes_in_scope(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
         if mailbox and mailbox not in out:
             out.append(mailbox)
     return tuple(out)
+
+
+LOGIN_HOSTS = {"production": "https://login.salesforce.com", "sandbox": "https://test.salesforce.com"}
+
+
+def salesforce_oauth(env: Mapping[str, str], flow: SalesforceAuth) -> tuple[str, str]:
+    """(token URL, JWT audience) from SF_LOGIN_URL and SF_JWT_AUDIENCE (docs/reference/salesforce.md §3.1, §3.2).
+
+    Salesforce refuses a My Domain ``aud`` ("audience is invalid") and client credentials on the login and test hosts
+    ("request not supported on this domain"): both are ``ConfigError`` here, before any call."""
+    login = (_raw(env, "SF_LOGIN_URL") or "").rstrip("/")
+    raw_aud = _raw(env, "SF_JWT_AUDIENCE") or ""
+    audience = LOGIN_HOSTS.get(raw_aud.casefold(), raw_aud.rstrip("/"))
+    errors: list[str] = []
+    if not login.startswith("https://") and "127.0.0.1" not in login and "localhost" not in login:
+        errors.append(f"SF_LOGIN_URL={login!r}: expected https://<name>.my.salesforce.com")
+    if flow is SalesforceAuth.CLIENT_CREDENTIALS and login in LOGIN_HOSTS.values():
+        errors.append(f"SF_LOGIN_URL={login!r}: client_credentials works only on your My Domain host "
+                      "(https://<name>.my.salesforce.com); Salesforce answers 'request not supported on this domain'")
+    if flow is SalesforceAuth.JWT_BEARER and (".my.salesforce.com" in audience or not audience.startswith("https://")):
+        errors.append(f"SF_JWT_AUDIENCE={raw_aud!r}: expected production, sandbox or an Experience Cloud site URL; "
+                      "Salesforce answers 'audience is invalid' to a My Domain audience")
+    if errors:
+        raise ConfigError("invalid app settings:\n  - " + "\n  - ".join(errors))
+    return f"{login}/services/oauth2/token", audience
 
 
 def setting(name: str, env: Mapping[str, str] | None = None) -> str | None:

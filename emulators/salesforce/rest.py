@@ -182,7 +182,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _jwt_grant(self, assertion: str) -> Token:
         # JWT bearer flow, docs/reference/salesforce.md §3.1: RS256, iss = consumer key, sub = username, aud =
-        # login/test/My Domain, exp a few minutes ahead. Error texts: see docs/emulator-fidelity-salesforce.md.
+        # the login or test URL (whichever host the request is posted to; My Domain is refused), exp ahead.
+        # Error texts: see docs/emulator-fidelity-salesforce.md.
         try:
             header = jwt.get_unverified_header(assertion)
             claims = jwt.decode(assertion, options={"verify_signature": False})
@@ -213,7 +214,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _client_credentials(self, form: dict[str, str]) -> Token:
         # Client credentials flow, docs/reference/salesforce.md §3.2: Basic auth or form fields; tokens run as the app's
-        # user.
+        # user. Only on the My Domain host: login/test answer "request not supported on this domain".
+        if not self.emulator.is_my_domain(self.headers.get("Host", "")):
+            raise OAuthError("invalid_grant", "request not supported on this domain")
         cid, secret = form.get("client_id", ""), form.get("client_secret", "")
         auth = self.headers.get("Authorization", "")
         if auth.lower().startswith("basic "):

@@ -131,7 +131,18 @@ class SalesforceEmulator:
 
     @property
     def token_url(self) -> str:
+        """The My Domain token endpoint (``https://127.0.0.1:<port>``): every grant works here."""
         return f"{self.instance_url}/services/oauth2/token"
+
+    @property
+    def login_url(self) -> str:
+        """The stand-in for ``login.salesforce.com`` / ``test.salesforce.com``: the same server reached as
+        ``localhost``. JWT bearer works there; client credentials do not (docs/reference/salesforce.md §3.2)."""
+        return f"https://localhost:{self._port}"
+
+    def is_my_domain(self, host_header: str) -> bool:
+        """Whether a request's ``Host`` names the My Domain host (``127.0.0.1``), not the generic login host."""
+        return host_header.rsplit(":", 1)[0].strip("[]") == self.host
 
     @property
     def grpc_target(self) -> str:
@@ -156,11 +167,11 @@ class SalesforceEmulator:
     # -- auth ------------------------------------------------------------------------------------------------------
     def register_jwt_client(self, client_id: str, public_key_pem: str | bytes, *, users: list[str] | None = None,
                             audiences: tuple[str, ...] | None = None) -> None:
-        """``users``: pre-authorized user ids (None: any active user); ``audiences`` default: login, test and
-        this instance (My Domain)."""
+        """``users``: pre-authorized user ids (None: any active user); ``audiences`` default: the login and test URLs
+        only, as Salesforce (a My Domain ``aud`` is refused, docs/reference/salesforce.md §3.1)."""
         pem = public_key_pem.decode() if isinstance(public_key_pem, bytes) else public_key_pem
         self.org.jwt_clients[client_id] = {"client_id": client_id, "public_key": pem, "users": users or [],
-                                           "audiences": audiences or (*LOGIN_AUDIENCES, self.instance_url)}
+                                           "audiences": audiences or LOGIN_AUDIENCES}
 
     def register_client_credentials(self, client_id: str, client_secret: str, run_as: str | None = "") -> None:
         """``run_as``: the app's Run As user id; default the integration user; None = not configured."""
@@ -222,6 +233,22 @@ class SalesforceEmulator:
                        origin: str = UI_ORIGIN) -> None:
         with self.org.transaction(self._ctx(as_user, origin)) as txn:
             self.org.update(txn, "Contact", contact_id, fields)
+
+    @property
+    def automated_process_user_id(self) -> str:
+        return self.org.automated_process_user_id
+
+    def run_flow(self, contact_ids: list[str], fields: dict[str, Any]) -> None:
+        """A scheduled / platform-event flow: one transaction as the Automated Process user, no Call Options
+        (``changeOrigin`` empty), one UPDATE event per record with ``commitUser`` = that user."""
+        with self.org.transaction(self._ctx(self.automated_process_user_id, "")) as txn:
+            for contact_id in contact_ids:
+                self.org.update(txn, "Contact", contact_id, fields)
+
+    def bump_system_modstamp(self, contact_ids: list[str]) -> None:
+        """Automation that changes no field (roll-up, sharing recalculation): ``SystemModstamp`` moves, nothing
+        else, no change event."""
+        self.org.touch("Contact", contact_ids)
 
     def change_owner(self, contact_id: str, owner_id: str, *, as_user: str | None = None) -> None:
         self.update_contact(contact_id, {"OwnerId": owner_id}, as_user=as_user)

@@ -86,6 +86,7 @@ USER_FIELDS = (
     FieldDef("Email", "email", "Email", 128, required=True),
     FieldDef("FederationIdentifier", "string", "SAML Federation ID", 512),
     FieldDef("IsActive", "boolean", "Active"),
+    FieldDef("UserType", "picklist", "User Type", 40, createable=False, updateable=False),
 )
 
 

@@ -270,6 +270,9 @@ class Org:
         self.evaluator = Evaluator(self.types, self.resolve)
         self.integration_user_id = self.add_user("integration@example.com", "integration@example.com",
                                                  last_name="Integration", first_name="Sync")
+        # flows that run outside a user's transaction (scheduled, platform-event triggered) write as this user
+        self.automated_process_user_id = self.add_user(f"autoproc@{self.org_id.lower()}", "autoproc@example.com",
+                                                       last_name="Automated Process", user_type="AutomatedProcess")
 
     # -- clock ----------------------------------------------------------------------------------------------------
     def now(self) -> datetime:
@@ -282,7 +285,7 @@ class Org:
 
     # -- users, accounts, auth ------------------------------------------------------------------------------------
     def add_user(self, username: str, email: str, *, last_name: str = "User", first_name: str | None = None,
-                 federation_id: str | None = None, active: bool = True) -> str:
+                 federation_id: str | None = None, active: bool = True, user_type: str = "Standard") -> str:
         with self.lock:
             now = self.now()
             uid = self.ids.new("User")
@@ -291,6 +294,7 @@ class Org:
             self.records["User"][uid] = {
                 "Id": uid, "Username": username, "Email": email, "FirstName": first_name, "LastName": last_name,
                 "Name": name, "FederationIdentifier": federation_id, "IsActive": active, "IsDeleted": False,
+                "UserType": user_type,
                 "CreatedDate": now, "CreatedById": creator, "LastModifiedDate": now, "LastModifiedById": creator,
                 "SystemModstamp": now,
             }
@@ -695,6 +699,15 @@ class Org:
     def advance_time(self, seconds: float) -> None:
         with self.lock:
             self.time_offset += timedelta(seconds=seconds)
+            self.changed.notify_all()
+
+    def touch(self, sobject: str, record_ids: list[str]) -> None:
+        """Only ``SystemModstamp`` moves (roll-ups, sharing recalculation, bounce processing): no field, no
+        ``LastModified*`` change, and no change event (nothing a subscriber could sync changed)."""
+        with self.lock:
+            now = self.now()
+            for record_id in record_ids:
+                self._live(sobject, record_id)["SystemModstamp"] = now
             self.changed.notify_all()
 
     def run_as(self, user_id: str | None, origin: str = UI_ORIGIN) -> WriteContext:

@@ -71,6 +71,7 @@ param syncFolderName string
 param syncMailboxes string
 param syncMailboxGroupId string
 param sfLoginUrl string
+param sfJwtAudience string
 param sfAuthFlow string
 param sfClientId string
 param sfUsername string
@@ -91,6 +92,7 @@ param breakerMaxCount int
 param reconcileSchedule string
 param subscriptionSchedule string
 param cdcPullSchedule string
+param cdcPullHoldSeconds string
 
 @description('Write EVENTS_HMAC_SECRET (Key Vault reference) for the signed POST /api/salesforce/events relay.')
 param enableEventsRelay bool = false
@@ -127,6 +129,7 @@ var productSettings = {
   SYNC_MAILBOX_GROUP_ID: syncMailboxGroupId
   WEBHOOK_BASE_URL: webhookBaseUrl // empty: the app uses the platform's WEBSITE_HOSTNAME (its real default host name)
   SF_LOGIN_URL: sfLoginUrl
+  SF_JWT_AUDIENCE: sfJwtAudience
   SF_AUTH_FLOW: sfAuthFlow
   SF_CLIENT_ID: sfClientId
   SF_USERNAME: sfUsername
@@ -151,6 +154,7 @@ var productSettings = {
   SUBSCRIPTION_SCHEDULE: subscriptionSchedule
   SUBSCRIPTIONS_ON_START: 'true'
   CDC_PULL_SCHEDULE: cdcPullSchedule
+  CDC_PULL_HOLD_SECONDS: cdcPullHoldSeconds
 }
 
 // Secrets are Key Vault references, written only for the credential in use: an unresolved reference makes the app

@@ -7,9 +7,11 @@ Functions:
                           EVENTS_HMAC_SECRET configured -> 401; signed but malformed (not change events, a record
                           id that is not a Salesforce id, a duplicate JSON key) -> 400 and nothing enqueued; over
                           1 MiB -> 413
-    salesforce_cdc_pull   %CDC_PULL_SCHEDULE%: one bounded Pub/Sub pull from the stored replay id (at most
-                          ``PULL_MAX_SECONDS``, ends early after ``PULL_IDLE_SECONDS`` without events), hints to
-                          ``contact-changes``, GAP_OVERFLOW / replay-rejected -> reconciles to ``reconcile``
+    salesforce_cdc_pull   %CDC_PULL_SCHEDULE% (every minute): the Pub/Sub subscription held open from the stored
+                          replay id for ``CDC_PULL_HOLD_SECONDS`` (57 s of the 60), so an edit becomes a hint on
+                          ``contact-changes`` as it commits; GAP_OVERFLOW / replay-rejected -> reconciles to
+                          ``reconcile``. Runs never overlap (the timer is a singleton, docs/reference/azure.md §1.2;
+                          the subscriber also refuses a second concurrent pull)
 """
 
 from __future__ import annotations
@@ -30,9 +32,7 @@ logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 REPLAY_WINDOW_S = 300.0
-PULL_MAX_SECONDS = 20.0  # well inside a 30 s schedule; the timer never overlaps itself (docs/reference/azure.md §1.2)
-PULL_MAX_EVENTS = 2000
-PULL_IDLE_SECONDS = 3.0
+PULL_MAX_EVENTS = 20_000  # 100 outstanding at a time (flow control); this only bounds one run's work
 _RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
 
 
@@ -79,11 +79,15 @@ def salesforce_events(req: func.HttpRequest) -> func.HttpResponse:
 @bp.timer_trigger(arg_name="timer", schedule="%CDC_PULL_SCHEDULE%", run_on_startup=False)
 def salesforce_cdc_pull(timer: func.TimerRequest) -> None:
     try:
-        result = bootstrap.current().cdc.pull(max_events=PULL_MAX_EVENTS, max_seconds=PULL_MAX_SECONDS,
-                                              idle_seconds=PULL_IDLE_SECONDS)
+        root = bootstrap.current()
+        hold = root.cdc_hold_seconds
+        # a quiet channel does not end the hold (idle = hold): the next edit is read as it commits
+        result = root.cdc.pull(max_events=PULL_MAX_EVENTS, max_seconds=hold, idle_seconds=hold)
     except SyncError as exc:  # the checkpoint holds what was processed; the next run resumes from there
         log = logger.warning if exc.retryable else logger.error
         log("cdc pull failed: %s", describe(exc))
+        return
+    if result.busy:
         return
     logger.info("cdc pull: %s event(s), %s hint(s), %s gap(s), %s reconcile(s)", len(result.events), result.hints,
                 result.gaps, result.reconciles)

@@ -11,6 +11,9 @@ Extension point: append a function to ``MAILBOX_BLOCKS``; it gets ``(root, mailb
 ``{"title": str, "rows": [[label, value], ...]}`` (or None) that the JSON carries in the mailbox's ``blocks`` and the
 page shows as a small table under the mailbox rows.
 
+``salesforce``: whether the OAuth setup works (a wrong token host or audience is shown as the setting to fix,
+docs/configuration.md), from a cached token or one token request.
+
 The ``subscriptions`` block (JSON key, and its own table): per mailbox the Graph subscription id and expiry, the last
 notification and the last upkeep error with its cause (e.g. the mailbox is outside the app's Exchange RBAC scope).
 """
@@ -29,6 +32,7 @@ import azure.functions as func
 
 from sync import bootstrap
 from sync.config import ConfigError
+from sync.errors import SyncError
 from sync.ports import AuditEntry, ContactChange, MailboxJob, ReconcileJob, StoredSubscription
 from sync.subscriptions import mailbox_state
 from sync.triggers.errors import json_response
@@ -154,6 +158,7 @@ def collect(root: bootstrap.Root, now: datetime | None = None) -> dict[str, Any]
                            "mailboxes": []}
     doc["config"]["errors"] = missing_settings(root)
     doc["config"]["errors"] += _problems(root)
+    doc["salesforce"] = salesforce_auth(root)
     try:
         _ = root.policy
         mailboxes = list(root.mailboxes)
@@ -194,6 +199,19 @@ def subscription_block(root: bootstrap.Root, subs: dict[str, StoredSubscription]
     return rows
 
 
+def salesforce_auth(root: bootstrap.Root) -> dict[str, Any]:
+    """``{"ok", "flow", "error"}``: the settings' problem or the token endpoint's refusal, never a secret."""
+    try:
+        tokens = root.tokens
+    except ConfigError as exc:
+        return {"ok": False, "flow": None, "error": str(exc)}
+    try:
+        tokens.token()
+    except SyncError as exc:
+        return {"ok": False, "flow": tokens.flow, "error": str(exc)}
+    return {"ok": True, "flow": tokens.flow, "error": None}
+
+
 def _problems(root: bootstrap.Root) -> list[str]:
     """Set-up problems a side found on its own (the Salesforce marker field, from Contact's describe): the setting
     and what is wrong, never a value."""
@@ -211,6 +229,9 @@ def verdict(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
     """failing / degraded / healthy, with the reasons (most serious first)."""
     failing: list[str] = [f"config error: {e}" for e in doc["config"]["errors"]]
     degraded: list[str] = [f"could not read {u}" for u in doc["unavailable"]]
+    sign_in = doc.get("salesforce") or {}
+    if sign_in and not sign_in.get("ok"):
+        failing.append(f"Salesforce sign-in failed: {sign_in.get('error')}")
     for mb in doc.get("mailboxes") or []:
         name, sub = mb["mailbox"], mb["subscription"]
         if sub is None or sub["hoursLeft"] <= 0:
@@ -279,6 +300,13 @@ def _mailbox_rows(doc: dict[str, Any]) -> list[list[object]]:
     return rows
 
 
+def _sign_in_line(sign_in: dict[str, Any] | None) -> str:
+    if not sign_in:
+        return ""
+    state = "ok" if sign_in.get("ok") else "FAILED: " + _e(sign_in.get("error"))
+    return f"<p>Salesforce sign-in: {state}</p>"
+
+
 def render_html(doc: dict[str, Any]) -> str:
     v = doc["verdict"]
     reasons = "".join(f"<li>{_e(r)}</li>" for r in v["reasons"])
@@ -286,6 +314,7 @@ def render_html(doc: dict[str, Any]) -> str:
         f"<p class='verdict {_e(v['state'])}' role='status'><strong>{_e(v['state'].upper())}</strong>"
         f"{' — ' + _e(v['reasons'][0]) if v['reasons'] else ' — every check passed'}</p>",
         f"<ul>{reasons}</ul>" if len(v["reasons"]) > 1 else "",
+        _sign_in_line(doc.get("salesforce")),
         "<h2>Mailboxes</h2>",
         _table("Per mailbox", ["mailbox", "subscription expires", "last delta pass", "last reconcile", "lag (s)",
                                "failures (1 h)", "open review", "breaker refusals"], _mailbox_rows(doc),

@@ -192,3 +192,37 @@ def test_signed_but_malformed_body_is_bad_data() -> None:
     body = b'{"events": [{"no": "header"}]}'
     with pytest.raises(BadData):
         parse_signed_events(body, sign_events(body, SECRET, int(NOW.timestamp())), SECRET, NOW)
+
+
+def test_a_quiet_first_pull_leaves_earliest_so_edits_between_pulls_are_not_skipped(h: SalesforceHarness) -> None:
+    queue, cps = MemoryQueue(), MemoryCheckpoints()
+    sub = subscriber(h, queue, cps, start=ReplayStart.LATEST)
+    h.emu.keepalive_seconds = 3600  # no keep-alive within the pull: no replay id to store
+    first = sub.pull(max_events=10, max_seconds=1, idle_seconds=1)
+    assert first.events == [] and first.replay_id is None
+    assert cps.get("salesforce", "cdc-replay:/data/ContactChangeEvent") == "preset:EARLIEST"
+    between = h.user_create(ADA)  # committed while no pull runs
+    sub.pull(max_events=10, max_seconds=5, idle_seconds=1)
+    assert hints(queue) == [between]
+    assert not cps.get("salesforce", "cdc-replay:/data/ContactChangeEvent").startswith("preset:")
+
+
+def test_a_held_pull_reads_each_edit_as_it_commits_and_a_second_pull_does_not_start(h: SalesforceHarness) -> None:
+    import threading
+    import time
+
+    queue, cps = MemoryQueue(), MemoryCheckpoints()
+    sub = subscriber(h, queue, cps, start=ReplayStart.LATEST)
+    results = []
+    runner = threading.Thread(target=lambda: results.append(sub.pull(max_events=100, max_seconds=4,
+                                                                     idle_seconds=4)))
+    runner.start()
+    time.sleep(1.0)
+    assert sub.pull(max_events=10, max_seconds=1, idle_seconds=1).busy  # never two pulls at once
+    made = h.user_create(ADA)
+    deadline = time.monotonic() + 2
+    while not hints(queue) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert hints(queue) == [made] and runner.is_alive()  # enqueued while the pull still holds the stream
+    runner.join(10)
+    assert results and not results[0].busy and results[0].hints == 1

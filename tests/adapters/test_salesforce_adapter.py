@@ -664,3 +664,73 @@ def test_a_block_duplicate_rule_refuses_with_the_matched_ids(h: SalesforceHarnes
     [bulk] = h.side.create_many(MAILBOX, [CreateRequest(contact=ADA)])
     assert isinstance(bulk, DuplicateFound) and bulk.matches == (first.id,)
     assert len(h.emu.contacts()) == 1
+
+
+# -- OAuth setup errors (docs/reference/salesforce.md §3.1, §3.2) ------------------------------------------------------
+
+def test_a_refused_token_setup_is_remembered_not_retried_and_names_the_fix(h: SalesforceHarness) -> None:
+    from devhost.stack import jwt_keys
+    from sync.adapters.salesforce import TokenProvider
+
+    private, public = jwt_keys()
+    h.emu.register_jwt_client("cid-aud", public)
+    now = [1000.0]
+    tokens = TokenProvider(h.emu.token_url, "cid-aud", username="integration@example.com", private_key=private,
+                           audience=h.emu.instance_url, session=h.emu.requests_session(), clock=lambda: now[0])
+    before = h.emu.counters["oauth.token"]
+    for _ in range(3):
+        with pytest.raises(AuthFailed, match="audience is invalid.*SF_JWT_AUDIENCE"):
+            tokens.token()
+    assert h.emu.counters["oauth.token"] - before == 1  # asked once: the refusal is held, no retry loop
+    now[0] += 301
+    with pytest.raises(AuthFailed):
+        tokens.token()
+    assert h.emu.counters["oauth.token"] - before == 2
+
+
+def test_client_credentials_on_the_login_host_is_refused_with_the_fix(h: SalesforceHarness) -> None:
+    from sync.adapters.salesforce import TokenProvider
+
+    h.emu.register_client_credentials("cid-cc", "s3cret")
+    wrong = TokenProvider(f"{h.emu.login_url}/services/oauth2/token", "cid-cc", client_secret="s3cret",
+                          session=h.emu.requests_session())
+    with pytest.raises(AuthFailed, match="request not supported on this domain.*My Domain"):
+        wrong.token()
+    right = TokenProvider(h.emu.token_url, "cid-cc", client_secret="s3cret", session=h.emu.requests_session())
+    assert right.token().user_id == h.emu.integration_user_id
+
+
+# -- writes by automation (a flow as Automated Process; SystemModstamp-only bumps) -------------------------------------
+
+def test_automation_keeps_a_copy_we_made_untouched_and_a_rep_does_not(h: SalesforceHarness) -> None:
+    made = h.side.create(MAILBOX, _dev(), marker="AAMk-1")
+    h.emu.bump_system_modstamp([made.id])  # a roll-up: no field, no LastModifiedById
+    bumped = h.side.get(MAILBOX, made.id)
+    assert bumped is not None and bumped.untouched
+    h.emu.run_flow([made.id], {"Description": "scored by a scheduled flow"})
+    flowed = h.side.get(MAILBOX, made.id)
+    assert flowed is not None and flowed.untouched  # Automated Process holds no one's work
+    assert (h.emu.get_record(made.id) or {})["LastModifiedById"] == h.emu.automated_process_user_id
+    h.emu.update_contact(made.id, {"Title": "CTO"}, as_user=h.users[MAILBOX])
+    edited = h.side.get(MAILBOX, made.id)
+    assert edited is not None and not edited.untouched
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_a_systemmodstamp_bump_after_our_read_fails_no_version_guard(h: SalesforceHarness, bulk: bool) -> None:
+    made = h.side.create(MAILBOX, _dev())
+    h.emu.advance_time(2)
+    h.emu.bump_system_modstamp([made.id])
+    assert (h.side.get(MAILBOX, made.id) or made).version != made.version  # the stamp did move
+    change = made.contact.with_values({"job_title": "Principal"})
+    if bulk:
+        (result,) = h.side.update_many(MAILBOX, [UpdateRequest(item_id=made.id, contact=change,
+                                                               fields=frozenset({"job_title"}),
+                                                               if_match=made.version)])
+    else:
+        result = h.side.update(MAILBOX, made.id, change, fields=frozenset({"job_title"}), if_match=made.version)
+    assert isinstance(result, SideRecord) and (h.emu.get_record(made.id) or {})["Title"] == "Principal"
+    h.emu.advance_time(2)
+    h.emu.run_flow([made.id], {"Title": "Flowed"})  # a field write after our read: that is a conflict
+    with pytest.raises(PreconditionFailed):
+        h.side.update(MAILBOX, made.id, change, fields=frozenset({"job_title"}), if_match=result.version)

@@ -102,6 +102,28 @@ def test_jwt_bearer_errors_use_the_oauth_error_shape(emu, http, kwargs, error, d
     assert r.json() == {"error": error, "error_description": description}
 
 
+@pytest.mark.parametrize("aud", ["https://login.salesforce.com", "https://test.salesforce.com"])
+def test_jwt_audience_is_the_login_or_test_url_whichever_host_takes_the_request(emu, http, aud):
+    # docs/reference/salesforce.md §3.1: aud names login or test, not the host the assertion is posted to
+    for url in (emu.token_url, f"{emu.login_url}/services/oauth2/token"):
+        r = http.post(url, data={"grant_type": JWT_GRANT, "assertion": _assertion(emu, aud=aud)})
+        assert r.status_code == 200, (url, r.text)
+
+
+def test_a_my_domain_jwt_audience_is_invalid(emu, http):
+    r = http.post(emu.token_url, data={"grant_type": JWT_GRANT, "assertion": _assertion(emu, aud=emu.instance_url)})
+    assert (r.status_code, r.json()) == (400, {"error": "invalid_grant", "error_description": "audience is invalid"})
+
+
+def test_client_credentials_only_on_the_my_domain_host(emu, http):
+    # docs/reference/salesforce.md §3.2: login.salesforce.com / test.salesforce.com refuse this grant
+    form = {"grant_type": "client_credentials", "client_id": "cid-cc", "client_secret": "s3cret"}
+    r = http.post(f"{emu.login_url}/services/oauth2/token", data=form)
+    assert (r.status_code, r.json()) == (400, {"error": "invalid_grant",
+                                               "error_description": "request not supported on this domain"})
+    assert http.post(emu.token_url, data=form).status_code == 200
+
+
 def test_client_credentials_with_basic_auth_and_wrong_secret(emu, http):
     ok = http.post(emu.token_url, data={"grant_type": "client_credentials"}, auth=("cid-cc", "s3cret"))
     assert ok.status_code == 200 and ok.json()["id"].endswith(emu.integration_user_id)
@@ -168,7 +190,8 @@ def test_where_order_limit_owner_and_account_relationship(emu, sf):
         sf.query("SELECT Nope FROM Contact")
     assert e.value.content[0]["errorCode"] == "INVALID_FIELD"
     users = sf.query("SELECT Id, Email, FederationIdentifier FROM User WHERE IsActive = true")
-    assert {u["Email"] for u in users["records"]} == {"integration@example.com", "rep@example.com"}
+    assert {u["Email"] for u in users["records"]} == {"integration@example.com", "rep@example.com",
+                                                      "autoproc@example.com"}  # Automated Process is a User too
 
 
 def test_query_all_shows_recycle_bin_rows(emu, sf):

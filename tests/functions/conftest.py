@@ -88,6 +88,7 @@ def settings(azurite_connection_string: str) -> dict[str, str]:
         "SYNC_MAILBOXES": f"{ANN},{BOB}",
         "EVENTS_HMAC_SECRET": HMAC_SECRET,
         "WEBHOOK_BASE_URL": "http://127.0.0.1:9",
+        "CDC_PULL_HOLD_SECONDS": "2",  # tests fire the CDC timer by hand (deployed: 57)
     }
 
 

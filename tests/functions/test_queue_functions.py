@@ -4,6 +4,7 @@ in Azurite): dispositions by typed error, poison copies with reasons, reconcile 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -256,3 +257,18 @@ def test_storage_queue_refuses_messages_over_48_kib(root, queues) -> None:
     with pytest.raises(QueueMessageTooLarge, match="exceeds"):
         q.send_text("x" * (MAX_MESSAGE_TEXT + 1))
     assert len(queues.take("contact-changes")) == 1
+
+
+def test_status_page_names_a_salesforce_setup_salesforce_would_refuse() -> None:
+    from sync import bootstrap
+
+    wrong = bootstrap.Root({"SF_AUTH_FLOW": "client_credentials", "SF_CLIENT_ID": "cid", "SF_CLIENT_SECRET": "s3cret",
+                            "SF_LOGIN_URL": "https://login.salesforce.com"})
+    doc = status.salesforce_auth(wrong)
+    assert doc["ok"] is False and "SF_LOGIN_URL" in doc["error"] and "My Domain" in doc["error"]
+    assert "s3cret" not in doc["error"]
+    page = {"generated": "now", "salesforce": doc, "mailboxes": [], "unavailable": [], "config": {"errors": []}}
+    page["verdict"] = status.verdict(page, datetime.now(UTC))
+    assert page["verdict"]["state"] == "failing"
+    html = status.render_html(page)
+    assert "Salesforce sign-in: FAILED" in html and "SF_LOGIN_URL" in html

@@ -186,3 +186,37 @@ def test_lifecycle_events_renew_recreate_and_reconcile(live, queues) -> None:
     again = LifecycleNotice(event="subscriptionRemoved", subscription_id=ann_sub.id, mailbox=ANN)
     assert graph.process_lifecycle_message(root, again.model_dump_json()) == "kept"
     assert [s["id"] for s in g.list_subscriptions() if "ann" in s["resource"].lower()] == [new_sub.id]
+
+
+
+
+def test_automation_writes_sync_without_loops_or_conflicts(live, queues) -> None:
+    root, g, sf, users = live
+    pull = user_function(salesforce.salesforce_cdc_pull)
+    pull(TimerRequest(past_due=False))
+    sf_id = sf.create_contact({"FirstName": "Ada", "LastName": "Lovelace", "Email": "ada@engine.example",
+                               "OwnerId": users[BOB]}, as_user=users[BOB])
+    pull(TimerRequest(past_due=False))
+    drain_worker(queues)
+    folder = g.find_folder(BOB, "Salesforce_Sync")
+    (ada,) = [c for c in g.list_contacts(BOB, folder) if c.get("surname") == "Lovelace"]
+
+    sf.run_flow([sf_id], {"Department": "Scored"})  # a scheduled flow, as Automated Process
+    pull(TimerRequest(past_due=False))
+    assert drain_worker(queues) >= 1
+    assert (g.get_contact(BOB, ada["id"]) or {}).get("department") == "Scored"
+
+    sf.bump_system_modstamp([sf_id])  # a roll-up: SystemModstamp only, no event
+    g.update_contact(BOB, ada["id"], {"jobTitle": "Analyst"})  # an Outlook edit after the link was saved
+    user_function(worker.contact_worker)(QueueMessage(
+        id="m3", body=ContactChange(source=Side.M365, item_id=ada["id"], mailbox=BOB).model_dump_json().encode(),
+        dequeue_count=1))
+    assert (sf.get_record(sf_id) or {}).get("Title") == "Analyst"  # the bump failed no version guard
+
+    graph_writes = g.counters.count(g.user_id(BOB), "contact.update")
+    for _ in range(3):  # the echoes of our own writes come back and change nothing: no loop
+        pull(TimerRequest(past_due=False))
+        drain_worker(queues)
+    assert g.counters.count(g.user_id(BOB), "contact.update") == graph_writes
+    rows = [e for e in root.audit.recent(BOB, 50) if sf_id in (e.sf_id or "")]
+    assert not [e for e in rows if e.action == "conflict" or e.outcome == "failed"], rows

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the Salesforce org as shipped: whole-second stamps, the standard duplicate rule (alert)")
     parser.add_argument("--strict-graph", action="store_true",
                         help="the strict Graph switches on: If-Match ignored on contacts, random delta resets")
+    parser.add_argument("--no-automation", action="store_true",
+                        help="leave out flows (Automated Process writes) and SystemModstamp bumps")
     args = parser.parse_args(argv)
     skip = frozenset(s.strip() for s in args.skip.split(",") if s.strip())
     if skip - set(EVENTS):
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         quiet_logs()
     profile = Profile(seconds=args.minutes * 60, per_rep=args.per_rep, actions_per_second=args.rate, seed=args.seed,
                       skip=skip, evidence=args.evidence, strict_org=args.strict_org,
-                      strict_graph=args.strict_graph)
+                      strict_graph=args.strict_graph,
+                      automation=not args.no_automation)
     with _azurite() as conn:
         report = run_profile(conn, profile)
     print(report.render(), flush=True)

@@ -92,7 +92,11 @@ LOG_LINES_PER_TIMELINE = 40  # the host's log lines naming the people of a viola
 ACTIONS = {  # relative weights of what people do
     "outlook.edit": 36, "salesforce.edit": 36, "outlook.create": 5, "salesforce.create": 5,
     "outlook.delete": 5, "salesforce.delete": 5, "salesforce.owner": 8,
+    # automation (Profile.automation): a scheduled flow writing a synced field as Automated Process, and a roll-up
+    # that moves only SystemModstamp (no field, no change event)
+    "salesforce.flow.edit": 6, "salesforce.bump": 6,
 }
+AUTOMATION = ("salesforce.flow.edit", "salesforce.bump")
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class Profile:
     delta_every_s: float = 15.0  # strict: a delta reconcile of every mailbox this often, so delta tokens are used
     at: tuple[tuple[str, float], ...] = (("missed", 0.15), ("links-loss", 0.30), ("kill", 0.50), ("overflow", 0.70))
     skip: frozenset[str] = frozenset()  # events (EVENTS) left out, e.g. to tell which one a failure needs
+    automation: bool = True  # flows and SystemModstamp bumps among the actions (AUTOMATION)
     message_lease_s: float = 8.0  # the killed host's messages reappear after this
     settle_timeout_s: float = 120.0
     max_final_passes: int = 3
@@ -488,7 +493,8 @@ class Soak:
 
     # ------------------------------------------------------------------------------------------ people
     def users_loop(self) -> None:
-        kinds, weights = list(ACTIONS), list(ACTIONS.values())
+        kinds = [k for k in ACTIONS if self.p.automation or k not in AUTOMATION]
+        weights = [ACTIONS[k] for k in kinds]
         pause = 1.0 / self.p.actions_per_second
         while not self._stop_users.wait(self.rng.uniform(0.5, 1.5) * pause):
             kind = self.rng.choices(kinds, weights)[0]
@@ -535,7 +541,7 @@ class Soak:
         owners = set(self.users.values())
         return [c for c in self.sf.contacts() if c.get("OwnerId") in owners]
 
-    def _salesforce_edit(self) -> Action | None:
+    def _salesforce_edit(self, *, by_flow: bool = False) -> Action | None:
         contacts = self._rep_contacts()
         if not contacts:
             return None
@@ -545,9 +551,27 @@ class Soak:
         value = self._value(key, seq)
         at = datetime.now(UTC)
         noop = (rec.get(EDITED[key][1]) or None) == value
-        self.sf.update_contact(rec["Id"], {EDITED[key][1]: value}, as_user=rec["OwnerId"])
+        if by_flow:  # a scheduled flow: Automated Process, no Call Options
+            self.sf.run_flow([rec["Id"]], {EDITED[key][1]: value})
+        else:
+            self.sf.update_contact(rec["Id"], {EDITED[key][1]: value}, as_user=rec["OwnerId"])
         mb = self.mailbox_of_user(rec["OwnerId"]) or ""
-        return Action(seq, at, "salesforce.edit", mb, rec["Id"], rec.get(MARKER_FIELD), key, value, noop=noop)
+        kind = "salesforce.flow.edit" if by_flow else "salesforce.edit"
+        return Action(seq, at, kind, mb, rec["Id"], rec.get(MARKER_FIELD), key, value, noop=noop)
+
+    def _salesforce_flow_edit(self) -> Action | None:
+        return self._salesforce_edit(by_flow=True)
+
+    def _salesforce_bump(self) -> Action | None:
+        contacts = self._rep_contacts()
+        if not contacts:
+            return None
+        picked = self.rng.sample(contacts, min(len(contacts), 5))
+        at = datetime.now(UTC)
+        self.sf.bump_system_modstamp([c["Id"] for c in picked])
+        rec = picked[0]
+        return Action(self._next(), at, "salesforce.bump", self.mailbox_of_user(rec["OwnerId"]) or "", rec["Id"],
+                      rec.get(MARKER_FIELD))
 
     def _person(self, seq: int) -> tuple[str, str, str, str]:
         first, last = self.rng.choice(FIRST), self.rng.choice(LAST)
@@ -1098,7 +1122,7 @@ class Checker:
             expected = Contact().with_values({key: a.value}).get(key)
             if a.kind == "outlook.edit" and a.item_id in self.outlook:
                 holder, value = f"Outlook {a.item_id[-10:]}", self.canonical_m(self.outlook[a.item_id][1]).get(key)
-            elif a.kind == "salesforce.edit" and a.item_id in self.sf_live:
+            elif a.kind in ("salesforce.edit", "salesforce.flow.edit") and a.item_id in self.sf_live:
                 holder, value = f"Salesforce {a.item_id}", self.canonical_sf(self.sf_live[a.item_id]).get(key)
                 expected = fit_salesforce(key, expected, self.fm)
             elif not gone_by_user:

@@ -82,3 +82,30 @@ def test_webhook_base_url_must_be_https_off_loopback(url: str) -> None:
 def test_webhook_base_url_accepts_https_and_loopback_http(url: str, expected: str) -> None:
     assert webhook_base_url({"WEBHOOK_BASE_URL": url}) == expected
     assert webhook_base_url({}) is None
+
+
+@pytest.mark.parametrize(("env", "flow", "expected"), [
+    ({}, "jwt_bearer", ("https://login.salesforce.com/services/oauth2/token", "https://login.salesforce.com")),
+    ({"SF_LOGIN_URL": "https://acme.my.salesforce.com/", "SF_JWT_AUDIENCE": "sandbox"}, "jwt_bearer",
+     ("https://acme.my.salesforce.com/services/oauth2/token", "https://test.salesforce.com")),
+    ({"SF_LOGIN_URL": "https://acme.my.salesforce.com"}, "client_credentials",
+     ("https://acme.my.salesforce.com/services/oauth2/token", "https://login.salesforce.com")),
+])
+def test_token_host_and_jwt_audience_are_separate_settings(env: dict[str, str], flow: str,
+                                                           expected: tuple[str, str]) -> None:
+    from sync.config import SalesforceAuth, salesforce_oauth
+
+    assert salesforce_oauth(env, SalesforceAuth(flow)) == expected
+
+
+@pytest.mark.parametrize(("env", "flow", "named"), [
+    ({"SF_JWT_AUDIENCE": "https://acme.my.salesforce.com"}, "jwt_bearer", "SF_JWT_AUDIENCE"),
+    ({}, "client_credentials", "SF_LOGIN_URL"),
+    ({"SF_LOGIN_URL": "https://test.salesforce.com"}, "client_credentials", "SF_LOGIN_URL"),
+])
+def test_a_setup_salesforce_refuses_is_a_config_error_naming_the_setting(env: dict[str, str], flow: str,
+                                                                         named: str) -> None:
+    from sync.config import SalesforceAuth, salesforce_oauth
+
+    with pytest.raises(ConfigError, match=named):
+        salesforce_oauth(env, SalesforceAuth(flow))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sync.adapters.salesforce.errors import SIDE, first_error, map_error
-from sync.errors import Transient
+from sync.errors import AuthFailed, Transient
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class TokenProvider:
     username, ``aud`` = ``audience`` (login/test URL), ``exp`` = now + ``assertion_ttl_s``. Client credentials when
     ``client_secret`` is given (the token URL must be the My Domain host). ``token()`` caches; ``token(force=True)``
     mints a new one (after ``INVALID_SESSION_ID``); ``max_age_s`` renews proactively (sessions last 2 h by default).
+    A refusal (``AuthFailed``: wrong audience, host, key, user) is remembered for ``refusal_hold_s`` and raised again
+    without calling: a wrong setup needs an admin, and every worker retrying it would only hammer the endpoint.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class TokenProvider:
         verify: bool | str = True,
         assertion_ttl_s: int = 180,
         max_age_s: float = 3600.0,
+        refusal_hold_s: float = 300.0,
         timeout_s: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -70,13 +73,24 @@ class TokenProvider:
         self._assertion_ttl, self._max_age, self._timeout, self._clock = assertion_ttl_s, max_age_s, timeout_s, clock
         self._lock = threading.Lock()
         self._current: AccessToken | None = None
+        self._hold = refusal_hold_s
+        self.refused: tuple[float, AuthFailed] | None = None  # (when, what) of the last refusal
         self.minted = 0
 
     def token(self, *, force: bool = False) -> AccessToken:
         with self._lock:
             cur = self._current
             if cur is None or force or self._clock() - cur.issued_at >= self._max_age:
-                self._current = cur = self._mint()
+                if self.refused is not None and self._clock() - self.refused[0] < self._hold:
+                    raise self.refused[1]
+                try:
+                    self._current = cur = self._mint()
+                except AuthFailed as exc:
+                    if self.refused is None:
+                        logger.error("salesforce token refused (%s): %s", self.flow, exc)
+                    self.refused = (self._clock(), exc)
+                    raise
+                self.refused = None
             return cur
 
     def invalidate(self, stale: AccessToken | None = None) -> None:

@@ -12,6 +12,7 @@
 - Company: ``Account.Name`` is read with every record; on write the name is resolved to an Account (``directory``)
   and never silently dropped: an unresolved company fails the item with ``BadData`` and its id is appended to
   ``unresolved_accounts``. ``company=None`` clears AccountId.
+- ``untouched``: created by the integration user and last modified by it or by Automated Process (flows).
 - Marker: the Outlook id in ``marker_field`` (e.g. ``Outlook_Id__c``) when configured, ignored otherwise.
 """
 
@@ -44,6 +45,17 @@ logger = logging.getLogger(__name__)
 
 MAX_IDS_PER_SOQL = 200  # ids in one ``WHERE Id IN (...)`` (keeps the GET URL short)
 _ID = re.compile(r"^[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?$")
+
+
+def written_since(row: Mapping[str, Any], version: str) -> bool:
+    """Whether someone wrote the record after we read it at ``version`` (``row_version``: its SystemModstamp and a
+    digest of the values we read, so an edit in the same second still counts). A moved SystemModstamp with every
+    value we read unchanged is automation that changed no field (roll-ups, sharing, bounce processing): not a write,
+    so it fails no guard and is never reported as a conflict."""
+    if row_version(row) == version:
+        return False
+    stamp = version.partition("#")[0]
+    return row_version({**row, "SystemModstamp": stamp}) != version
 
 
 class _NothingToRetry(SyncError):
@@ -97,7 +109,7 @@ class SalesforceContactSide:
         self._schema = ContactSchema()
         self.unresolved_accounts: list[str | None] = []  # item ids (None: not created yet) whose company failed
         fields = ["Id", "OwnerId", "SystemModstamp", "LastModifiedDate", "CreatedById", "LastModifiedById", "IsDeleted",
-                  "AccountId",
+                  "AccountId", "LastModifiedBy.UserType",
                   *self._field_map.salesforce_fields().values()]
         if marker_field:
             fields.append(marker_field)
@@ -157,8 +169,16 @@ class SalesforceContactSide:
             side=Side.SALESFORCE, id=str(row["Id"]), contact=salesforce_to_contact(row, self._field_map),
             version=row_version(row), owner=self._directory.mailbox_of(row.get("OwnerId")),
             modified_at=parse_dt(row.get("LastModifiedDate")), marker=str(marker) if marker else None,
-            untouched=self._is_us(row.get("CreatedById")) is True and self._is_us(row.get("LastModifiedById")) is True,
+            untouched=self._is_us(row.get("CreatedById")) is True and self._by_us_or_automation(row),
         )
+
+    def _by_us_or_automation(self, row: Mapping[str, Any]) -> bool:
+        """Last written by us, or by the Automated Process user (a scheduled or event-triggered flow): automation
+        holds no one's work, and what it derived it derives again on the copy that stays. A ``SystemModstamp``-only
+        bump (roll-ups, sharing) leaves ``LastModifiedById`` alone, so it never counts as a write."""
+        by = row.get("LastModifiedBy")
+        return self._is_us(row.get("LastModifiedById")) is True or (
+            isinstance(by, Mapping) and by.get("UserType") == "AutomatedProcess")
 
     def _is_us(self, user_id: object) -> bool | None:
         """Whether a CreatedById / LastModifiedById is the integration user (15- or 18-character ids compared on
@@ -256,7 +276,7 @@ class SalesforceContactSide:
         row = self._rows_by_id([item_id]).get(item_id)
         if row is None:
             raise NotFound("contact not found", side=SIDE, item_id=item_id)
-        if if_match is not None and row_version(row) != if_match:
+        if if_match is not None and written_since(row, if_match):
             raise PreconditionFailed("changed since it was read (SystemModstamp)", side=SIDE, item_id=item_id)
         return row
 
@@ -422,7 +442,7 @@ class SalesforceContactSide:
             if row is None:
                 results.append(NotFound("contact not found", side=SIDE, item_id=item.item_id))
                 continue
-            if item.if_match is not None and row_version(row) != item.if_match:
+            if item.if_match is not None and written_since(row, item.if_match):
                 results.append(PreconditionFailed("changed since it was read (SystemModstamp)", side=SIDE,
                                                   item_id=item.item_id))
                 continue
@@ -459,7 +479,7 @@ class SalesforceContactSide:
                 item, row = items[index], rows.get(rec["Id"])
                 if row is None:
                     results[index] = NotFound("contact not found", side=SIDE, item_id=item.item_id)
-                elif item.if_match is not None and row_version(row) != item.if_match:
+                elif item.if_match is not None and written_since(row, item.if_match):
                     results[index] = PreconditionFailed("changed since it was read (SystemModstamp)",
                                                         side=SIDE, item_id=item.item_id)
                 else:

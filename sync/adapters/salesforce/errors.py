@@ -72,6 +72,15 @@ _TRANSIENT_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "ALL_OR_NONE_OPERATION_ROLLE
                               "SERVER_UNAVAILABLE", "QUERY_TIMEOUT"})
 
 
+# token endpoint answers that mean the app settings are wrong (docs/reference/salesforce.md §3.1, §3.2)
+_OAUTH_FIXES = {
+    "audience is invalid": " (set SF_JWT_AUDIENCE to production or sandbox, never the My Domain URL)",
+    "request not supported on this domain": " (client credentials need SF_LOGIN_URL = your My Domain URL)",
+    "no client credentials user enabled": " (set the app's Run As user for the client credentials flow)",
+    "user hasn't approved this consumer": " (pre-authorize the integration user's profile or permission set)",
+}
+
+
 def map_error(
     *,
     status: int | None = None,
@@ -111,7 +120,7 @@ def map_error(
     if oauth:
         if status is not None and status >= 500:
             return Transient(f"token endpoint failed: {text}", side=SIDE)
-        return AuthFailed(f"token request refused: {text}", side=SIDE)
+        return AuthFailed(f"token request refused: {text}{_OAUTH_FIXES.get(message, '')}", side=SIDE)
     if code == "REQUEST_LIMIT_EXCEEDED" or status in (429, 503):
         return Throttled(f"salesforce asks us to slow down: {text}", side=SIDE, item_id=item_id,
                          retry_after=retry_after)

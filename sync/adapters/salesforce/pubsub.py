@@ -2,7 +2,11 @@
 
 ``CdcSubscriber.pull`` is one bounded burst (docs/reference/salesforce.md §5.1, §5.5): it subscribes from the stored
 replay id (else the configured LATEST/EARLIEST), keeps at most 100 events outstanding, and ends after ``max_events``,
-``max_seconds`` or ``idle_seconds`` without events. Payloads are Avro, decoded with the schema fetched by its id;
+``max_seconds`` or ``idle_seconds`` without events. The timer holds it open for nearly its whole period, so an edit is
+read as it commits; one subscriber never runs two pulls at once (a second caller returns at once, ``busy``). A pull
+that ended without any replay id, with none stored, leaves ``EARLIEST`` as the checkpoint: the next pull then starts
+at the oldest retained event instead of LATEST, so nothing committed between the two pulls is skipped.
+Payloads are Avro, decoded with the schema fetched by its id;
 changed-field bitmaps are decoded with that schema (docs/reference/salesforce.md §4.4), never by fixed position.
 
 Events become hints, never content: one ``ContactChange`` per record id through the ``WorkQueue`` (the worker always
@@ -110,6 +114,7 @@ class PullResult:
     own_origin: int = 0
     reconciles: int = 0
     replay_rejected: bool = False
+    busy: bool = False  # another pull of this subscriber was running: this one did nothing
     replay_id: bytes | None = None  # the checkpoint after the run
 
 
@@ -149,6 +154,7 @@ class CdcSubscriber:
         self._batch = max(1, min(MAX_OUTSTANDING, batch_size))
         self._scope, self._name = checkpoint_scope, f"{checkpoint_name}:{topic}"
         self._schemas: dict[str, tuple[dict[str, Any], Any]] = {}  # schema id -> (schema JSON, parsed)
+        self._pulling = threading.Lock()
 
     # --- checkpoint -------------------------------------------------------------------------------------------
     def _load(self) -> tuple[bytes | None, ReplayStart | None]:
@@ -317,6 +323,16 @@ class CdcSubscriber:
 
     def pull(self, *, max_events: int = 1000, max_seconds: float = 30.0, idle_seconds: float = 5.0) -> PullResult:
         """One bounded burst: subscribe from the checkpoint, enqueue hints, checkpoint after each batch."""
+        if not self._pulling.acquire(blocking=False):
+            logger.info("cdc pull skipped: the previous pull is still running")
+            return PullResult(busy=True)
+        try:
+            result = self._pull(max_events, max_seconds, idle_seconds)
+        finally:
+            self._pulling.release()
+        return result
+
+    def _pull(self, max_events: int, max_seconds: float, idle_seconds: float) -> PullResult:
         import grpc
 
         from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2_grpc as pb2_grpc
@@ -340,6 +356,10 @@ class CdcSubscriber:
                 try:
                     self._subscribe(stub, md, stored_preset or (None if replay else self._start), replay, result,
                                     deadline, max_events, idle_seconds)
+                    if result.replay_id is None and replay is None and stored_preset is not ReplayStart.EARLIEST:
+                        # no position known yet (a quiet channel, keep-alives come only every 270 s): never LATEST
+                        # again, or whatever commits before the next pull subscribes would be skipped
+                        self._checkpoints.put(self._scope, self._name, _PRESET_PREFIX + ReplayStart.EARLIEST.value)
                     return result
                 except SessionExpired:
                     if renewed:
