@@ -200,11 +200,12 @@ def subscription_block(root: bootstrap.Root, subs: dict[str, StoredSubscription]
 
 
 def salesforce_auth(root: bootstrap.Root) -> dict[str, Any]:
-    """``{"ok", "flow", "error"}``: the settings' problem or the token endpoint's refusal, never a secret."""
+    """``{"ok", "flow", "error"}``: the settings' problem or the token endpoint's refusal, never a secret. ``ok`` is
+    None (not checked) while a credential setting is still missing: the first deployment has none yet."""
     try:
         tokens = root.tokens
     except ConfigError as exc:
-        return {"ok": False, "flow": None, "error": str(exc)}
+        return {"ok": None if " is required" in str(exc) else False, "flow": None, "error": str(exc)}
     try:
         tokens.token()
     except SyncError as exc:
@@ -230,7 +231,7 @@ def verdict(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
     failing: list[str] = [f"config error: {e}" for e in doc["config"]["errors"]]
     degraded: list[str] = [f"could not read {u}" for u in doc["unavailable"]]
     sign_in = doc.get("salesforce") or {}
-    if sign_in and not sign_in.get("ok"):
+    if sign_in and sign_in.get("ok") is False:
         failing.append(f"Salesforce sign-in failed: {sign_in.get('error')}")
     for mb in doc.get("mailboxes") or []:
         name, sub = mb["mailbox"], mb["subscription"]
@@ -303,7 +304,8 @@ def _mailbox_rows(doc: dict[str, Any]) -> list[list[object]]:
 def _sign_in_line(sign_in: dict[str, Any] | None) -> str:
     if not sign_in:
         return ""
-    state = "ok" if sign_in.get("ok") else "FAILED: " + _e(sign_in.get("error"))
+    ok = sign_in.get("ok")
+    state = "ok" if ok else ("not checked: " if ok is None else "FAILED: ") + _e(sign_in.get("error"))
     return f"<p>Salesforce sign-in: {state}</p>"
 
 
