@@ -399,6 +399,10 @@ def test_a_full_sync_at_information_logs_no_personal_data(subscribed: Stack) -> 
               ("Bartholomew", "Quicksilver", "b.quicksilver@hushmail.example", "+44 7700 900 456")]
     handler, root = _Everything(), logging.getLogger()
     before = root.level
+    # what the app itself sets stays; what other tests in this process set (the demo quiets devhost) is undone
+    ours = {name: logging.getLogger(name).level for name in ("devhost", "sync")}
+    for name in ours:
+        logging.getLogger(name).setLevel(logging.NOTSET)
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     try:
@@ -422,6 +426,8 @@ def test_a_full_sync_at_information_logs_no_personal_data(subscribed: Stack) -> 
     finally:
         root.removeHandler(handler)
         root.setLevel(before)
+        for name, level in ours.items():
+            logging.getLogger(name).setLevel(level)
     lines = [(name, text) for name, text in handler.lines if not name.startswith("emulators")]
     assert len(lines) > 20 and {n.split(".")[0] for n, _ in lines} >= {"sync", "devhost"}
     private = [v for p in people for v in (*p, f"{p[0]} {p[1]}", p[2].split("@")[0], p[3].replace(" ", ""))]
