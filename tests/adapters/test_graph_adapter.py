@@ -50,9 +50,9 @@ from sync.errors import (
 from sync.model import Contact, Side, case_safe_id
 from sync.policy import DeletePolicy, Policy
 from sync.ports import ContactChange, CreateRequest, SideRecord, UpdateRequest
-from sync.reconcile import reconcile_mailbox
+from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
 from tests.contract.graph_harness import MAILBOX, OTHER, make_side
-from tests.fakes import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
+from tests.fakes import LogicalClock, MemoryAudit, MemoryCheckpoints, MemoryLinkStore, MemoryQueue, MemorySide
 
 
 @pytest.fixture
@@ -519,6 +519,20 @@ def test_a_deleted_sync_folder_never_deletes_in_salesforce_and_its_contacts_come
     left = [e for e in audit.entries if "left with the sync folder" in e.reason]
     assert {e.sf_id for e in left} == set(sf_ids) and not [e for e in audit.entries if e.action == "delete"]
     assert {link.m365_id for link in engine.links.list(MAILBOX)} == {c["id"] for c in again}
+
+
+def test_a_delta_pass_after_the_folder_was_deleted_runs_full_and_copies_into_a_new_folder(
+        emu: GraphEmulator, side: GraphContactSide) -> None:
+    engine, sf, audit, sf_ids = _synced_pair(side, Policy(on_m365_delete=DeletePolicy.PROPAGATE))
+    checkpoints = MemoryCheckpoints()
+    assert reconcile_mailbox_delta(engine, MAILBOX, checkpoints).ran == "full"  # first run: tokens taken
+    old_folder = side.folder_id(MAILBOX)
+    emu.delete_folder(MAILBOX, old_folder)
+    report = reconcile_mailbox_delta(engine, MAILBOX, checkpoints)
+    assert report.ran == "full" and not report.errors and not sf.deleted
+    new_folder = side.folder_id(MAILBOX)
+    assert new_folder != old_folder and len(emu.list_contacts(MAILBOX, new_folder)) == len(sf_ids)
+    assert reconcile_mailbox_delta(engine, MAILBOX, checkpoints).ran == "delta"  # settled on the new folder
 
 
 def test_a_renamed_sync_folder_is_followed(emu: GraphEmulator, side: GraphContactSide) -> None:
