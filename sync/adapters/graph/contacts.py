@@ -191,24 +191,7 @@ class GraphContactSide:
         """Whether a contact the sync folder does not hold is in a folder carrying our stamp: it left with the sync
         folder the user deleted (Deleted Items, §2.3) or moved, and was not deleted (module docstring)."""
         self._check_scope(mailbox)
-        return self._run(self._left_with_folder(mailbox, item_id), item_id)
-
-    async def _left_with_folder(self, mailbox: str, item_id: str) -> bool:
-        await self._folders.refresh(mailbox)
-        folder = await self._folders.find_or_create(mailbox)
-        try:  # ids are mailbox-wide (§1.8): the mailbox's contacts path finds it in any folder
-            resp = await self._http.call("GET", f"{user_path(mailbox)}/contacts/{quote(item_id, safe='')}"
-                                         + odata_query(select="id,parentFolderId"), mailbox=mailbox)
-        except _Failure as failure:
-            if isinstance(failure.error(), NotFound):
-                return False  # deleted (or purged from Deleted Items)
-            raise
-        parent = str((resp.body or {}).get("parentFolderId") or "")
-        if not parent or parent == folder or not await self._folders.is_ours(mailbox, parent):
-            return False
-        self.stats["left with the sync folder"] += 1
-        logger.info("contact %s of mailbox %s left with a former sync folder", item_id, _mb(mailbox))
-        return True
+        return self._run(self._folders.left_with_folder(mailbox, item_id), item_id)
 
     async def _get(self, mailbox: str, item_id: str) -> SideRecord | None:
         doc = await self._get_doc(mailbox, item_id)

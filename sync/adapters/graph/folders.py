@@ -125,3 +125,21 @@ class _Folders:
                 return False
             raise
         return _stamped(resp.body or {})
+
+    async def left_with_folder(self, mailbox: str, item_id: str) -> bool:
+        """Whether contact ``item_id`` is in a stamped folder other than the sync folder: it left with it."""
+        await self.refresh(mailbox)
+        folder = await self.find_or_create(mailbox)
+        try:  # ids are mailbox-wide (§1.8): the mailbox's contacts path finds it in any folder
+            resp = await self._http.call("GET", f"{user_path(mailbox)}/contacts/{quote(item_id, safe='')}"
+                                         + odata_query(select="id,parentFolderId"), mailbox=mailbox)
+        except _Failure as failure:
+            if isinstance(failure.error(), NotFound):
+                return False  # deleted (or purged from Deleted Items)
+            raise
+        parent = str((resp.body or {}).get("parentFolderId") or "")
+        if not parent or parent == folder or not await self.is_ours(mailbox, parent):
+            return False
+        self._stats["left with the sync folder"] += 1
+        logger.info("contact %s of mailbox %s left with a former sync folder", item_id, _mb(mailbox))
+        return True
