@@ -42,6 +42,8 @@ class Situation:
     candidates: tuple[Candidate, ...] = ()
     scope: MailboxScope | None = None  # the mailbox's part of the policy (resolved from it when None)
     review: ReviewItem | None = None  # the unlinked record's review item, with a person's decision if any
+    # the linked Outlook copy is missing because it left with the sync folder (the user deleted or moved the folder)
+    left_with_folder: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- actions

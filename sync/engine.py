@@ -245,16 +245,28 @@ class Engine:
         candidates: tuple[Candidate, ...] = ()
         review: ReviewItem | None = None
         present = outlook if outlook is not None else salesforce
+        left = self._left_with_folder(mailbox, link, outlook, salesforce)
         if (
             present is not None
             and (outlook is None or salesforce is None)
-            and self._may_create(link, present)
+            and (left or self._may_create(link, present))
             and (present.side is Side.M365 or present.owner == mailbox)
         ):
             candidates = self._candidates(mailbox, present)
             if link is None and self.reviews is not None:
                 review = self.reviews.get(mailbox, present.side, present.id)
-        return Situation(mailbox, link, outlook, salesforce, candidates, self.scope(mailbox), review)
+        return Situation(mailbox, link, outlook, salesforce, candidates, self.scope(mailbox), review, left)
+
+    def _left_with_folder(
+        self, mailbox: str, link: Link | None, outlook: SideRecord | None, salesforce: SideRecord | None
+    ) -> bool:
+        """Whether a linked Outlook copy that is missing left with the sync folder (deleted or moved by the user):
+        asked only before the planner would hear it as an Outlook delete."""
+        if link is None or link.state is not LinkState.LINKED or not link.m365_id or outlook is not None:
+            return False
+        if salesforce is None or salesforce.owner != mailbox:
+            return False
+        return self.sides[Side.M365].left_with_folder(mailbox, link.m365_id)
 
     def _may_create(self, link: Link | None, present: SideRecord) -> bool:
         """Whether the plan may create a copy of ``present`` (then it needs match candidates first)."""

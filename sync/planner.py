@@ -295,6 +295,8 @@ def plan(s: Situation, policy: Policy) -> Plan:
         # deleted on both sides
         return done([Nothing("deleted on both sides")], LinkAfter.REMOVE, "deleted on both sides: link removed")
     if outlook is None and salesforce is not None:
+        if s.left_with_folder:
+            return _left_with_folder(ctx, salesforce)
         return _deleted(ctx, Side.M365, salesforce)
     if salesforce is None and outlook is not None:
         return _deleted(ctx, Side.SALESFORCE, outlook)
@@ -408,6 +410,22 @@ def _deleted(ctx: _Ctx, gone: Side, survivor: SideRecord) -> Plan:
     reason = f"deleted in {gone.label}; delete policy unlink: {keep.label} copy kept and never re-created{note}"
     return done([Unlink(keep, reason)], LinkAfter.SAVE, reason, state=LinkState.DETACHED, m365_id=m365_id,
                 sf_id=sf_id)
+
+
+def _left_with_folder(ctx: _Ctx, salesforce: SideRecord) -> Plan:
+    """The Outlook copy went with the sync folder the user deleted or moved: not a delete. The link's Outlook half is
+    dropped and the contact is copied into the (new) sync folder, matching first; never deleted in Salesforce."""
+    why = "the Outlook copy left with the sync folder (deleted or moved by the user): not a delete"
+    if ctx.scope.direction.allows(Side.M365) and not salesforce.contact.missing_required():
+        copied = _match_or_create(ctx, salesforce, why)
+        if copied.link_after is not LinkAfter.KEEP:
+            return copied
+        reason = f"{why}; link dropped, not copied into the sync folder: {copied.reason}"
+        review = [a for a in copied.actions if isinstance(a, Review)]
+    else:
+        reason = f"{why}; link dropped, not copied into the sync folder (direction or required fields)"
+        review = []
+    return ctx.done([*review, Unlink(Side.SALESFORCE, reason)], LinkAfter.REMOVE, reason)
 
 
 def _eligible(c: Candidate, mailbox: str) -> bool:

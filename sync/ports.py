@@ -108,6 +108,8 @@ class ContactSide(Protocol):
     result per item, in order: the stored record, or the typed error of that item (the call itself raises only
     when nothing could be attempted). ``changes`` streams what changed in a mailbox since a checkpoint
     (Graph delta; Salesforce SystemModstamp watermark + Recycle Bin).
+    ``left_with_folder`` tells, for an item ``get`` does not find, whether it left with its folder: the Outlook sync
+    folder the user deleted or moved, not a delete of the contact (always False where there are no folders).
     """
 
     side: Side
@@ -141,6 +143,8 @@ class ContactSide(Protocol):
     def update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]: ...
 
     def changes(self, mailbox: str, checkpoint: str | None) -> Iterator[ChangePage]: ...
+
+    def left_with_folder(self, mailbox: str, item_id: str) -> bool: ...
 
 
 class LinkState(StrEnum):

@@ -156,6 +156,9 @@ class MemorySide:
                 and ((emails and emails & s.contact.email_keys()) or (key and s.contact.name_company_key() == key))
             ]
 
+    def left_with_folder(self, mailbox: str, item_id: str) -> bool:
+        return False  # the fake has one folder per mailbox, which nobody deletes
+
     def find_by_marker(self, mailbox: str, marker: str) -> SideRecord | None:
         self._enter("find_by_marker")
         with self._lock:

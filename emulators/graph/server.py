@@ -29,7 +29,7 @@ from emulators.clock import ServiceClock
 from .faults import Counters, FaultRule, Faults, MailboxGate
 from .grants import ADMIN_GUIDE_GRANTS, DIRECTORY_DENIED, MAILBOX_DENIED, Grants
 from .odata import ODataSyntaxError, compile_filter, parse_expand, parse_select
-from .store import ChangeEvent, Contact, GraphError, Mailbox, Store
+from .store import ChangeEvent, Contact, Folder, GraphError, Mailbox, Store
 from .webhooks import Notifier, validate_endpoint
 
 logger = logging.getLogger(__name__)
@@ -289,6 +289,26 @@ class GraphEmulator:
         with self.store.lock:
             mb = self.store.user(mailbox)
             return self.store.create_folder(mb, parent_id or mb.root_folder_id, display_name).id
+
+    def delete_folder(self, mailbox: str, folder_id: str, *, permanent: bool = False) -> None:
+        """Delete a contact folder as the user would in Outlook: to Deleted Items (§2.3), or for good."""
+        with self.store.lock:
+            events = self.store.delete_folder(self.store.user(mailbox), folder_id, permanent=permanent)
+        self._notify(events)
+
+    def rename_folder(self, mailbox: str, folder_id: str, display_name: str) -> None:
+        with self.store.lock:
+            self.store.folder(self.store.user(mailbox), folder_id).display_name = display_name
+
+    def folder_info(self, mailbox: str, folder_id: str) -> dict[str, Any] | None:
+        """The folder as Graph renders it (``parentFolderId`` tells Deleted Items), None when gone for good."""
+        with self.store.lock:
+            f = self.store.user(mailbox).folders.get(folder_id)
+            return Store.render_folder(f, expand=True) if f else None
+
+    def deleted_items_id(self, mailbox: str) -> str:
+        with self.store.lock:
+            return self.store.user(mailbox).deleted_items_id
 
     def find_folder(self, mailbox: str, display_name: str, parent_id: str | None = None) -> str | None:
         with self.store.lock:
@@ -568,29 +588,27 @@ class GraphEmulator:
                 )
             if endpoint in ("contactFolders.list", "childFolders.list"):
                 parent = self.store.folder(mb, p.get("folder")).id
-                rows = [Store.render_folder(f) for f in self.store.child_folders(mb, parent)]
+                rows = [self._folder_json(req, f) for f in self.store.child_folders(mb, parent)]
                 return self._page(req, rows, f"{ctx}/contactFolders", select_ok=True)
             if endpoint in ("contactFolders.create", "childFolders.create"):
                 parent = self.store.folder(mb, p.get("folder")).id
                 body = req.json()
                 f = self.store.create_folder(mb, parent, body.get("displayName") if isinstance(body, dict) else None)
+                self.store.set_folder_props(f, body)
                 return Response(201, {"@odata.context": f"{ctx}/contactFolders/$entity", **Store.render_folder(f)})
             if endpoint == "contactFolder.get":
-                return Response(
-                    200,
-                    {
-                        "@odata.context": f"{ctx}/contactFolders/$entity",
-                        **Store.render_folder(self.store.folder(mb, p["folder"])),
-                    },
-                )
+                f = self.store.folder(mb, p["folder"])
+                return Response(200, {"@odata.context": f"{ctx}/contactFolders/$entity", **self._folder_json(req, f)})
             if endpoint == "contactFolder.update":
                 f = self.store.folder(mb, p["folder"])
-                name = req.json().get("displayName")
-                if name:
-                    f.display_name = name
+                body = req.json()
+                self.store.set_folder_props(f, body)
+                if body.get("displayName"):
+                    f.display_name = body["displayName"]
                 return Response(200, {"@odata.context": f"{ctx}/contactFolders/$entity", **Store.render_folder(f)})
             if endpoint in ("contactFolder.delete", "contactFolder.permanentDelete"):
-                events = self.store.delete_folder(mb, p["folder"])
+                permanent = endpoint == "contactFolder.permanentDelete"
+                events = self.store.delete_folder(mb, p["folder"], permanent=permanent)
                 resp = Response(204)
             elif endpoint == "contacts.list":
                 resp = self._list_contacts(mb, p.get("folder"), req, ctx)
@@ -624,6 +642,11 @@ class GraphEmulator:
         exp_filter = parse_expand(expand) if expand else None
         return Store.render_contact(c, select, exp_filter, expand=bool(expand))
 
+    @staticmethod
+    def _folder_json(req: Request, f: Folder) -> dict[str, Any]:
+        expand = req.query.get("expand")
+        return Store.render_folder(f, parse_expand(expand) if expand else None, expand=bool(expand))
+
     def _page_size(self, req: Request) -> int:
         size = req.query.get("top") or req.prefer().get("odata.maxpagesize")
         try:
@@ -643,6 +666,8 @@ class GraphEmulator:
         select = parse_select(req.query.get("select"))
         if select_ok and select:
             wanted = {s.lower() for s in select} | {"id"}
+            if req.query.get("expand"):  # an expanded navigation property is returned beside the $select
+                wanted.add("singlevalueextendedproperties")
             rows = [{k: v for k, v in r.items() if k.lower() in wanted or k.startswith("@")} for r in rows]
         return self._slice(req, rows, context)
 

@@ -108,6 +108,7 @@ class Folder:
     id: str
     display_name: str
     parent_id: str
+    ext: dict[tuple[str, ...], tuple[str, str | None]] = field(default_factory=dict)  # as Contact.ext
 
 
 @dataclass
@@ -132,6 +133,9 @@ class Mailbox:
     upn: str
     display_name: str
     root_folder_id: str
+    # The hidden Deleted Items folder (a mail folder: not a contact folder, never listed); a deleted contact folder
+    # moves under it (§2.3).
+    deleted_items_id: str = field(default_factory=lambda: _opaque(b"\x00\x00deli"))
     folders: dict[str, Folder] = field(default_factory=dict)
     contacts: dict[str, Contact] = field(default_factory=dict)
     seq: int = 0
@@ -240,22 +244,61 @@ class Store:
         mb.folders[f.id] = f
         return f
 
-    def delete_folder(self, mb: Mailbox, folder_id: str) -> list[ChangeEvent]:
+    def delete_folder(self, mb: Mailbox, folder_id: str, *, permanent: bool = False) -> list[ChangeEvent]:
+        """§2.3: DELETE is soft: the folder, its subfolders and their contacts move to Deleted Items, keeping their
+        ids (the contacts still answer by id, their ``parentFolderId`` unchanged); each contact is notified as
+        deleted from the folder and shows in its delta as removed, and the folder's delta tokens are dropped (how
+        Exchange treats them is not documented: the strict choice). ``permanentDelete`` (or deleting a folder that
+        is already in Deleted Items) removes them for good."""
         if folder_id == mb.root_folder_id:
             raise GraphError(403, "ErrorDeleteDistinguishedFolder", "Distinguished folders cannot be deleted.")
-        self.folder(mb, folder_id)
+        f = self.folder(mb, folder_id)
+        if not permanent and not self._in_deleted_items(mb, f):
+            f.parent_id = mb.deleted_items_id
+            return self._leave(mb, f)
         events: list[ChangeEvent] = []
         for child in self.child_folders(mb, folder_id):
-            events += self.delete_folder(mb, child.id)
+            events += self.delete_folder(mb, child.id, permanent=True)
         for c in [c for c in mb.contacts.values() if c.folder_id == folder_id]:
             events += self.delete_contact(mb, c.id)
         del mb.folders[folder_id]
         self.tokens = OrderedDict((k, t) for k, t in self.tokens.items() if t.folder_id != folder_id)
         return events
 
+    def _in_deleted_items(self, mb: Mailbox, f: Folder) -> bool:
+        while f.parent_id in mb.folders:
+            f = mb.folders[f.parent_id]
+        return f.parent_id == mb.deleted_items_id
+
+    def _leave(self, mb: Mailbox, f: Folder) -> list[ChangeEvent]:
+        """The contacts of ``f`` (and its subfolders), moved with it to Deleted Items: gone from its views."""
+        events: list[ChangeEvent] = []
+        for child in self.child_folders(mb, f.id):
+            events += self._leave(mb, child)
+        for c in self.contacts_in(mb, f.id):
+            mb.seq += 1
+            mb.tombstones.setdefault(f.id, []).append((mb.seq, c.id))
+            events.append(ChangeEvent(mb.id, f.id, c.id, "deleted", None))
+        self.tokens = OrderedDict((k, t) for k, t in self.tokens.items() if t.folder_id != f.id)
+        return events
+
+    def set_folder_props(self, f: Folder, body: Any) -> None:
+        """``displayName`` and ``singleValueExtendedProperties`` of a folder create or PATCH."""
+        if not isinstance(body, dict):
+            raise GraphError(400, "RequestBodyRead", "The request body must be a JSON object.")
+        for ep in body.get("singleValueExtendedProperties") or []:
+            if not isinstance(ep, dict) or not isinstance(ep.get("id"), str):
+                raise GraphError(400, "ErrorInvalidExtendedProperty", "Extended property needs an id.")
+            val = ep.get("value")
+            f.ext[property_id_key(ep["id"])] = (ep["id"], val if val is None else str(val))
+
     @staticmethod
-    def render_folder(f: Folder) -> dict[str, Any]:
-        return {"id": f.id, "displayName": f.display_name, "parentFolderId": f.parent_id}
+    def render_folder(f: Folder, expand_filter: Any = None, expand: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": f.id, "displayName": f.display_name, "parentFolderId": f.parent_id}
+        if expand:
+            eps = [{"id": PropertyId(i), "value": v} for i, v in f.ext.values()]
+            out["singleValueExtendedProperties"] = [ep for ep in eps if expand_filter is None or expand_filter(ep)]
+        return out
 
     # ---- contacts ------------------------------------------------------------------------------------------
     def contact(self, mb: Mailbox, contact_id: str, folder_id: str | None = None) -> Contact:

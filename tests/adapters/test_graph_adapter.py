@@ -48,10 +48,11 @@ from sync.errors import (
     Transient,
 )
 from sync.model import Contact, Side, case_safe_id
-from sync.policy import Policy
+from sync.policy import DeletePolicy, Policy
 from sync.ports import ContactChange, CreateRequest, SideRecord, UpdateRequest
+from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
 from tests.contract.graph_harness import MAILBOX, OTHER, make_side
-from tests.fakes import LogicalClock, MemoryAudit, MemoryLinkStore, MemoryQueue, MemorySide
+from tests.fakes import LogicalClock, MemoryAudit, MemoryCheckpoints, MemoryLinkStore, MemoryQueue, MemorySide
 
 
 @pytest.fixture
@@ -475,6 +476,88 @@ def test_the_engine_never_writes_a_linked_contact_moved_to_the_default_folder(em
     assert after is not None and after["changeKey"] == moved["changeKey"]  # never written, never deleted
     assert folder_contacts(emu) == []  # and not copied back into the folder either
     assert any("deleted in Outlook" in e.reason for e in audit.entries)  # the removal rule, audited
+
+
+def _synced_pair(side: GraphContactSide, policy: Policy,
+                 n: int = 2) -> tuple[Engine, MemorySide, MemoryAudit, list[str]]:
+    """An engine over the Graph emulator with ``n`` Salesforce contacts copied into the sync folder."""
+    clock = LogicalClock()
+    sf = MemorySide(Side.SALESFORCE, clock=clock)
+    engine = Engine(side, sf, MemoryLinkStore(), MemoryAudit(), MemoryQueue(), policy, [MAILBOX], clock=clock)
+    ids = [sf.user_create(MAILBOX, Contact(first_name="Ada", last_name=f"Folder{i}", emails=[f"ada{i}@example.com"]))
+           for i in range(n)]
+    for sf_id in ids:
+        list(engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id)))
+    audit = engine.audit
+    assert isinstance(audit, MemoryAudit)
+    return engine, sf, audit, ids
+
+
+def test_a_deleted_sync_folder_never_deletes_in_salesforce_and_its_contacts_come_back(
+        emu: GraphEmulator, side: GraphContactSide) -> None:
+    engine, sf, audit, sf_ids = _synced_pair(side, Policy(on_m365_delete=DeletePolicy.PROPAGATE))
+    old_folder = side.folder_id(MAILBOX)
+    old = {c["id"]: c["changeKey"] for c in emu.list_contacts(MAILBOX, old_folder)}
+    emu.delete_folder(MAILBOX, old_folder)  # the rep deletes the folder: to Deleted Items (§2.5)
+    # each contact is notified as deleted; a worker that knows the folder is gone hears them one by one
+    fresh = make_side(emu)
+    try:
+        worker = Engine(fresh, sf, engine.links, audit, MemoryQueue(), engine.policy, [MAILBOX], clock=engine.clock)
+        for item_id in old:
+            list(worker.sync_contact(ContactChange(source=Side.M365, item_id=item_id, mailbox=MAILBOX)))
+    finally:
+        fresh.close()
+    reconcile_mailbox(engine, MAILBOX)  # and the next pass of the worker that still knew the old folder
+    assert all(sf.get(MAILBOX, i) is not None for i in sf_ids) and not sf.deleted  # nothing deleted in Salesforce
+    new_folder = emu.find_folder(MAILBOX, DEFAULT_FOLDER_NAME)
+    assert new_folder not in (None, old_folder)
+    again = emu.list_contacts(MAILBOX, new_folder)
+    assert sorted(c["surname"] for c in again) == ["Folder0", "Folder1"]  # copied into the new folder, once each
+    assert {c["id"]: c["changeKey"] for c in emu.list_contacts(MAILBOX, old_folder)} == old  # left alone
+    info = emu.folder_info(MAILBOX, old_folder)
+    assert info is not None and info["parentFolderId"] == emu.deleted_items_id(MAILBOX)  # still in Deleted Items
+    left = [e for e in audit.entries if "left with the sync folder" in e.reason]
+    assert {e.sf_id for e in left} == set(sf_ids) and not [e for e in audit.entries if e.action == "delete"]
+    assert {link.m365_id for link in engine.links.list(MAILBOX)} == {c["id"] for c in again}
+
+
+def test_a_delta_pass_after_the_folder_was_deleted_runs_full_and_copies_into_a_new_folder(
+        emu: GraphEmulator, side: GraphContactSide) -> None:
+    engine, sf, audit, sf_ids = _synced_pair(side, Policy(on_m365_delete=DeletePolicy.PROPAGATE))
+    checkpoints = MemoryCheckpoints()
+    assert reconcile_mailbox_delta(engine, MAILBOX, checkpoints).ran == "full"  # first run: tokens taken
+    old_folder = side.folder_id(MAILBOX)
+    emu.delete_folder(MAILBOX, old_folder)
+    report = reconcile_mailbox_delta(engine, MAILBOX, checkpoints)
+    assert report.ran == "full" and not report.errors and not sf.deleted
+    new_folder = side.folder_id(MAILBOX)
+    assert new_folder != old_folder and len(emu.list_contacts(MAILBOX, new_folder)) == len(sf_ids)
+    assert reconcile_mailbox_delta(engine, MAILBOX, checkpoints).ran == "delta"  # settled on the new folder
+
+
+def test_a_renamed_sync_folder_is_followed(emu: GraphEmulator, side: GraphContactSide) -> None:
+    engine, sf, audit, sf_ids = _synced_pair(side, Policy(on_m365_delete=DeletePolicy.PROPAGATE), n=1)
+    folder = side.folder_id(MAILBOX)
+    emu.rename_folder(MAILBOX, folder, "Customers")
+    sf.user_edit(sf_ids[0], {"job_title": "CTO"})
+    reconcile_mailbox(engine, MAILBOX)
+    fresh = make_side(emu)  # a worker started after the rename finds the folder by its stamp, not by name
+    try:
+        assert fresh.folder_id(MAILBOX) == folder
+    finally:
+        fresh.close()
+    assert emu.find_folder(MAILBOX, DEFAULT_FOLDER_NAME) is None  # no second folder
+    (copy,) = emu.list_contacts(MAILBOX, folder)
+    assert copy["jobTitle"] == "CTO" and sf.get(MAILBOX, sf_ids[0]) is not None
+
+
+def test_a_contact_deleted_from_a_live_folder_is_still_a_delete(emu: GraphEmulator, side: GraphContactSide) -> None:
+    engine, sf, audit, sf_ids = _synced_pair(side, Policy(on_m365_delete=DeletePolicy.PROPAGATE), n=1)
+    (copy,) = emu.list_contacts(MAILBOX, side.folder_id(MAILBOX))
+    emu.delete_contact(MAILBOX, copy["id"])
+    assert side.left_with_folder(MAILBOX, copy["id"]) is False
+    list(engine.sync_contact(ContactChange(source=Side.M365, item_id=copy["id"], mailbox=MAILBOX)))
+    assert sf.get(MAILBOX, sf_ids[0]) is None  # propagate, as row 24 says
 
 
 # ---- delta ---------------------------------------------------------------------------------------------------------

@@ -914,3 +914,38 @@ def test_the_service_clock_counts_each_answered_request(emu: GraphEmulator) -> N
     assert emu.service.settle()  # the answer reaches the client before the server thread counts it
     assert emu.service.requests - before_n == 2
     assert emu.service.seconds > before_s
+
+
+def test_a_deleted_contact_folder_goes_to_deleted_items_with_its_contacts(emu: GraphEmulator, folder: str) -> None:
+    # docs/reference/graph.md §2.5: DELETE is soft (permanentDelete is the hard one)
+    auth = {"Authorization": "Bearer t"}
+    base = f"{emu.base_url}/users/{USER}/contactFolders"
+    cid = emu.create_contact(USER, {"surname": "Kept"}, folder)["id"]
+    first = httpx.get(f"{base}/{folder}/contacts/delta()", headers=auth).json()
+    token = first["@odata.deltaLink"]
+    assert httpx.delete(f"{base}/{folder}", headers=auth).status_code == 204
+    listed = httpx.get(base, headers=auth).json()["value"]
+    assert folder not in {f["id"] for f in listed}  # no longer a child of the Contacts folder
+    moved = httpx.get(f"{base}/{folder}", headers=auth)
+    assert moved.status_code == 200 and moved.json()["parentFolderId"] == emu.deleted_items_id(USER)
+    kept = httpx.get(f"{emu.base_url}/users/{USER}/contacts/{cid}", headers=auth)
+    assert kept.status_code == 200 and kept.json()["parentFolderId"] == folder  # same id, still in its folder
+    assert httpx.get(token, headers=auth).status_code == 410  # the folder's sync state is gone
+    assert httpx.post(f"{base}/{folder}/permanentDelete", headers=auth).status_code == 204
+    assert httpx.get(f"{base}/{folder}", headers=auth).status_code == 404
+    assert httpx.get(f"{emu.base_url}/users/{USER}/contacts/{cid}", headers=auth).status_code == 404
+
+
+def test_a_folder_carries_extended_properties(emu: GraphEmulator) -> None:
+    auth = {"Authorization": "Bearer t"}
+    base = f"{emu.base_url}/users/{USER}/contactFolders"
+    stamp = "String {0463b54a-5dcb-4781-9d3f-29b43773c27c} Name SyncFolder"
+    made = httpx.post(base, headers=auth, json={"displayName": "Stamped",
+                                                "singleValueExtendedProperties": [{"id": stamp, "value": "1"}]})
+    fid = made.json()["id"]
+    expand = "?$expand=" + quote(f"singleValueExtendedProperties($filter=id eq '{stamp}')")
+    got = httpx.get(f"{base}/{fid}{expand}", headers=auth).json()
+    assert [ep["value"] for ep in got["singleValueExtendedProperties"]] == ["1"]
+    listed = httpx.get(f"{base}{expand}&$select=id", headers=auth).json()["value"]
+    stamps = [f["singleValueExtendedProperties"] for f in listed if f["id"] == fid]
+    assert stamps == [got["singleValueExtendedProperties"]]

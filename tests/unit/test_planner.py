@@ -326,6 +326,23 @@ def test_deleted_in_outlook_with_propagate_deletes_in_salesforce() -> None:
     assert "Recycle Bin" in delete.reason and p.link_after is LinkAfter.REMOVE
 
 
+@pytest.mark.parametrize("on_delete", list(DeletePolicy))
+def test_an_outlook_copy_that_left_with_the_sync_folder_is_copied_again_never_deleted(on_delete: DeletePolicy) -> None:
+    m, f = m365(), sf()
+    s = Situation(MB, link_for(m, f), None, f, left_with_folder=True)
+    p = plan(s, Policy(on_m365_delete=on_delete))
+    create = only(p, Create)
+    assert create.side is Side.M365 and not any(isinstance(a, Delete) for a in p.actions)
+    assert "left with the sync folder" in p.reason and p.link_after is LinkAfter.SAVE
+
+
+def test_an_outlook_copy_that_left_with_the_folder_in_a_to_salesforce_mailbox_only_drops_the_link() -> None:
+    m, f = m365(), sf()
+    policy = Policy(on_m365_delete=DeletePolicy.PROPAGATE, mailbox_directions={MB: Direction.TO_SALESFORCE})
+    p = plan(Situation(MB, link_for(m, f), None, f, left_with_folder=True), policy)
+    assert not any(isinstance(a, (Create, Delete)) for a in p.actions) and p.link_after is LinkAfter.REMOVE
+
+
 def test_deleted_in_salesforce_default_removes_from_the_folder() -> None:
     m, f = m365(), sf()
     p = plan(Situation(MB, link_for(m, f), m, None), POLICY)

@@ -13,6 +13,9 @@ HTTP and retries are ``transport``'s job, ``$batch`` scheduling ``batch``'s. Wha
   not in the sync folder (``parentFolderId``) is None, and every PATCH and DELETE is guarded by a read just before
   it (in the folder, at the ``changeKey`` decided on; If-Match is sent too but is undocumented for contacts, §1.5),
   and the PATCH answer's folder is checked again.
+* A linked contact missing from the folder may have left *with* it (the rep deleted or moved the sync folder):
+  ``left_with_folder`` finds it by id in a folder carrying our stamp (``folders``), which the engine never takes for
+  a delete. Each pass re-reads the folder (``_Folders.refresh``); a delta link of a replaced folder starts over.
 * ``changes`` returns the ``@odata.deltaLink`` as the checkpoint and starts over with ``full=True`` when Graph
   dropped the token (410, or the code ``syncStateNotFound`` / ``SyncStateInvalid`` / ``resyncRequired`` in any case;
   §3.3), also in the middle of a round, up to ``MAX_DELTA_RESTARTS`` times a call.
@@ -108,7 +111,7 @@ class GraphContactSide:
         self._http = _GraphHttp(
             credential, base_url, max_attempts=max_attempts, max_wait=max_wait, timeout_s=timeout_s
         )
-        self._folders = _Folders(self._http, folder_name)
+        self._folders = _Folders(self._http, folder_name, self._http.stats)
         self._batches = _Batches(self._http, self._by_create_key)
 
     # --- plumbing -----------------------------------------------------------------------------------------
@@ -184,6 +187,12 @@ class GraphContactSide:
             return None
         return doc
 
+    def left_with_folder(self, mailbox: str, item_id: str) -> bool:
+        """Whether a contact the sync folder does not hold is in a folder carrying our stamp: it left with the sync
+        folder the user deleted (Deleted Items, §2.3) or moved, and was not deleted (module docstring)."""
+        self._check_scope(mailbox)
+        return self._run(self._folders.left_with_folder(mailbox, item_id), item_id)
+
     async def _get(self, mailbox: str, item_id: str) -> SideRecord | None:
         doc = await self._get_doc(mailbox, item_id)
         return self._record(mailbox, doc) if doc is not None else None
@@ -229,6 +238,7 @@ class GraphContactSide:
 
     def stream(self, mailbox: str) -> Iterator[SideRecord]:
         self._check_scope(mailbox)
+        self._run(self._folders.refresh(mailbox))  # a folder the user deleted: a new one (module docstring)
         first = self._first_list_url(mailbox, select=self._select, expand=self._expand, top=str(LIST_PAGE_SIZE))
         for rows in self._pages(mailbox, first):
             for doc in rows:
@@ -461,6 +471,11 @@ class GraphContactSide:
     def changes(self, mailbox: str, checkpoint: str | None) -> Iterator[ChangePage]:
         """Graph delta on the sync folder; the checkpoint is the deltaLink (module docstring)."""
         self._check_scope(mailbox)
+        self._run(self._folders.refresh(mailbox))
+        folder = self._run(self._folders.find_or_create(mailbox))
+        if checkpoint and f"/contactFolders/{folder}/" not in checkpoint and quote(folder, safe="") not in checkpoint:
+            logger.info("delta token of mailbox %s is for a former sync folder: full resync", _mb(mailbox))
+            checkpoint = None  # the folder was replaced: its delta link reads the old one
         full = checkpoint is None
         url = checkpoint or self._run(self._delta_start(mailbox))
         prefer = {"Prefer": f"odata.maxpagesize={self._page_size}"}  # re-sent on every page
