@@ -80,8 +80,8 @@ def seed(s: Stack, per_mailbox: int) -> None:
                 company = COMPANIES[n % len(COMPANIES)]
                 rows.append({"FirstName": f"First{n}", "LastName": f"Last{n}", "Email": f"p{n}@bench.example",
                              "Phone": f"+1 425 555 {n % 10000:04d}", "Title": "Buyer", "Department": "Purchasing",
-                             "AccountId": accounts[company], "MailingCity": "Redmond", "MailingCountry": "USA",
-                             "OwnerId": s.users[mb]})
+                             "AccountId": accounts[company], "MailingCity": "Redmond",
+                             "MailingCountry": "United States", "OwnerId": s.users[mb]})
             s.sf.bulk_create_contacts(rows, as_user=s.users[mb])
 
 

@@ -52,7 +52,8 @@ class SideRecord(BaseModel):
     # of an Outlook contact already synced (a create whose answer was lost, made again by another worker).
     untouched: bool = False
     # What the write that returned this record wants on record (e.g. a duplicate rule's alert naming the matched
-    # ids): one audit row each, ids and field names only.
+    # ids): one audit row each, ids and field names only, unless it starts with ``REVIEW_NOTE``: a part of the contact
+    # that was not written and waits for a person (its row has outcome "review" and may quote the value).
     notes: tuple[str, ...] = ()
 
 
@@ -251,6 +252,7 @@ class CheckpointStore(Protocol):
     def put(self, scope: str, name: str, value: str) -> None: ...
 
 
+REVIEW_NOTE = "review:"
 AuditOutcome = Literal["applied", "planned", "failed", "review", "refused"]
 
 

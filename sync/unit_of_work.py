@@ -22,7 +22,17 @@ from datetime import datetime
 from sync.actions import Adopt, Conflict, Create, LinkAfter, Nothing, Plan, Review, Situation, Update
 from sync.errors import NotFound, SyncError
 from sync.model import Side, field_digests, fingerprint
-from sync.ports import AuditEntry, AuditLog, AuditOutcome, Link, LinkState, LinkStore, LinkWrite, SideRecord
+from sync.ports import (
+    REVIEW_NOTE,
+    AuditEntry,
+    AuditLog,
+    AuditOutcome,
+    Link,
+    LinkState,
+    LinkStore,
+    LinkWrite,
+    SideRecord,
+)
 
 Records = dict[Side, SideRecord | None]  # a plan's record on each side, as its writes leave them
 
@@ -67,7 +77,8 @@ class UnitOfWork:
         for record in (outlook, salesforce):
             for text in record.notes if record is not None and outcome == "applied" else ():
                 entries.append(AuditEntry(at=now, mailbox=s.mailbox, m365_id=m365_id, sf_id=sf_id, action="note",
-                                          reason=text[:500], outcome=outcome))
+                                          reason=text[:500],
+                                          outcome="review" if text.startswith(REVIEW_NOTE) else outcome))
         if not entries:
             entries.append(
                 AuditEntry(at=now, mailbox=s.mailbox, m365_id=m365_id, sf_id=sf_id, action=p.link_after.value,

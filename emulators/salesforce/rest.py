@@ -252,6 +252,7 @@ class _Handler(BaseHTTPRequestHandler):
         org.counters.inc("rest.requests")
         tok = org.authenticate(_bearer(self.headers.get("Authorization")))
         with org.lock:
+            org.apply_settings()
             forced_401 = org.faults.invalid_session_next > 0 and tok is not None
             if forced_401:
                 org.faults.invalid_session_next -= 1

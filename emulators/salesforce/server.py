@@ -323,7 +323,8 @@ class SalesforceEmulator:
         - ``POST /_admin/faults`` ``{failNext: {count,status,errorCode,message,pathContains}, failGrpcNext: {...},
           invalidSessionNext, latencySeconds, dropNextEvents, duplicateNextEvents, gapNextEvents,
           overflowThreshold, duplicateRule, limitRate, unavailableRate, resetRate, resetAfterShare, eventDropRate,
-          eventDuplicateRate, eventReorderRate, reorderHoldSeconds}`` (rates: probabilities in [0, 1])
+          eventDuplicateRate, eventReorderRate, reorderHoldSeconds, addressPicklists}`` (rates: probabilities in
+          [0, 1]; ``addressPicklists``: the org's State and Country/Territory Picklists on/off)
         - ``POST /_admin/limits`` ``{used?, max?}``; ``POST /_admin/time`` ``{advanceSeconds}``;
           ``POST /_admin/tokens`` ``{userId?}`` → a token response; ``POST /_admin/jwt-clients``
           ``{clientId, publicKeyPem, users?}``; ``POST /_admin/client-credentials`` ``{clientId, clientSecret}``
@@ -412,8 +413,13 @@ class SalesforceEmulator:
                               ("unavailableRate", "unavailable_rate"), ("resetRate", "reset_rate"),
                               ("resetAfterShare", "reset_after_share"), ("eventDropRate", "event_drop_rate"),
                               ("eventDuplicateRate", "event_duplicate_rate"),
-                              ("eventReorderRate", "event_reorder_rate"), ("reorderHoldSeconds", "reorder_hold_s")):
+                              ("eventReorderRate", "event_reorder_rate"), ("reorderHoldSeconds", "reorder_hold_s"),
+                              ("addressPicklists", "")):
                 if key in body:
+                    if key == "addressPicklists":
+                        self.org.settings.address_picklists = bool(body[key])
+                        self.org.apply_settings()
+                        continue
                     if key == "duplicateRule" and isinstance(body[key], str):  # "alert" / "block" / "off"
                         self.org.settings.duplicate_rule = body[key]
                         f.duplicate_rule = True

@@ -7,7 +7,9 @@ External ID, docs/reference/salesforce.md §2.4) is added per emulator.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class FieldDef:
     custom: bool = False
     external_id: bool = False
     id_lookup: bool = False
+    values: Callable[[], list[dict[str, Any]]] | None = None  # a picklist's describe ``picklistValues``
+    controller: str | None = None  # a dependent picklist's controlling field
 
     @property
     def is_text(self) -> bool:
@@ -110,6 +114,11 @@ class SObjectType:
         if f.relationship_name:
             self.relationships[f.relationship_name.lower()] = f
 
+    def remove(self, name: str) -> None:
+        f = self.fields.pop(name, None)
+        if f is not None:
+            del self.by_lower[name.lower()]
+
     def field(self, name: str) -> FieldDef | None:
         return self.by_lower.get(name.lower())
 
@@ -128,6 +137,8 @@ class SObjectType:
                     "externalId": f.external_id, "idLookup": f.id_lookup or f.external_id,
                     "referenceTo": [f.reference_to] if f.reference_to else [],
                     "relationshipName": f.relationship_name, "unique": f.external_id,
+                    "picklistValues": f.values() if f.values else [], "controllerName": f.controller,
+                    "dependentPicklist": f.controller is not None,
                 }
                 for f in self.fields.values()
             ],

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from emulators.salesforce.addresses import CODE_FIELDS, AddressError, resolve_address
 from emulators.salesforce.cdc import ChangeEventCodec
 from emulators.salesforce.duplicates import duplicates_of
 from emulators.salesforce.ids import PREFIX_TYPE, IdFactory, fmt_datetime, looks_like_id, to18
@@ -223,10 +224,14 @@ class OrgSettings:
       milliseconds.
     - ``duplicate_rule``: the standard Contact duplicate rule's action, ``"alert"`` (allow with the
       ``allowSave=true`` header), ``"block"`` or ``"off"`` (§1.3).
+    - ``address_picklists``: State and Country/Territory Picklists on Contact's mailing address (§1.4,
+      ``addresses.py``); False: free-text ``MailingState`` / ``MailingCountry`` and no code fields. Taken into account
+      by :meth:`Org.apply_settings` (called at every REST request).
     """
 
     whole_seconds: bool = True
     duplicate_rule: str = "alert"
+    address_picklists: bool = True
 
 
 class Transaction:
@@ -268,11 +273,38 @@ class Org:
         self.cc_clients: dict[str, dict[str, Any]] = {}
         self._locators = itertools.count(1)
         self.evaluator = Evaluator(self.types, self.resolve)
+        self._picklists_on = False
+        self.apply_settings()
         self.integration_user_id = self.add_user("integration@example.com", "integration@example.com",
                                                  last_name="Integration", first_name="Sync")
         # flows that run outside a user's transaction (scheduled, platform-event triggered) write as this user
         self.automated_process_user_id = self.add_user(f"autoproc@{self.org_id.lower()}", "autoproc@example.com",
                                                        last_name="Automated Process", user_type="AutomatedProcess")
+
+    def apply_settings(self) -> None:
+        """Add or remove Contact's address code fields to match ``settings.address_picklists``. Turning them on
+        fills the codes of records whose text is an integration value (Setup's conversion, simplified)."""
+        with self.lock:
+            on = self.settings.address_picklists
+            if on == self._picklists_on:
+                return
+            self._picklists_on = on
+            contact = self.types["Contact"]
+            for f in CODE_FIELDS:
+                if on:
+                    contact.add(f)
+                else:
+                    contact.remove(f.name)
+            for rec in self.records["Contact"].values():
+                if not on:
+                    for f in CODE_FIELDS:
+                        rec.pop(f.name, None)
+                    continue
+                try:
+                    rec.update(resolve_address({"MailingCountry": rec.get("MailingCountry"),
+                                                "MailingState": rec.get("MailingState")}, None))
+                except AddressError:
+                    rec.update({"MailingCountryCode": None, "MailingStateCode": None})
 
     # -- clock ----------------------------------------------------------------------------------------------------
     def now(self) -> datetime:
@@ -472,6 +504,11 @@ class Org:
                                   [f.name])
                 value = target[1]["Id"]
             clean[f.name] = value
+        if sobject == "Contact" and self._picklists_on:
+            try:
+                clean.update(resolve_address(clean, current))
+            except AddressError as exc:  # docs/reference/salesforce.md §1.4
+                raise SfError(400, "FIELD_INTEGRITY_EXCEPTION", str(exc), [exc.field]) from None
         merged = {**(current or {}), **clean}
         missing = [f.name for f in t.fields.values() if f.required and merged.get(f.name) in (None, "")]
         if missing:

@@ -734,3 +734,59 @@ def test_a_systemmodstamp_bump_after_our_read_fails_no_version_guard(h: Salesfor
     h.emu.run_flow([made.id], {"Title": "Flowed"})  # a field write after our read: that is a conflict
     with pytest.raises(PreconditionFailed):
         h.side.update(MAILBOX, made.id, change, fields=frozenset({"job_title"}), if_match=result.version)
+
+
+# -- State and Country/Territory Picklists (docs/reference/salesforce.md §1.4) --------------------------------------
+
+def _codes(h: SalesforceHarness, item_id: str) -> tuple[object, object]:
+    row = h.emu.org.records["Contact"][item_id]
+    return row.get("MailingCountryCode"), row.get("MailingStateCode")
+
+
+def test_outlook_free_text_address_is_written_as_codes_and_read_back_as_the_orgs_labels(h: SalesforceHarness) -> None:
+    created = h.side.create(MAILBOX, ADA.with_values({"country": "USA", "state": "Calif.", "city": "Palo Alto"}))
+    assert (created.contact.country, created.contact.state, created.notes) == ("United States", "California", ())
+    assert _codes(h, created.id) == ("US", "CA")
+    [moved] = h.side.update_many(MAILBOX, [UpdateRequest(
+        item_id=created.id, contact=created.contact.with_values({"country": "Deutschland", "state": None}),
+        fields=frozenset({"country", "state"}), if_match=created.version)])
+    assert isinstance(moved, SideRecord) and (moved.contact.country, moved.contact.state) == ("Germany", None)
+    [bulk] = h.side.create_many(MAILBOX, [CreateRequest(contact=Contact(last_name="Ito", country="JP"))])
+    assert isinstance(bulk, SideRecord) and bulk.contact.country == "Japan" and _codes(h, bulk.id) == ("JP", None)
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_an_address_the_org_cannot_take_waits_in_review_and_the_rest_of_the_contact_syncs(
+        h: SalesforceHarness, bulk: bool, caplog: pytest.LogCaptureFixture) -> None:
+    from sync.ports import REVIEW_NOTE
+
+    caplog.set_level("DEBUG")
+    atlantis = ADA.with_values({"country": "Atlantis", "city": "Poseidonia", "job_title": "CTO"})
+    if bulk:
+        [made] = h.side.create_many(MAILBOX, [CreateRequest(contact=atlantis)])
+        assert isinstance(made, SideRecord)
+    else:
+        made = h.side.create(MAILBOX, atlantis)
+    assert (made.contact.job_title, made.contact.city, made.contact.country) == ("CTO", "Poseidonia", None)
+    assert len(made.notes) == 1 and made.notes[0].startswith(REVIEW_NOTE) and "'Atlantis'" in made.notes[0]
+    state = made.contact.with_values({"country": "United States", "state": "Narnia", "department": "R&D"})
+    fields = frozenset({"country", "state", "department"})
+    if bulk:
+        [after] = h.side.update_many(MAILBOX, [UpdateRequest(item_id=made.id, contact=state, fields=fields,
+                                                             if_match=made.version)])
+        assert isinstance(after, SideRecord)
+    else:
+        after = h.side.update(MAILBOX, made.id, state, fields=fields, if_match=made.version)
+    assert after.contact.department == "R&D" and after.contact.country is None and "'Narnia'" in after.notes[0]
+    assert "Atlantis" not in caplog.text and "Narnia" not in caplog.text  # the value is in the audit only
+
+
+def test_with_the_picklists_switched_off_the_text_is_written_as_it_is() -> None:
+    h = SalesforceHarness()
+    try:
+        h.emu.org.settings.address_picklists = False
+        made = h.side.create(MAILBOX, ADA.with_values({"country": "USA", "state": "Calif."}))
+        assert (made.contact.country, made.contact.state, made.notes) == ("USA", "Calif.", ())
+        assert "MailingCountryCode" not in h.emu.org.records["Contact"][made.id]
+    finally:
+        h.close()

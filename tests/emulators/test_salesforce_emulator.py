@@ -276,6 +276,80 @@ def test_duplicate_rule_matches_name_with_account_and_title_and_block_mode_refus
                               "AccountId": acme})["success"]
 
 
+# -- State and Country/Territory Picklists (docs/reference/salesforce.md §1.4) -----------------------------------------
+
+def _address(sf: Salesforce, cid: str) -> tuple[Any, ...]:
+    row = sf.Contact.get(cid)
+    return row["MailingCountryCode"], row["MailingCountry"], row["MailingStateCode"], row["MailingState"]
+
+
+def test_address_picklists_take_codes_or_integration_values_and_fill_in_the_other(sf):
+    by_code = sf.Contact.create({"LastName": "A", "MailingCountryCode": "US", "MailingStateCode": "CA"})["id"]
+    assert _address(sf, by_code) == ("US", "United States", "CA", "California")
+    by_label = sf.Contact.create({"LastName": "B", "MailingCountry": "Germany"})["id"]
+    assert _address(sf, by_label) == ("DE", "Germany", None, None)
+    sf.Contact.update(by_code, {"MailingCountryCode": "CA", "MailingStateCode": "ON"})
+    assert _address(sf, by_code) == ("CA", "Canada", "ON", "Ontario")
+    sf.Contact.update(by_code, {"MailingCountryCode": None})  # removing the country removes its state
+    assert _address(sf, by_code) == (None, None, None, None)
+    assert sf.query("SELECT Id FROM Contact WHERE MailingCountryCode = 'DE'")["records"][0]["Id"] == by_label
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({"MailingCountry": "USA"}, "MailingCountry"),
+    ({"MailingCountry": "Deutschland"}, "MailingCountry"),
+    ({"MailingCountryCode": "ZZ"}, "MailingCountryCode"),
+    ({"MailingCountry": "United States", "MailingState": "Calif."}, "MailingState"),
+    ({"MailingCountryCode": "DE", "MailingState": "Bayern"}, "MailingState"),  # Germany has no standard states
+    ({"MailingState": "California"}, "MailingState"),  # a state needs a country
+])
+def test_address_picklists_refuse_text_that_is_not_an_integration_value(sf, values, field):
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.Contact.create({"LastName": "X", **values})
+    err = e.value.content[0]
+    assert (e.value.status, err["errorCode"], err["fields"]) == (400, "FIELD_INTEGRITY_EXCEPTION", [field])
+    assert sf.query("SELECT Id FROM Contact")["totalSize"] == 0
+
+
+def test_address_picklists_refuse_a_state_of_another_country_and_mismatched_code_and_label(sf):
+    cid = sf.Contact.create({"LastName": "X", "MailingCountryCode": "US", "MailingStateCode": "NY"})["id"]
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.Contact.update(cid, {"MailingCountryCode": "AU"})  # NY is no Australian state
+    assert e.value.content[0]["fields"] == ["MailingStateCode"]
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.Contact.update(cid, {"MailingCountryCode": "US", "MailingCountry": "Canada"})
+    assert e.value.content[0]["errorCode"] == "FIELD_INTEGRITY_EXCEPTION"
+    assert _address(sf, cid) == ("US", "United States", "NY", "New York")
+
+
+def test_describe_lists_the_code_picklists_with_dependent_states(sf):
+    import base64
+
+    fields = {f["name"]: f for f in sf.Contact.describe()["fields"]}
+    countries = [v["value"] for v in fields["MailingCountryCode"]["picklistValues"]]
+    assert fields["MailingCountryCode"]["type"] == "picklist" and {"US", "DE", "JP"} <= set(countries)
+    state = fields["MailingStateCode"]
+    assert state["controllerName"] == "MailingCountryCode" and state["dependentPicklist"] is True
+    ca = next(v for v in state["picklistValues"] if v["label"] == "California")
+    bits, i = base64.b64decode(ca["validFor"]), countries.index("US")
+    assert ca["value"] == "CA" and bits[i >> 3] & (0x80 >> (i & 7))
+    assert sum(b.bit_count() for b in bits) == 1
+
+
+def test_address_picklists_are_an_org_switch(emu, sf, http):
+    assert http.post(f"{emu.instance_url}/_admin/faults", json={"addressPicklists": False}).status_code == 204
+    assert "MailingCountryCode" not in {f["name"] for f in sf.Contact.describe()["fields"]}
+    cid = sf.Contact.create({"LastName": "X", "MailingCountry": "USA", "MailingState": "Calif."})["id"]
+    row = sf.Contact.get(cid)
+    assert (row["MailingCountry"], row["MailingState"], "MailingCountryCode" in row) == ("USA", "Calif.", False)
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.Contact.create({"LastName": "Y", "MailingCountryCode": "US"})
+    assert e.value.content[0]["errorCode"] == "INVALID_FIELD"
+    emu.org.settings.address_picklists = True  # switched on again: Setup converts the text it knows
+    sf.Contact.update(cid, {"MailingCountry": "United States", "MailingState": "California"})
+    assert _address(sf, cid) == ("US", "United States", "CA", "California")
+
+
 # -- sObject Collections (docs/reference/salesforce.md §2.5) -----------------------------------------------------------
 
 def test_collections_all_or_none_false_and_true(emu, sf):

@@ -42,3 +42,22 @@ def test_a_note_on_a_written_record_becomes_an_audit_row() -> None:
     w.engine.sync_contact(ContactChange(source=Side.M365, item_id=oid, mailbox=ANN))
     (note,) = [e for e in w.audit.entries if e.action == "note"]
     assert note.outcome == "applied" and "003x" in note.reason and note.m365_id == oid
+
+
+def test_a_review_note_becomes_an_audit_row_in_review_and_the_contact_stays_linked() -> None:
+    from sync.ports import REVIEW_NOTE
+
+    w = memory_world(mailboxes=[ANN])
+    oid = w.m365.user_create(ANN, ADA.with_values({"country": "Atlantis"}))
+    create = w.sf.create
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        made = create(*args, **kwargs)
+        return made.model_copy(update={"contact": made.contact.with_values({"country": None}),
+                                       "notes": (f"{REVIEW_NOTE} country 'Atlantis' not written",)})
+
+    w.sf.create = held  # type: ignore[method-assign]
+    w.engine.sync_contact(ContactChange(source=Side.M365, item_id=oid, mailbox=ANN))
+    (note,) = [e for e in w.audit.entries if e.action == "note"]
+    assert note.outcome == "review" and "'Atlantis'" in note.reason
+    assert [e.outcome for e in w.audit.entries if e.action == "create:salesforce"] == ["applied"]

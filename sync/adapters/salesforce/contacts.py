@@ -26,6 +26,7 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import quote
 
+from sync.adapters.salesforce.addresses import address_codes
 from sync.adapters.salesforce.auth import TokenProvider
 from sync.adapters.salesforce.changes import ChangeFeed, row_version
 from sync.adapters.salesforce.directory import Directory, domain_hints
@@ -247,13 +248,15 @@ class SalesforceContactSide:
 
     # --- writing ----------------------------------------------------------------------------------------------
     def _values(self, contact: Contact, fields: Iterable[str], item_id: str | None, *, creating: bool,
-                accounts: Mapping[str, str | SyncError] | None = None) -> dict[str, Any]:
-        """Field values to send; raises the account resolution error of this item (never drops the company)."""
+                accounts: Mapping[str, str | SyncError] | None = None) -> tuple[dict[str, Any], str | None]:
+        """Field values to send, and the review note of an address that cannot be written (``addresses``); raises
+        the account resolution error of this item (never drops the company)."""
         write = contact_to_salesforce(contact, fields, self._field_map, self._lengths_now())
         for t in write.truncations:
             logger.warning("salesforce %s: %s cut from %d to %d characters", item_id or "(new contact)", t.target,
                            t.length, t.limit)
         values: dict[str, Any] = dict(write.values)
+        held = address_codes(values, contact, self._schema_now(), item_id)
         if write.set_account:
             if write.account_name is None:
                 values["AccountId"] = None
@@ -269,7 +272,7 @@ class SalesforceContactSide:
                 values["AccountId"] = resolved
         if creating:
             values = {k: v for k, v in values.items() if v is not None}
-        return values
+        return values, held
 
     def _all_fields(self) -> list[str]:
         return list(self._field_map.salesforce_fields())
@@ -304,7 +307,7 @@ class SalesforceContactSide:
         return record.model_copy(update={"contact": ours, "version": None})
 
     def create(self, mailbox: str, contact: Contact, *, marker: str | None = None) -> SideRecord:
-        values = self._values(contact, self._all_fields(), None, creating=True)
+        values, held = self._values(contact, self._all_fields(), None, creating=True)
         values["OwnerId"] = self._directory.user_of(mailbox)
         if marker is not None and self._marker_field:
             values[self._marker_field] = marker
@@ -313,7 +316,7 @@ class SalesforceContactSide:
         else:
             rid, note = alerted(self._allow_duplicates, None, lambda h: str(self._rest.call(
                 "write", lambda sf: sf.Contact.create(values, headers=h), idempotent=False)["id"]))
-        return noted(self._reread(rid, values), note)
+        return noted(self._reread(rid, values), note, held)
 
     def _upsert(self, marker: str, values: Mapping[str, Any], headers: dict[str, str]) -> str:
         """Create on the unique marker field (docs/reference/salesforce.md §2.4): a contact that already carries this
@@ -342,7 +345,7 @@ class SalesforceContactSide:
             checked = parse_dt(self._check_version(item_id, if_match).get("LastModifiedDate"))
             if checked is not None:  # docs/reference/salesforce.md §2.7: 412 when modified after this date
                 headers["If-Unmodified-Since"] = format_datetime(checked, usegmt=True)
-        values = self._values(contact, fields, item_id, creating=False)
+        values, held = self._values(contact, fields, item_id, creating=False)
         if marker is not None and self._marker_field:
             values[self._marker_field] = marker
         note = None
@@ -350,7 +353,7 @@ class SalesforceContactSide:
             _, note = alerted(self._allow_duplicates, item_id, lambda h: self._rest.call(
                 "write", lambda sf: sf.Contact.update(item_id, values, headers={**headers, **h}), item_id=item_id,
                 before_retry=self._version_guard(item_id, if_match)))
-        return noted(self._reread(item_id, values), note)
+        return noted(self._reread(item_id, values), note, held)
 
     def delete(self, mailbox: str, item_id: str, *, if_match: str | None) -> None:
         """Soft delete (Recycle Bin). With ``if_match`` the SystemModstamp is compared first (and before each retry)."""
@@ -368,7 +371,7 @@ class SalesforceContactSide:
         return lambda: self._check_version(item_id, if_match)
 
     def _finish(self, results: list[SideRecord | SyncError | str], written: Mapping[int, Mapping[str, Any]],
-                notes: Mapping[int, str] | None = None) -> list[SideRecord | SyncError]:
+                notes: Mapping[int, str], held: Mapping[int, str | None]) -> list[SideRecord | SyncError]:
         """Replace the written ids by the records as our writes left them (one SOQL per 200 ids; ``_as_left``).
         ``written``: the values sent, by index in ``results``."""
         ids = [r for r in results if isinstance(r, str)]
@@ -377,7 +380,7 @@ class SalesforceContactSide:
         for n, r in enumerate(results):
             if isinstance(r, str):
                 row = rows.get(r)
-                out.append(noted(self._as_left(row, written.get(n, {})), (notes or {}).get(n)) if row
+                out.append(noted(self._as_left(row, written.get(n, {})), notes.get(n), held.get(n)) if row
                            else NotFound("vanished after the write", side=SIDE, item_id=r))
             else:
                 out.append(r)
@@ -391,9 +394,10 @@ class SalesforceContactSide:
         accounts = self._directory.resolve_accounts((c.company or "" for c in contacts), domain_hints(contacts))
         results: list[SideRecord | SyncError | str] = []
         pending: list[tuple[int, dict[str, Any]]] = []
+        held: dict[int, str | None] = {}
         for item in items:
             try:
-                values = self._values(item.contact, fields, None, creating=True, accounts=accounts)
+                values, held[len(results)] = self._values(item.contact, fields, None, creating=True, accounts=accounts)
             except SyncError as exc:
                 results.append(exc)
                 continue
@@ -413,7 +417,7 @@ class SalesforceContactSide:
                 if again:
                     self._create_chunk([(i, rec) for i, rec, _ in again], results, on, dict(ALLOW_SAVE))
                     notes.update({i: alert_note(dup) for i, _, dup in again})
-        return self._finish(results, dict(pending), notes)
+        return self._finish(results, dict(pending), notes, held)
 
     def _create_chunk(self, chunk: Sequence[tuple[int, dict[str, Any]]], results: list[SideRecord | SyncError | str],
                       upsert_on: str | None, headers: dict[str, str]) -> None:
@@ -440,6 +444,7 @@ class SalesforceContactSide:
                     if changing else {})
         results: list[SideRecord | SyncError | str] = []
         pending: list[tuple[int, dict[str, Any]]] = []  # (index of the item and of its result, record)
+        held: dict[int, str | None] = {}
         for item in items:
             row = current.get(item.item_id)
             if row is None:
@@ -450,7 +455,8 @@ class SalesforceContactSide:
                                                   item_id=item.item_id))
                 continue
             try:
-                values = self._values(item.contact, item.fields, item.item_id, creating=False, accounts=accounts)
+                values, held[len(results)] = self._values(item.contact, item.fields, item.item_id, creating=False,
+                                                          accounts=accounts)
             except SyncError as exc:
                 results.append(exc)
                 continue
@@ -468,7 +474,7 @@ class SalesforceContactSide:
             if again:
                 self._patch_chunk(items, [(i, rec) for i, rec, _ in again], results, dict(ALLOW_SAVE))
                 notes.update({i: alert_note(dup) for i, _, dup in again})
-        return self._finish(results, dict(pending), notes)
+        return self._finish(results, dict(pending), notes, held)
 
     def _patch_chunk(self, items: Sequence[UpdateRequest], chunk: Sequence[tuple[int, dict[str, Any]]],
                      results: list[SideRecord | SyncError | str], headers: dict[str, str]) -> None:

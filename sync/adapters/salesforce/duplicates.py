@@ -47,5 +47,7 @@ def alerts(allow: bool, chunk: Sequence[tuple[int, dict[str, Any]]], results: Se
     return [(i, rec, r) for i, rec in chunk if isinstance(r := results[i], DuplicateFound) and r.allow_save]
 
 
-def noted(record: SideRecord, note: str | None) -> SideRecord:
-    return record.model_copy(update={"notes": (*record.notes, note)}) if note else record
+def noted(record: SideRecord, *notes: str | None) -> SideRecord:
+    """``record`` with the given notes (None: none) added."""
+    add = tuple(n for n in notes if n)
+    return record.model_copy(update={"notes": (*record.notes, *add)}) if add else record

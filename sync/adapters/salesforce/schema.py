@@ -9,6 +9,8 @@ creates upserts on it (docs/reference/salesforce.md §2.4).
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,8 @@ class ContactSchema:
     marker_problem: str | None = None  # why the marker field cannot be used (None: fine, or no marker configured)
     marker_upsert: bool = False  # the marker field is a unique External ID: creates become upserts on it
     picklists: bool = False  # MailingCountryCode / MailingStateCode exist (State and Country/Territory Picklists)
+    countries: Mapping[str, str] = field(default_factory=dict)  # active country code -> integration value
+    states: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # country code -> state code -> value
 
     @classmethod
     def of(cls, describe: Mapping[str, Any], marker_field: str | None) -> ContactSchema:
@@ -35,7 +39,9 @@ class ContactSchema:
                    if f.get("type") in _TEXT_TYPES and f.get("length")}
         problem, upsert = (None, False) if not marker_field else _check_marker(fields.get(marker_field.lower()),
                                                                                 marker_field)
-        return cls(lengths, problem, upsert, "mailingcountrycode" in fields and "mailingstatecode" in fields)
+        picklists = "mailingcountrycode" in fields and "mailingstatecode" in fields
+        countries, states = _address_values(fields) if picklists else ({}, {})
+        return cls(lengths, problem, upsert, picklists, countries, states)
 
     def raise_for_marker(self) -> None:
         if self.marker_problem:
@@ -54,3 +60,23 @@ def _check_marker(f: Mapping[str, Any] | None, name: str) -> tuple[str | None, b
     if not (f.get("createable") and f.get("updateable")):
         return f"{where}: the integration user cannot edit it (field-level security: make it read/write)", False
     return None, bool(f.get("externalId") and f.get("unique"))
+
+
+def _address_values(fields: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """The org's countries and, per country, its states, from the code fields' ``picklistValues``. A state's
+    ``validFor`` is a bitmap over the country values, high-order bit first (docs/reference/salesforce.md §1.4)."""
+    def active(name: str) -> list[Mapping[str, Any]]:
+        return [v for v in fields[name].get("picklistValues") or [] if isinstance(v, Mapping) and v.get("active")]
+
+    country_values = active("mailingcountrycode")
+    order = [str(v["value"]) for v in country_values]
+    states: dict[str, dict[str, str]] = {}
+    for v in active("mailingstatecode"):
+        try:
+            bits = base64.b64decode(str(v.get("validFor") or ""))
+        except (binascii.Error, ValueError):
+            continue
+        for i, country in enumerate(order):
+            if i >> 3 < len(bits) and bits[i >> 3] & (0x80 >> (i & 7)):
+                states.setdefault(country, {})[str(v["value"])] = str(v.get("label") or v["value"])
+    return {str(v["value"]): str(v.get("label") or v["value"]) for v in country_values}, states
