@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from devhost.stack import jwt_keys
 from emulators.salesforce import SalesforceEmulator
 from sync.adapters.salesforce import SalesforceContactSide, TokenProvider
 from sync.mapping import contact_to_salesforce
@@ -31,15 +32,7 @@ MARKER_FIELD = "Outlook_Id__c"
 @cache
 def rsa_keys() -> tuple[bytes, str]:
     """(private PEM, public PEM), generated once per test session."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
+    return jwt_keys()
 
 
 class SalesforceHarness:

@@ -17,8 +17,6 @@ import grpc
 import jwt
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import (
     SalesforceExpiredSession,
@@ -28,6 +26,7 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
+from devhost.stack import jwt_keys
 from emulators.salesforce import SalesforceEmulator, decode_bitmap
 from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2 as pb2
 from sync.adapters.salesforce.pubsub_api import pubsub_api_pb2_grpc as pb2_grpc
@@ -36,17 +35,8 @@ TOPIC = "/data/ContactChangeEvent"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
-def _rsa() -> tuple[bytes, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
-
-
-KEY, PUBLIC = _rsa()
-OTHER_KEY, _ = _rsa()
+KEY, PUBLIC = jwt_keys()
+OTHER_KEY, _ = jwt_keys()
 
 
 @pytest.fixture
