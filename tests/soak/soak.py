@@ -140,6 +140,14 @@ class Profile:
 
 
 @dataclass(frozen=True)
+def _made_before(doc: dict[str, Any], at: datetime) -> bool:
+    """Whether an Outlook contact was created before ``at`` (Graph stamps whole seconds: one second of slack)."""
+    created = doc.get("createdDateTime")
+    if not created:
+        return False
+    return datetime.fromisoformat(str(created).replace("Z", "+00:00")) < at - timedelta(seconds=1)
+
+
 class Action:
     seq: int
     at: datetime
@@ -1009,10 +1017,16 @@ class Checker:
             if len(copies) > 1:
                 self.fail("duplicate", f"Salesforce {sf_id} has {len(copies)} copies in {mb}", sf_id)
             if deleted_here:
-                if copies:
+                last = deleted_here[-1]
+                # Back means made after the delete (or the deleted item itself). A copy that already stood beside
+                # the one deleted did not come back: the user deleted a second copy a racing worker was undoing.
+                back = [doc for doc in copies if doc["id"] == last.item_id or not _made_before(doc, last.at)]
+                if back:
                     self.fail("resurrection", f"Salesforce {sf_id}: its Outlook copy deleted by the user in {mb} "
-                              f"at +{self.t(deleted_here[-1].at)} is back as {copies[0]['id'][-10:]} "
-                              f"(created {copies[0].get('createdDateTime')})", sf_id)
+                              f"at +{self.t(last.at)} is back as {back[0]['id'][-10:]} "
+                              f"(created {back[0].get('createdDateTime')})", sf_id)
+                elif copies:
+                    self.s.report.checked["outlook copy kept beside a second copy the user deleted"] += 1
                 else:
                     self.s.report.checked["salesforce kept after an outlook delete"] += 1
                 continue
