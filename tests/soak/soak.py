@@ -139,7 +139,6 @@ class Profile:
 # ---------------------------------------------------------------------------------------------- what people did
 
 
-@dataclass(frozen=True)
 def _made_before(doc: dict[str, Any], at: datetime) -> bool:
     """Whether an Outlook contact was created before ``at`` (Graph stamps whole seconds: one second of slack)."""
     created = doc.get("createdDateTime")
@@ -148,6 +147,7 @@ def _made_before(doc: dict[str, Any], at: datetime) -> bool:
     return datetime.fromisoformat(str(created).replace("Z", "+00:00")) < at - timedelta(seconds=1)
 
 
+@dataclass(frozen=True)
 class Action:
     seq: int
     at: datetime
