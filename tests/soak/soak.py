@@ -783,7 +783,7 @@ class Soak:
         """Strict Graph: delta reconciles while people act, so delta tokens are used (and dropped at random)."""
         while not self._stop_users.wait(self.p.delta_every_s):
             try:
-                job = self.reconcile({"mode": "delta"})
+                job = self.reconcile({"mailboxes": "all", "mode": "delta"})
             except Exception as exc:  # the host is being replaced (the kill event): the next round will do
                 job = {"state": type(exc).__name__}
             self.report.delta_jobs[str(job.get("state"))] += 1
