@@ -36,7 +36,7 @@ from sync.actions import (
     Update,
 )
 from sync.errors import AlreadyExists, BadData, NotFound, PreconditionFailed, SyncError
-from sync.model import Side, field_digest
+from sync.model import Side, field_digest, mailbox_ref
 from sync.policy import MailboxScope
 from sync.ports import (
     AuditLog,
@@ -158,7 +158,7 @@ class Executor:
                     try:
                         settle(self.reviews, s, p, self.clock())
                     except SyncError as exc:  # the inbox catches up on the next plan of this record
-                        logger.warning("review item of %s not updated: %s", s.mailbox, type(exc).__name__)
+                        logger.warning("review item of %s not updated: %s", mailbox_ref(s.mailbox), type(exc).__name__)
         return [r if r is not None else SyncError("not executed") for r in results]
 
     # ------------------------------------------------------------------------------------------ one plan
