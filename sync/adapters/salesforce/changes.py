@@ -24,6 +24,7 @@ from typing import Any
 
 from sync.adapters.salesforce.rest import RestClient
 from sync.adapters.salesforce.soql import parse_dt, soql_datetime, soql_quote
+from sync.model import mailbox_ref
 from sync.ports import ChangePage, SideRecord
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class ChangeFeed:
         mark = _Watermark.load(checkpoint)
         if mark is not None and mark.stamp < datetime.now(UTC) - timedelta(days=RECYCLE_BIN_DAYS):
             logger.warning("salesforce change checkpoint of %s is older than the Recycle Bin window: full listing",
-                           mailbox)
+                           mailbox_ref(mailbox))
             mark = None
         if mark is None:
             yield from self._full(owner_id)

@@ -117,7 +117,7 @@ class Directory:
         uid = self._users.get(mailbox.casefold())
         if uid is None:
             raise BadData("no single active Salesforce user for this mailbox", code="OWNER_NOT_FOUND", side=SIDE,
-                          item_id=mailbox)
+                          item_id=mailbox_ref(mailbox))  # errors reach logs: never the UPN
         return uid
 
     def mailbox_of(self, user_id: str | None) -> str | None:

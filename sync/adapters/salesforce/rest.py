@@ -173,5 +173,3 @@ class RestClient:
 
         return list(self.call("composite", send, idempotent=method == "PATCH", before_retry=before_retry) or [])
 
-    def collection(self, method: str, records: list[dict[str, Any]]) -> list[Any]:
-        return self.restful(method, {"allOrNone": False, "records": records})
