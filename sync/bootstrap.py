@@ -28,13 +28,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 from sync.config import (
-    LOOPBACK_HOSTS,
     ConfigError,
     GraphCredential,
     SalesforceAuth,
+    is_loopback,
     load_policy,
     mailboxes_in_scope,
     salesforce_oauth,
@@ -83,16 +82,6 @@ def quiet_third_party_loggers(level: int = logging.WARNING) -> None:
     """Set every logger of ``THIRD_PARTY_LOGGERS`` to ``level`` (imports nothing: a logger exists by name)."""
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(level)
-
-
-def is_loopback(url_or_host: str) -> bool:
-    """Whether a URL (or ``host:port``) points at this machine."""
-    text = url_or_host if "//" in url_or_host else f"//{url_or_host}"
-    try:
-        host = urlsplit(text).hostname
-    except ValueError:
-        return False
-    return (host or "").casefold() in LOOPBACK_HOSTS
 
 
 class StaticTokenCredential:

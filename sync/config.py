@@ -231,7 +231,7 @@ def salesforce_oauth(env: Mapping[str, str], flow: SalesforceAuth) -> tuple[str,
     raw_aud = _raw(env, "SF_JWT_AUDIENCE") or ""
     audience = LOGIN_HOSTS.get(raw_aud.casefold(), raw_aud.rstrip("/"))
     errors: list[str] = []
-    if not login.startswith("https://") and "127.0.0.1" not in login and "localhost" not in login:
+    if not login.startswith("https://") and not (login.startswith("http://") and is_loopback(login)):
         errors.append(f"SF_LOGIN_URL={login!r}: expected https://<name>.my.salesforce.com")
     if flow is SalesforceAuth.CLIENT_CREDENTIALS and login in LOGIN_HOSTS.values():
         errors.append(f"SF_LOGIN_URL={login!r}: client_credentials works only on your My Domain host "
@@ -258,6 +258,16 @@ def setting(name: str, env: Mapping[str, str] | None = None) -> str | None:
 
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def is_loopback(url_or_host: str) -> bool:
+    """Whether a URL (or ``host:port``) points at this machine."""
+    text = url_or_host if "//" in url_or_host else f"//{url_or_host}"
+    try:
+        host = urlsplit(text).hostname
+    except ValueError:
+        return False
+    return (host or "").casefold() in LOOPBACK_HOSTS
 
 
 def webhook_base_url(env: Mapping[str, str] | None = None) -> str | None:

@@ -268,9 +268,9 @@ def check_graph_lifecycle(root, queues, logs, case) -> None:
         assert resp.status_code in (400, 413)
         assert_json_error(resp)
         assert manager.calls == []
+        _nothing_enqueued(queues)
     elif duplicate_keys(req.get_body()):
         raise AssertionError("JSON with a duplicate key was accepted")
-        _nothing_enqueued(queues)
     else:
         assert resp.status_code == 202
         valid = _valid_items(doc)
