@@ -204,23 +204,13 @@ def maintain_subscriptions(parts: UpkeepParts) -> Counter[str]:
 
 
 def _maintain(parts: UpkeepParts) -> Counter[str]:
-    store, manager = parts.subscriptions, parts.graph_subscriptions
+    store = parts.subscriptions
     counts: Counter[str] = Counter()
     by_mailbox: dict[str, list[StoredSubscription]] = {}
     for sub in store.list_all():
         by_mailbox.setdefault(sub.mailbox, []).append(sub)
-    scope = set(parts.mailboxes)
-    for mailbox, subs in by_mailbox.items():
-        if mailbox in scope:
-            continue  # duplicates are ensure_mailbox's
-        for sub in subs:
-            try:
-                manager.delete(sub.id)
-                store.delete(sub.id)
-                counts["deleted"] += 1
-            except SyncError as exc:
-                counts["failed"] += 1
-                logger.warning("deleting subscription %s failed: %s", sub.id, type(exc).__name__)
+    scope = set(parts.mailboxes)  # duplicates within the scope are ensure_mailbox's
+    counts += _delete_all(parts, [sub for m, subs in by_mailbox.items() if m not in scope for sub in subs])
     for mailbox in parts.mailboxes:
         try:
             parts.graph.folder_id(mailbox)  # creates the sync folder when missing
@@ -238,11 +228,14 @@ def remove_subscriptions(parts: UpkeepParts, mailboxes: Sequence[str]) -> Counte
     """Delete the Graph subscriptions of ``mailboxes`` (and their rows) now: for an uninstall, or a mailbox taken
     out of scope, without waiting for the subscriptions timer. A mailbox still in scope gets a new one on its next
     run."""
-    counts: Counter[str] = Counter()
     wanted = {m.casefold() for m in mailboxes}
-    for sub in parts.subscriptions.list_all():
-        if sub.mailbox not in wanted:
-            continue
+    return _delete_all(parts, [sub for sub in parts.subscriptions.list_all() if sub.mailbox in wanted])
+
+
+def _delete_all(parts: UpkeepParts, subs: Sequence[StoredSubscription]) -> Counter[str]:
+    """Delete ``subs`` in Graph, then their rows; a failure is counted and logged by subscription id."""
+    counts: Counter[str] = Counter()
+    for sub in subs:
         try:
             parts.graph_subscriptions.delete(sub.id)
             parts.subscriptions.delete(sub.id)
