@@ -44,6 +44,7 @@ from sync.ports import ChangePage, CreateRequest, SideRecord, UpdateRequest
 
 logger = logging.getLogger(__name__)
 
+DESCRIBE_RETRY_S = 60.0  # after a failed Contact describe, the next try waits this long (each try has its own retries)
 MAX_IDS_PER_SOQL = 200  # ids in one ``WHERE Id IN (...)`` (keeps the GET URL short)
 _ID = re.compile(r"^[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?$")
 
@@ -107,6 +108,7 @@ class SalesforceContactSide:
         self._lengths: Mapping[str, int] = dict(lengths or DEFAULT_SALESFORCE_LENGTHS)
         self._use_describe_lengths = use_describe_lengths and lengths is None
         self._describe_pending = self._use_describe_lengths or bool(marker_field)
+        self._describe_not_before = 0.0
         self._schema = ContactSchema()
         self.unresolved_accounts: list[str | None] = []  # item ids (None: not created yet) whose company failed
         fields = ["Id", "OwnerId", "SystemModstamp", "LastModifiedDate", "CreatedById", "LastModifiedById", "IsDeleted",
@@ -136,7 +138,7 @@ class SalesforceContactSide:
     def _schema_now(self) -> ContactSchema:
         """Contact's describe, read once (again after a failed read when the marker field still needs checking).
         Raises ``ConfigError`` when the marker field cannot be used (``ContactSchema``): every read selects it."""
-        if self._describe_pending:
+        if self._describe_pending and time.monotonic() >= self._describe_not_before:
             try:
                 desc = self._rest.call("describe", lambda sf: sf.Contact.describe())
                 self._describe_pending = False
@@ -145,8 +147,9 @@ class SalesforceContactSide:
                     self._lengths = {**self._lengths, **self._schema.lengths}
                 if self._schema.marker_problem:
                     logger.error("salesforce marker field unusable: %s", self._schema.marker_problem)
-            except SyncError as exc:
+            except SyncError as exc:  # tried again after a pause, not by every read of every write meanwhile
                 self._describe_pending = bool(self._marker_field)
+                self._describe_not_before = time.monotonic() + DESCRIBE_RETRY_S
                 logger.warning("Contact describe failed (%s); using the default field lengths", type(exc).__name__)
         self._schema.raise_for_marker()
         return self._schema
