@@ -359,6 +359,7 @@ class Root:
                 api_version=self.get("SF_API_VERSION") or "67.0",
                 field_map=self.policy.field_map,
                 marker_field=self.get("SF_OUTLOOK_ID_FIELD") or None,
+                soql_filter=self.get("SF_SOQL_FILTER") or None,
             )
 
         return self._once("salesforce", build)

@@ -94,7 +94,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SF_PUBSUB_ENDPOINT", "api.pubsub.salesforce.com:7443", "host:port of the Pub/Sub API"),
     Setting("SF_CLIENT_NAME", "m365-contact-sync", "value of Sforce-Call-Options client=..., marks our own writes"),
     Setting("SF_OUTLOOK_ID_FIELD", "", "optional Contact text field (e.g. Outlook_Id__c) holding the Outlook id"),
-    Setting("SF_SOQL_FILTER", "", "reserved, not read yet: extra SOQL condition on Contact (all owned ones sync)"),
+    Setting("SF_SOQL_FILTER", "", "optional extra SOQL condition on Contact, e.g. RecordType.Name = 'Customer' "
+            "(empty: every Contact a synced rep owns)"),
     Setting("SF_CA_BUNDLE", "", "optional PEM CA file trusted for Salesforce TLS (dev: the emulator's CA)"),
     Setting("SF_PUBSUB_INSECURE", "false",
             "true | false; true (plaintext gRPC, dev only) only with a loopback SF_PUBSUB_ENDPOINT"),

@@ -336,12 +336,17 @@ def _leave_mailbox(ctx: _Ctx) -> Plan:
         raise ValueError("planner: owner change without a Salesforce record")
     new_owner = salesforce.owner
     where = f"to mailbox {new_owner}" if new_owner else "to a user who is not a synced mailbox"
+    # a contact outside SF_SOQL_FILTER leaves by the same rule as one whose owner is not synced (sync-rules row 43)
+    why = ("the Salesforce contact no longer meets SF_SOQL_FILTER" if salesforce.out_of_filter
+           else f"Salesforce owner changed {where}")
+    short = "left SF_SOQL_FILTER" if salesforce.out_of_filter else f"owner changed {where}"
     handoff: list[Action] = (
-        [Handoff(salesforce.id, new_owner, f"Salesforce owner changed {where}")] if new_owner else []
+        [Handoff(salesforce.id, new_owner, why)] if new_owner else []
     )
     link, outlook = s.link, s.m365
     if link is None:
-        return done([Nothing("owned in Salesforce by another mailbox; not this mailbox's contact")],
+        return done([Nothing("outside SF_SOQL_FILTER; not this mailbox's contact" if salesforce.out_of_filter
+                             else "owned in Salesforce by another mailbox; not this mailbox's contact")],
                     LinkAfter.KEEP, "not this mailbox's contact")
     removes_copy = ctx.scope.direction.allows(Side.M365)
     # the Salesforce marker names this mailbox's copy, which goes away: clear it, so that nobody (a rebuild of lost
@@ -353,22 +358,22 @@ def _leave_mailbox(ctx: _Ctx) -> Plan:
         clear = [Update(Side.SALESFORCE, salesforce.id, salesforce.contact, frozenset(), salesforce.version,
                         "clear the link marker: the Outlook copy it names left this mailbox", marker="")
                  ] if unmark[Side.SALESFORCE] is not None and link.state is LinkState.LINKED else []
-        return done([*clear, *handoff, Nothing(f"Salesforce owner changed {where}; link removed")],
-                    LinkAfter.REMOVE, f"owner changed {where}")
+        return done([*clear, *handoff, Nothing(f"{why}; link removed")], LinkAfter.REMOVE, short)
     actions: list[Action] = []
     if link.m365_id and link.sf_id:
         # push Outlook edits not yet in Salesforce before the contact leaves this folder (never lose an edit)
         out = _merge(policy, ctx.scope, outlook, salesforce, link)
         out.values[Side.M365].clear()
         out.clears[Side.M365].clear()
-        saved = {Side.SALESFORCE: "Outlook edits saved before the owner change", Side.M365: ""}
+        saved = {Side.SALESFORCE: "Outlook edits saved before the contact leaves this mailbox"
+                 if salesforce.out_of_filter else "Outlook edits saved before the owner change", Side.M365: ""}
         actions += [*out.conflicts, *_updates(out, outlook, salesforce, saved, unmark)]
     if removes_copy:
         actions.append(Delete(Side.M365, outlook.id, outlook.version,
-                              f"Salesforce owner changed {where}: removed from this mailbox's sync folder"))
+                              f"{why}: removed from this mailbox's sync folder"))
     else:
         actions.append(Nothing("mailbox direction keeps Outlook untouched: the folder copy stays, unlinked"))
-    return done([*actions, *handoff], LinkAfter.REMOVE, f"owner changed {where}")
+    return done([*actions, *handoff], LinkAfter.REMOVE, short)
 
 
 def _deleted(ctx: _Ctx, gone: Side, survivor: SideRecord) -> Plan:

@@ -45,6 +45,9 @@ class SideRecord(BaseModel):
     contact: Contact
     version: str | None = None
     owner: str | None = None
+    # Salesforce: owned by a synced rep but outside SF_SOQL_FILTER (owner is None then, so it is out of every
+    # mailbox's scope as a contact of a user we do not sync; this only names the reason)
+    out_of_filter: bool = False
     modified_at: datetime | None = None
     marker: str | None = None
     # Made by this sync and written by nobody else since (Salesforce: CreatedById and LastModifiedById are the

@@ -215,9 +215,16 @@ class SalesforceEmulator:
     def _ctx(self, as_user: str | None, origin: str) -> WriteContext:
         return self.org.run_as(as_user, origin)
 
-    def add_account(self, name: str, *, owner_id: str | None = None, as_user: str | None = None) -> str:
+    def add_account(self, name: str, *, owner_id: str | None = None, as_user: str | None = None,
+                    account_type: str | None = None) -> str:
         with self.org.transaction(self._ctx(as_user, UI_ORIGIN)) as txn:
-            return self.org.create(txn, "Account", {"Name": name, **({"OwnerId": owner_id} if owner_id else {})})
+            return self.org.create(txn, "Account", {"Name": name, **({"OwnerId": owner_id} if owner_id else {}),
+                                                    **({"Type": account_type} if account_type else {})})
+
+    def update_account(self, account_id: str, fields: dict[str, Any], *, as_user: str | None = None) -> None:
+        """A user's edit of an Account (its Contacts' SystemModstamp does not move, and Contact CDC says nothing)."""
+        with self.org.transaction(self._ctx(as_user, UI_ORIGIN)) as txn:
+            self.org.update(txn, "Account", account_id, fields)
 
     def create_contact(self, fields: dict[str, Any], *, as_user: str | None = None, origin: str = UI_ORIGIN) -> str:
         with self.org.transaction(self._ctx(as_user, origin)) as txn:

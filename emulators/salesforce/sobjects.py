@@ -78,6 +78,7 @@ ACCOUNT_FIELDS = (
     *SYSTEM_FIELDS,
     FieldDef("Name", "string", "Account Name", 255, required=True),
     FieldDef("Website", "string", "Website", 255),
+    FieldDef("Type", "picklist", "Account Type", 255),  # Customer, Partner, Prospect, ... (filters name it)
     FieldDef("OwnerId", "reference", "Owner ID", 18, reference_to="User", relationship_name="Owner"),
 )
 

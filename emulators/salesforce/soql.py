@@ -3,7 +3,11 @@
 Grammar (SOQL and SOSL Reference, https://developer.salesforce.com/docs/atlas.en-us.soql_sosl.meta/soql_sosl/):
 SELECT field[, field...] FROM Object [WHERE cond] [ORDER BY f [ASC|DESC] [NULLS FIRST|LAST], ...]
 [LIMIT n] [OFFSET n]. Fields may be relationship paths (Account.Name, Owner.Email). Conditions use AND, OR,
-NOT, parentheses, = != <> < <= > >=, LIKE, IN (...) and NOT IN (...). Literals are quoted strings, numbers,
+NOT, parentheses, = != <> < <= > >=, LIKE, IN (...) and NOT IN (...). Mixing AND and OR needs parentheses
+("A AND B OR C" is MALFORMED_QUERY ``unexpected token: 'OR'``), and NOT only opens a condition (the whole WHERE or a
+parenthesised one): "A AND NOT B" is ``unexpected token: 'NOT'``; NOT negates the field expression or parenthesised
+group after it (docs/reference/salesforce.md §2.10). LIKE takes text fields only. ``=``/``!=`` treat null as a value
+(``Email != null``); an absent parent reads as null (``Account.Type = null`` is true without an Account). Literals are quoted strings, numbers,
 true/false/null and unquoted datetime literals (2026-03-01T12:34:56Z, docs/reference/salesforce.md §1.1); dateTime
 comparisons ignore fractions of a second (§2.2).
 String comparisons are case-insensitive, as in SOQL. ORDER BY defaults to ASC NULLS FIRST.
@@ -117,7 +121,7 @@ class _Parser:
         q = Query(fields, self.expect("ident"))
         if self.is_kw("where"):
             self.take()
-            q.where = self.or_expr()
+            q.where = self.condition()
         if self.is_kw("order"):
             self.take()
             self.expect("kw", "by")
@@ -148,27 +152,31 @@ class _Parser:
             raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{self.peek()[1]}'")
         return q
 
-    def or_expr(self) -> Any:
-        parts = [self.and_expr()]
-        while self.is_kw("or"):
-            self.take()
-            parts.append(self.and_expr())
-        return parts[0] if len(parts) == 1 else ("or", parts)
-
-    def and_expr(self) -> Any:
-        parts = [self.not_expr()]
-        while self.is_kw("and"):
-            self.take()
-            parts.append(self.not_expr())
-        return parts[0] if len(parts) == 1 else ("and", parts)
-
-    def not_expr(self) -> Any:
+    def condition(self) -> Any:
+        """A WHERE condition or a parenthesised one: ``[NOT] term`` or ``term (AND term)...`` or
+        ``term (OR term)...``; another operator after the run, or NOT after AND/OR, is MALFORMED_QUERY."""
         if self.is_kw("not"):
             self.take()
-            return ("not", self.not_expr())
+            first = ("not", self.term())
+        else:
+            first = self.term()
+        if not self.is_kw("and", "or"):
+            return first
+        op = self.peek()[1]
+        parts = [first]
+        while self.is_kw(op):
+            self.take()
+            if self.is_kw("not"):
+                raise SoqlError("MALFORMED_QUERY", "unexpected token: 'NOT'")
+            parts.append(self.term())
+        if self.is_kw("and", "or"):  # the other operator without parentheses
+            raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{self.peek()[1].upper()}'")
+        return (op, parts)
+
+    def term(self) -> Any:
         if self.peek() == ("punct", "("):
             self.take()
-            e = self.or_expr()
+            e = self.condition()
             self.expect("punct", ")")
             return e
         return self.comparison()
@@ -271,6 +279,10 @@ class Evaluator:
             self._check_expr(t, e[1])
             return
         f = self.field_def(t, e[1])
+        if kind == "like" and not f.is_text:
+            # "The LIKE operator is supported for string fields only" (SOQL reference, Comparison Operators); the
+            # error code is a guess (docs/emulator-fidelity-salesforce.md)
+            raise SoqlError("INVALID_QUERY_FILTER_OPERATOR", f"invalid operator on field: {f.name}")
         values = e[2] if kind == "in" else [e[3] if kind == "cmp" else e[2]]
         for vk, vv in values:
             if f.type == "datetime" and vk not in ("dt", "null"):

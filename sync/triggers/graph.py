@@ -371,6 +371,9 @@ def subscriptions_startup(timer: func.TimerRequest) -> None:
 def startup_upkeep(root: bootstrap.Root) -> dict[str, int] | None:
     """At the app's start: a clear error for a bad WEBHOOK_BASE_URL, then the subscriptions of mailboxes that lack
     one (the first start after deploy, and every change of SYNC_MAILBOXES, which restarts the app)."""
+    from sync.triggers.salesforce import startup_check
+
+    startup_check(root)  # SF_SOQL_FILTER and the marker field, judged by the org: logged, shown on the status page
     try:
         webhook_base_url(root.env)
         if not setting_flag("SUBSCRIPTIONS_ON_START", root.env) or not root.mailboxes:

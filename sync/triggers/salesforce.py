@@ -61,6 +61,22 @@ def accept_events(root: bootstrap.Root, body: bytes, headers: dict[str, str], no
     return len(hints)
 
 
+def startup_check(root: bootstrap.Root) -> str | None:
+    """At the app's start (called by ``subscriptions_startup``): Salesforce settings that only the org can judge
+    (``SF_SOQL_FILTER``, ``SF_OUTLOOK_ID_FIELD``), logged as an error naming the setting; the status page shows the
+    same under config errors. Returns the problem (None: none found, or Salesforce not configured or unreachable)."""
+    if not (root.get("SF_SOQL_FILTER") or root.get("SF_OUTLOOK_ID_FIELD")):
+        return None
+    try:
+        problem = root.salesforce.check()
+    except Exception as exc:  # settings missing, Salesforce down: the status page and the first read report it
+        logger.warning("salesforce settings not checked at start: %s", type(exc).__name__)
+        return None
+    if problem:
+        logger.error("invalid app settings: %s", problem)
+    return problem
+
+
 @bp.function_name("salesforce_events")
 @bp.route(route="salesforce/events", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def salesforce_events(req: func.HttpRequest) -> func.HttpResponse:

@@ -4,7 +4,11 @@ The checkpoint is a SystemModstamp watermark plus the ids seen at exactly that s
 them; past ``_Watermark.MAX_IDS`` rows in one second it becomes a keyset on (SystemModstamp, Id). One org-wide
 queryAll of what moved since is split: live and owned by the mailbox's User -> changed; deleted (Recycle Bin) or
 owned by someone else -> ``removed``. SOQL cannot tell who owned a record before, so ``removed`` is a superset (the
-consumer ignores ids it has no link for). No checkpoint, a bad one, or one older than the Recycle Bin window -> a
+consumer ignores ids it has no link for). With ``SF_SOQL_FILTER`` the full listing carries the filter, and the owner's
+rows of an incremental page are asked again with ``Id IN (...) AND (<filter>)``: those outside it are ``removed``
+too (they left the filter, or never met it), so a contact leaving the filter is decided like an owner change and one
+entering it comes back as changed. A change of a parent's field (``Account.Type``) does not move the Contact's
+SystemModstamp: the full pass sees it. No checkpoint, a bad one, or one older than the Recycle Bin window -> a
 full listing (``full=True``).
 
 Known gap: a transaction that commits after our query with a SystemModstamp at or before the watermark is missed
@@ -120,8 +124,10 @@ def _token(row: Mapping[str, Any]) -> str:
 class ChangeFeed:
     """``changes`` of the contact side: ``select`` is its field list, ``record`` turns a row into a ``SideRecord``."""
 
-    def __init__(self, rest: RestClient, select: str, record: Callable[[Mapping[str, Any]], SideRecord]) -> None:
+    def __init__(self, rest: RestClient, select: str, record: Callable[[Mapping[str, Any]], SideRecord], *,
+                 soql_filter: str | None = None, in_filter: Callable[[Iterable[str]], set[str]] | None = None) -> None:
         self._rest, self._select, self._record = rest, select, record
+        self._filter, self._in_filter = soql_filter, in_filter
 
     def pages(self, mailbox: str, owner_id: str, checkpoint: str | None) -> Iterator[ChangePage]:
         mark = _Watermark.load(checkpoint)
@@ -149,8 +155,9 @@ class ChangeFeed:
     def _full(self, owner_id: str) -> Iterator[ChangePage]:
         """Every record of the owner (``full=True``); the last page carries the head taken before the listing."""
         head = self._head()
+        scope = f" AND ({self._filter})" if self._filter else ""
         pages = [[self._record(r) for r in page] for page in self._rest.query_pages(
-            f"SELECT {self._select} FROM Contact WHERE OwnerId = {soql_quote(owner_id)} ORDER BY Id")]
+            f"SELECT {self._select} FROM Contact WHERE OwnerId = {soql_quote(owner_id)}{scope} ORDER BY Id")]
         for n, page_records in enumerate(pages):
             last = n == len(pages) - 1
             yield ChangePage(records=tuple(page_records), checkpoint=head.dump() if last else None, full=True)
@@ -164,15 +171,23 @@ class ChangeFeed:
             records: list[SideRecord] = []
             removed: list[str] = []
             seen: list[tuple[str, str, datetime]] = []
+            owned: list[dict[str, Any]] = []
             for row in rows:
                 rid, stamp, token = str(row["Id"]), parse_dt(row["SystemModstamp"]) or _EPOCH, _token(row)
                 seen.append((rid, token, stamp))
                 if mark.seen(token, stamp):
                     continue  # reported by the previous run
                 if not row.get("IsDeleted") and row.get("OwnerId") == owner_id:
-                    records.append(self._record(row))
+                    owned.append(row)
                 else:
                     removed.append(rid)  # deleted, or owned by someone else (a superset, see module docstring)
+            inside = (self._in_filter(str(r["Id"]) for r in owned)
+                      if self._filter and self._in_filter is not None and owned else None)
+            for row in owned:
+                if inside is None or str(row["Id"])[:15] in inside:
+                    records.append(self._record(row))
+                else:
+                    removed.append(str(row["Id"]))  # outside SF_SOQL_FILTER: out of scope (module docstring)
             new_mark = new_mark.advanced(seen)
             if buffered is not None:
                 yield buffered

@@ -14,6 +14,12 @@
   ``unresolved_accounts``. ``company=None`` clears AccountId.
 - ``untouched``: created by the integration user and last modified by it or by Automated Process (flows).
 - Marker: the Outlook id in ``marker_field`` (e.g. ``Outlook_Id__c``) when configured, ignored otherwise.
+- ``soql_filter`` (``SF_SOQL_FILTER``): an extra condition on Contact, checked locally when the side is made
+  (``soql.check_filter``) and by Salesforce before the first read (``SELECT Id FROM Contact WHERE (<filter>)
+  LIMIT 1``; a refusal is a ``ConfigError`` naming the setting, and no read runs until it is fixed). The owner's
+  listings (``stream``, a full ``changes``) carry it; a record read by id or found by a search is asked again with
+  ``Id IN (...) AND (<filter>)``, and one outside it has ``owner=None`` and ``out_of_filter=True``: it leaves scope
+  like a contact of a user we do not sync (docs/sync-rules.md, row 43).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from sync.adapters.salesforce.duplicates import ALLOW_SAVE, alert_note, alerted,
 from sync.adapters.salesforce.errors import SIDE, collection_error
 from sync.adapters.salesforce.rest import API_VERSION, MAX_COLLECTION, RestClient, chunks
 from sync.adapters.salesforce.schema import ContactSchema
-from sync.adapters.salesforce.soql import parse_dt, soql_quote
+from sync.adapters.salesforce.soql import FILTER_SETTING, check_filter, parse_dt, soql_quote
 from sync.config import ConfigError
 from sync.errors import BadData, NotFound, PreconditionFailed, SyncError, Transient
 from sync.mapping import contact_to_salesforce, salesforce_to_contact
@@ -44,6 +50,14 @@ from sync.ports import ChangePage, CreateRequest, SideRecord, UpdateRequest
 
 logger = logging.getLogger(__name__)
 
+_FILTER_FIXES = {  # what to do about Salesforce's refusal of SF_SOQL_FILTER, by errorCode
+    "INVALID_FIELD": "a field or relationship in it does not exist on Contact, or the integration user cannot read it "
+                     "(field-level security); use API names, e.g. RecordType.Name, Account.Type, Region__c",
+    "MALFORMED_QUERY": "it is not a valid SOQL condition (mixing AND and OR needs parentheses; strings take single "
+                       "quotes)",
+    "INVALID_QUERY_FILTER_OPERATOR": "an operator does not suit its field (LIKE on a non-text field, a quoted "
+                                     "value for a number or date, an invalid id)",
+}
 DESCRIBE_RETRY_S = 60.0  # after a failed Contact describe, the next try waits this long (each try has its own retries)
 MAX_IDS_PER_SOQL = 200  # ids in one ``WHERE Id IN (...)`` (keeps the GET URL short)
 _ID = re.compile(r"^[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?$")
@@ -84,6 +98,7 @@ class SalesforceContactSide:
         api_version: str = API_VERSION,
         field_map: FieldMap | None = None,
         marker_field: str | None = None,
+        soql_filter: str | None = None,
         allow_duplicates: bool = True,
         create_missing_accounts: bool = True,
         lengths: Mapping[str, int] | None = None,
@@ -110,6 +125,12 @@ class SalesforceContactSide:
         self._describe_pending = self._use_describe_lengths or bool(marker_field)
         self._describe_not_before = 0.0
         self._schema = ContactSchema()
+        self._filter_problem: str | None = None
+        try:
+            self._filter = check_filter(soql_filter)
+        except ConfigError as exc:  # reported by every read and by ``check`` (the status page), not at import
+            self._filter, self._filter_problem = None, str(exc).rpartition("- ")[2]
+        self._filter_checked = self._filter is None
         self.unresolved_accounts: list[str | None] = []  # item ids (None: not created yet) whose company failed
         fields = ["Id", "OwnerId", "SystemModstamp", "LastModifiedDate", "CreatedById", "LastModifiedById", "IsDeleted",
                   "AccountId", "LastModifiedBy.UserType",
@@ -117,7 +138,8 @@ class SalesforceContactSide:
         if marker_field:
             fields.append(marker_field)
         self._select = ", ".join(dict.fromkeys(fields))
-        self._feed = ChangeFeed(self._rest, self._select, self._record)
+        self._feed = ChangeFeed(self._rest, self._select, self._record, soql_filter=self._filter,
+                                in_filter=self._in_filter)
 
     @property
     def calls(self) -> dict[str, int]:
@@ -152,7 +174,27 @@ class SalesforceContactSide:
                 self._describe_not_before = time.monotonic() + DESCRIBE_RETRY_S
                 logger.warning("Contact describe failed (%s); using the default field lengths", type(exc).__name__)
         self._schema.raise_for_marker()
+        self._check_filter()
         return self._schema
+
+    def _check_filter(self) -> None:
+        """``SF_SOQL_FILTER`` asked of Salesforce once (``LIMIT 1``, docs/reference/salesforce.md §2.10): a query it
+        refuses (``MALFORMED_QUERY``, ``INVALID_FIELD``, ...) is a ``ConfigError`` naming the setting; every read
+        raises it until the app restarts with a fixed filter. Any other failure is raised as it is (the read would
+        fail the same way) and the check runs again next time."""
+        if not self._filter_checked and self._filter is not None:
+            try:
+                self._rest.query(f"SELECT Id FROM Contact WHERE ({self._filter}) LIMIT 1")
+            except BadData as exc:
+                code = exc.code or "refused"
+                self._filter_problem = (
+                    f"{FILTER_SETTING}: Salesforce refused it as a Contact condition ({code}): "
+                    + _FILTER_FIXES.get(code, "check it in the Developer Console as "
+                                              "SELECT Id FROM Contact WHERE <filter>"))
+                logger.error("salesforce contact filter unusable: %s", self._filter_problem)
+            self._filter_checked = True
+        if self._filter_problem:
+            raise ConfigError(f"invalid app settings:\n  - {self._filter_problem}")
 
     def check(self) -> str | None:
         """What stops this side from working, for the status page (None: nothing known)."""
@@ -160,6 +202,8 @@ class SalesforceContactSide:
             self._schema_now()
         except ConfigError as exc:
             return str(exc).rpartition("- ")[2]
+        except SyncError:
+            return self._filter_problem  # Salesforce unreachable: the sign-in check reports that
         return None
 
     def _lengths_now(self) -> Mapping[str, int]:
@@ -167,11 +211,15 @@ class SalesforceContactSide:
         return self._lengths
 
     # --- reading ----------------------------------------------------------------------------------------------
-    def _record(self, row: Mapping[str, Any]) -> SideRecord:
+    def _record(self, row: Mapping[str, Any], in_filter: bool = True) -> SideRecord:
+        """A row as a ``SideRecord``; ``in_filter=False``: it does not match ``SF_SOQL_FILTER``, so it belongs to no
+        mailbox (``owner=None``, ``out_of_filter`` when its owner is a synced rep)."""
         marker = row.get(self._marker_field) if self._marker_field else None
+        owner = self._directory.mailbox_of(row.get("OwnerId"))
         return SideRecord(
             side=Side.SALESFORCE, id=str(row["Id"]), contact=salesforce_to_contact(row, self._field_map),
-            version=row_version(row), owner=self._directory.mailbox_of(row.get("OwnerId")),
+            version=row_version(row), owner=owner if in_filter else None,
+            out_of_filter=not in_filter and owner is not None,
             modified_at=parse_dt(row.get("LastModifiedDate")), marker=str(marker) if marker else None,
             untouched=self._is_us(row.get("CreatedById")) is True and self._by_us_or_automation(row),
         )
@@ -192,18 +240,50 @@ class SalesforceContactSide:
         by = str(user_id or "")
         return by[:15] == me[:15] if me and by else None
 
-    def _rows_by_id(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def _rows_by_id(self, ids: Sequence[str], where: str | None = None) -> dict[str, dict[str, Any]]:
+        """Rows by id (18- and 15-character keys); ``where``: only those that also meet this condition."""
         self._schema_now()
         out: dict[str, dict[str, Any]] = {}
         valid = [i for i in ids if _ID.match(i)]
+        extra = f" AND ({where})" if where else ""
         for chunk in chunks(valid, MAX_IDS_PER_SOQL):
             lits = ", ".join(soql_quote(i) for i in chunk)
-            for row in self._rest.query(f"SELECT {self._select} FROM Contact WHERE Id IN ({lits})"):
+            for row in self._rest.query(f"SELECT {self._select} FROM Contact WHERE Id IN ({lits}){extra}"):
                 out[str(row["Id"])] = row
                 out[str(row["Id"])[:15]] = row
         return out
 
+    def _in_filter(self, ids: Iterable[str]) -> set[str]:
+        """The ids (first 15 characters) among ``ids`` that meet ``SF_SOQL_FILTER``; all of them without one. One
+        ``SELECT Id ... WHERE Id IN (...) AND (<filter>)`` per 200 ids: only Salesforce evaluates the filter (it may
+        name fields we do not read, or a parent's, such as Account.Type)."""
+        wanted = sorted({i for i in ids if _ID.match(i)})
+        if self._filter is None:
+            return {i[:15] for i in wanted}
+        self._schema_now()
+        out: set[str] = set()
+        for chunk in chunks(wanted, MAX_IDS_PER_SOQL):
+            lits = ", ".join(soql_quote(i) for i in chunk)
+            out.update(str(r["Id"])[:15] for r in self._rest.query(
+                f"SELECT Id FROM Contact WHERE Id IN ({lits}) AND ({self._filter})"))
+        return out
+
+    def _scoped(self, rows: Iterable[Mapping[str, Any]]) -> list[SideRecord]:
+        """Rows as records, those of synced reps outside ``SF_SOQL_FILTER`` without their owner (``_record``)."""
+        rows = list(rows)
+        ours = self._in_filter(str(r["Id"]) for r in rows if self._directory.mailbox_of(r.get("OwnerId")))
+        return [self._record(r, self._filter is None or str(r["Id"])[:15] in ours
+                             or not self._directory.mailbox_of(r.get("OwnerId"))) for r in rows]
+
     def get(self, mailbox: str, item_id: str) -> SideRecord | None:
+        """The record, read with ``SF_SOQL_FILTER`` first: a record that meets it costs one query; one that does not
+        (or is gone) is read again without it and comes back without its owner (``out_of_filter``)."""
+        if self._filter is not None:
+            row = self._rows_by_id([item_id], where=self._filter).get(item_id)
+            if row is not None:
+                return self._record(row)
+            row = self._rows_by_id([item_id]).get(item_id)
+            return self._record(row, in_filter=False) if row is not None else None
         row = self._rows_by_id([item_id]).get(item_id)
         return self._record(row) if row is not None else None
 
@@ -223,8 +303,7 @@ class SalesforceContactSide:
         rows = self._rest.query(f"SELECT {self._select} FROM Contact WHERE {' OR '.join(clauses)} ORDER BY Id")
         emails = contact.email_keys()
         out = []
-        for row in rows:
-            rec = self._record(row)
+        for rec in self._scoped(rows):
             if (emails & rec.contact.email_keys()) or (key and rec.contact.name_company_key() == key):
                 out.append(rec)
         return out
@@ -239,12 +318,13 @@ class SalesforceContactSide:
         self._schema_now()
         rows = self._rest.query(f"SELECT {self._select} FROM Contact WHERE {self._marker_field} = {soql_quote(marker)} "
                            "ORDER BY Id LIMIT 1")
-        return self._record(rows[0]) if rows else None
+        return self._scoped(rows[:1])[0] if rows else None
 
     def stream(self, mailbox: str) -> Iterator[SideRecord]:
         self._schema_now()
         uid = self._directory.user_of(mailbox)
-        soql = f"SELECT {self._select} FROM Contact WHERE OwnerId = {soql_quote(uid)} ORDER BY Id"
+        scope = f" AND ({self._filter})" if self._filter else ""
+        soql = f"SELECT {self._select} FROM Contact WHERE OwnerId = {soql_quote(uid)}{scope} ORDER BY Id"
         for page in self._rest.query_pages(soql):
             for row in page:
                 yield self._record(row)
