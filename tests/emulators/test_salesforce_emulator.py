@@ -653,3 +653,49 @@ def test_if_unmodified_since_compares_whole_seconds_on_a_millisecond_clock(emu, 
     modified = parse_datetime(sf.Contact.get(cid)["LastModifiedDate"])
     assert sf.Contact.update(cid, {"Title": "A"}, headers={
         "If-Unmodified-Since": format_datetime(modified, usegmt=True)}) == 204  # an HTTP-date has no fraction
+
+
+def test_where_conditions_follow_soql_precedence_null_and_relationship_rules(
+        emu: SalesforceEmulator, sf: Salesforce) -> None:
+    """SF_SOQL_FILTER's semantics (docs/reference/salesforce.md §2.10): AND/OR mixed only with parentheses, NOT only
+    opening a condition, = != < > LIKE IN NOT IN, null as a value, a missing parent read as null, unknown fields
+    refused as Salesforce does."""
+    customer = emu.add_account("Acme", account_type="Customer")
+    partner = emu.add_account("Bolt", account_type="Partner")
+    a = emu.create_contact({"LastName": "Alpha", "Email": "a@x.com", "Department": "Sales", "AccountId": customer})
+    b = emu.create_contact({"LastName": "Beta", "Department": "Support", "AccountId": partner})
+    c = emu.create_contact({"LastName": "Gamma", "Email": "g@x.com"})  # no Account
+
+    def ids(where: str) -> set[str]:
+        return {r["Id"] for r in sf.query(f"SELECT Id FROM Contact WHERE {where}")["records"]}
+
+    assert ids("Account.Type = 'customer'") == {a}  # case-insensitive
+    assert ids("Account.Type = null") == {c}  # no parent: null
+    assert ids("Account.Type != 'Customer'") == {b, c}  # != keeps nulls
+    assert ids("Email != null AND Account.Type = 'Customer'") == {a}
+    assert ids("Email = null") == {b}
+    assert ids("(Department = 'Sales' OR Department = 'Support') AND Email != null") == {a}
+    assert ids("Department = 'Sales' OR (Department = 'Support' AND Email != null)") == {a}
+    assert ids("Department = 'Sales' OR Department = 'Support' OR LastName = 'Gamma'") == {a, b, c}
+    assert ids("NOT Department = 'Sales'") == {b, c}
+    assert ids("NOT (Department = 'Sales' OR Email = null)") == {c}
+    assert ids("Email != null AND (NOT Department = 'Sales')") == {c}
+    assert ids("LastName LIKE 'a%'") == {a}
+    assert ids("LastName LIKE '_eta'") == {b}
+    assert ids("LastName < 'B'") == {a} and ids("LastName > 'Beta'") == {c}
+    assert ids("Department IN ('Sales', 'Marketing')") == {a}
+    assert ids("Department NOT IN ('Sales')") == {b, c}
+    for where, token in (("Department = 'Sales' AND Email != null OR LastName = 'Gamma'", "'OR'"),
+                         ("Department = 'Sales' OR Email != null AND LastName = 'Gamma'", "'AND'"),
+                         ("Email != null AND NOT Department = 'Sales'", "'NOT'")):
+        with pytest.raises(SalesforceMalformedRequest) as e:
+            sf.query(f"SELECT Id FROM Contact WHERE {where}")
+        assert e.value.status == 400
+        assert e.value.content[0]["errorCode"] == "MALFORMED_QUERY", where
+        assert token in e.value.content[0]["message"]
+    for where, code in (("Region__c = 'EMEA'", "INVALID_FIELD"), ("RecordType.Name = 'Customer'", "INVALID_FIELD"),
+                        ("Account.Nope = 'x'", "INVALID_FIELD"), ("Email = 'x';", "MALFORMED_QUERY"),
+                        ("OwnerId LIKE '005%'", "INVALID_QUERY_FILTER_OPERATOR")):
+        with pytest.raises(SalesforceMalformedRequest) as e:
+            sf.query(f"SELECT Id FROM Contact WHERE {where}")
+        assert e.value.status == 400 and e.value.content[0]["errorCode"] == code, where

@@ -110,3 +110,22 @@ def test_status_reports_a_missing_setting_as_a_config_error(settings, queues) ->
         bootstrap.reset()
     assert doc["config"]["errors"] == ["SF_CLIENT_ID is not set"] and doc["verdict"]["state"] == "failing"
     assert "config error: SF_CLIENT_ID is not set" in doc["verdict"]["reasons"]
+
+
+def test_the_status_page_and_the_start_up_check_show_a_refused_filter(settings, queues) -> None:
+    """SF_SOQL_FILTER refused by the org: logged at start and listed under config errors (a failing verdict)."""
+    from sync.triggers.salesforce import startup_check
+    from tests.contract.salesforce_harness import SalesforceHarness
+
+    h = SalesforceHarness(soql_filter="Region__c = 'EMEA'")
+    root = bootstrap.install(bootstrap.Root({**settings, **IDS, "SF_SOQL_FILTER": "Region__c = 'EMEA'"}))
+    try:
+        root.override(salesforce=h.side)
+        assert "SF_SOQL_FILTER" in (startup_check(root) or "")
+        doc = status.collect(root)
+        errors = doc["config"]["errors"]
+        assert any(e.startswith("SF_SOQL_FILTER: Salesforce refused it as a Contact condition (INVALID_FIELD)") for e in errors), errors
+        assert doc["verdict"]["state"] == "failing"
+    finally:
+        bootstrap.reset()
+        h.close()

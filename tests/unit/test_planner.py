@@ -506,3 +506,20 @@ def test_every_action_carries_a_reason() -> None:
     for s in situations:
         p = plan(s, POLICY)
         assert p.reason and all(getattr(a, "reason", "x") for a in p.actions)
+
+
+def test_a_contact_leaving_the_soql_filter_leaves_by_the_owner_change_rule_and_says_why() -> None:
+    """Row 43: out of SF_SOQL_FILTER = owned by nobody we sync; Outlook edits pushed first, the copy to Deleted
+    Items, the link removed, no hand-off; the reasons name the setting."""
+    m, f = m365(), sf()
+    left = f.model_copy(update={"owner": None, "out_of_filter": True})
+    p = plan(Situation(MB, link_for(m, f), edited(m, job_title="CTO"), left), POLICY)
+    assert kinds(p)[:2] == [Update, Delete] and Handoff not in kinds(p)
+    assert only(p, Update).side is Side.SALESFORCE and only(p, Delete).side is Side.M365
+    assert "SF_SOQL_FILTER" in only(p, Delete).reason and p.link_after is LinkAfter.REMOVE
+    assert p.reason == "left SF_SOQL_FILTER"
+    to_sf = Policy(direction=Direction.TO_SALESFORCE)
+    kept = plan(Situation(MB, link_for(m, f), m, left), to_sf)  # row 37: the folder copy stays, unlinked
+    assert Delete not in kinds(kept) and kept.link_after is LinkAfter.REMOVE
+    unlinked = plan(Situation(MB, None, None, left), POLICY)  # never synced here: not this mailbox's contact
+    assert kinds(unlinked) == [Nothing] and "SF_SOQL_FILTER" in unlinked.actions[0].reason
