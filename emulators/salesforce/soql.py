@@ -8,8 +8,8 @@ NOT, parentheses, = != <> < <= > >=, LIKE, IN (...) and NOT IN (...). Mixing AND
 parenthesised one): "A AND NOT B" is ``unexpected token: 'NOT'``; NOT negates the field expression or parenthesised
 group after it (docs/reference/salesforce.md §2.10). LIKE takes text fields only. ``=``/``!=`` treat null as a value
 (``Email != null``); an absent parent reads as null (``Account.Type = null`` is true without an Account).
-Literals are quoted strings, numbers, true/false/null and unquoted datetime literals (2026-03-01T12:34:56Z, docs/reference/salesforce.md §1.1); dateTime
-comparisons ignore fractions of a second (§2.2).
+Literals are quoted strings, numbers, true/false/null and unquoted datetime literals (2026-03-01T12:34:56Z,
+docs/reference/salesforce.md §1.1); dateTime comparisons ignore fractions of a second (§2.2).
 String comparisons are case-insensitive, as in SOQL. ORDER BY defaults to ASC NULLS FIRST.
 """
 

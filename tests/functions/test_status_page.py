@@ -124,7 +124,8 @@ def test_the_status_page_and_the_start_up_check_show_a_refused_filter(settings, 
         assert "SF_SOQL_FILTER" in (startup_check(root) or "")
         doc = status.collect(root)
         errors = doc["config"]["errors"]
-        assert any(e.startswith("SF_SOQL_FILTER: Salesforce refused it as a Contact condition (INVALID_FIELD)") for e in errors), errors
+        refused = "SF_SOQL_FILTER: Salesforce refused it as a Contact condition (INVALID_FIELD)"
+        assert any(e.startswith(refused) for e in errors), errors
         assert doc["verdict"]["state"] == "failing"
     finally:
         bootstrap.reset()
