@@ -109,7 +109,7 @@ param sfApiVersion string = '67.0'
 param sfPubsubEndpoint string = 'api.pubsub.salesforce.com:7443'
 param sfClientName string = 'm365-contact-sync'
 param sfOutlookIdField string = ''
-@description('Reserved, not read by this version (SF_SOQL_FILTER): every Contact owned by a synced rep syncs.')
+@description('Optional extra SOQL condition on Contact (SF_SOQL_FILTER), e.g. RecordType.Name = \'Customer\'; empty: every Contact owned by a synced rep syncs.')
 param sfSoqlFilter string = ''
 
 @description('Write EVENTS_HMAC_SECRET for the signed POST /api/salesforce/events relay (push instead of Pub/Sub pull).')
