@@ -369,8 +369,9 @@ def subscriptions_startup(timer: func.TimerRequest) -> None:
 
 
 def startup_upkeep(root: bootstrap.Root) -> dict[str, int] | None:
-    """At the app's start: a clear error for a bad WEBHOOK_BASE_URL, then the subscriptions of mailboxes that lack
-    one (the first start after deploy, and every change of SYNC_MAILBOXES, which restarts the app)."""
+    """At the app's start: a clear error for a refused SF_SOQL_FILTER or marker field and for a bad WEBHOOK_BASE_URL,
+    then the subscriptions of mailboxes that lack one (the first start after deploy, and every change of
+    SYNC_MAILBOXES, which restarts the app)."""
     from sync.triggers.salesforce import startup_check
 
     startup_check(root)  # SF_SOQL_FILTER and the marker field, judged by the org: logged, shown on the status page

@@ -220,3 +220,43 @@ def test_automation_writes_sync_without_loops_or_conflicts(live, queues) -> None
     assert g.counters.count(g.user_id(BOB), "contact.update") == graph_writes
     rows = [e for e in root.audit.recent(BOB, 50) if sf_id in (e.sf_id or "")]
     assert not [e for e in rows if e.action == "conflict" or e.outcome == "failed"], rows
+
+
+@pytest.fixture
+def filtered(services, settings, queues):
+    """The app with SF_SOQL_FILTER set (Department = 'Sales')."""
+    g, sf, bridge, users = services
+    private, _ = rsa_keys()
+    env = {**settings, **emulator_settings(g, sf, jwt_client=CLIENT_ID, private_key=private),
+           "WEBHOOK_BASE_URL": bridge, "SF_SOQL_FILTER": "Department = 'Sales'"}
+    root = bootstrap.install(bootstrap.Root(env))
+    yield root, g, sf, users
+    bootstrap.reset()
+
+
+def test_cdc_events_are_routed_by_the_soql_filter_through_the_worker(filtered, queues) -> None:
+    """A change event carries only the changed fields: the worker asks Salesforce whether the contact meets
+    SF_SOQL_FILTER. Outside: no copy; entering: created in the owner's folder; leaving: moved to Deleted Items."""
+    root, g, sf, users = filtered
+    pull = user_function(salesforce.salesforce_cdc_pull)
+    pull(TimerRequest(past_due=False))  # subscribes at LATEST
+    sf_id = sf.create_contact({"LastName": "Noether", "Email": "emmy@algebra.example", "Department": "Support",
+                               "OwnerId": users[BOB]}, as_user=users[BOB])
+
+    def surnames() -> list[str | None]:
+        folder = g.find_folder(BOB, "Salesforce_Sync")
+        return [c.get("surname") for c in g.list_contacts(BOB, folder)] if folder else []
+
+    pull(TimerRequest(past_due=False))
+    assert drain_worker(queues) >= 1
+    assert "Noether" not in surnames()  # outside the filter
+    sf.update_contact(sf_id, {"Department": "Sales"}, as_user=users[BOB])
+    pull(TimerRequest(past_due=False))
+    assert drain_worker(queues) >= 1
+    assert surnames().count("Noether") == 1  # entered: new, created in Outlook
+    sf.update_contact(sf_id, {"Department": "Support"}, as_user=users[BOB])
+    pull(TimerRequest(past_due=False))
+    assert drain_worker(queues) >= 1
+    assert "Noether" not in surnames()  # left: out of the folder
+    assert any(e.reason.startswith("the Salesforce contact no longer meets SF_SOQL_FILTER")
+               for e in root.audit.recent(BOB, 50))
