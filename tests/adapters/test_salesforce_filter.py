@@ -171,3 +171,21 @@ def test_a_parent_field_change_is_seen_by_the_full_pass_not_the_change_feed(h: S
     reconcile_mailbox(engine, MAILBOX)
     assert list(outlook.stream(MAILBOX)) == [] and engine.links.get(MAILBOX, Side.SALESFORCE, kept) is None
     assert sum("no longer meets SF_SOQL_FILTER" in e.reason for e in audit.entries) >= 2
+
+
+def test_a_filter_change_that_would_empty_a_folder_trips_the_circuit_breaker(h: SalesforceHarness) -> None:
+    """Contacts leaving the filter are removals like any other: the full pass counts them in the breaker."""
+    from sync.errors import CircuitBreakerTripped
+
+    engine, outlook, _ = _engine(h)
+    customer = h.emu.add_account("Acme", account_type="Customer")
+    for i in range(12):
+        _contact(h, f"Rep{i:02d}", "Sales", customer)
+    reconcile_mailbox(engine, MAILBOX)
+    assert len(list(outlook.stream(MAILBOX))) == 12
+    h.emu.update_account(customer, {"Type": "Partner"})  # every contact leaves through its Account at once
+    with pytest.raises(CircuitBreakerTripped) as err:
+        reconcile_mailbox(engine, MAILBOX)
+    assert err.value.destructive == 12 and len(list(outlook.stream(MAILBOX))) == 12  # nothing removed
+    reconcile_mailbox(engine, MAILBOX, force=True)
+    assert list(outlook.stream(MAILBOX)) == []
