@@ -189,3 +189,20 @@ def test_a_filter_change_that_would_empty_a_folder_trips_the_circuit_breaker(h: 
     assert err.value.destructive == 12 and len(list(outlook.stream(MAILBOX))) == 12  # nothing removed
     reconcile_mailbox(engine, MAILBOX, force=True)
     assert list(outlook.stream(MAILBOX)) == []
+
+
+def test_a_contact_created_from_outlook_outside_the_filter_is_noted_at_the_create(h: SalesforceHarness) -> None:
+    """The sync cannot make a new contact meet the filter (defaults, record types, flows decide): the create says so
+    in the audit, and the next read takes it out of the folder (row 43)."""
+    from sync.adapters.salesforce.contacts import FILTER_NOTE
+    from sync.ports import CreateRequest, SideRecord
+
+    customer = h.emu.add_account("Acme", account_type="Customer")
+    assert customer
+    plain = Contact(last_name="Plain", emails=["plain@example.com"])  # no Department, no Account
+    sales = Contact(last_name="Seller", emails=["seller@example.com"], department="Sales", company="Acme")
+    assert FILTER_NOTE in h.side.create(MAILBOX, plain).notes
+    assert FILTER_NOTE not in h.side.create(MAILBOX, sales).notes
+    made = h.side.create_many(MAILBOX, [CreateRequest(contact=plain.with_values({"email": "p2@example.com"})),
+                                        CreateRequest(contact=sales.with_values({"email": "s2@example.com"}))])
+    assert [isinstance(r, SideRecord) and FILTER_NOTE in r.notes for r in made] == [True, False]

@@ -58,6 +58,8 @@ _FILTER_FIXES = {  # what to do about Salesforce's refusal of SF_SOQL_FILTER, by
     "INVALID_QUERY_FILTER_OPERATOR": "an operator does not suit its field (LIKE on a non-text field, a quoted "
                                      "value for a number or date, an invalid id)",
 }
+FILTER_NOTE = ("created in Salesforce outside SF_SOQL_FILTER: it leaves this mailbox's sync folder when it is next "
+               "read; choose a filter that contacts created from Outlook meet")
 DESCRIBE_RETRY_S = 60.0  # after a failed Contact describe, the next try waits this long (each try has its own retries)
 MAX_IDS_PER_SOQL = 200  # ids in one ``WHERE Id IN (...)`` (keeps the GET URL short)
 _ID = re.compile(r"^[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?$")
@@ -399,7 +401,17 @@ class SalesforceContactSide:
         else:
             rid, note = alerted(self._allow_duplicates, None, lambda h: str(self._rest.call(
                 "write", lambda sf: sf.Contact.create(values, headers=h), idempotent=False)["id"]))
-        return noted(self._reread(rid, values), note, held)
+        made = noted(self._reread(rid, values), note, held)
+        return made if self._filter is None or made.id[:15] in self._in_filter([made.id]) else noted(made, FILTER_NOTE)
+
+    def _outside_filter(self, made: list[SideRecord | SyncError]) -> list[SideRecord | SyncError]:
+        """Contacts just created from Outlook that do not meet ``SF_SOQL_FILTER`` get an audit note: the next read
+        of them takes them out of the folder (docs/sync-rules.md row 43), so the audit says why at the create."""
+        if self._filter is None:
+            return made
+        created = [r.id for r in made if isinstance(r, SideRecord)]
+        inside = self._in_filter(created) if created else set()
+        return [noted(r, FILTER_NOTE) if isinstance(r, SideRecord) and r.id[:15] not in inside else r for r in made]
 
     def _upsert(self, marker: str, values: Mapping[str, Any], headers: dict[str, str]) -> str:
         """Create on the unique marker field (docs/reference/salesforce.md §2.4): a contact that already carries this
@@ -500,7 +512,7 @@ class SalesforceContactSide:
                 if again:
                     self._create_chunk([(i, rec) for i, rec, _ in again], results, on, dict(ALLOW_SAVE))
                     notes.update({i: alert_note(dup) for i, _, dup in again})
-        return self._finish(results, dict(pending), notes, held)
+        return self._outside_filter(self._finish(results, dict(pending), notes, held))
 
     def _create_chunk(self, chunk: Sequence[tuple[int, dict[str, Any]]], results: list[SideRecord | SyncError | str],
                       upsert_on: str | None, headers: dict[str, str]) -> None:
