@@ -218,7 +218,8 @@ class MailboxList(Set[str]):
         if self.group_id is not None:
             stored = self._read().stored
             same = stored is not None and stored.group_id == self.group_id
-            out |= {"members": len(stored.members) if stored else 0, "readAt": stored.read_at if same else None,
+            out |= {"members": len(stored.members) if stored else 0,
+                    "readAt": stored.read_at if stored is not None and same else None,
                     "lastError": stored.last_error if stored else None,
                     "lastErrorAt": stored.last_error_at if stored else None,
                     "storedGroupId": stored.group_id if stored else None}

@@ -6,9 +6,11 @@ Functions:
     graph_lifecycle_worker  queue ``graph-lifecycle``: ``sync.subscriptions.handle_notice``, one event a message
     subscriptions_timer     %SUBSCRIPTION_SCHEDULE%: ``sync.subscriptions.maintain_subscriptions``
     subscriptions_startup   once when the app starts: validates WEBHOOK_BASE_URL, then (SUBSCRIPTIONS_ON_START)
-                            ``maintain_subscriptions`` when a mailbox in scope lacks a live stored subscription
+                            ``maintain_subscriptions`` when a mailbox in scope lacks a live stored subscription,
+                            or always with SYNC_MAILBOX_GROUP_ID (the group is read then)
     subscriptions_refresh   POST /api/subscriptions/refresh (function key): ``maintain_subscriptions`` now, the
-                            counts and each mailbox's subscription state as JSON
+                            counts, the mailbox scope (``scope``: source, group read, its error) and each
+                            mailbox's subscription state as JSON
 
 The notification webhook does no Graph or Salesforce I/O (Graph wants an answer within 3 s): per item it reads the
 stored subscription, compares the digest of the item's clientState with the stored one in constant time, and
@@ -370,12 +372,16 @@ def subscriptions_startup(timer: func.TimerRequest) -> None:
 
 def startup_upkeep(root: bootstrap.Root) -> dict[str, int] | None:
     """At the app's start: a clear error for a bad WEBHOOK_BASE_URL, then the subscriptions of mailboxes that lack
-    one (the first start after deploy, and every change of SYNC_MAILBOXES, which restarts the app)."""
+    one (the first start after deploy, and every change of SYNC_MAILBOXES, which restarts the app). With
+    SYNC_MAILBOX_GROUP_ID the whole upkeep runs at every start, so the group is read then too."""
     try:
         webhook_base_url(root.env)
-        if not setting_flag("SUBSCRIPTIONS_ON_START", root.env) or not root.mailboxes:
+        if not setting_flag("SUBSCRIPTIONS_ON_START", root.env):
             return None
-        if not needs_upkeep(root):
+        group = root.mailbox_list.group_id is not None  # a group is read at every start: members may have changed
+        if not group and not root.mailboxes:
+            return None
+        if not group and not needs_upkeep(root):
             logger.info("subscriptions at start: every mailbox has one")
             return {}
     except ConfigError as exc:
@@ -402,7 +408,12 @@ def subscriptions_refresh(req: func.HttpRequest) -> func.HttpResponse:
     except Exception as exc:
         return http_response(exc)
     logger.info("subscriptions refresh: %s", dict(counts))
-    return json_response({"counts": dict(counts), "mailboxes": mailboxes})
+    return json_response({"counts": dict(counts), "scope": scope_state(root), "mailboxes": mailboxes})
+
+
+def scope_state(root: bootstrap.Root) -> dict[str, Any]:
+    """Where the mailbox scope comes from and the last group read (``sync.scope.MailboxList.state``)."""
+    return dict(root.mailbox_list.state())
 
 
 @bp.function_name("subscriptions_timer")

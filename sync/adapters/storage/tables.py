@@ -18,8 +18,8 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFo
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from sync.adapters.storage.client import REQUESTS, HealingTable, _call, _chunks, _map_error, escape_key
-from sync.adapters.storage.scope import TableScopeStore
 from sync.adapters.storage.links import INDEX_PARTITION, LOST_ROW, META_PARTITION, TableLinkStore
+from sync.adapters.storage.scope import TableScopeStore
 from sync.adapters.storage.stores import TableAudit, TableCheckpoints, TableJobs, TableReviews, TableSubscriptions
 from sync.ports import Link
 
