@@ -131,8 +131,10 @@ class Engine:
                 logger.info("change for a mailbox out of scope ignored: item %s", change.item_id)
                 return _Routed([])
             return _Routed([mailbox])
+        # a mailbox that left the scope keeps its links but is never read or written (docs/sync-rules.md, "Mailbox
+        # scope changes"): its copy stays as it is
         linked = {mb: self.links.get(mb, Side.SALESFORCE, change.item_id)
-                  for mb in sorted(self.links.mailboxes_of(change.item_id))}
+                  for mb in sorted(self.links.mailboxes_of(change.item_id)) if mb in self.mailboxes}
         salesforce = self.sides[Side.SALESFORCE].get("", change.item_id)
         mailboxes = set(linked)
         if salesforce is not None and salesforce.owner is not None and salesforce.owner in self.mailboxes:

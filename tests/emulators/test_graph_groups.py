@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from emulators.graph import ADMIN_GUIDE_GRANTS, ADMIN_GUIDE_GROUP_GRANTS, GraphEmulator, Grants
+from emulators.graph import ADMIN_GUIDE_GRANTS, ADMIN_GUIDE_GROUP_GRANTS, Grants, GraphEmulator
 
 AUTH = {"Authorization": "Bearer not-a-jwt"}  # a token not issued by the emulator: its grants apply
 
