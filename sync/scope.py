@@ -27,6 +27,7 @@ What a reader must know:
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -36,6 +37,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from sync.errors import SyncError
+
+logger = logging.getLogger(__name__)
 
 GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 SCOPE_TTL_S = 60.0  # how long a process trusts its last read of the stored list
@@ -175,7 +178,15 @@ class MailboxList(Set[str]):
                 return cached
             if cached is not None and self._clock() - cached.at < self._ttl_s:
                 return cached
-            stored = self._store.load()  # a failure propagates: the caller cannot know the scope
+            try:
+                stored = self._store.load()
+            except SyncError:
+                if cached is None:  # never read: the caller cannot know the scope
+                    raise
+                logger.warning("stored mailbox list unreadable: the list read %.0f s ago stays in use",
+                               self._clock() - cached.at)
+                cached.at = self._clock()
+                return cached
             members = stored.members if stored is not None else ()
             boxes = tuple(dict.fromkeys(self.explicit + tuple(m.upn for m in members)))
             self._cached = _Cached(self._clock(), stored, boxes, {m.upn: m.id for m in members})

@@ -98,3 +98,22 @@ def test_the_guides_group_grants_equal_the_emulators() -> None:
              for cell in [row.strip("|").split("|")[1]]}
     assert named == set(ADMIN_GUIDE_GROUP_GRANTS.app_roles - ADMIN_GUIDE_GRANTS.app_roles)
     assert ADMIN_GUIDE_GROUP_GRANTS.exchange_roles == ADMIN_GUIDE_GRANTS.exchange_roles
+
+
+def test_an_unreadable_store_keeps_the_list_already_read_and_fails_only_a_first_read() -> None:
+    from sync.errors import Transient
+
+    class Down(Store):
+        def load(self) -> StoredScope | None:
+            raise Transient("table down")
+
+    now = [0.0]
+    store = Store()
+    store.saved = StoredScope(GID, (Member("1", "ann@contoso.com"),))
+    live = MailboxList([], store, GID, ttl_s=60, clock=lambda: now[0])
+    assert live.current == ("ann@contoso.com",)
+    live._store = Down()  # the table goes down
+    now[0] = 120.0
+    assert live.current == ("ann@contoso.com",)
+    with pytest.raises(Transient):
+        _ = MailboxList([], Down(), GID).current
