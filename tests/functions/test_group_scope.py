@@ -18,7 +18,7 @@ from sync.config import ConfigError
 from sync.model import Side
 from sync.ports import ContactChange
 from sync.reconcile import reconcile_mailbox
-from sync.triggers import graph
+from sync.triggers import graph, ops
 from sync.triggers.status import status_page
 from tests.contract.salesforce_harness import rsa_keys
 from tests.functions.conftest import ANN, BOB, http, user_function
@@ -153,6 +153,9 @@ def test_a_failed_group_read_keeps_the_last_list_and_says_why(scoped, queues) ->
     status = json.loads(user_function(status_page)(
         http("GET", "http://localhost/api/status", params={"format": "json"})).get_body())
     assert status["scope"]["lastError"] and any("mailbox group" in r for r in status["verdict"]["reasons"])
+    ops_doc = json.loads(user_function(ops.ops_subscriptions)(http(
+        "POST", "http://localhost/api/ops/subscriptions", json.dumps({"action": "refresh"}).encode())).get_body())
+    assert ops_doc["counts"]["scope_failed"] == 1 and "User.ReadBasic.All" in ops_doc["scope"]["lastError"]
     # repaired: the error clears
     g.grants = ADMIN_GUIDE_GROUP_GRANTS
     doc = refresh()
