@@ -185,3 +185,33 @@ def test_a_group_id_that_is_not_a_guid_is_a_config_error_naming_the_setting(sett
     root = bootstrap.Root({**settings, "SYNC_MAILBOX_GROUP_ID": value})
     with pytest.raises(ConfigError, match="SYNC_MAILBOX_GROUP_ID=.*expected the object id of an Entra group"):
         _ = root.mailboxes
+
+
+def test_a_nested_member_outside_the_exchange_scope_is_named_on_the_status_page(scoped) -> None:
+    """A ``MemberOfGroup`` management scope holds direct members only (docs/reference/graph.md §6.5): BOB, a member
+    through the nested group, is in the app's list but Exchange refuses his mailbox."""
+    root, g, sf, users, sales, east = scoped
+    g.grants = Grants(app_roles=ADMIN_GUIDE_GROUP_GRANTS.app_roles, exchange_roles=ADMIN_GUIDE_GRANTS.exchange_roles,
+                      mailbox_scope=frozenset({ANN}))  # what Exchange holds for MemberOfGroup -eq 'sales'
+    try:
+        doc = refresh()
+    finally:
+        g.grants = ADMIN_GUIDE_GROUP_GRANTS
+    assert doc["counts"]["failed"] == 1 and set(live_subscriptions(g)) == {ANN}
+    (bob,) = [m for m in doc["mailboxes"] if m["mailbox"] == BOB]
+    assert "ErrorAccessDenied" in bob["lastError"]
+    resp = user_function(status_page)(http("GET", "http://localhost/api/status", params={"format": "json"}))
+    status = json.loads(resp.get_body())
+    assert status["scope"]["refusedByExchange"] == [BOB]
+    assert any("nested group" in r and "MemberOfGroup" in r for r in status["verdict"]["reasons"])
+    html = user_function(status_page)(http("GET", "http://localhost/api/status")).get_body().decode()
+    assert "Mailbox scope: the Entra group" in html and "a nested member?" in html
+
+
+def test_the_app_start_reads_the_group_even_when_every_mailbox_has_a_subscription(scoped) -> None:
+    root, g, sf, users, sales, east = scoped
+    assert graph.startup_upkeep(root) == {"scope_members": 2, "scope_added": 2, "created": 2}
+    g.add_group_member(sales, CAROL)
+    counts = graph.startup_upkeep(root)
+    assert counts is not None and counts["scope_added"] == 1 and counts["created"] == 1
+    assert CAROL in root.mailboxes
