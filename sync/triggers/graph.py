@@ -7,7 +7,7 @@ Functions:
     subscriptions_timer     %SUBSCRIPTION_SCHEDULE%: ``sync.subscriptions.maintain_subscriptions``
     subscriptions_startup   once when the app starts: validates WEBHOOK_BASE_URL, then (SUBSCRIPTIONS_ON_START)
                             ``maintain_subscriptions`` when a mailbox in scope lacks a live stored subscription,
-                            or always with SYNC_MAILBOX_GROUP_ID (the group is read then)
+                            or with SYNC_MAILBOX_GROUP_ID when the group was not read in the last 10 minutes
     subscriptions_refresh   POST /api/subscriptions/refresh (function key): ``maintain_subscriptions`` now, the
                             counts, the mailbox scope (``scope``: source, group read, its error) and each
                             mailbox's subscription state as JSON
@@ -39,7 +39,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import azure.functions as func
@@ -373,15 +373,18 @@ def subscriptions_startup(timer: func.TimerRequest) -> None:
 def startup_upkeep(root: bootstrap.Root) -> dict[str, int] | None:
     """At the app's start: a clear error for a bad WEBHOOK_BASE_URL, then the subscriptions of mailboxes that lack
     one (the first start after deploy, and every change of SYNC_MAILBOXES, which restarts the app). With
-    SYNC_MAILBOX_GROUP_ID the whole upkeep runs at every start, so the group is read then too."""
+    SYNC_MAILBOX_GROUP_ID the whole upkeep runs, reading the group, unless it was read within
+    ``GROUP_FRESH_AT_START``."""
     try:
         webhook_base_url(root.env)
         if not setting_flag("SUBSCRIPTIONS_ON_START", root.env):
             return None
-        group = root.mailbox_list.group_id is not None  # a group is read at every start: members may have changed
-        if not group and not root.mailboxes:
+        # With a group, a start reads it unless another instance did within GROUP_FRESH_AT_START (a scale-out
+        # starts many instances at once; each full upkeep costs two Graph calls per mailbox).
+        read = not group_is_fresh(root)
+        if not read and not root.mailboxes:
             return None
-        if not group and not needs_upkeep(root):
+        if not read and not needs_upkeep(root):
             logger.info("subscriptions at start: every mailbox has one")
             return {}
     except ConfigError as exc:
@@ -409,6 +412,20 @@ def subscriptions_refresh(req: func.HttpRequest) -> func.HttpResponse:
         return http_response(exc)
     logger.info("subscriptions refresh: %s", dict(counts))
     return json_response({"counts": dict(counts), "scope": scope_state(root), "mailboxes": mailboxes})
+
+
+GROUP_FRESH_AT_START = timedelta(minutes=10)
+
+
+def group_is_fresh(root: bootstrap.Root) -> bool:
+    """True without a group, or when the group was read within ``GROUP_FRESH_AT_START``."""
+    scope = root.mailbox_list
+    if scope.group_id is None:
+        return True
+    stored = scope.stored()
+    if stored is None or stored.group_id != scope.group_id or not stored.read_at:
+        return False
+    return datetime.now(UTC) - datetime.fromisoformat(stored.read_at) < GROUP_FRESH_AT_START
 
 
 def scope_state(root: bootstrap.Root) -> dict[str, Any]:
