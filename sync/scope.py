@@ -121,14 +121,14 @@ def refresh_group(reader: GroupReader, store: ScopeStore, group_id: str, explici
             members.setdefault(upn.casefold(), Member(object_id, upn.casefold()))
         if unnamed:
             raise GroupReadIncomplete(unnamed, len(raw))
+        current = StoredScope(group_id=group_id, members=tuple(sorted(members.values(), key=lambda m: m.upn)),
+                              read_at=_now())
+        store.save(current)  # a group too large for the stored row fails here, like a failed read
     except SyncError as exc:
         text = f"{type(exc).__name__}: {exc}"[:400]
         kept = previous or StoredScope(group_id=group_id)
         store.save(replace(kept, last_error=text, last_error_at=_now()))
         return ScopeChange(members=len(kept.members), error=text)
-    current = StoredScope(group_id=group_id, members=tuple(sorted(members.values(), key=lambda m: m.upn)),
-                          read_at=_now())
-    store.save(current)
     after = set(explicit) | set(current.upns)
     return ScopeChange(added=tuple(sorted(after - before)), removed=tuple(sorted(before - after)),
                        members=len(current.members))

@@ -117,3 +117,19 @@ def test_an_unreadable_store_keeps_the_list_already_read_and_fails_only_a_first_
     assert live.current == ("ann@contoso.com",)
     with pytest.raises(Transient):
         _ = MailboxList([], Down(), GID).current
+
+
+def test_a_group_too_large_to_store_is_a_failed_read_that_keeps_the_last_list() -> None:
+    from sync.errors import BadData
+
+    class Small(Store):
+        def save(self, scope: StoredScope) -> None:
+            if len(scope.members) > 2:
+                raise BadData("too many", code="SCOPE_TOO_LARGE")
+            super().save(scope)
+
+    store = Small()
+    refresh_group(Reader([("1", "ann@contoso.com")]), store, GID)
+    change = refresh_group(Reader([(str(i), f"u{i}@contoso.com") for i in range(3)]), store, GID)
+    assert change.error and "too many" in change.error and change.added == ()
+    assert store.saved is not None and store.saved.upns == ("ann@contoso.com",) and store.saved.last_error
