@@ -3,7 +3,8 @@
 One row, so every instance reads the whole list in one request and a write replaces it at once. A Table string
 property holds at most 64 KiB and an entity 1 MiB (docs/reference/azure.md §4.1): the list is written as lines
 ``<object id> <upn>`` split over properties ``Part0`` .. ``PartN`` of at most ``PART_CHARS`` characters, which holds
-about 7,000 members; a larger group is refused with a clear error and the last list is kept.
+about 6,000 members (450,000 characters at about 75 a member); a larger group is refused with a clear error and
+the last list is kept.
 """
 
 from __future__ import annotations
