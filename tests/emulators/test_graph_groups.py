@@ -98,3 +98,11 @@ def test_the_user_cast_needs_the_advanced_query_headers(g: GraphEmulator) -> Non
     body = resp.json()
     assert resp.status_code == 200 and body["@odata.count"] == 2
     assert {r["@odata.type"] for r in body["value"]} == {"#microsoft.graph.user"}
+
+
+def test_groups_over_the_admin_api(g: GraphEmulator) -> None:
+    gid = httpx.post(f"{g.root_url}/_admin/groups", json={"displayName": "sales", "members": ["u0@contoso.com"]}
+                     ).json()["id"]
+    assert httpx.post(f"{g.root_url}/_admin/groups/{gid}/members", json={"id": "u1@contoso.com"}).status_code == 204
+    assert httpx.delete(f"{g.root_url}/_admin/groups/{gid}/members/u0@contoso.com").status_code == 204
+    assert [r["userPrincipalName"] for r in members(g, gid).json()["value"]] == ["u1@contoso.com"]
