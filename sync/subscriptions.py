@@ -175,6 +175,10 @@ def handle_notice(notice: LifecycleNotice, parts: UpkeepParts) -> str:
 
 
 def _handle_notice(notice: LifecycleNotice, parts: UpkeepParts) -> str:
+    if notice.mailbox not in parts.mailboxes:  # queued before the mailbox left the scope: nothing to keep alive
+        logger.info("lifecycle %s for a mailbox out of scope ignored: subscription %s", notice.event,
+                    notice.subscription_id)
+        return "out of scope"
     if notice.event in ("missed", "subscriptionRemoved"):
         start_job(parts.jobs, parts.work_queue, [notice.mailbox], "delta", origin="lifecycle")
     if notice.event == "missed":

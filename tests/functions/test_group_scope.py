@@ -17,7 +17,7 @@ from emulators.salesforce import SalesforceEmulator
 from sync import bootstrap
 from sync.config import ConfigError
 from sync.model import Side
-from sync.ports import ContactChange
+from sync.ports import ContactChange, LifecycleNotice
 from sync.reconcile import reconcile_mailbox
 from sync.triggers import graph, ops
 from sync.triggers.status import status_page
@@ -219,3 +219,15 @@ def test_the_app_start_reads_the_group_unless_another_start_just_did(scoped, mon
     counts = graph.startup_upkeep(root)
     assert counts is not None and counts["scope_added"] == 1 and counts["created"] == 1
     assert CAROL in root.mailboxes
+
+
+def test_a_lifecycle_event_queued_before_a_member_left_does_not_bring_its_subscription_back(scoped, queues) -> None:
+    root, g, sf, users, sales, east = scoped
+    refresh()
+    (bob_sub,) = [s for s in root.subscriptions.list_all() if s.mailbox == BOB]
+    late = LifecycleNotice(event="subscriptionRemoved", subscription_id=bob_sub.id, mailbox=BOB)
+    g.remove_group_member(east, BOB)
+    refresh()
+    queues.bodies("reconcile")
+    assert graph.process_lifecycle_message(root, late.model_dump_json()) == "out of scope"
+    assert set(live_subscriptions(g)) == {ANN} and queues.bodies("reconcile") == []
