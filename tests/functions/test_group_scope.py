@@ -90,13 +90,21 @@ def test_group_members_nested_included_get_folder_subscription_and_initial_recon
     assert len(jobs) == 1 and set(jobs[0].mailboxes) == {ANN, BOB} and jobs[0].mode == "full"
     assert sorted(m["mailbox"] for m in queues.bodies("reconcile")) == [ANN, BOB]
 
+    reconcile_mailbox(root.engine, ANN)  # this process has read the Salesforce users of ANN and BOB
     # a member added to the nested group: its folder, a subscription and its own initial reconcile, on the next run
+    sf_id = sf.create_contact({"FirstName": "Ada", "LastName": "Lovelace", "Email": "ada@engine.example",
+                               "OwnerId": users[CAROL]}, as_user=users[CAROL])
     g.add_group_member(east, CAROL)
     doc = refresh()
     assert doc["counts"]["scope_added"] == 1 and doc["counts"]["created"] == 1 and doc["counts"]["kept"] == 2
     assert set(live_subscriptions(g)) == {ANN, BOB, CAROL}
-    assert g.find_folder(CAROL, "Salesforce_Sync") is not None
+    folder = g.find_folder(CAROL, "Salesforce_Sync")
+    assert folder is not None
     assert [m["mailbox"] for m in queues.bodies("reconcile")] == [CAROL]
+    # that reconcile finds CAROL's Salesforce user at once (not 15 minutes later) and fills her folder
+    reconcile_mailbox(root.engine, CAROL)
+    assert [c["surname"] for c in g.list_contacts(CAROL, folder)] == ["Lovelace"]
+    assert root.links.get(CAROL, Side.SALESFORCE, sf_id) is not None
     # an unchanged group: no job, nothing made
     doc = refresh()
     assert "scope_added" not in doc["counts"] and doc["counts"]["kept"] == 3 and queues.bodies("reconcile") == []
