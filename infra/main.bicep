@@ -80,10 +80,10 @@ param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
 
 param syncFolderName string = 'Salesforce_Sync'
 
-@description('Comma-separated mailbox UPNs in scope (SYNC_MAILBOXES), or use syncMailboxGroupId.')
+@description('Comma-separated mailbox UPNs in scope (SYNC_MAILBOXES); with syncMailboxGroupId the scope is both.')
 param syncMailboxes string = ''
 
-@description('Reserved, not read by this version (SYNC_MAILBOX_GROUP_ID): set syncMailboxes. Planned: Entra group object id whose members are the mailboxes in scope.')
+@description('Object id of an Entra group whose transitive user members are mailboxes in scope (SYNC_MAILBOX_GROUP_ID); needs GroupMember.Read.All and User.ReadBasic.All (admin guide 2.1). Empty: syncMailboxes only.')
 param syncMailboxGroupId string = ''
 
 // ---------------------------------------------------------------- Salesforce

@@ -274,7 +274,17 @@ def subscriptions(api: Api, action: str, mailboxes: tuple[str, ...], yes: bool, 
         sys.exit(EXIT_DECLINED)
     body: dict[str, Any] = {"action": action, **({"mailboxes": list(mailboxes)} if mailboxes else {})}
     doc = api.call("POST", "ops/subscriptions", body)
-    _emit(as_json, doc, lambda: console.print(f"{action}: {_counts(doc['counts'])}", highlight=False))
+    def show() -> None:
+        console.print(f"{action}: {_counts(doc['counts'])}", highlight=False)
+        scope = doc.get("scope") or {}
+        if scope.get("groupId"):
+            console.print(f"mailbox group {scope['groupId']}: {scope.get('members')} member(s), read "
+                          f"{scope.get('readAt')}", highlight=False)
+        if scope.get("lastError"):
+            console.print(f"[red]group read failed[/red] at {scope.get('lastErrorAt')}: {scope['lastError']} "
+                          "(the last list is kept)", highlight=False)
+
+    _emit(as_json, doc, show)
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ from sync.config import (
 )
 from sync.policy import Policy
 from sync.ports import ContactChange, LifecycleNotice, WorkItem, WorkQueue
+from sync.scope import MailboxList, ScopeChange, group_id_setting, refresh_group
 
 if TYPE_CHECKING:  # only for the type checker: no SDK import at run time
     from sync.adapters.graph import GraphContactSide, GraphSubscriptions
@@ -157,8 +158,40 @@ class Root:
         return self._once("policy", lambda: load_policy(self.env))
 
     @property
+    def mailbox_list(self) -> MailboxList:
+        """The mailboxes in scope, live: SYNC_MAILBOXES plus the stored members of SYNC_MAILBOX_GROUP_ID
+        (``sync.scope``); ConfigError when the group id is not a GUID."""
+
+        def build() -> MailboxList:
+            try:
+                group = group_id_setting(self.get("SYNC_MAILBOX_GROUP_ID"))
+            except ValueError as exc:
+                raise ConfigError(f"invalid app settings:\n  - {exc}") from None
+            explicit = mailboxes_in_scope(self.env)
+            return MailboxList(explicit, self._once("scope_store", lambda: self.storage.scope()) if group else None,
+                               group)
+
+        return self._once("mailbox_list", build)
+
+    @property
     def mailboxes(self) -> tuple[str, ...]:
-        return self._once("mailboxes", lambda: mailboxes_in_scope(self.env))
+        """The mailboxes in scope now (with a group: the stored list, re-read at most once a minute)."""
+        return self.mailbox_list.current
+
+    def refresh_scope(self) -> ScopeChange | None:
+        """With SYNC_MAILBOX_GROUP_ID: read the group now and store it (the subscriptions run calls this)."""
+        scope = self.mailbox_list
+        if scope.group_id is None:
+            return None
+        from sync.adapters.graph.directory import GraphGroupReader
+
+        try:
+            reader = GraphGroupReader(self.graph)
+            change = refresh_group(reader, self._once("scope_store", lambda: self.storage.scope()), scope.group_id,
+                                   scope.explicit)
+        finally:
+            scope.invalidate()
+        return change
 
     @property
     def events_secret(self) -> str | None:
@@ -292,7 +325,7 @@ class Root:
                 self._graph_credential(),
                 base_url=self.get("GRAPH_BASE_URL") or DEFAULT_BASE_URL,
                 folder_name=self.get("SYNC_FOLDER_NAME") or DEFAULT_FOLDER_NAME,
-                mailboxes=self.mailboxes,
+                mailboxes=self.mailbox_list,
                 field_map=self.policy.field_map,
             )
 
@@ -353,7 +386,7 @@ class Root:
 
             return SalesforceContactSide(
                 self.tokens,
-                mailboxes=self.mailboxes,
+                mailboxes=lambda: self.mailboxes,
                 verify=self._sf_verify(),
                 client_name=self.get("SF_CLIENT_NAME") or "m365-contact-sync",
                 api_version=self.get("SF_API_VERSION") or "67.0",
@@ -403,7 +436,7 @@ class Root:
                     roots = fh.read()
             return CdcSubscriber(
                 self.tokens, target=target, queue=self.work_queue, checkpoints=self.checkpoints,
-                mailboxes=self.mailboxes, secure=not insecure, root_certificates=roots,
+                mailboxes=lambda: self.mailboxes, secure=not insecure, root_certificates=roots,
                 client_name=self.get("SF_CLIENT_NAME") or "m365-contact-sync", on_reconcile=self._cdc_reconcile,
             )
 
@@ -416,7 +449,7 @@ class Root:
             from sync.engine import Engine
 
             return Engine(self.graph, self.salesforce, self.links, self.audit, self.work_queue, self.policy,
-                          self.mailboxes, reviews=self.reviews)
+                          self.mailbox_list, reviews=self.reviews)
 
         return self._once("engine", build)
 

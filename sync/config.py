@@ -73,8 +73,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GRAPH_MANAGED_IDENTITY_CLIENT_ID", None, "client id of the managed identity used as federated credential"),
     Setting("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0", "Graph v1.0 base URL (emulator: http://127.0.0.1:N/v1.0)"),
     Setting("SYNC_FOLDER_NAME", "Salesforce_Sync", "display name of the contact folder created in each mailbox"),
-    Setting("SYNC_MAILBOXES", "", "comma-separated mailbox UPNs in scope (the only scope read in this version)"),
-    Setting("SYNC_MAILBOX_GROUP_ID", None, "reserved, not read yet: Entra group whose members are the mailboxes"),
+    Setting("SYNC_MAILBOXES", "", "comma-separated mailbox UPNs in scope (with SYNC_MAILBOX_GROUP_ID: both)"),
+    Setting("SYNC_MAILBOX_GROUP_ID", None, "object id (GUID) of an Entra group whose transitive user members are "
+            "mailboxes in scope (sync/scope.py)"),
     Setting("WEBHOOK_BASE_URL", None,
             "public https base of this app; empty: https://$WEBSITE_HOSTNAME (http only on 127.0.0.1/localhost)"),
     Setting("SUBSCRIPTIONS_ON_START", "true", "true | false: create missing Graph subscriptions when the app starts"),

@@ -37,6 +37,7 @@ from sync.ports import (
     SideRecord,
     WorkQueue,
 )
+from sync.scope import MailboxList
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ class Engine:
         self.audit = audit
         self.queue = queue
         self.policy = policy
-        self.mailboxes = frozenset(mb.casefold() for mb in mailboxes)
+        # a MailboxList stays live (the group scope changes while the process runs); any other collection is fixed
+        self.mailboxes: Collection[str] = (mailboxes if isinstance(mailboxes, MailboxList)
+                                           else frozenset(mb.casefold() for mb in mailboxes))
         self.clock = clock
         self.reviews = reviews
         self._scopes: dict[str, MailboxScope] = {}
@@ -128,11 +131,13 @@ class Engine:
                 logger.info("change for a mailbox out of scope ignored: item %s", change.item_id)
                 return _Routed([])
             return _Routed([mailbox])
+        # a mailbox that left the scope keeps its links but is never read or written (docs/sync-rules.md, "Mailbox
+        # scope changes"): its copy stays as it is
         linked = {mb: self.links.get(mb, Side.SALESFORCE, change.item_id)
-                  for mb in sorted(self.links.mailboxes_of(change.item_id))}
+                  for mb in sorted(self.links.mailboxes_of(change.item_id)) if mb in self.mailboxes}
         salesforce = self.sides[Side.SALESFORCE].get("", change.item_id)
         mailboxes = set(linked)
-        if salesforce is not None and salesforce.owner in self.mailboxes:
+        if salesforce is not None and salesforce.owner is not None and salesforce.owner in self.mailboxes:
             mailboxes.add(salesforce.owner)
         # the mailbox that loses the contact goes first, so the new owner's copy is made after the old one left
         order = sorted(mailboxes, key=lambda mb: (salesforce is not None and mb == salesforce.owner, mb))

@@ -16,7 +16,7 @@ from sync.ports import JobStore, MailboxJob, ReconcileJob, ReconcileMailbox, Wor
 
 logger = logging.getLogger(__name__)
 
-Origin = Literal["api", "timer", "lifecycle", "cdc"]
+Origin = Literal["api", "timer", "lifecycle", "cdc", "scope"]
 
 
 def start_job(jobs: JobStore, queue: WorkQueue, mailboxes: Sequence[str], mode: Literal["delta", "full"], *,

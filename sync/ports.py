@@ -370,7 +370,7 @@ class ReconcileJob(BaseModel):
     mode: Literal["delta", "full"]
     dry_run: bool = False
     force: bool = False
-    origin: Literal["api", "timer", "lifecycle", "cdc"] = "api"
+    origin: Literal["api", "timer", "lifecycle", "cdc", "scope"] = "api"
     mailboxes: Mapping[str, MailboxJob] = Field(default_factory=dict)
 
 

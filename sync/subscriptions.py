@@ -3,9 +3,11 @@
 ``maintain_subscriptions`` (the 6-hourly timer, the app's start when a mailbox lacks one, ``POST
 /api/subscriptions/refresh``) makes sure each mailbox in scope has its sync folder and one live subscription: it
 creates missing ones, renews those expiring within a day, re-creates those Graph no longer has, and deletes
-duplicates and the subscriptions of mailboxes that left the scope. ``handle_notice`` (the ``graph-lifecycle`` queue
-worker; the webhook only acknowledges) acts on one lifecycle event: ``missed`` and ``subscriptionRemoved`` start a
-delta reconcile job, ``subscriptionRemoved`` then ``ensure_mailbox``es, ``reauthorizationRequired`` renews.
+duplicates and the subscriptions of mailboxes that left the scope. With ``SYNC_MAILBOX_GROUP_ID`` it first reads the
+group (``sync.scope``): a new member also gets an initial full reconcile job. ``handle_notice`` (the
+``graph-lifecycle`` queue worker; the webhook only acknowledges) acts on one lifecycle event: ``missed`` and
+``subscriptionRemoved`` start a delta reconcile job, ``subscriptionRemoved`` then ``ensure_mailbox``es,
+``reauthorizationRequired`` renews.
 
 What a reader must know: lifecycle handling is idempotent and order-free. It never acts on the subscription id an
 event names except to renew it; everything else is ``ensure_mailbox``, which asks Graph which stored subscriptions
@@ -173,6 +175,10 @@ def handle_notice(notice: LifecycleNotice, parts: UpkeepParts) -> str:
 
 
 def _handle_notice(notice: LifecycleNotice, parts: UpkeepParts) -> str:
+    if notice.mailbox not in parts.mailboxes:  # queued before the mailbox left the scope: nothing to keep alive
+        logger.info("lifecycle %s for a mailbox out of scope ignored: subscription %s", notice.event,
+                    notice.subscription_id)
+        return "out of scope"
     if notice.event in ("missed", "subscriptionRemoved"):
         start_job(parts.jobs, parts.work_queue, [notice.mailbox], "delta", origin="lifecycle")
     if notice.event == "missed":
@@ -206,6 +212,17 @@ def maintain_subscriptions(parts: UpkeepParts) -> Counter[str]:
 def _maintain(parts: UpkeepParts) -> Counter[str]:
     store = parts.subscriptions
     counts: Counter[str] = Counter()
+    # With SYNC_MAILBOX_GROUP_ID the group is read first (``sync.scope``; parts without ``refresh_scope`` have a
+    # fixed scope). A failed read keeps the last list and is counted; a new member gets its folder and subscription
+    # below, then an initial full reconcile job; a member gone loses its subscription below, nothing else.
+    refresh = getattr(parts, "refresh_scope", None)
+    change = refresh() if callable(refresh) else None
+    if change is not None:
+        counts["scope_members"] = change.members
+        counts["scope_added"], counts["scope_removed"] = len(change.added), len(change.removed)
+        if change.error:
+            counts["scope_failed"] += 1
+            logger.warning("mailbox group read failed, the last list is kept: %s", change.error)
     by_mailbox: dict[str, list[StoredSubscription]] = {}
     for sub in store.list_all():
         by_mailbox.setdefault(sub.mailbox, []).append(sub)
@@ -221,7 +238,9 @@ def _maintain(parts: UpkeepParts) -> Counter[str]:
             logger.warning("subscription upkeep failed for a mailbox: %s", _error_text(exc))
         else:
             record_outcome(parts.checkpoints, mailbox)
-    return counts
+    if change is not None and change.added:
+        start_job(parts.jobs, parts.work_queue, list(change.added), "full", origin="scope")
+    return +counts
 
 
 def remove_subscriptions(parts: UpkeepParts, mailboxes: Sequence[str]) -> Counter[str]:

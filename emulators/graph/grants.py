@@ -3,7 +3,7 @@
 Entra and Exchange decide separately (docs/reference/graph.md §6.4): directory reads (``/users``) need an Entra
 directory role in the token, else 403 ``Authorization_RequestDenied``; mailbox data needs either a tenant-wide
 Entra ``Contacts.*`` role or an Exchange role whose management scope holds the mailbox, else 403
-``ErrorAccessDenied``. The two add up.
+``ErrorAccessDenied``. The two add up. Group membership reads (directory.py) need a group role (§6.5).
 
 ``ADMIN_GUIDE_GRANTS`` is the one list of grants docs/admin-guide.md §2-§4 tells an admin to give. The emulator uses
 it unless told otherwise, so the demo, the tests and the soak run with exactly those grants;
@@ -57,7 +57,14 @@ class Grants:
 # "Application Contacts.ReadWrite" on the management scope of the synced mailboxes.
 ADMIN_GUIDE_GRANTS = Grants(app_roles=frozenset(), exchange_roles=frozenset({"Application Contacts.ReadWrite"}))
 
+# docs/admin-guide.md "Only with syncMailboxGroupId": the group's membership (GroupMember.Read.All, docs/reference/
+# graph.md §6.5) and the members' UPNs (User.ReadBasic.All; without it Graph returns members with their id only).
+GROUP_SCOPE_ROLES = frozenset({"GroupMember.Read.All", "User.ReadBasic.All"})
+ADMIN_GUIDE_GROUP_GRANTS = Grants(app_roles=ADMIN_GUIDE_GRANTS.app_roles | GROUP_SCOPE_ROLES,
+                                  exchange_roles=ADMIN_GUIDE_GRANTS.exchange_roles)
+
 # A tenant-wide Entra consent (what the guide tells the admin to remove): every mailbox, still no directory read.
 TENANT_WIDE_CONTACTS = Grants(app_roles=frozenset({"Contacts.ReadWrite"}))
 
-__all__ = ["ADMIN_GUIDE_GRANTS", "DIRECTORY_DENIED", "MAILBOX_DENIED", "TENANT_WIDE_CONTACTS", "Grants"]
+__all__ = ["ADMIN_GUIDE_GRANTS", "ADMIN_GUIDE_GROUP_GRANTS", "GROUP_SCOPE_ROLES",
+           "DIRECTORY_DENIED", "MAILBOX_DENIED", "TENANT_WIDE_CONTACTS", "Grants"]

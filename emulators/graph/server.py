@@ -26,6 +26,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from emulators.clock import ServiceClock
 
+from . import directory as dirs
 from .faults import Counters, FaultRule, Faults, MailboxGate
 from .grants import ADMIN_GUIDE_GRANTS, DIRECTORY_DENIED, MAILBOX_DENIED, Grants
 from .odata import ODataSyntaxError, compile_filter, parse_expand, parse_select
@@ -211,6 +212,7 @@ class GraphEmulator:
             notification_max_attempts,
         )
         self.subscriptions: dict[str, Subscription] = {}
+        self.directory = dirs.Directory()  # Entra groups (directory.py), kept by reset() like the users
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         for upn in users:
@@ -276,6 +278,33 @@ class GraphEmulator:
     def add_user(self, upn: str, user_id: str | None = None, display_name: str | None = None) -> str:
         with self.store.lock:
             return self.store.add_user(upn, user_id, display_name).id
+
+    def add_group(self, display_name: str, members: Sequence[str] = (), group_id: str | None = None) -> str:
+        """An Entra group; ``members`` are UPNs or object ids of users, or ids of groups / other objects."""
+        with self.store.lock:
+            return self.directory.add_group(display_name, [self._object_id(m) for m in members], group_id).id
+
+    def add_group_member(self, group_id: str, member: str) -> None:
+        with self.store.lock:
+            group, oid = self.directory.group(group_id), self._object_id(member)
+            if oid not in group.members:
+                group.members.append(oid)
+
+    def remove_group_member(self, group_id: str, member: str) -> None:
+        with self.store.lock:
+            group, oid = self.directory.group(group_id), self._object_id(member)
+            group.members = [m for m in group.members if m != oid]
+
+    def add_directory_object(self, odata_type: str = "#microsoft.graph.device", object_id: str | None = None) -> str:
+        """A directory object that is neither a user nor a group (a device by default), to put in a group."""
+        with self.store.lock:
+            oid = object_id or str(uuid.uuid4())
+            self.directory.others[oid] = odata_type
+            return oid
+
+    def _object_id(self, ref: str) -> str:
+        mb = self.store.find_user(ref)
+        return mb.id if mb is not None else ref
 
     def user_id(self, mailbox: str) -> str:
         with self.store.lock:
@@ -572,6 +601,8 @@ class GraphEmulator:
     # ---- Graph handlers ------------------------------------------------------------------------------------
     def _execute(self, endpoint: str, p: dict[str, Any], req: Request) -> Response:
         self._authorize(endpoint, p, req)
+        if endpoint.startswith("group."):
+            return self._group_members(endpoint, p, req)
         if endpoint.startswith("subscription"):
             return self._subscriptions(endpoint, p, req)
         if endpoint == "contacts.delta":
@@ -630,6 +661,26 @@ class GraphEmulator:
                 raise GraphError(400, "BadRequest", "Unsupported endpoint.")
         self._notify(events)
         return resp
+
+    def _group_members(self, endpoint: str, p: dict[str, Any], req: Request) -> Response:
+        """§6.5: a group's members or transitive members (directory.py has the rules)."""
+        dirs.refuse_skip(req.query)
+        kind = dirs.check_cast(p.get("cast"), req.headers, req.query)
+        select = parse_select(req.query.get("select"))
+        reads_users = bool(self._roles(req) & dirs.USER_READ_ROLES)
+        with self.store.lock:
+            group = self.directory.group(p["group"])
+            ids = self.directory.transitive(group) if endpoint == "group.transitiveMembers" else list(group.members)
+            rows = [r for r in (dirs.render(self.directory, self.store.mailboxes, oid, select, reads_users)
+                                for oid in ids) if r is not None]
+        if kind is not None:
+            rows = [r for r in rows if r["@odata.type"] == kind]
+        pairs = [(k, v) for k, v in req.raw_query if k.lower().lstrip("$") != "skiptoken"]
+        qs = "&".join(f"{quote(k, safe='$')}={quote(v, safe='')}" for k, v in pairs)
+        path = "/".join(quote(seg, safe="$()'=.") for seg in split_path(req.path)[1:])
+        body = dirs.page(rows, req.query, f"{self.base_url}/{path}" + (f"?{qs}" if qs else ""))
+        what = "users" if kind == "#microsoft.graph.user" else "directoryObjects"
+        return Response(200, {"@odata.context": f"{self.base_url}/$metadata#{what}", **body})
 
     def _if_match(self, req: Request) -> str | None:
         """§1.5: If-Match on contacts is undocumented; ``faults.ignore_if_match`` ignores it, as Exchange may."""
@@ -986,6 +1037,10 @@ class GraphEmulator:
     def _authorize(self, endpoint: str, p: dict[str, Any], req: Request) -> None:
         """§6.4: Entra decides directory reads, Exchange (or a tenant-wide Entra role) decides mailbox data."""
         roles = self._roles(req)
+        if endpoint.startswith("group."):  # §6.5: GroupMember.Read.All (or a wider group/directory role)
+            if not roles & dirs.GROUP_MEMBER_ROLES:
+                raise GraphError(403, *dirs.DENIED)
+            return
         if endpoint in ("users.list", "user.get"):
             if not self.grants.reads_directory(roles):
                 raise GraphError(403, *DIRECTORY_DENIED)
@@ -1064,6 +1119,16 @@ class GraphEmulator:
                     return Response(204)
             if len(rest) == 3 and rest[0] == "contacts" and rest[2] == "move" and m == "POST":
                 return Response(200, self.move_contact(user, rest[1], body.get("folderId")))
+        if segs == ["groups"] and m == "POST":
+            gid = self.add_group(body.get("displayName") or "group", body.get("members") or [], body.get("id"))
+            return Response(201, {"id": gid})
+        if len(segs) >= 3 and segs[0] == "groups" and segs[2] == "members":
+            if len(segs) == 3 and m == "POST":
+                self.add_group_member(segs[1], body["id"])
+                return Response(204)
+            if len(segs) == 4 and m == "DELETE":
+                self.remove_group_member(segs[1], segs[3])
+                return Response(204)
         if segs == ["delta", "expire"] and m == "POST":
             code = body.get("code") or "SyncStateNotFound"
             return Response(200, {"expired": self.expire_delta_tokens(body.get("mailbox"), code)})
@@ -1137,6 +1202,9 @@ def route(method: str, segs: list[str]) -> tuple[str, dict[str, Any]]:
             ), p
         if len(segs) == 3 and low[2] == "reauthorize":
             return by_method({"POST": "subscription.reauthorize"}), p
+    if low[0] == "groups" and len(segs) in (3, 4) and low[2] in ("members", "transitivemembers"):
+        name = "group.members" if low[2] == "members" else "group.transitiveMembers"
+        return by_method({"GET": name}), {"group": segs[1], "cast": segs[3] if len(segs) == 4 else None}
     if low[0] == "users":
         if len(segs) == 1:
             return by_method({"GET": "users.list"}), {}

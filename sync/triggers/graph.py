@@ -6,9 +6,11 @@ Functions:
     graph_lifecycle_worker  queue ``graph-lifecycle``: ``sync.subscriptions.handle_notice``, one event a message
     subscriptions_timer     %SUBSCRIPTION_SCHEDULE%: ``sync.subscriptions.maintain_subscriptions``
     subscriptions_startup   once when the app starts: validates WEBHOOK_BASE_URL, then (SUBSCRIPTIONS_ON_START)
-                            ``maintain_subscriptions`` when a mailbox in scope lacks a live stored subscription
+                            ``maintain_subscriptions`` when a mailbox in scope lacks a live stored subscription,
+                            or with SYNC_MAILBOX_GROUP_ID when the group was not read in the last 10 minutes
     subscriptions_refresh   POST /api/subscriptions/refresh (function key): ``maintain_subscriptions`` now, the
-                            counts and each mailbox's subscription state as JSON
+                            counts, the mailbox scope (``scope``: source, group read, its error) and each
+                            mailbox's subscription state as JSON
 
 The notification webhook does no Graph or Salesforce I/O (Graph wants an answer within 3 s): per item it reads the
 stored subscription, compares the digest of the item's clientState with the stored one in constant time, and
@@ -37,7 +39,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import azure.functions as func
@@ -371,15 +373,21 @@ def subscriptions_startup(timer: func.TimerRequest) -> None:
 def startup_upkeep(root: bootstrap.Root) -> dict[str, int] | None:
     """At the app's start: a clear error for a refused SF_SOQL_FILTER or marker field and for a bad WEBHOOK_BASE_URL,
     then the subscriptions of mailboxes that lack one (the first start after deploy, and every change of
-    SYNC_MAILBOXES, which restarts the app)."""
+    SYNC_MAILBOXES, which restarts the app). With SYNC_MAILBOX_GROUP_ID the whole upkeep runs, reading the group,
+    unless it was read within ``GROUP_FRESH_AT_START``."""
     from sync.triggers.salesforce import startup_check
 
     startup_check(root)  # SF_SOQL_FILTER and the marker field, judged by the org: logged, shown on the status page
     try:
         webhook_base_url(root.env)
-        if not setting_flag("SUBSCRIPTIONS_ON_START", root.env) or not root.mailboxes:
+        if not setting_flag("SUBSCRIPTIONS_ON_START", root.env):
             return None
-        if not needs_upkeep(root):
+        # With a group, a start reads it unless another instance did within GROUP_FRESH_AT_START (a scale-out
+        # starts many instances at once; each full upkeep costs two Graph calls per mailbox).
+        read = not group_is_fresh(root)
+        if not read and not root.mailboxes:
+            return None
+        if not read and not needs_upkeep(root):
             logger.info("subscriptions at start: every mailbox has one")
             return {}
     except ConfigError as exc:
@@ -406,7 +414,26 @@ def subscriptions_refresh(req: func.HttpRequest) -> func.HttpResponse:
     except Exception as exc:
         return http_response(exc)
     logger.info("subscriptions refresh: %s", dict(counts))
-    return json_response({"counts": dict(counts), "mailboxes": mailboxes})
+    return json_response({"counts": dict(counts), "scope": scope_state(root), "mailboxes": mailboxes})
+
+
+GROUP_FRESH_AT_START = timedelta(minutes=10)
+
+
+def group_is_fresh(root: bootstrap.Root) -> bool:
+    """True without a group, or when the group was read within ``GROUP_FRESH_AT_START``."""
+    scope = root.mailbox_list
+    if scope.group_id is None:
+        return True
+    stored = scope.stored()
+    if stored is None or stored.group_id != scope.group_id or not stored.read_at:
+        return False
+    return datetime.now(UTC) - datetime.fromisoformat(stored.read_at) < GROUP_FRESH_AT_START
+
+
+def scope_state(root: bootstrap.Root) -> dict[str, Any]:
+    """Where the mailbox scope comes from and the last group read (``sync.scope.MailboxList.state``)."""
+    return dict(root.mailbox_list.state())
 
 
 @bp.function_name("subscriptions_timer")

@@ -141,4 +141,7 @@ def ops_subscriptions(req: func.HttpRequest) -> func.HttpResponse:
             counts = remove_subscriptions(root, chosen)
     except Exception as exc:
         return http_response(exc)
-    return json_response({"action": action, "counts": dict(counts)})
+    out: dict[str, Any] = {"action": action, "counts": dict(counts)}
+    if action == "refresh":
+        out["scope"] = dict(root.mailbox_list.state())  # the mailbox group's last read (sync/scope.py)
+    return json_response(out)

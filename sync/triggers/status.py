@@ -184,6 +184,7 @@ def collect(root: bootstrap.Root, now: datetime | None = None) -> dict[str, Any]
     doc["jobs"] = [{k: v for k, v in job_json(j).items() if k != "mailboxes"} for j in jobs[:SHOWN]]
     _section(doc, "subscriptions", lambda: subscription_block(root, subs))
     doc["subscriptions"] = doc["subscriptions"] or []
+    _section(doc, "scope", lambda: scope_block(root, doc["subscriptions"]))
     doc["verdict"] = verdict(doc, now)
     return doc
 
@@ -197,6 +198,16 @@ def subscription_block(root: bootstrap.Root, subs: dict[str, StoredSubscription]
                      "expires": sub.expires_at.isoformat() if sub else None,
                      **mailbox_state(root.checkpoints, mailbox)})
     return rows
+
+
+def scope_block(root: bootstrap.Root, subscriptions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the mailbox scope comes from (SYNC_MAILBOXES, the group, both), the last group read and its error,
+    and the mailboxes Exchange refuses (ErrorAccessDenied): with a group, most likely members through a nested group,
+    which a ``MemberOfGroup`` management scope does not include (docs/admin-guide.md section 4)."""
+    out = dict(root.mailbox_list.state())
+    out["refusedByExchange"] = [row["mailbox"] for row in subscriptions if "ErrorAccessDenied" in str(row.get(
+        "lastError") or "")]
+    return out
 
 
 def salesforce_auth(root: bootstrap.Root) -> dict[str, Any]:
@@ -247,6 +258,13 @@ def verdict(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
             degraded.append(f"{name}: {len(mb['failures'])} failure(s) not recovered in the last hour")
         if mb["refusals"]:
             degraded.append(f"{name}: circuit breaker refused {mb['refusals']} reconcile(s) today")
+    scope = doc.get("scope") or {}
+    if scope.get("lastError"):
+        degraded.append(f"mailbox group: the last read failed at {scope.get('lastErrorAt')} ({scope['lastError']}); "
+                        f"the last list ({scope.get('members')} members, read {scope.get('readAt')}) is kept")
+    if scope.get("refusedByExchange") and scope.get("groupId"):
+        degraded.append(f"{len(scope['refusedByExchange'])} mailbox(es) refused by Exchange (ErrorAccessDenied): "
+                        "members through a nested group are outside a MemberOfGroup management scope")
     for queue, q in (doc.get("queues") or {}).items():
         if q["poison"]:
             degraded.append(f"{queue}: {q['poison']} message(s) in the poison queue")
@@ -309,6 +327,21 @@ def _sign_in_line(sign_in: dict[str, Any] | None) -> str:
     return f"<p>Salesforce sign-in: {state}</p>"
 
 
+def _scope_line(scope: dict[str, Any] | None) -> str:
+    if not scope:
+        return ""
+    text = {"list": "SYNC_MAILBOXES", "group": "the Entra group", "list+group": "SYNC_MAILBOXES and the Entra group"}
+    line = f"Mailbox scope: {_e(text.get(str(scope.get('source')), scope.get('source')))}"
+    if scope.get("groupId"):
+        line += (f" {_e(scope['groupId'])}, {_e(scope.get('members'))} member(s), read {_e(scope.get('readAt'))}")
+        if scope.get("lastError"):
+            line += f"; last read FAILED at {_e(scope.get('lastErrorAt'))}: {_e(scope['lastError'])}"
+    refused = scope.get("refusedByExchange") or []
+    if refused:
+        line += (f"; refused by Exchange (ErrorAccessDenied, a nested member?): {_e(', '.join(refused))}")
+    return f"<p>{line}</p>"
+
+
 def render_html(doc: dict[str, Any]) -> str:
     v = doc["verdict"]
     reasons = "".join(f"<li>{_e(r)}</li>" for r in v["reasons"])
@@ -317,6 +350,7 @@ def render_html(doc: dict[str, Any]) -> str:
         f"{' — ' + _e(v['reasons'][0]) if v['reasons'] else ' — every check passed'}</p>",
         f"<ul>{reasons}</ul>" if len(v["reasons"]) > 1 else "",
         _sign_in_line(doc.get("salesforce")),
+        _scope_line(doc.get("scope")),
         "<h2>Mailboxes</h2>",
         _table("Per mailbox", ["mailbox", "subscription expires", "last delta pass", "last reconcile", "lag (s)",
                                "failures (1 h)", "open review", "breaker refusals"], _mailbox_rows(doc),

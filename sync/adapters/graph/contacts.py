@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -50,6 +50,7 @@ from sync.mapping import contact_to_graph, graph_to_contact
 from sync.model import STANDARD_FIELDS, Contact, Side, case_safe_id
 from sync.policy import FieldMap
 from sync.ports import ChangePage, CreateRequest, SideRecord, UpdateRequest
+from sync.scope import MailboxList
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,10 @@ class GraphContactSide:
         max_wait: float = 30.0,
         timeout_s: float = 60.0,
     ) -> None:
-        self._scope = {m.casefold() for m in mailboxes} if mailboxes is not None else None
+        # a MailboxList stays live (sync.scope: the group scope changes while the process runs)
+        self._scope: Collection[str] | None = (
+            mailboxes if isinstance(mailboxes, MailboxList)
+            else {m.casefold() for m in mailboxes} if mailboxes is not None else None)
         self._marker_id = marker_property_id
         self._field_map = field_map or FieldMap()
         self._page_size = page_size

@@ -72,6 +72,7 @@ class Directory:
         self._users: dict[str, str | None] = {}  # mailbox (casefold) -> user id (None: no/ambiguous user)
         self._owners: dict[str, str] = {}  # user id -> mailbox
         self._users_loaded_at: float | None = None
+        self._seen_boxes: Sequence[str] | None = None  # the mailbox list last checked against ``_users``
         self._accounts: dict[str, str] = {}  # Account name (casefold) -> Id
         self._domains: dict[str, str | None] = {}  # email domain -> Account Id (None: no single match)
         self.created_accounts: list[str] = []
@@ -110,6 +111,12 @@ class Directory:
         loaded = self._users_loaded_at
         if loaded is None or self._clock() - loaded > self._user_ttl:
             self.refresh_users()
+            return
+        boxes = self._mailboxes() if callable(self._mailboxes) else self._mailboxes
+        if boxes is not self._seen_boxes:  # the scope changed (a group member joined): look up the new ones now
+            self._seen_boxes = boxes
+            if any(m.casefold() not in self._users for m in boxes):
+                self.refresh_users()
 
     def user_of(self, mailbox: str) -> str:
         """The owning User id for a mailbox; ``BadData`` when there is none (or several)."""

@@ -19,6 +19,7 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from sync.adapters.storage.client import REQUESTS, HealingTable, _call, _chunks, _map_error, escape_key
 from sync.adapters.storage.links import INDEX_PARTITION, LOST_ROW, META_PARTITION, TableLinkStore
+from sync.adapters.storage.scope import TableScopeStore
 from sync.adapters.storage.stores import TableAudit, TableCheckpoints, TableJobs, TableReviews, TableSubscriptions
 from sync.ports import Link
 
@@ -122,6 +123,10 @@ class TableStorage:
 
     def reviews(self) -> TableReviews:
         return TableReviews(self._table("reviews"))
+
+    def scope(self) -> TableScopeStore:
+        """The resolved mailbox group (one row of the checkpoints table, ``sync.adapters.storage.scope``)."""
+        return TableScopeStore(self._table("checkpoints"))
 
     @classmethod
     def from_connection_string(cls, conn: str, prefix: str = "sync") -> TableStorage:
