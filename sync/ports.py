@@ -111,6 +111,10 @@ class ContactSide(Protocol):
     (Graph delta; Salesforce SystemModstamp watermark + Recycle Bin).
     ``left_with_folder`` tells, for an item ``get`` does not find, whether it left with its folder: the Outlook sync
     folder the user deleted or moved, not a delete of the contact (always False where there are no folders).
+    ``made_here`` tells whether this sync created the item and nobody copied it since: Outlook reads the create key
+    its creates stamp (graph adapter, ``CREATE_KEY_PROPERTY_ID``) and checks that no other contact of the folder
+    carries it (a rep's copy of a contact carries its properties). False where records name their author instead
+    (Salesforce: ``SideRecord.untouched``).
     """
 
     side: Side
@@ -146,6 +150,8 @@ class ContactSide(Protocol):
     def changes(self, mailbox: str, checkpoint: str | None) -> Iterator[ChangePage]: ...
 
     def left_with_folder(self, mailbox: str, item_id: str) -> bool: ...
+
+    def made_here(self, mailbox: str, item_id: str) -> bool: ...
 
 
 class LinkState(StrEnum):

@@ -193,6 +193,35 @@ class GraphContactSide:
         self._check_scope(mailbox)
         return self._run(self._folders.left_with_folder(mailbox, item_id), item_id)
 
+    def made_here(self, mailbox: str, item_id: str) -> bool:
+        """Whether this sync created the contact and nobody copied it since: it carries a create key (every create
+        with a marker stamps a fresh one) that no other contact of the folder carries (a rep's copy of a contact
+        keeps its extended properties). A read of the key and a filtered listing (§1.7); asked only of an unlinked
+        second copy of a synced contact (docs/sync-rules.md row 41)."""
+        self._check_scope(mailbox)
+        return self._run(self._made_here(mailbox, item_id), item_id)
+
+    async def _made_here(self, mailbox: str, item_id: str) -> bool:
+        folder = await self._folders.find_or_create(mailbox)
+        expand = f"singleValueExtendedProperties($filter=id eq {odata_str(CREATE_KEY_PROPERTY_ID)})"
+        try:
+            resp = await self._http.call(
+                "GET", self._contact_path(mailbox, folder, item_id) + odata_query(select="id", expand=expand),
+                mailbox=mailbox,
+            )
+        except _Failure as failure:
+            if isinstance(failure.error(), NotFound):
+                return False
+            raise
+        key = marker_of(resp.body or {}, CREATE_KEY_PROPERTY_ID, None)
+        if not key or not in_folder(resp.body, folder):
+            return False
+        flt = (f"singleValueExtendedProperties/any(ep: ep/id eq {odata_str(CREATE_KEY_PROPERTY_ID)} "
+               f"and ep/value eq {odata_str(str(key))})")
+        rows, _ = await self._list(mailbox, self._contacts_path(mailbox, folder) + odata_query(
+            filter=flt, select="id", top="2"))
+        return [str(row.get("id")) for row in rows] == [item_id]
+
     async def _get(self, mailbox: str, item_id: str) -> SideRecord | None:
         doc = await self._get_doc(mailbox, item_id)
         return self._record(mailbox, doc) if doc is not None else None

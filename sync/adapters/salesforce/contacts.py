@@ -232,6 +232,9 @@ class SalesforceContactSide:
     def left_with_folder(self, mailbox: str, item_id: str) -> bool:
         return False  # Salesforce has no folders
 
+    def made_here(self, mailbox: str, item_id: str) -> bool:
+        return False  # a record names its author: ``SideRecord.untouched`` (CreatedById, LastModifiedById)
+
     def find_by_marker(self, mailbox: str, marker: str) -> SideRecord | None:
         """The contact whose marker field holds ``marker`` (an Outlook id), org-wide; None without a marker field."""
         if not self._marker_field or not marker:
