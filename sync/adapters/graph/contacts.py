@@ -9,6 +9,7 @@ HTTP and retries are ``transport``'s job, ``$batch`` scheduling ``batch``'s. Wha
   a fresh create key (``CREATE_KEY_PROPERTY_ID``), looks it up and re-sends only when nothing was created. The key,
   not the marker: two workers creating the same person stamp the same marker, and a lookup by marker would hand one
   of them the other's copy. A create without a marker raises ``Transient`` (the engine matches before it creates).
+  The key also tells a copy this sync made (``made_here``: no other contact carries it) from a rep's copy of one.
 * Item ids are mailbox-wide (§1.8): the folder path finds a contact the rep moved elsewhere. A read of one that is
   not in the sync folder (``parentFolderId``) is None, and every PATCH and DELETE is guarded by a read just before
   it (in the folder, at the ``changeKey`` decided on; If-Match is sent too but is undocumented for contacts, §1.5),
