@@ -529,13 +529,23 @@ def _made_twice(r: SideRecord, cands: Sequence[Candidate], synced: Sequence[str]
     return twin
 
 
+def _written_since_created(r: SideRecord) -> bool:
+    """Whether an Outlook copy was written after its create (a user's edit: this sync never writes an unlinked
+    copy). One nobody wrote holds no edit, only values the pair may have moved past since: nothing of it to keep."""
+    return r.created_at is None or r.modified_at is None or r.modified_at > r.created_at
+
+
 def _fold_twin(ctx: _Ctx, r: SideRecord, cands: Sequence[Candidate]) -> Plan | None:
-    """A second Outlook copy this sync made (``Situation.twin``: its create key; row 41) that holds a field of its
-    own. Two creates of one person made it and the linked copy from the same Salesforce contact, so the pair's link
-    bases stand for what it was created with: a field that differs from the Outlook base is a user's edit of it,
-    merged into the Salesforce contact as any Outlook edit of the pair would be (the conflict policy settles a field
-    changed in Salesforce too; the pair then carries the edit to its Outlook copy). Then the copy goes to Deleted
-    Items. None when the situation has no such twin."""
+    """A second Outlook copy this sync made (``Situation.twin``: its create key; row 41). Two creates of one person
+    made it and the linked copy from the same Salesforce contact, so the pair's link bases stand for what it was
+    created with: once a user wrote it, a field that differs from the Outlook base is their edit, merged into the
+    Salesforce contact as any Outlook edit of the pair would be (the conflict policy settles a field changed in
+    Salesforce too; the pair then carries the edit to its Outlook copy). Then the copy goes to Deleted Items.
+    None when the situation has no such twin.
+
+    Known limit: a field the user did not touch, whose value the pair moved past between the copy's create and
+    this decision, differs from the base too and is taken for theirs (a window of seconds: the copy's own change
+    notification brings it here)."""
     link, mailbox = ctx.s.twin, ctx.s.mailbox
     if link is None or r.side is not Side.M365 or link.sf_id != r.marker:
         return None
@@ -543,7 +553,7 @@ def _fold_twin(ctx: _Ctx, r: SideRecord, cands: Sequence[Candidate]) -> Plan | N
                  and c.linked and c.record.owner == mailbox), None)
     if twin is None:
         return None
-    out = _merge(ctx.policy, ctx.scope, r, twin, link)
+    out = _merge(ctx.policy, ctx.scope, r, twin, link) if _written_since_created(r) else _Merge()
     out.values[Side.M365].clear()  # the copy goes away: what Salesforce has reaches the linked copy through its pair
     out.clears[Side.M365].clear()
     moved = list(out.values[Side.SALESFORCE])

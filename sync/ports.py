@@ -46,6 +46,7 @@ class SideRecord(BaseModel):
     version: str | None = None
     owner: str | None = None
     modified_at: datetime | None = None
+    created_at: datetime | None = None  # Outlook: ``createdDateTime`` (equal to ``modified_at`` until written again)
     marker: str | None = None
     # Made by this sync and written by nobody else since (Salesforce: CreatedById and LastModifiedById are the
     # integration user). False when the side cannot tell. The planner removes such a record when it is a second copy

@@ -58,7 +58,12 @@ class _Stored:
     modified_at: datetime
     marker: str | None
     ours: bool = False  # made by the sync and written by no user since (Salesforce reports it: ``untouched``)
+    created: datetime | None = None  # Outlook's createdDateTime (the first ``modified_at``)
     key: str | None = None  # the create key a sync create with a marker stamps (Outlook; ``made_here``)
+
+    def __post_init__(self) -> None:
+        if self.created is None:
+            self.created = self.modified_at
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ class MemorySide:
         return SideRecord(
             side=self.side, id=item_id, contact=s.contact, version=str(s.version), owner=s.owner,
             modified_at=s.modified_at, marker=s.marker, untouched=s.ours and self.side is Side.SALESFORCE,
+            created_at=s.created if self.side is Side.M365 else None,
         )
 
     def _visible(self, mailbox: str, s: _Stored) -> bool:

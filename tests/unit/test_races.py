@@ -463,3 +463,27 @@ def test_a_reps_copy_of_a_synced_contact_is_never_taken_for_a_second_copy_of_our
     assert copy in m365.snapshot() and not m365.deleted
     assert sf.snapshot()[sf_id].contact.job_title == "Dev"
     assert [e for e in audit.entries if e.m365_id == copy and e.outcome == "review"]
+
+
+def test_a_second_outlook_copy_nobody_wrote_is_removed_without_taking_its_stale_values() -> None:
+    """The pair moved on (a Salesforce edit reached the linked copy) while the second copy waited, unwritten since
+    its create: it holds no one's edit, so it goes to Deleted Items and its old value never goes back."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    hint = ContactChange(source=Side.SALESFORCE, item_id=sf_id)
+    a, b = engine.read(hint, ANN), engine.read(hint, ANN)
+    assert a is not None and b is not None
+    engine.execute(a, plan(a, engine.policy))
+    real, links.save = links.save, lambda *args, **kwargs: (_ for _ in ()).throw(SystemExit("worker killed"))
+    with pytest.raises(SystemExit):
+        engine.execute(b, plan(b, engine.policy))
+    links.save = real  # type: ignore[method-assign]
+    winner = links.get(ANN, Side.SALESFORCE, sf_id).m365_id  # type: ignore[union-attr]
+    (copy,) = [i for i in ada_in(m365) if i != winner]
+    sf.user_edit(sf_id, {"job_title": "CTO"})
+    engine.sync_contact(hint)  # the pair moves on: the linked copy says CTO, the second copy still Dev
+    assert m365.snapshot()[winner].contact.job_title == "CTO" and m365.snapshot()[copy].contact.job_title == "Dev"
+    engine.sync_contact(ContactChange(source=Side.M365, item_id=copy, mailbox=ANN))
+    assert copy in m365.deleted and ada_in(m365) == [winner]
+    assert sf.snapshot()[sf_id].contact.job_title == "CTO" and sf.snapshot()[sf_id].marker == winner
+    assert_one_linked_pair(m365, sf, links)

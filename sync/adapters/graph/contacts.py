@@ -67,7 +67,8 @@ LIST_PAGE_SIZE = 500  # §5: $top <= 999 recommended
 MAX_DELTA_RESTARTS = 3  # fresh delta rounds per ``changes`` call after Graph dropped the token (§3.3)
 # Contact properties read everywhere (mapping.py's correspondence plus the version and bookkeeping ones).
 _SELECT_BASE: tuple[str, ...] = (
-    "id", "changeKey", "lastModifiedDateTime", "parentFolderId", "displayName", "givenName", "surname",
+    "id", "changeKey", "createdDateTime", "lastModifiedDateTime", "parentFolderId", "displayName", "givenName",
+    "surname",
     "emailAddresses", "businessPhones", "homePhones", "mobilePhone", "companyName", "jobTitle", "department",
     "personalNotes", "businessAddress",
 )
@@ -156,7 +157,8 @@ class GraphContactSide:
         marker = marker_of(doc, self._marker_id, marker)
         return SideRecord(
             side=Side.M365, id=str(doc["id"]), contact=graph_to_contact(doc, self._field_map), version=version,
-            owner=mailbox, modified_at=modified_at(doc), marker=case_safe_id(marker) if marker else marker,
+            owner=mailbox, modified_at=modified_at(doc), created_at=modified_at(doc, "createdDateTime"),
+            marker=case_safe_id(marker) if marker else marker,
         )
 
     # --- folder and user --------------------------------------------------------------------------------------
