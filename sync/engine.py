@@ -5,6 +5,7 @@ Public API:
     Engine.sync_contact(change) -> list[Outcome]        one hint, every mailbox it concerns
     Engine.read(change, mailbox) / Engine.situation(...)  the current state of one person, for the planner
     Engine.execute(situation, plan) / Engine.execute_many(mailbox, items)   run plans (``sync.execute``)
+    Engine.twin_of(mailbox, record, candidates)         the pair an unlinked Outlook copy this sync made doubles
 
 Level-triggered: a hint only names a contact; the engine reads the *current* state of both sides and the link, so
 duplicated, late, reordered and lost hints are harmless. The link is always read before the records. While the links
