@@ -382,14 +382,13 @@ def two_copies_after_a_handoff(how: str) -> tuple[MemorySide, MemorySide, Memory
     hint = ContactChange(source=Side.SALESFORCE, item_id=sf_id)
     engine.sync_contact(hint)
     sf.user_set_owner(sf_id, ANN)
-    engine.sync_contact(hint)  # Bob's copy leaves (the hand-off); Ann's copy is made ...
-    (winner,) = ada_in(m365)
-    links.delete(links.get(ANN, Side.M365, winner))  # ... but re-run it as two racing workers: undo A's copy
-    m365.user_delete(winner)
-    a, b = engine.read(hint, ANN), engine.read(hint, ANN)
+    leaving = engine.read(hint, BOB)
+    assert leaving is not None
+    engine.execute(leaving, plan(leaving, engine.policy))  # Bob's copy leaves
+    a, b = engine.read(hint, ANN), engine.read(hint, ANN)  # two workers read Ann's side before either writes
     assert a is not None and b is not None
     engine.execute(a, plan(a, engine.policy))  # A wins
-    (winner,) = [i for i in ada_in(m365) if i not in m365.deleted]
+    (winner,) = ada_in(m365)
 
     def the_loser() -> str:
         (copy,) = [i for i in ada_in(m365) if i != winner]
