@@ -44,6 +44,9 @@ class Situation:
     review: ReviewItem | None = None  # the unlinked record's review item, with a person's decision if any
     # the linked Outlook copy is missing because it left with the sync folder (the user deleted or moved the folder)
     left_with_folder: bool = False
+    # an unlinked Outlook copy this sync made whose marker names a Salesforce contact linked with another copy (two
+    # creates of one person): that pair's link, whose bases tell what a user changed on this copy (row 41)
+    twin: Link | None = None
 
 
 # ---------------------------------------------------------------------------------------------- actions

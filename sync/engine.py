@@ -5,6 +5,7 @@ Public API:
     Engine.sync_contact(change) -> list[Outcome]        one hint, every mailbox it concerns
     Engine.read(change, mailbox) / Engine.situation(...)  the current state of one person, for the planner
     Engine.execute(situation, plan) / Engine.execute_many(mailbox, items)   run plans (``sync.execute``)
+    Engine.twin_of(mailbox, record, candidates)         the pair an unlinked Outlook copy this sync made doubles
 
 Level-triggered: a hint only names a contact; the engine reads the *current* state of both sides and the link, so
 duplicated, late, reordered and lost hints are harmless. The link is always read before the records. While the links
@@ -260,7 +261,22 @@ class Engine:
             candidates = self._candidates(mailbox, present)
             if link is None and self.reviews is not None:
                 review = self.reviews.get(mailbox, present.side, present.id)
-        return Situation(mailbox, link, outlook, salesforce, candidates, self.scope(mailbox), review, left)
+        twin = self.twin_of(mailbox, present, candidates) if link is None and present is not None else None
+        return Situation(mailbox, link, outlook, salesforce, candidates, self.scope(mailbox), review, left, twin)
+
+    def twin_of(self, mailbox: str, record: SideRecord, candidates: Sequence[Candidate]) -> Link | None:
+        """For an unlinked Outlook copy whose marker names a Salesforce contact linked to *another* copy (two
+        creates of one person: workers that raced on a hand-off, one killed or its undo refused by a user's edit),
+        that pair's link, when this sync made the copy (``ContactSide.made_here``); else None. Reads only in that
+        shape: the link, then the copy's create key."""
+        if record.side is not Side.M365 or not record.marker:
+            return None
+        if not any(c.linked and c.record.id == record.marker for c in candidates):
+            return None  # (its marker may name this copy: the loser stamped it last; the link tells the pair)
+        twin = self.links.get(mailbox, Side.SALESFORCE, record.marker)
+        if twin is None or twin.state is not LinkState.LINKED or twin.m365_id in (None, record.id):
+            return None
+        return twin if self.sides[Side.M365].made_here(mailbox, record.id) else None
 
     def _left_with_folder(
         self, mailbox: str, link: Link | None, outlook: SideRecord | None, salesforce: SideRecord | None

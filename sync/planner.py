@@ -467,6 +467,11 @@ def _match_or_create(ctx: _Ctx, r: SideRecord, why: str | None = None) -> Plan:
         m365_id, sf_id = (r.id, None) if r.side is Side.M365 else (None, r.id)
         return done([Delete(r.side, r.id, r.version, reason)], LinkAfter.KEEP, reason, m365_id=m365_id, sf_id=sf_id)
 
+    # 0b. a second Outlook copy this sync made that a user edited: the edit joins the pair, the copy goes
+    folded = _fold_twin(ctx, r, cands)
+    if folded is not None:
+        return folded
+
     # 1. the link marker: one side carries the other's id (rebuilds links after a lost table)
     by_marker = [c for c in cands if (r.marker and c.record.id == r.marker) or c.record.marker == r.id]
     free = [c for c in by_marker if _eligible(c, s.mailbox)]
@@ -527,6 +532,47 @@ def _made_twice(r: SideRecord, cands: Sequence[Candidate], synced: Sequence[str]
                         and any(not _same(k, r.contact.get(k), twin.record.contact.get(k)) for k in synced)):
         return None
     return twin
+
+
+def _written_since_created(r: SideRecord) -> bool:
+    """Whether an Outlook copy was written after its create (a user's edit: this sync never writes an unlinked
+    copy). One nobody wrote holds no edit, only values the pair may have moved past since: nothing of it to keep."""
+    return r.created_at is None or r.modified_at is None or r.modified_at > r.created_at
+
+
+def _fold_twin(ctx: _Ctx, r: SideRecord, cands: Sequence[Candidate]) -> Plan | None:
+    """A second Outlook copy this sync made (``Situation.twin``: its create key; row 41). Two creates of one person
+    made it and the linked copy from the same Salesforce contact, so the pair's link bases stand for what it was
+    created with: once a user wrote it, a field that differs from the Outlook base is their edit, merged into the
+    Salesforce contact as any Outlook edit of the pair would be (the conflict policy settles a field changed in
+    Salesforce too; the pair then carries the edit to its Outlook copy). Then the copy goes to Deleted Items.
+    None when the situation has no such twin.
+
+    Known limit: a field the user did not touch, whose value the pair moved past between the copy's create and
+    this decision, differs from the base too and is taken for theirs (a window of seconds: the copy's own change
+    notification brings it here)."""
+    link, mailbox = ctx.s.twin, ctx.s.mailbox
+    if link is None or r.side is not Side.M365 or link.sf_id != r.marker:
+        return None
+    twin = next((c.record for c in cands if c.record.side is Side.SALESFORCE and c.record.id == r.marker
+                 and c.linked and c.record.owner == mailbox), None)
+    if twin is None:
+        return None
+    out = _merge(ctx.policy, ctx.scope, r, twin, link) if _written_since_created(r) else _Merge()
+    out.values[Side.M365].clear()  # the copy goes away: what Salesforce has reaches the linked copy through its pair
+    out.clears[Side.M365].clear()
+    moved = list(out.values[Side.SALESFORCE])
+    reason = (f"a second Outlook copy of Salesforce contact {twin.id}, made by this sync (two creates of one person); "
+              f"that Salesforce contact is synced with {link.m365_id}: "
+              + (f"a user's edit of it ({', '.join(moved)}) merged into it, then " if moved else "")
+              + "moved to Deleted Items")
+    pushed = {Side.SALESFORCE: f"a user's edit of a second Outlook copy ({r.id}): {_fields_list(moved)}",
+              Side.M365: ""}
+    # the Salesforce marker names the pair's copy again (the loser may have stamped it with its own id last)
+    marker = {Side.SALESFORCE: link.m365_id if twin.marker != link.m365_id else None}
+    actions: list[Action] = [*out.conflicts, *_updates(out, r, twin, pushed, marker),
+                             Delete(Side.M365, r.id, r.version, reason)]
+    return ctx.done(actions, LinkAfter.KEEP, reason, m365_id=r.id, sf_id=twin.id)
 
 
 def _adopt(ctx: _Ctx, a: SideRecord, b: SideRecord, via: str) -> Plan:

@@ -49,6 +49,7 @@ class SideRecord(BaseModel):
     # mailbox's scope as a contact of a user we do not sync; this only names the reason)
     out_of_filter: bool = False
     modified_at: datetime | None = None
+    created_at: datetime | None = None  # Outlook: ``createdDateTime`` (equal to ``modified_at`` until written again)
     marker: str | None = None
     # Made by this sync and written by nobody else since (Salesforce: CreatedById and LastModifiedById are the
     # integration user). False when the side cannot tell. The planner removes such a record when it is a second copy
@@ -114,6 +115,10 @@ class ContactSide(Protocol):
     (Graph delta; Salesforce SystemModstamp watermark + Recycle Bin).
     ``left_with_folder`` tells, for an item ``get`` does not find, whether it left with its folder: the Outlook sync
     folder the user deleted or moved, not a delete of the contact (always False where there are no folders).
+    ``made_here`` tells whether this sync created the item and nobody copied it since: Outlook reads the create key
+    its creates stamp (graph adapter, ``CREATE_KEY_PROPERTY_ID``) and checks that no other contact of the folder
+    carries it (a rep's copy of a contact carries its properties). False where records name their author instead
+    (Salesforce: ``SideRecord.untouched``).
     """
 
     side: Side
@@ -149,6 +154,8 @@ class ContactSide(Protocol):
     def changes(self, mailbox: str, checkpoint: str | None) -> Iterator[ChangePage]: ...
 
     def left_with_folder(self, mailbox: str, item_id: str) -> bool: ...
+
+    def made_here(self, mailbox: str, item_id: str) -> bool: ...
 
 
 class LinkState(StrEnum):

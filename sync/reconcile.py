@@ -292,8 +292,9 @@ class MailboxReconcile:
         if lost is not None:  # its marker names a Salesforce contact deleted or moved away while links were lost
             self.plans.append((lost, plan(lost, self.engine.policy)))
             return []
-        s = Situation(self.mailbox, None, outlook, None, self._sf_candidates(outlook), self.scope,
-                      self._review(outlook))
+        cands = self._sf_candidates(outlook)
+        s = Situation(self.mailbox, None, outlook, None, cands, self.scope, self._review(outlook),
+                      twin=self.engine.twin_of(self.mailbox, outlook, cands))
         p = _unless_twin(plan(s, self.engine.policy), outlook, self.creating)
         self.plans.append((s, p))
         return [a.sf_id for a in p.actions if isinstance(a, Adopt)]

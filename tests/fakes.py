@@ -58,6 +58,12 @@ class _Stored:
     modified_at: datetime
     marker: str | None
     ours: bool = False  # made by the sync and written by no user since (Salesforce reports it: ``untouched``)
+    created: datetime | None = None  # Outlook's createdDateTime (the first ``modified_at``)
+    key: str | None = None  # the create key a sync create with a marker stamps (Outlook; ``made_here``)
+
+    def __post_init__(self) -> None:
+        if self.created is None:
+            self.created = self.modified_at
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,7 @@ class MemorySide:
         return SideRecord(
             side=self.side, id=item_id, contact=s.contact, version=str(s.version), owner=s.owner,
             modified_at=s.modified_at, marker=s.marker, untouched=s.ours and self.side is Side.SALESFORCE,
+            created_at=s.created if self.side is Side.M365 else None,
         )
 
     def _visible(self, mailbox: str, s: _Stored) -> bool:
@@ -159,6 +166,16 @@ class MemorySide:
     def left_with_folder(self, mailbox: str, item_id: str) -> bool:
         return False  # the fake has one folder per mailbox, which nobody deletes
 
+    def made_here(self, mailbox: str, item_id: str) -> bool:
+        """Outlook as the Graph adapter tells it: created by the sync with a marker (its create key), and no other
+        record carries that key (a copy made with ``user_copy`` does)."""
+        self._enter("made_here")
+        with self._lock:
+            s = self._items.get(item_id)
+            if self.side is not Side.M365 or s is None or s.key is None or not self._visible(mailbox, s):
+                return False
+            return [i for i, o in self._items.items() if o.key == s.key] == [item_id]
+
     def find_by_marker(self, mailbox: str, marker: str) -> SideRecord | None:
         self._enter("find_by_marker")
         with self._lock:
@@ -169,7 +186,8 @@ class MemorySide:
         self._enter("create")
         with self._lock:
             item_id = self._new_id()
-            self._items[item_id] = _Stored(self._fit(contact), 1, mailbox, self._clock(), marker, ours=True)
+            self._items[item_id] = _Stored(self._fit(contact), 1, mailbox, self._clock(), marker, ours=True,
+                                           key=f"key-{item_id}" if marker is not None else None)
             self._logged(item_id, None, mailbox)
             self.writes.append(WriteRecord("create", mailbox, item_id, marker=marker))
             return self._record(item_id, self._items[item_id])
@@ -271,6 +289,16 @@ class MemorySide:
             self._items[item_id] = _Stored(self._fit(contact), 1, mailbox, self._clock(), marker)
             self._logged(item_id, None, mailbox)
             return item_id
+
+    def user_copy(self, item_id: str, values: Mapping[str, str | None] | None = None) -> str:
+        """A rep copies a contact in Outlook (every property comes along: marker and create key), then edits it."""
+        with self._lock:
+            s = self._items[item_id]
+            copy_id = self._new_id()
+            self._items[copy_id] = _Stored(self._fit(s.contact.with_values(values or {})), 1, s.owner, self._clock(),
+                                           s.marker, key=s.key)
+            self._logged(copy_id, None, s.owner)
+            return copy_id
 
     def user_edit(self, item_id: str, values: Mapping[str, str | None]) -> None:
         with self._lock:

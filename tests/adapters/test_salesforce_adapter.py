@@ -790,3 +790,35 @@ def test_with_the_picklists_switched_off_the_text_is_written_as_it_is() -> None:
         assert "MailingCountryCode" not in h.emu.org.records["Contact"][made.id]
     finally:
         h.close()
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_a_create_whose_answer_was_lost_never_passes_a_reps_edit_made_meanwhile_for_synced(
+        hb: tuple[SalesforceHarness, _Backoff], bulk: bool) -> None:
+    """The short soak (1 run in 5): an upsert-create ran, its answer was lost (a connection reset after the request
+    ran), a rep typed a city into the new contact, and the retry's re-read passed that city for what we wrote, so it
+    never reached Outlook. Now the record comes back as we wrote it (no city) with no version, and the single create
+    looks its contact up before a retry instead of writing it again."""
+    h, backoff = hb
+    assert h.side.check() is None
+    h.side.create(MAILBOX, _dev("warm"), marker="AAMk-warm=")  # the owner and the schema are cached
+    upserts = h.emu.counters["rest.upsert"]
+
+    def lost_then_edited() -> None:
+        h.emu.faults.reset_rate = 0.0
+        (made,) = [c for c in h.emu.contacts() if c.get("Outlook_Id__c") == "AAMk-outlook-1="]
+        h.emu.advance_time(1)
+        h.emu.update_contact(made["Id"], {"MailingCity": "Oslo"}, as_user=h.users[MAILBOX])
+
+    h.emu.faults.reset_rate, h.emu.faults.reset_after_share = 1.0, 1.0
+    backoff.during.append(lost_then_edited)
+    if bulk:
+        (result,) = h.side.create_many(MAILBOX, [CreateRequest(contact=_dev(), marker="AAMk-outlook-1=")])
+        assert isinstance(result, SideRecord)
+    else:
+        result = h.side.create(MAILBOX, _dev(), marker="AAMk-outlook-1=")
+        assert h.emu.counters["rest.upsert"] == upserts + 1  # looked up, not written again
+    assert result.contact.city is None and result.version is None  # the next pass sees the rep's city as a change
+    record = h.emu.get_record(result.id)
+    assert record is not None and record["MailingCity"] == "Oslo"
+    assert len([c for c in h.emu.contacts() if c.get("Outlook_Id__c") == "AAMk-outlook-1="]) == 1

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from sync.errors import NotFound, PreconditionFailed
-from sync.model import Contact
+from sync.model import Contact, Side
 from sync.ports import ContactSide, CreateRequest, SideRecord, UpdateRequest
 from tests.contract.harness import SideHarness
 from tests.contract.sides import HARNESSES
@@ -182,3 +182,15 @@ def test_change_feed_reports_creates_edits_and_removals_since_a_checkpoint(h: Si
     assert doomed.id not in changed and leaving not in changed
     records, removed, _, _ = all_pages(h.side, h.mailbox, checkpoint2)
     assert records == [] and removed == []
+
+
+def test_made_here_tells_a_copy_this_sync_created_from_a_users(h: SideHarness) -> None:
+    """Outlook: a create with a marker stamps a create key that no other contact carries; a user's contact has none.
+    Salesforce records name their author instead (``untouched``): always False there."""
+    ours = h.side.create(h.mailbox, ADA, marker="other-side-id" if h.supports_marker else None)
+    theirs = h.user_create(GRACE)
+    assert h.side.made_here(h.mailbox, theirs) is False
+    assert h.side.made_here(h.mailbox, ours.id) is (h.side.side is Side.M365 and h.supports_marker)
+    assert h.side.made_here(h.other_mailbox, ours.id) is False  # not in that mailbox's folder
+    h.side.delete(h.mailbox, ours.id, if_match=None)
+    assert h.side.made_here(h.mailbox, ours.id) is False

@@ -15,7 +15,7 @@ from sync.planner import plan
 from sync.ports import ContactChange, LinkState
 from sync.reconcile import reconcile_mailbox
 from tests.fakes import MemoryAudit, MemoryLinkStore, MemorySide
-from tests.world import ANN, memory_world
+from tests.world import ANN, BOB, memory_world
 
 ADA = Contact(first_name="Ada", last_name="Byron", emails=["ada@example.com"], job_title="Dev")
 
@@ -367,4 +367,122 @@ def test_a_user_edit_of_the_losers_copy_moves_to_the_winners_copy_before_it_is_d
     assert failed.error is not None and "moved to" in failed.error
     engine.sync_contact(hint)  # the retry: the edit reaches Outlook
     assert m365.snapshot()[oid].contact.department == "Research"
+    assert_one_linked_pair(m365, sf, links)
+
+
+def two_copies_after_a_handoff(how: str) -> tuple[MemorySide, MemorySide, MemoryLinkStore, MemoryAudit, Engine,
+                                                 str, str, str]:
+    """A Salesforce contact handed from Bob to Ann; two workers (two hints of the hand-off) both read Ann's folder
+    without a link and both create her copy. A saves its link first. B's copy is edited by Ann within seconds and
+    B leaves it behind: ``killed`` before its link save, or its undo refused (``refused``: Ann edits it again
+    between the guard read and the delete of the undo). Returns the sides, the Salesforce id, A's copy, B's copy."""
+    w = memory_world(mailboxes=[ANN, BOB])
+    m365, sf, links, audit, engine = w.m365, w.sf, w.links, w.audit, w.engine
+    sf_id = sf.user_create(BOB, ADA)
+    hint = ContactChange(source=Side.SALESFORCE, item_id=sf_id)
+    engine.sync_contact(hint)
+    sf.user_set_owner(sf_id, ANN)
+    leaving = engine.read(hint, BOB)
+    assert leaving is not None
+    engine.execute(leaving, plan(leaving, engine.policy))  # Bob's copy leaves
+    a, b = engine.read(hint, ANN), engine.read(hint, ANN)  # two workers read Ann's side before either writes
+    assert a is not None and b is not None
+    engine.execute(a, plan(a, engine.policy))  # A wins
+    (winner,) = ada_in(m365)
+
+    def the_loser() -> str:
+        (copy,) = [i for i in ada_in(m365) if i != winner]
+        return copy
+
+    if how == "killed":
+        def killed(*args: Any, **kwargs: Any) -> Any:
+            m365.user_edit(the_loser(), {"department": "Research"})  # Ann edits the copy she sees
+            raise SystemExit("worker killed")  # SIGKILL before its link save
+
+        real, links.save = links.save, killed  # type: ignore[method-assign]
+        with pytest.raises(SystemExit):
+            engine.execute(b, plan(b, engine.policy))
+        links.save = real  # type: ignore[method-assign]
+    else:
+        edits = iter([{"department": "Research"}, {"mobile_phone": "+47 90000001"}])
+
+        def edit_before_each_delete(op: str) -> None:
+            if op == "delete":
+                values = next(edits, None)
+                if values is not None:
+                    m365.user_edit(the_loser(), values)
+
+        before_first(links, "save", lambda: setattr(m365, "on_call", edit_before_each_delete))
+        with pytest.raises(AlreadyExists):
+            engine.execute(b, plan(b, engine.policy))
+        m365.on_call = None
+        (failed,) = [e for e in audit.entries if e.outcome == "failed"]
+        assert failed.error is not None and "could not be deleted again" in failed.error
+    loser = the_loser()
+    assert sorted(ada_in(m365)) == sorted([winner, loser])  # today's duplicate
+    return m365, sf, links, audit, engine, sf_id, winner, loser
+
+
+@pytest.mark.parametrize("how", ["killed", "refused"])
+@pytest.mark.parametrize("through", ["hint", "reconcile"])
+def test_a_second_outlook_copy_this_sync_made_and_a_user_edited_is_merged_then_removed(how: str,
+                                                                                       through: str) -> None:
+    """The soak's duplicate (1 run in 5 under load): two creates of one person in the new owner's folder after a
+    hand-off, the loser's copy edited by the rep before it was cleaned up. Its edit joins the pair, it goes to
+    Deleted Items; nothing goes to review."""
+    m365, sf, links, audit, engine, sf_id, winner, loser = two_copies_after_a_handoff(how)
+    edited = m365.snapshot()[loser].contact
+    if through == "hint":  # the Graph notification of Ann's edit
+        engine.sync_contact(ContactChange(source=Side.M365, item_id=loser, mailbox=ANN))
+    else:
+        assert not reconcile_mailbox(engine, ANN).errors
+    assert loser in m365.deleted and ada_in(m365) == [winner]  # Deleted Items: recoverable
+    assert sf.snapshot()[sf_id].contact.department == "Research"  # the edit joined the Salesforce contact ...
+    if how == "refused":
+        assert sf.snapshot()[sf_id].contact.mobile_phone == edited.mobile_phone == "+47 90000001"
+    engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))  # its CDC event
+    assert m365.snapshot()[winner].contact.department == "Research"  # ... and the linked Outlook copy
+    link = links.get(ANN, Side.SALESFORCE, sf_id)
+    assert link is not None and link.m365_id == winner and link.state is LinkState.LINKED
+    (row,) = [e for e in audit.entries if e.action == "delete:m365" and e.m365_id == loser]
+    assert row.outcome == "applied" and "made by this sync" in row.reason and "department" in row.reason
+    assert not [e for e in audit.entries if e.outcome == "review"]
+
+
+def test_a_reps_copy_of_a_synced_contact_is_never_taken_for_a_second_copy_of_ours() -> None:
+    """A rep copies the synced Outlook contact (the copy keeps every property: the marker and the create key) and
+    makes it another contact: not made by this sync, so it goes to review and is never merged or deleted."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))
+    (synced,) = ada_in(m365)
+    copy = m365.user_copy(synced, {"job_title": "Her assistant", "department": "Office"})
+    assert m365.made_here(ANN, synced) is False  # the key is no longer one contact's own
+    engine.sync_contact(ContactChange(source=Side.M365, item_id=copy, mailbox=ANN))
+    assert copy in m365.snapshot() and not m365.deleted
+    assert sf.snapshot()[sf_id].contact.job_title == "Dev"
+    assert [e for e in audit.entries if e.m365_id == copy and e.outcome == "review"]
+
+
+def test_a_second_outlook_copy_nobody_wrote_is_removed_without_taking_its_stale_values() -> None:
+    """The pair moved on (a Salesforce edit reached the linked copy) while the second copy waited, unwritten since
+    its create: it holds no one's edit, so it goes to Deleted Items and its old value never goes back."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    hint = ContactChange(source=Side.SALESFORCE, item_id=sf_id)
+    a, b = engine.read(hint, ANN), engine.read(hint, ANN)
+    assert a is not None and b is not None
+    engine.execute(a, plan(a, engine.policy))
+    real, links.save = links.save, lambda *args, **kwargs: (_ for _ in ()).throw(SystemExit("worker killed"))
+    with pytest.raises(SystemExit):
+        engine.execute(b, plan(b, engine.policy))
+    links.save = real  # type: ignore[method-assign]
+    winner = links.get(ANN, Side.SALESFORCE, sf_id).m365_id  # type: ignore[union-attr]
+    (copy,) = [i for i in ada_in(m365) if i != winner]
+    sf.user_edit(sf_id, {"job_title": "CTO"})
+    engine.sync_contact(hint)  # the pair moves on: the linked copy says CTO, the second copy still Dev
+    assert m365.snapshot()[winner].contact.job_title == "CTO" and m365.snapshot()[copy].contact.job_title == "Dev"
+    engine.sync_contact(ContactChange(source=Side.M365, item_id=copy, mailbox=ANN))
+    assert copy in m365.deleted and ada_in(m365) == [winner]
+    assert sf.snapshot()[sf_id].contact.job_title == "CTO" and sf.snapshot()[sf_id].marker == winner
     assert_one_linked_pair(m365, sf, links)

@@ -9,6 +9,7 @@ HTTP and retries are ``transport``'s job, ``$batch`` scheduling ``batch``'s. Wha
   a fresh create key (``CREATE_KEY_PROPERTY_ID``), looks it up and re-sends only when nothing was created. The key,
   not the marker: two workers creating the same person stamp the same marker, and a lookup by marker would hand one
   of them the other's copy. A create without a marker raises ``Transient`` (the engine matches before it creates).
+  The key also tells a copy this sync made (``made_here``: no other contact carries it) from a rep's copy of one.
 * Item ids are mailbox-wide (§1.8): the folder path finds a contact the rep moved elsewhere. A read of one that is
   not in the sync folder (``parentFolderId``) is None, and every PATCH and DELETE is guarded by a read just before
   it (in the folder, at the ``changeKey`` decided on; If-Match is sent too but is undocumented for contacts, §1.5),
@@ -67,7 +68,8 @@ LIST_PAGE_SIZE = 500  # §5: $top <= 999 recommended
 MAX_DELTA_RESTARTS = 3  # fresh delta rounds per ``changes`` call after Graph dropped the token (§3.3)
 # Contact properties read everywhere (mapping.py's correspondence plus the version and bookkeeping ones).
 _SELECT_BASE: tuple[str, ...] = (
-    "id", "changeKey", "lastModifiedDateTime", "parentFolderId", "displayName", "givenName", "surname",
+    "id", "changeKey", "createdDateTime", "lastModifiedDateTime", "parentFolderId", "displayName", "givenName",
+    "surname",
     "emailAddresses", "businessPhones", "homePhones", "mobilePhone", "companyName", "jobTitle", "department",
     "personalNotes", "businessAddress",
 )
@@ -159,7 +161,8 @@ class GraphContactSide:
         marker = marker_of(doc, self._marker_id, marker)
         return SideRecord(
             side=Side.M365, id=str(doc["id"]), contact=graph_to_contact(doc, self._field_map), version=version,
-            owner=mailbox, modified_at=modified_at(doc), marker=case_safe_id(marker) if marker else marker,
+            owner=mailbox, modified_at=modified_at(doc), created_at=modified_at(doc, "createdDateTime"),
+            marker=case_safe_id(marker) if marker else marker,
         )
 
     # --- folder and user --------------------------------------------------------------------------------------
@@ -196,6 +199,35 @@ class GraphContactSide:
         folder the user deleted (Deleted Items, §2.3) or moved, and was not deleted (module docstring)."""
         self._check_scope(mailbox)
         return self._run(self._folders.left_with_folder(mailbox, item_id), item_id)
+
+    def made_here(self, mailbox: str, item_id: str) -> bool:
+        """Whether this sync created the contact and nobody copied it since: it carries a create key (every create
+        with a marker stamps a fresh one) that no other contact of the folder carries (a rep's copy of a contact
+        keeps its extended properties). A read of the key and a filtered listing (§1.7); asked only of an unlinked
+        second copy of a synced contact (docs/sync-rules.md row 41)."""
+        self._check_scope(mailbox)
+        return self._run(self._made_here(mailbox, item_id), item_id)
+
+    async def _made_here(self, mailbox: str, item_id: str) -> bool:
+        folder = await self._folders.find_or_create(mailbox)
+        expand = f"singleValueExtendedProperties($filter=id eq {odata_str(CREATE_KEY_PROPERTY_ID)})"
+        try:
+            resp = await self._http.call(
+                "GET", self._contact_path(mailbox, folder, item_id) + odata_query(select="id", expand=expand),
+                mailbox=mailbox,
+            )
+        except _Failure as failure:
+            if isinstance(failure.error(), NotFound):
+                return False
+            raise
+        key = marker_of(resp.body or {}, CREATE_KEY_PROPERTY_ID, None)
+        if not key or not in_folder(resp.body, folder):
+            return False
+        flt = (f"singleValueExtendedProperties/any(ep: ep/id eq {odata_str(CREATE_KEY_PROPERTY_ID)} "
+               f"and ep/value eq {odata_str(str(key))})")
+        rows, _ = await self._list(mailbox, self._contacts_path(mailbox, folder) + odata_query(
+            filter=flt, select="id", top="2"))
+        return [str(row.get("id")) for row in rows] == [item_id]
 
     async def _get(self, mailbox: str, item_id: str) -> SideRecord | None:
         doc = await self._get_doc(mailbox, item_id)

@@ -50,10 +50,11 @@ def marker_of(doc: Mapping[str, Any], marker_id: str, known: str | None) -> str 
     return known
 
 
-def modified_at(doc: Mapping[str, Any]) -> datetime | None:
-    """``lastModifiedDateTime`` as an aware datetime (UTC when Graph gives no offset), or None."""
+def modified_at(doc: Mapping[str, Any], name: str = "lastModifiedDateTime") -> datetime | None:
+    """``lastModifiedDateTime`` (or another timestamp ``name``) as an aware datetime (UTC when Graph gives no
+    offset), or None."""
     try:
-        modified = datetime.fromisoformat(str(doc["lastModifiedDateTime"]).replace("Z", "+00:00"))
+        modified = datetime.fromisoformat(str(doc[name]).replace("Z", "+00:00"))
     except (KeyError, ValueError):
         return None
     return modified if modified.tzinfo is not None else modified.replace(tzinfo=UTC)

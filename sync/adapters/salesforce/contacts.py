@@ -80,6 +80,10 @@ class _NothingToRetry(SyncError):
     """Internal: a retried collection chunk has no record left to send (each one changed or vanished)."""
 
 
+class _AlreadyMade(SyncError):
+    """Internal: before a retried upsert, the contact it creates turned out to exist (the lost answer's create)."""
+
+
 class SalesforceContactSide:
     """The Salesforce org as a ``ContactSide`` (see the module docstring for every choice).
 
@@ -313,6 +317,9 @@ class SalesforceContactSide:
     def left_with_folder(self, mailbox: str, item_id: str) -> bool:
         return False  # Salesforce has no folders
 
+    def made_here(self, mailbox: str, item_id: str) -> bool:
+        return False  # a record names its author: ``SideRecord.untouched`` (CreatedById, LastModifiedById)
+
     def find_by_marker(self, mailbox: str, marker: str) -> SideRecord | None:
         """The contact whose marker field holds ``marker`` (an Outlook id), org-wide; None without a marker field."""
         if not self._marker_field or not marker:
@@ -371,23 +378,28 @@ class SalesforceContactSide:
             raise PreconditionFailed("changed since it was read (SystemModstamp)", side=SIDE, item_id=item_id)
         return row
 
-    def _reread(self, item_id: str, written: Mapping[str, Any]) -> SideRecord:
+    def _reread(self, item_id: str, written: Mapping[str, Any], *, found: bool = False) -> SideRecord:
         row = self._rows_by_id([item_id]).get(item_id)
         if row is None:
             raise NotFound("contact vanished right after the write", side=SIDE, item_id=item_id)
-        return self._as_left(row, written)
+        return self._as_left(row, written, found=found)
 
-    def _as_left(self, row: Mapping[str, Any], written: Mapping[str, Any]) -> SideRecord:
+    def _as_left(self, row: Mapping[str, Any], written: Mapping[str, Any], *, found: bool = False) -> SideRecord:
         """The record as our write left it, from the re-read after it. Salesforce answers a write with the id only,
         so the values and the new SystemModstamp come from a re-read, and a user's write between ours and the
         re-read would be in it: taken as what we wrote, their value would pass for synced and never reach the
         other side. ``LastModifiedById`` tells (docs/reference/salesforce.md §1.1): when it is not the integration user,
         the fields we wrote are taken as we wrote them and the record has no version, so the next pass sees their
-        edit."""
+        edit.
+
+        ``found``: a create that found its contact made already (an upsert that updated, or the lookup before its
+        retry): our earlier attempt, whose answer was lost, and anyone's write since. Taken as we wrote it too (a
+        create's ``written`` names every field, empty ones as None), so a user's edit made meanwhile is not passed
+        for synced (the short soak: a city a rep typed between the lost answer and the retry never reached Outlook)."""
         record = self._record(row)
-        if self._is_us(row.get("LastModifiedById")) is not False:  # ours, or unknown: as read
+        if not found and self._is_us(row.get("LastModifiedById")) is not False:  # ours, or unknown: as read
             return record
-        logger.info("salesforce %s was written by another user right after us: its version is not kept", row["Id"])
+        logger.info("salesforce %s was written by another user around our write: its version is not kept", row["Id"])
         ours = salesforce_to_contact({**row, **{k: v for k, v in written.items() if k in row}}, self._field_map)
         return record.model_copy(update={"contact": ours, "version": None})
 
@@ -397,12 +409,13 @@ class SalesforceContactSide:
         if marker is not None and self._marker_field:
             values[self._marker_field] = marker
         if marker is not None and self._marker_field and self._schema_now().marker_upsert:
-            rid, note = alerted(self._allow_duplicates, None, lambda h: self._upsert(marker, values, h))
+            (rid, made), note = alerted(self._allow_duplicates, None, lambda h: self._upsert(marker, values, h))
         else:
+            made = True
             rid, note = alerted(self._allow_duplicates, None, lambda h: str(self._rest.call(
                 "write", lambda sf: sf.Contact.create(values, headers=h), idempotent=False)["id"]))
-        made = noted(self._reread(rid, values), note, held)
-        return made if self._filter is None or made.id[:15] in self._in_filter([made.id]) else noted(made, FILTER_NOTE)
+        rec = noted(self._reread(rid, self._created(contact, values), found=not made), note, held)
+        return rec if self._filter is None or rec.id[:15] in self._in_filter([rec.id]) else noted(rec, FILTER_NOTE)
 
     def _outside_filter(self, made: list[SideRecord | SyncError]) -> list[SideRecord | SyncError]:
         """Contacts just created from Outlook that do not meet ``SF_SOQL_FILTER`` get an audit note: the next read
@@ -413,17 +426,32 @@ class SalesforceContactSide:
         inside = self._in_filter(created) if created else set()
         return [noted(r, FILTER_NOTE) if isinstance(r, SideRecord) and r.id[:15] not in inside else r for r in made]
 
-    def _upsert(self, marker: str, values: Mapping[str, Any], headers: dict[str, str]) -> str:
+    def _created(self, contact: Contact, values: Mapping[str, Any]) -> dict[str, Any]:
+        """What a create wrote: the values sent, and None for every other synced field (a create leaves it empty)."""
+        every = contact_to_salesforce(contact, self._all_fields(), self._field_map, self._lengths_now()).values
+        return {**dict.fromkeys(every), **values}
+
+    def _upsert(self, marker: str, values: Mapping[str, Any], headers: dict[str, str]) -> tuple[str, bool]:
         """Create on the unique marker field (docs/reference/salesforce.md §2.4): a contact that already carries this
         Outlook id (our earlier create whose answer was lost) is updated instead of doubled, so the call is safe to
-        retry after a connection error."""
+        retry after a connection error. Before a retry it looks the contact up first and, found, leaves it as it is
+        (a rep may have edited it since). Returns the id and whether this call created it."""
         key = f"{self._marker_field}/{quote(marker, safe='')}"
         body = {k: v for k, v in values.items() if k != self._marker_field}
 
         def send(sf: Any) -> Any:
             return sf.Contact.upsert(key, body, raw_response=True, headers=headers).json()
 
-        return str(self._rest.call("write", send)["id"])
+        def made_already() -> None:
+            found = self.find_by_marker("", marker)
+            if found is not None:
+                raise _AlreadyMade("the create whose answer was lost had happened", side=SIDE, item_id=found.id)
+
+        try:
+            answer = self._rest.call("write", send, before_retry=made_already)
+        except _AlreadyMade as made:
+            return str(made.item_id), False
+        return str(answer["id"]), answer.get("created") is not False
 
     def update(
         self,
@@ -466,16 +494,18 @@ class SalesforceContactSide:
         return lambda: self._check_version(item_id, if_match)
 
     def _finish(self, results: list[SideRecord | SyncError | str], written: Mapping[int, Mapping[str, Any]],
-                notes: Mapping[int, str], held: Mapping[int, str | None]) -> list[SideRecord | SyncError]:
+                notes: Mapping[int, str], held: Mapping[int, str | None],
+                found: set[int] | frozenset[int] = frozenset()) -> list[SideRecord | SyncError]:
         """Replace the written ids by the records as our writes left them (one SOQL per 200 ids; ``_as_left``).
-        ``written``: the values sent, by index in ``results``."""
+        ``written``: the values sent, by index in ``results``; ``found``: creates whose contact existed already."""
         ids = [r for r in results if isinstance(r, str)]
         rows = self._rows_by_id(ids)
         out: list[SideRecord | SyncError] = []
         for n, r in enumerate(results):
             if isinstance(r, str):
                 row = rows.get(r)
-                out.append(noted(self._as_left(row, written.get(n, {})), notes.get(n), held.get(n)) if row
+                out.append(noted(self._as_left(row, written.get(n, {}), found=n in found), notes.get(n), held.get(n))
+                           if row
                            else NotFound("vanished after the write", side=SIDE, item_id=r))
             else:
                 out.append(r)
@@ -490,6 +520,7 @@ class SalesforceContactSide:
         results: list[SideRecord | SyncError | str] = []
         pending: list[tuple[int, dict[str, Any]]] = []
         held: dict[int, str | None] = {}
+        written: dict[int, dict[str, Any]] = {}
         for item in items:
             try:
                 values, held[len(results)] = self._values(item.contact, fields, None, creating=True, accounts=accounts)
@@ -499,24 +530,27 @@ class SalesforceContactSide:
             values["OwnerId"] = owner
             if item.marker is not None and self._marker_field:
                 values[self._marker_field] = item.marker
+            written[len(results)] = self._created(item.contact, values)
             pending.append((len(results), {"attributes": {"type": "Contact"}, **values}))
             results.append(Transient("not attempted", side=SIDE))
         upsert = self._marker_field if self._marker_field and self._schema_now().marker_upsert else None
         by_marker = [p for p in pending if upsert and p[1].get(upsert)]
         plain = [p for p in pending if not (upsert and p[1].get(upsert))]
         notes: dict[int, str] = {}
+        found: set[int] = set()
         for group, on in ((plain, None), (by_marker, upsert)):
             for chunk in chunks(group, MAX_COLLECTION):
-                self._create_chunk(chunk, results, on, {})
+                self._create_chunk(chunk, results, on, {}, found)
                 again = alerts(self._allow_duplicates, chunk, results)
                 if again:
-                    self._create_chunk([(i, rec) for i, rec, _ in again], results, on, dict(ALLOW_SAVE))
+                    self._create_chunk([(i, rec) for i, rec, _ in again], results, on, dict(ALLOW_SAVE), found)
                     notes.update({i: alert_note(dup) for i, _, dup in again})
-        return self._outside_filter(self._finish(results, dict(pending), notes, held))
+        return self._outside_filter(self._finish(results, written, notes, held, found))
 
     def _create_chunk(self, chunk: Sequence[tuple[int, dict[str, Any]]], results: list[SideRecord | SyncError | str],
-                      upsert_on: str | None, headers: dict[str, str]) -> None:
-        """One sObject Collections create (POST), or upsert on the marker field (PATCH, safe to retry)."""
+                      upsert_on: str | None, headers: dict[str, str], found: set[int]) -> None:
+        """One sObject Collections create (POST), or upsert on the marker field (PATCH, safe to retry); an upsert
+        that updated (``"created": false``: our earlier create, whose answer was lost) goes into ``found``."""
         body = {"allOrNone": False, "records": [rec for _, rec in chunk]}
         try:
             answers = self._rest.restful("PATCH" if upsert_on else "POST", body, upsert_on=upsert_on,
@@ -527,6 +561,8 @@ class SalesforceContactSide:
             return
         for (index, _), res in zip(chunk, answers, strict=False):
             results[index] = str(res["id"]) if res.get("success") else collection_error(res, None)
+            if res.get("success") and upsert_on and res.get("created") is False:
+                found.add(index)
 
     def update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]:
         """Versions checked with one SOQL per 200 ids, then sObject Collections PATCH (≤ 200, allOrNone=false).
