@@ -57,6 +57,8 @@ from devhost.app import (
     load_module,
     queue_payloads,
 )
+from devhost.locks import HOSTS_CONTAINER, ListenerLock, LockLost, SingletonOptions, lock_blob_name, new_host_id
+from devhost.locks import valid_host_id
 from devhost.ncrontab import Schedule
 from devhost.ncrontab import parse as parse_ncrontab
 from devhost.settings import (
@@ -86,7 +88,9 @@ _DEV_STORAGE = (
     "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
     "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
     "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
 )
+HOST_ID_SETTING = "AzureFunctionsWebHost__hostid"  # the app setting that names the host id (locks are per host id)
 
 
 class HostError(RuntimeError):
@@ -252,6 +256,8 @@ class LocalHost:
         enforce_auth: bool = True,
         workers: int = 32,
         message_lease_s: float = PROCESSING_VISIBILITY_SECONDS,
+        host_id: str | None = None,
+        instance: str = "",
     ) -> None:
         self._app_source = app
         self._requested_port = port
@@ -269,6 +275,13 @@ class LocalHost:
         # renews the lease; a host killed mid-batch renews nothing, so its messages come back when this runs out.
         # Tests that kill a host shorten it (``--message-lease``) to see the redelivery without waiting 10 minutes.
         self.message_lease_s = message_lease_s
+        # Instances of one app share timers (one runs each) when they share a host id: ``host_id``, else the app
+        # setting AzureFunctionsWebHost__hostid, else one of this host's own (docs/local-host.md, "Several instances").
+        self._host_id_arg = host_id
+        self.host_id = ""
+        self.instance = instance  # a name for logs and /admin/host/status, e.g. "i2"
+        self.singleton = SingletonOptions()
+        self._timer_states: dict[str, str] = {}
 
         self.functions: dict[str, FunctionSpec] = {}
         self.queue_options = QueueOptions()
@@ -301,6 +314,8 @@ class LocalHost:
             config = load_host_json(self._host_json_file(), os.environ)
             self.queue_options = QueueOptions.from_host_config(config)
             self.route_prefix = route_prefix(config)
+            self.singleton = SingletonOptions.from_host_config(config)
+            self.host_id = valid_host_id(self._host_id_arg or os.environ.get(HOST_ID_SETTING) or new_host_id())
             self._index(app)
             self._stopping.clear()
             self._pool = _DaemonPool(self._workers, "local-host-worker")
@@ -374,6 +389,20 @@ class LocalHost:
         """A snapshot of the per-function counters."""
         with self._lock:
             return dict(self._stats)
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /admin/host/status`` answers: the runtime's ``id`` and ``state``, and (local only) the
+        functions, ``instance``, ``pid``, ``busy`` (invocations running), each timer's lock state (``held`` /
+        ``waiting`` / ``unlocked``) and the invocation counters."""
+        with self._lock:
+            busy = self._busy
+            stats = dict(self._stats)
+            timers = dict(self._timer_states)
+        return {
+            "id": self.host_id, "state": "Running", "functions": sorted(self.functions), "instance": self.instance,
+            "pid": os.getpid(), "busy": busy, "timers": timers,
+            "invocations": {name: _stats_dict(s) for name, s in stats.items()},
+        }
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """True once every trigger queue is empty (invisible messages included) and nothing runs; False on timeout."""
@@ -745,15 +774,107 @@ class LocalHost:
 
     # ------------------------------------------------------------------ timers and manual triggers
 
+    def _timer_lock(self, timer: _Timer) -> ListenerLock | None:
+        """The singleton lock of a timer's listener, or None when AzureWebJobsStorage has no Blob endpoint (a
+        connection string naming only queue and table endpoints): then this instance runs the timer unguarded."""
+        try:
+            connection = self._connection({}, f"timer {timer.spec.name!r} singleton lock")
+        except (SettingNotFound, HostError):
+            connection = ""
+        lowered = connection.lower()
+        if not connection or ("endpoint=" in lowered and "blobendpoint=" not in lowered):
+            logger.warning("Timer %s runs without a singleton lock: AzureWebJobsStorage has no Blob endpoint",
+                           timer.spec.name)
+            return None
+        from azure.storage.blob import BlobServiceClient
+
+        container = BlobServiceClient.from_connection_string(connection).get_container_client(HOSTS_CONTAINER)
+        return ListenerLock(container, lock_blob_name(self.host_id, timer.spec.name),
+                            self.singleton.listener_lock_period)
+
+    def _set_timer_state(self, name: str, state: str) -> None:
+        with self._lock:
+            previous = self._timer_states.get(name)
+            self._timer_states[name] = state
+        if previous != state and state != "unlocked":
+            logger.info("Timer %s: singleton lock %s (instance %s)", name, state, self.instance or "-")
+
     def _run_timer(self, timer: _Timer) -> None:
+        """The timer's listener behind its singleton lock (docs/reference/azure.md §1.6): take the lease or retry
+        every recovery interval; while it is held, renew it at half its period and run the schedule; when it is
+        lost, stop firing and try again; at stop, release it once the running invocation has ended."""
+        name = timer.spec.name
+        try:
+            lock = self._timer_lock(timer)
+        except Exception as exc:  # noqa: BLE001 - a bad connection string: the timer cannot be guarded
+            logger.warning("Timer %s: no singleton lock (%s)", name, type(exc).__name__)
+            lock = None
+        while not self._stopping.is_set():
+            if lock is not None:
+                try:
+                    acquired = lock.try_acquire()
+                except Exception as exc:  # noqa: BLE001 - storage down: try again at the next recovery poll
+                    logger.warning("Timer %s: taking the singleton lock failed: %s", name, type(exc).__name__)
+                    acquired = False
+                if not acquired:
+                    self._set_timer_state(name, "waiting")
+                    if self._stopping.wait(self.singleton.listener_lock_recovery_polling_interval):
+                        return
+                    continue
+            self._set_timer_state(name, "held" if lock is not None else "unlocked")
+            lost, done = threading.Event(), threading.Event()
+            if lock is not None:
+                threading.Thread(target=self._renew_lock, args=(lock, lost, done), daemon=True,
+                                 name=f"local-host-lease-{name}").start()
+            try:
+                self._listen(timer, lost)
+            finally:
+                done.set()
+                if lock is not None and not lost.is_set():
+                    with contextlib.suppress(Exception):
+                        lock.release()
+            if lost.is_set():
+                logger.warning("Timer %s: singleton lock lost; this instance stops firing it", name)
+                self._set_timer_state(name, "waiting")
+
+    def _renew_lock(self, lock: ListenerLock, lost: threading.Event, done: threading.Event) -> None:
+        """Renew at half the lease period (sooner after a failed renewal); set ``lost`` if the lease is gone or
+        could not be renewed for a whole period."""
+        period = self.singleton.listener_lock_period
+        last_ok = time.monotonic()
+        delay = period / 2
+        while not done.wait(delay):
+            try:
+                lock.renew()
+            except LockLost:
+                lost.set()
+                return
+            except Exception as exc:  # noqa: BLE001 - storage hiccup: retry sooner, before the lease runs out
+                logger.warning("Renewing singleton lock %s failed: %s", lock.blob_name, type(exc).__name__)
+                if time.monotonic() - last_ok >= period:
+                    lost.set()
+                    return
+                delay = 1.0
+                continue
+            last_ok, delay = time.monotonic(), period / 2
+
+    def _listen(self, timer: _Timer, lost: threading.Event) -> None:
+        """The schedule, from now until stop or until ``lost``; ``run_on_startup`` fires when the listener starts
+        (on the instance that took the lock)."""
         last: dt.datetime | None = None
         if timer.run_on_startup:
             last = dt.datetime.now(dt.UTC)
             self._fire(timer, past_due=False, last=None)
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not lost.is_set():
             now = dt.datetime.now(dt.UTC)
             due = self._next_occurrence(timer, now, last)
-            if self._stopping.wait(max(0.0, (due - dt.datetime.now(dt.UTC)).total_seconds())):
+            while not lost.is_set():
+                wait = (due - dt.datetime.now(dt.UTC)).total_seconds()
+                if wait <= 0:
+                    break
+                if self._stopping.wait(min(wait, 0.25)):
+                    return
+            if lost.is_set() or self._stopping.is_set():
                 return
             late = (dt.datetime.now(dt.UTC) - due).total_seconds() > 1.0
             self._fire(timer, past_due=late, last=last)
@@ -896,7 +1017,7 @@ class LocalHost:
         if not self._key_ok(key, "admin", None):
             return _text(HTTPStatus.UNAUTHORIZED)
         if segments == ["admin", "host", "status"] and method.upper() == "GET":
-            return _json(HTTPStatus.OK, {"state": "Running", "functions": sorted(self.functions)})
+            return _json(HTTPStatus.OK, self.status())
         if len(segments) != 3 or segments[:2] != ["admin", "functions"]:
             return _text(HTTPStatus.NOT_FOUND)
         if method.upper() != "POST":
@@ -931,6 +1052,10 @@ class LocalHost:
                     self._lock.notify_all()
 
         pool.submit(run)
+
+
+def _stats_dict(stats: Any) -> dict[str, int]:
+    return {k: int(getattr(stats, k)) for k in ("started", "succeeded", "failed", "poisoned", "redelivered")}
 
 
 def _text(status: HTTPStatus) -> tuple[int, list[tuple[str, str]], bytes]:
