@@ -57,8 +57,15 @@ from devhost.app import (
     load_module,
     queue_payloads,
 )
-from devhost.locks import HOSTS_CONTAINER, ListenerLock, LockLost, SingletonOptions, lock_blob_name, new_host_id
-from devhost.locks import valid_host_id
+from devhost.locks import (
+    HOSTS_CONTAINER,
+    ListenerLock,
+    LockLost,
+    SingletonOptions,
+    lock_blob_name,
+    new_host_id,
+    valid_host_id,
+)
 from devhost.ncrontab import Schedule
 from devhost.ncrontab import parse as parse_ncrontab
 from devhost.settings import (
@@ -1171,15 +1178,30 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds a queue message stays invisible while processed; a killed host's messages reappear after it "
         f"(default: {PROCESSING_VISIBILITY_SECONDS}, the runtime's 10 minutes)",
     )
+    parser.add_argument(
+        "--instances", type=int, default=1,
+        help="run N instances (processes) behind one front port, as the platform scales out: queue consumers "
+        "compete, each timer runs on one instance (default 1)",
+    )
+    parser.add_argument("--host-id", default=None,
+                        help="instances with one host id share timer locks (default: AzureFunctionsWebHost__hostid, "
+                        "else a new one; --instances gives its instances one)")
+    parser.add_argument("--instance", default="", help=argparse.SUPPRESS)  # the name of a child instance
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
+    tag = f"[{args.instance}] " if args.instance else ""
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format=f"%(asctime)s {tag}%(levelname)s %(name)s [%(threadName)s] %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDKs log every request at INFO
     sys.path.insert(0, os.getcwd())
     settings_file = args.settings or ("local.settings.json" if Path("local.settings.json").exists() else None)
     port = args.port
     if port is None:
         port = local_http_port(settings_file) if settings_file else 7071
+    if args.instances < 1:
+        parser.error("--instances must be at least 1")
+    if args.instances > 1:
+        return _run_instances(args, port, settings_file)
     host = LocalHost(
         args.app,
         port=port,
@@ -1189,6 +1211,8 @@ def main(argv: list[str] | None = None) -> int:
         master_key=args.master_key,
         enforce_auth=not args.no_auth,
         message_lease_s=args.message_lease,
+        host_id=args.host_id,
+        instance=args.instance,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -1204,4 +1228,24 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         host.stop()
     return 0
+
+
+def _run_instances(args: argparse.Namespace, port: int, settings_file: str | None) -> int:
+    """N child hosts with the same app, settings, keys and host id, behind a front door on ``port``."""
+    from devhost.instances import run
+
+    host_key = args.host_key or _generate_key()
+    master_key = args.master_key or _generate_key()
+    host_id = valid_host_id(args.host_id or os.environ.get(HOST_ID_SETTING) or new_host_id())
+    child = ["--app", args.app, "--host-key", host_key, "--master-key", master_key, "--host-id", host_id,
+             "--message-lease", str(args.message_lease)]
+    if settings_file:
+        child += ["--settings", settings_file]
+    if args.host_json:
+        child += ["--host-json", args.host_json]
+    if args.no_auth:
+        child.append("--no-auth")
+    if args.verbose:
+        child.append("--verbose")
+    return run(args.instances, child, port=port, master_key=master_key, host_key=host_key)
 

@@ -15,6 +15,7 @@ Public API:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import uuid
@@ -111,10 +112,8 @@ class ListenerLock:
         try:
             lease.acquire(lease_duration=self._period)
         except ResourceNotFoundError:
-            try:
+            with contextlib.suppress(ResourceExistsError):
                 self._container.create_container()
-            except ResourceExistsError:
-                pass
             try:
                 self._blob.upload_blob(b"", overwrite=False)
             except (ResourceExistsError, HttpResponseError) as exc:  # made meanwhile, or leased by someone else
