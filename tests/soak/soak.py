@@ -835,8 +835,25 @@ class Soak:
             self.start_host()
         else:
             self.start_child()  # the platform replaces the instance
+        if "salesforce_cdc_pull" in locks:
+            threading.Thread(target=self._watch_takeover, args=("salesforce_cdc_pull", killed_at), daemon=True,
+                             name="soak-takeover").start()
         self._event(f"instance {victim.name if victim else '?'} killed (SIGKILL) after {wrote} write(s), holding "
                     f"{locks}; {held} message(s) invisible (held by it, or deferred)", killed_at)
+
+    def _watch_takeover(self, timer: str, since: datetime) -> None:
+        """When another instance holds the killed instance's timer (its lease ran out), for the report."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not self._stop_users.is_set():
+            holders = [("i1", self.host.status()) if self.host is not None else ("i1", {})]
+            holders += [(c.name, c.status(self.master_key) or {}) for c in self.children if c.alive]
+            for name, status in holders:
+                if (status.get("timers") or {}).get(timer) == "held":
+                    at = datetime.now(UTC)
+                    self.report.checked[f"{timer} taken over after the kill (s)"] = round((at - since).total_seconds())
+                    self.report.event_times.append((at, f"{timer} timer taken over by {name}"))
+                    return
+            time.sleep(0.5)
 
     # ------------------------------------------------------------------------------------------ the story
     def run(self) -> Report:
@@ -854,6 +871,7 @@ class Soak:
             users.start()
             if self.p.strict_graph:
                 threading.Thread(target=self.delta_loop, name="soak-delta", daemon=True).start()
+            threading.Thread(target=self.refusal_watch, name="soak-refusals", daemon=True).start()
             t_start = time.monotonic()
             for name, share in sorted(self.p.at, key=lambda x: x[1]):
                 if name in self.p.skip:
@@ -879,6 +897,21 @@ class Soak:
             self.read_audit_and_poison()
         self.report.wall_s = time.monotonic() - started
         return self.report
+
+    def refusal_watch(self) -> None:
+        """When the Graph emulator refused requests over a §5 limit (sampled every 0.2 s), for the timelines: with
+        several instances each holds its own 4 permits per mailbox (sync/adapters/graph/transport.py)."""
+        seen: Counter[str] = Counter()
+        while not self._stop_users.wait(0.2):
+            for mb in MAILBOXES:
+                for limit in ("concurrency", "rate"):
+                    n = self.graph.gate.refused(self.graph.user_id(mb), limit)
+                    if n > seen[f"{mb}|{limit}"]:
+                        in_flight = self.graph.gate.in_flight(self.graph.user_id(mb))
+                        self.report.event_times.append((datetime.now(UTC), f"Graph refused {n - seen[f'{mb}|{limit}']}"
+                                                        f" request(s) of {mb.split('@')[0]} over the {limit} limit "
+                                                        f"({in_flight} in flight)"))
+                        seen[f"{mb}|{limit}"] = n
 
     def delta_loop(self) -> None:
         """Strict Graph: delta reconciles while people act, so delta tokens are used (and dropped at random)."""
