@@ -798,9 +798,6 @@ class Soak:
         if alone:
             self.report.event_times.append((datetime.now(UTC), "host stopped; a host in a child process takes over"))
             self.stop_host()
-        self.graph.faults.delay_s = 0.3  # slower answers: the victim has writes in flight when it dies
-        with self.sf.org.lock:
-            self.sf.faults.latency_seconds = 0.3
         victim: Instance | None = None
         try:
             alive = [c for c in self.children if c.alive]
@@ -809,9 +806,17 @@ class Soak:
             # the instance pulling CDC events if it is a child (its timer must move), else any child
             victim = self.start_child() if alone else (cdc[0] if cdc else self.rng.choice(alive))
             deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and victim.alive and not (victim.status(self.master_key) or {}).get(
+                    "busy"):
+                time.sleep(0.02)
+            # Slower answers once it works, so it has writes in flight when it dies; only for a moment: every
+            # instance is slowed, and slow requests pile up towards Graph's per-mailbox concurrency limit.
+            self.graph.faults.delay_s = 0.3
+            with self.sf.org.lock:
+                self.sf.faults.latency_seconds = 0.3
             writes = self._writes()
-            while time.monotonic() < deadline and victim.alive and not (
-                    (victim.status(self.master_key) or {}).get("busy") and self._writes() > writes):
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and victim.alive and self._writes() == writes:
                 time.sleep(0.02)
             time.sleep(self.rng.uniform(0.05, 0.3))
             held = self._in_flight()
