@@ -736,11 +736,43 @@ class LocalHost:
             )
             reason = f"New queue message detected on '{trigger.queue_name}'."
             try:
-                self._invoke(spec, self._queue_argument(spec, queue_message), reason)
+                with self._holding(trigger, client, message):
+                    self._invoke(spec, self._queue_argument(spec, queue_message), reason)
             except Exception:  # noqa: BLE001 - logged by _invoke; the message is retried
                 self._retry_or_poison(trigger, client, message)
             else:
                 client.delete_message(message.id, message.pop_receipt)
+
+    @contextlib.contextmanager
+    def _holding(self, trigger: _QueueTrigger, client: Any, message: Any) -> Any:
+        """Keep a message invisible while it is processed: its visibility is renewed for ``message_lease_s`` when
+        half of it is left, as the queue listener does (docs/reference/azure.md §1.3); the new pop receipt replaces
+        the old one. An instance that dies renews nothing, so its messages reappear within one lease."""
+        lease = max(1, math.ceil(self.message_lease_s))
+        done = threading.Event()
+        guard = threading.Lock()
+
+        def renew() -> None:
+            delay = lease / 2
+            while not done.wait(delay):
+                with guard:
+                    if done.is_set():
+                        return
+                    try:
+                        receipt = client.update_message(message.id, message.pop_receipt, visibility_timeout=lease)
+                    except Exception as exc:  # noqa: BLE001 - try again sooner, before the lease runs out
+                        logger.warning("Renewing message %s on %s failed: %s", message.id, trigger.queue_name,
+                                       type(exc).__name__)
+                        delay = 1.0
+                        continue
+                    message.pop_receipt, delay = receipt.pop_receipt, lease / 2
+
+        threading.Thread(target=renew, name="local-host-message-lease", daemon=True).start()
+        try:
+            yield
+        finally:
+            with guard:
+                done.set()
 
     def _settle(self, trigger: _QueueTrigger, client: Any, message: Any) -> None:
         """Process one received message; storage errors while settling it are logged (the message then reappears
