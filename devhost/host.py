@@ -86,7 +86,7 @@ logger = logging.getLogger(__name__)
 # azure-storage-queue 12.18.1 sends 2026-10-06, which Azurite (3.35.0, 3.37.0) rejects without --skipApiVersionCheck;
 # 2025-11-05 works with both Azurite and Azure (docs/reference/azure.md §5).
 QUEUE_API_VERSION = "2025-11-05"
-# While a message is being processed it stays invisible this long (the runtime uses 10 minutes and renews it).
+# While a message is being processed it stays invisible this long, renewed at half (the runtime's 10 minutes).
 PROCESSING_VISIBILITY_SECONDS = 600
 MAX_BODY_BYTES = 100 * 1024 * 1024  # the HTTP trigger's request size limit
 FIRST_POLL_DELAY = 0.1  # seconds; doubled on each empty poll up to maxPollingInterval
@@ -278,9 +278,9 @@ class LocalHost:
         }
         self.enforce_auth = enforce_auth
         self._workers = workers
-        # How long a received message stays invisible while it is processed. The runtime holds it 10 minutes and
-        # renews the lease; a host killed mid-batch renews nothing, so its messages come back when this runs out.
-        # Tests that kill a host shorten it (``--message-lease``) to see the redelivery without waiting 10 minutes.
+        # How long a received message stays invisible while it is processed, renewed at half (``_holding``), as the
+        # runtime does with 10 minutes; a host killed mid-batch renews nothing, so its messages come back when this
+        # runs out. Tests that kill a host shorten it (``--message-lease``) to see the redelivery without waiting.
         self.message_lease_s = message_lease_s
         # Instances of one app share timers (one runs each) when they share a host id: ``host_id``, else the app
         # setting AzureFunctionsWebHost__hostid, else one of this host's own (docs/local-host.md, "Several instances").
