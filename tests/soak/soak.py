@@ -132,7 +132,7 @@ class Profile:
     at: tuple[tuple[str, float], ...] = (("missed", 0.15), ("links-loss", 0.30), ("kill", 0.50), ("overflow", 0.70))
     skip: frozenset[str] = frozenset()  # events (EVENTS) left out, e.g. to tell which one a failure needs
     automation: bool = True  # flows and SystemModstamp bumps among the actions (AUTOMATION)
-    message_lease_s: float = 8.0  # the killed host's messages reappear after this
+    message_lease_s: float = 8.0  # every instance's message lease (renewed while it works): a killed one's reappear
     instances: int = 2  # host instances (processes): i1 in this process, the others children
     lock_period: str = "00:00:15"  # host.json singleton.listenerLockPeriod and its recovery polling (the minimum)
     settle_timeout_s: float = 120.0
@@ -429,7 +429,7 @@ class Soak:
 
         bootstrap.reset()
         self.host = LocalHost(function_app, port=self.host_port, settings=self.settings, host_key=self.host_key,
-                              master_key=self.master_key, instance="i1")
+                              master_key=self.master_key, instance="i1", message_lease_s=self.p.message_lease_s)
         self.host.start()
         self.route()
 
