@@ -8,7 +8,9 @@ own metadata (``app.get_functions()``).
 ``LocalHost(app, port=..., settings=..., ...)`` is a context manager; tests use ``url(route)``, ``host_key``,
 ``master_key``, ``wait_idle(timeout)``, ``fire_timer(name)`` and ``invoke(name, input)``. What is emulated (routes
 and auth levels, queue triggers with host.json ``extensions.queues`` semantics and poison queues, NCRONTAB timers,
-``%SETTING%`` references) and what is not: docs/local-host.md.
+``%SETTING%`` references) and what is not: docs/local-host.md. Each timer runs behind its singleton lock, a blob
+lease shared by the instances of one host id (devhost/locks.py); ``--instances N`` runs N instances behind one front
+port (devhost/instances.py, devhost/front.py).
 """
 
 from __future__ import annotations
