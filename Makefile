@@ -75,7 +75,8 @@ bench: deps
 # The soak with faults (tests/soak/): minutes of random edits on both sides under injected faults, then a reconcile
 # and the checks (agreement, no duplicates, no lost edits, no resurrections, throttling limits). `make soak-short` is
 # the 40-second profile (tests/soak/test_soak.py), also part of `make test`; `make soak` the 5-minute one with the
-# strict Graph switches (If-Match ignored, random delta resets; SEED=n for another random run).
+# strict Graph switches (If-Match ignored, random delta resets; SEED=n for another random run) on 3 host instances
+# (the short profile runs 2).
 SEED ?= 1
 soak-short: deps
 	$(PY) -m pytest -m soak tests/soak

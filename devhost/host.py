@@ -8,7 +8,9 @@ own metadata (``app.get_functions()``).
 ``LocalHost(app, port=..., settings=..., ...)`` is a context manager; tests use ``url(route)``, ``host_key``,
 ``master_key``, ``wait_idle(timeout)``, ``fire_timer(name)`` and ``invoke(name, input)``. What is emulated (routes
 and auth levels, queue triggers with host.json ``extensions.queues`` semantics and poison queues, NCRONTAB timers,
-``%SETTING%`` references) and what is not: docs/local-host.md.
+``%SETTING%`` references) and what is not: docs/local-host.md. Each timer runs behind its singleton lock, a blob
+lease shared by the instances of one host id (devhost/locks.py); ``--instances N`` runs N instances behind one front
+port (devhost/instances.py, devhost/front.py).
 """
 
 from __future__ import annotations
@@ -57,6 +59,15 @@ from devhost.app import (
     load_module,
     queue_payloads,
 )
+from devhost.locks import (
+    HOSTS_CONTAINER,
+    ListenerLock,
+    LockLost,
+    SingletonOptions,
+    lock_blob_name,
+    new_host_id,
+    valid_host_id,
+)
 from devhost.ncrontab import Schedule
 from devhost.ncrontab import parse as parse_ncrontab
 from devhost.settings import (
@@ -77,7 +88,7 @@ logger = logging.getLogger(__name__)
 # azure-storage-queue 12.18.1 sends 2026-10-06, which Azurite (3.35.0, 3.37.0) rejects without --skipApiVersionCheck;
 # 2025-11-05 works with both Azurite and Azure (docs/reference/azure.md §5).
 QUEUE_API_VERSION = "2025-11-05"
-# While a message is being processed it stays invisible this long (the runtime uses 10 minutes and renews it).
+# While a message is being processed it stays invisible this long, renewed at half (the runtime's 10 minutes).
 PROCESSING_VISIBILITY_SECONDS = 600
 MAX_BODY_BYTES = 100 * 1024 * 1024  # the HTTP trigger's request size limit
 FIRST_POLL_DELAY = 0.1  # seconds; doubled on each empty poll up to maxPollingInterval
@@ -86,7 +97,9 @@ _DEV_STORAGE = (
     "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
     "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
     "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
 )
+HOST_ID_SETTING = "AzureFunctionsWebHost__hostid"  # the app setting that names the host id (locks are per host id)
 
 
 class HostError(RuntimeError):
@@ -252,6 +265,8 @@ class LocalHost:
         enforce_auth: bool = True,
         workers: int = 32,
         message_lease_s: float = PROCESSING_VISIBILITY_SECONDS,
+        host_id: str | None = None,
+        instance: str = "",
     ) -> None:
         self._app_source = app
         self._requested_port = port
@@ -265,10 +280,17 @@ class LocalHost:
         }
         self.enforce_auth = enforce_auth
         self._workers = workers
-        # How long a received message stays invisible while it is processed. The runtime holds it 10 minutes and
-        # renews the lease; a host killed mid-batch renews nothing, so its messages come back when this runs out.
-        # Tests that kill a host shorten it (``--message-lease``) to see the redelivery without waiting 10 minutes.
+        # How long a received message stays invisible while it is processed, renewed at half (``_holding``), as the
+        # runtime does with 10 minutes; a host killed mid-batch renews nothing, so its messages come back when this
+        # runs out. Tests that kill a host shorten it (``--message-lease``) to see the redelivery without waiting.
         self.message_lease_s = message_lease_s
+        # Instances of one app share timers (one runs each) when they share a host id: ``host_id``, else the app
+        # setting AzureFunctionsWebHost__hostid, else one of this host's own (docs/local-host.md, "Several instances").
+        self._host_id_arg = host_id
+        self.host_id = ""
+        self.instance = instance  # a name for logs and /admin/host/status, e.g. "i2"
+        self.singleton = SingletonOptions()
+        self._timer_states: dict[str, str] = {}
 
         self.functions: dict[str, FunctionSpec] = {}
         self.queue_options = QueueOptions()
@@ -301,6 +323,8 @@ class LocalHost:
             config = load_host_json(self._host_json_file(), os.environ)
             self.queue_options = QueueOptions.from_host_config(config)
             self.route_prefix = route_prefix(config)
+            self.singleton = SingletonOptions.from_host_config(config)
+            self.host_id = valid_host_id(self._host_id_arg or os.environ.get(HOST_ID_SETTING) or new_host_id())
             self._index(app)
             self._stopping.clear()
             self._pool = _DaemonPool(self._workers, "local-host-worker")
@@ -374,6 +398,20 @@ class LocalHost:
         """A snapshot of the per-function counters."""
         with self._lock:
             return dict(self._stats)
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /admin/host/status`` answers: the runtime's ``id`` and ``state``, and (local only) the
+        functions, ``instance``, ``pid``, ``busy`` (invocations running), each timer's lock state (``held`` /
+        ``waiting`` / ``unlocked``) and the invocation counters."""
+        with self._lock:
+            busy = self._busy
+            stats = dict(self._stats)
+            timers = dict(self._timer_states)
+        return {
+            "id": self.host_id, "state": "Running", "functions": sorted(self.functions), "instance": self.instance,
+            "pid": os.getpid(), "busy": busy, "timers": timers,
+            "invocations": {name: _stats_dict(s) for name, s in stats.items()},
+        }
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """True once every trigger queue is empty (invisible messages included) and nothing runs; False on timeout."""
@@ -700,11 +738,43 @@ class LocalHost:
             )
             reason = f"New queue message detected on '{trigger.queue_name}'."
             try:
-                self._invoke(spec, self._queue_argument(spec, queue_message), reason)
+                with self._holding(trigger, client, message):
+                    self._invoke(spec, self._queue_argument(spec, queue_message), reason)
             except Exception:  # noqa: BLE001 - logged by _invoke; the message is retried
                 self._retry_or_poison(trigger, client, message)
             else:
                 client.delete_message(message.id, message.pop_receipt)
+
+    @contextlib.contextmanager
+    def _holding(self, trigger: _QueueTrigger, client: Any, message: Any) -> Any:
+        """Keep a message invisible while it is processed: its visibility is renewed for ``message_lease_s`` when
+        half of it is left, as the queue listener does (docs/reference/azure.md §1.3); the new pop receipt replaces
+        the old one. An instance that dies renews nothing, so its messages reappear within one lease."""
+        lease = max(1, math.ceil(self.message_lease_s))
+        done = threading.Event()
+        guard = threading.Lock()
+
+        def renew() -> None:
+            delay = lease / 2
+            while not done.wait(delay):
+                with guard:
+                    if done.is_set():
+                        return
+                    try:
+                        receipt = client.update_message(message.id, message.pop_receipt, visibility_timeout=lease)
+                    except Exception as exc:  # noqa: BLE001 - try again sooner, before the lease runs out
+                        logger.warning("Renewing message %s on %s failed: %s", message.id, trigger.queue_name,
+                                       type(exc).__name__)
+                        delay = 1.0
+                        continue
+                    message.pop_receipt, delay = receipt.pop_receipt, lease / 2
+
+        threading.Thread(target=renew, name="local-host-message-lease", daemon=True).start()
+        try:
+            yield
+        finally:
+            with guard:
+                done.set()
 
     def _settle(self, trigger: _QueueTrigger, client: Any, message: Any) -> None:
         """Process one received message; storage errors while settling it are logged (the message then reappears
@@ -745,15 +815,107 @@ class LocalHost:
 
     # ------------------------------------------------------------------ timers and manual triggers
 
+    def _timer_lock(self, timer: _Timer) -> ListenerLock | None:
+        """The singleton lock of a timer's listener, or None when AzureWebJobsStorage has no Blob endpoint (a
+        connection string naming only queue and table endpoints): then this instance runs the timer unguarded."""
+        try:
+            connection = self._connection({}, f"timer {timer.spec.name!r} singleton lock")
+        except (SettingNotFound, HostError):
+            connection = ""
+        lowered = connection.lower()
+        if not connection or ("endpoint=" in lowered and "blobendpoint=" not in lowered):
+            logger.warning("Timer %s runs without a singleton lock: AzureWebJobsStorage has no Blob endpoint",
+                           timer.spec.name)
+            return None
+        from azure.storage.blob import BlobServiceClient
+
+        container = BlobServiceClient.from_connection_string(connection).get_container_client(HOSTS_CONTAINER)
+        return ListenerLock(container, lock_blob_name(self.host_id, timer.spec.name),
+                            self.singleton.listener_lock_period)
+
+    def _set_timer_state(self, name: str, state: str) -> None:
+        with self._lock:
+            previous = self._timer_states.get(name)
+            self._timer_states[name] = state
+        if previous != state and state != "unlocked":
+            logger.info("Timer %s: singleton lock %s (instance %s)", name, state, self.instance or "-")
+
     def _run_timer(self, timer: _Timer) -> None:
+        """The timer's listener behind its singleton lock (docs/reference/azure.md §1.6): take the lease or retry
+        every recovery interval; while it is held, renew it at half its period and run the schedule; when it is
+        lost, stop firing and try again; at stop, release it once the running invocation has ended."""
+        name = timer.spec.name
+        try:
+            lock = self._timer_lock(timer)
+        except Exception as exc:  # noqa: BLE001 - a bad connection string: the timer cannot be guarded
+            logger.warning("Timer %s: no singleton lock (%s)", name, type(exc).__name__)
+            lock = None
+        while not self._stopping.is_set():
+            if lock is not None:
+                try:
+                    acquired = lock.try_acquire()
+                except Exception as exc:  # noqa: BLE001 - storage down: try again at the next recovery poll
+                    logger.warning("Timer %s: taking the singleton lock failed: %s", name, type(exc).__name__)
+                    acquired = False
+                if not acquired:
+                    self._set_timer_state(name, "waiting")
+                    if self._stopping.wait(self.singleton.listener_lock_recovery_polling_interval):
+                        return
+                    continue
+            self._set_timer_state(name, "held" if lock is not None else "unlocked")
+            lost, done = threading.Event(), threading.Event()
+            if lock is not None:
+                threading.Thread(target=self._renew_lock, args=(lock, lost, done), daemon=True,
+                                 name=f"local-host-lease-{name}").start()
+            try:
+                self._listen(timer, lost)
+            finally:
+                done.set()
+                if lock is not None and not lost.is_set():
+                    with contextlib.suppress(Exception):
+                        lock.release()
+            if lost.is_set():
+                logger.warning("Timer %s: singleton lock lost; this instance stops firing it", name)
+                self._set_timer_state(name, "waiting")
+
+    def _renew_lock(self, lock: ListenerLock, lost: threading.Event, done: threading.Event) -> None:
+        """Renew at half the lease period (sooner after a failed renewal); set ``lost`` if the lease is gone or
+        could not be renewed for a whole period."""
+        period = self.singleton.listener_lock_period
+        last_ok = time.monotonic()
+        delay = period / 2
+        while not done.wait(delay):
+            try:
+                lock.renew()
+            except LockLost:
+                lost.set()
+                return
+            except Exception as exc:  # noqa: BLE001 - storage hiccup: retry sooner, before the lease runs out
+                logger.warning("Renewing singleton lock %s failed: %s", lock.blob_name, type(exc).__name__)
+                if time.monotonic() - last_ok >= period:
+                    lost.set()
+                    return
+                delay = 1.0
+                continue
+            last_ok, delay = time.monotonic(), period / 2
+
+    def _listen(self, timer: _Timer, lost: threading.Event) -> None:
+        """The schedule, from now until stop or until ``lost``; ``run_on_startup`` fires when the listener starts
+        (on the instance that took the lock)."""
         last: dt.datetime | None = None
         if timer.run_on_startup:
             last = dt.datetime.now(dt.UTC)
             self._fire(timer, past_due=False, last=None)
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not lost.is_set():
             now = dt.datetime.now(dt.UTC)
             due = self._next_occurrence(timer, now, last)
-            if self._stopping.wait(max(0.0, (due - dt.datetime.now(dt.UTC)).total_seconds())):
+            while not lost.is_set():
+                wait = (due - dt.datetime.now(dt.UTC)).total_seconds()
+                if wait <= 0:
+                    break
+                if self._stopping.wait(min(wait, 0.25)):
+                    return
+            if lost.is_set() or self._stopping.is_set():
                 return
             late = (dt.datetime.now(dt.UTC) - due).total_seconds() > 1.0
             self._fire(timer, past_due=late, last=last)
@@ -896,7 +1058,7 @@ class LocalHost:
         if not self._key_ok(key, "admin", None):
             return _text(HTTPStatus.UNAUTHORIZED)
         if segments == ["admin", "host", "status"] and method.upper() == "GET":
-            return _json(HTTPStatus.OK, {"state": "Running", "functions": sorted(self.functions)})
+            return _json(HTTPStatus.OK, self.status())
         if len(segments) != 3 or segments[:2] != ["admin", "functions"]:
             return _text(HTTPStatus.NOT_FOUND)
         if method.upper() != "POST":
@@ -931,6 +1093,10 @@ class LocalHost:
                     self._lock.notify_all()
 
         pool.submit(run)
+
+
+def _stats_dict(stats: Any) -> dict[str, int]:
+    return {k: int(getattr(stats, k)) for k in ("started", "succeeded", "failed", "poisoned", "redelivered")}
 
 
 def _text(status: HTTPStatus) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -1046,15 +1212,30 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds a queue message stays invisible while processed; a killed host's messages reappear after it "
         f"(default: {PROCESSING_VISIBILITY_SECONDS}, the runtime's 10 minutes)",
     )
+    parser.add_argument(
+        "--instances", type=int, default=1,
+        help="run N instances (processes) behind one front port, as the platform scales out: queue consumers "
+        "compete, each timer runs on one instance (default 1)",
+    )
+    parser.add_argument("--host-id", default=None,
+                        help="instances with one host id share timer locks (default: AzureFunctionsWebHost__hostid, "
+                        "else a new one; --instances gives its instances one)")
+    parser.add_argument("--instance", default="", help=argparse.SUPPRESS)  # the name of a child instance
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
+    tag = f"[{args.instance}] " if args.instance else ""
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format=f"%(asctime)s {tag}%(levelname)s %(name)s [%(threadName)s] %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDKs log every request at INFO
     sys.path.insert(0, os.getcwd())
     settings_file = args.settings or ("local.settings.json" if Path("local.settings.json").exists() else None)
     port = args.port
     if port is None:
         port = local_http_port(settings_file) if settings_file else 7071
+    if args.instances < 1:
+        parser.error("--instances must be at least 1")
+    if args.instances > 1:
+        return _run_instances(args, port, settings_file)
     host = LocalHost(
         args.app,
         port=port,
@@ -1064,6 +1245,8 @@ def main(argv: list[str] | None = None) -> int:
         master_key=args.master_key,
         enforce_auth=not args.no_auth,
         message_lease_s=args.message_lease,
+        host_id=args.host_id,
+        instance=args.instance,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -1079,4 +1262,24 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         host.stop()
     return 0
+
+
+def _run_instances(args: argparse.Namespace, port: int, settings_file: str | None) -> int:
+    """N child hosts with the same app, settings, keys and host id, behind a front door on ``port``."""
+    from devhost.instances import run
+
+    host_key = args.host_key or _generate_key()
+    master_key = args.master_key or _generate_key()
+    host_id = valid_host_id(args.host_id or os.environ.get(HOST_ID_SETTING) or new_host_id())
+    child = ["--app", args.app, "--host-key", host_key, "--master-key", master_key, "--host-id", host_id,
+             "--message-lease", str(args.message_lease)]
+    if settings_file:
+        child += ["--settings", settings_file]
+    if args.host_json:
+        child += ["--host-json", args.host_json]
+    if args.no_auth:
+        child.append("--no-auth")
+    if args.verbose:
+        child.append("--verbose")
+    return run(args.instances, child, port=port, master_key=master_key, host_key=host_key)
 

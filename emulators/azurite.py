@@ -1,10 +1,11 @@
-"""Start and stop Azurite (tables + queues) on free loopback ports, in memory.
+"""Start and stop Azurite (tables, queues and blobs) on free loopback ports, in memory.
 
 Used by the test session (tests/conftest.py), the local functions host and ``make demo``. Azurite comes from the
 project's own ``package.json`` (npm ``azurite``); flags follow docs/reference/azure.md §5:
 ``--inMemoryPersistence`` keeps nothing on disk; ``--skipApiVersionCheck`` because azure-storage-queue 12.18.1 sends
 a newer ``x-ms-version`` than Azurite accepts (3.37.0: up to 2026-06-06); ``--disableTelemetry`` because telemetry
-is on by default.
+is on by default. Blobs are there for the local host's singleton timer locks (blob leases, docs/reference/azure.md
+§1.6).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 class Azurite:
     table_port: int
     queue_port: int
+    blob_port: int
 
     @property
     def connection_string(self) -> str:
@@ -37,6 +39,7 @@ class Azurite:
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
             f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{ACCOUNT};"
             f"TableEndpoint=http://127.0.0.1:{self.table_port}/{ACCOUNT};"
+            f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{ACCOUNT};"
         )
 
 
@@ -98,18 +101,20 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def running_azurite(timeout: float = 30.0) -> Iterator[Azurite]:
-    """Run azurite-table and azurite-queue on free 127.0.0.1 ports until the block exits."""
+    """Run azurite-table, azurite-queue and azurite-blob on free 127.0.0.1 ports until the block exits."""
     workdir = tempfile.mkdtemp(prefix="azurite-")
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for attempt in range(3):
-            table_port, queue_port = free_port(), free_port()
+            table_port, queue_port, blob_port = free_port(), free_port(), free_port()
             table = _start("table", table_port, workdir)
             queue = _start("queue", queue_port, workdir)
-            procs = [table, queue]
+            blob = _start("blob", blob_port, workdir)
+            procs = [table, queue, blob]
             try:
                 _wait_listening(table_port, table, timeout)
                 _wait_listening(queue_port, queue, timeout)
+                _wait_listening(blob_port, blob, timeout)
                 break
             except RuntimeError:
                 for p in procs:
@@ -117,7 +122,7 @@ def running_azurite(timeout: float = 30.0) -> Iterator[Azurite]:
                 procs = []
                 if attempt == 2:
                     raise
-        yield Azurite(table_port=table_port, queue_port=queue_port)
+        yield Azurite(table_port=table_port, queue_port=queue_port, blob_port=blob_port)
     finally:
         for p in procs:
             _stop(p)

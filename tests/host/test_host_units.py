@@ -118,3 +118,22 @@ def test_host_json_overrides_and_validation() -> None:
         QueueOptions.from_host_config({"extensions": {"queues": {"messageEncoding": "utf8"}}})
     with pytest.raises(ValueError, match="batchSize"):
         QueueOptions.from_host_config({"extensions": {"queues": {"batchSize": 64}}})
+
+
+def test_singleton_options_follow_webjobs_defaults_and_limits() -> None:
+    from devhost.locks import SingletonOptions, lock_blob_name, valid_host_id
+
+    assert SingletonOptions.from_host_config({}) == SingletonOptions(60.0, 60.0)
+    config = load_host_json({"singleton": {"listenerLockPeriod": "00:00:15"}},
+                            {"AzureFunctionsJobHost__singleton__listenerLockRecoveryPollingInterval": "00:00:20"})
+    assert SingletonOptions.from_host_config(config) == SingletonOptions(15.0, 20.0)
+    for bad in ({"listenerLockPeriod": "00:00:14"}, {"listenerLockPeriod": "00:01:01"},
+                {"listenerLockRecoveryPollingInterval": "00:00:05"}):
+        with pytest.raises(ValueError, match="singleton"):
+            SingletonOptions.from_host_config({"singleton": bad})
+    assert lock_blob_name("app-1", "salesforce_cdc_pull") == "locks/app-1/Host.Functions.salesforce_cdc_pull.Listener"
+    assert valid_host_id("Soak1234") == "soak1234"
+    with pytest.raises(ValueError):
+        valid_host_id("-bad-")
+    with pytest.raises(ValueError):
+        valid_host_id("x" * 33)

@@ -402,3 +402,28 @@ def test_stop_is_prompt_and_closes_the_port(azurite_connection_string: str) -> N
     assert leftovers == []  # pollers, timers, workers, event loop and HTTP server all joined
     with pytest.raises(OSError):
         http.client.HTTPConnection("127.0.0.1", port, timeout=1).request("GET", "/api/echo")
+
+
+def test_timer_lock_held_by_one_of_two_hosts_sharing_a_host_id(azurite_connection_string: str) -> None:
+    settings = _settings(azurite_connection_string, TOY_SCHEDULE="* * * * * *")
+    host_id = f"toy-{uuid.uuid4().hex[:8]}"
+    with LocalHost(toy_app.app, settings=settings, host_json=FAST_QUEUES, host_id=host_id) as first, \
+            LocalHost(toy_app.app, settings=settings, host_json=FAST_QUEUES, host_id=host_id) as second:
+        hosts = (first, second)
+        assert _wait_for(lambda: any(h.invocations["tick"].succeeded >= 2 for h in hosts), timeout=5)
+        holder, other = sorted(hosts, key=lambda h: h.invocations["tick"].succeeded, reverse=True)
+        assert holder.status()["timers"]["tick"] == "held"
+        assert other.status()["timers"]["tick"] == "waiting"
+        assert other.invocations["tick"].started == 0
+        assert first.status()["id"] == second.status()["id"] == host_id
+
+
+def test_timer_without_a_blob_endpoint_runs_unlocked(azurite_connection_string: str,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    no_blob = ";".join(p for p in azurite_connection_string.split(";") if not p.startswith("BlobEndpoint="))
+    settings = _settings(no_blob, TOY_SCHEDULE="* * * * * *")
+    with caplog.at_level(logging.WARNING, logger="devhost"), \
+            LocalHost(toy_app.app, settings=settings, host_json=FAST_QUEUES) as h:
+        assert _wait_for(lambda: h.invocations["tick"].succeeded >= 1, timeout=4)
+        assert h.status()["timers"]["tick"] == "unlocked"
+    assert "runs without a singleton lock" in caplog.text

@@ -51,3 +51,26 @@ def test_a_message_of_a_killed_host_is_delivered_again_after_the_lease(azurite_c
         assert call["dequeue_count"] == 2
         assert host.invocations["on_message"].redelivered == 1
     assert queue.get_queue_properties().approximate_message_count == 0
+
+
+def test_a_message_outliving_its_lease_is_renewed_not_delivered_twice(azurite_connection_string: str) -> None:
+    """The function runs 2.5 s on a 1 s lease: the host renews the message's visibility at half the lease (with the
+    new pop receipt), so no one else receives it meanwhile and it is deleted once, after success."""
+    settings = _settings(azurite_connection_string)
+    queue = QueueClient.from_connection_string(azurite_connection_string, settings["TOY_QUEUE"],
+                                               api_version=QUEUE_API_VERSION,
+                                               message_encode_policy=TextBase64EncodePolicy())
+    queue.create_queue()
+    body = f"{toy_app.SLOW_MARKER}-{uuid.uuid4().hex}"
+    with LocalHost(toy_app.app, settings=settings, host_json=FAST_QUEUES, message_lease_s=1) as host:
+        queue.send_message(body)
+        deadline = time.monotonic() + 15
+        while not toy_app.calls_with(body) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # past the first lease: a lapsed message would be visible (and received again) now
+        assert not list(queue.peek_messages()), "the message became visible while it was processed"
+        assert host.wait_idle(10)
+        assert len(toy_app.calls_with(body)) == 1
+        assert host.invocations["on_message"].redelivered == 0
+        assert host.invocations["on_message"].succeeded >= 1
+    assert queue.get_queue_properties().approximate_message_count == 0

@@ -48,18 +48,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="the Salesforce org as shipped: whole-second stamps, the standard duplicate rule (alert)")
     parser.add_argument("--strict-graph", action="store_true",
                         help="the strict Graph switches on: If-Match ignored on contacts, random delta resets")
+    parser.add_argument("--instances", type=int, default=3,
+                        help="host instances (processes) as a scaled-out app: i1 in this process, the others "
+                        "children behind one front door (default 3)")
     parser.add_argument("--no-automation", action="store_true",
                         help="leave out flows (Automated Process writes) and SystemModstamp bumps")
     args = parser.parse_args(argv)
     skip = frozenset(s.strip() for s in args.skip.split(",") if s.strip())
     if skip - set(EVENTS):
         parser.error(f"unknown event(s): {', '.join(sorted(skip - set(EVENTS)))}")
+    if args.instances < 1:
+        parser.error("--instances must be at least 1")
     if not args.verbose:
         quiet_logs()
     profile = Profile(seconds=args.minutes * 60, per_rep=args.per_rep, actions_per_second=args.rate, seed=args.seed,
                       skip=skip, evidence=args.evidence, strict_org=args.strict_org,
                       strict_graph=args.strict_graph,
-                      automation=not args.no_automation)
+                      automation=not args.no_automation, instances=args.instances)
     with _azurite() as conn:
         report = run_profile(conn, profile)
     print(report.render(), flush=True)

@@ -7,17 +7,23 @@ Public API:
                                                        ``Report.violations`` lists what broke (empty = pass)
 
 The stack is the one of ``make demo`` (demo/scenario.py): Azurite, the Graph emulator, the Salesforce emulator and
-``devhost.host.LocalHost`` serving ``function_app``; edits travel webhook -> queue -> worker and CDC pull timer ->
-queue -> worker, as in Azure. While people act (a thread doing about ``actions_per_second`` user actions: edits,
+``function_app`` on ``Profile.instances`` instances of the local host, as a scaled-out app: instance i1 is a
+``devhost.host.LocalHost`` in this process, i2.. are ``python -m devhost`` child processes with the same settings,
+keys and host id, and a ``devhost.front.FrontDoor`` spreads HTTP (webhooks, the ops API) over them. Queue consumers
+compete, each timer runs on the instance holding its singleton lock (docs/reference/azure.md §1.6; leases of 15 s,
+recovery polling every 15 s). Edits travel webhook -> queue -> worker and CDC pull timer -> queue -> worker, as in
+Azure. While people act (a thread doing about ``actions_per_second`` user actions: edits,
 creates, deletes on both sides, owner changes), the emulators answer ``throttle_rate`` 429 with Retry-After (Graph;
 Salesforce's equivalent is 403 REQUEST_LIMIT_EXCEEDED, without Retry-After), ``unavailable_rate`` 503 and
 ``reset_rate`` connection resets (half of them after the request ran), drop, duplicate and reorder Graph
 notifications and CDC events; and at fixed points of the run:
     missed       a Graph ``missed`` lifecycle notification for one mailbox (docs/reference/graph.md §4.6)
     links-loss   the links table is deleted in Azurite while the host runs
-    kill         the host is stopped, a host in a child process takes over the same port and queues, and is killed
-                 with SIGKILL while it writes (a worker dying mid-batch); its messages come back after the lease
-                 (``--message-lease``), a new host takes over
+    kill         one child instance (the one pulling CDC events, if a child holds that timer) is killed with SIGKILL
+                 while it works (a worker dying mid-batch): its messages come back after the message lease
+                 (``--message-lease``) and the others process them, its timer locks run out and another instance
+                 takes its timers; a new instance replaces it (with one instance, i1 is stopped and a child takes
+                 over first)
     overflow     a CDC ``GAP_OVERFLOW`` event (docs/reference/salesforce.md §4.3)
 With ``strict_graph`` (``--strict-graph``) the Graph emulator also ignores If-Match on contacts and drops delta tokens
 at random (``delta_reset_rate``; docs/emulator-fidelity-graph.md).
@@ -47,9 +53,6 @@ import json
 import logging
 import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -62,7 +65,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from devhost.front import FrontDoor
 from devhost.host import LocalHost
+from devhost.instances import Instance
 from devhost.stack import EVERY_SECOND, app_settings, call, jwt_keys
 from emulators.azurite import free_port
 from emulators.graph import GraphEmulator
@@ -127,7 +132,9 @@ class Profile:
     at: tuple[tuple[str, float], ...] = (("missed", 0.15), ("links-loss", 0.30), ("kill", 0.50), ("overflow", 0.70))
     skip: frozenset[str] = frozenset()  # events (EVENTS) left out, e.g. to tell which one a failure needs
     automation: bool = True  # flows and SystemModstamp bumps among the actions (AUTOMATION)
-    message_lease_s: float = 8.0  # the killed host's messages reappear after this
+    message_lease_s: float = 8.0  # every instance's message lease (renewed while it works): a killed one's reappear
+    instances: int = 2  # host instances (processes): i1 in this process, the others children
+    lock_period: str = "00:00:15"  # host.json singleton.listenerLockPeriod and its recovery polling (the minimum)
     settle_timeout_s: float = 120.0
     max_final_passes: int = 3
     evidence: int = 8  # timelines printed for the first N violations
@@ -173,6 +180,7 @@ class Report:
     events: list[str] = field(default_factory=list)
     event_times: list[tuple[datetime, str]] = field(default_factory=list)  # events and links rebuilds, for timelines
     invocations: Counter[str] = field(default_factory=Counter)  # successful runs of the main functions
+    instances: dict[str, str] = field(default_factory=dict)  # per instance: its runs, HTTP share, timer locks
     conflicts: int = 0
     audit: Counter[str] = field(default_factory=Counter)
     poisoned: Counter[str] = field(default_factory=Counter)
@@ -189,12 +197,14 @@ class Report:
         edits = sum(n for k, n in self.actions.items() if k.endswith(".edit"))
         lines = [
             f"soak: {self.profile.seconds:.0f} s of edits, seed {self.profile.seed}, "
-            f"{len(MAILBOXES)} mailboxes, {self.profile.per_rep} Salesforce contacts per rep; wall {self.wall_s:.0f} s",
+            f"{len(MAILBOXES)} mailboxes, {self.profile.per_rep} Salesforce contacts per rep, "
+            f"{self.profile.instances} instance(s); wall {self.wall_s:.0f} s",
             f"  edits made        {edits} ({sum(self.actions.values())} user actions: {counts(self.actions)})",
             f"  user actions lost to a vanished target: {counts(self.failed_actions)}",
             f"  faults injected   {sum(self.faults.values())}: {counts(self.faults)}",
             f"  events            {'; '.join(self.events) or 'none'}",
             f"  function runs     {counts(self.invocations)}",
+            f"  instances         {'; '.join(f'{k}: {v}' for k, v in sorted(self.instances.items())) or 'none'}",
             f"  retries           {counts(self.retries)}",
             f"  strict Graph      {'on' if self.profile.strict_graph else 'off'}; guard reads refused: "
             f"{counts(self.guards)}; delta reconciles while acting: {counts(self.delta_jobs)}",
@@ -281,7 +291,11 @@ class Soak:
         self.t0 = time.monotonic()
         self._seq = 0
         self._stop_users = threading.Event()
-        self.host: LocalHost | None = None
+        self.host: LocalHost | None = None  # instance i1, in this process
+        self.children: list[Instance] = []  # instances i2.., child processes (alive or killed)
+        self.front: FrontDoor | None = None  # self.port: HTTP spread over the instances
+        self.host_port = 0
+        self._instance_seq = 1
         self.graph: GraphEmulator
         self.sf: SalesforceEmulator
         self.users: dict[str, str] = {}  # mailbox -> Salesforce user id
@@ -303,14 +317,23 @@ class Soak:
         return call(method, url, body, key=key or self.host_key)
 
     def settle(self, timeout: float | None = None) -> bool:
-        """Notifications delivered and the host's queues empty (invisible messages included), twice in a row."""
+        """Notifications delivered, the queues empty (invisible messages included) and no instance running
+        anything, twice in a row."""
         deadline = time.monotonic() + (timeout or self.p.settle_timeout_s)
         quiet = 0
         while time.monotonic() < deadline and quiet < 2:
             left = max(0.1, deadline - time.monotonic())
-            ok = self.graph.wait_notifications(left) and self.host is not None and self.host.wait_idle(left)
+            ok = (self.graph.wait_notifications(left) and self.host is not None and self.host.wait_idle(left)
+                  and self.children_idle())
             quiet = quiet + 1 if ok else 0
         return quiet >= 2
+
+    def children_idle(self) -> bool:
+        """No live child instance runs an invocation (its /admin/host/status ``busy``)."""
+        for child in self.children:
+            if child.alive and (child.status(self.master_key) or {}).get("busy", 1):
+                return False
+        return True
 
     def folder_id(self, mailbox: str) -> str:
         folder = self.graph.find_folder(mailbox, FOLDER)
@@ -343,18 +366,28 @@ class Soak:
             sf.org.settings.duplicate_rule = "alert" if self.p.strict_org else "off"
             private, public = jwt_keys()
             self.seed_org(public)
-            self.port = free_port()
+            self.port = free_port()  # the front door: WEBHOOK_BASE_URL and the ops API
+            self.host_port = free_port()
             self.settings = app_settings(
                 self.conn, MAILBOXES, table_prefix=self.prefix, graph=graph, salesforce=sf, jwt_client=JWT_CLIENT,
                 private_key=private, host_port=self.port, events_secret=uuid.uuid4().hex, cdc_schedule=EVERY_SECOND,
-                overrides={"SF_OUTLOOK_ID_FIELD": MARKER_FIELD})  # markers on both sides: links can be rebuilt
+                overrides={"SF_OUTLOOK_ID_FIELD": MARKER_FIELD,  # markers on both sides: links can be rebuilt
+                           # instances share timers by host id; leases and recovery polling as short as allowed
+                           "AzureFunctionsWebHost__hostid": self.prefix,
+                           "AzureFunctionsJobHost__singleton__listenerLockPeriod": self.p.lock_period,
+                           "AzureFunctionsJobHost__singleton__listenerLockRecoveryPollingInterval": self.p.lock_period})
             self.clear_queues()
             bootstrap.reset()
             try:
-                self.start_host()
-                yield
+                with FrontDoor(self.port) as front:
+                    self.front = front
+                    for _ in range(self.p.instances - 1):  # first: a child takes the timer locks, so the kill
+                        self.start_child()                  # event also moves timers
+                    self.start_host()
+                    yield
             finally:
                 self._stop_users.set()
+                self.stop_children()
                 self.stop_host()
                 bootstrap.reset()
 
@@ -395,9 +428,72 @@ class Soak:
         from sync import bootstrap
 
         bootstrap.reset()
-        self.host = LocalHost(function_app, port=self.port, settings=self.settings, host_key=self.host_key,
-                              master_key=self.master_key)
+        self.host = LocalHost(function_app, port=self.host_port, settings=self.settings, host_key=self.host_key,
+                              master_key=self.master_key, instance="i1", message_lease_s=self.p.message_lease_s)
         self.host.start()
+        self.route()
+
+    def route(self) -> None:
+        """The front door sends HTTP to the live instances."""
+        if self.front is not None:
+            ports = ([self.host_port] if self.host is not None else []) + [c.port for c in self.children if c.alive]
+            self.front.set_backends(ports)
+
+    def start_child(self) -> Instance:
+        """One more instance: ``python -m devhost`` on its own port, the same settings, keys and host id."""
+        self._instance_seq += 1
+        name = f"i{self._instance_seq}"
+        log = Path(tempfile.gettempdir()) / f"{self.prefix}-{name}.log"
+        child = Instance(name, free_port(), ["--app", "function_app", "--host-key", self.host_key, "--master-key",
+                                             self.master_key, "--message-lease", str(self.p.message_lease_s)],
+                         env={**os.environ, **self.settings}, cwd=REPO, log_path=log).start()
+        if not child.wait_ready(self.master_key, timeout=90):
+            child.kill()
+            raise AssertionError(f"instance {name} did not start: see {log}")
+        self.children.append(child)
+        self.route()
+        return child
+
+    def stop_children(self) -> None:
+        for child in self.children:
+            if child.alive:
+                self._collect_child_stats(child)
+                child.stop(timeout=20)
+
+    def _collect_child_stats(self, child: Instance, *, killed: bool = False) -> None:
+        status = child.status(self.master_key) or {}
+        runs = 0
+        for name, stats in (status.get("invocations") or {}).items():
+            if name in ("mailbox_reconciler", "contact_worker", "graph_lifecycle", "graph_notifications"):
+                self.report.invocations[name] += int(stats.get("succeeded", 0))
+            runs += int(stats.get("succeeded", 0))
+            if stats.get("redelivered"):
+                self.report.retries[f"redelivered queue messages ({name})"] += int(stats["redelivered"])
+            if stats.get("failed"):
+                self.report.retries[f"failed invocations retried by the host ({name})"] += int(stats["failed"])
+        self._note_instance(child.name, child.port, runs, status.get("timers") or {},
+                            "killed; runs counted until shortly before" if killed else "")
+
+    def _note_instance(self, name: str, port: int, runs: int, timers: dict[str, str], note: str = "") -> None:
+        served = self.front.served.get(port, 0) if self.front is not None else 0
+        held = ",".join(sorted(t for t, state in timers.items() if state == "held")) or "no timer"
+        self.report.instances[name] = f"{runs} runs, {served} HTTP requests, holding {held}" + (
+            f" ({note})" if note else "")
+
+    def read_child_logs(self) -> None:
+        """The children's log lines of the product and the host, for the evidence timelines (as ``LogTap``)."""
+        for child in self.children:
+            if child.log_path is None or not child.log_path.exists():
+                continue
+            for line in child.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+                parts = line.split(" ", 5)  # date time [iN] LEVEL logger [thread] message
+                if len(parts) < 6 or not parts[4].startswith(LogTap.LOGGERS):
+                    continue
+                try:
+                    at = datetime.strptime(f"{parts[0]} {parts[1]}", "%Y-%m-%d %H:%M:%S,%f").astimezone(UTC)
+                except ValueError:
+                    continue
+                self.logs.rows.append((at, f"log {parts[2]} {parts[3]} {parts[4]}: {parts[5]}"))
 
     def stop_host(self) -> None:
         from sync import bootstrap
@@ -407,6 +503,7 @@ class Soak:
         self._collect_host_stats()
         self.host.stop(timeout=20)
         self.host = None
+        self.route()
         bootstrap.reset()
 
     def _collect_host_stats(self) -> None:
@@ -414,6 +511,8 @@ class Soak:
 
         if self.host is None:
             return
+        self._note_instance("i1", self.host_port, sum(s.succeeded for s in self.host.invocations.values()),
+                            self.host.status()["timers"], "in process; adapter retries counted for it alone")
         for name, stats in self.host.invocations.items():
             if name in ("mailbox_reconciler", "contact_worker", "graph_lifecycle", "graph_notifications"):
                 self.report.invocations[name] += stats.succeeded
@@ -693,50 +792,73 @@ class Soak:
         return g + sum(c.get(k, 0) for k in ("rest.create", "rest.update", "rest.delete", "rest.composite_sobjects"))
 
     def event_kill(self) -> None:
-        """Stop the host; a host in a child process takes over and is killed with SIGKILL while it writes."""
-        self.report.event_times.append((datetime.now(UTC), "host stopped; a host in a child process takes over"))
-        self.stop_host()
-        self.graph.faults.delay_s = 0.3  # slower answers: the child has writes in flight when it dies
-        with self.sf.org.lock:
-            self.sf.faults.latency_seconds = 0.3
-        env = {**os.environ, **self.settings}
-        log = Path(tempfile.gettempdir()) / f"{self.prefix}-killed-host.log"
-        with log.open("wb") as out:
-            child = subprocess.Popen(  # noqa: S603 - our own host module
-                [sys.executable, "-m", "devhost", "--app", "function_app", "--port", str(self.port),
-                 "--host-key", self.host_key, "--master-key", self.master_key,
-                 "--message-lease", str(self.p.message_lease_s)],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        """SIGKILL one child instance while it works; a new instance replaces it. With one instance, i1 is stopped
+        first and a child takes over (the child is the one killed; i1 comes back after)."""
+        alone = not any(c.alive for c in self.children)
+        if alone:
+            self.report.event_times.append((datetime.now(UTC), "host stopped; a host in a child process takes over"))
+            self.stop_host()
+        victim: Instance | None = None
         try:
+            alive = [c for c in self.children if c.alive]
+            cdc = [c for c in alive if ((c.status(self.master_key) or {}).get("timers") or {}).get(
+                "salesforce_cdc_pull") == "held"]
+            # the instance pulling CDC events if it is a child (its timer must move), else any child
+            victim = self.start_child() if alone else (cdc[0] if cdc else self.rng.choice(alive))
             deadline = time.monotonic() + 60
-            status = 0
-            while time.monotonic() < deadline and status != 200 and child.poll() is None:
-                time.sleep(0.1)
-                with contextlib.suppress(OSError):
-                    status, _, _ = self.call("GET", f"http://127.0.0.1:{self.port}/admin/host/status",
-                                             key=self.master_key)
-            if status != 200:
-                raise AssertionError(f"the host in a child process did not start: see {log}")
+            while time.monotonic() < deadline and victim.alive and not (victim.status(self.master_key) or {}).get(
+                    "busy"):
+                time.sleep(0.02)
+            # Slower answers once it works, so it has writes in flight when it dies; only for a moment: every
+            # instance is slowed, and slow requests pile up towards Graph's per-mailbox concurrency limit.
+            self.graph.faults.delay_s = 0.3
+            with self.sf.org.lock:
+                self.sf.faults.latency_seconds = 0.3
             writes = self._writes()
-            while time.monotonic() < deadline and self._writes() == writes and child.poll() is None:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and victim.alive and self._writes() == writes:
                 time.sleep(0.02)
             time.sleep(self.rng.uniform(0.05, 0.3))
             held = self._in_flight()
             wrote = self._writes() - writes
+            self._collect_child_stats(victim, killed=True)
+            timers = (victim.status(self.master_key) or {}).get("timers") or {}
         finally:
             killed_at = datetime.now(UTC)
-            child.send_signal(signal.SIGKILL)
-            child.wait(10)
+            if victim is not None:
+                victim.kill()
+            self.route()
         self.graph.faults.delay_s = 0.0
         with self.sf.org.lock:
             self.sf.faults.latency_seconds = 0.0
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(self.graph.gate.in_flight(self.graph.user_id(mb))
-                                                  for mb in MAILBOXES):
-            time.sleep(0.05)  # the dead host's requests still being answered into the void
-        self.start_host()
-        self._event(f"worker killed (SIGKILL) after {wrote} write(s), {held} message(s) invisible "
-                    "(held by it, or deferred)", killed_at)
+        locks = ",".join(sorted(t for t, state in timers.items() if state == "held")) or "no timer lock"
+        if alone:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(self.graph.gate.in_flight(self.graph.user_id(mb))
+                                                      for mb in MAILBOXES):
+                time.sleep(0.05)  # the dead host's requests still being answered into the void
+            self.start_host()
+        else:
+            self.start_child()  # the platform replaces the instance
+        if "salesforce_cdc_pull" in locks:
+            threading.Thread(target=self._watch_takeover, args=("salesforce_cdc_pull", killed_at), daemon=True,
+                             name="soak-takeover").start()
+        self._event(f"instance {victim.name if victim else '?'} killed (SIGKILL) after {wrote} write(s), holding "
+                    f"{locks}; {held} message(s) invisible (held by it, or deferred)", killed_at)
+
+    def _watch_takeover(self, timer: str, since: datetime) -> None:
+        """When another instance holds the killed instance's timer (its lease ran out), for the report."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not self._stop_users.is_set():
+            holders = [("i1", self.host.status()) if self.host is not None else ("i1", {})]
+            holders += [(c.name, c.status(self.master_key) or {}) for c in self.children if c.alive]
+            for name, status in holders:
+                if (status.get("timers") or {}).get(timer) == "held":
+                    at = datetime.now(UTC)
+                    self.report.checked[f"{timer} taken over after the kill (s)"] = round((at - since).total_seconds())
+                    self.report.event_times.append((at, f"{timer} timer taken over by {name}"))
+                    return
+            time.sleep(0.5)
 
     # ------------------------------------------------------------------------------------------ the story
     def run(self) -> Report:
@@ -754,6 +876,7 @@ class Soak:
             users.start()
             if self.p.strict_graph:
                 threading.Thread(target=self.delta_loop, name="soak-delta", daemon=True).start()
+            threading.Thread(target=self.refusal_watch, name="soak-refusals", daemon=True).start()
             t_start = time.monotonic()
             for name, share in sorted(self.p.at, key=lambda x: x[1]):
                 if name in self.p.skip:
@@ -773,11 +896,27 @@ class Soak:
                 self.report.violations.append("the queues did not drain after the faults stopped")
             self.final_reconcile()
             self.log("checking")
+            self.read_child_logs()
             self.read_rebuilds()
             self.report.violations += self.check()
             self.read_audit_and_poison()
         self.report.wall_s = time.monotonic() - started
         return self.report
+
+    def refusal_watch(self) -> None:
+        """When the Graph emulator refused requests over a §5 limit (sampled every 0.2 s), for the timelines: with
+        several instances each holds its own 4 permits per mailbox (sync/adapters/graph/transport.py)."""
+        seen: Counter[str] = Counter()
+        while not self._stop_users.wait(0.2):
+            for mb in MAILBOXES:
+                for limit in ("concurrency", "rate"):
+                    n = self.graph.gate.refused(self.graph.user_id(mb), limit)
+                    if n > seen[f"{mb}|{limit}"]:
+                        in_flight = self.graph.gate.in_flight(self.graph.user_id(mb))
+                        self.report.event_times.append((datetime.now(UTC), f"Graph refused {n - seen[f'{mb}|{limit}']}"
+                                                        f" request(s) of {mb.split('@')[0]} over the {limit} limit "
+                                                        f"({in_flight} in flight)"))
+                        seen[f"{mb}|{limit}"] = n
 
     def delta_loop(self) -> None:
         """Strict Graph: delta reconciles while people act, so delta tokens are used (and dropped at random)."""
