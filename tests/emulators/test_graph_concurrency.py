@@ -58,7 +58,8 @@ def _admin(emu: GraphEmulator, path: str, method: str = "GET") -> Any:
 
 
 def _batch(emu: GraphEmulator, requests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    req = urllib.request.Request(f"{emu.base_url}/$batch", method="POST", data=json.dumps({"requests": requests}).encode(),
+    data = json.dumps({"requests": requests}).encode()
+    req = urllib.request.Request(f"{emu.base_url}/$batch", method="POST", data=data,
                                  headers={"Authorization": "Bearer t", "Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
         return {a["id"]: a for a in json.loads(resp.read())["responses"]}

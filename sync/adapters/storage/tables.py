@@ -123,6 +123,10 @@ class TableStorage:
     def reviews(self) -> TableReviews:
         return TableReviews(self._table("reviews"))
 
+    def graph_permits(self) -> HealingTable:
+        """The table of Graph's per-mailbox request slots (``sync.adapters.graph.permits``)."""
+        return self._table("graphpermits")
+
     @classmethod
     def from_connection_string(cls, conn: str, prefix: str = "sync") -> TableStorage:
         return cls(TableServiceClient.from_connection_string(conn, raw_request_hook=REQUESTS), prefix)
