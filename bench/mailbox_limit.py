@@ -103,8 +103,9 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
     with stack([*reps, TARGET]) as s:
         departed = s.sf.add_user(f"{DEPARTED}.sf", DEPARTED, last_name="Departed")
         for r, mb in enumerate(reps):  # no company: the match looks up the email only (see docs/performance.md)
-            s.sf.bulk_create_contacts([{"FirstName": f"R{r}", "LastName": f"Edit{i}", "Email": f"r{r}e{i}@bench.example",
-                                        "OwnerId": s.users[mb]} for i in range(args.edits)], as_user=s.users[mb])
+            s.sf.bulk_create_contacts([{"FirstName": f"R{r}", "LastName": f"Edit{i}",
+                                        "Email": f"r{r}e{i}@bench.example", "OwnerId": s.users[mb]}
+                                       for i in range(args.edits)], as_user=s.users[mb])
         moved = s.sf.bulk_create_contacts([{"FirstName": "Moved", "LastName": f"M{i}", "Email": f"m{i}@bench.example",
                                             "OwnerId": departed} for i in range(args.contacts)], as_user=departed)
         settings = {**s.settings(), "SF_PUBSUB_ENDPOINT": s.sf.grpc_target, "SF_PUBSUB_INSECURE": "true",
@@ -182,7 +183,8 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
             "arrived": arrived, "edited": edited, "written_s": round(written, 1), "drain_s": round(drained, 1),
             "peak_target": target.get("peak", 0),
             "peak_reps": max((v["peak"] for m, v in gate["mailboxes"].items() if m in rep_uids), default=0),
-            "concurrency_429": gate["refusedConcurrency"], "concurrency_429_target": target.get("refusedConcurrency", 0),
+            "concurrency_429": gate["refusedConcurrency"],
+            "concurrency_429_target": target.get("refusedConcurrency", 0),
             "rate_429": gate["refusedRate"],
             "graph_requests": s.graph.counters.http_requests(),
             "graph_requests_target": s.graph.counters.count(mailbox=target_uid),

@@ -12,9 +12,11 @@ runs; a row whose ``Until`` has passed by more than ``skew_s`` is free: an insta
 it back within ``lease_s + skew_s`` (the instances' clocks are NTP-synchronised; ``skew_s`` absorbs the rest).
 
 Cost per Graph request, no contention: one transaction to take the row (the ETag of a row this process released
-last is remembered, so no read first) and one to give it back. Under contention, one partition query per retry,
-with a backoff from 20 ms to 0.5 s. Design and measurements: docs/performance.md "Graph's per-mailbox limit across
-instances".
+last is remembered, so no read first) and one to give it back. In a burst, a slot given back is kept ``LINGER_S``
+(50 ms) for this process's next request to the same mailbox, at most ``MAX_HOLD_S`` (5 s) in all, so a busy
+instance pays about two transactions per 5 s per slot, and then gives the slot back so that others get a turn.
+Under contention, one partition query per retry, with a backoff from 20 ms to 0.5 s. Design and measurements:
+docs/performance.md "Graph's per-mailbox limit across instances".
 
 The table client is any object with azure-data-tables' ``query_entities`` and ``submit_transaction`` (blocking
 calls; they run on a small thread pool so the transport's event loop never blocks).
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -40,6 +43,8 @@ LEASE_S = 20.0  # how long a taken slot stays taken without a renewal
 SKEW_S = 5.0  # clock difference between instances tolerated before a slot is considered abandoned
 MIN_BACKOFF_S = 0.02
 MAX_BACKOFF_S = 0.5
+LINGER_S = 0.05  # a slot given back waits this long for the next request of this process before it is released
+MAX_HOLD_S = 5.0  # ... unless this process has held it that long: then it goes back, so other instances get a turn
 
 
 class PermitsUnavailable(Exception):
@@ -54,14 +59,15 @@ class _Row:
     until: float = 0.0
 
 
-@dataclass
+@dataclass(eq=False)
 class Held:
-    """Slots one request holds: which mailbox, the rows and the ETags they have now."""
+    """Slots one request holds: which mailbox, the rows and the ETags they have now, since when."""
 
     partition: str
     rows: dict[str, str] = field(default_factory=dict)  # row key -> ETag
     holder: str = ""
     until: float = 0.0
+    taken_at: float = 0.0
 
 
 def _status(exc: BaseException) -> int | None:
@@ -81,19 +87,30 @@ class SharedPermits:
         skew_s: float = SKEW_S,
         clock: Callable[[], float] = time.time,
         workers: int = 8,
+        linger_s: float = LINGER_S,
+        max_hold_s: float = MAX_HOLD_S,
     ) -> None:
         self.table = table
         self.total = total
         self.lease_s = lease_s
         self.skew_s = skew_s
         self.clock = clock
+        self.linger_s = linger_s
+        self.max_hold_s = max_hold_s
         self.instance = uuid.uuid4().hex[:12]
         self.stats: dict[str, int] = {"acquired": 0, "released": 0, "renewed": 0, "waits": 0, "conflicts": 0,
-                                      "queries": 0, "transactions": 0}
+                                      "queries": 0, "transactions": 0, "reused": 0}
         self._known: dict[str, dict[str, _Row]] = {}  # partition -> row key -> what we last saw
+        self._locks: dict[str, threading.Lock] = {}  # one taker per mailbox in this process: no self-conflicts
+        self._spare: dict[str, list[Held]] = {}  # single slots just given back, kept ``linger_s`` for the next request
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graph-permits")
 
     def close(self) -> None:
+        """Give back the slots kept for reuse (best effort: they lapse by themselves otherwise)."""
+        spares = [h for held in self._spare.values() for h in held]
+        self._spare.clear()
+        for held in spares:
+            self._release(held)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # --- async API used by the transport -----------------------------------------------------------------------
@@ -102,11 +119,19 @@ class SharedPermits:
         n = max(1, min(n, self.total))
         partition = mailbox_ref(mailbox)
         loop = asyncio.get_running_loop()
+        spares = self._spare.get(partition)
+        while n == 1 and spares:  # a slot this process gave back moments ago: no storage round trip
+            held = spares.pop()
+            now = self.clock()
+            if now - held.taken_at < self.max_hold_s and held.until - now > self.lease_s / 2:
+                self.stats["reused"] += 1
+                return held
+            await loop.run_in_executor(self._pool, self._release, held)
         backoff = MIN_BACKOFF_S
         while True:
-            held = await loop.run_in_executor(self._pool, self._try_take, partition, n)
-            if held is not None:
-                return held
+            got = await loop.run_in_executor(self._pool, self._try_take, partition, n)
+            if got is not None:
+                return got
             self.stats["waits"] += 1
             await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311 - jitter, not security
             backoff = min(MAX_BACKOFF_S, backoff * 2)
@@ -115,7 +140,21 @@ class SharedPermits:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._renew, held)
 
     async def release(self, held: Held) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._release, held)
+        """Give the slots back. A single slot held less than ``max_hold_s`` is first kept ``linger_s`` for the next
+        request of this process (a burst costs no round trip per request); after ``max_hold_s`` it goes back to the
+        table, so other instances get their turn."""
+        loop = asyncio.get_running_loop()
+        if len(held.rows) == 1 and self.clock() - held.taken_at < self.max_hold_s:
+            self._spare.setdefault(held.partition, []).append(held)
+            loop.call_later(self.linger_s, lambda: asyncio.ensure_future(self._flush(held)))
+            return
+        await loop.run_in_executor(self._pool, self._release, held)
+
+    async def _flush(self, held: Held) -> None:
+        spares = self._spare.get(held.partition)
+        if spares is not None and held in spares:
+            spares.remove(held)
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._release, held)
 
     async def keep(self, held: Held) -> None:
         """Renew ``held`` every ``lease_s / 3`` until cancelled (runs beside a request)."""
@@ -147,6 +186,11 @@ class SharedPermits:
     def _try_take(self, partition: str, n: int) -> Held | None:
         """One attempt: take ``n`` free slots in one transaction; None when they are not free (or someone was
         faster). Uses what this process saw last and reads the partition only when that did not work."""
+        lock = self._locks.setdefault(partition, threading.Lock())
+        with lock:
+            return self._take(partition, n)
+
+    def _take(self, partition: str, n: int) -> Held | None:
         from azure.core import MatchConditions
         from azure.data.tables import UpdateMode
 
@@ -184,7 +228,7 @@ class SharedPermits:
                         return None
                     continue
                 raise PermitsUnavailable(f"permit transaction failed: {type(exc).__name__}") from exc
-            held = Held(partition, holder=holder, until=until)
+            held = Held(partition, holder=holder, until=until, taken_at=now)
             for r, answer in zip(chosen, answers, strict=True):
                 etag = _etag(answer)
                 held.rows[r.key] = etag
