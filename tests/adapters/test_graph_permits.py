@@ -173,3 +173,22 @@ def test_two_adapters_sharing_the_table_stay_within_four(table: Any, emu: Any) -
     alone = load([None, None])
     assert shared == (4, 0)
     assert alone[0] == 4 and alone[1] > 0  # 2 processes x 4 each: Graph refuses the extra ones
+
+
+def test_a_burst_reuses_its_slot_and_gives_it_back_after_the_linger(table: Any) -> None:
+    """20 requests one after the other in one process: one transaction takes the slot, the next requests reuse it
+    (each within the 50 ms linger), and it goes back to the table once the burst is over: another instance can take
+    all 4 slots then."""
+    a, b = SharedPermits(table), SharedPermits(table)
+
+    async def scenario() -> int:
+        for _ in range(20):
+            held = await a.acquire("ann@contoso.com", 1)
+            await a.release(held)
+        await asyncio.sleep(0.3)  # past the linger: the slot went back
+        everything = await asyncio.wait_for(b.acquire("ann@contoso.com", 4), 2)
+        await b.release(everything)
+        return len(everything.rows)
+
+    assert _run(scenario()) == 4
+    assert a.stats["reused"] == 19 and a.stats["transactions"] == 2  # one take, one give-back

@@ -68,6 +68,7 @@ class Held:
     holder: str = ""
     until: float = 0.0
     taken_at: float = 0.0
+    parked: int = 0  # how often it was given back to the spares (a flush timer acts only on its own parking)
 
 
 def _status(exc: BaseException) -> int | None:
@@ -145,14 +146,16 @@ class SharedPermits:
         table, so other instances get their turn."""
         loop = asyncio.get_running_loop()
         if len(held.rows) == 1 and self.clock() - held.taken_at < self.max_hold_s:
+            held.parked += 1
+            parked = held.parked
             self._spare.setdefault(held.partition, []).append(held)
-            loop.call_later(self.linger_s, lambda: asyncio.ensure_future(self._flush(held)))
+            loop.call_later(self.linger_s, lambda: asyncio.ensure_future(self._flush(held, parked)))
             return
         await loop.run_in_executor(self._pool, self._release, held)
 
-    async def _flush(self, held: Held) -> None:
+    async def _flush(self, held: Held, parked: int) -> None:
         spares = self._spare.get(held.partition)
-        if spares is not None and held in spares:
+        if held.parked == parked and spares is not None and held in spares:
             spares.remove(held)
             await asyncio.get_running_loop().run_in_executor(self._pool, self._release, held)
 
