@@ -12,9 +12,10 @@ runs; a row whose ``Until`` has passed by more than ``skew_s`` is free: an insta
 it back within ``lease_s + skew_s`` (the instances' clocks are NTP-synchronised; ``skew_s`` absorbs the rest).
 
 Cost per Graph request, no contention: one transaction to take the row (the ETag of a row this process released
-last is remembered, so no read first) and one to give it back. In a burst, a slot given back is kept ``LINGER_S``
-(50 ms) for this process's next request to the same mailbox, at most ``MAX_HOLD_S`` (5 s) in all, so a busy
-instance pays about two transactions per 5 s per slot, and then gives the slot back so that others get a turn.
+last is remembered, so no read first) and one to give it back. In a burst, slots given back are kept ``LINGER_S``
+(50 ms) for this process's next request to the same mailbox wanting as many (a request, or a ``$batch``'s slots), at
+most ``MAX_HOLD_S`` (5 s) in all, so a busy instance pays about two transactions per 5 s per slot, and then gives the
+slots back so that others get a turn.
 Under contention, one partition query per retry, with a backoff from 20 ms to 0.5 s. Design and measurements:
 docs/performance.md "Graph's per-mailbox limit across instances".
 
@@ -103,7 +104,7 @@ class SharedPermits:
                                       "queries": 0, "transactions": 0, "reused": 0}
         self._known: dict[str, dict[str, _Row]] = {}  # partition -> row key -> what we last saw
         self._locks: dict[str, threading.Lock] = {}  # one taker per mailbox in this process: no self-conflicts
-        self._spare: dict[str, list[Held]] = {}  # single slots just given back, kept ``linger_s`` for the next request
+        self._spare: dict[str, list[Held]] = {}  # slots just given back, kept ``linger_s`` for the next request
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graph-permits")
 
     def close(self) -> None:
@@ -120,9 +121,12 @@ class SharedPermits:
         n = max(1, min(n, self.total))
         partition = mailbox_ref(mailbox)
         loop = asyncio.get_running_loop()
-        spares = self._spare.get(partition)
-        while n == 1 and spares:  # a slot this process gave back moments ago: no storage round trip
-            held = spares.pop()
+        spares = self._spare.get(partition) or []
+        while True:  # slots this process gave back moments ago, as many as wanted: no storage round trip
+            held = next((h for h in reversed(spares) if len(h.rows) == n), None)
+            if held is None:
+                break
+            spares.remove(held)
             now = self.clock()
             if now - held.taken_at < self.max_hold_s and held.until - now > self.lease_s / 2:
                 self.stats["reused"] += 1
@@ -141,11 +145,11 @@ class SharedPermits:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._renew, held)
 
     async def release(self, held: Held) -> None:
-        """Give the slots back. A single slot held less than ``max_hold_s`` is first kept ``linger_s`` for the next
-        request of this process (a burst costs no round trip per request); after ``max_hold_s`` it goes back to the
-        table, so other instances get their turn."""
+        """Give the slots back. Slots held less than ``max_hold_s`` are first kept ``linger_s`` for the next request
+        of this process that wants as many (a burst of requests, or of ``$batch``es, costs no round trip each); after
+        ``max_hold_s`` they go back to the table, so other instances get their turn."""
         loop = asyncio.get_running_loop()
-        if len(held.rows) == 1 and self.clock() - held.taken_at < self.max_hold_s:
+        if self.clock() - held.taken_at < self.max_hold_s:
             held.parked += 1
             parked = held.parked
             self._spare.setdefault(held.partition, []).append(held)
