@@ -172,11 +172,14 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
             arrived = edited = 0
             while time.monotonic() < deadline:
                 arrived = len(s.graph.list_contacts(TARGET, folder)) if folder else 0
-                edited = sum(1 for c in s.sf.contacts() if expected_titles.get(c.get("Email")) == c.get("Title"))
+                edited = len({c["Email"] for c in s.sf.contacts()
+                              if c.get("Email") in expected_titles and expected_titles[c["Email"]] == c.get("Title")})
                 if arrived >= args.contacts and edited >= len(expected_titles):
                     break
                 time.sleep(1.0)
             drained = time.monotonic() - started
+            rep_rows = [c for c in s.sf.contacts() if c.get("Email") in expected_titles]
+            target_rows = [c for c in s.sf.contacts() if str(c.get("Email") or "").startswith("m")]
         finally:
             _stop(procs)
         gate = s.graph.gate.snapshot()
@@ -188,6 +191,10 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
             "edits_per_rep": args.edits, "graph_delay_s": args.graph_delay,
             "rate_limit": "kept" if args.keep_rate_limit else "raised",
             "drained": arrived >= args.contacts and edited >= len(expected_titles),
+            # Salesforce contacts of the edited people, and of the reassigned ones: more than one per person is a
+            # duplicate made by the sync (the workload creates none)
+            "sf_edited_people": len(rep_rows), "sf_edited_distinct": len({c.get("Email") for c in rep_rows}),
+            "sf_moved_people": len(target_rows), "target_folder": arrived,
             "arrived": arrived, "edited": edited, "written_s": round(written, 1), "drain_s": round(drained, 1),
             "peak_target": target.get("peak", 0),
             "peak_reps": max((v["peak"] for m, v in gate["mailboxes"].items() if m in rep_uids), default=0),
@@ -201,7 +208,8 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
     print(f"  {instances} instance(s), permits={permits:<7}: drained {out['drained']} in {out['drain_s']:>6} s "
           f"(writes {out['written_s']} s); peak in flight: target {out['peak_target']}, reps {out['peak_reps']}; "
           f"MailboxConcurrency 429s {out['concurrency_429']} (target {out['concurrency_429_target']}); "
-          f"Graph requests {out['graph_requests']} (target {out['graph_requests_target']})", flush=True)
+          f"Graph requests {out['graph_requests']} (target {out['graph_requests_target']}); Salesforce contacts of "
+          f"the {out['sf_edited_distinct']} edited people: {out['sf_edited_people']}", flush=True)
     return out
 
 

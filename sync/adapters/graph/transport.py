@@ -259,6 +259,11 @@ class _GraphHttp:
             self._stop_loop()
 
     async def _aclose(self) -> None:
+        # what is still scheduled (a shared slot's linger timer) ends here; the slots go back with the permits' close
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
         client = getattr(self._adapter, "_http_client", None)
         if client is not None:
             await client.aclose()
