@@ -3,7 +3,7 @@
 Each process already queues its own requests per mailbox (``transport._Permits``, FIFO, 4 slots). ``SharedPermits``
 adds a slot that every instance sees: a mailbox has ``total`` (4) rows in a Table Storage partition
 (``PartitionKey`` = the mailbox's digest, never the UPN; ``RowKey`` = "0".."3"), and a request holds one row while
-it runs (a ``$batch`` holds min(4, items), §5 "JSON batching"). A row is taken by an update conditioned on the ETag
+it runs (a ``$batch`` holds min(4, items), §5.1). A row is taken by an update conditioned on the ETag
 read (docs/reference/azure.md §4.4), all the rows a request needs in one entity group transaction (§4.2), so two
 instances never hold the same row and nobody waits holding part of what it needs (no deadlock).
 
