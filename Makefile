@@ -72,6 +72,12 @@ bench: deps
 	$(PY) -m bench.cdc_latency
 	$(PY) -m bench.scale
 
+# Graph's per-mailbox limit with 1 and 3 devhost processes (docs/performance.md): not in `bench`, it takes about an
+# hour at its defaults (5,000 contacts reassigned to one rep, 20 mailboxes x 200 edits, 4 runs) on 2 cores.
+.PHONY: bench-mailbox-limit
+bench-mailbox-limit: deps
+	$(PY) -m bench.mailbox_limit
+
 # The soak with faults (tests/soak/): minutes of random edits on both sides under injected faults, then a reconcile
 # and the checks (agreement, no duplicates, no lost edits, no resurrections, throttling limits). `make soak-short` is
 # the 40-second profile (tests/soak/test_soak.py), also part of `make test`; `make soak` the 5-minute one with the

@@ -46,7 +46,7 @@ from sync.ports import ContactChange, LifecycleNotice, WorkItem, WorkQueue
 from sync.scope import MailboxList, ScopeChange, group_id_setting, refresh_group
 
 if TYPE_CHECKING:  # only for the type checker: no SDK import at run time
-    from sync.adapters.graph import GraphContactSide, GraphSubscriptions
+    from sync.adapters.graph import GraphContactSide, GraphSubscriptions, SharedPermits
     from sync.adapters.salesforce import SalesforceContactSide, TokenProvider
     from sync.adapters.salesforce.pubsub import CdcSubscriber
     from sync.adapters.storage import (
@@ -148,9 +148,12 @@ class Root:
     def close(self) -> None:
         with self._lock:
             graph = self._parts.pop("graph", None)
+            permits = self._parts.pop("graph_permits", None)
             self._parts.clear()
         if graph is not None:
             graph.close()
+        if permits is not None:
+            permits.close()
 
     # --- settings-derived values -----------------------------------------------------------------------------
     @property
@@ -327,9 +330,27 @@ class Root:
                 folder_name=self.get("SYNC_FOLDER_NAME") or DEFAULT_FOLDER_NAME,
                 mailboxes=self.mailbox_list,
                 field_map=self.policy.field_map,
+                permits=self.graph_permits,
             )
 
         return self._once("graph", build)
+
+    @property
+    def graph_permits(self) -> SharedPermits | None:
+        """Graph's per-mailbox slots shared by every instance (GRAPH_MAILBOX_PERMITS=shared, the default), or None
+        (``process``: the limit holds in this process only)."""
+        def build() -> SharedPermits | None:
+            mode = (self.get("GRAPH_MAILBOX_PERMITS") or "shared").casefold()
+            if mode == "process":
+                return None
+            if mode != "shared":
+                raise ConfigError(
+                    f"invalid app settings:\n  - GRAPH_MAILBOX_PERMITS={mode!r}: expected shared or process")
+            from sync.adapters.graph import SharedPermits
+
+            return SharedPermits(self.storage.graph_permits())
+
+        return self._once("graph_permits", build)
 
     @property
     def graph_subscriptions(self) -> GraphSubscriptions:

@@ -72,6 +72,9 @@ SETTINGS: tuple[Setting, ...] = (
             secret=True),
     Setting("GRAPH_MANAGED_IDENTITY_CLIENT_ID", None, "client id of the managed identity used as federated credential"),
     Setting("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0", "Graph v1.0 base URL (emulator: http://127.0.0.1:N/v1.0)"),
+    Setting("GRAPH_MAILBOX_PERMITS", "shared",
+            "shared | process: Graph's 4 concurrent requests per mailbox held across every instance (slots in "
+            "Table Storage) or per process only"),
     Setting("SYNC_FOLDER_NAME", "Salesforce_Sync", "display name of the contact folder created in each mailbox"),
     Setting("SYNC_MAILBOXES", "", "comma-separated mailbox UPNs in scope (with SYNC_MAILBOX_GROUP_ID: both)"),
     Setting("SYNC_MAILBOX_GROUP_ID", None, "object id (GUID) of an Entra group whose transitive user members are "

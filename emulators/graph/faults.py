@@ -243,7 +243,25 @@ class MailboxGate:
                        if (mailbox is None or key.rsplit("|", 1)[0] == mailbox)
                        and (limit is None or key.rsplit("|", 1)[1] == limit))
 
+    def peaks(self) -> dict[str, int]:
+        """The peak of every mailbox seen so far (mailbox id -> highest number admitted at once)."""
+        with self._lock:
+            return dict(self._peak)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Per mailbox: the peak admitted at once, in flight now, refusals over the concurrency and the rate limit;
+        and the totals (``GET /_admin/gate``)."""
+        with self._lock:
+            names = set(self._peak) | {key.rsplit("|", 1)[0] for key in self._refused}
+            per = {mb: {"peak": self._peak[mb], "inFlight": self._in_flight[mb],
+                        "refusedConcurrency": self._refused[f"{mb}|concurrency"],
+                        "refusedRate": self._refused[f"{mb}|rate"]} for mb in sorted(names)}
+        return {"mailboxes": per, "peak": max((v["peak"] for v in per.values()), default=0),
+                "refusedConcurrency": sum(v["refusedConcurrency"] for v in per.values()),
+                "refusedRate": sum(v["refusedRate"] for v in per.values())}
+
     def reset(self) -> None:
+        """Forget peaks, refusals and the rate windows (requests in flight stay counted)."""
         with self._lock:
             self._peak.clear()
             self._refused.clear()

@@ -18,6 +18,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,6 +46,8 @@ MIN_SUB_MINUTES = 45  # §4.2 "Any value under 45 minutes … is automatically s
 MAX_SUBS_PER_MAILBOX = 1000  # §4.1 quota
 LIFECYCLE_EVENTS = ("missed", "subscriptionRemoved", "reauthorizationRequired")  # §4.6
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+# §5 JSON batching: Graph sends the Outlook service up to four unordered items of one batch at a time.
+BATCH_PARALLELISM = 4
 
 
 class ConnectionDropped(Exception):
@@ -272,6 +276,7 @@ class GraphEmulator:
             self.subscriptions.clear()
         self.faults.reset()
         self.counters.reset()
+        self.gate.reset()
         self.notifier.clear()
 
     # ---- Python admin API ("as the user in Outlook") -------------------------------------------------------
@@ -954,6 +959,9 @@ class GraphEmulator:
 
     # ---- $batch (§5 JSON batching) -------------------------------------------------------------------------
     def _batch(self, req: Request) -> Response:
+        """Items run up to ``BATCH_PARALLELISM`` at a time, each counted at the mailbox gate on its own (§5: Graph
+        sends Outlook up to four unordered items of a batch at once; ``dependsOn`` makes an item wait for its
+        dependencies). So a batch of 20 for one mailbox occupies 4 of its concurrency slots while it runs."""
         body = req.json()
         items = body.get("requests") if isinstance(body, dict) else None
         if not isinstance(items, list) or not items:
@@ -963,19 +971,34 @@ class GraphEmulator:
         ids = [str(i.get("id")) for i in items if isinstance(i, dict)]
         if len(ids) != len(items) or len(set(ids)) != len(ids):
             raise GraphError(400, "BadRequest", "Batch request ids must be present and unique.")
-        results: dict[str, dict[str, Any]] = {}
-        for item in items:
-            rid = str(item["id"])
-            deps = item.get("dependsOn") or []  # `depends_on` (SDK bug §7.6) is ignored like Graph does
-            missing = [d for d in deps if d not in results]
-            if missing:
+        deps: dict[str, list[str]] = {}
+        for pos, item in enumerate(items):
+            wanted = [str(d) for d in item.get("dependsOn") or []]  # `depends_on` (SDK bug §7.6) is ignored, as Graph
+            if any(d not in ids[:pos] for d in wanted):
                 raise GraphError(400, "BadRequest", "dependsOn must refer to an earlier request id.")
-            if any(results[d]["status"] >= 400 for d in deps):
-                fail = error_body("FailedDependency", "Dependent request failed.", str(uuid.uuid4()), None)
-                results[rid] = {"id": rid, "status": 424, "headers": {"Content-Type": "application/json"}, "body": fail}
-                continue
-            results[rid] = self._batch_item(req, item)
-        responses = list(results.values())
+            deps[ids[pos]] = wanted
+        results: dict[str, dict[str, Any]] = {}
+        pending = list(zip(ids, items, strict=True))
+        running: dict[Future[dict[str, Any]], str] = {}
+        with ThreadPoolExecutor(BATCH_PARALLELISM, thread_name_prefix="graph-batch") as pool:
+            while pending or running:
+                for rid, item in list(pending):
+                    if len(running) >= BATCH_PARALLELISM:
+                        break
+                    if not all(d in results for d in deps[rid]):
+                        continue
+                    pending.remove((rid, item))
+                    if any(results[d]["status"] >= 400 for d in deps[rid]):
+                        fail = error_body("FailedDependency", "Dependent request failed.", str(uuid.uuid4()), None)
+                        results[rid] = {"id": rid, "status": 424, "headers": {"Content-Type": "application/json"},
+                                        "body": fail}
+                        continue
+                    running[pool.submit(self._batch_item, req, item)] = rid
+                if running:
+                    done, _ = wait_futures(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        results[running.pop(future)] = future.result()
+        responses = [results[rid] for rid in ids]
         if self.faults.batch_reverse_responses:
             responses.reverse()
         return Response(200, {"responses": responses})
@@ -1165,6 +1188,11 @@ class GraphEmulator:
             return Response(201, rule.__dict__)
         if segs == ["faults", "reset"] and m == "POST":
             self.faults.reset()
+            return ok
+        if segs == ["gate"] and m == "GET":
+            return Response(200, self.gate.snapshot())
+        if segs == ["gate", "reset"] and m == "POST":
+            self.gate.reset()
             return ok
         if segs == ["counters"] and m == "GET":
             return Response(200, self.counters.snapshot())

@@ -124,6 +124,7 @@ var productSettings = {
   GRAPH_CREDENTIAL: graphCredential
   GRAPH_MANAGED_IDENTITY_CLIENT_ID: identityClientId
   GRAPH_BASE_URL: graphBaseUrl
+  GRAPH_MAILBOX_PERMITS: 'shared' // Graph's 4 requests per mailbox held across every instance (docs/performance.md)
   SYNC_FOLDER_NAME: syncFolderName
   SYNC_MAILBOXES: syncMailboxes
   SYNC_MAILBOX_GROUP_ID: syncMailboxGroupId

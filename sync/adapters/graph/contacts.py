@@ -36,6 +36,7 @@ from urllib.parse import quote
 from sync.adapters.graph.batch import _Batches, _Op, item_error
 from sync.adapters.graph.folders import _Folders
 from sync.adapters.graph.items import check_landed, in_folder, marker_of, modified_at
+from sync.adapters.graph.permits import SharedPermits
 from sync.adapters.graph.transport import (
     _Failure,
     _GraphHttp,
@@ -83,7 +84,8 @@ class GraphContactSide:
     ``credential_from_settings``. ``mailboxes``: when given, calls for any other mailbox raise AuthFailed.
     ``max_attempts`` / ``max_wait``: the retry bounds (tries per request or batch item; longest single wait in
     seconds - a longer Retry-After is raised at once as ``Throttled(retry_after)`` for the caller to reschedule).
-    ``stats`` counts requests, batches, retries, throttled answers and the time waited.
+    ``stats`` counts requests, batches, retries, throttled answers and the time waited. ``permits``: the per-mailbox
+    slots shared by every instance (``permits.SharedPermits``); None keeps the limit of 4 per process only.
     """
 
     side = Side.M365
@@ -102,6 +104,7 @@ class GraphContactSide:
         max_attempts: int = 5,
         max_wait: float = 30.0,
         timeout_s: float = 60.0,
+        permits: SharedPermits | None = None,
     ) -> None:
         # a MailboxList stays live (sync.scope: the group scope changes while the process runs)
         self._scope: Collection[str] | None = (
@@ -115,7 +118,7 @@ class GraphContactSide:
         self._fields = STANDARD_FIELDS + tuple(self._field_map.graph_custom())
         self._expand = f"singleValueExtendedProperties($filter=id eq {odata_str(marker_property_id)})"
         self._http = _GraphHttp(
-            credential, base_url, max_attempts=max_attempts, max_wait=max_wait, timeout_s=timeout_s
+            credential, base_url, max_attempts=max_attempts, max_wait=max_wait, timeout_s=timeout_s, shared=permits
         )
         self._folders = _Folders(self._http, folder_name, self._http.stats)
         self._batches = _Batches(self._http, self._by_create_key)

@@ -9,7 +9,9 @@ with kiota's ``NativeResponseHandler``, and carries ``Prefer: IdType="ImmutableI
   sleep any Retry-After uncapped. ``call`` retries 429/503/504 and lost connections itself, honouring Retry-After,
   at most ``max_attempts`` tries and never one wait over ``max_wait``; a create (``only_throttled``) retries a 429 only.
 * At most 4 requests per mailbox are in flight (§5): a FIFO pool of permits per mailbox; a ``$batch`` takes
-  min(4, items) of them because Graph runs up to four of its items at once against the mailbox.
+  min(4, items) of them because Graph runs up to four of its items at once against the mailbox. With ``shared``
+  (``permits.SharedPermits``, app setting ``GRAPH_MAILBOX_PERMITS=shared``) a request also holds one of the mailbox's
+  4 slots in Table Storage, so the limit holds across every instance of the app, not only in this process.
 ``_map_error`` is the only place a Graph answer becomes a ``sync.errors`` type; its messages carry the status and
 error code only (Graph's message text may quote a UPN). Section numbers (§) refer to docs/reference/graph.md.
 """
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
+from sync.adapters.graph.permits import Held, PermitsUnavailable, SharedPermits
 from sync.errors import (
     AlreadyExists,
     AuthFailed,
@@ -200,9 +203,11 @@ class _GraphHttp:
     """The loop thread, the SDK request adapter, per-mailbox permits and the retry policy."""
 
     def __init__(
-        self, credential: Any, base_url: str, *, max_attempts: int, max_wait: float, timeout_s: float
+        self, credential: Any, base_url: str, *, max_attempts: int, max_wait: float, timeout_s: float,
+        shared: SharedPermits | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.shared = shared  # the slots every instance sees (permits.py); None: this process's permits only
         self.max_attempts = max(1, max_attempts)
         self.max_wait = max_wait
         self.stats: Counter[str] = Counter()
@@ -254,6 +259,11 @@ class _GraphHttp:
             self._stop_loop()
 
     async def _aclose(self) -> None:
+        # what is still scheduled (a shared slot's linger timer) ends here; the slots go back with the permits' close
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
         client = getattr(self._adapter, "_http_client", None)
         if client is not None:
             await client.aclose()
@@ -296,12 +306,27 @@ class _GraphHttp:
         info.add_request_options([RetryHandlerOption(max_retries=0), ResponseHandlerOption(NativeResponseHandler())])
         permits = self._permits.setdefault(mailbox.casefold(), _Permits(MAILBOX_CONCURRENCY)) if mailbox else None
         taken = await permits.acquire(slots) if permits else 0
+        held: Held | None = None
+        keeper: asyncio.Task[None] | None = None
         try:
+            if self.shared is not None and mailbox:
+                try:
+                    held = await self.shared.acquire(mailbox, taken)
+                except PermitsUnavailable as exc:  # the request was not sent: retried like a throttled one
+                    logger.warning("graph permits unavailable: %s", exc)
+                    raise _Failure(429, "PermitsUnavailable", retry_after=1.0, exc=exc) from exc
+                keeper = asyncio.ensure_future(self.shared.keep(held))
             self.stats["requests"] += 1
             raw = await self._adapter.send_primitive_async(info, "bytes", None)
+        except _Failure:
+            raise
         except Exception as exc:  # no HTTP answer: connection refused/reset, timeout
             raise _Failure(None, exc=exc) from exc
         finally:
+            if keeper is not None:
+                keeper.cancel()
+            if held is not None and self.shared is not None:
+                await self.shared.release(held)
             if permits:
                 await permits.release(taken)
         content = raw.content

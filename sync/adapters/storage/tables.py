@@ -128,6 +128,10 @@ class TableStorage:
         """The resolved mailbox group (one row of the checkpoints table, ``sync.adapters.storage.scope``)."""
         return TableScopeStore(self._table("checkpoints"))
 
+    def graph_permits(self) -> HealingTable:
+        """The table of Graph's per-mailbox request slots (``sync.adapters.graph.permits``)."""
+        return self._table("graphpermits")
+
     @classmethod
     def from_connection_string(cls, conn: str, prefix: str = "sync") -> TableStorage:
         return cls(TableServiceClient.from_connection_string(conn, raw_request_hook=REQUESTS), prefix)
