@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -220,3 +221,34 @@ def test_automation_writes_sync_without_loops_or_conflicts(live, queues) -> None
     assert g.counters.count(g.user_id(BOB), "contact.update") == graph_writes
     rows = [e for e in root.audit.recent(BOB, 50) if sf_id in (e.sf_id or "")]
     assert not [e for e in rows if e.action == "conflict" or e.outcome == "failed"], rows
+
+
+def test_a_no_change_delta_pass_makes_no_storage_write(live) -> None:
+    """The timer's delta pass over a mailbox where nothing changed: one Graph delta call, one Salesforce query, and
+    no Table Storage write (counted by the adapter, ``sync.adapters.storage.REQUESTS``)."""
+    from sync.adapters.storage import REQUESTS
+    from sync.reconcile import CHECKPOINT_REFRESH, reconcile_mailbox_delta
+
+    root, g, sf, users = live
+    for i in range(3):
+        sf.create_contact({"FirstName": "Quiet", "LastName": f"Person{i}", "Email": f"quiet{i}@example.com",
+                           "OwnerId": users[ANN]}, as_user=users[ANN])
+    now = datetime.now(UTC)
+    assert reconcile_mailbox_delta(root.engine, ANN, root.checkpoints, clock=lambda: now).ran == "full"
+    reconcile_mailbox_delta(root.engine, ANN, root.checkpoints, clock=lambda: now)  # our own writes come back
+    writes = ("write", "transaction", "delete")
+    tables = REQUESTS.snapshot()
+    graph_calls, sf_calls = g.counters.http_requests(), sf.counters["rest.requests"]
+    delta_calls = g.counters.count(endpoint="contacts.delta")
+    report = reconcile_mailbox_delta(root.engine, ANN, root.checkpoints, clock=lambda: now + timedelta(minutes=30))
+    assert report.ran == "delta" and report.visited == 0 and not report.errors
+    after = REQUESTS.snapshot()
+    assert {k: after.get(k, 0) - tables.get(k, 0) for k in writes} == dict.fromkeys(writes, 0)
+    # the delta round, and the look at the sync folder every pass takes (deleted or moved by the user?)
+    assert g.counters.count(endpoint="contacts.delta") - delta_calls == 1
+    assert g.counters.http_requests() - graph_calls == 2
+    assert sf.counters["rest.requests"] - sf_calls == 1  # one queryAll of what moved since the watermark
+    # once the stored delta link is CHECKPOINT_REFRESH old, the next pass replaces it (one row), nothing else
+    reconcile_mailbox_delta(root.engine, ANN, root.checkpoints, clock=lambda: now + CHECKPOINT_REFRESH)
+    refreshed = REQUESTS.snapshot()
+    assert {k: refreshed.get(k, 0) - after.get(k, 0) for k in writes} == {"write": 1, "transaction": 0, "delete": 0}
