@@ -21,6 +21,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -47,6 +48,7 @@ LAST_NOTIFICATION = "graph.subscription.lastNotification"  # checkpoint name: IS
 # One upkeep at a time per process (the start-up run, the timer, the refresh endpoint and the lifecycle worker may
 # overlap). Across instances they can still overlap: a duplicate made then is deleted by the next run.
 UPKEEP_LOCK = threading.RLock()
+UPKEEP_CONCURRENCY = 8  # mailboxes kept up at once by one upkeep run (``_maintain``)
 
 
 class UpkeepParts(Protocol):
@@ -211,17 +213,27 @@ def _maintain(parts: UpkeepParts) -> Counter[str]:
         by_mailbox.setdefault(sub.mailbox, []).append(sub)
     scope = set(parts.mailboxes)  # duplicates within the scope are ensure_mailbox's
     counts += _delete_all(parts, [sub for m, subs in by_mailbox.items() if m not in scope for sub in subs])
-    for mailbox in parts.mailboxes:
-        try:
-            parts.graph.folder_id(mailbox)  # creates the sync folder when missing
-            counts[ensure_mailbox(parts, mailbox, by_mailbox.get(mailbox, []))] += 1
-        except SyncError as exc:
-            counts["failed"] += 1
-            record_outcome(parts.checkpoints, mailbox, exc)
-            logger.warning("subscription upkeep failed for a mailbox: %s", _error_text(exc))
-        else:
-            record_outcome(parts.checkpoints, mailbox)
+    # Mailboxes are kept up UPKEEP_CONCURRENCY at a time, each by one thread: Graph's 4 concurrent requests per
+    # mailbox are never approached, and the subscription API's per-app rate (docs/reference/graph.md §4.7) is far
+    # off at Graph's create latency (a create waits for the validation handshake, §4.3)
+    with ThreadPoolExecutor(UPKEEP_CONCURRENCY, thread_name_prefix="upkeep") as pool:
+        for outcome in pool.map(lambda mailbox: _keep_up(parts, mailbox, by_mailbox.get(mailbox, [])),
+                                parts.mailboxes):
+            counts[outcome] += 1
     return counts
+
+
+def _keep_up(parts: UpkeepParts, mailbox: str, stored: Sequence[StoredSubscription]) -> str:
+    """One mailbox of ``_maintain``: its folder and subscription, and the outcome kept on its state."""
+    try:
+        parts.graph.folder_id(mailbox)  # creates the sync folder when missing
+        outcome = ensure_mailbox(parts, mailbox, stored)
+    except SyncError as exc:
+        record_outcome(parts.checkpoints, mailbox, exc)
+        logger.warning("subscription upkeep failed for a mailbox: %s", _error_text(exc))
+        return "failed"
+    record_outcome(parts.checkpoints, mailbox)
+    return outcome
 
 
 def remove_subscriptions(parts: UpkeepParts, mailboxes: Sequence[str]) -> Counter[str]:
