@@ -569,8 +569,15 @@ class _Feeds:
             removed = tuple(removed)
             self.gone_m365.extend(removed)
         else:
-            # the Salesforce feed is org-wide: a removal concerns this mailbox only if the contact is linked here
-            removed = tuple(i for i in removed if engine.links.get(mailbox, side, i) is not None)
+            # the Salesforce feed is org-wide: a removal concerns this mailbox only if the contact is linked here.
+            # Past FETCH_ONE_BY_ONE ids (other reps' contacts edited since the last pass), the mailbox's links are
+            # listed once instead of one point read per id
+            removed = tuple(removed)
+            if len(removed) > FETCH_ONE_BY_ONE:
+                linked = {link.sf_id for link in engine.links.list(mailbox) if link.sf_id}
+                removed = tuple(i for i in removed if i in linked)
+            else:
+                removed = tuple(i for i in removed if engine.links.get(mailbox, side, i) is not None)
         # a record at the version its link was saved with has not changed since we synced it (our own write
         # coming back, or a row the feed reports again): nothing to read or decide, no API call
         fresh = [r.id for r in records if not _at_link_version(engine, mailbox, r)]

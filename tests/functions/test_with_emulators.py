@@ -252,3 +252,29 @@ def test_a_no_change_delta_pass_makes_no_storage_write(live) -> None:
     reconcile_mailbox_delta(root.engine, ANN, root.checkpoints, clock=lambda: now + CHECKPOINT_REFRESH)
     refreshed = REQUESTS.snapshot()
     assert {k: refreshed.get(k, 0) - after.get(k, 0) for k in writes} == {"write": 1, "transaction": 0, "delete": 0}
+
+
+def test_other_reps_edits_cost_a_delta_pass_one_links_query_not_a_read_each(live) -> None:
+    """The Salesforce feed is org-wide: what other reps' contacts did since the last pass comes back as removals.
+    Past 50 of them the pass lists its mailbox's links once instead of reading a link per id; a contact of this
+    mailbox handed to another rep among them is still decided here."""
+    from sync.adapters.storage import REQUESTS
+    from sync.reconcile import reconcile_mailbox_delta
+
+    root, g, sf, users = live
+    mine = sf.create_contact({"FirstName": "Handed", "LastName": "Over", "Email": "handed@example.com",
+                              "OwnerId": users[ANN]}, as_user=users[ANN])
+    reconcile_mailbox_delta(root.engine, ANN, root.checkpoints)
+    reconcile_mailbox_delta(root.engine, ANN, root.checkpoints)
+    assert root.engine.links.get(ANN, Side.SALESFORCE, mine) is not None
+    sf.bulk_create_contacts([{"LastName": f"Other{i}", "Email": f"other{i}@example.com", "OwnerId": users[BOB]}
+                             for i in range(80)], as_user=users[BOB])
+    sf.update_contact(mine, {"OwnerId": users[BOB]}, as_user=users[ANN])
+    before = REQUESTS.snapshot()
+    report = reconcile_mailbox_delta(root.engine, ANN, root.checkpoints)
+    after = REQUESTS.snapshot()
+    assert report.ran == "delta" and not report.errors
+    assert report.visited == 1  # the handed-over contact: its copy leaves this mailbox
+    assert after.get("read", 0) - before.get("read", 0) < 20  # not one point read per other rep's contact (81)
+    folder = g.find_folder(ANN, "Salesforce_Sync")
+    assert folder and "Over" not in [c.get("surname") for c in g.list_contacts(ANN, folder)]

@@ -1,0 +1,261 @@
+"""``python -m bench.mailboxes [--mailboxes 2000 --per-mailbox 25]``: thousands of mailboxes, counted in calls.
+
+Azurite + the Graph and Salesforce emulators (this process) and the real app code built from app settings, with
+``SYNC_MAILBOXES`` naming every mailbox. The function runs that touch every mailbox at once each run in a fresh
+child process (``--child <step>``), so their wall time and peak RSS (``VmHWM``) are the app's alone:
+
+1. ``subscriptions_create``: the subscriptions timer's upkeep (``maintain_subscriptions``) with none stored: a sync
+   folder and a subscription per mailbox, each create answered by the real ``graph_notifications`` function through
+   a loopback bridge (Graph's validation handshake, docs/reference/graph.md §4.3);
+2. ``subscriptions_renew``: the same upkeep when every stored subscription expires within a day (the stored expiry
+   is moved forward 6 days, as the 6-hourly timer finds it a day before the end);
+3. ``timer_fanout``: the reconcile timer (``reconcile_timer``) with the weekly full pass not due: one job, one queue
+   message per mailbox;
+4. ``no_change_delta``: each mailbox's delta pass (``reconcile_mailbox_delta``, what a ``reconcile`` queue message
+   runs) after the initial sync and one pass that took our own writes back: nothing changed anywhere.
+
+The initial sync itself (the first delta pass, which runs full) runs in this process. Graph calls are counted by
+the Graph emulator (a ``$batch`` is one HTTP request), Salesforce calls by the Salesforce emulator, Table requests
+by the adapter (``sync.adapters.storage.REQUESTS``, reported by each child). Prints a table and writes
+``bench/results-mailboxes.json`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from bench.scale import JWT_CLIENT, Stack, rss_mb, seed
+
+GRAPH_ENDPOINTS = ("contactFolders.list", "contactFolders.create", "contactFolder.get", "subscriptions.create",
+                   "subscription.get", "subscription.update", "subscription.delete", "contacts.delta")
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    """Graph's POSTs to the app's webhooks, answered by the real functions (as tests/functions does)."""
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        import azure.functions as func
+
+        from sync.triggers import graph
+
+        parts = urlsplit(self.path)
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        fn = graph.graph_notifications if parts.path.endswith("notifications") else graph.graph_lifecycle
+        req = func.HttpRequest("POST", f"http://127.0.0.1{self.path}", headers=dict(self.headers.items()),
+                               params={k: v[0] for k, v in parse_qs(parts.query).items()}, body=body)
+        resp = fn.build().get_user_function()(req)
+        payload = resp.get_body() or b""
+        self.send_response(resp.status_code)
+        self.send_header("Content-Type", f"{resp.mimetype}; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def webhook() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def big_stack(mailboxes: list[str]) -> Iterator[Stack]:
+    from devhost.stack import jwt_keys
+    from emulators.azurite import running_azurite
+    from emulators.graph import GraphEmulator
+    from emulators.salesforce import SalesforceEmulator
+
+    private, public = jwt_keys()
+    with running_azurite() as azurite, GraphEmulator(users=mailboxes) as graph, SalesforceEmulator() as sf:
+        graph.faults.notification_drop_rate = 0.0
+        sf.register_jwt_client(JWT_CLIENT, public)
+        users = {mb: sf.add_user(f"{mb}.sf", mb, last_name=f"Rep{i}") for i, mb in enumerate(mailboxes)}
+        yield Stack(azurite.connection_string, graph, sf, private, mailboxes, users)
+
+
+def graph_counts(s: Stack) -> dict[str, int]:
+    c = s.graph.counters
+    return {"http": c.http_requests(), **{e: c.count(endpoint=e) for e in GRAPH_ENDPOINTS}}
+
+
+def sf_counts(s: Stack) -> dict[str, int]:
+    c = s.sf.counters
+    return {"requests": c["rest.requests"], "query": c["rest.query"] + c["rest.queryAll"] + c["rest.query_more"]}
+
+
+def minus(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after}
+
+
+def run_child(step: str, settings: dict[str, str]) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "bench.mailboxes", "--child", step],  # noqa: S603
+                          input=json.dumps(settings), capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise SystemExit(f"child {step} failed:\n{proc.stderr[-3000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def measure(mailboxes: int, per_mailbox: int, *, sync: bool = True) -> dict[str, Any]:
+    from sync import bootstrap
+    from sync.adapters.storage import TableStorage
+    from sync.reconcile import reconcile_mailbox_delta
+
+    names = [f"rep{i:04d}@contoso.com" for i in range(mailboxes)]
+    out: dict[str, Any] = {"mailboxes": mailboxes, "per_mailbox": per_mailbox}
+    with big_stack(names) as s, webhook() as base:
+        t = time.perf_counter()
+        seed(s, per_mailbox)
+        out["seed_s"] = round(time.perf_counter() - t, 1)
+        print(f"  seeded {mailboxes} x {per_mailbox} Salesforce contacts in {out['seed_s']} s", flush=True)
+        settings = {**s.settings(), "WEBHOOK_BASE_URL": base}
+        root = bootstrap.install(bootstrap.Root(settings))  # the webhook bridge answers from this root
+        try:
+            def step(name: str) -> dict[str, Any]:
+                g, f = graph_counts(s), sf_counts(s)
+                child = run_child(name, settings)
+                result = {**child, "graph": minus(graph_counts(s), g), "sf": minus(sf_counts(s), f)}
+                print(f"  {name}: {child['wall_s']} s, peak RSS {child['peak_rss_mb']} MB, "
+                      f"Graph {result['graph']['http']}, outcome {child.get('outcome')}", flush=True)
+                return result
+
+            out["subscriptions_create"] = step("subscriptions_create")
+            # six days later: every stored subscription expires within a day (Graph's own expiry is not moved; the
+            # upkeep decides from the stored one and renews with a PATCH)
+            store = TableStorage.from_connection_string(s.conn, settings["SYNC_TABLE_PREFIX"]).subscriptions()
+            soon = datetime.now(UTC) + timedelta(hours=12)
+            for sub in store.list_all():
+                store.put(sub.model_copy(update={"expires_at": soon}))
+            out["subscriptions_renew"] = step("subscriptions_renew")
+            # the initial sync (the first delta pass runs full), then one pass that takes our own writes back
+            for label in ("initial_sync", "echo_pass") if sync else ():
+                g, f, t = graph_counts(s), sf_counts(s), time.perf_counter()
+                errors = 0
+                for mb in names:
+                    errors += len(reconcile_mailbox_delta(root.engine, mb, root.checkpoints).errors)
+                out[label] = {"wall_s": round(time.perf_counter() - t, 1), "errors": errors,
+                              "graph": minus(graph_counts(s), g), "sf": minus(sf_counts(s), f)}
+                print(f"  {label}: {out[label]['wall_s']} s, {errors} errors", flush=True)
+            root.checkpoints.put("reconcile", "last-full", datetime.now(UTC).isoformat())  # the weekly pass: not due
+            before = queued(s.conn)
+            out["timer_fanout"] = step("timer_fanout")
+            out["timer_fanout"]["messages"] = queued(s.conn) - before
+            if sync:
+                out["no_change_delta"] = step("no_change_delta")
+        finally:
+            bootstrap.reset()
+    return out
+
+
+def queued(conn: str) -> int:
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.storage.queue import QueueClient
+
+    from sync.bootstrap import RECONCILE_QUEUE
+
+    q = QueueClient.from_connection_string(conn, RECONCILE_QUEUE, api_version="2025-11-05")
+    try:
+        return int(q.get_queue_properties().approximate_message_count or 0)
+    except ResourceNotFoundError:  # made by the first send
+        return 0
+
+
+def child(step: str) -> int:
+    """Run one step from app settings on stdin; print wall time, peak RSS, table requests and the outcome."""
+    from sync import bootstrap
+    from sync.adapters.storage import REQUESTS
+
+    logging.basicConfig(level=logging.WARNING)
+    root = bootstrap.install(bootstrap.Root(json.loads(sys.stdin.read())))
+    start_rss, t = rss_mb(), time.perf_counter()
+    outcome: Any
+    if step.startswith("subscriptions"):
+        from sync.subscriptions import maintain_subscriptions
+
+        outcome = dict(maintain_subscriptions(root))
+    elif step == "timer_fanout":
+        from azure.functions.timer import TimerRequest
+
+        from sync.triggers import reconcile
+
+        reconcile.reconcile_timer.build().get_user_function()(TimerRequest(past_due=False))
+        outcome = "job started"
+    elif step == "no_change_delta":
+        from sync.reconcile import reconcile_mailbox_delta
+
+        visited, ran, errors = 0, set(), 0
+        for mb in root.mailboxes:
+            report = reconcile_mailbox_delta(root.engine, mb, root.checkpoints)
+            visited, errors = visited + report.visited, errors + len(report.errors)
+            ran.add(report.ran)
+        outcome = {"visited": visited, "ran": sorted(ran), "errors": errors}
+    else:
+        raise SystemExit(f"unknown step {step}")
+    wall = time.perf_counter() - t
+    print(json.dumps({"wall_s": round(wall, 1), "peak_rss_mb": round(rss_mb(), 1), "rss_before_mb": round(start_rss, 1),
+                      "tables": REQUESTS.snapshot(), "outcome": outcome}))
+    bootstrap.reset()
+    return 0
+
+
+def table(r: dict[str, Any]) -> str:
+    n = r["mailboxes"]
+    rows = [("step", "wall", "Graph HTTP requests", "Salesforce", "Table requests", "peak RSS")]
+    for key in ("subscriptions_create", "subscriptions_renew", "initial_sync", "echo_pass", "timer_fanout",
+                "no_change_delta"):
+        x = r.get(key)
+        if not x:
+            continue
+        g = {k: v for k, v in x["graph"].items() if v and k != "http"}
+        rows.append((key.replace("_", " "), f"{x['wall_s']} s", f"{x['graph']['http']} ({x['graph']['http'] / n:.2f}"
+                     f"/mailbox) {g}", f"{x['sf']['requests']} ({x['sf']['query']} query)",
+                     str(x.get("tables", "")), f"{x['peak_rss_mb']} MB" if "peak_rss_mb" in x else "(this process)"))
+    width = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, width, strict=True)) for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.mailboxes", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mailboxes", type=int, default=2000)
+    ap.add_argument("--per-mailbox", type=int, default=25)
+    ap.add_argument("--out", default="bench/results-mailboxes.json")
+    ap.add_argument("--no-sync", action="store_true",
+                    help="subscriptions and the timer's fan-out only (no initial sync, no delta passes)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return child(args.child)
+    logging.basicConfig(level=logging.WARNING)
+    t = time.perf_counter()
+    results = measure(args.mailboxes, args.per_mailbox, sync=not args.no_sync)
+    results["total_s"] = round(time.perf_counter() - t, 1)
+    print(table(results))
+    print(f"total {results['total_s']} s")
+    with open(args.out, "w", encoding="utf-8") as fh:
+        json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
