@@ -12,11 +12,14 @@ child process (``--child <step>``), so their wall time and peak RSS (``VmHWM``) 
 3. ``timer_fanout``: the reconcile timer (``reconcile_timer``) with the weekly full pass not due: one job, one queue
    message per mailbox;
 4. ``no_change_delta``: each mailbox's delta pass (``reconcile_mailbox_delta``, what a ``reconcile`` queue message
-   runs) after the initial sync and one pass that took our own writes back: nothing changed anywhere.
+   runs) when nothing changed anywhere, one after the other in one process (one instance serving the messages).
 
-The initial sync itself (the first delta pass, which runs full) runs in this process. Graph calls are counted by
-the Graph emulator (a ``$batch`` is one HTTP request), Salesforce calls by the Salesforce emulator, Table requests
-by the adapter (``sync.adapters.storage.REQUESTS``, reported by each child). Prints a table and writes
+Before step 3, in this process: the initial sync (a full pass per mailbox, as the timer's first run does), then a
+first delta pass per mailbox (its feeds start over: a full pass that stores both checkpoints).
+
+Graph calls are counted by the Graph emulator (a ``$batch`` is one HTTP request), Salesforce calls by the
+Salesforce emulator, Table requests by the adapter (``sync.adapters.storage.REQUESTS``, reported by each child,
+tables only: queue sends are not in it). Prints a table and writes
 ``bench/results-mailboxes.json`` (``--out``).
 """
 
@@ -108,22 +111,28 @@ def minus(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in after}
 
 
-def run_child(step: str, settings: dict[str, str]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "bench.mailboxes", "--child", step],  # noqa: S603
-                          input=json.dumps(settings), capture_output=True, text=True, timeout=3600)
+def run_child(step: str, settings: dict[str, str], upkeep_concurrency: int | None = None) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "bench.mailboxes", "--child", step]
+    if upkeep_concurrency:
+        argv += ["--upkeep-concurrency", str(upkeep_concurrency)]
+    proc = subprocess.run(argv, input=json.dumps(settings), capture_output=True, text=True,  # noqa: S603
+                          timeout=3600)
     if proc.returncode != 0:
         raise SystemExit(f"child {step} failed:\n{proc.stderr[-3000:]}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def measure(mailboxes: int, per_mailbox: int, *, sync: bool = True) -> dict[str, Any]:
+def measure(mailboxes: int, per_mailbox: int, *, sync: bool = True, create_delay_s: float = 0.0,
+            upkeep_concurrency: int | None = None) -> dict[str, Any]:
     from sync import bootstrap
     from sync.adapters.storage import TableStorage
-    from sync.reconcile import reconcile_mailbox_delta
+    from sync.reconcile import reconcile_mailbox, reconcile_mailbox_delta
 
     names = [f"rep{i:04d}@contoso.com" for i in range(mailboxes)]
-    out: dict[str, Any] = {"mailboxes": mailboxes, "per_mailbox": per_mailbox}
+    out: dict[str, Any] = {"mailboxes": mailboxes, "per_mailbox": per_mailbox, "create_delay_s": create_delay_s,
+                           "upkeep_concurrency": upkeep_concurrency}
     with big_stack(names) as s, webhook() as base:
+        s.graph.faults.subscription_create_delay_s = create_delay_s
         t = time.perf_counter()
         seed(s, per_mailbox)
         out["seed_s"] = round(time.perf_counter() - t, 1)
@@ -133,7 +142,7 @@ def measure(mailboxes: int, per_mailbox: int, *, sync: bool = True) -> dict[str,
         try:
             def step(name: str) -> dict[str, Any]:
                 g, f = graph_counts(s), sf_counts(s)
-                child = run_child(name, settings)
+                child = run_child(name, settings, upkeep_concurrency if name.startswith("subscriptions") else None)
                 result = {**child, "graph": minus(graph_counts(s), g), "sf": minus(sf_counts(s), f)}
                 print(f"  {name}: {child['wall_s']} s, peak RSS {child['peak_rss_mb']} MB, "
                       f"Graph {result['graph']['http']}, outcome {child.get('outcome')}", flush=True)
@@ -147,12 +156,15 @@ def measure(mailboxes: int, per_mailbox: int, *, sync: bool = True) -> dict[str,
             for sub in store.list_all():
                 store.put(sub.model_copy(update={"expires_at": soon}))
             out["subscriptions_renew"] = step("subscriptions_renew")
-            # the initial sync (the first delta pass runs full), then one pass that takes our own writes back
-            for label in ("initial_sync", "echo_pass") if sync else ():
+            # the timer's first run is a full pass (the initial sync); the next one is a delta pass, whose change
+            # feeds start over (no checkpoint yet): a full pass that changes nothing and stores both checkpoints
+            passes = {"initial_sync": lambda mb: reconcile_mailbox(root.engine, mb),
+                      "first_delta": lambda mb: reconcile_mailbox_delta(root.engine, mb, root.checkpoints)}
+            for label, run in passes.items() if sync else ():
                 g, f, t = graph_counts(s), sf_counts(s), time.perf_counter()
                 errors = 0
                 for mb in names:
-                    errors += len(reconcile_mailbox_delta(root.engine, mb, root.checkpoints).errors)
+                    errors += len(run(mb).errors)
                 out[label] = {"wall_s": round(time.perf_counter() - t, 1), "errors": errors,
                               "graph": minus(graph_counts(s), g), "sf": minus(sf_counts(s), f)}
                 print(f"  {label}: {out[label]['wall_s']} s, {errors} errors", flush=True)
@@ -180,10 +192,13 @@ def queued(conn: str) -> int:
         return 0
 
 
-def child(step: str) -> int:
+def child(step: str, upkeep_concurrency: int | None = None) -> int:
     """Run one step from app settings on stdin; print wall time, peak RSS, table requests and the outcome."""
-    from sync import bootstrap
+    from sync import bootstrap, subscriptions
     from sync.adapters.storage import REQUESTS
+
+    if upkeep_concurrency:
+        subscriptions.UPKEEP_CONCURRENCY = upkeep_concurrency  # a non-default setting, named in the results
 
     logging.basicConfig(level=logging.WARNING)
     root = bootstrap.install(bootstrap.Root(json.loads(sys.stdin.read())))
@@ -221,7 +236,7 @@ def child(step: str) -> int:
 def table(r: dict[str, Any]) -> str:
     n = r["mailboxes"]
     rows = [("step", "wall", "Graph HTTP requests", "Salesforce", "Table requests", "peak RSS")]
-    for key in ("subscriptions_create", "subscriptions_renew", "initial_sync", "echo_pass", "timer_fanout",
+    for key in ("subscriptions_create", "subscriptions_renew", "initial_sync", "first_delta", "timer_fanout",
                 "no_change_delta"):
         x = r.get(key)
         if not x:
@@ -241,13 +256,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/results-mailboxes.json")
     ap.add_argument("--no-sync", action="store_true",
                     help="subscriptions and the timer's fan-out only (no initial sync, no delta passes)")
+    ap.add_argument("--create-delay", type=float, default=0.0,
+                    help="seconds the Graph emulator waits in each subscription create (Graph's latency; default 0)")
+    ap.add_argument("--upkeep-concurrency", type=int, default=None,
+                    help="mailboxes kept up at once (default: sync.subscriptions.UPKEEP_CONCURRENCY)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        return child(args.child)
+        return child(args.child, args.upkeep_concurrency)
     logging.basicConfig(level=logging.WARNING)
     t = time.perf_counter()
-    results = measure(args.mailboxes, args.per_mailbox, sync=not args.no_sync)
+    results = measure(args.mailboxes, args.per_mailbox, sync=not args.no_sync, create_delay_s=args.create_delay,
+                      upkeep_concurrency=args.upkeep_concurrency)
     results["total_s"] = round(time.perf_counter() - t, 1)
     print(table(results))
     print(f"total {results['total_s']} s")
