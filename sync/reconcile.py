@@ -543,7 +543,12 @@ class _Feeds:
             for page in engine.sides[side].changes(mailbox, stored.value if stored else None):
                 feeds.starts_over = feeds.starts_over or page.full
                 end.reported = end.reported or page.full or bool(page.records or page.removed)
-                feeds._add(engine, mailbox, side, page.records, page.removed)
+                if not feeds.starts_over:
+                    feeds._add(engine, mailbox, side, page.records, page.removed)
+                elif side is Side.M365:
+                    # a full pass follows and decides every record itself: no hint (and no link read) per record;
+                    # only Outlook removals are kept for a rebuild (``_decide_gone``)
+                    feeds.gone_m365.extend(page.removed)
                 end.last = page.checkpoint or end.last
             feeds.ends.append(end)
         return feeds
