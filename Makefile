@@ -73,7 +73,7 @@ bench: deps
 	$(PY) -m bench.scale
 
 # 2,000 mailboxes x 25 contacts: subscriptions created and renewed, the reconcile timer's fan-out, a no-change delta
-# pass (about 25 minutes on 2 cores, so not part of `make bench`; writes bench/results-mailboxes.json).
+# pass (most of an hour on 2 cores, so not part of `make bench`; writes bench/results-mailboxes.json).
 .PHONY: bench-mailboxes
 bench-mailboxes: deps
 	$(PY) -m bench.mailboxes --mailboxes 2000 --per-mailbox 25
