@@ -78,6 +78,12 @@ bench: deps
 bench-mailbox-limit: deps
 	$(PY) -m bench.mailbox_limit
 
+# 2,000 mailboxes x 25 contacts: subscriptions created and renewed, the reconcile timer's fan-out, a no-change delta
+# pass (most of an hour on 2 cores, so not part of `make bench`; writes bench/results-mailboxes.json).
+.PHONY: bench-mailboxes
+bench-mailboxes: deps
+	$(PY) -m bench.mailboxes --mailboxes 2000 --per-mailbox 25
+
 # The soak with faults (tests/soak/): minutes of random edits on both sides under injected faults, then a reconcile
 # and the checks (agreement, no duplicates, no lost edits, no resurrections, throttling limits). `make soak-short` is
 # the 40-second profile (tests/soak/test_soak.py), also part of `make test`; `make soak` the 5-minute one with the

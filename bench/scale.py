@@ -117,7 +117,8 @@ def calls(s: Stack) -> Calls:
     c = s.sf.counters
     return Calls(graph=s.graph.counters.http_requests(), graph_batch=s.graph.counters.count(endpoint="$batch"),
                  graph_delta=s.graph.counters.count(endpoint="contacts.delta"), sf=c["rest.requests"],
-                 sf_query=c["rest.query"] + c["rest.query_more"], sf_collections=c["rest.composite_sobjects"],
+                 sf_query=c["rest.query"] + c["rest.queryAll"] + c["rest.query_more"],
+                 sf_collections=c["rest.composite_sobjects"],
                  contact_writes=sum(s.graph.counters.count(endpoint=e) for e in
                                     ("contacts.create", "contact.update", "contact.delete"))
                  + sum(c[k] for k in ("rest.composite_sobjects", "rest.create", "rest.update", "rest.delete")),

@@ -4,7 +4,8 @@ breaker, then apply (or only report, for a dry run).
 Public API:
     reconcile_mailbox(engine, mailbox, *, dry_run=False, force=False) -> ReconcileReport   a full pass
     reconcile_mailbox_delta(engine, mailbox, checkpoints, *, dry_run=False, force=False)  what changed since the
-        last delta pass; a full pass when a change feed starts over or the links are being rebuilt
+        last delta pass; a full pass when a change feed starts over or the links are being rebuilt. A pass whose
+        feeds reported nothing writes no checkpoint (``_Feeds.to_write``)
     MailboxReconcile      the full pass, one method per phase
 
 A full pass visits every link and every record once, as vdirsyncer's sync does over its status table, and keeps in
@@ -15,10 +16,12 @@ rebuild. Plans are applied in bulk (``Engine.execute_many``), a chunk at a time.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sync import planner
@@ -447,8 +450,17 @@ def _failed(mailbox: str, exc: SyncError, ids: str, report: ReconcileReport) -> 
     logger.warning("reconcile %s: %s on %s", mailbox_ref(mailbox), type(exc).__name__, ids)
 
 
+# A feed that reported nothing keeps its stored checkpoint, so a no-change pass writes nothing. Graph answers every
+# delta round with a new delta link and keeps old ones in a cache of undocumented size that evicts the oldest
+# (docs/reference/graph.md §3.3): a stored link is replaced once it is this old, even when nothing changed, so at the
+# default 30-minute schedule at most 3 newer links of a folder go unused before ours is replaced. An evicted link
+# costs one full pass of that mailbox (Graph's 410 starts the feed over), never a lost change.
+CHECKPOINT_REFRESH = timedelta(hours=2)
+
+
 def reconcile_mailbox_delta(
-    engine: Engine, mailbox: str, checkpoints: CheckpointStore, *, dry_run: bool = False, force: bool = False
+    engine: Engine, mailbox: str, checkpoints: CheckpointStore, *, dry_run: bool = False, force: bool = False,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ReconcileReport:
     """Reconcile only what changed in this mailbox since the last delta pass, on both sides.
 
@@ -456,7 +468,8 @@ def reconcile_mailbox_delta(
     watermark), then decides every changed or removed contact as a hint would (the same planner, the same
     circuit breaker, bulk writes). When a feed starts over (first run, Graph's 410 syncStateNotFound, a watermark
     older than the Recycle Bin) the whole mailbox is reconciled instead (``ran == "full"``). The checkpoints advance
-    only after a pass without errors, and never on a dry run, so nothing is skipped.
+    only after a pass without errors, and never on a dry run, so nothing is skipped; a feed that reported nothing
+    keeps its checkpoint unless it is ``CHECKPOINT_REFRESH`` old (``_Feeds.to_write``).
     """
     mailbox = mailbox.casefold()
     feeds = _Feeds.read(engine, mailbox, checkpoints)
@@ -467,11 +480,47 @@ def reconcile_mailbox_delta(
     else:
         report = _delta_pass(engine, mailbox, list(feeds.hints.values()), dry_run=dry_run, force=force)
     if not dry_run and not report.errors:
-        for name, last in feeds.checkpoints:
-            if last is not None:
-                checkpoints.put(mailbox, name, last)
+        now = clock()
+        for name, value in feeds.to_write(now):
+            checkpoints.put(mailbox, name, _Checkpoint(value, now).dump())
     logger.info("%s", report.summary())
     return report
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    """A change feed's checkpoint as stored: the feed's own resume point and when it was stored. Stored as JSON
+    ``{"v": value, "at": ISO time}``; a bare value (written before the time was kept) reads with no time."""
+
+    value: str
+    at: datetime | None = None
+
+    def dump(self) -> str:
+        return json.dumps({"v": self.value, "at": self.at.isoformat() if self.at else None}, separators=(",", ":"))
+
+    @classmethod
+    def load(cls, raw: str | None) -> _Checkpoint | None:
+        if not raw:
+            return None
+        if raw.startswith("{"):
+            try:
+                doc = json.loads(raw)
+                if isinstance(doc, dict) and isinstance(doc.get("v"), str):
+                    at = datetime.fromisoformat(doc["at"]) if isinstance(doc.get("at"), str) else None
+                    return cls(doc["v"], at if at is None or at.tzinfo else at.replace(tzinfo=UTC))
+            except ValueError:
+                pass
+        return cls(raw)
+
+
+@dataclass
+class _FeedEnd:
+    """One change feed of a pass: its checkpoint name, what was stored, where it ended, whether it said anything."""
+
+    name: str
+    stored: _Checkpoint | None
+    last: str | None = None
+    reported: bool = False  # records, removals, or a start over
 
 
 @dataclass
@@ -482,7 +531,7 @@ class _Feeds:
     starts_over: bool  # a feed starts over, or the links are rebuilt: a full pass instead
     hints: dict[tuple[Side, str], ContactChange] = field(default_factory=dict)  # one per changed or removed contact
     gone_m365: list[str] = field(default_factory=list)  # Outlook removals
-    checkpoints: list[tuple[str, str | None]] = field(default_factory=list)  # (name, where the feed ended)
+    ends: list[_FeedEnd] = field(default_factory=list)  # per feed: where it ended, against what was stored
 
     @classmethod
     def read(cls, engine: Engine, mailbox: str, checkpoints: CheckpointStore) -> _Feeds:
@@ -490,13 +539,35 @@ class _Feeds:
         feeds = cls(rebuilding, starts_over=rebuilding)
         for side in (Side.M365, Side.SALESFORCE):
             name = f"reconcile-delta:{side.value}"
-            last: str | None = None
-            for page in engine.sides[side].changes(mailbox, checkpoints.get(mailbox, name)):
+            stored = _Checkpoint.load(checkpoints.get(mailbox, name))
+            end = _FeedEnd(name, stored)
+            for page in engine.sides[side].changes(mailbox, stored.value if stored else None):
                 feeds.starts_over = feeds.starts_over or page.full
-                feeds._add(engine, mailbox, side, page.records, page.removed)
-                last = page.checkpoint or last
-            feeds.checkpoints.append((name, last))
+                end.reported = end.reported or page.full or bool(page.records or page.removed)
+                if not feeds.starts_over:
+                    feeds._add(engine, mailbox, side, page.records, page.removed)
+                elif side is Side.M365:
+                    # a full pass follows and decides every record itself: no hint (and no link read) per record;
+                    # only Outlook removals are kept for a rebuild (``_decide_gone``)
+                    feeds.gone_m365.extend(page.removed)
+                end.last = page.checkpoint or end.last
+            feeds.ends.append(end)
         return feeds
+
+    def to_write(self, now: datetime) -> list[tuple[str, str]]:
+        """The checkpoints to store after a pass without errors: a feed's new resume point when it differs from the
+        stored one and the feed reported something (or started over), or the stored one has no time or is
+        ``CHECKPOINT_REFRESH`` old. A feed that reported nothing is read from the old point again next time, with
+        the same (empty) result."""
+        out = []
+        for end in self.ends:
+            stored = end.stored
+            if end.last is None or (stored is not None and end.last == stored.value):
+                continue
+            due = stored is None or stored.at is None or now - stored.at >= CHECKPOINT_REFRESH
+            if end.reported or due:
+                out.append((end.name, end.last))
+        return out
 
     def _add(self, engine: Engine, mailbox: str, side: Side, records: Iterable[SideRecord],
              removed: Iterable[str]) -> None:
@@ -504,8 +575,15 @@ class _Feeds:
             removed = tuple(removed)
             self.gone_m365.extend(removed)
         else:
-            # the Salesforce feed is org-wide: a removal concerns this mailbox only if the contact is linked here
-            removed = tuple(i for i in removed if engine.links.get(mailbox, side, i) is not None)
+            # the Salesforce feed is org-wide: a removal concerns this mailbox only if the contact is linked here.
+            # Past FETCH_ONE_BY_ONE ids (other reps' contacts edited since the last pass), the mailbox's links are
+            # listed once instead of one point read per id
+            removed = tuple(removed)
+            if len(removed) > FETCH_ONE_BY_ONE:
+                linked = {link.sf_id for link in engine.links.list(mailbox) if link.sf_id}
+                removed = tuple(i for i in removed if i in linked)
+            else:
+                removed = tuple(i for i in removed if engine.links.get(mailbox, side, i) is not None)
         # a record at the version its link was saved with has not changed since we synced it (our own write
         # coming back, or a row the feed reports again): nothing to read or decide, no API call
         fresh = [r.id for r in records if not _at_link_version(engine, mailbox, r)]

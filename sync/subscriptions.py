@@ -21,8 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections import Counter
-from collections.abc import Sequence
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -49,6 +51,36 @@ LAST_NOTIFICATION = "graph.subscription.lastNotification"  # checkpoint name: IS
 # One upkeep at a time per process (the start-up run, the timer, the refresh endpoint and the lifecycle worker may
 # overlap). Across instances they can still overlap: a duplicate made then is deleted by the next run.
 UPKEEP_LOCK = threading.RLock()
+UPKEEP_CONCURRENCY = 8  # mailboxes kept up at once by one upkeep run (``_maintain``)
+# Subscription writes (create, renew, delete) per 20 s from this process: under the subscription API's lowest
+# published write limit, 500 per 20 s per tenant (docs/reference/graph.md §4.7)
+WRITES_PER_20S = 400
+
+
+class WritePace:
+    """At most ``limit`` calls of ``wait`` per ``window_s`` seconds (a sliding window); ``wait`` sleeps until the
+    next call fits. Shared by the threads of one process."""
+
+    def __init__(self, limit: int, window_s: float = 20.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._limit, self._window, self._clock, self._sleep = limit, window_s, clock, sleep
+        self._sent: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        while True:
+            with self._lock:
+                now = self._clock()
+                while self._sent and now - self._sent[0] >= self._window:
+                    self._sent.popleft()
+                if len(self._sent) < self._limit:
+                    self._sent.append(now)
+                    return
+                delay = self._window - (now - self._sent[0])
+            self._sleep(delay)
+
+
+PACE = WritePace(WRITES_PER_20S)
 
 
 class UpkeepParts(Protocol):
@@ -149,9 +181,11 @@ def ensure_mailbox(parts: UpkeepParts, mailbox: str, stored: Sequence[StoredSubs
         else:
             store.delete(sub.id)
     for extra in live[1:]:
+        PACE.wait()
         manager.delete(extra.id)
         store.delete(extra.id)
     if not live:
+        PACE.wait()
         created = manager.create(mailbox)
         store.put(to_stored(created.record))
         return "created"
@@ -159,10 +193,12 @@ def ensure_mailbox(parts: UpkeepParts, mailbox: str, stored: Sequence[StoredSubs
     if current.expires_at > datetime.now(UTC) + RENEW_WITHIN:
         return "kept"
     try:
+        PACE.wait()
         store.put(to_stored(manager.renew(to_record(current))))
         return "renewed"
     except NotFound:  # expired between the two calls
         store.delete(current.id)
+        PACE.wait()
         store.put(to_stored(manager.create(mailbox).record))
         return "created"
 
@@ -228,19 +264,29 @@ def _maintain(parts: UpkeepParts) -> Counter[str]:
         by_mailbox.setdefault(sub.mailbox, []).append(sub)
     scope = set(parts.mailboxes)  # duplicates within the scope are ensure_mailbox's
     counts += _delete_all(parts, [sub for m, subs in by_mailbox.items() if m not in scope for sub in subs])
-    for mailbox in parts.mailboxes:
-        try:
-            parts.graph.folder_id(mailbox)  # creates the sync folder when missing
-            counts[ensure_mailbox(parts, mailbox, by_mailbox.get(mailbox, []))] += 1
-        except SyncError as exc:
-            counts["failed"] += 1
-            record_outcome(parts.checkpoints, mailbox, exc)
-            logger.warning("subscription upkeep failed for a mailbox: %s", _error_text(exc))
-        else:
-            record_outcome(parts.checkpoints, mailbox)
+    # Mailboxes are kept up UPKEEP_CONCURRENCY at a time, each by one thread: Graph's 4 concurrent requests per
+    # mailbox are never approached, and the subscription API's per-app rate (docs/reference/graph.md §4.7) is far
+    # off at Graph's create latency (a create waits for the validation handshake, §4.3)
+    with ThreadPoolExecutor(UPKEEP_CONCURRENCY, thread_name_prefix="upkeep") as pool:
+        for outcome in pool.map(lambda mailbox: _keep_up(parts, mailbox, by_mailbox.get(mailbox, [])),
+                                parts.mailboxes):
+            counts[outcome] += 1
     if change is not None and change.added:
         start_job(parts.jobs, parts.work_queue, list(change.added), "full", origin="scope")
     return +counts
+
+
+def _keep_up(parts: UpkeepParts, mailbox: str, stored: Sequence[StoredSubscription]) -> str:
+    """One mailbox of ``_maintain``: its folder and subscription, and the outcome kept on its state."""
+    try:
+        parts.graph.folder_id(mailbox)  # creates the sync folder when missing
+        outcome = ensure_mailbox(parts, mailbox, stored)
+    except SyncError as exc:
+        record_outcome(parts.checkpoints, mailbox, exc)
+        logger.warning("subscription upkeep failed for a mailbox: %s", _error_text(exc))
+        return "failed"
+    record_outcome(parts.checkpoints, mailbox)
+    return outcome
 
 
 def remove_subscriptions(parts: UpkeepParts, mailboxes: Sequence[str]) -> Counter[str]:
@@ -256,6 +302,7 @@ def _delete_all(parts: UpkeepParts, subs: Sequence[StoredSubscription]) -> Count
     counts: Counter[str] = Counter()
     for sub in subs:
         try:
+            PACE.wait()
             parts.graph_subscriptions.delete(sub.id)
             parts.subscriptions.delete(sub.id)
             counts["deleted"] += 1

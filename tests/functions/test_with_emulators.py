@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -260,3 +261,60 @@ def test_cdc_events_are_routed_by_the_soql_filter_through_the_worker(filtered, q
     assert "Noether" not in surnames()  # left: out of the folder
     assert any(e.reason.startswith("the Salesforce contact no longer meets SF_SOQL_FILTER")
                for e in root.audit.recent(BOB, 50))
+
+
+def test_a_no_change_delta_pass_makes_no_storage_write(live) -> None:
+    """The timer's delta pass over a mailbox where nothing changed: one Graph delta call, one Salesforce query, and
+    no Table Storage write (counted by the adapter, ``sync.adapters.storage.REQUESTS``)."""
+    from sync.adapters.storage import REQUESTS
+    from sync.reconcile import CHECKPOINT_REFRESH, reconcile_mailbox_delta
+
+    root, g, sf, users = live
+    for i in range(3):
+        sf.create_contact({"FirstName": "Quiet", "LastName": f"Person{i}", "Email": f"quiet{i}@example.com",
+                           "OwnerId": users[ANN]}, as_user=users[ANN])
+    now = datetime.now(UTC)
+    assert reconcile_mailbox_delta(root.engine, ANN, root.checkpoints, clock=lambda: now).ran == "full"
+    reconcile_mailbox_delta(root.engine, ANN, root.checkpoints, clock=lambda: now)  # our own writes come back
+    writes = ("write", "transaction", "delete")
+    tables = REQUESTS.snapshot()
+    graph_calls, sf_calls = g.counters.http_requests(), sf.counters["rest.requests"]
+    delta_calls = g.counters.count(endpoint="contacts.delta")
+    report = reconcile_mailbox_delta(root.engine, ANN, root.checkpoints, clock=lambda: now + timedelta(minutes=30))
+    assert report.ran == "delta" and report.visited == 0 and not report.errors
+    after = REQUESTS.snapshot()
+    assert {k: after.get(k, 0) - tables.get(k, 0) for k in writes} == dict.fromkeys(writes, 0)
+    # the delta round, and the look at the sync folder every pass takes (deleted or moved by the user?)
+    assert g.counters.count(endpoint="contacts.delta") - delta_calls == 1
+    assert g.counters.http_requests() - graph_calls == 2
+    assert sf.counters["rest.requests"] - sf_calls == 1  # one queryAll of what moved since the watermark
+    # once the stored delta link is CHECKPOINT_REFRESH old, the next pass replaces it (one row), nothing else
+    reconcile_mailbox_delta(root.engine, ANN, root.checkpoints, clock=lambda: now + CHECKPOINT_REFRESH)
+    refreshed = REQUESTS.snapshot()
+    assert {k: refreshed.get(k, 0) - after.get(k, 0) for k in writes} == {"write": 1, "transaction": 0, "delete": 0}
+
+
+def test_other_reps_edits_cost_a_delta_pass_one_links_query_not_a_read_each(live) -> None:
+    """The Salesforce feed is org-wide: what other reps' contacts did since the last pass comes back as removals.
+    Past 50 of them the pass lists its mailbox's links once instead of reading a link per id; a contact of this
+    mailbox handed to another rep among them is still decided here."""
+    from sync.adapters.storage import REQUESTS
+    from sync.reconcile import reconcile_mailbox_delta
+
+    root, g, sf, users = live
+    mine = sf.create_contact({"FirstName": "Handed", "LastName": "Over", "Email": "handed@example.com",
+                              "OwnerId": users[ANN]}, as_user=users[ANN])
+    reconcile_mailbox_delta(root.engine, ANN, root.checkpoints)
+    reconcile_mailbox_delta(root.engine, ANN, root.checkpoints)
+    assert root.engine.links.get(ANN, Side.SALESFORCE, mine) is not None
+    sf.bulk_create_contacts([{"LastName": f"Other{i}", "Email": f"other{i}@example.com", "OwnerId": users[BOB]}
+                             for i in range(80)], as_user=users[BOB])
+    sf.update_contact(mine, {"OwnerId": users[BOB]}, as_user=users[ANN])
+    before = REQUESTS.snapshot()
+    report = reconcile_mailbox_delta(root.engine, ANN, root.checkpoints)
+    after = REQUESTS.snapshot()
+    assert report.ran == "delta" and not report.errors
+    assert report.visited == 1  # the handed-over contact: its copy leaves this mailbox
+    assert after.get("read", 0) - before.get("read", 0) < 20  # not one point read per other rep's contact (81)
+    folder = g.find_folder(ANN, "Salesforce_Sync")
+    assert folder and "Over" not in [c.get("surname") for c in g.list_contacts(ANN, folder)]
