@@ -265,8 +265,9 @@ def test_cdc_events_are_routed_by_the_soql_filter_through_the_worker(filtered, q
 
 def test_a_no_change_delta_pass_makes_no_storage_write(live) -> None:
     """The timer's delta pass over a mailbox where nothing changed: one Graph delta call, one Salesforce query, and
-    no Table Storage write (counted by the adapter, ``sync.adapters.storage.REQUESTS``)."""
-    from sync.adapters.storage import REQUESTS
+    no Table Storage write (counted by the adapter, ``sync.adapters.storage.REQUESTS``). The shared Graph slots'
+    requests are counted apart (``PERMIT_REQUESTS``): at most a take and a give-back per Graph request."""
+    from sync.adapters.storage import PERMIT_REQUESTS, REQUESTS
     from sync.reconcile import CHECKPOINT_REFRESH, reconcile_mailbox_delta
 
     root, g, sf, users = live
@@ -277,7 +278,7 @@ def test_a_no_change_delta_pass_makes_no_storage_write(live) -> None:
     assert reconcile_mailbox_delta(root.engine, ANN, root.checkpoints, clock=lambda: now).ran == "full"
     reconcile_mailbox_delta(root.engine, ANN, root.checkpoints, clock=lambda: now)  # our own writes come back
     writes = ("write", "transaction", "delete")
-    tables = REQUESTS.snapshot()
+    tables, permits = REQUESTS.snapshot(), sum(PERMIT_REQUESTS.snapshot().values())
     graph_calls, sf_calls = g.counters.http_requests(), sf.counters["rest.requests"]
     delta_calls = g.counters.count(endpoint="contacts.delta")
     report = reconcile_mailbox_delta(root.engine, ANN, root.checkpoints, clock=lambda: now + timedelta(minutes=30))
@@ -287,6 +288,7 @@ def test_a_no_change_delta_pass_makes_no_storage_write(live) -> None:
     # the delta round, and the look at the sync folder every pass takes (deleted or moved by the user?)
     assert g.counters.count(endpoint="contacts.delta") - delta_calls == 1
     assert g.counters.http_requests() - graph_calls == 2
+    assert sum(PERMIT_REQUESTS.snapshot().values()) - permits <= 2 * 2
     assert sf.counters["rest.requests"] - sf_calls == 1  # one queryAll of what moved since the watermark
     # once the stored delta link is CHECKPOINT_REFRESH old, the next pass replaces it (one row), nothing else
     reconcile_mailbox_delta(root.engine, ANN, root.checkpoints, clock=lambda: now + CHECKPOINT_REFRESH)

@@ -14,7 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sync.adapters.storage.client import REQUESTS, RequestCounts, escape_key
+    from sync.adapters.storage.client import PERMIT_REQUESTS, REQUESTS, RequestCounts, escape_key
     from sync.adapters.storage.links import LOST_ROW, META_PARTITION, TableLinkStore
     from sync.adapters.storage.queues import (
         DEFAULT_API_VERSION,
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 _WHERE = {
     "LOST_ROW": "links",
     "META_PARTITION": "links",
+    "PERMIT_REQUESTS": "client",
     "REQUESTS": "client",
     "RequestCounts": "client",
     "TableAudit": "stores",
@@ -56,6 +57,7 @@ __all__ = [
     "LOST_ROW",
     "MAX_MESSAGE_TEXT",
     "META_PARTITION",
+    "PERMIT_REQUESTS",
     "REQUESTS",
     "QueueMessageTooLarge",
     "RequestCounts",

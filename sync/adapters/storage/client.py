@@ -81,6 +81,9 @@ class RequestCounts:
 
 
 REQUESTS = RequestCounts()  # every TableStorage of this process counts here
+# ... except the Graph permit table's requests: the price of the shared slots (sync.adapters.graph.permits), counted
+# apart so that a count of the sync's own reads and writes (a no-change pass writes nothing) is not blurred by them
+PERMIT_REQUESTS = RequestCounts()
 
 
 def escape_key(text: str) -> str:

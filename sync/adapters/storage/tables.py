@@ -17,7 +17,7 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
-from sync.adapters.storage.client import REQUESTS, HealingTable, _call, _chunks, _map_error, escape_key
+from sync.adapters.storage.client import PERMIT_REQUESTS, REQUESTS, HealingTable, _call, _chunks, _map_error, escape_key
 from sync.adapters.storage.links import INDEX_PARTITION, LOST_ROW, META_PARTITION, TableLinkStore
 from sync.adapters.storage.scope import TableScopeStore
 from sync.adapters.storage.stores import TableAudit, TableCheckpoints, TableJobs, TableReviews, TableSubscriptions
@@ -91,7 +91,7 @@ class TableStorage:
                 _call(lambda chunk=chunk: links.submit_transaction(list(chunk)), "tombstones")  # type: ignore[misc]
         return count
 
-    def _table(self, name: str) -> HealingTable:
+    def _table(self, name: str, service: TableServiceClient | None = None) -> HealingTable:
         full = f"{self._prefix}{name}"
 
         def recreate() -> None:
@@ -104,7 +104,7 @@ class TableStorage:
         if full not in self._created:
             recreate()
             self._created.add(full)
-        return HealingTable(self._service.get_table_client(full), recreate)
+        return HealingTable((service or self._service).get_table_client(full), recreate)
 
     def links(self) -> TableLinkStore:
         return TableLinkStore(self._table("links"), self._table("tombstones"))
@@ -129,8 +129,11 @@ class TableStorage:
         return TableScopeStore(self._table("checkpoints"))
 
     def graph_permits(self) -> HealingTable:
-        """The table of Graph's per-mailbox request slots (``sync.adapters.graph.permits``)."""
-        return self._table("graphpermits")
+        """The table of Graph's per-mailbox request slots (``sync.adapters.graph.permits``); its requests are counted
+        in ``client.PERMIT_REQUESTS``, not ``REQUESTS``."""
+        counted = TableServiceClient(self._service.url, credential=self._service.credential,
+                                     raw_request_hook=PERMIT_REQUESTS)
+        return self._table("graphpermits", counted)
 
     @classmethod
     def from_connection_string(cls, conn: str, prefix: str = "sync") -> TableStorage:
