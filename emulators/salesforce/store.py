@@ -527,7 +527,8 @@ class Org:
         record holds is refused, on create and update alike, single or collection (a second record of the same
         collection included): 400 ``DUPLICATE_VALUE``, ``duplicate value found: <field> duplicates value on record
         with id: <id>``, ``fields`` empty (docs/reference/salesforce.md §2.4). The unique index is checked at save,
-        after the duplicate rules; records in the Recycle Bin do not hold their value."""
+        after the duplicate rules. Records in the Recycle Bin are not counted, as in the upsert's match (not checked
+        against Salesforce: whether a soft-deleted record holds its unique value)."""
         t = self.types[sobject]
         for name, value in clean.items():
             f = t.field(name)
