@@ -80,7 +80,7 @@ class _NothingToRetry(SyncError):
 
 
 class _AlreadyMade(SyncError):
-    """Internal: before a retried upsert, the contact it creates turned out to exist (the lost answer's create)."""
+    """Internal: the contact a create makes turned out to exist (another worker's create, or our lost answer's)."""
 
 
 class SalesforceContactSide:
@@ -391,10 +391,11 @@ class SalesforceContactSide:
         the fields we wrote are taken as we wrote them and the record has no version, so the next pass sees their
         edit.
 
-        ``found``: a create that found its contact made already (an upsert that updated, or the lookup before its
-        retry): our earlier attempt, whose answer was lost, and anyone's write since. Taken as we wrote it too (a
-        create's ``written`` names every field, empty ones as None), so a user's edit made meanwhile is not passed
-        for synced (the short soak: a city a rep typed between the lost answer and the retry never reached Outlook)."""
+        ``found``: a create that found its contact made already (refused with ``DUPLICATE_VALUE``, or the lookup
+        before its retry): another worker's create or our earlier attempt whose answer was lost, and anyone's write
+        since. Taken as we wrote it too (a create's ``written`` names every field, empty ones as None), so a user's
+        edit made meanwhile is not passed for synced (the short soak: a city a rep typed between the lost answer and
+        the retry never reached Outlook)."""
         record = self._record(row)
         if not found and self._is_us(row.get("LastModifiedById")) is not False:  # ours, or unknown: as read
             return record
