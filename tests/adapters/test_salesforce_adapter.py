@@ -638,15 +638,17 @@ def test_a_unique_external_id_marker_makes_a_second_create_find_the_first_copy_w
     assert len(h.emu.contacts()) == 2 and h.emu.counters["rest.upsert"] == 0
 
 
+@pytest.mark.parametrize("rule", ["off", "alert", "block"])  # the second copy matches the first: the rule fires
 @pytest.mark.parametrize("bulk", [False, True])
 def test_two_creates_of_one_outlook_contact_never_overwrite_a_reps_edit_made_between_them(
-        h: SalesforceHarness, bulk: bool) -> None:
+        h: SalesforceHarness, bulk: bool, rule: str) -> None:
     """The 5-minute soak, seed 2: two workers create the same new Outlook contact; the first one's create lands, a
     rep edits it in Salesforce, then the second one's create (the values it read) arrives. An upsert updated the
     contact with them, over the rep's edit, and the pair took the result for synced. Now the second create is refused
     (DUPLICATE_VALUE), finds the first copy and writes nothing: the rep's city stays, and the record comes back as
     that worker wrote it with no version, so the next pass sees the city as a Salesforce change."""
     assert h.side.check() is None
+    h.emu.org.settings.duplicate_rule = rule
     first = h.side.create(MAILBOX, _dev(), marker="AAMk-outlook-1=")
     h.emu.advance_time(1)
     h.emu.update_contact(first.id, {"MailingCity": "Oslo", "Title": "Engineer"}, as_user=h.users[MAILBOX])
@@ -658,7 +660,7 @@ def test_two_creates_of_one_outlook_contact_never_overwrite_a_reps_edit_made_bet
         second = h.side.create(MAILBOX, second_worker, marker="AAMk-outlook-1=")
     record = h.emu.get_record(first.id)
     assert record is not None and (record["MailingCity"], record["Title"]) == ("Oslo", "Engineer")
-    assert second.id == first.id and second.version is None
+    assert second.id == first.id and second.version is None and second.notes == ()  # found: no alert note
     assert second.contact.city is None and second.contact.job_title == "Dev"
     assert len([c for c in h.emu.contacts() if c.get("Outlook_Id__c") == "AAMk-outlook-1="]) == 1
 
