@@ -549,12 +549,15 @@ class SalesforceContactSide:
         unique = self._marker_field if self._marker_field and self._schema_now().marker_upsert else None
         notes: dict[int, str] = {}
         found: set[int] = set()
-        for chunk in chunks(pending, MAX_COLLECTION):
-            self._create_chunk(chunk, results, unique, {}, found)
-            again = alerts(self._allow_duplicates, chunk, results)
-            if again:
-                self._create_chunk([(i, rec) for i, rec, _ in again], results, unique, dict(ALLOW_SAVE), found)
-                notes.update({i: alert_note(dup) for i, _, dup in again if i not in found})
+        by_marker = [p for p in pending if unique and p[1].get(unique)]  # safe to retry (see _create_chunk)
+        plain = [p for p in pending if not (unique and p[1].get(unique))]
+        for group, on in ((plain, None), (by_marker, unique)):
+            for chunk in chunks(group, MAX_COLLECTION):
+                self._create_chunk(chunk, results, on, {}, found)
+                again = alerts(self._allow_duplicates, chunk, results)
+                if again:
+                    self._create_chunk([(i, rec) for i, rec, _ in again], results, on, dict(ALLOW_SAVE), found)
+                    notes.update({i: alert_note(dup) for i, _, dup in again if i not in found})
         return self._outside_filter(self._finish(results, written, notes, held, found))
 
     def _marker_holders(self, markers: Iterable[str]) -> dict[str, str]:
@@ -569,11 +572,12 @@ class SalesforceContactSide:
 
     def _create_chunk(self, chunk: Sequence[tuple[int, dict[str, Any]]], results: list[SideRecord | SyncError | str],
                       unique: str | None, headers: dict[str, str], found: set[int]) -> None:
-        """One sObject Collections create (POST, allOrNone=false). ``unique``: the marker field, a unique External ID
-        (docs/reference/salesforce.md §2.4-2.5): a record whose Outlook id a contact holds already (another worker's
-        create, or our earlier attempt whose answer was lost) is refused with ``DUPLICATE_VALUE`` and then looked up
-        and put into ``found``, never written over (an upsert would overwrite a rep's edit made since). The call is
-        then safe to retry: before a retry the records already made are looked up and left out."""
+        """One sObject Collections create (POST, allOrNone=false). ``unique``: the marker field, a unique External
+        ID, which every record of the chunk carries (docs/reference/salesforce.md §2.4-2.5): a record whose Outlook
+        id a contact holds already (another worker's create, or our earlier attempt whose answer was lost) is
+        refused with ``DUPLICATE_VALUE`` and then looked up and put into ``found``, never written over (an upsert
+        would overwrite a rep's edit made since). The call is then safe to retry: before a retry the records
+        already made are looked up and left out."""
         left = list(chunk)
 
         def take_made() -> None:
