@@ -519,7 +519,26 @@ class Org:
                 and not (mode == "alert" and ctx.allow_save)
                 and (current is None or any(clean[k] != current.get(k) for k in MATCH_FIELDS if k in clean))):
             self._check_duplicates(merged, ctx, block=mode == "block")
+        self._check_unique(sobject, clean, current)
         return clean
+
+    def _check_unique(self, sobject: str, clean: dict[str, Any], current: dict[str, Any] | None) -> None:
+        """A value written to a unique field (here: every External ID field, described ``unique``) that another live
+        record holds is refused, on create and update alike, single or collection (a second record of the same
+        collection included): 400 ``DUPLICATE_VALUE``, ``duplicate value found: <field> duplicates value on record
+        with id: <id>``, ``fields`` empty (docs/reference/salesforce.md §2.4). The unique index is checked at save,
+        after the duplicate rules. Records in the Recycle Bin are not counted, as in the upsert's match (not checked
+        against Salesforce: whether a soft-deleted record holds its unique value)."""
+        t = self.types[sobject]
+        for name, value in clean.items():
+            f = t.field(name)
+            if value is None or f is None or not f.external_id:
+                continue
+            other = next((r for r in self.records[sobject].values() if not r["IsDeleted"] and r.get(name) == value
+                          and (current is None or r["Id"] != current["Id"])), None)
+            if other is not None:
+                raise SfError(400, "DUPLICATE_VALUE", f"duplicate value found: {name} duplicates value on record "
+                              f"with id: {other['Id']}", [])
 
     def _check_duplicates(self, merged: dict[str, Any], ctx: WriteContext, *, block: bool) -> None:
         """The standard Contact duplicate rule (``duplicates.py``): Alert refuses unless ``allowSave=true`` was sent

@@ -617,18 +617,52 @@ def test_an_unusable_marker_field_is_a_clear_config_error_before_any_read(
         h.close()
 
 
-def test_a_unique_external_id_marker_makes_creates_upserts_so_a_second_copy_cannot_be_made(
+def test_a_unique_external_id_marker_makes_a_second_create_find_the_first_copy_without_writing_it(
         h: SalesforceHarness) -> None:
+    """docs/reference/salesforce.md §2.4: the create POSTs with the marker, Salesforce refuses the second copy with
+    DUPLICATE_VALUE, and the adapter returns the first copy as found: our values, no version, nothing written."""
     assert h.side.check() is None
     first = h.side.create(MAILBOX, ADA, marker="AAMk-outlook-1=")
     again = h.side.create(MAILBOX, ADA.with_values({"job_title": "CTO"}), marker="AAMk-outlook-1=")
-    assert again.id == first.id and again.contact.job_title == "CTO"
-    many = h.side.create_many(MAILBOX, [CreateRequest(contact=ADA, marker="AAMk-outlook-1="),
+    assert again.id == first.id and again.contact.job_title == "CTO" and again.version is None
+    record = h.emu.get_record(first.id)
+    assert record is not None and record["Title"] is None  # found, not written over
+    many = h.side.create_many(MAILBOX, [CreateRequest(contact=ADA.with_values({"job_title": "CFO"}),
+                                                      marker="AAMk-outlook-1="),
                                         CreateRequest(contact=ADA.with_values({"email": "x@example.com"}),
                                                       marker="AAMk-outlook-2/")])
-    assert isinstance(many[0], SideRecord) and many[0].id == first.id
-    assert isinstance(many[1], SideRecord) and many[1].marker == "AAMk-outlook-2/"
-    assert len(h.emu.contacts()) == 2
+    assert isinstance(many[0], SideRecord) and many[0].id == first.id and many[0].version is None
+    assert isinstance(many[1], SideRecord) and many[1].marker == "AAMk-outlook-2/" and many[1].version is not None
+    record = h.emu.get_record(first.id)
+    assert record is not None and record["Title"] is None
+    assert len(h.emu.contacts()) == 2 and h.emu.counters["rest.upsert"] == 0
+
+
+@pytest.mark.parametrize("rule", ["off", "alert", "block"])  # the second copy matches the first: the rule fires
+@pytest.mark.parametrize("bulk", [False, True])
+def test_two_creates_of_one_outlook_contact_never_overwrite_a_reps_edit_made_between_them(
+        h: SalesforceHarness, bulk: bool, rule: str) -> None:
+    """The 5-minute soak, seed 2: two workers create the same new Outlook contact; the first one's create lands, a
+    rep edits it in Salesforce, then the second one's create (the values it read) arrives. An upsert updated the
+    contact with them, over the rep's edit, and the pair took the result for synced. Now the second create is refused
+    (DUPLICATE_VALUE), finds the first copy and writes nothing: the rep's city stays, and the record comes back as
+    that worker wrote it with no version, so the next pass sees the city as a Salesforce change."""
+    assert h.side.check() is None
+    h.emu.org.settings.duplicate_rule = rule
+    first = h.side.create(MAILBOX, _dev(), marker="AAMk-outlook-1=")
+    h.emu.advance_time(1)
+    h.emu.update_contact(first.id, {"MailingCity": "Oslo", "Title": "Engineer"}, as_user=h.users[MAILBOX])
+    second_worker = _dev()  # what the second worker read from Outlook: no city, the title "Dev"
+    if bulk:
+        (second,) = h.side.create_many(MAILBOX, [CreateRequest(contact=second_worker, marker="AAMk-outlook-1=")])
+        assert isinstance(second, SideRecord)
+    else:
+        second = h.side.create(MAILBOX, second_worker, marker="AAMk-outlook-1=")
+    record = h.emu.get_record(first.id)
+    assert record is not None and (record["MailingCity"], record["Title"]) == ("Oslo", "Engineer")
+    assert second.id == first.id and second.version is None and second.notes == ()  # found: no alert note
+    assert second.contact.city is None and second.contact.job_title == "Dev"
+    assert len([c for c in h.emu.contacts() if c.get("Outlook_Id__c") == "AAMk-outlook-1="]) == 1
 
 
 def test_a_marker_field_that_is_not_unique_keeps_plain_creates(h: SalesforceHarness) -> None:
@@ -802,7 +836,7 @@ def test_a_create_whose_answer_was_lost_never_passes_a_reps_edit_made_meanwhile_
     h, backoff = hb
     assert h.side.check() is None
     h.side.create(MAILBOX, _dev("warm"), marker="AAMk-warm=")  # the owner and the schema are cached
-    upserts = h.emu.counters["rest.upsert"]
+    creates = h.emu.counters["rest.create"]
 
     def lost_then_edited() -> None:
         h.emu.faults.reset_rate = 0.0
@@ -817,7 +851,7 @@ def test_a_create_whose_answer_was_lost_never_passes_a_reps_edit_made_meanwhile_
         assert isinstance(result, SideRecord)
     else:
         result = h.side.create(MAILBOX, _dev(), marker="AAMk-outlook-1=")
-        assert h.emu.counters["rest.upsert"] == upserts + 1  # looked up, not written again
+        assert h.emu.counters["rest.create"] == creates + 1  # looked up, not written again
     assert result.contact.city is None and result.version is None  # the next pass sees the rep's city as a change
     record = h.emu.get_record(result.id)
     assert record is not None and record["MailingCity"] == "Oslo"

@@ -219,6 +219,29 @@ def test_crud_with_custom_outlook_id_field_and_upsert(emu, sf):
     assert sf.Contact.describe()["fields"][0]["name"] == "Id"
 
 
+def test_a_duplicate_unique_external_id_is_refused_on_single_and_collection_writes(emu, sf):
+    """docs/reference/salesforce.md §2.4: DUPLICATE_VALUE naming the field and the holder's id, fields empty."""
+    held = sf.Contact.create({"LastName": "Lovelace", "Outlook_Id__c": "AAMk-1"})["id"]
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.Contact.create({"LastName": "Byron", "Outlook_Id__c": "AAMk-1"})
+    assert (e.value.status, e.value.content[0]) == (400, {
+        "errorCode": "DUPLICATE_VALUE", "fields": [],
+        "message": f"duplicate value found: Outlook_Id__c duplicates value on record with id: {held}"})
+    other = sf.Contact.create({"LastName": "Babbage", "Outlook_Id__c": "AAMk-2"})["id"]
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.Contact.update(other, {"Outlook_Id__c": "AAMk-1"})
+    assert e.value.content[0]["errorCode"] == "DUPLICATE_VALUE"
+    assert sf.Contact.update(held, {"Outlook_Id__c": "AAMk-1", "Title": "Countess"}) == 204  # its own value
+    recs = [{"attributes": {"type": "Contact"}, "LastName": n, "Outlook_Id__c": m}
+            for n, m in (("A", "AAMk-1"), ("B", "AAMk-3"), ("C", "AAMk-3"))]
+    res = sf.restful("composite/sobjects", method="POST", json={"allOrNone": False, "records": recs})
+    assert [r["success"] for r in res] == [False, True, False]  # the same collection's first copy holds it too
+    assert res[0]["errors"] == [{"statusCode": "DUPLICATE_VALUE", "fields": [], "message":
+                                 f"duplicate value found: Outlook_Id__c duplicates value on record with id: {held}"}]
+    assert res[2]["errors"][0]["message"].endswith(res[1]["id"])
+    assert sf.query("SELECT Id FROM Contact")["totalSize"] == 3
+
+
 def test_field_too_long_and_required_field_missing(sf):
     with pytest.raises(SalesforceMalformedRequest) as e:
         sf.Contact.create({"LastName": "X", "FirstName": "f" * 41})

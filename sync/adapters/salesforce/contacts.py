@@ -30,19 +30,18 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from email.utils import format_datetime
 from typing import Any
-from urllib.parse import quote
 
 from sync.adapters.salesforce.addresses import address_codes
 from sync.adapters.salesforce.auth import TokenProvider
 from sync.adapters.salesforce.changes import ChangeFeed, row_version
 from sync.adapters.salesforce.directory import Directory, domain_hints
 from sync.adapters.salesforce.duplicates import ALLOW_SAVE, alert_note, alerted, alerts, noted
-from sync.adapters.salesforce.errors import SIDE, collection_error
+from sync.adapters.salesforce.errors import SIDE, DuplicateFound, collection_error
 from sync.adapters.salesforce.rest import API_VERSION, MAX_COLLECTION, RestClient, chunks
 from sync.adapters.salesforce.schema import ContactSchema
 from sync.adapters.salesforce.soql import FILTER_SETTING, check_filter, parse_dt, soql_quote
 from sync.config import ConfigError
-from sync.errors import BadData, NotFound, PreconditionFailed, SyncError, Transient
+from sync.errors import AlreadyExists, BadData, NotFound, PreconditionFailed, SyncError, Transient
 from sync.mapping import contact_to_salesforce, salesforce_to_contact
 from sync.model import Contact, Side
 from sync.policy import DEFAULT_SALESFORCE_LENGTHS, FieldMap
@@ -81,7 +80,7 @@ class _NothingToRetry(SyncError):
 
 
 class _AlreadyMade(SyncError):
-    """Internal: before a retried upsert, the contact it creates turned out to exist (the lost answer's create)."""
+    """Internal: the contact a create makes turned out to exist (another worker's create, or our lost answer's)."""
 
 
 class SalesforceContactSide:
@@ -392,10 +391,11 @@ class SalesforceContactSide:
         the fields we wrote are taken as we wrote them and the record has no version, so the next pass sees their
         edit.
 
-        ``found``: a create that found its contact made already (an upsert that updated, or the lookup before its
-        retry): our earlier attempt, whose answer was lost, and anyone's write since. Taken as we wrote it too (a
-        create's ``written`` names every field, empty ones as None), so a user's edit made meanwhile is not passed
-        for synced (the short soak: a city a rep typed between the lost answer and the retry never reached Outlook)."""
+        ``found``: a create that found its contact made already (refused with ``DUPLICATE_VALUE``, or the lookup
+        before its retry): another worker's create or our earlier attempt whose answer was lost, and anyone's write
+        since. Taken as we wrote it too (a create's ``written`` names every field, empty ones as None), so a user's
+        edit made meanwhile is not passed for synced (the short soak: a city a rep typed between the lost answer and
+        the retry never reached Outlook)."""
         record = self._record(row)
         if not found and self._is_us(row.get("LastModifiedById")) is not False:  # ours, or unknown: as read
             return record
@@ -409,7 +409,7 @@ class SalesforceContactSide:
         if marker is not None and self._marker_field:
             values[self._marker_field] = marker
         if marker is not None and self._marker_field and self._schema_now().marker_upsert:
-            (rid, made), note = alerted(self._allow_duplicates, None, lambda h: self._upsert(marker, values, h))
+            (rid, made), note = self._create_unique(marker, values)
         else:
             made = True
             rid, note = alerted(self._allow_duplicates, None, lambda h: str(self._rest.call(
@@ -431,27 +431,40 @@ class SalesforceContactSide:
         every = contact_to_salesforce(contact, self._all_fields(), self._field_map, self._lengths_now()).values
         return {**dict.fromkeys(every), **values}
 
-    def _upsert(self, marker: str, values: Mapping[str, Any], headers: dict[str, str]) -> tuple[str, bool]:
-        """Create on the unique marker field (docs/reference/salesforce.md §2.4): a contact that already carries this
-        Outlook id (our earlier create whose answer was lost) is updated instead of doubled, so the call is safe to
-        retry after a connection error. Before a retry it looks the contact up first and, found, leaves it as it is
-        (a rep may have edited it since). Returns the id and whether this call created it."""
-        key = f"{self._marker_field}/{quote(marker, safe='')}"
-        body = {k: v for k, v in values.items() if k != self._marker_field}
+    def _marker_holder(self, marker: str) -> str | None:
+        """The id of the live contact whose marker field holds ``marker`` (org-wide, any owner or filter)."""
+        rows = self._rest.query(f"SELECT Id FROM Contact WHERE {self._marker_field} = {soql_quote(marker)} "
+                                "ORDER BY Id LIMIT 1")
+        return str(rows[0]["Id"]) if rows else None
 
-        def send(sf: Any) -> Any:
-            return sf.Contact.upsert(key, body, raw_response=True, headers=headers).json()
+    def _create_unique(self, marker: str, values: Mapping[str, Any]) -> tuple[tuple[str, bool], str | None]:
+        """A plain create (POST) carrying the marker, on a unique External ID marker field
+        (docs/reference/salesforce.md §2.4). A contact that holds this Outlook id already (another worker's create of
+        the same Outlook contact, or our earlier attempt whose answer was lost) makes Salesforce refuse it with
+        ``DUPLICATE_VALUE``; it is then looked up and returned as found, never written: an upsert would overwrite it
+        with the values this worker read, over a rep's edit made since (docs/sync-rules.md, races). Before a retry
+        the contact is looked up first, the same way. A duplicate-rule refusal is checked the same way first: the
+        contact it matches may be that copy. Returns ((id, whether this call created it), the alert note)."""
 
         def made_already() -> None:
-            found = self.find_by_marker("", marker)
-            if found is not None:
-                raise _AlreadyMade("the create whose answer was lost had happened", side=SIDE, item_id=found.id)
+            held = self._marker_holder(marker)
+            if held is not None:
+                raise _AlreadyMade("the contact holds this Outlook id already", side=SIDE, item_id=held)
+
+        def send(headers: dict[str, str]) -> str:
+            try:
+                return str(self._rest.call(  # safe to retry: the lookup first, and the marker is unique
+                    "write", lambda sf: sf.Contact.create(dict(values), headers=headers),
+                    before_retry=made_already)["id"])
+            except (AlreadyExists, DuplicateFound):
+                made_already()
+                raise
 
         try:
-            answer = self._rest.call("write", send, before_retry=made_already)
+            rid, note = alerted(self._allow_duplicates, None, send)
         except _AlreadyMade as made:
-            return str(made.item_id), False
-        return str(answer["id"]), answer.get("created") is not False
+            return (str(made.item_id), False), None
+        return (rid, True), note
 
     def update(
         self,
@@ -533,36 +546,72 @@ class SalesforceContactSide:
             written[len(results)] = self._created(item.contact, values)
             pending.append((len(results), {"attributes": {"type": "Contact"}, **values}))
             results.append(Transient("not attempted", side=SIDE))
-        upsert = self._marker_field if self._marker_field and self._schema_now().marker_upsert else None
-        by_marker = [p for p in pending if upsert and p[1].get(upsert)]
-        plain = [p for p in pending if not (upsert and p[1].get(upsert))]
+        unique = self._marker_field if self._marker_field and self._schema_now().marker_upsert else None
         notes: dict[int, str] = {}
         found: set[int] = set()
-        for group, on in ((plain, None), (by_marker, upsert)):
+        by_marker = [p for p in pending if unique and p[1].get(unique)]  # safe to retry (see _create_chunk)
+        plain = [p for p in pending if not (unique and p[1].get(unique))]
+        for group, on in ((plain, None), (by_marker, unique)):
             for chunk in chunks(group, MAX_COLLECTION):
                 self._create_chunk(chunk, results, on, {}, found)
                 again = alerts(self._allow_duplicates, chunk, results)
                 if again:
                     self._create_chunk([(i, rec) for i, rec, _ in again], results, on, dict(ALLOW_SAVE), found)
-                    notes.update({i: alert_note(dup) for i, _, dup in again})
+                    notes.update({i: alert_note(dup) for i, _, dup in again if i not in found})
         return self._outside_filter(self._finish(results, written, notes, held, found))
 
+    def _marker_holders(self, markers: Iterable[str]) -> dict[str, str]:
+        """Marker -> id of the live contact holding it, org-wide (50 markers per SOQL: Graph ids are long)."""
+        out: dict[str, str] = {}
+        for chunk in chunks(sorted(set(markers)), 50):
+            lits = ", ".join(soql_quote(m) for m in chunk)
+            for row in self._rest.query(f"SELECT Id, {self._marker_field} FROM Contact "
+                                        f"WHERE {self._marker_field} IN ({lits})"):
+                out[str(row[str(self._marker_field)])] = str(row["Id"])
+        return out
+
     def _create_chunk(self, chunk: Sequence[tuple[int, dict[str, Any]]], results: list[SideRecord | SyncError | str],
-                      upsert_on: str | None, headers: dict[str, str], found: set[int]) -> None:
-        """One sObject Collections create (POST), or upsert on the marker field (PATCH, safe to retry); an upsert
-        that updated (``"created": false``: our earlier create, whose answer was lost) goes into ``found``."""
-        body = {"allOrNone": False, "records": [rec for _, rec in chunk]}
+                      unique: str | None, headers: dict[str, str], found: set[int]) -> None:
+        """One sObject Collections create (POST, allOrNone=false). ``unique``: the marker field, a unique External
+        ID, which every record of the chunk carries (docs/reference/salesforce.md §2.4-2.5): a record whose Outlook
+        id a contact holds already (another worker's create, or our earlier attempt whose answer was lost) is
+        refused with ``DUPLICATE_VALUE`` and then looked up and put into ``found``, never written over (an upsert
+        would overwrite a rep's edit made since). The call is then safe to retry: before a retry the records
+        already made are looked up and left out."""
+        left = list(chunk)
+
+        def take_made() -> None:
+            holders = self._marker_holders(str(rec[str(unique)]) for _, rec in left if rec.get(str(unique)))
+            for index, rec in list(left):
+                held = holders.get(str(rec.get(str(unique))))
+                if held is not None:
+                    results[index] = held
+                    found.add(index)
+                    left.remove((index, rec))
+            if not left:
+                raise _AlreadyMade("every record of the chunk was made already", side=SIDE)
+
         try:
-            answers = self._rest.restful("PATCH" if upsert_on else "POST", body, upsert_on=upsert_on,
-                                         headers=headers)
+            answers = self._rest.restful("POST", lambda: {"allOrNone": False, "records": [rec for _, rec in left]},
+                                         take_made if unique else None, headers=headers, retry_post=bool(unique))
+        except _AlreadyMade:
+            return
         except SyncError as exc:
-            for index, _ in chunk:
+            for index, _ in left:
                 results[index] = exc
             return
-        for (index, _), res in zip(chunk, answers, strict=False):
+        refused: list[tuple[int, dict[str, Any]]] = []
+        for (index, rec), res in zip(left, answers, strict=False):
             results[index] = str(res["id"]) if res.get("success") else collection_error(res, None)
-            if res.get("success") and upsert_on and res.get("created") is False:
-                found.add(index)
+            if unique and rec.get(unique) and isinstance(results[index], AlreadyExists | DuplicateFound):
+                refused.append((index, rec))
+        if refused:  # one lookup: the contacts that hold these Outlook ids (a duplicate rule may match that copy too)
+            holders = self._marker_holders(str(rec[unique]) for _, rec in refused if unique)
+            for index, rec in refused:
+                held = holders.get(str(rec[str(unique)]))
+                if held is not None:
+                    results[index] = held
+                    found.add(index)
 
     def update_many(self, mailbox: str, items: Sequence[UpdateRequest]) -> list[SideRecord | SyncError]:
         """Versions checked with one SOQL per 200 ids, then sObject Collections PATCH (≤ 200, allOrNone=false).

@@ -160,16 +160,17 @@ class RestClient:
         return [r for page in self.query_pages(soql, include_deleted=include_deleted) for r in page]
 
     def restful(self, method: str, body: dict[str, Any] | Callable[[], dict[str, Any]],
-                before_retry: Callable[[], object] | None = None, *, upsert_on: str | None = None,
-                headers: dict[str, str] | None = None) -> list[Any]:
-        """One sObject Collections call (POST is retried only on "not processed" answers, see ``call``).
+                before_retry: Callable[[], object] | None = None, *,
+                headers: dict[str, str] | None = None, retry_post: bool = False) -> list[Any]:
+        """One sObject Collections call (POST is retried only on "not processed" answers, see ``call``, unless
+        ``retry_post``: a create whose ``before_retry`` takes out the records that were made).
 
-        ``body`` may be a callable, evaluated on every attempt (``before_retry`` may shrink what is re-sent).
-        ``upsert_on``: a Contact External ID field: PATCH upserts on it (docs/reference/salesforce.md §2.5)."""
-        path = f"composite/sobjects/Contact/{upsert_on}" if upsert_on else "composite/sobjects"
+        ``body`` may be a callable, evaluated on every attempt (``before_retry`` may shrink what is re-sent)."""
+        path = "composite/sobjects"
 
         def send(sf: Any) -> Any:
             return sf.restful(path, method=method, json=body() if callable(body) else body, headers=headers or {})
 
-        return list(self.call("composite", send, idempotent=method == "PATCH", before_retry=before_retry) or [])
+        return list(self.call("composite", send, idempotent=method == "PATCH" or retry_post,
+                              before_retry=before_retry) or [])
 

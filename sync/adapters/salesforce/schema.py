@@ -3,8 +3,9 @@ the org has State and Country/Territory Picklists.
 
 The describe lists only the fields the integration user can read, and ``createable`` / ``updateable`` already reflect
 its field-level security (docs/reference/salesforce.md §1.1). The marker field (``SF_OUTLOOK_ID_FIELD``) must be there,
-a Text field of at least ``MARKER_MIN_LENGTH`` characters, createable and updateable; a unique External ID makes
-creates upserts on it (docs/reference/salesforce.md §2.4).
+a Text field of at least ``MARKER_MIN_LENGTH`` characters, createable and updateable; a unique External ID makes a
+second create of one Outlook contact refused (``DUPLICATE_VALUE``) and found instead
+(docs/reference/salesforce.md §2.4).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class ContactSchema:
 
     lengths: Mapping[str, int] = field(default_factory=dict)
     marker_problem: str | None = None  # why the marker field cannot be used (None: fine, or no marker configured)
-    marker_upsert: bool = False  # the marker field is a unique External ID: creates become upserts on it
+    marker_upsert: bool = False  # the marker field is a unique External ID: a create finds a copy that holds it
     picklists: bool = False  # MailingCountryCode / MailingStateCode exist (State and Country/Territory Picklists)
     countries: Mapping[str, str] = field(default_factory=dict)  # active country code -> integration value
     states: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # country code -> state code -> value
