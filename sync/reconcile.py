@@ -10,7 +10,8 @@ Public API:
 A full pass visits every link and every record once, as vdirsyncer's sync does over its status table, and keeps in
 memory only what changed. After the links table was lost (``LinkStore.rebuilding``), a full pass rebuilds the links
 from the markers without undoing deletes or owner changes (``Engine.lost_link``); a pass without errors ends the
-rebuild. An unlinked Outlook copy whose marker names a deleted Salesforce contact is that contact's delete in any pass. Plans are applied in bulk (``Engine.execute_many``), a chunk at a time.
+rebuild. An unlinked Outlook copy whose marker names a deleted Salesforce contact is that contact's delete in any
+pass. Plans are applied in bulk (``Engine.execute_many``), a chunk at a time.
 """
 
 from __future__ import annotations
