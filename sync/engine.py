@@ -114,7 +114,9 @@ class Engine:
         out = []
         for rec in found.values():
             existing = self.links.get(mailbox, rec.side, rec.id)
-            out.append(Candidate(rec, linked=existing is not None and existing.state is LinkState.LINKED))
+            linked = existing is not None and existing.state is LinkState.LINKED
+            out.append(Candidate(rec, linked=linked,
+                                 partner=existing.id_on(record.side) if existing is not None and linked else None))
         return tuple(out)
 
     def mailboxes_for(self, change: ContactChange) -> list[str]:

@@ -323,9 +323,11 @@ class MailboxReconcile:
             marked = self.sf_side.get(self.mailbox, outlook.marker)  # the contact it names (a copy of a linked copy)
             if marked is not None:
                 found[marked.id] = marked
-        remote = [Candidate(c, linked=c.id in self.linked_sf
-                            or self.engine.links.get(self.mailbox, Side.SALESFORCE, c.id) is not None)
-                  for c in found.values()]
+        remote = []
+        for c in found.values():
+            link = None if c.id in self.linked_sf else self.engine.links.get(self.mailbox, Side.SALESFORCE, c.id)
+            remote.append(Candidate(c, linked=c.id in self.linked_sf or link is not None,
+                                    partner=link.m365_id if link is not None else None))
         return tuple(local + remote)
 
     # ------------------------------------------------------------------------------------------ 6: judge, apply

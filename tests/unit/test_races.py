@@ -542,3 +542,29 @@ def test_an_unlinked_outlook_copy_whose_marker_names_a_deleted_contact_follows_t
     assert ada_in(m365) == [] and ada_in(sf) == []
     (row,) = [e for e in audit.entries if e.action == "delete:m365"]
     assert row.reason.startswith("deleted in Salesforce; delete policy propagate") and row.sf_id == sf_id
+
+
+def test_a_copy_linked_since_its_link_was_read_is_never_taken_for_a_second_copy() -> None:
+    """Found by the 3-instance soak (seed 1, after the fix above): on a hand-off, worker X created Outlook copy O1,
+    stamped the Salesforce marker and saved its link; worker Y, racing, created O2 and stamped the marker with O2
+    last. Worker V, on O1's change notification, had read O1's link before X saved it (none), then found the
+    Salesforce contact its marker names linked and marked with *another* copy (O2) and took O1, the linked copy, for
+    a second copy (row 41): it moved it to Deleted Items, the link's copy was gone (a tombstone), Y's link save
+    failed and Y deleted O2. The person had no copy left. A candidate linked to the very record being decided tells
+    that the record was linked since its link was read: that worker decides it, not this stale read."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))  # worker X: O1, marker, link
+    (o1,) = ada_in(m365)
+    o2 = m365.user_create(ANN, m365.snapshot()[o1].contact, marker=sf_id)  # worker Y's copy, not linked yet
+    s_rec = sf.snapshot()[sf_id]
+    sf.update(ANN, sf_id, s_rec.contact, fields=frozenset(), if_match=None, marker=o2)  # Y stamps last
+    # worker V read O1's link before X saved it (none), then O1 and the candidates (X's link is there by now)
+    v = engine.situation(ANN, None, m365.snapshot()[o1], None)
+    p = plan(v, engine.policy)
+    assert not [a for a in p.actions if a.kind == "delete:m365"], p.reason
+    engine.execute(v, p)
+    assert o1 in m365.snapshot()
+    link = links.get(ANN, Side.M365, o1)
+    assert link is not None and link.sf_id == sf_id and link.state is LinkState.LINKED
+    assert not [e for e in audit.entries if e.outcome == "review"]
