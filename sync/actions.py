@@ -25,10 +25,12 @@ from sync.ports import Link, LinkState, ReviewItem, SideRecord
 
 @dataclass(frozen=True)
 class Candidate:
-    """A possible match on the other side. ``linked``: already linked to another contact in this mailbox."""
+    """A possible match on the other side. ``linked``: already linked in this mailbox; ``partner``: the id its link
+    names on the side being decided, when known (the record being decided itself: linked since its link was read)."""
 
     record: SideRecord
     linked: bool = False
+    partner: str | None = None
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ Public API:
     Engine.twin_of(mailbox, record, candidates)         the pair an unlinked Outlook copy this sync made doubles
 
 Level-triggered: a hint only names a contact; the engine reads the *current* state of both sides and the link, so
-duplicated, late, reordered and lost hints are harmless. The link is always read before the records. While the links
-of a mailbox are rebuilt after the links table was lost, an unlinked record's marker stands in for its lost link
-(``lost_link``).
+duplicated, late, reordered and lost hints are harmless. The link is always read before the records. An unlinked
+Outlook copy whose marker names a deleted Salesforce contact, and while the links of a mailbox are rebuilt after the
+links table was lost any unlinked record whose marker proves a lost link, is decided with that link (``lost_link``).
 """
 
 from __future__ import annotations
@@ -114,7 +114,9 @@ class Engine:
         out = []
         for rec in found.values():
             existing = self.links.get(mailbox, rec.side, rec.id)
-            out.append(Candidate(rec, linked=existing is not None and existing.state is LinkState.LINKED))
+            linked = existing is not None and existing.state is LinkState.LINKED
+            out.append(Candidate(rec, linked=linked,
+                                 partner=existing.id_on(record.side) if existing is not None and linked else None))
         return tuple(out)
 
     def mailboxes_for(self, change: ContactChange) -> list[str]:
@@ -175,23 +177,30 @@ class Engine:
         return self.situation(mailbox, link, outlook, salesforce)
 
     def lost_link(self, mailbox: str, record: SideRecord) -> tuple[Link, SideRecord | None] | None:
-        """While the links of ``mailbox`` are rebuilt after the links table was lost: the link an unlinked Outlook
-        copy's marker proves it had, when the planner must hear it as a link, with the partner the marker names.
+        """The link an unlinked record's marker proves it had, when the planner must hear it as a link, with the
+        partner the marker names.
 
-        - An Outlook copy whose marker names a Salesforce contact that is deleted (deleted while the links were lost:
-          the delete policy applies), or owned by another user (its owner changed: it leaves this mailbox).
-          Salesforce ids are org-wide, so this cannot be mistaken.
-        - A Salesforce contact of this mailbox whose marker names an Outlook copy that is gone from the folder and
-          that this mailbox's audit mentions (the copy lived here, so it was deleted here: the tombstone the delete
-          would have left). A copy the audit does not know lived in a previous owner's mailbox: not a delete here.
-        None when the links are not being rebuilt, the record has no marker, or its partner is here (the marker
-        adopts it as usual). The returned link is not stored (no etag): the plan's link write replaces it.
+        - An Outlook copy whose marker names a Salesforce contact that is deleted: the delete policy applies, always
+          (the delete was missed while the links were lost, or the copy's link save never happened, or a worker
+          decides an older read of the copy than the one another worker just deleted it for: every worker must
+          decide it as that delete, never as a new contact). Salesforce ids are org-wide, so this cannot be
+          mistaken.
+        - While the links of ``mailbox`` are rebuilt after the links table was lost: an Outlook copy whose marker
+          names a Salesforce contact owned by another user (its owner changed: it leaves this mailbox); a Salesforce
+          contact of this mailbox whose marker names an Outlook copy that is gone from the folder and that this
+          mailbox's audit mentions (the copy lived here, so it was deleted here: the tombstone the delete would have
+          left). A copy the audit does not know lived in a previous owner's mailbox: not a delete here.
+        None otherwise: no marker, or its partner is here (the marker adopts it as usual). The returned link is not
+        stored (no etag): the plan's link write replaces it.
         """
-        if not record.marker or not self.links.rebuilding(mailbox):
+        if not record.marker:
+            return None
+        rebuilding = self.links.rebuilding(mailbox)
+        if not rebuilding and record.side is not Side.M365:
             return None
         partner = self.sides[record.side.other].get(mailbox, record.marker)
         if record.side is Side.M365:
-            if partner is not None and partner.owner == mailbox:
+            if partner is not None and (partner.owner == mailbox or not rebuilding):
                 return None
         elif partner is not None or record.owner != mailbox or not self.audit.mentions(mailbox, record.marker):
             return None
@@ -212,9 +221,11 @@ class Engine:
             m365_version=outlook.version if outlook else None,
             sf_version=salesforce.version if salesforce else None,
             synced_at=self.clock(),
-            reason="rebuilt from the link marker after the links table was lost",
+            reason=("rebuilt from the link marker after the links table was lost" if rebuilding else
+                    "read from the link marker: the Salesforce contact it names is deleted"),
         )
-        logger.info("link of %s %s rebuilt from its marker (links table lost)", record.side.value, record.id)
+        logger.info("link of %s %s rebuilt from its marker (%s)", record.side.value, record.id,
+                    "links table lost" if rebuilding else "its Salesforce contact is deleted")
         return link, partner
 
     def _lost_delete(self, mailbox: str, m365_id: str) -> Situation | None:

@@ -267,6 +267,14 @@ def plan(s: Situation, policy: Policy) -> Plan:
         return _leave_mailbox(ctx)
 
     if link is None:
+        present = outlook if outlook is not None else salesforce
+        if present is not None and any(c.partner == present.id for c in s.candidates):
+            # a candidate is linked to this very record: a worker linked it after this situation's link was read,
+            # so the records read since are newer than that link read; the worker that linked it decided it
+            reason = (f"linked to {present.side.other.label} contact "
+                      f"{next(c.record.id for c in s.candidates if c.partner == present.id)} by another worker "
+                      f"since its link was read: nothing to do on this read")
+            return done([Nothing(reason)], LinkAfter.KEEP, reason)
         if outlook is not None and salesforce is not None:
             # both given without a link: the engine found them pointing at each other (markers)
             return _adopt(ctx, outlook, salesforce, "link marker")

@@ -11,7 +11,8 @@ Public API:
 A full pass visits every link and every record once, as vdirsyncer's sync does over its status table, and keeps in
 memory only what changed. After the links table was lost (``LinkStore.rebuilding``), a full pass rebuilds the links
 from the markers without undoing deletes or owner changes (``Engine.lost_link``); a pass without errors ends the
-rebuild. Plans are applied in bulk (``Engine.execute_many``), a chunk at a time.
+rebuild. An unlinked Outlook copy whose marker names a deleted Salesforce contact is that contact's delete in any
+pass. Plans are applied in bulk (``Engine.execute_many``), a chunk at a time.
 """
 
 from __future__ import annotations
@@ -291,8 +292,11 @@ class MailboxReconcile:
 
     def _plan_unlinked_outlook(self, outlook: SideRecord) -> list[str]:
         """Plan an unlinked Outlook copy; returns the Salesforce ids its plan adopts."""
-        lost = _lost(self.engine, self.mailbox, outlook, self.sf_all) if self.rebuilding else None
-        if lost is not None:  # its marker names a Salesforce contact deleted or moved away while links were lost
+        # its marker names a Salesforce contact that is deleted (or, while the links are rebuilt, moved away): the
+        # contact's delete (or owner change), never a new contact; a marker naming a contact this pass listed is not
+        # read again
+        lost = _lost(self.engine, self.mailbox, outlook, self.sf_all if self.rebuilding else self.sf_kept)
+        if lost is not None:
             self.plans.append((lost, plan(lost, self.engine.policy)))
             return []
         cands = self._sf_candidates(outlook)
@@ -322,9 +326,11 @@ class MailboxReconcile:
             marked = self.sf_side.get(self.mailbox, outlook.marker)  # the contact it names (a copy of a linked copy)
             if marked is not None:
                 found[marked.id] = marked
-        remote = [Candidate(c, linked=c.id in self.linked_sf
-                            or self.engine.links.get(self.mailbox, Side.SALESFORCE, c.id) is not None)
-                  for c in found.values()]
+        remote = []
+        for c in found.values():
+            link = None if c.id in self.linked_sf else self.engine.links.get(self.mailbox, Side.SALESFORCE, c.id)
+            remote.append(Candidate(c, linked=c.id in self.linked_sf or link is not None,
+                                    partner=link.m365_id if link is not None else None))
         return tuple(local + remote)
 
     # ------------------------------------------------------------------------------------------ 6: judge, apply

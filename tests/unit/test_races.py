@@ -486,3 +486,85 @@ def test_a_second_outlook_copy_nobody_wrote_is_removed_without_taking_its_stale_
     assert copy in m365.deleted and ada_in(m365) == [winner]
     assert sf.snapshot()[sf_id].contact.job_title == "CTO" and sf.snapshot()[sf_id].marker == winner
     assert_one_linked_pair(m365, sf, links)
+
+
+def test_a_pass_that_read_outlook_before_a_rebuilt_delete_never_creates_the_deleted_contact_again() -> None:
+    """Found by the 3-instance soak: a Salesforce delete whose CDC event was lost, then the links table lost. Pass B
+    read the folder; the user edited the Outlook copy; pass A (another worker) read the copy's marker as its lost link
+    and moved the copy to Deleted Items (the Salesforce delete rule), and its success ended the rebuild. B then
+    decided its older read of the copy: no longer rebuilding, it took the marker naming a deleted contact for "no
+    match" and created that person in Salesforce again. A marker naming a deleted Salesforce contact is that contact's
+    delete, rebuilding or not, so B decides as A did and its stale delete is refused by the guard read."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    reconcile_mailbox(engine, ANN)
+    (oid,) = ada_in(m365)
+    sf.user_delete(sf_id)  # its CDC event is lost
+    links.lose()
+
+    def worker_a() -> None:
+        m365.user_edit(oid, {"job_title": "CTO"})
+        reconcile_mailbox(engine, ANN)  # rebuilds: the copy goes to Deleted Items, the rebuild ends
+
+    real_stream = m365.stream
+    m365.stream = lambda mailbox: iter(list(real_stream(mailbox)))  # type: ignore[method-assign]  # read it all now
+    after_first(m365, "stream", worker_a)
+    report = reconcile_mailbox(engine, ANN)  # pass B, on its read from before A's delete
+    assert oid not in m365.snapshot() and not links.rebuilding(ANN)
+    assert ada_in(sf) == []  # never created again in Salesforce
+    assert not [e for e in audit.entries if e.action == "create:salesforce"]
+    assert not report.errors
+    assert links.get(ANN, Side.M365, oid) is None
+
+
+@pytest.mark.parametrize("through", ["hint", "reconcile"])
+def test_an_unlinked_outlook_copy_whose_marker_names_a_deleted_contact_follows_the_delete_rule(through: str) -> None:
+    """Without a links loss too: an Outlook copy this sync made from a Salesforce contact, left unlinked (the worker
+    was killed before its link save), whose Salesforce contact is deleted before any pass links it. Its marker names
+    the deleted contact: the Salesforce delete rule applies (propagate: Deleted Items), never a new contact."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise SystemExit("worker killed")
+
+    real, links.save = links.save, killed  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))
+    links.save = real  # type: ignore[method-assign]
+    (oid,) = ada_in(m365)
+    assert m365.snapshot()[oid].marker == sf_id and links.get(ANN, Side.M365, oid) is None
+    sf.user_delete(sf_id)
+    if through == "hint":
+        engine.sync_contact(ContactChange(source=Side.M365, item_id=oid, mailbox=ANN))
+    else:
+        assert not reconcile_mailbox(engine, ANN).errors
+    assert ada_in(m365) == [] and ada_in(sf) == []
+    (row,) = [e for e in audit.entries if e.action == "delete:m365"]
+    assert row.reason.startswith("deleted in Salesforce; delete policy propagate") and row.sf_id == sf_id
+
+
+def test_a_copy_linked_since_its_link_was_read_is_never_taken_for_a_second_copy() -> None:
+    """Found by the 3-instance soak (seed 1, after the fix above): on a hand-off, worker X created Outlook copy O1,
+    stamped the Salesforce marker and saved its link; worker Y, racing, created O2 and stamped the marker with O2
+    last. Worker V, on O1's change notification, had read O1's link before X saved it (none), then found the
+    Salesforce contact its marker names linked and marked with *another* copy (O2) and took O1, the linked copy, for
+    a second copy (row 41): it moved it to Deleted Items, the link's copy was gone (a tombstone), Y's link save
+    failed and Y deleted O2. The person had no copy left. A candidate linked to the very record being decided tells
+    that the record was linked since its link was read: that worker decides it, not this stale read."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))  # worker X: O1, marker, link
+    (o1,) = ada_in(m365)
+    o2 = m365.user_create(ANN, m365.snapshot()[o1].contact, marker=sf_id)  # worker Y's copy, not linked yet
+    s_rec = sf.snapshot()[sf_id]
+    sf.update(ANN, sf_id, s_rec.contact, fields=frozenset(), if_match=None, marker=o2)  # Y stamps last
+    # worker V read O1's link before X saved it (none), then O1 and the candidates (X's link is there by now)
+    v = engine.situation(ANN, None, m365.snapshot()[o1], None)
+    p = plan(v, engine.policy)
+    assert not [a for a in p.actions if a.kind == "delete:m365"], p.reason
+    engine.execute(v, p)
+    assert o1 in m365.snapshot()
+    link = links.get(ANN, Side.M365, o1)
+    assert link is not None and link.sf_id == sf_id and link.state is LinkState.LINKED
+    assert not [e for e in audit.entries if e.outcome == "review"]
