@@ -40,7 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from bench.scale import COMPANIES, JWT_CLIENT, Stack, rss_mb
+from bench.scale import COMPANIES, Stack, rss_mb, stack
 
 GRAPH_ENDPOINTS = ("contactFolders.list", "contactFolders.create", "contactFolder.get", "subscriptions.create",
                    "subscription.get", "subscription.update", "subscription.delete", "contacts.delta")
@@ -81,21 +81,6 @@ def webhook() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-@contextmanager
-def big_stack(mailboxes: list[str]) -> Iterator[Stack]:
-    from devhost.stack import jwt_keys
-    from emulators.azurite import running_azurite
-    from emulators.graph import GraphEmulator
-    from emulators.salesforce import SalesforceEmulator
-
-    private, public = jwt_keys()
-    with running_azurite() as azurite, GraphEmulator(users=mailboxes) as graph, SalesforceEmulator() as sf:
-        graph.faults.notification_drop_rate = 0.0
-        sf.register_jwt_client(JWT_CLIENT, public)
-        users = {mb: sf.add_user(f"{mb}.sf", mb, last_name=f"Rep{i}") for i, mb in enumerate(mailboxes)}
-        yield Stack(azurite.connection_string, graph, sf, private, mailboxes, users)
 
 
 def seed(s: Stack, per_mailbox: int, rows_per_load: int = 5000) -> None:
@@ -152,7 +137,7 @@ def measure(mailboxes: int, per_mailbox: int, *, sync: bool = True, create_delay
     names = [f"rep{i:04d}@contoso.com" for i in range(mailboxes)]
     out: dict[str, Any] = {"mailboxes": mailboxes, "per_mailbox": per_mailbox, "create_delay_s": create_delay_s,
                            "upkeep_concurrency": upkeep_concurrency}
-    with big_stack(names) as s, webhook() as base:
+    with stack(names) as s, webhook() as base:
         s.graph.faults.subscription_create_delay_s = create_delay_s
         t = time.perf_counter()
         seed(s, per_mailbox)

@@ -20,11 +20,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from devhost.host import read_body
+
 __all__ = ["FrontDoor"]
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 100 * 1024 * 1024
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection",
                "content-length"}
 
@@ -131,31 +132,12 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         try:
-            body = self._read_body()
+            body = read_body(self)
         except ValueError:
             self._send(int(HTTPStatus.REQUEST_ENTITY_TOO_LARGE), [], b"Request Entity Too Large")
             return
         status, headers, payload = self.front.forward(self.command, self.path, list(self.headers.items()), body)
         self._send(status, headers, payload)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks: list[bytes] = []
-            total = 0
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return b"".join(chunks)
-                total += size
-                if total > MAX_BODY_BYTES:
-                    raise ValueError("body too large")
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            raise ValueError("body too large")
-        return self.rfile.read(length) if length else b""
 
     def _send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.send_response(status)

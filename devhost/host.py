@@ -1099,6 +1099,28 @@ def _stats_dict(stats: Any) -> dict[str, int]:
     return {k: int(getattr(stats, k)) for k in ("started", "succeeded", "failed", "poisoned", "redelivered")}
 
 
+
+def read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """A request's body, by Content-Length or chunked; ``ValueError`` past ``MAX_BODY_BYTES`` (the local host's and
+    the front door's handlers)."""
+    if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                handler.rfile.readline()
+                return b"".join(chunks)
+            total += size
+            if total > MAX_BODY_BYTES:
+                raise ValueError("body too large")
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+    length = int(handler.headers.get("Content-Length") or 0)
+    if length > MAX_BODY_BYTES:
+        raise ValueError("body too large")
+    return handler.rfile.read(length) if length else b""
+
 def _text(status: HTTPStatus) -> tuple[int, list[tuple[str, str]], bytes]:
     return int(status), [("Content-Type", "text/plain; charset=utf-8")], status.phrase.encode()
 
@@ -1133,31 +1155,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         try:
-            body = self._read_body()
+            body = read_body(self)
         except ValueError:
             self._send(*_text(HTTPStatus.REQUEST_ENTITY_TOO_LARGE))
             return
         headers = {k: v for k, v in self.headers.items()}
         self._send(*self.local_host.handle_http(self.command, self.path, headers, body))
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks: list[bytes] = []
-            total = 0
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return b"".join(chunks)
-                total += size
-                if total > MAX_BODY_BYTES:
-                    raise ValueError("body too large")
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            raise ValueError("body too large")
-        return self.rfile.read(length) if length else b""
 
     def _send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.send_response(status)
