@@ -31,56 +31,15 @@ import json
 import logging
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from bench.scale import COMPANIES, Stack, rss_mb, stack
+from devhost.stack import webhook_bridge
 
 GRAPH_ENDPOINTS = ("contactFolders.list", "contactFolders.create", "contactFolder.get", "subscriptions.create",
                    "subscription.get", "subscription.update", "subscription.delete", "contacts.delta")
-
-
-class _Webhook(BaseHTTPRequestHandler):
-    """Graph's POSTs to the app's webhooks, answered by the real functions (as tests/functions does)."""
-
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        import azure.functions as func
-
-        from sync.triggers import graph
-
-        parts = urlsplit(self.path)
-        body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        fn = graph.graph_notifications if parts.path.endswith("notifications") else graph.graph_lifecycle
-        req = func.HttpRequest("POST", f"http://127.0.0.1{self.path}", headers=dict(self.headers.items()),
-                               params={k: v[0] for k, v in parse_qs(parts.query).items()}, body=body)
-        resp = fn.build().get_user_function()(req)
-        payload = resp.get_body() or b""
-        self.send_response(resp.status_code)
-        self.send_header("Content-Type", f"{resp.mimetype}; charset=utf-8")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@contextmanager
-def webhook() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def seed(s: Stack, per_mailbox: int, rows_per_load: int = 5000) -> None:
@@ -137,7 +96,7 @@ def measure(mailboxes: int, per_mailbox: int, *, sync: bool = True, create_delay
     names = [f"rep{i:04d}@contoso.com" for i in range(mailboxes)]
     out: dict[str, Any] = {"mailboxes": mailboxes, "per_mailbox": per_mailbox, "create_delay_s": create_delay_s,
                            "upkeep_concurrency": upkeep_concurrency}
-    with stack(names) as s, webhook() as base:
+    with stack(names) as s, webhook_bridge() as base:
         s.graph.faults.subscription_create_delay_s = create_delay_s
         t = time.perf_counter()
         seed(s, per_mailbox)

@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from emulators.graph import GraphEmulator
     from emulators.salesforce import SalesforceEmulator
 
-__all__ = ["EVERY_SECOND", "NEVER", "SF_USERNAME", "app_settings", "call", "emulator_settings", "jwt_keys"]
+__all__ = ["EVERY_SECOND", "NEVER", "SF_USERNAME", "app_settings", "call", "emulator_settings", "jwt_keys",
+           "webhook_bridge"]
 
 NEVER = "0 0 0 1 1 *"  # once a year: the caller fires the timer itself
 EVERY_SECOND = "* * * * * *"
@@ -114,3 +116,44 @@ def call(method: str, url: str, body: Any = None, *, key: str | None = None,
         return status, json.loads(text) if text else None, headers
     except ValueError:
         return status, text, headers
+
+
+@contextmanager
+def webhook_bridge() -> Iterator[str]:
+    """Graph's POSTs to the app's two webhooks (``/api/graph/notifications``, ``/api/graph/lifecycle``) answered by
+    the real functions in this process, without a host (the official unit-test pattern, docs/reference/azure.md
+    §1.5); yields the base URL for ``WEBHOOK_BASE_URL``. For tests and benches that drive the engine directly."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlsplit
+
+    import azure.functions as func
+
+    from sync.triggers import graph
+
+    routes = {"/api/graph/notifications": graph.graph_notifications, "/api/graph/lifecycle": graph.graph_lifecycle}
+
+    class Bridge(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - stdlib name
+            parts = urlsplit(self.path)
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            req = func.HttpRequest("POST", f"http://127.0.0.1{self.path}", headers=dict(self.headers.items()),
+                                   params={k: v[0] for k, v in parse_qs(parts.query).items()}, body=body)
+            resp = routes[parts.path].build().get_user_function()(req)
+            payload = resp.get_body() or b""
+            self.send_response(resp.status_code)
+            self.send_header("Content-Type", f"{resp.mimetype}; charset=utf-8")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Bridge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

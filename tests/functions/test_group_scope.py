@@ -4,14 +4,12 @@ both emulators: the subscriptions run reads the group's transitive members and a
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import ThreadingHTTPServer
 
 import pytest
 
-from devhost.stack import emulator_settings
+from devhost.stack import emulator_settings, webhook_bridge
 from emulators.graph import ADMIN_GUIDE_GRANTS, ADMIN_GUIDE_GROUP_GRANTS, Grants, GraphEmulator
 from emulators.salesforce import SalesforceEmulator
 from sync import bootstrap
@@ -23,7 +21,6 @@ from sync.triggers import graph, ops
 from sync.triggers.status import status_page
 from tests.contract.salesforce_harness import rsa_keys
 from tests.functions.conftest import ANN, BOB, http, user_function
-from tests.functions.test_with_emulators import _Bridge
 
 CAROL, DAVE = "carol@contoso.com", "dave@contoso.com"
 CLIENT_ID = "group-scope-client"
@@ -31,19 +28,13 @@ CLIENT_ID = "group-scope-client"
 
 @pytest.fixture(scope="module")
 def services() -> Iterator[tuple[GraphEmulator, SalesforceEmulator, str, dict[str, str]]]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Bridge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with GraphEmulator(users=[ANN, BOB, CAROL, DAVE], grants=ADMIN_GUIDE_GROUP_GRANTS) as g, \
-                SalesforceEmulator(keepalive_seconds=0.3, idle_timeout_seconds=5) as sf:
-            _, public = rsa_keys()
-            sf.register_jwt_client(CLIENT_ID, public)
-            users = {mb: sf.add_user(f"{mb}.sf", mb, last_name=mb.split("@")[0]) for mb in (ANN, BOB, CAROL, DAVE)}
-            yield g, sf, f"http://127.0.0.1:{server.server_address[1]}", users
-    finally:
-        server.shutdown()
-        server.server_close()
+    with webhook_bridge() as bridge, \
+            GraphEmulator(users=[ANN, BOB, CAROL, DAVE], grants=ADMIN_GUIDE_GROUP_GRANTS) as g, \
+            SalesforceEmulator(keepalive_seconds=0.3, idle_timeout_seconds=5) as sf:
+        _, public = rsa_keys()
+        sf.register_jwt_client(CLIENT_ID, public)
+        users = {mb: sf.add_user(f"{mb}.sf", mb, last_name=mb.split("@")[0]) for mb in (ANN, BOB, CAROL, DAVE)}
+        yield g, sf, bridge, users
 
 
 @pytest.fixture

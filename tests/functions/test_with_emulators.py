@@ -7,19 +7,14 @@ notification path are the real ones.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import azure.functions as func
 import pytest
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 
-from devhost.stack import emulator_settings
+from devhost.stack import emulator_settings, webhook_bridge
 from emulators.graph import GraphEmulator
 from emulators.salesforce import SalesforceEmulator
 from sync import bootstrap
@@ -34,42 +29,14 @@ from tests.functions.conftest import ANN, BOB, user_function, wait_for
 CLIENT_ID = "functions-test-client"
 
 
-class _Bridge(BaseHTTPRequestHandler):
-    routes = {"/api/graph/notifications": graph.graph_notifications, "/api/graph/lifecycle": graph.graph_lifecycle}
-
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        parts = urlsplit(self.path)
-        body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        params = {k: v[0] for k, v in parse_qs(parts.query).items()}
-        req = func.HttpRequest("POST", f"http://127.0.0.1{self.path}", headers=dict(self.headers.items()),
-                               params=params, body=body)
-        resp = user_function(self.routes[parts.path])(req)
-        payload = resp.get_body() or b""
-        self.send_response(resp.status_code)
-        self.send_header("Content-Type", f"{resp.mimetype}; charset=utf-8")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def services() -> Iterator[tuple[GraphEmulator, SalesforceEmulator, str, dict[str, str]]]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Bridge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with GraphEmulator(users=[ANN, BOB]) as g, \
-                SalesforceEmulator(keepalive_seconds=0.3, idle_timeout_seconds=5) as sf:
-            _, public = rsa_keys()
-            sf.register_jwt_client(CLIENT_ID, public)
-            users = {mb: sf.add_user(f"{mb}.sf", mb, last_name=mb.split("@")[0]) for mb in (ANN, BOB)}
-            yield g, sf, f"http://127.0.0.1:{server.server_address[1]}", users
-    finally:
-        server.shutdown()
-        server.server_close()
+    with webhook_bridge() as bridge, GraphEmulator(users=[ANN, BOB]) as g, \
+            SalesforceEmulator(keepalive_seconds=0.3, idle_timeout_seconds=5) as sf:
+        _, public = rsa_keys()
+        sf.register_jwt_client(CLIENT_ID, public)
+        users = {mb: sf.add_user(f"{mb}.sf", mb, last_name=mb.split("@")[0]) for mb in (ANN, BOB)}
+        yield g, sf, bridge, users
 
 
 @pytest.fixture
