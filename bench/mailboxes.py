@@ -35,7 +35,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench.scale import COMPANIES, Stack, rss_mb, stack
+from bench.scale import COMPANIES, Stack, contact_row, rss_mb, stack
 from devhost.stack import webhook_bridge
 
 GRAPH_ENDPOINTS = ("contactFolders.list", "contactFolders.create", "contactFolder.get", "subscriptions.create",
@@ -49,12 +49,7 @@ def seed(s: Stack, per_mailbox: int, rows_per_load: int = 5000) -> None:
     rows: list[dict[str, Any]] = []
     for r, mb in enumerate(s.mailboxes):
         for i in range(per_mailbox):
-            n = r * per_mailbox + i
-            company = COMPANIES[n % len(COMPANIES)]
-            rows.append({"FirstName": f"First{n}", "LastName": f"Last{n}", "Email": f"p{n}@bench.example",
-                         "Phone": f"+1 425 555 {n % 10000:04d}", "Title": "Buyer", "Department": "Purchasing",
-                         "AccountId": accounts[company], "MailingCity": "Redmond",
-                         "MailingCountry": "United States", "OwnerId": s.users[mb]})
+            rows.append(contact_row(r * per_mailbox + i, accounts, s.users[mb]))
             if len(rows) >= rows_per_load:
                 s.sf.bulk_create_contacts(rows)
                 rows = []

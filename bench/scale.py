@@ -69,6 +69,14 @@ def stack(mailboxes: list[str]) -> Iterator[Stack]:
         yield Stack(azurite.connection_string, graph, sf, private, mailboxes, users)
 
 
+def contact_row(n: int, accounts: dict[str, str], owner: str) -> dict[str, Any]:
+    """The bench's Salesforce contact number ``n``: names, email, phone, title, account, mailing address."""
+    return {"FirstName": f"First{n}", "LastName": f"Last{n}", "Email": f"p{n}@bench.example",
+            "Phone": f"+1 425 555 {n % 10000:04d}", "Title": "Buyer", "Department": "Purchasing",
+            "AccountId": accounts[COMPANIES[n % len(COMPANIES)]], "MailingCity": "Redmond",
+            "MailingCountry": "United States", "OwnerId": owner}
+
+
 def seed(s: Stack, per_mailbox: int) -> None:
     """``per_mailbox`` Salesforce contacts for each rep: names, email, phones, title, account, mailing address."""
     accounts = {name: s.sf.add_account(name) for name in COMPANIES}
@@ -76,12 +84,7 @@ def seed(s: Stack, per_mailbox: int) -> None:
         for start in range(0, per_mailbox, 5000):
             rows = []
             for i in range(start, min(per_mailbox, start + 5000)):
-                n = r * per_mailbox + i
-                company = COMPANIES[n % len(COMPANIES)]
-                rows.append({"FirstName": f"First{n}", "LastName": f"Last{n}", "Email": f"p{n}@bench.example",
-                             "Phone": f"+1 425 555 {n % 10000:04d}", "Title": "Buyer", "Department": "Purchasing",
-                             "AccountId": accounts[company], "MailingCity": "Redmond",
-                             "MailingCountry": "United States", "OwnerId": s.users[mb]})
+                rows.append(contact_row(r * per_mailbox + i, accounts, s.users[mb]))
             s.sf.bulk_create_contacts(rows, as_user=s.users[mb])
 
 
