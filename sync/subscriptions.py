@@ -41,6 +41,7 @@ from sync.ports import (
 
 if TYPE_CHECKING:
     from sync.adapters.graph import GraphContactSide, GraphSubscriptions, SubscriptionRecord
+    from sync.scope import ScopeChange
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,10 @@ class UpkeepParts(Protocol):
 
     @property
     def mailboxes(self) -> Sequence[str]: ...
+
+    def refresh_scope(self) -> ScopeChange | None:
+        """Read SYNC_MAILBOX_GROUP_ID's members into the scope (``sync.scope``); None when the scope is fixed."""
+        ...
 
 
 def to_record(sub: StoredSubscription) -> SubscriptionRecord:
@@ -248,11 +253,10 @@ def maintain_subscriptions(parts: UpkeepParts) -> Counter[str]:
 def _maintain(parts: UpkeepParts) -> Counter[str]:
     store = parts.subscriptions
     counts: Counter[str] = Counter()
-    # With SYNC_MAILBOX_GROUP_ID the group is read first (``sync.scope``; parts without ``refresh_scope`` have a
+    # With SYNC_MAILBOX_GROUP_ID the group is read first (``sync.scope``; ``refresh_scope`` returns None for a
     # fixed scope). A failed read keeps the last list and is counted; a new member gets its folder and subscription
     # below, then an initial full reconcile job; a member gone loses its subscription below, nothing else.
-    refresh = getattr(parts, "refresh_scope", None)
-    change = refresh() if callable(refresh) else None
+    change = parts.refresh_scope()
     if change is not None:
         counts["scope_members"] = change.members
         counts["scope_added"], counts["scope_removed"] = len(change.added), len(change.removed)

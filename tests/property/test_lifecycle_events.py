@@ -84,6 +84,9 @@ class Parts:
     def send(self, item: object, *, delay: float = 0.0) -> None:
         self.sent.append(item)
 
+    def refresh_scope(self) -> None:  # a fixed scope: MAILBOXES
+        return None
+
 
 ACTIONS = st.lists(st.tuples(st.sampled_from(["remove", "reauth", "missed", "deliver", "resend"]),
                              st.sampled_from(MAILBOXES), st.integers(0, 50)), max_size=30)
