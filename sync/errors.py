@@ -3,7 +3,7 @@
 I/O preconditions (raised by adapters, each adapter maps its protocol's failures to these in exactly one function):
     NotFound, AlreadyExists, PreconditionFailed, Throttled(retry_after), Transient, BadData, AuthFailed
 Sync semantics (raised by the core):
-    CircuitBreakerTripped
+    CircuitBreakerTripped, Busy (a PreconditionFailed: another worker holds the person's link claim)
 
 ``retryable`` tells the edge (queue trigger, reconcile job) what to do: retry later, or give up with the reason.
 Messages carry ids and field names, never names, emails or phone numbers.
@@ -42,6 +42,18 @@ class PreconditionFailed(SyncError):
     """An If-Match / ETag / version guard failed: someone wrote in between. Re-read and decide again."""
 
     retryable = True
+
+
+class Busy(PreconditionFailed):
+    """Another worker has claimed the person's link and is writing it (docs/sync-rules.md, "Link claims"): come back
+    after ``retry_after`` seconds (at most the rest of its lease). A queue worker defers the hint instead of using up
+    one of its attempts."""
+
+    def __init__(
+        self, message: str, *, retry_after: float, side: str | None = None, item_id: str | None = None
+    ) -> None:
+        super().__init__(message, side=side, item_id=item_id)
+        self.retry_after = retry_after
 
 
 class Throttled(SyncError):

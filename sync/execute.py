@@ -5,8 +5,11 @@ Public API:
     Executor(sides, links, audit, queue, scope, clock)   ``scope``: a mailbox's MailboxScope
     Executor.run(mailbox, items, *, bulk=True) -> list[Outcome | SyncError]    one result per (situation, plan)
 
-A plan's writes run in order; if one fails, its link stays exactly as it was (the next read decides again) and the
-typed error is its result. A plan that overrides an edit (a conflict) puts that on record before it writes.
+A plan that writes to a linked pair first *claims* its link (a guarded save of the link as it was read, carrying a
+token and the time: docs/sync-rules.md, "Link claims"), so two workers never write a pair from the same link version;
+a plan on a link another worker has claimed (and whose lease has not run out) is not run: ``Busy``. A plan's writes
+run in order; if one fails, its link stays as it was read (the claim is released) and the typed error is its result.
+A plan that overrides an edit (a conflict) puts that on record before it writes.
 With ``bulk``, the plain plans of a batch (creates, updates, adoptions) have their writes grouped per side and sent
 in bulk (Graph ``$batch``, Salesforce sObject Collections), and their links and audit rows are committed together
 (one ``UnitOfWork``). Deletes and hand-offs, and every plan when ``bulk`` is off (a hint), run one plan at a time.
@@ -15,10 +18,13 @@ in bulk (Graph ``$batch``, Salesforce sObject Collections), and their links and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sync.actions import (
     Action,
@@ -35,7 +41,7 @@ from sync.actions import (
     Skip,
     Update,
 )
-from sync.errors import AlreadyExists, BadData, NotFound, PreconditionFailed, SyncError
+from sync.errors import AlreadyExists, BadData, Busy, NotFound, PreconditionFailed, SyncError
 from sync.model import Side, field_digest, mailbox_ref
 from sync.policy import MailboxScope
 from sync.ports import (
@@ -47,6 +53,7 @@ from sync.ports import (
     Link,
     LinkState,
     LinkStore,
+    LinkWrite,
     ReviewStore,
     SideRecord,
     UpdateRequest,
@@ -58,6 +65,11 @@ from sync.unit_of_work import Records, UnitOfWork
 logger = logging.getLogger(__name__)
 
 SIDES = (Side.SALESFORCE, Side.M365)  # the order in which grouped writes go out, as a plan orders its updates
+# How long a link claim holds off other workers: a worker killed mid-plan blocks its person this long. A worker starts
+# no write later than CLAIM_WRITE_WINDOW after its claim (a write call itself is bounded by the adapters' retry
+# budgets), so a claim taken over after its lease never meets a write of the worker that held it, but a slower one.
+CLAIM_LEASE = timedelta(seconds=120)
+CLAIM_WRITE_WINDOW = CLAIM_LEASE / 2
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,17 @@ def _plain(p: Plan) -> bool:
     return bool(p.writes) and plain and sum(isinstance(a, Create) for a in p.actions) <= 1
 
 
+def _claims(s: Situation, p: Plan) -> bool:
+    """Whether the plan claims its link before it writes: it writes, and its link is stored (a link rebuilt from a
+    marker was never stored: its save is a create, which AlreadyExists guards)."""
+    return bool(p.writes) and s.link is not None and s.link.etag is not None
+
+
+def _touches_link(p: Plan) -> bool:
+    """Whether the plan writes a side or the link (a plan on a link another worker claimed must wait)."""
+    return bool(p.writes) or p.link_after is not LinkAfter.KEEP
+
+
 def _records(s: Situation, p: Plan) -> Records:
     """The records a plan starts from: the situation's, or the pair it adopts."""
     records: Records = {Side.M365: s.m365, Side.SALESFORCE: s.sf}
@@ -107,10 +130,12 @@ class _Batch:
     """The plain plans of a batch while their writes go out grouped per side."""
 
     mailbox: str
-    items: Sequence[tuple[Situation, Plan]]
+    items: list[tuple[Situation, Plan]]
     records: dict[int, Records] = field(default_factory=dict)  # by index in ``items``, in order
     failed: dict[int, SyncError] = field(default_factory=dict)  # plans a write failed for
     made: set[tuple[int, Side]] = field(default_factory=set)  # the creates that succeeded
+    claims: dict[int, tuple[Situation, float]] = field(default_factory=dict)  # claimed: situation read, monotonic
+    unrun: set[int] = field(default_factory=set)  # plans not run at all (busy, or their claim lost a race)
 
     def pending(self) -> list[int]:
         """The plans no write has failed for yet, in order."""
@@ -143,7 +168,7 @@ class Executor:
         (Salesforce, then Outlook), creates (carrying the other side's id as marker), the marker stamps on the
         sources; a plan whose write failed skips its later writes and keeps its link as it was."""
         results: list[Outcome | SyncError | None] = [None] * len(items)
-        batch = _Batch(mailbox, items)
+        batch = _Batch(mailbox, list(items))
         for i, (s, p) in enumerate(items):
             if bulk and _plain(p):
                 batch.records[i] = _records(s, p)
@@ -171,22 +196,38 @@ class Executor:
                 uow.note(s, p, records, "review" if any(isinstance(a, Review) for a in p.actions) else "applied")
                 uow.write_audit()
             return Outcome(s.mailbox, p, True, s.link, records)
+        busy = self._busy(s, p)
+        if busy is not None:
+            return busy
+        read, claimed_at = s, time.monotonic()
+        if _claims(s, p):
+            try:
+                s = self._claim(s, self.clock())
+            except SyncError as exc:
+                return _vanished(exc)
         if p.writes and any(isinstance(a, Conflict) for a in p.actions):
             uow.note_conflicts(s, p, records)
             uow.write_audit()
         try:
             for action in p.actions:
+                if s is not read:
+                    self._in_time(claimed_at, s)
                 self._apply(s.mailbox, action, records)
             if not any(isinstance(a, Create) for a in p.actions):  # a create stamps its source itself
                 for rec, other_id in self._unstamped(p, records):
                     records[rec.side] = self._stamp(s.mailbox, rec, other_id)
         except SyncError as exc:
             raced = _vanished(exc)
+            if s is not read:
+                self._release([(s, read)])
             uow.note(s, p, records, _failed(raced), error=f"{type(raced).__name__}: {raced}")
             uow.write_audit()
             return raced
         try:
             link = uow.commit(s, p, records)
+            if s is not read and p.link_after is LinkAfter.KEEP:
+                self._release([(s, read)])
+                link = read.link
         except SyncError as exc:
             note = ""
             if isinstance(exc, AlreadyExists | PreconditionFailed):
@@ -224,20 +265,27 @@ class Executor:
     # ------------------------------------------------------------------------------------------ grouped plans
     def _grouped(self, batch: _Batch) -> dict[int, Outcome | SyncError]:
         uow = UnitOfWork(self.links, self.audit, self.clock)
-        for i, records in batch.records.items():
-            uow.note_conflicts(*batch.items[i], records)
+        self._claim_all(batch)
+        for i in batch.pending():
+            uow.note_conflicts(*batch.items[i], batch.records[i])
         uow.write_audit()  # overrides are on record before anything is written
         for side in SIDES:
+            self._expired(batch)
             self._update_all(batch, side)
         for side in SIDES:
+            self._expired(batch)
             self._create_all(batch, side)
         for side in SIDES:
             self._stamp_all(batch, side)
         committed = self._commit_links(batch, uow)
+        self._release([(batch.items[i][0], batch.claims[i][0]) for i in batch.claims if i in batch.failed])
         results: dict[int, Outcome | SyncError] = {}
         for i, records in batch.records.items():
             s, p = batch.items[i]
             outcome = batch.failed.get(i) or committed.get(i)
+            if i in batch.unrun and isinstance(outcome, SyncError):
+                results[i] = outcome  # busy, or its claim lost a race: nothing was done, nothing to put on record
+                continue
             if isinstance(outcome, SyncError):
                 note = ""
                 if i not in batch.failed and isinstance(outcome, AlreadyExists | PreconditionFailed):
@@ -298,7 +346,8 @@ class Executor:
                 batch.records[i][side] = self._as_written(batch.mailbox, src, r, frozenset(), new_id)
 
     def _commit_links(self, batch: _Batch, uow: UnitOfWork) -> dict[int, Link | None | SyncError]:
-        """The links of the plans whose writes all succeeded: kept or removed at once, saved together."""
+        """The links of the plans whose writes all succeeded: kept or removed at once, saved together (a claimed
+        link a plan keeps is released)."""
         committed: dict[int, Link | None | SyncError] = {}
         for i, records in batch.records.items():
             s, p = batch.items[i]
@@ -307,7 +356,11 @@ class Executor:
             try:
                 made = {r.id for side, r in records.items() if r is not None and (i, side) in batch.made}
                 write = uow.link_write(s, p, records, created=made)
-                if write is None:
+                if write is None and p.link_after is LinkAfter.KEEP and i in batch.claims:
+                    read = batch.claims[i][0]
+                    self._release([(s, read)])
+                    committed[i] = read.link
+                elif write is None:
                     committed[i] = uow.commit(s, p, records)
                 else:
                     uow.save_later(i, write)
@@ -315,6 +368,89 @@ class Executor:
                 committed[i] = exc
         committed.update(uow.save_all())
         return committed
+
+
+    # ------------------------------------------------------------------------------------------ link claims
+    def _busy(self, s: Situation, p: Plan) -> Busy | None:
+        """``Busy`` when the plan would write the pair or its link while another worker's claim on it is live."""
+        if s.link is None or not _touches_link(p):
+            return None
+        left = s.link.claimed(self.clock(), CLAIM_LEASE)
+        if left <= 0:
+            return None
+        ids = " ".join(x for x in (s.link.m365_id, s.link.sf_id) if x)
+        logger.info("link of %s claimed by another worker: back in %.0f s", ids, left)
+        return Busy("another worker is writing this contact (its link is claimed)", retry_after=left, side="tables",
+                    item_id=s.link.primary_key())
+
+    def _claimed_link(self, s: Situation, at: datetime) -> Link:
+        if s.link is None:
+            raise AssertionError("unreachable: only a stored link is claimed")
+        return s.link.model_copy(update={"claim": uuid.uuid4().hex, "claimed_at": at, "etag": None})
+
+    def _claim(self, s: Situation, at: datetime) -> Situation:
+        """The situation with its link claimed (saved under the etag it was read with: PreconditionFailed when
+        another worker claimed or saved it since, and this plan was decided on an older state)."""
+        claimed = self.links.save(self._claimed_link(s, at), previous=s.link)
+        return dataclasses.replace(s, link=claimed)
+
+    def _claim_all(self, batch: _Batch) -> None:
+        """Claim the links of the grouped plans that write a linked pair, in few table transactions (``save_many``);
+        a plan whose link another worker claimed, or whose claim fails, is not run."""
+        now, since = self.clock(), time.monotonic()
+        todo = []
+        for i in batch.pending():
+            s, p = batch.items[i]
+            busy = self._busy(s, p)
+            if busy is not None:
+                batch.failed[i] = busy
+                batch.unrun.add(i)
+            elif _claims(s, p):
+                todo.append(i)
+        if not todo:
+            return
+        done = self.links.save_many([LinkWrite(self._claimed_link(batch.items[i][0], now),
+                                               previous=batch.items[i][0].link) for i in todo])
+        for i, r in zip(todo, done, strict=True):
+            s, p = batch.items[i]
+            if isinstance(r, SyncError):
+                batch.failed[i] = _vanished(r)
+                batch.unrun.add(i)
+            else:
+                batch.claims[i] = (s, since)
+                batch.items[i] = (dataclasses.replace(s, link=r), p)
+
+    @staticmethod
+    def _in_time(claimed_at: float, s: Situation) -> None:
+        """Refuse to start a write later than CLAIM_WRITE_WINDOW after the claim (``time.monotonic`` then; another
+        worker may take it over once its lease has run out)."""
+        if time.monotonic() - claimed_at > CLAIM_WRITE_WINDOW.total_seconds():
+            raise PreconditionFailed("the link claim is too old to start a write", side="tables",
+                                     item_id=s.link.primary_key() if s.link else None)
+
+    def _expired(self, batch: _Batch) -> None:
+        for i in batch.pending():
+            if i in batch.claims:
+                try:
+                    self._in_time(batch.claims[i][1], batch.items[i][0])
+                except PreconditionFailed as exc:
+                    batch.failed[i] = exc
+
+    def _release(self, pairs: Sequence[tuple[Situation, Situation]]) -> None:
+        """Give claims back: each (claimed situation, situation read) gets its link as it was read, without a claim,
+        so the next worker is not held off (best effort: an unreleased claim runs out with its lease)."""
+        writes = [LinkWrite(read.link.model_copy(update={"claim": None, "claimed_at": None, "etag": None}),
+                            previous=claimed.link)
+                  for claimed, read in pairs if claimed.link is not None and read.link is not None]
+        if not writes:
+            return
+        try:
+            done = self.links.save_many(writes)
+        except SyncError as exc:
+            done = [exc] * len(writes)
+        for w, r in zip(writes, done, strict=True):
+            if isinstance(r, SyncError):
+                logger.warning("link claim of %s not released: %s", w.link.primary_key(), type(r).__name__)
 
     # ------------------------------------------------------------------------------------------ markers
     def _as_written(self, mailbox: str, before: SideRecord | None, after: SideRecord, fields: frozenset[str],

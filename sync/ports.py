@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal, Protocol
 
@@ -182,7 +182,17 @@ class Link(BaseModel):
     sf_version: str | None = None
     synced_at: datetime
     reason: str = ""
+    # A worker about to write this pair claimed the link (docs/sync-rules.md, "Link claims"): a token of its own and
+    # when. Saved like any link write (guarded by the etag read before the records), cleared by the link it saves.
+    claim: str | None = None
+    claimed_at: datetime | None = None
     etag: str | None = None
+
+    def claimed(self, now: datetime, lease: timedelta) -> float:
+        """Seconds left of a live claim by another worker (0.0: none, or its lease ran out)."""
+        if self.claim is None or self.claimed_at is None:
+            return 0.0
+        return max(0.0, (self.claimed_at + lease - now).total_seconds())
 
     def id_on(self, side: Side) -> str | None:
         return self.m365_id if side is Side.M365 else self.sf_id

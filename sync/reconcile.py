@@ -28,7 +28,7 @@ from typing import Literal
 from sync import planner
 from sync.actions import Adopt, Candidate, Create, LinkAfter, Nothing, Plan, Review, Situation
 from sync.engine import Engine
-from sync.errors import AlreadyExists, PreconditionFailed, SyncError
+from sync.errors import AlreadyExists, Busy, PreconditionFailed, SyncError
 from sync.match_index import MatchIndex
 from sync.model import Side, fingerprint, mailbox_ref
 from sync.planner import check_breaker, plan
@@ -431,7 +431,9 @@ def _apply(engine: Engine, mailbox: str, plans: list[tuple[Situation, Plan]], re
 
 def _apply_chunk(engine: Engine, mailbox: str, plans: list[tuple[Situation, Plan]], report: ReconcileReport) -> None:
     for (s, p), result in zip(plans, engine.execute_many(mailbox, plans), strict=True):
-        if isinstance(result, PreconditionFailed | AlreadyExists):
+        if isinstance(result, Busy):
+            _busy(mailbox, " ".join(x for x in (p.m365_id, p.sf_id) if x))
+        elif isinstance(result, PreconditionFailed | AlreadyExists):
             # something changed since this pass read it (an earlier item of this pass, or a worker that linked the
             # contact first): read again and decide again
             _decide_again(engine, mailbox, _hint_for(s), report, ids=" ".join(x for x in (p.m365_id, p.sf_id) if x))
@@ -447,8 +449,15 @@ def _decide_again(engine: Engine, mailbox: str, hint: ContactChange, report: Rec
     try:
         for outcome in engine.sync_contact(hint):
             report.applied.update(_kinds(outcome.plan))
+    except Busy:
+        _busy(mailbox, ids or hint.item_id)
     except SyncError as exc:
         _failed(mailbox, exc, ids or hint.item_id, report)
+
+
+def _busy(mailbox: str, ids: str) -> None:
+    """A person another worker is writing (its link claimed): that worker decides it; the next pass looks again."""
+    logger.info("reconcile %s: %s left to the worker writing it (link claimed)", mailbox_ref(mailbox), ids)
 
 
 def _failed(mailbox: str, exc: SyncError, ids: str, report: ReconcileReport) -> None:

@@ -49,6 +49,10 @@ class LogicalClock:
     def __call__(self) -> datetime:
         return _EPOCH + timedelta(seconds=next(self._ticks))
 
+    def skip(self, seconds: int) -> None:
+        """Let ``seconds`` pass (e.g. a link claim's lease)."""
+        self._ticks = itertools.count(next(self._ticks) + seconds)
+
 
 @dataclass
 class _Stored:

@@ -8,6 +8,8 @@ body is a short JSON object with ids only.
     RETRY    retryable errors and unexpected exceptions: raise, so the host retries; the last attempt is POISON.
     DEFER    Throttled: send the message again, hidden for the service's ``retry_after`` (30 s when it gave none, at
              most an hour), and complete this one, so a throttled service does not use up the message's attempts.
+             Busy (another worker holds the person's link claim) likewise, hidden for the rest of that claim's lease
+             at most (a worker killed mid-plan holds its claim until then).
     POISON   permanent errors and unreadable messages: an audit row and a copy with the reason in ``<queue>-poison``
              (the runtime's own poison copy carries no reason), then complete.
 """
@@ -26,6 +28,7 @@ from sync.errors import (
     AlreadyExists,
     AuthFailed,
     BadData,
+    Busy,
     NotFound,
     PreconditionFailed,
     SyncError,
@@ -37,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount (a test keeps them equal)
 DEFAULT_THROTTLE_DELAY_S = 30.0
+BUSY_RECHECK_S = 15.0  # a Busy hint is looked at again after at most this long
 MAX_THROTTLE_DELAY_S = 3600.0
 
 
@@ -60,6 +64,8 @@ def describe(exc: BaseException) -> str:
 
 
 def decide(exc: BaseException, dequeue_count: int, max_dequeue: int = MAX_DEQUEUE_COUNT) -> Decision:
+    if isinstance(exc, Busy):  # a claim normally lives for one plan's writes: look again soon, at most at its end
+        return Decision(Disposition.DEFER, describe(exc), min(max(exc.retry_after, 1.0), BUSY_RECHECK_S))
     if isinstance(exc, Throttled):
         delay = exc.retry_after if exc.retry_after and exc.retry_after > 0 else DEFAULT_THROTTLE_DELAY_S
         return Decision(Disposition.DEFER, describe(exc), min(delay, MAX_THROTTLE_DELAY_S))

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 
 from sync.engine import Engine
-from sync.errors import AlreadyExists, PreconditionFailed, Transient
+from sync.errors import AlreadyExists, Busy, PreconditionFailed, Transient
+from sync.execute import CLAIM_LEASE
 from sync.model import Contact, Side
 from sync.planner import plan
 from sync.ports import ContactChange, LinkState
 from sync.reconcile import reconcile_mailbox
-from tests.fakes import MemoryAudit, MemoryLinkStore, MemorySide
+from tests.fakes import LogicalClock, MemoryAudit, MemoryLinkStore, MemorySide
 from tests.world import ANN, BOB, memory_world
 
 ADA = Contact(first_name="Ada", last_name="Byron", emails=["ada@example.com"], job_title="Dev")
@@ -23,6 +24,11 @@ ADA = Contact(first_name="Ada", last_name="Byron", emails=["ada@example.com"], j
 def setup() -> tuple[MemorySide, MemorySide, MemoryLinkStore, MemoryAudit, Engine]:
     w = memory_world(mailboxes=[ANN])
     return w.m365, w.sf, w.links, w.audit, w.engine
+
+
+def world_clock(engine: Engine) -> LogicalClock:
+    assert isinstance(engine.clock, LogicalClock)
+    return engine.clock
 
 
 def ada_in(side: MemorySide) -> list[str]:
@@ -187,10 +193,14 @@ def test_a_worker_killed_after_its_writes_leaves_the_override_in_the_audit() -> 
     m365.user_edit(oid, {"job_title": "Outlook edit"})  # the same field edited on both sides: a conflict
     sf.user_edit(sf_id, {"job_title": "Salesforce edit"})
 
+    real = links.save
+
     def killed(*args: Any, **kwargs: Any) -> Any:
+        if args[0].claim is not None:
+            return real(*args, **kwargs)  # the link claim before the writes
         raise SystemExit("worker killed")  # SIGKILL between the side writes and the link and audit writes
 
-    real, links.save = links.save, killed  # type: ignore[method-assign]
+    links.save = killed  # type: ignore[method-assign]
     with pytest.raises(SystemExit):
         engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))
     links.save = real  # type: ignore[method-assign]
@@ -198,6 +208,9 @@ def test_a_worker_killed_after_its_writes_leaves_the_override_in_the_audit() -> 
     assert overridden == "Salesforce edit"  # salesforce wins by default: the Outlook edit was overwritten ...
     (row,) = [e for e in audit.entries if e.action == "conflict"]  # ... and the audit already says so
     assert row.fields == ("job_title",) and row.winner is Side.SALESFORCE and row.outcome == "planned"
+    with pytest.raises(Busy):  # its link claim holds other workers off until its lease runs out
+        engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))
+    world_clock(engine).skip(int(CLAIM_LEASE.total_seconds()))
     engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))  # the redelivered message
     assert m365.snapshot()[oid].contact.job_title == "Salesforce edit"
 

@@ -1,0 +1,124 @@
+"""Workers deciding one linked pair from the same link version: the loser's write must never look like a user's
+edit (issue 17, the 3-instance soak: "1 final mismatch, a lost edit"). A plan that writes a linked pair claims its
+link first (docs/sync-rules.md, "Link claims"). Deterministic interleavings with the fakes' hooks, as in
+tests/unit/test_races.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from sync.errors import Busy, PreconditionFailed
+from sync.execute import CLAIM_LEASE
+from sync.model import Side
+from sync.planner import plan
+from sync.ports import ContactChange
+from sync.reconcile import reconcile_mailbox
+from sync.triggers.errors import Disposition, decide
+from tests.unit.test_races import ADA, ada_in, after_first, setup, world_clock
+from tests.world import ANN
+
+
+def test_a_worker_with_an_older_salesforce_read_never_overwrites_a_newer_edit_synced_meanwhile() -> None:
+    """Worker A reads the link and Salesforce (Notes v1); the user edits Notes to v2 and worker C syncs it (Outlook
+    written, link saved); A then reads Outlook (C's v2) and sees both sides "changed". Before link claims A wrote its
+    stale v1 to Outlook by the conflict policy and its link save failed (412); the notification of A's write then
+    showed Outlook changed against C's link, and v1 went to Salesforce over the user's v2. Now A's claim fails first:
+    nothing written, the retry reads C's link."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    reconcile_mailbox(engine, ANN)
+    (oid,) = ada_in(m365)
+    hint = ContactChange(source=Side.SALESFORCE, item_id=sf_id)
+    sf.user_edit(sf_id, {"notes": "v1"})
+
+    def user_edits_again_and_c_syncs_it() -> None:
+        sf.user_edit(sf_id, {"notes": "v2"})
+        engine.sync_contact(hint)
+
+    after_first(sf, "get", user_edits_again_and_c_syncs_it)  # A has read the link and Salesforce (v1)
+    with pytest.raises(PreconditionFailed):
+        engine.sync_contact(hint)  # worker A
+    assert m365.snapshot()[oid].contact.notes == "v2"  # A wrote nothing
+    engine.sync_contact(ContactChange(source=Side.M365, item_id=oid, mailbox=ANN))  # a notification of Outlook
+    engine.sync_contact(hint)  # A's retry
+    assert sf.snapshot()[sf_id].contact.notes == "v2"
+    assert m365.snapshot()[oid].contact.notes == "v2"
+    assert not [e for e in audit.entries if e.action == "update:salesforce"]
+
+
+def test_grouped_plans_from_an_older_read_never_overwrite_a_newer_edit_synced_meanwhile() -> None:
+    """The same race through ``execute_many`` (a reconcile's grouped writes, their claims in one ``save_many``): a
+    situation read as worker A read it above, executed in bulk, writes nothing; the person is decided again."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    reconcile_mailbox(engine, ANN)
+    (oid,) = ada_in(m365)
+    hint = ContactChange(source=Side.SALESFORCE, item_id=sf_id)
+    sf.user_edit(sf_id, {"notes": "v1"})
+
+    def user_edits_again_and_c_syncs_it() -> None:
+        sf.user_edit(sf_id, {"notes": "v2"})
+        engine.sync_contact(hint)
+
+    after_first(sf, "get", user_edits_again_and_c_syncs_it)
+    a = engine.read(hint, ANN)
+    assert a is not None and a.sf is not None and a.m365 is not None
+    assert (a.sf.contact.notes, a.m365.contact.notes) == ("v1", "v2")  # the older read, with C's write in Outlook
+    (result,) = engine.execute_many(ANN, [(a, plan(a, engine.policy))])
+    assert isinstance(result, PreconditionFailed)
+    assert m365.snapshot()[oid].contact.notes == "v2"
+    engine.sync_contact(ContactChange(source=Side.M365, item_id=oid, mailbox=ANN))
+    engine.sync_contact(hint)
+    assert sf.snapshot()[sf_id].contact.notes == "v2"
+    assert m365.snapshot()[oid].contact.notes == "v2"
+
+
+def test_a_live_claim_holds_other_workers_off_until_it_is_saved_or_its_lease_runs_out() -> None:
+    """While worker A writes (its link claimed), worker B's plan on the same person is not run: Busy, which the queue
+    worker defers (no attempt used up). A worker killed after its claim holds it until the lease runs out."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    reconcile_mailbox(engine, ANN)
+    (oid,) = ada_in(m365)
+    sf.user_edit(sf_id, {"notes": "from Salesforce"})
+    hint = ContactChange(source=Side.SALESFORCE, item_id=sf_id)
+    outlook_hint = ContactChange(source=Side.M365, item_id=oid, mailbox=ANN)
+    m365.user_edit(oid, {"job_title": "from Outlook"})
+    seen: list[BaseException] = []
+
+    def worker_b() -> None:  # reads the claimed link while A writes
+        try:
+            engine.sync_contact(outlook_hint)
+        except Busy as exc:
+            seen.append(exc)
+
+    after_first(links, "save", worker_b)  # A's first link write is its claim
+    engine.sync_contact(hint)  # worker A
+    (busy,) = seen
+    assert isinstance(busy, Busy) and 0 < busy.retry_after <= CLAIM_LEASE.total_seconds()
+    decision = decide(busy, dequeue_count=5)
+    assert decision.disposition is Disposition.DEFER and 0 < decision.delay <= 15
+    engine.sync_contact(outlook_hint)  # B again, after A saved its link
+    assert sf.snapshot()[sf_id].contact.job_title == "from Outlook"
+    assert m365.snapshot()[oid].contact.notes == "from Salesforce"
+
+    # a worker killed between its claim and its link save
+    sf.user_edit(sf_id, {"notes": "again"})
+    real_update = m365.update
+
+    def killed(*args: object, **kwargs: object) -> object:
+        raise SystemExit("worker killed")
+
+    m365.update = killed  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        engine.sync_contact(hint)
+    m365.update = real_update  # type: ignore[method-assign]
+    link = links.get(ANN, Side.SALESFORCE, sf_id)
+    assert link is not None and link.claim is not None
+    with pytest.raises(Busy):
+        engine.sync_contact(hint)
+    world_clock(engine).skip(int(CLAIM_LEASE.total_seconds()))
+    engine.sync_contact(hint)
+    assert m365.snapshot()[oid].contact.notes == "again"
+    link = links.get(ANN, Side.SALESFORCE, sf_id)
+    assert link is not None and link.claim is None
