@@ -456,6 +456,61 @@ def test_with_if_match_ignored_the_guard_read_still_refuses_a_stale_write(emu: G
     assert now is not None and now["jobTitle"] == "Rep's edit"
 
 
+def edit_during_the_retry_pause(emu: GraphEmulator, side: GraphContactSide, item_id: str) -> list[float]:
+    """A rep's edit lands while our throttled write waits out its Retry-After (the pause is our transport's)."""
+    real = side._http.pause
+    waits: list[float] = []
+
+    async def pause(seconds: float, failure: Any) -> None:
+        waits.append(seconds)
+        emu.update_contact(MAILBOX, item_id, {"jobTitle": "Rep's edit"})
+        await real(0.0, failure)
+
+    side._http.pause = pause  # type: ignore[method-assign]
+    return waits
+
+
+@pytest.mark.parametrize("write", ["update", "delete"])
+def test_a_throttled_write_never_overwrites_or_deletes_an_edit_made_while_it_waited(
+        emu: GraphEmulator, side: GraphContactSide, write: str) -> None:
+    """Found by the 3-instance soak (seed 2): an Outlook edit made ~0.6 s before an owner hand-off moved the copy to
+    Deleted Items never reached Salesforce. The DELETE, throttled after its guard read, was sent again after the
+    Retry-After with If-Match ignored (§1.5); each retry is now guarded by a fresh read."""
+    emu.faults.ignore_if_match = True
+    rec = side.create(MAILBOX, person(1))
+    emu.faults.throttle(1, retry_after=1, endpoint=f"contact.{write}")
+    waits = edit_during_the_retry_pause(emu, side, rec.id)
+    with pytest.raises(PreconditionFailed):
+        if write == "update":
+            side.update(MAILBOX, rec.id, Contact(first_name="P1", job_title="Ours"),
+                        fields=frozenset({"job_title"}), if_match=rec.version)
+        else:
+            side.delete(MAILBOX, rec.id, if_match=rec.version)
+    assert waits == [1.0]
+    now = emu.get_contact(MAILBOX, rec.id)
+    assert now is not None and now["jobTitle"] == "Rep's edit"
+
+
+@pytest.mark.parametrize("write", ["update", "delete"])
+def test_a_write_whose_answer_was_lost_is_not_refused_by_its_own_change(
+        emu: GraphEmulator, side: GraphContactSide, write: str) -> None:
+    """The guard read before a retry sees a new changeKey when the first attempt ran although its answer was lost:
+    a PATCH whose values all landed is taken as done, a contact gone after a DELETE is deleted."""
+    emu.faults.ignore_if_match = True
+    rec = side.create(MAILBOX, person(1))
+    emu.faults.fail(503, 1, endpoint=f"contact.{write}", after_execute=True)
+    if write == "update":
+        done = side.update(MAILBOX, rec.id, Contact(first_name="P1", job_title="Ours"),
+                           fields=frozenset({"job_title"}), if_match=rec.version)
+        assert done.contact.job_title == "Ours" and done.version != rec.version
+        now = emu.get_contact(MAILBOX, rec.id)
+        assert now is not None and now["jobTitle"] == "Ours"
+        assert emu.counters.count(endpoint="contact.update") == 1
+    else:
+        side.delete(MAILBOX, rec.id, if_match=rec.version)
+        assert emu.get_contact(MAILBOX, rec.id) is None
+
+
 def test_the_engine_never_writes_a_linked_contact_moved_to_the_default_folder(emu: GraphEmulator,
                                                                                side: GraphContactSide) -> None:
     clock = LogicalClock()

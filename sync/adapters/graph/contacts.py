@@ -13,7 +13,8 @@ HTTP and retries are ``transport``'s job, ``$batch`` scheduling ``batch``'s. Wha
 * Item ids are mailbox-wide (§1.8): the folder path finds a contact the rep moved elsewhere. A read of one that is
   not in the sync folder (``parentFolderId``) is None, and every PATCH and DELETE is guarded by a read just before
   it (in the folder, at the ``changeKey`` decided on; If-Match is sent too but is undocumented for contacts, §1.5),
-  and the PATCH answer's folder is checked again.
+  and before each retry of it (a throttled PATCH or DELETE waits out Retry-After, time for a rep's edit), and the
+  PATCH answer's folder is checked again.
 * A linked contact missing from the folder may have left *with* it (the rep deleted or moved the sync folder):
   ``left_with_folder`` finds it by id in a folder carrying our stamp (``folders``), which the engine never takes for
   a delete. Each pass re-reads the folder (``_Folders.refresh``); a delta link of a replaced folder starts over.
@@ -397,14 +398,46 @@ class GraphContactSide:
         if not fields and marker is None:
             return self._record(mailbox, current)
         body = self._patch_body(contact, fields, current, marker)
-        resp = await self._http.call(
-            "PATCH", self._contact_path(mailbox, folder, item_id), body=body, headers=self._if_match(if_match),
-            mailbox=mailbox,
-        )
-        check_landed(mailbox, folder, resp.body)
+        path = self._contact_path(mailbox, folder, item_id)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = await self._http.send("PATCH", path, body=body, headers=self._if_match(if_match),
+                                             mailbox=mailbox)
+                if resp.status < 400:
+                    answer: dict[str, Any] = resp.body
+                    break
+                failure = self._http.failure(resp.status, resp.headers, resp.body)
+            except _Failure as lost:
+                failure = lost
+            wait = self._http.wait_for(failure, attempt) if failure.retryable else None
+            if wait is None:
+                raise failure
+            logger.info("graph PATCH answered %s, retry %d in %.1fs", failure.status, attempt, wait)
+            await self._http.pause(wait, failure)
+            landed = await self._guard_retry(mailbox, item_id, current, body if failure.ambiguous else None)
+            if landed is not None:
+                answer = landed
+                break
+        check_landed(mailbox, folder, answer)
         if marker is None:  # the resource read knows the marker (a PATCH answer carries none)
             marker = self._record(mailbox, current).marker
-        return self._record(mailbox, resp.body, marker)
+        return self._record(mailbox, answer, marker)
+
+    async def _guard_retry(self, mailbox: str, item_id: str, current: dict[str, Any],
+                           body: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The guard read again before a retried PATCH or DELETE: If-Match may be ignored on contacts (§1.5), and a
+        rep's edit during the pause (a throttled write waits out Retry-After) must not be written over or deleted.
+        Returns the contact when an earlier attempt of this PATCH ran although its answer was lost (``body``: the
+        PATCH, given after an ambiguous failure; it then holds every value sent); raises 412 when it changed
+        otherwise, 404 when it is gone or left the folder."""
+        again = await self._get_doc(mailbox, item_id)
+        if again is not None and again.get("changeKey") != current.get("changeKey") and body is not None and all(
+                again.get(k) == v for k, v in body.items() if k != "singleValueExtendedProperties"):
+            return again
+        self._guard(again, str(current.get("changeKey") or "") or None)
+        return None
 
     def delete(self, mailbox: str, item_id: str, *, if_match: str | None) -> None:
         self._check_scope(mailbox)
@@ -412,7 +445,7 @@ class GraphContactSide:
 
     async def _delete(self, mailbox: str, item_id: str, if_match: str | None) -> None:
         folder = await self._folders.find_or_create(mailbox)
-        self._guard(await self._get_doc(mailbox, item_id), if_match)  # never a contact outside the folder
+        current = self._guard(await self._get_doc(mailbox, item_id), if_match)  # never a contact outside the folder
         path = self._contact_path(mailbox, folder, item_id)
         attempt = 0
         while True:
@@ -430,6 +463,12 @@ class GraphContactSide:
             if wait is None:
                 raise failure
             await self._http.pause(wait, failure)
+            try:
+                await self._guard_retry(mailbox, item_id, current, None)
+            except _Failure as changed:
+                if changed.status == 404:
+                    return  # an earlier attempt went through (or it is gone otherwise): the goal is reached
+                raise
 
     # --- bulk ---------------------------------------------------------------------------------------------------
     def create_many(self, mailbox: str, items: Sequence[CreateRequest]) -> list[SideRecord | SyncError]:
