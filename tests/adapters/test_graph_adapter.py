@@ -470,7 +470,7 @@ def edit_during_the_retry_pause(emu: GraphEmulator, side: GraphContactSide, item
     return waits
 
 
-@pytest.mark.parametrize("write", ["update", "delete"])
+@pytest.mark.parametrize("write", ["update", "update_many", "delete"])
 def test_a_throttled_write_never_overwrites_or_deletes_an_edit_made_while_it_waited(
         emu: GraphEmulator, side: GraphContactSide, write: str) -> None:
     """Found by the 3-instance soak (seed 2): an Outlook edit made ~0.6 s before an owner hand-off moved the copy to
@@ -478,15 +478,35 @@ def test_a_throttled_write_never_overwrites_or_deletes_an_edit_made_while_it_wai
     Retry-After with If-Match ignored (§1.5); each retry is now guarded by a fresh read."""
     emu.faults.ignore_if_match = True
     rec = side.create(MAILBOX, person(1))
-    emu.faults.throttle(1, retry_after=1, endpoint=f"contact.{write}")
-    waits = edit_during_the_retry_pause(emu, side, rec.id)
-    with pytest.raises(PreconditionFailed):
-        if write == "update":
-            side.update(MAILBOX, rec.id, Contact(first_name="P1", job_title="Ours"),
-                        fields=frozenset({"job_title"}), if_match=rec.version)
-        else:
-            side.delete(MAILBOX, rec.id, if_match=rec.version)
-    assert waits == [1.0]
+    emu.faults.throttle(1, retry_after=1, endpoint="contact.delete" if write == "delete" else "contact.update")
+    if write == "update_many":  # a $batch item waits by itself (no pause of ours): the edit lands after the 429
+        real_run = side._batches.run
+
+        async def run(mailbox: str, ops: list[Any]) -> None:
+            for op in ops:
+                if op.method == "PATCH":
+                    real_retry = op.before_retry
+
+                    async def edited_then_checked(o: Any, real_retry: Any = real_retry) -> Any:
+                        emu.update_contact(MAILBOX, rec.id, {"jobTitle": "Rep's edit"})
+                        return await real_retry(o)
+                    op.before_retry = edited_then_checked
+            await real_run(mailbox, ops)
+
+        side._batches.run = run  # type: ignore[method-assign]
+        (err,) = side.update_many(MAILBOX, [UpdateRequest(item_id=rec.id, contact=Contact(job_title="Ours"),
+                                                          fields=frozenset({"job_title"}), if_match=rec.version)])
+        assert isinstance(err, PreconditionFailed)
+    else:
+        waits = edit_during_the_retry_pause(emu, side, rec.id)
+        with pytest.raises(PreconditionFailed):
+            if write == "update":
+                side.update(MAILBOX, rec.id, Contact(first_name="P1", job_title="Ours"),
+                            fields=frozenset({"job_title"}), if_match=rec.version)
+            else:
+                side.delete(MAILBOX, rec.id, if_match=rec.version)
+        assert waits == [1.0]
+    assert emu.counters.count(endpoint="contact.update", status=200) == 0  # only the throttled attempt went out
     now = emu.get_contact(MAILBOX, rec.id)
     assert now is not None and now["jobTitle"] == "Rep's edit"
 

@@ -5,6 +5,8 @@ fills each op's ``result``. Items answered 429/503/504 are re-queued with their 
 batch together with fresh items, so one throttled item does not stall the rest; a failure of the whole batch
 re-queues all its items the same way.
 
+A guarded write (a PATCH of ``update_many``) carries ``before_retry``: its guard read again before a re-send, so a
+rep's edit made while it waited out a Retry-After is not written over (If-Match may be ignored on contacts, §1.5).
 A create is never re-sent blindly: after an ambiguous answer (5xx, no answer) an op with a create key is first
 looked up by that key (``find_created``) and re-sent only when nothing was created; a create without a key fails
 ``Transient`` at once (the engine's match-before-create protects its retry).
@@ -42,6 +44,9 @@ class _Op:
     not_before: float = 0.0
     check_key: bool = False  # an earlier attempt of this create may have executed: look before re-sending
     result: _Response | _Failure | None = None
+    # a guarded write's check before each retry (a rep may have edited the contact while it waited): None to send
+    # it again, else its result (the contact changed, or an earlier attempt landed)
+    before_retry: Callable[[_Op], Awaitable[_Response | _Failure | None]] | None = None
 
     def as_item(self, item_id: str) -> dict[str, Any]:
         headers = {"Prefer": IMMUTABLE_ID, **self.headers}
@@ -94,6 +99,14 @@ class _Batches:
                         op.result = _Response(201, {}, found)
                         continue
                     op.check_key = False
+                if op.attempts and op.before_retry is not None:
+                    try:
+                        settled = await op.before_retry(op)
+                    except _Failure as failure:
+                        settled = failure
+                    if settled is not None:
+                        op.result = settled
+                        continue
                 sending.append(op)
             if not sending:
                 continue

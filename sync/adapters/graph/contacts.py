@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Collection, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -425,6 +425,14 @@ class GraphContactSide:
             marker = self._record(mailbox, current).marker
         return self._record(mailbox, answer, marker)
 
+    def _retry_guard(self, mailbox: str, item_id: str,
+                     current: Mapping[str, Any]) -> Callable[[_Op], Awaitable[_Response | _Failure | None]]:
+        """``_guard_retry`` for a PATCH of a ``$batch`` (``_Op.before_retry``)."""
+        async def check(op: _Op) -> _Response | _Failure | None:
+            landed = await self._guard_retry(mailbox, item_id, dict(current), op.body)
+            return _Response(200, {}, landed) if landed is not None else None
+        return check
+
     async def _guard_retry(self, mailbox: str, item_id: str, current: dict[str, Any],
                            body: dict[str, Any] | None) -> dict[str, Any] | None:
         """The guard read again before a retried PATCH or DELETE: If-Match may be ignored on contacts (§1.5), and a
@@ -529,6 +537,7 @@ class GraphContactSide:
                 "PATCH", self._contact_path(mailbox, folder, items[n].item_id),
                 self._patch_body(items[n].contact, items[n].fields, current, items[n].marker),
                 headers=self._if_match(items[n].if_match),
+                before_retry=self._retry_guard(mailbox, items[n].item_id, current),
             )
             for n, current in currents.items()
         }
