@@ -232,6 +232,8 @@ class Executor:
             note = ""
             if isinstance(exc, AlreadyExists | PreconditionFailed):
                 note = self._undo_creates(s, p, records, {a.side for a in p.actions if isinstance(a, Create)})
+            if s is not read:  # still ours unless it was taken over (then the release fails, harmlessly)
+                self._release([(s, read)])
             uow.note(s, p, records, "failed", error=f"{type(exc).__name__}: {exc}{note}")
             uow.write_audit()
             return exc
@@ -278,7 +280,8 @@ class Executor:
         for side in SIDES:
             self._stamp_all(batch, side)
         committed = self._commit_links(batch, uow)
-        self._release([(batch.items[i][0], batch.claims[i][0]) for i in batch.claims if i in batch.failed])
+        self._release([(batch.items[i][0], batch.claims[i][0]) for i in batch.claims
+                       if i in batch.failed or isinstance(committed.get(i), SyncError)])
         results: dict[int, Outcome | SyncError] = {}
         for i, records in batch.records.items():
             s, p = batch.items[i]
