@@ -136,6 +136,7 @@ class _Batch:
     made: set[tuple[int, Side]] = field(default_factory=set)  # the creates that succeeded
     claims: dict[int, tuple[Situation, float]] = field(default_factory=dict)  # claimed: situation read, monotonic
     unrun: set[int] = field(default_factory=set)  # plans not run at all (busy, or their claim lost a race)
+    written: dict[int, list[Update]] = field(default_factory=dict)  # the updates that succeeded, per plan
 
     def pending(self) -> list[int]:
         """The plans no write has failed for yet, in order."""
@@ -208,32 +209,35 @@ class Executor:
         if p.writes and any(isinstance(a, Conflict) for a in p.actions):
             uow.note_conflicts(s, p, records)
             uow.write_audit()
+        done: list[Update] = []
         try:
             for action in p.actions:
                 if s is not read:
                     self._in_time(claimed_at, s)
                 self._apply(s.mailbox, action, records)
+                if isinstance(action, Update):
+                    done.append(action)
             if not any(isinstance(a, Create) for a in p.actions):  # a create stamps its source itself
                 for rec, other_id in self._unstamped(p, records):
                     records[rec.side] = self._stamp(s.mailbox, rec, other_id)
         except SyncError as exc:
             raced = _vanished(exc)
             if s is not read:
-                self._release([(s, read)])
+                self._release([(s, read, records, done)])
             uow.note(s, p, records, _failed(raced), error=f"{type(raced).__name__}: {raced}")
             uow.write_audit()
             return raced
         try:
             link = uow.commit(s, p, records)
             if s is not read and p.link_after is LinkAfter.KEEP:
-                self._release([(s, read)])
+                self._release([(s, read, records, [])])
                 link = read.link
         except SyncError as exc:
             note = ""
             if isinstance(exc, AlreadyExists | PreconditionFailed):
                 note = self._undo_creates(s, p, records, {a.side for a in p.actions if isinstance(a, Create)})
             if s is not read:  # still ours unless it was taken over (then the release fails, harmlessly)
-                self._release([(s, read)])
+                self._release([(s, read, records, done)])
             uow.note(s, p, records, "failed", error=f"{type(exc).__name__}: {exc}{note}")
             uow.write_audit()
             return exc
@@ -280,8 +284,8 @@ class Executor:
         for side in SIDES:
             self._stamp_all(batch, side)
         committed = self._commit_links(batch, uow)
-        self._release([(batch.items[i][0], batch.claims[i][0]) for i in batch.claims
-                       if i in batch.failed or isinstance(committed.get(i), SyncError)])
+        self._release([(batch.items[i][0], batch.claims[i][0], batch.records[i], batch.written.get(i, []))
+                       for i in batch.claims if i in batch.failed or isinstance(committed.get(i), SyncError)])
         results: dict[int, Outcome | SyncError] = {}
         for i, records in batch.records.items():
             s, p = batch.items[i]
@@ -315,6 +319,7 @@ class Executor:
             else:
                 batch.records[i][side] = self._as_written(batch.mailbox, batch.records[i][side], r, a.fields,
                                                           a.marker)
+                batch.written.setdefault(i, []).append(a)
 
     def _create_all(self, batch: _Batch, side: Side) -> None:
         """Creates, each carrying its source's id as marker."""
@@ -361,7 +366,7 @@ class Executor:
                 write = uow.link_write(s, p, records, created=made)
                 if write is None and p.link_after is LinkAfter.KEEP and i in batch.claims:
                     read = batch.claims[i][0]
-                    self._release([(s, read)])
+                    self._release([(s, read, records, [])])
                     committed[i] = read.link
                 elif write is None:
                     committed[i] = uow.commit(s, p, records)
@@ -439,19 +444,25 @@ class Executor:
                 except PreconditionFailed as exc:
                     batch.failed[i] = exc
 
-    def _release(self, pairs: Sequence[tuple[Situation, Situation]]) -> None:
-        """Give claims back: each (claimed situation, situation read) gets its link as it was read, without a claim,
-        so the next worker is not held off (best effort: an unreleased claim runs out with its lease)."""
-        writes = [LinkWrite(read.link.model_copy(update={"claim": None, "claimed_at": None, "etag": None}),
-                            previous=claimed.link)
-                  for claimed, read in pairs if claimed.link is not None and read.link is not None]
+    def _release(self, items: Sequence[tuple[Situation, Situation, Records, Sequence[Update]]]) -> None:
+        """Give claims back: each (claimed situation, situation read, records, updates made) gets its link as it was
+        read, without a claim, so the next worker is not held off; moved on for the updates the plan made when a
+        later write failed (``UnitOfWork.partial``). Best effort: an unreleased claim runs out with its lease."""
+        uow = UnitOfWork(self.links, self.audit, self.clock)
+        writes = []
+        for claimed, read, records, done in items:
+            if claimed.link is None or read.link is None:
+                continue
+            link = (uow.partial(read.link, records, done)
+                    or read.link.model_copy(update={"claim": None, "claimed_at": None, "etag": None}))
+            writes.append(LinkWrite(link, previous=claimed.link))
         if not writes:
             return
         try:
-            done = self.links.save_many(writes)
+            saved = self.links.save_many(writes)
         except SyncError as exc:
-            done = [exc] * len(writes)
-        for w, r in zip(writes, done, strict=True):
+            saved = [exc] * len(writes)
+        for w, r in zip(writes, saved, strict=True):
             if isinstance(r, SyncError):
                 logger.warning("link claim of %s not released: %s", w.link.primary_key(), type(r).__name__)
 

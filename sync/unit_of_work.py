@@ -7,6 +7,7 @@ Public API:
         .link_write(situation, plan, records) -> LinkWrite | None        the link a plan leaves, as a save
         .commit(situation, plan, records) -> Link | None                 one plan's link, now (saved, kept, removed)
         .save_later(index, write) / .save_all() -> {index: Link | error}   a batch's saves in one ``save_many``
+        .partial(link, records, done) -> Link | None    the link read, moved on for the updates a failed plan made
 
 A link is written only after every write of its plan succeeded, under the etag it was read with, and before the
 audit rows that report it. The model is the unit of work of "Architecture Patterns with Python"
@@ -16,12 +17,12 @@ audit rows that report it. The model is the unit of work of "Architecture Patter
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 from sync.actions import Adopt, Conflict, Create, LinkAfter, Nothing, Plan, Review, Situation, Update
 from sync.errors import NotFound, SyncError
-from sync.model import Side, field_digests, fingerprint
+from sync.model import Side, field_digest, field_digests, fingerprint
 from sync.ports import (
     REVIEW_NOTE,
     AuditEntry,
@@ -152,6 +153,27 @@ class UnitOfWork:
         )
         previous = s.link if s.link is not None and s.link.etag is not None else None  # rebuilt: not stored
         return LinkWrite(link, previous, self._tombstones_for(s, link, created))
+
+    def partial(self, link: Link, records: Records, done: Sequence[Update]) -> Link | None:
+        """The link as read, moved on for the fields of the updates a plan made before a later write of it failed
+        (docs/sync-rules.md, "Link claims"): each such field's bases on both sides are what the two sides now hold,
+        every other field keeps its bases, so what the plan wrote is not read as an edit (say the Outlook value it
+        pushed to Salesforce, against an Outlook edit of the same field made since: a conflict a user's edit could
+        lose). No fingerprints or versions (the next read compares field by field). None when nothing was written."""
+        if not done:
+            return None
+        bases = {Side.M365: dict(link.m365_base), Side.SALESFORCE: dict(link.sf_base)}
+        for update in done:
+            target, source = records[update.side], records[update.side.other]
+            if target is None or source is None:
+                continue
+            for key in update.fields:
+                bases[update.side][key] = field_digest(key, target.contact.get(key))
+                bases[update.side.other][key] = field_digest(key, source.contact.get(key))
+        return link.model_copy(update={
+            "m365_base": bases[Side.M365], "sf_base": bases[Side.SALESFORCE], "m365_fp": None, "sf_fp": None,
+            "m365_version": None, "sf_version": None, "claim": None, "claimed_at": None, "etag": None,
+            "synced_at": self.clock(), "reason": "a plan's later write failed: bases moved on for what it wrote"})
 
     def _tombstones_for(self, s: Situation, link: Link, created: set[str] | frozenset[str]) -> list[Link]:
         """Detached links holding one of the new link's ids are replaced in the same transaction (a deleted contact's

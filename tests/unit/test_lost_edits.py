@@ -14,8 +14,8 @@ from sync.planner import plan
 from sync.ports import ContactChange
 from sync.reconcile import reconcile_mailbox
 from sync.triggers.errors import Disposition, decide
-from tests.unit.test_races import ADA, ada_in, after_first, setup, world_clock
-from tests.world import ANN
+from tests.unit.test_races import ADA, ada_in, after_first, before_first, setup, world_clock
+from tests.world import ANN, BOB
 
 
 def test_a_worker_with_an_older_salesforce_read_never_overwrites_a_newer_edit_synced_meanwhile() -> None:
@@ -122,3 +122,57 @@ def test_a_live_claim_holds_other_workers_off_until_it_is_saved_or_its_lease_run
     assert m365.snapshot()[oid].contact.notes == "again"
     link = links.get(ANN, Side.SALESFORCE, sf_id)
     assert link is not None and link.claim is None
+
+
+@pytest.mark.parametrize("through", ["hint", "grouped"])
+def test_an_edit_made_after_a_plans_first_write_is_not_lost_when_its_second_write_fails(through: str) -> None:
+    """A plan pushes an Outlook edit (Title x) to Salesforce and a Salesforce edit (City) to Outlook; between the
+    two writes the rep edits Title again in Outlook (u), so the Outlook write is refused. With the link as it was
+    read, Salesforce's x (our push) and Outlook's u both looked like edits: a conflict, which Salesforce won by the
+    default policy, and u was lost. The link now moves on for what the plan wrote: u is an Outlook edit only."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    reconcile_mailbox(engine, ANN)
+    (oid,) = ada_in(m365)
+    m365.user_edit(oid, {"job_title": "x"})
+    sf.user_edit(sf_id, {"city": "Paris"})
+    hint = ContactChange(source=Side.M365, item_id=oid, mailbox=ANN)
+    if through == "hint":
+        before_first(m365, "update", lambda: m365.user_edit(oid, {"job_title": "u"}))
+        with pytest.raises(PreconditionFailed):
+            engine.sync_contact(hint)
+    else:  # a reconcile's grouped writes: Salesforce's, then Outlook's
+        before_first(m365, "update_many", lambda: m365.user_edit(oid, {"job_title": "u"}))
+        a = engine.read(hint, ANN)
+        assert a is not None
+        (result,) = engine.execute_many(ANN, [(a, plan(a, engine.policy))])
+        assert isinstance(result, PreconditionFailed)
+    assert sf.snapshot()[sf_id].contact.job_title == "x"  # the first write went out
+    link = links.get(ANN, Side.SALESFORCE, sf_id)
+    assert link is not None and link.claim is None  # given back, moved on
+    engine.sync_contact(hint)  # the retry
+    assert sf.snapshot()[sf_id].contact.job_title == "u"
+    assert m365.snapshot()[oid].contact.job_title == "u"
+    assert m365.snapshot()[oid].contact.city == "Paris"
+    assert not [e for e in audit.entries if e.action == "conflict"]
+
+
+def test_an_edit_made_after_a_handoffs_push_is_not_lost_when_its_delete_is_refused() -> None:
+    """The hand-off (owner changed to BOB): ANN's pending Outlook edit (Title x) is pushed to Salesforce, then the
+    copy goes to Deleted Items; the rep edits Title again (u) just before the delete, which is refused. The retry
+    pushes u (an Outlook edit against the moved-on link), not a conflict that Salesforce's x wins."""
+    w_m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    reconcile_mailbox(engine, ANN)
+    (oid,) = ada_in(w_m365)
+    w_m365.user_edit(oid, {"job_title": "x"})
+    sf.user_set_owner(sf_id, BOB)
+    hint = ContactChange(source=Side.SALESFORCE, item_id=sf_id)
+    before_first(w_m365, "delete", lambda: w_m365.user_edit(oid, {"job_title": "u"}))
+    with pytest.raises(PreconditionFailed):
+        engine.sync_contact(hint)
+    assert sf.snapshot()[sf_id].contact.job_title == "x"
+    engine.sync_contact(hint)  # the retry
+    assert sf.snapshot()[sf_id].contact.job_title == "u"
+    assert oid not in w_m365.snapshot()
+    assert not [e for e in audit.entries if e.action == "conflict"]
