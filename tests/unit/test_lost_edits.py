@@ -176,3 +176,29 @@ def test_an_edit_made_after_a_handoffs_push_is_not_lost_when_its_delete_is_refus
     assert sf.snapshot()[sf_id].contact.job_title == "u"
     assert oid not in w_m365.snapshot()
     assert not [e for e in audit.entries if e.action == "conflict"]
+
+
+def test_a_reconcile_leaves_a_claimed_person_to_the_worker_holding_the_claim() -> None:
+    """A full pass meets a link another worker has claimed (here: a worker killed after its claim): not an error of
+    the pass, and nothing written; once the claim's lease has run out, the next pass syncs the person."""
+    m365, sf, links, audit, engine = setup()
+    sf_id = sf.user_create(ANN, ADA)
+    reconcile_mailbox(engine, ANN)
+    (oid,) = ada_in(m365)
+    sf.user_edit(sf_id, {"notes": "n1"})
+    real_update = m365.update
+
+    def killed(*args: object, **kwargs: object) -> object:
+        raise SystemExit("worker killed")
+
+    m365.update = killed  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        engine.sync_contact(ContactChange(source=Side.SALESFORCE, item_id=sf_id))
+    m365.update = real_update  # type: ignore[method-assign]
+    report = reconcile_mailbox(engine, ANN)
+    assert not report.errors and not report.applied
+    assert m365.snapshot()[oid].contact.notes != "n1"
+    world_clock(engine).skip(int(CLAIM_LEASE.total_seconds()))
+    report = reconcile_mailbox(engine, ANN)
+    assert not report.errors
+    assert m365.snapshot()[oid].contact.notes == "n1"
