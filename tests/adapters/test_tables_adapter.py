@@ -96,3 +96,31 @@ def test_the_webhooks_subscription_lookup_is_cached_for_a_while_and_forgets_what
     subs.put(sub.model_copy(update={"mailbox": "bob@contoso.com"}))
     got = subs.get("sub-1")
     assert got is not None and got.mailbox == "bob@contoso.com"  # a put here too
+
+
+def test_a_claim_is_kept_beside_the_link_json_so_an_older_reader_still_reads_the_row(
+        azurite_connection_string: str) -> None:
+    from azure.data.tables import TableClient
+
+    from sync.model import Side
+    from sync.ports import Link
+
+    prefix = "h" + uuid.uuid4().hex[:10]
+    links = TableStorage.from_connection_string(azurite_connection_string, prefix).links()
+    links.save(Link(mailbox=MAILBOX, m365_id="AAMk1", sf_id="003A", synced_at=datetime.now(UTC)), previous=None)
+    read = links.get(MAILBOX, Side.M365, "AAMk1")
+    assert read is not None and read.claim is None
+    at = datetime(2026, 12, 6, 22, 0, tzinfo=UTC)
+    links.save(read.model_copy(update={"claim": "tok", "claimed_at": at, "etag": None}), previous=read)
+
+    claimed = links.get(MAILBOX, Side.SALESFORCE, "003A")
+    assert claimed is not None and (claimed.claim, claimed.claimed_at) == ("tok", at)
+    assert [(x.claim, x.claimed_at) for x in links.list(MAILBOX)] == [("tok", at)]
+    with TableClient.from_connection_string(azurite_connection_string, f"{prefix}links") as raw:
+        rows = [e for e in raw.query_entities("Primary eq true")]
+    assert len(rows) == 1 and "claim" not in rows[0]["Link"]  # the JSON an older version parses strictly
+
+    links.save(claimed.model_copy(update={"claim": None, "claimed_at": None, "m365_fp": "f2", "etag": None}),
+               previous=claimed)
+    released = links.get(MAILBOX, Side.M365, "AAMk1")
+    assert released is not None and released.claim is None and released.m365_fp == "f2"

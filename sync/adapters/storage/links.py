@@ -68,19 +68,29 @@ class TableLinkStore:
 
     @staticmethod
     def _entity(link: Link, key: str) -> dict[str, Any]:
-        return {
+        # A claim (docs/sync-rules.md, "Link claims") is kept in columns of its own, not in the Link JSON: an
+        # instance of an older version, which reads that JSON strictly, still reads a claimed row during a rolling
+        # upgrade (and its save, in REPLACE mode, clears the claim like any link save).
+        row: dict[str, Any] = {
             "PartitionKey": escape_key(link.mailbox),
             "RowKey": escape_key(key),
-            "Link": link.model_dump_json(exclude={"etag"}),
+            "Link": link.model_dump_json(exclude={"etag", "claim", "claimed_at"}),
             "State": link.state.value,
             "Primary": key == link.primary_key(),
             "SyncedAt": link.synced_at,
         }
+        if link.claim is not None and link.claimed_at is not None:
+            row["Claim"], row["ClaimedAt"] = link.claim, link.claimed_at
+        return row
 
     @staticmethod
-    def _from_entity(entity: Any, key: str) -> Link:
+    def _from_entity(entity: Any, key: str | None = None) -> Link:
+        """The link of a row (``key``: the row's link key; None for a primary row)."""
         link = Link.model_validate_json(entity["Link"])
-        return link.model_copy(update={"etag": f"{key}\n{entity.metadata['etag']}"})
+        update: dict[str, Any] = {"etag": f"{key or link.primary_key()}\n{entity.metadata['etag']}"}
+        if entity.get("Claim") and entity.get("ClaimedAt") is not None:
+            update.update(claim=str(entity["Claim"]), claimed_at=entity["ClaimedAt"])
+        return link.model_copy(update=update)
 
     def get(self, mailbox: str, side: Side, item_id: str) -> Link | None:
         key = row_key(side, item_id)
@@ -272,8 +282,7 @@ class TableLinkStore:
         )
         try:
             for entity in pages:
-                link = Link.model_validate_json(entity["Link"])
-                yield link.model_copy(update={"etag": f"{link.primary_key()}\n{entity.metadata['etag']}"})
+                yield self._from_entity(entity)
         except AzureError as exc:
             raise _map_error(exc, mailbox) from exc
 
