@@ -108,7 +108,7 @@ class TableLinkStore:
             return
         for key in link.row_keys():
             row = {"PartitionKey": escape_key(link.mailbox), "RowKey": escape_key(key),
-                   "Link": link.model_dump_json(exclude={"etag"})}
+                   "Link": link.model_dump_json(exclude={"etag", "claim", "claimed_at"})}
             _call(lambda row=row: tombstones.upsert_entity(row, mode=UpdateMode.REPLACE), key)  # type: ignore[misc]
 
     def _drop_tombstones(self, link: Link, replaced: Sequence[Link]) -> None:
