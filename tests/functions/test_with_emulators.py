@@ -232,8 +232,9 @@ def test_cdc_events_are_routed_by_the_soql_filter_through_the_worker(filtered, q
 
 def test_a_no_change_delta_pass_makes_no_storage_write(live) -> None:
     """The timer's delta pass over a mailbox where nothing changed: one Graph request (the delta round), one
-    Salesforce query, and no Table Storage write (counted by the adapter, ``sync.adapters.storage.REQUESTS``). The shared Graph slots'
-    requests are counted apart (``PERMIT_REQUESTS``): at most a take and a give-back per Graph request."""
+    Salesforce query, and no Table Storage write (counted by the adapter, ``sync.adapters.storage.REQUESTS``). The
+    shared Graph slots' requests are counted apart (``PERMIT_REQUESTS``): at most a take and a give-back per Graph
+    request."""
     from sync.adapters.storage import PERMIT_REQUESTS, REQUESTS
     from sync.reconcile import CHECKPOINT_REFRESH, reconcile_mailbox_delta
 
