@@ -83,6 +83,10 @@ class Faults:
     # If-Match on contacts is undocumented (§1.5): True ignores it on PATCH and DELETE (last write wins), as Exchange
     # may; the client must guard its writes another way.
     ignore_if_match: bool = False
+    # What a delta link of a contact folder the user deleted answers is undocumented (§2.3): by default the folder's
+    # tokens are dropped (410) and its contacts show as removed; True keeps them answering with nothing new (the
+    # contacts moved with the folder), so only a look at the folder tells it was deleted.
+    folder_delete_keeps_delta: bool = False
     rules: list[FaultRule] = field(default_factory=list)
     # Faults injected so far by kind: "429", "503", "reset.before", "reset.after", "notification.dropped",
     # "notification.duplicated", "notification.reordered" (counted rules are in ``Counters.statuses``).

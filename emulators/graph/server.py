@@ -327,7 +327,8 @@ class GraphEmulator:
     def delete_folder(self, mailbox: str, folder_id: str, *, permanent: bool = False) -> None:
         """Delete a contact folder as the user would in Outlook: to Deleted Items (§2.3), or for good."""
         with self.store.lock:
-            events = self.store.delete_folder(self.store.user(mailbox), folder_id, permanent=permanent)
+            events = self.store.delete_folder(self.store.user(mailbox), folder_id, permanent=permanent,
+                                              keep_delta=self.faults.folder_delete_keeps_delta)
         self._notify(events)
 
     def rename_folder(self, mailbox: str, folder_id: str, display_name: str) -> None:
@@ -644,7 +645,8 @@ class GraphEmulator:
                 return Response(200, {"@odata.context": f"{ctx}/contactFolders/$entity", **Store.render_folder(f)})
             if endpoint in ("contactFolder.delete", "contactFolder.permanentDelete"):
                 permanent = endpoint == "contactFolder.permanentDelete"
-                events = self.store.delete_folder(mb, p["folder"], permanent=permanent)
+                events = self.store.delete_folder(mb, p["folder"], permanent=permanent,
+                                                  keep_delta=self.faults.folder_delete_keeps_delta)
                 resp = Response(204)
             elif endpoint == "contacts.list":
                 resp = self._list_contacts(mb, p.get("folder"), req, ctx)

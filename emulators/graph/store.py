@@ -244,18 +244,21 @@ class Store:
         mb.folders[f.id] = f
         return f
 
-    def delete_folder(self, mb: Mailbox, folder_id: str, *, permanent: bool = False) -> list[ChangeEvent]:
+    def delete_folder(self, mb: Mailbox, folder_id: str, *, permanent: bool = False,
+                      keep_delta: bool = False) -> list[ChangeEvent]:
         """§2.3: DELETE is soft: the folder, its subfolders and their contacts move to Deleted Items, keeping their
         ids (the contacts still answer by id, their ``parentFolderId`` unchanged); each contact is notified as
         deleted from the folder and shows in its delta as removed, and the folder's delta tokens are dropped (how
-        Exchange treats them is not documented: the strict choice). ``permanentDelete`` (or deleting a folder that
-        is already in Deleted Items) removes them for good."""
+        Exchange treats them is not documented: the strict choice). ``keep_delta`` (``Faults.
+        folder_delete_keeps_delta``) is the other reading: the folder's delta links keep answering and report
+        nothing (its contacts moved with it). ``permanentDelete`` (or deleting a folder that is already in Deleted
+        Items) removes them for good."""
         if folder_id == mb.root_folder_id:
             raise GraphError(403, "ErrorDeleteDistinguishedFolder", "Distinguished folders cannot be deleted.")
         f = self.folder(mb, folder_id)
         if not permanent and not self._in_deleted_items(mb, f):
             f.parent_id = mb.deleted_items_id
-            return self._leave(mb, f)
+            return self._leave(mb, f, keep_delta)
         events: list[ChangeEvent] = []
         for child in self.child_folders(mb, folder_id):
             events += self.delete_folder(mb, child.id, permanent=True)
@@ -270,16 +273,18 @@ class Store:
             f = mb.folders[f.parent_id]
         return f.parent_id == mb.deleted_items_id
 
-    def _leave(self, mb: Mailbox, f: Folder) -> list[ChangeEvent]:
+    def _leave(self, mb: Mailbox, f: Folder, keep_delta: bool = False) -> list[ChangeEvent]:
         """The contacts of ``f`` (and its subfolders), moved with it to Deleted Items: gone from its views."""
         events: list[ChangeEvent] = []
         for child in self.child_folders(mb, f.id):
-            events += self._leave(mb, child)
+            events += self._leave(mb, child, keep_delta)
         for c in self.contacts_in(mb, f.id):
-            mb.seq += 1
-            mb.tombstones.setdefault(f.id, []).append((mb.seq, c.id))
+            if not keep_delta:
+                mb.seq += 1
+                mb.tombstones.setdefault(f.id, []).append((mb.seq, c.id))
             events.append(ChangeEvent(mb.id, f.id, c.id, "deleted", None))
-        self.tokens = OrderedDict((k, t) for k, t in self.tokens.items() if t.folder_id != f.id)
+        if not keep_delta:
+            self.tokens = OrderedDict((k, t) for k, t in self.tokens.items() if t.folder_id != f.id)
         return events
 
     def set_folder_props(self, f: Folder, body: Any) -> None:

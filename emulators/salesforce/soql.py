@@ -323,6 +323,44 @@ class Evaluator:
         return {"<": actual < expected, "<=": actual <= expected, ">": actual > expected,
                 ">=": actual >= expected}[op]
 
+    def prefilter(self, t: SObjectType, e: Any) -> Callable[[dict[str, Any]], bool] | None:
+        """A cheap test every record ``matches(t, rec, e)`` passes (a necessary condition, never sufficient), or None.
+
+        Only a speed-up for an org of tens of thousands of rows (``bench.mailboxes``): ``matches`` still decides each
+        record that passes. It covers a top-level (in ``and`` / ``or``) comparison of a plain field: ``=``, ``>``,
+        ``>=`` on a datetime (compared at whole seconds, so ``v >= E`` is necessary) and ``=`` on an id (the first 15
+        characters, case-insensitive: what ``to18`` keeps)."""
+        kind = e[0]
+        if kind in ("and", "or"):
+            parts = [self.prefilter(t, p) for p in e[1]]
+            if kind == "and":
+                known = [p for p in parts if p is not None]
+                return (lambda rec: all(p(rec) for p in known)) if known else None
+            if not parts or any(p is None for p in parts):
+                return None
+            alts = [p for p in parts if p is not None]
+            return lambda rec: any(p(rec) for p in alts)
+        if kind in ("not", "in", "like") or "." in e[1]:
+            return None
+        _, _, op, (_, raw) = e
+        f = self.field_def(t, e[1])
+        expected = _norm(f.type, raw)
+        if expected is None:
+            return None
+        name = f.name
+        if isinstance(expected, datetime) and op in ("=", ">", ">="):
+            def after(rec: dict[str, Any]) -> bool:
+                v = rec.get(name)
+                try:
+                    return v is not None and v >= expected
+                except TypeError:  # not comparable (naive against aware): let ``matches`` decide
+                    return True
+            return after
+        if f.type in ("id", "reference") and op == "=" and isinstance(expected, str):
+            head = expected[:15]
+            return lambda rec: isinstance(rec.get(name), str) and rec[name][:15].lower() == head
+        return None
+
     def sort_key(self, t: SObjectType, q: Query) -> Callable[[dict[str, Any]], Any]:
         def key(rec: dict[str, Any]) -> list[Any]:
             out = []

@@ -9,6 +9,7 @@ ContactChangeEvents (§4.2–§4.5) into the replayable log read by the Pub/Sub 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
 import json
 import random
@@ -422,16 +423,38 @@ class Org:
         q = parse(soql)
         with self.lock:
             t = self.evaluator.check(q)
+            cheap = self.evaluator.prefilter(t, q.where) if q.where is not None else None
             rows = [r for r in self.records[t.name].values()
-                    if (include_deleted or not r.get("IsDeleted")) and
+                    if (include_deleted or not r.get("IsDeleted")) and (cheap is None or cheap(r)) and
                     (q.where is None or self.evaluator.matches(t, r, q.where))]
             if q.order:
-                rows.sort(key=self.evaluator.sort_key(t, q))
+                key = self.evaluator.sort_key(t, q)
+                if q.limit is not None and len(rows) > 4 * (q.offset + q.limit):
+                    rows = self._leading(t, q, rows)
+                    rows = heapq.nsmallest(q.offset + q.limit, rows, key=key)  # sorted, as sort() would leave them
+                else:
+                    rows.sort(key=key)
             rows = rows[q.offset:]
             if q.limit is not None:
                 rows = rows[: q.limit]
             out = [self.serialize(t.name, r, q.fields, version) for r in rows]
             return self._page(out, 0, version, batch_size, None)
+
+    def _leading(self, t: Any, q: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A speed-up for ``ORDER BY <datetime field> ... LIMIT n`` over many rows: only the rows whose first sort
+        value (at whole seconds, as compared) reaches the n-th best can be among the first n."""
+        path, desc, _ = q.order[0]
+        if "." in path or self.evaluator.field_def(t, path).type != "datetime":
+            return rows
+        name = self.evaluator.field_def(t, path).name
+        values = [r.get(name) for r in rows]
+        if any(v is None for v in values):
+            return rows
+        n = q.offset + q.limit
+        nth = (heapq.nlargest if desc else heapq.nsmallest)(n, values)[-1].replace(microsecond=0)
+        if desc:
+            return [r for r, v in zip(rows, values, strict=True) if v.replace(microsecond=0) >= nth]
+        return [r for r, v in zip(rows, values, strict=True) if v.replace(microsecond=0) <= nth]
 
     def _page(self, rows: list[dict[str, Any]], offset: int, version: str, batch_size: int,
               locator: str | None) -> dict[str, Any]:

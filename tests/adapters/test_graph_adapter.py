@@ -610,6 +610,79 @@ def test_a_delta_pass_after_the_folder_was_deleted_runs_full_and_copies_into_a_n
     assert reconcile_mailbox_delta(engine, MAILBOX, checkpoints).ran == "delta"  # settled on the new folder
 
 
+def test_a_no_change_delta_pass_is_one_graph_request_and_checks_the_folder_when_due(emu: GraphEmulator) -> None:
+    now = [0.0]
+    side = make_side(emu, folder_check_every_s=100.0, clock=lambda: now[0])
+    try:
+        engine, _, _, _ = _synced_pair(side, Policy())
+        checkpoints = MemoryCheckpoints()
+        assert reconcile_mailbox_delta(engine, MAILBOX, checkpoints).ran == "full"  # first run: links stored
+        counts = []
+        for step in (50.0, 49.0, 1.0, 1.0):  # at 50, 99, 100 (due: checked) and 101 seconds
+            now[0] += step
+            before = emu.counters.http_requests()
+            report = reconcile_mailbox_delta(engine, MAILBOX, checkpoints)
+            assert report.ran == "delta" and not report.errors and not report.applied
+            counts.append(emu.counters.http_requests() - before)
+        assert counts == [1, 1, 2, 1]  # the delta round; the folder GET too once it is 100 s old
+    finally:
+        side.close()
+
+
+def test_a_deleted_folder_whose_delta_keeps_answering_is_noticed_within_the_check_interval(
+        emu: GraphEmulator) -> None:
+    # the other reading of what Graph does (§2.3): the deleted folder's delta link keeps answering, with nothing
+    now = [0.0]
+    side = make_side(emu, folder_check_every_s=100.0, clock=lambda: now[0])
+    try:
+        engine, sf, _, sf_ids = _synced_pair(side, Policy(on_m365_delete=DeletePolicy.PROPAGATE))
+        checkpoints = MemoryCheckpoints()
+        assert reconcile_mailbox_delta(engine, MAILBOX, checkpoints).ran == "full"
+        emu.faults.folder_delete_keeps_delta = True
+        old_folder = side.folder_id(MAILBOX)
+        emu.delete_folder(MAILBOX, old_folder)
+        now[0] = 99.0
+        report = reconcile_mailbox_delta(engine, MAILBOX, checkpoints)
+        assert report.ran == "delta" and not report.applied  # not due: the delta alone cannot tell
+        assert side.folder_id(MAILBOX) == old_folder
+        now[0] = 100.0
+        report = reconcile_mailbox_delta(engine, MAILBOX, checkpoints)
+        assert report.ran == "full" and not report.errors and not sf.deleted
+        new_folder = side.folder_id(MAILBOX)
+        assert new_folder != old_folder and len(emu.list_contacts(MAILBOX, new_folder)) == len(sf_ids)
+        assert all(sf.get(MAILBOX, i) is not None for i in sf_ids)
+    finally:
+        side.close()
+
+
+def test_a_delta_pass_after_another_worker_replaced_the_folder_checks_the_folder_at_once(
+        emu: GraphEmulator) -> None:
+    now = [0.0]
+    side = make_side(emu, folder_check_every_s=100.0, clock=lambda: now[0])
+    other = make_side(emu)
+    try:
+        engine, sf, audit, sf_ids = _synced_pair(side, Policy(on_m365_delete=DeletePolicy.PROPAGATE))
+        checkpoints = MemoryCheckpoints()
+        assert reconcile_mailbox_delta(engine, MAILBOX, checkpoints).ran == "full"
+        emu.faults.folder_delete_keeps_delta = True
+        old_folder = side.folder_id(MAILBOX)
+        emu.delete_folder(MAILBOX, old_folder)
+        # another instance (its own folder cache) runs the next pass: a fresh lookup, a new folder, new checkpoints
+        worker = Engine(other, sf, engine.links, audit, MemoryQueue(), engine.policy, [MAILBOX], clock=engine.clock)
+        assert reconcile_mailbox_delta(worker, MAILBOX, checkpoints).ran == "full"
+        new_folder = other.folder_id(MAILBOX)
+        assert new_folder != old_folder
+        # this instance's check is not due, but the stored delta link names another folder: it looks again
+        now[0] = 10.0
+        report = reconcile_mailbox_delta(engine, MAILBOX, checkpoints)
+        assert report.ran == "delta" and not report.errors and not report.applied
+        assert side.folder_id(MAILBOX) == new_folder and not sf.deleted
+        assert len(emu.list_contacts(MAILBOX, new_folder)) == len(sf_ids)
+    finally:
+        side.close()
+        other.close()
+
+
 def test_a_renamed_sync_folder_is_followed(emu: GraphEmulator, side: GraphContactSide) -> None:
     engine, sf, audit, sf_ids = _synced_pair(side, Policy(on_m365_delete=DeletePolicy.PROPAGATE), n=1)
     folder = side.folder_id(MAILBOX)

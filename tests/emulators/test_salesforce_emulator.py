@@ -722,3 +722,42 @@ def test_where_conditions_follow_soql_precedence_null_and_relationship_rules(
         with pytest.raises(SalesforceMalformedRequest) as e:
             sf.query(f"SELECT Id FROM Contact WHERE {where}")
         assert e.value.status == 400 and e.value.content[0]["errorCode"] == code, where
+
+
+def test_the_query_fast_paths_return_what_a_full_scan_returns(emu, sf):
+    # the prefilter (a datetime range, an id equality) and the top-n selection of ORDER BY ... LIMIT are only
+    # speed-ups: the rows and their order must be a full scan's, ties and sub-second stamps included
+    org = emu.org
+    owners = [emu.add_user(f"fast{i}@example.com", f"fast{i}@example.com", last_name=f"Fast{i}") for i in range(3)]
+    ids: list[str] = []
+    for batch in range(6):
+        ids += emu.bulk_create_contacts([{"LastName": f"P{batch}-{n}", "OwnerId": owners[n % 3]} for n in range(40)])
+        org.advance_time(0.6)  # stamps at whole seconds: some batches share one
+    sf.Contact.delete(ids[5])
+    emu.update_contact(ids[7], {"Title": "Moved"})
+    mid = org.records["Contact"][ids[100]]["SystemModstamp"].strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def scan(soql: str, include_deleted: bool) -> list[str]:
+        from emulators.salesforce.soql import parse
+
+        q = parse(soql)
+        t = org.evaluator.check(q)
+        rows = [r for r in org.records[t.name].values() if (include_deleted or not r.get("IsDeleted"))
+                and (q.where is None or org.evaluator.matches(t, r, q.where))]
+        rows.sort(key=org.evaluator.sort_key(t, q))
+        rows = rows[q.offset:]
+        return [r["Id"] for r in (rows if q.limit is None else rows[: q.limit])]
+
+    queries = [
+        (f"SELECT Id FROM Contact WHERE (SystemModstamp > {mid} OR (SystemModstamp = {mid} AND Id > '{ids[100]}')) "
+         "ORDER BY SystemModstamp, Id", True),
+        (f"SELECT Id FROM Contact WHERE SystemModstamp >= {mid} ORDER BY SystemModstamp, Id", False),
+        (f"SELECT Id FROM Contact WHERE OwnerId = '{owners[1][:15]}' ORDER BY Id", False),
+        (f"SELECT Id FROM Contact WHERE OwnerId = '{owners[2]}' AND SystemModstamp = {mid} ORDER BY Id", True),
+        ("SELECT Id FROM Contact ORDER BY SystemModstamp DESC, Id DESC LIMIT 7", True),
+        ("SELECT Id FROM Contact ORDER BY SystemModstamp, Id LIMIT 11 OFFSET 3", False),
+        ("SELECT Id FROM Contact ORDER BY SystemModstamp DESC, Id DESC LIMIT 45", False),
+    ]
+    for soql, include_deleted in queries:
+        got = [r["Id"] for r in org.query(soql, include_deleted, "67.0", 2000)["records"]]
+        assert got == scan(soql, include_deleted) and got, soql

@@ -17,7 +17,10 @@ HTTP and retries are ``transport``'s job, ``$batch`` scheduling ``batch``'s. Wha
   PATCH answer's folder is checked again.
 * A linked contact missing from the folder may have left *with* it (the rep deleted or moved the sync folder):
   ``left_with_folder`` finds it by id in a folder carrying our stamp (``folders``), which the engine never takes for
-  a delete. Each pass re-reads the folder (``_Folders.refresh``); a delta link of a replaced folder starts over.
+  a delete. A full pass re-reads the folder (``_Folders.refresh``), a delta pass only when it is due (every
+  ``FOLDER_CHECK_EVERY_S`` per process) or the delta shows a sign: Graph dropped the delta link (410 and the like),
+  the folder path answers 404, or the stored link names another folder than the one known. So a no-change delta
+  pass is one Graph request. A delta link of a replaced folder starts over.
 * ``changes`` returns the ``@odata.deltaLink`` as the checkpoint and starts over with ``full=True`` when Graph
   dropped the token (410, or the code ``syncStateNotFound`` / ``SyncStateInvalid`` / ``resyncRequired`` in any case;
   §3.3), also in the middle of a round, up to ``MAX_DELTA_RESTARTS`` times a call.
@@ -28,6 +31,7 @@ Section numbers (§) refer to docs/reference/graph.md.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Iterator, Mapping, Sequence
@@ -35,7 +39,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from sync.adapters.graph.batch import _Batches, _Op, item_error
-from sync.adapters.graph.folders import _Folders
+from sync.adapters.graph.folders import FOLDER_CHECK_EVERY_S, _Folders
 from sync.adapters.graph.items import check_landed, in_folder, marker_of, modified_at
 from sync.adapters.graph.permits import SharedPermits
 from sync.adapters.graph.transport import (
@@ -78,6 +82,11 @@ _SELECT_BASE: tuple[str, ...] = (
 
 
 
+def _names_folder(delta_link: str, folder: str) -> bool:
+    """Whether a stored delta link reads ``folder`` (its id in the path, raw or percent-encoded)."""
+    return f"/contactFolders/{folder}/" in delta_link or quote(folder, safe="") in delta_link
+
+
 class GraphContactSide:
     """``ContactSide`` on Microsoft Graph: one folder (``folder_name``) per mailbox. See the module docstring.
 
@@ -87,6 +96,7 @@ class GraphContactSide:
     seconds - a longer Retry-After is raised at once as ``Throttled(retry_after)`` for the caller to reschedule).
     ``stats`` counts requests, batches, retries, throttled answers and the time waited. ``permits``: the per-mailbox
     slots shared by every instance (``permits.SharedPermits``); None keeps the limit of 4 per process only.
+    ``folder_check_every_s`` and ``clock`` (monotonic seconds): when a delta pass checks the sync folder again.
     """
 
     side = Side.M365
@@ -106,6 +116,8 @@ class GraphContactSide:
         max_wait: float = 30.0,
         timeout_s: float = 60.0,
         permits: SharedPermits | None = None,
+        folder_check_every_s: float = FOLDER_CHECK_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # a MailboxList stays live (sync.scope: the group scope changes while the process runs)
         self._scope: Collection[str] | None = (
@@ -121,7 +133,8 @@ class GraphContactSide:
         self._http = _GraphHttp(
             credential, base_url, max_attempts=max_attempts, max_wait=max_wait, timeout_s=timeout_s, shared=permits
         )
-        self._folders = _Folders(self._http, folder_name, self._http.stats)
+        self._folders = _Folders(self._http, folder_name, self._http.stats, check_every_s=folder_check_every_s,
+                                 clock=clock)
         self._batches = _Batches(self._http, self._by_create_key)
 
     # --- plumbing -----------------------------------------------------------------------------------------
@@ -558,9 +571,14 @@ class GraphContactSide:
     def changes(self, mailbox: str, checkpoint: str | None) -> Iterator[ChangePage]:
         """Graph delta on the sync folder; the checkpoint is the deltaLink (module docstring)."""
         self._check_scope(mailbox)
-        self._run(self._folders.refresh(mailbox))
+        if self._folders.due(mailbox):
+            self._run(self._folders.refresh(mailbox))
         folder = self._run(self._folders.find_or_create(mailbox))
-        if checkpoint and f"/contactFolders/{folder}/" not in checkpoint and quote(folder, safe="") not in checkpoint:
+        if checkpoint and not _names_folder(checkpoint, folder):
+            # a sign: another worker may have replaced a deleted folder since this one last checked it
+            self._run(self._folders.refresh(mailbox))
+            folder = self._run(self._folders.find_or_create(mailbox))
+        if checkpoint and not _names_folder(checkpoint, folder):
             logger.info("delta token of mailbox %s is for a former sync folder: full resync", _mb(mailbox))
             checkpoint = None  # the folder was replaced: its delta link reads the old one
         full = checkpoint is None
@@ -571,13 +589,17 @@ class GraphContactSide:
             try:
                 resp = self._http.run(self._http.call("GET", url, headers=prefer, mailbox=mailbox))
             except _Failure as failure:
-                if failure.resync and restarts < MAX_DELTA_RESTARTS:
+                gone = isinstance(failure.error(), NotFound)  # the folder path itself: deleted for good (§2.3)
+                if (failure.resync or gone) and restarts < MAX_DELTA_RESTARTS:
                     # §3.3: the token is gone (also a skip token in the middle of a full round): drop it, start a
-                    # fresh round; the pages say ``full`` so the caller runs a full pass of the mailbox
+                    # fresh round; the pages say ``full`` so the caller runs a full pass of the mailbox. A dropped
+                    # token or a 404 may mean the user deleted the folder (the emulator drops its tokens then):
+                    # the folder is checked again first
                     restarts += 1
                     logger.info("delta token of mailbox %s dropped by Graph (%s %s): full resync", _mb(mailbox),
                                 failure.status, failure.code)
                     full = True
+                    self._run(self._folders.refresh(mailbox))
                     url = self._run(self._delta_start(mailbox))
                     continue
                 raise failure.error() from None
