@@ -148,6 +148,7 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
             time.sleep(6)  # the first CDC pull of instance 0 is holding the subscription
             s.graph.gate.reset()
             s.graph.counters.reset()
+            s.sf.counters.reset()
             started = time.monotonic()
 
             def reassign() -> None:
@@ -203,13 +204,19 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
             "rate_429": gate["refusedRate"],
             "graph_requests": s.graph.counters.http_requests(),
             "graph_requests_target": s.graph.counters.count(mailbox=target_uid),
+            # what the target mailbox's requests were (batch items under their own endpoint): per reassigned contact
+            "graph_target_per_contact": {e: round(n / max(1, args.contacts), 2) for (m, e), n in
+                                         sorted(s.graph.counters.requests.items()) if m == target_uid},
+            "salesforce_calls": {k: v for k, v in sorted(s.sf.counters.snapshot().items())
+                                 if k.startswith(("rest.", "grpc.events"))},
             "logs": str(workdir),
         }
     print(f"  {instances} instance(s), permits={permits:<7}: drained {out['drained']} in {out['drain_s']:>6} s "
           f"(writes {out['written_s']} s); peak in flight: target {out['peak_target']}, reps {out['peak_reps']}; "
           f"MailboxConcurrency 429s {out['concurrency_429']} (target {out['concurrency_429_target']}); "
           f"Graph requests {out['graph_requests']} (target {out['graph_requests_target']}); Salesforce contacts of "
-          f"the {out['sf_edited_distinct']} edited people: {out['sf_edited_people']}", flush=True)
+          f"the {out['sf_edited_distinct']} edited people: {out['sf_edited_people']}; target requests per reassigned "
+          f"contact: {out['graph_target_per_contact']}; Salesforce calls: {out['salesforce_calls']}", flush=True)
     return out
 
 
