@@ -7,7 +7,8 @@ The queue consumers of every instance compete for ``contact-changes``; only inst
 have it) and receives Graph's webhooks (``WEBHOOK_BASE_URL``); the reconcile and subscription timers never fire.
 
 Setup (not timed): ``--reps`` (20) mailboxes with ``--edits`` (200) Salesforce contacts each, synced by an initial
-reconcile, and ``--contacts`` (5,000) contacts owned by a departed rep outside the sync scope; Graph subscriptions
+reconcile, and ``--contacts`` (5,000) contacts owned by a departed rep outside the sync scope (no account, unless
+``--company``: then one account for all, and matching looks for first + last name + company too); Graph subscriptions
 created through the subscriptions timer of instance 0 (real handshake); a CDC pull in this process moves the
 checkpoint past the seeding, and the hints it produced are cleared.
 
@@ -106,8 +107,11 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
             s.sf.bulk_create_contacts([{"FirstName": f"R{r}", "LastName": f"Edit{i}",
                                         "Email": f"r{r}e{i}@bench.example", "OwnerId": s.users[mb]}
                                        for i in range(args.edits)], as_user=s.users[mb])
+        # --company: the reassigned contacts have an account, so matching also looks for first + last name + company
+        account = {"AccountId": s.sf.add_account("Moved Co")} if args.company else {}
         moved = s.sf.bulk_create_contacts([{"FirstName": "Moved", "LastName": f"M{i}", "Email": f"m{i}@bench.example",
-                                            "OwnerId": departed} for i in range(args.contacts)], as_user=departed)
+                                            "OwnerId": departed, **account} for i in range(args.contacts)],
+                                          as_user=departed)
         settings = {**s.settings(), "SF_PUBSUB_ENDPOINT": s.sf.grpc_target, "SF_PUBSUB_INSECURE": "true",
                     "GRAPH_MAILBOX_PERMITS": permits}
         root = bootstrap.install(bootstrap.Root(settings))
@@ -189,7 +193,7 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
         target = gate["mailboxes"].get(target_uid, {})
         out = {
             "instances": instances, "permits": permits, "contacts": args.contacts, "reps": args.reps,
-            "edits_per_rep": args.edits, "graph_delay_s": args.graph_delay,
+            "edits_per_rep": args.edits, "graph_delay_s": args.graph_delay, "company": args.company,
             "rate_limit": "kept" if args.keep_rate_limit else "raised",
             "drained": arrived >= args.contacts and edited >= len(expected_titles),
             # Salesforce contacts of the edited people, and of the reassigned ones: more than one per person is a
@@ -276,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", default="1,3", help="instance counts to run (default 1,3)")
     parser.add_argument("--permits", default="process,shared", help="GRAPH_MAILBOX_PERMITS values (default both)")
     parser.add_argument("--graph-delay", type=float, default=0.05, help="seconds Graph takes per request (0.05)")
+    parser.add_argument("--company", action="store_true",
+                        help="the reassigned contacts have an account (matching by name + company runs too)")
     parser.add_argument("--keep-rate-limit", action="store_true", help="keep Graph's 10,000 requests / 10 min")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the drain (default 1800)")
     parser.add_argument("--cost-only", action="store_true", help="only the cost of a shared slot")
