@@ -412,6 +412,13 @@ class GraphEmulator:
                 for c in self.store.contacts_in(mb, folder_id or mb.root_folder_id)
             ]
 
+    def count_contacts(self, mailbox: str, folder_id: str | None = None) -> int:
+        """How many contacts a folder holds (None = the default Contacts folder), without rendering them: a bench
+        polling a folder of thousands every second would otherwise hold the store lock against the app's requests."""
+        with self.store.lock:
+            mb = self.store.user(mailbox)
+            return len(self.store.contacts_in(mb, folder_id or mb.root_folder_id))
+
     def expire_delta_tokens(self, mailbox: str | None = None, code: str = "SyncStateNotFound") -> int:
         """§3.3 test hook: every delta/skip token (of one mailbox or all) now answers the delta reset ``code``:
         410 ``SyncStateNotFound`` (default), 400 ``SyncStateInvalid`` or 410 ``resyncRequired``."""
