@@ -21,7 +21,9 @@ Reported per run (``--instances`` 1 and 3, ``--permits`` process and shared): th
 flight per mailbox as the emulator counted them across all processes (must be <= 4), 429s the emulator answered for
 MailboxConcurrency (target 0), time to drain, Graph requests. Graph answers after ``--graph-delay`` seconds (default
 0.05, a stand-in for Graph's own latency; the emulator's default is 0). The emulator's 10,000-requests-per-10-minutes
-limit is raised for the run (``--keep-rate-limit`` keeps it) so the run measures concurrency, not the rate window;
+limit is raised for the run (``--keep-rate-limit`` keeps it) so the run measures concurrency, not the rate window,
+and so is the emulated org's daily API request limit (15,000, ``--keep-api-limit`` keeps it: the full workload uses
+more, about one Salesforce request per hint; the Salesforce calls are printed);
 the Graph requests the target mailbox received tell what that limit costs on real Graph (printed). Prints a table
 and writes ``mailbox_limit`` in ``bench/results.json``.
 """
@@ -139,6 +141,8 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
         s.graph.faults.delay_s = args.graph_delay
         if not args.keep_rate_limit:
             s.graph.faults.mailbox_rate_limit = 10**9
+        if not args.keep_api_limit:  # the emulated org's 24-hour API request limit (15,000, a Developer org's)
+            s.sf.org.api_max = 10**9
         master = uuid.uuid4().hex
         workdir = Path(tempfile.mkdtemp(prefix="bench-mailbox-limit-"))
         procs, ports = _start_instances(instances, settings, workdir, master)
@@ -202,6 +206,7 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
             "instances": instances, "permits": permits, "contacts": args.contacts, "reps": args.reps,
             "edits_per_rep": args.edits, "graph_delay_s": args.graph_delay, "company": args.company,
             "rate_limit": "kept" if args.keep_rate_limit else "raised",
+            "salesforce_api_limit": "kept" if args.keep_api_limit else "raised",
             "drained": arrived >= args.contacts and edited >= len(expected_titles),
             # Salesforce contacts of the edited people, and of the reassigned ones: more than one per person is a
             # duplicate made by the sync (the workload creates none)
@@ -292,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--company", action="store_true",
                         help="the reassigned contacts have an account (matching by name + company runs too)")
     parser.add_argument("--keep-rate-limit", action="store_true", help="keep Graph's 10,000 requests / 10 min")
+    parser.add_argument("--keep-api-limit", action="store_true",
+                        help="keep the emulated org's 15,000 Salesforce API requests a day")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the drain (default 1800)")
     parser.add_argument("--cost-only", action="store_true", help="only the cost of a shared slot")
     parser.add_argument("--out", default="bench/results.json", help="results file (default bench/results.json)")
