@@ -78,6 +78,11 @@ bench: deps
 bench-mailbox-limit: deps
 	$(PY) -m bench.mailbox_limit
 
+# Requests per contact reassigned into one mailbox, in one process (docs/performance.md): a few minutes.
+.PHONY: bench-reassign-cost
+bench-reassign-cost: deps
+	$(PY) -m bench.reassign_cost
+
 # 2,000 mailboxes x 25 contacts: subscriptions created and renewed, the reconcile timer's fan-out, a no-change delta
 # pass (most of an hour on 2 cores, so not part of `make bench`; writes bench/results-mailboxes.json).
 .PHONY: bench-mailboxes

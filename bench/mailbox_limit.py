@@ -7,7 +7,8 @@ The queue consumers of every instance compete for ``contact-changes``; only inst
 have it) and receives Graph's webhooks (``WEBHOOK_BASE_URL``); the reconcile and subscription timers never fire.
 
 Setup (not timed): ``--reps`` (20) mailboxes with ``--edits`` (200) Salesforce contacts each, synced by an initial
-reconcile, and ``--contacts`` (5,000) contacts owned by a departed rep outside the sync scope; Graph subscriptions
+reconcile, and ``--contacts`` (5,000) contacts owned by a departed rep outside the sync scope (no account, unless
+``--company``: then one account for all, and matching looks for first + last name + company too); Graph subscriptions
 created through the subscriptions timer of instance 0 (real handshake); a CDC pull in this process moves the
 checkpoint past the seeding, and the hints it produced are cleared.
 
@@ -20,7 +21,9 @@ Reported per run (``--instances`` 1 and 3, ``--permits`` process and shared): th
 flight per mailbox as the emulator counted them across all processes (must be <= 4), 429s the emulator answered for
 MailboxConcurrency (target 0), time to drain, Graph requests. Graph answers after ``--graph-delay`` seconds (default
 0.05, a stand-in for Graph's own latency; the emulator's default is 0). The emulator's 10,000-requests-per-10-minutes
-limit is raised for the run (``--keep-rate-limit`` keeps it) so the run measures concurrency, not the rate window;
+limit is raised for the run (``--keep-rate-limit`` keeps it) so the run measures concurrency, not the rate window,
+and so is the emulated org's daily API request limit (15,000, ``--keep-api-limit`` keeps it: the full workload uses
+more, about one Salesforce request per hint; the Salesforce calls are printed);
 the Graph requests the target mailbox received tell what that limit costs on real Graph (printed). Prints a table
 and writes ``mailbox_limit`` in ``bench/results.json``.
 """
@@ -106,8 +109,11 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
             s.sf.bulk_create_contacts([{"FirstName": f"R{r}", "LastName": f"Edit{i}",
                                         "Email": f"r{r}e{i}@bench.example", "OwnerId": s.users[mb]}
                                        for i in range(args.edits)], as_user=s.users[mb])
+        # --company: the reassigned contacts have an account, so matching also looks for first + last name + company
+        account = {"AccountId": s.sf.add_account("Moved Co")} if args.company else {}
         moved = s.sf.bulk_create_contacts([{"FirstName": "Moved", "LastName": f"M{i}", "Email": f"m{i}@bench.example",
-                                            "OwnerId": departed} for i in range(args.contacts)], as_user=departed)
+                                            "OwnerId": departed, **account} for i in range(args.contacts)],
+                                          as_user=departed)
         settings = {**s.settings(), "SF_PUBSUB_ENDPOINT": s.sf.grpc_target, "SF_PUBSUB_INSECURE": "true",
                     "GRAPH_MAILBOX_PERMITS": permits}
         root = bootstrap.install(bootstrap.Root(settings))
@@ -135,6 +141,8 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
         s.graph.faults.delay_s = args.graph_delay
         if not args.keep_rate_limit:
             s.graph.faults.mailbox_rate_limit = 10**9
+        if not args.keep_api_limit:  # the emulated org's 24-hour API request limit (15,000, a Developer org's)
+            s.sf.org.api_max = 10**9
         master = uuid.uuid4().hex
         workdir = Path(tempfile.mkdtemp(prefix="bench-mailbox-limit-"))
         procs, ports = _start_instances(instances, settings, workdir, master)
@@ -148,6 +156,7 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
             time.sleep(6)  # the first CDC pull of instance 0 is holding the subscription
             s.graph.gate.reset()
             s.graph.counters.reset()
+            s.sf.counters.reset()
             started = time.monotonic()
 
             def reassign() -> None:
@@ -170,10 +179,17 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
                                for i in range(args.edits)}
             deadline = time.monotonic() + args.timeout
             arrived = edited = 0
+            checked = edits_in = 0.0
+            # The emulators run in this process: the polling must not compete with them. The folder is counted every
+            # second without rendering it; Salesforce (a copy of every contact) is read every 5 s until the edits are
+            # all in, then no more (nothing in the workload undoes them).
             while time.monotonic() < deadline:
-                arrived = len(s.graph.list_contacts(TARGET, folder)) if folder else 0
-                edited = len({c["Email"] for c in s.sf.contacts()
-                              if c.get("Email") in expected_titles and expected_titles[c["Email"]] == c.get("Title")})
+                arrived = s.graph.count_contacts(TARGET, folder) if folder else 0
+                if edited < len(expected_titles) and time.monotonic() - checked >= 5.0:
+                    checked = time.monotonic()
+                    edited = len({c["Email"] for c in s.sf.contacts() if c.get("Email") in expected_titles
+                                  and expected_titles[c["Email"]] == c.get("Title")})
+                    edits_in = time.monotonic() - started
                 if arrived >= args.contacts and edited >= len(expected_titles):
                     break
                 time.sleep(1.0)
@@ -188,14 +204,16 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
         target = gate["mailboxes"].get(target_uid, {})
         out = {
             "instances": instances, "permits": permits, "contacts": args.contacts, "reps": args.reps,
-            "edits_per_rep": args.edits, "graph_delay_s": args.graph_delay,
+            "edits_per_rep": args.edits, "graph_delay_s": args.graph_delay, "company": args.company,
             "rate_limit": "kept" if args.keep_rate_limit else "raised",
+            "salesforce_api_limit": "kept" if args.keep_api_limit else "raised",
             "drained": arrived >= args.contacts and edited >= len(expected_titles),
             # Salesforce contacts of the edited people, and of the reassigned ones: more than one per person is a
             # duplicate made by the sync (the workload creates none)
             "sf_edited_people": len(rep_rows), "sf_edited_distinct": len({c.get("Email") for c in rep_rows}),
             "sf_moved_people": len(target_rows), "target_folder": arrived,
             "arrived": arrived, "edited": edited, "written_s": round(written, 1), "drain_s": round(drained, 1),
+            "edits_in_s": round(edits_in, 1),  # when the edits were seen all in Salesforce (5 s polling)
             "peak_target": target.get("peak", 0),
             "peak_reps": max((v["peak"] for m, v in gate["mailboxes"].items() if m in rep_uids), default=0),
             "concurrency_429": gate["refusedConcurrency"],
@@ -203,13 +221,20 @@ def run(instances: int, permits: str, args: argparse.Namespace) -> dict[str, Any
             "rate_429": gate["refusedRate"],
             "graph_requests": s.graph.counters.http_requests(),
             "graph_requests_target": s.graph.counters.count(mailbox=target_uid),
+            # what the target mailbox's requests were (batch items under their own endpoint): per reassigned contact
+            "graph_target_per_contact": {e: round(n / max(1, args.contacts), 2) for (m, e), n in
+                                         sorted(s.graph.counters.requests.items()) if m == target_uid},
+            "salesforce_calls": {k: v for k, v in sorted(s.sf.counters.snapshot().items())
+                                 if k.startswith(("rest.", "grpc.events"))},
             "logs": str(workdir),
         }
     print(f"  {instances} instance(s), permits={permits:<7}: drained {out['drained']} in {out['drain_s']:>6} s "
-          f"(writes {out['written_s']} s); peak in flight: target {out['peak_target']}, reps {out['peak_reps']}; "
+          f"(writes {out['written_s']} s, edits in by {out['edits_in_s']} s); "
+          f"peak in flight: target {out['peak_target']}, reps {out['peak_reps']}; "
           f"MailboxConcurrency 429s {out['concurrency_429']} (target {out['concurrency_429_target']}); "
           f"Graph requests {out['graph_requests']} (target {out['graph_requests_target']}); Salesforce contacts of "
-          f"the {out['sf_edited_distinct']} edited people: {out['sf_edited_people']}", flush=True)
+          f"the {out['sf_edited_distinct']} edited people: {out['sf_edited_people']}; target requests per reassigned "
+          f"contact: {out['graph_target_per_contact']}; Salesforce calls: {out['salesforce_calls']}", flush=True)
     return out
 
 
@@ -269,7 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", default="1,3", help="instance counts to run (default 1,3)")
     parser.add_argument("--permits", default="process,shared", help="GRAPH_MAILBOX_PERMITS values (default both)")
     parser.add_argument("--graph-delay", type=float, default=0.05, help="seconds Graph takes per request (0.05)")
+    parser.add_argument("--company", action="store_true",
+                        help="the reassigned contacts have an account (matching by name + company runs too)")
     parser.add_argument("--keep-rate-limit", action="store_true", help="keep Graph's 10,000 requests / 10 min")
+    parser.add_argument("--keep-api-limit", action="store_true",
+                        help="keep the emulated org's 15,000 Salesforce API requests a day")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the drain (default 1800)")
     parser.add_argument("--cost-only", action="store_true", help="only the cost of a shared slot")
     parser.add_argument("--out", default="bench/results.json", help="results file (default bench/results.json)")

@@ -439,6 +439,8 @@ class Store:
         select: list[str] | None = None,
         expand_filter: Any = None,
         expand: bool = False,
+        *,
+        copy_values: bool = True,
     ) -> dict[str, Any]:
         full: dict[str, Any] = {
             "@odata.etag": c.etag,
@@ -455,7 +457,7 @@ class Store:
             full[p] = []
         for p in ADDRESS_PROPS:
             full[p] = {}
-        full.update(copy.deepcopy(c.props))
+        full.update(copy.deepcopy(c.props) if copy_values else c.props)
         if select is not None:
             wanted = {s.lower() for s in select}
             unknown = wanted - {p.lower() for p in ALL_CONTACT_PROPS}
@@ -473,8 +475,9 @@ class Store:
 
     @staticmethod
     def filter_view(c: Contact) -> dict[str, Any]:
-        """The object a $filter sees: properties plus extended properties."""
-        view = Store.render_contact(c)
+        """The object a $filter sees: properties plus extended properties. Read only, so it shares the contact's
+        values instead of copying them (a $filter evaluates it for every contact of the folder)."""
+        view = Store.render_contact(c, copy_values=False)
         view["singleValueExtendedProperties"] = [{"id": PropertyId(i), "value": v} for i, v in c.ext.values()]
         return view
 

@@ -424,7 +424,7 @@ class Org:
         with self.lock:
             t = self.evaluator.check(q)
             cheap = self.evaluator.prefilter(t, q.where) if q.where is not None else None
-            rows = [r for r in self.records[t.name].values()
+            rows = [r for r in self._candidates(t.name, q.where)
                     if (include_deleted or not r.get("IsDeleted")) and (cheap is None or cheap(r)) and
                     (q.where is None or self.evaluator.matches(t, r, q.where))]
             if q.order:
@@ -455,6 +455,34 @@ class Org:
         if desc:
             return [r for r, v in zip(rows, values, strict=True) if v.replace(microsecond=0) >= nth]
         return [r for r, v in zip(rows, values, strict=True) if v.replace(microsecond=0) <= nth]
+
+    def _candidates(self, sobject: str, where: Any) -> Any:
+        """The records a WHERE clause can match, in store order. Salesforce finds records by Id through its index;
+        so does this emulator when the clause narrows by Id at its top level (``Id = x``, ``Id IN (...)``, alone or
+        as one term of an AND): only those records are then evaluated, against the whole clause as before, so the
+        answer is the same as a scan's. Anything else (or an id not stored under its canonical 18-character form)
+        scans every record."""
+        table = self.records[sobject]
+        terms = where[1] if where is not None and where[0] == "and" else [where]
+        for term in terms:
+            if term is None or term[1] != "Id":
+                continue
+            if term[0] == "cmp" and term[2] == "=":
+                values = [term[3]]
+            elif term[0] == "in" and not term[3]:
+                values = term[2]
+            else:
+                continue
+            keys = [to18(v) for _, v in values if isinstance(v, str) and looks_like_id(v)]
+            if len(keys) != len(values) or any(k not in table for k in keys):
+                break  # a malformed or differently cased id, or a missing record: let the scan decide
+            wanted = set(keys)
+            if len(wanted) * 8 > len(table):
+                break
+            if len(wanted) == 1:
+                return [table[keys[0]]]
+            return [rec for key, rec in table.items() if key in wanted]  # store order, as the scan
+        return table.values()
 
     def _page(self, rows: list[dict[str, Any]], offset: int, version: str, batch_size: int,
               locator: str | None) -> dict[str, Any]:

@@ -922,3 +922,54 @@ def test_the_marker_property_name_is_matched_case_sensitively(emu: GraphEmulator
 
 def test_marker_property_id_is_in_the_string_namespace_with_a_fixed_guid() -> None:
     assert MARKER_PROPERTY_ID.startswith("String {") and MARKER_PROPERTY_ID.endswith("} Name SalesforceId")
+
+
+# ---- matching by name + company: one listing per index life, not one per find (docs/performance.md) ----------------
+def colleague(i: int, *, email: bool = True) -> Contact:
+    return Contact(first_name="Moved", last_name=f"M{i}", company="Moved Co",
+                   emails=[f"m{i}@example.com"] if email else [], business_phone="+1 425 555 0100")
+
+
+def test_finds_by_name_and_company_list_the_folder_once_per_index_life_and_see_this_process_creates(
+        emu: GraphEmulator) -> None:
+    """A bulk reassignment into one mailbox: n finds + creates. The finds of contacts with an address list the
+    folder's names once (the index), not once each (n listings of a folder growing to n); a contact created by this
+    process since the listing is found by name + company all the same."""
+    side = make_side(emu, name_index_max_age=3600)
+    try:
+        for i in range(12):
+            assert side.find(MAILBOX, colleague(i)) == []
+            side.create(MAILBOX, colleague(i), marker=f"003{i:012d}AAA")
+        assert emu.counters.count(endpoint="contacts.list") == 12 + 1  # 12 address filters + one name listing
+        twin = colleague(5).model_copy(update={"emails": ["other@example.com"]})  # same name + company, other address
+        found = side.find(MAILBOX, twin)
+        assert [r.contact.last_name for r in found] == ["M5"]
+        assert emu.counters.count(endpoint="contacts.list") == 12 + 1 + 1  # its address filter only
+    finally:
+        side.close()
+
+
+def test_a_name_listing_older_than_the_index_life_is_read_again(emu: GraphEmulator) -> None:
+    side = make_side(emu, name_index_max_age=0.0)
+    try:
+        side.find(MAILBOX, colleague(1))
+        side.find(MAILBOX, colleague(2))
+        assert emu.counters.count(endpoint="contacts.list") == 2 * 2  # address filter + listing, each find
+    finally:
+        side.close()
+
+
+def test_a_find_by_name_and_company_without_an_address_lists_the_folder_every_time(emu: GraphEmulator) -> None:
+    """Without an address no live filter backs the index up (another worker's copy of the same person could be
+    newer than the listing): such a find reads the folder's names itself, and sees what another process just
+    created."""
+    side, other = make_side(emu, name_index_max_age=3600), make_side(emu, name_index_max_age=3600)
+    try:
+        assert side.find(MAILBOX, colleague(1)) == []  # the index of ``side`` is read now
+        made = other.create(MAILBOX, colleague(7, email=False), marker="003000000000007AAA")
+        assert [r.id for r in side.find(MAILBOX, colleague(7, email=False))] == [made.id]
+        # with an address, the index (read before the other process created it) does not know it yet
+        assert side.find(MAILBOX, colleague(7).model_copy(update={"emails": ["x7@example.com"]})) == []
+    finally:
+        side.close()
+        other.close()

@@ -311,6 +311,39 @@ def test_contact_crud_with_changekey_and_if_match(emu: GraphEmulator, folder: st
     run(body, emu)
 
 
+def test_an_address_filter_answers_as_a_scan_of_the_folder_would(emu: GraphEmulator, folder: str) -> None:
+    """The emulator looks an address up instead of evaluating the filter on every contact (as Exchange does): the
+    answer stays what the filter means - any of a contact's addresses, compared case-insensitively, quotes doubled,
+    only this folder; a filter that is more than one address comparison is evaluated on every contact."""
+    other = emu.create_folder(USER, "Elsewhere")
+    emu.create_contact(USER, {"surname": "Away", "emailAddresses": [{"address": "dup@example.com"}]}, other)
+    two = emu.create_contact(USER, {"surname": "Two", "emailAddresses": [{"address": "first@example.com"},
+                                                                         {"address": "Dup@Example.com"}]}, folder)
+    quoted = emu.create_contact(USER, {"surname": "Quote", "emailAddresses": [{"address": "o'brien@example.com"}]},
+                                folder)
+    emu.create_contact(USER, {"surname": "None"}, folder)
+    for i in range(30):
+        emu.create_contact(USER, {"surname": f"Filler{i}", "emailAddresses": [{"address": f"f{i}@example.com"}]},
+                           folder)
+
+    async def body(client: GraphServiceClient) -> None:
+        coll = contacts(client, folder)
+
+        async def ids(flt: str) -> list[str]:
+            q = ContactsRequestBuilder.ContactsRequestBuilderGetQueryParameters(filter=flt, top=100)
+            return [str(c.id) for c in (await coll.get(request_configuration=cfg(q))).value]
+
+        assert await ids("emailAddresses/any(a:a/address eq 'dup@example.com')") == [two["id"]]
+        assert await ids("emailAddresses/any( x : x/address eq 'DUP@EXAMPLE.COM' )") == [two["id"]]
+        assert await ids("emailAddresses/any(a:a/address eq 'O''Brien@example.com')") == [quoted["id"]]
+        assert await ids("emailAddresses/any(a:a/address eq 'nobody@example.com')") == []
+        both = "emailAddresses/any(a:a/address eq 'dup@example.com') or surname eq 'Quote'"
+        assert sorted(await ids(both)) == sorted([two["id"], quoted["id"]])
+        assert await ids("emailAddresses/any(a:a/address eq 'dup@example.com') and surname eq 'Quote'") == []
+
+    run(body, emu)
+
+
 def test_extended_properties_expand_and_filters(emu: GraphEmulator, folder: str) -> None:
     async def body(client: GraphServiceClient) -> None:
         coll = contacts(client, folder)

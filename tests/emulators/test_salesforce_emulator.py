@@ -153,6 +153,36 @@ def test_query_pages_with_next_records_url_and_batch_size_header(emu, sf):
     assert e.value.content[0]["errorCode"] == "INVALID_QUERY_LOCATOR"
 
 
+def test_a_query_by_id_answers_as_a_scan_would(emu, sf):
+    """The emulator finds records by Id through an index (as Salesforce does) when the WHERE clause narrows by Id at
+    its top level; the answer is the scan's: 15- and 18-character ids in any case, the other terms of an AND still
+    apply, deleted records only with queryAll, store order, ids of other objects or unknown ids match nothing."""
+    rep = emu.add_user("rep@example.com", "rep@example.com", last_name="Rep")
+    ids = [emu.create_contact({"LastName": f"N{i}", "Email": f"n{i}@x.com"}) for i in range(40)]
+    a, b, c = ids[3], ids[7], ids[11]
+    emu.change_owner(b, rep)
+    acme = emu.add_account("Acme")
+
+    def got(where: str) -> list[str]:
+        return [r["Id"] for r in sf.query(f"SELECT Id FROM Contact WHERE {where}")["records"]]
+
+    assert got(f"Id = '{a}'") == [a]
+    assert got(f"Id = '{a[:15]}'") == [a]
+    assert got(f"Id = '{a[:15] + a[15:].lower()}'") == [a]  # an 18-character id in another case: the same record
+    assert got(f"Id IN ('{c}', '{a}', '{b[:15]}')") == [a, b, c]  # store order, not the IN list's
+    assert got(f"Id IN ('{a}', '{b}') AND OwnerId = '{rep}'") == [b]
+    assert got(f"Id = '{a}' AND LastName = 'Other'") == []
+    assert got(f"Id = '{acme}'") == []
+    assert got(f"Id IN ('{a}', '{acme}')") == [a]
+    assert got("Id = '003000000000000'") == []
+    assert got(f"Id != '{a}' AND Id IN ('{a}', '{b}')") == [b]
+    assert got(f"Id NOT IN ('{a}') AND Email = 'n3@x.com'") == []
+    emu.delete_contact(c)
+    assert got(f"Id IN ('{a}', '{c}')") == [a]
+    assert [r["Id"] for r in sf.query_all(f"SELECT Id FROM Contact WHERE Id = '{c}'", include_deleted=True)
+            ["records"]] == [c]
+
+
 def test_where_order_limit_owner_and_account_relationship(emu, sf):
     rep = emu.add_user("rep@example.com", "rep@example.com", last_name="Rep", federation_id="rep@corp")
     acme = emu.add_account("Acme")

@@ -41,6 +41,7 @@ from urllib.parse import quote
 from sync.adapters.graph.batch import _Batches, _Op, item_error
 from sync.adapters.graph.folders import FOLDER_CHECK_EVERY_S, _Folders
 from sync.adapters.graph.items import check_landed, in_folder, marker_of, modified_at
+from sync.adapters.graph.names import DEFAULT_MAX_AGE_S, NameIndex, NameKey
 from sync.adapters.graph.permits import SharedPermits
 from sync.adapters.graph.transport import (
     _Failure,
@@ -87,6 +88,14 @@ def _names_folder(delta_link: str, folder: str) -> bool:
     return f"/contactFolders/{folder}/" in delta_link or quote(folder, safe="") in delta_link
 
 
+def _name_key(doc: Mapping[str, Any]) -> NameKey | None:
+    """(first, last, company) case-folded of a Graph contact, None without a last name or a company."""
+    last, company = doc.get("surname") or "", doc.get("companyName") or ""
+    if not last or not company:
+        return None
+    return (doc.get("givenName") or "").casefold(), last.casefold(), company.casefold()
+
+
 class GraphContactSide:
     """``ContactSide`` on Microsoft Graph: one folder (``folder_name``) per mailbox. See the module docstring.
 
@@ -118,6 +127,7 @@ class GraphContactSide:
         permits: SharedPermits | None = None,
         folder_check_every_s: float = FOLDER_CHECK_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
+        name_index_max_age: float = DEFAULT_MAX_AGE_S,
     ) -> None:
         # a MailboxList stays live (sync.scope: the group scope changes while the process runs)
         self._scope: Collection[str] | None = (
@@ -136,6 +146,7 @@ class GraphContactSide:
         self._folders = _Folders(self._http, folder_name, self._http.stats, check_every_s=folder_check_every_s,
                                  clock=clock)
         self._batches = _Batches(self._http, self._by_create_key)
+        self._names = NameIndex(self._name_rows, max_age=name_index_max_age)
 
     # --- plumbing -----------------------------------------------------------------------------------------
     @property
@@ -266,8 +277,9 @@ class GraphContactSide:
             yield rows
 
     def find(self, mailbox: str, contact: Contact) -> list[SideRecord]:
-        # One $filter per email address (the only documented contact filter, user-list-contacts); first + last name +
-        # company have none, so a listing of those three properties is matched here.
+        # One $filter per email address (the only documented contact filter, §1.9); first + last name + company have
+        # none: a listing of those three properties, read once per ``NameIndex`` life beside the live email filter
+        # (``names`` module docstring), and for every find of a contact without an address.
         self._check_scope(mailbox)
         found: dict[str, SideRecord] = {}
         for address in contact.emails:
@@ -277,17 +289,26 @@ class GraphContactSide:
                 for doc in rows:
                     found.setdefault(str(doc["id"]), self._record(mailbox, doc))
         key = contact.name_company_key()
-        if key is not None:
-            first = self._first_list_url(mailbox, select="id,givenName,surname,companyName", top=str(LIST_PAGE_SIZE))
-            for rows in self._pages(mailbox, first):
-                for doc in rows:
-                    theirs = ((doc.get("givenName") or "").casefold(), (doc.get("surname") or "").casefold(),
-                              (doc.get("companyName") or "").casefold())
-                    if theirs == key and str(doc["id"]) not in found:
-                        record = self.get(mailbox, str(doc["id"]))
-                        if record is not None and record.contact.name_company_key() == key:
-                            found[record.id] = record
+        if key is None:
+            return list(found.values())
+        if contact.emails:
+            ids = self._names.ids(mailbox, key)
+        else:
+            ids = [item_id for item_id, theirs in self._name_rows(mailbox) if theirs == key]
+        for item_id in ids:
+            if item_id not in found:
+                record = self.get(mailbox, item_id)
+                if record is not None and record.contact.name_company_key() == key:
+                    found[record.id] = record
         return list(found.values())
+
+    def _name_rows(self, mailbox: str) -> Iterator[tuple[str, NameKey | None]]:
+        """Every contact of the folder as (id, (first, last, company) case-folded), or (id, None) without a last name
+        or a company, as ``Contact.name_company_key`` makes them."""
+        first = self._first_list_url(mailbox, select="id,givenName,surname,companyName", top=str(LIST_PAGE_SIZE))
+        for rows in self._pages(mailbox, first):
+            for doc in rows:
+                yield str(doc["id"]), _name_key(doc)
 
     def stream(self, mailbox: str) -> Iterator[SideRecord]:
         self._check_scope(mailbox)
@@ -371,6 +392,7 @@ class GraphContactSide:
                 resp = await self._http.call(
                     "POST", self._contacts_path(mailbox, folder), body=body, mailbox=mailbox, only_throttled=True
                 )
+                self._names.note(mailbox, str(resp.body["id"]), _name_key(resp.body))
                 return self._record(mailbox, resp.body, marker)
             except _Failure as failure:
                 if not failure.ambiguous or marker is None:
@@ -379,6 +401,7 @@ class GraphContactSide:
                 found = await self._by_create_key(mailbox, key)
                 if found is not None:
                     logger.info("create answered %s but had happened: contact %s", failure.status, found.get("id"))
+                    self._names.note(mailbox, str(found["id"]), _name_key(found))
                     return self._record(mailbox, found, marker)
                 if wait is None:
                     raise
@@ -508,6 +531,7 @@ class GraphContactSide:
         out: list[SideRecord | SyncError] = []
         for op in ops:
             if isinstance(op.result, _Response):
+                self._names.note(mailbox, str(op.result.body["id"]), _name_key(op.result.body))
                 out.append(self._record(mailbox, op.result.body, op.marker))
             else:
                 out.append(item_error(op.result, None))

@@ -10,8 +10,9 @@ Payloads are Avro, decoded with the schema fetched by its id;
 changed-field bitmaps are decoded with that schema (docs/reference/salesforce.md §4.4), never by fixed position.
 
 Events become hints, never content: one ``ContactChange`` per record id through the ``WorkQueue`` (the worker always
-re-reads); a gap overflow or a wildcard id becomes a ``ReconcileMailbox`` for every mailbox. The replay id (also a
-keep-alive's) is checkpointed only after the batch's hints were enqueued: at-least-once, duplicates are harmless.
+re-reads), a batch's up to ``SEND_CONCURRENCY`` at a time; a gap overflow or a wildcard id becomes a
+``ReconcileMailbox`` for every mailbox. The replay id (also a keep-alive's) is checkpointed only after the batch's
+hints were enqueued: at-least-once, duplicates are harmless.
 Events of our own writes are enqueued too: the worker's fingerprint drops echoes (skipping by ``changeOrigin`` would
 also skip flows that ran inside our transaction, §4.6). gRPC errors go through ``errors.map_error``; a rejected
 replay id means a FULL reconcile of every mailbox and a resubscribe from ``on_replay_rejected``; any other failure
@@ -30,6 +31,7 @@ import queue as queue_mod
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -45,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 TOPIC = "/data/ContactChangeEvent"
 MAX_OUTSTANDING = 100  # num_requested cap (docs/reference/salesforce.md §5.1)
+SEND_CONCURRENCY = 16  # hints of one FetchResponse enqueued at a time (``CdcSubscriber._send_all``)
 SIGNATURE_HEADER = "X-Sync-Signature"
 TIMESTAMP_HEADER = "X-Sync-Timestamp"
 _PRESET_PREFIX = "preset:"
@@ -229,6 +232,21 @@ class CdcSubscriber:
         )
         return header, event
 
+    def _send_all(self, hints: Sequence[ContactChange]) -> None:
+        """Enqueue a batch's hints, up to ``SEND_CONCURRENCY`` at a time: a storage queue takes one message per
+        request, and one at a time a bulk change of thousands of records reached the workers no faster than one
+        round trip per record (docs/performance.md, "A bulk reassignment into one mailbox"). Returns once all are
+        sent; the first failure is raised then, before the batch's checkpoint is saved (at-least-once; the order of
+        hints never mattered: the worker re-reads)."""
+        if len(hints) <= 1:
+            for hint in hints:
+                self._queue.send(hint)
+            return
+        with ThreadPoolExecutor(max_workers=min(SEND_CONCURRENCY, len(hints)), thread_name_prefix="cdc-send") as pool:
+            sent = [pool.submit(self._queue.send, hint) for hint in hints]
+        for done in sent:
+            done.result()
+
     def _handle(self, stub: Any, md: Any, response: Any, result: PullResult) -> None:
         """Hints for one FetchResponse, then the checkpoint (never before the hints are enqueued)."""
         if not response.events:
@@ -255,8 +273,7 @@ class CdcSubscriber:
                 ids[rid] = None
             logger.debug("cdc %s %s changed %s", event.change_type, ",".join(event.record_ids),
                          ",".join(event.changed_fields))
-        for rid in ids:
-            self._queue.send(ContactChange(source=Side.SALESFORCE, item_id=rid))
+        self._send_all([ContactChange(source=Side.SALESFORCE, item_id=rid) for rid in ids])
         result.hints += len(ids)
         if overflow:
             logger.warning("cdc GAP_OVERFLOW: enqueuing a reconcile of every mailbox")
