@@ -5,8 +5,11 @@ tests/unit/test_races.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from sync.engine import Engine
 from sync.errors import Busy, PreconditionFailed
 from sync.execute import CLAIM_LEASE
 from sync.model import Side
@@ -18,12 +21,10 @@ from tests.unit.test_races import ADA, ada_in, after_first, before_first, setup,
 from tests.world import ANN, BOB
 
 
-def test_a_worker_with_an_older_salesforce_read_never_overwrites_a_newer_edit_synced_meanwhile() -> None:
-    """Worker A reads the link and Salesforce (Notes v1); the user edits Notes to v2 and worker C syncs it (Outlook
-    written, link saved); A then reads Outlook (C's v2) and sees both sides "changed". Before link claims A wrote its
-    stale v1 to Outlook by the conflict policy and its link save failed (412); the notification of A's write then
-    showed Outlook changed against C's link, and v1 went to Salesforce over the user's v2. Now A's claim fails first:
-    nothing written, the retry reads C's link."""
+def _older_read_race() -> tuple[Any, Any, Any, Engine, str, str, ContactChange]:
+    """A synced pair, a Salesforce edit (Notes v1) hinted, and a hook: right after the next Salesforce read (worker
+    A's, of v1) the user edits Notes to v2 and worker C syncs it. Returns (m365, sf, audit, engine, sf_id, oid,
+    hint)."""
     m365, sf, links, audit, engine = setup()
     sf_id = sf.user_create(ANN, ADA)
     reconcile_mailbox(engine, ANN)
@@ -35,7 +36,17 @@ def test_a_worker_with_an_older_salesforce_read_never_overwrites_a_newer_edit_sy
         sf.user_edit(sf_id, {"notes": "v2"})
         engine.sync_contact(hint)
 
-    after_first(sf, "get", user_edits_again_and_c_syncs_it)  # A has read the link and Salesforce (v1)
+    after_first(sf, "get", user_edits_again_and_c_syncs_it)
+    return m365, sf, audit, engine, sf_id, oid, hint
+
+
+def test_a_worker_with_an_older_salesforce_read_never_overwrites_a_newer_edit_synced_meanwhile() -> None:
+    """Worker A reads the link and Salesforce (Notes v1); the user edits Notes to v2 and worker C syncs it (Outlook
+    written, link saved); A then reads Outlook (C's v2) and sees both sides "changed". Before link claims A wrote its
+    stale v1 to Outlook by the conflict policy and its link save failed (412); the notification of A's write then
+    showed Outlook changed against C's link, and v1 went to Salesforce over the user's v2. Now A's claim fails first:
+    nothing written, the retry reads C's link."""
+    m365, sf, audit, engine, sf_id, oid, hint = _older_read_race()  # A reads the link and Salesforce (v1) next
     with pytest.raises(PreconditionFailed):
         engine.sync_contact(hint)  # worker A
     assert m365.snapshot()[oid].contact.notes == "v2"  # A wrote nothing
@@ -49,18 +60,7 @@ def test_a_worker_with_an_older_salesforce_read_never_overwrites_a_newer_edit_sy
 def test_grouped_plans_from_an_older_read_never_overwrite_a_newer_edit_synced_meanwhile() -> None:
     """The same race through ``execute_many`` (a reconcile's grouped writes, their claims in one ``save_many``): a
     situation read as worker A read it above, executed in bulk, writes nothing; the person is decided again."""
-    m365, sf, links, audit, engine = setup()
-    sf_id = sf.user_create(ANN, ADA)
-    reconcile_mailbox(engine, ANN)
-    (oid,) = ada_in(m365)
-    hint = ContactChange(source=Side.SALESFORCE, item_id=sf_id)
-    sf.user_edit(sf_id, {"notes": "v1"})
-
-    def user_edits_again_and_c_syncs_it() -> None:
-        sf.user_edit(sf_id, {"notes": "v2"})
-        engine.sync_contact(hint)
-
-    after_first(sf, "get", user_edits_again_and_c_syncs_it)
+    m365, sf, _, engine, sf_id, oid, hint = _older_read_race()
     a = engine.read(hint, ANN)
     assert a is not None and a.sf is not None and a.m365 is not None
     assert (a.sf.contact.notes, a.m365.contact.notes) == ("v1", "v2")  # the older read, with C's write in Outlook
