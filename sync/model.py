@@ -86,15 +86,6 @@ def normalise_text(value: object, *, multiline: bool = False) -> str | None:
     return text or None
 
 
-def name_company_key(first: object, last: object, company: object) -> tuple[str, str, str] | None:
-    """The match key of a person by name and company: (first, last, company) normalised (``normalise_text``) and
-    case-folded, None without a last name or a company. One definition for a ``Contact`` and for a raw listing."""
-    last_n, company_n = normalise_text(last), normalise_text(company)
-    if not last_n or not company_n:
-        return None
-    return (normalise_text(first) or "").casefold(), last_n.casefold(), company_n.casefold()
-
-
 _ID15 = re.compile(r"[0-9A-Za-z]{15}")
 _ID_SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 
@@ -262,7 +253,9 @@ class Contact(BaseModel):
 
     def name_company_key(self) -> tuple[str, str, str] | None:
         """(first, last, company) case-folded, or None when last name or company is missing."""
-        return name_company_key(self.first_name, self.last_name, self.company)
+        if not self.last_name or not self.company:
+            return None
+        return ((self.first_name or "").casefold(), self.last_name.casefold(), self.company.casefold())
 
     def missing_required(self) -> tuple[str, ...]:
         """Why this contact may not be created on the other side: last name, and an email or a phone."""

@@ -104,13 +104,3 @@ def test_only_the_most_recently_used_mailboxes_are_kept() -> None:
     assert folder.listings == 3  # m1 was used last: kept
     index.ids("m2", ADA)
     assert folder.listings == 4  # m2 was dropped
-
-
-def test_a_listed_contacts_raw_names_key_as_the_same_contact_does() -> None:
-    from sync.adapters.graph.contacts import _name_key
-    from sync.model import Contact
-
-    raw = {"givenName": " Ada\u00a0", "surname": "Lovelace  ", "companyName": "  Analytical   Engines"}
-    contact = Contact(first_name="ada", last_name="LOVELACE", company="Analytical Engines")
-    assert _name_key(raw) == contact.name_company_key() == ("ada", "lovelace", "analytical engines")
-    assert _name_key({"givenName": "Ada", "surname": " ", "companyName": "X"}) is None

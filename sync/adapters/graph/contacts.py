@@ -55,7 +55,7 @@ from sync.adapters.graph.transport import (
 )
 from sync.errors import AuthFailed, NotFound, SyncError
 from sync.mapping import contact_to_graph, graph_to_contact
-from sync.model import STANDARD_FIELDS, Contact, Side, case_safe_id, name_company_key
+from sync.model import STANDARD_FIELDS, Contact, Side, case_safe_id
 from sync.policy import FieldMap
 from sync.ports import ChangePage, CreateRequest, SideRecord, UpdateRequest
 from sync.scope import MailboxList
@@ -89,8 +89,11 @@ def _names_folder(delta_link: str, folder: str) -> bool:
 
 
 def _name_key(doc: Mapping[str, Any]) -> NameKey | None:
-    """``name_company_key`` of a Graph contact as listed (its raw names, normalised as a ``Contact``'s are)."""
-    return name_company_key(doc.get("givenName"), doc.get("surname"), doc.get("companyName"))
+    """(first, last, company) case-folded of a Graph contact, None without a last name or a company."""
+    last, company = doc.get("surname") or "", doc.get("companyName") or ""
+    if not last or not company:
+        return None
+    return (doc.get("givenName") or "").casefold(), last.casefold(), company.casefold()
 
 
 class GraphContactSide:
